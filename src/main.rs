@@ -1,0 +1,19 @@
+//! The `dkimpress` binary: parses arguments, runs, maps errors to exit codes (see `cli`).
+
+use dkimpress::cli;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run(std::env::args_os()) {
+        Ok(code) => code,
+        Err(err) => {
+            if cli::is_broken_pipe(&err) {
+                // The reader went away: say so in one line; the message was not delivered.
+                eprintln!("dkimpress: output closed early (broken pipe)");
+                return ExitCode::from(cli::sysexits::IOERR);
+            }
+            eprintln!("dkimpress: {err:#}");
+            ExitCode::from(cli::exit_code(&err))
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Making DKIM-Signature header fields (RFC 6376 §3.5, §5).
+//!
+//! A [`Signer`] holds everything fixed for a run (key, domain, selector, canonicalization,
+//! header list); [`sign_slice`] signs one message held in memory with one or more signers and
+//! returns the header fields to put on top of it. The clock is passed in (`now`), never read
+//! here, so that golden tests are exact. This module does not read files or write output.
+
+use crate::canon::{self, Canon, Canonicalization, CountingSink};
+use crate::header::{HeaderError, Message};
+use crate::key::{KeyError, KeyType, SigningKey};
+use base64::Engine as _;
+use sha2::Digest as _;
+use std::sync::Arc;
+
+/// Header fields signed by default when present: the RFC 6376 §5.4.1 list, plus the fields
+/// that carry the message's identity and MIME structure (Message-ID, MIME-Version,
+/// Content-Type, Content-Transfer-Encoding), which a relay has no reason to change.
+pub const DEFAULT_SIGNED_HEADERS: &[&str] = &[
+    "from",
+    "reply-to",
+    "subject",
+    "date",
+    "to",
+    "cc",
+    "resent-date",
+    "resent-from",
+    "resent-to",
+    "resent-cc",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "list-help",
+    "list-unsubscribe",
+    "list-subscribe",
+    "list-post",
+    "list-owner",
+    "list-archive",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+];
+
+/// Header fields signed once more than they occur by default ("oversigning", RFC 6376 §8.15),
+/// so that a second instance added in transit breaks the signature.
+pub const DEFAULT_OVERSIGNED_HEADERS: &[&str] = &["from"];
+
+/// Lines of the DKIM-Signature field are kept at or below this many characters (RFC 5322
+/// §2.1.1 recommends 78).
+const LINE_LIMIT: usize = 76;
+
+/// Why a message could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The header block cannot be parsed.
+    #[error("{0}")]
+    Header(#[from] HeaderError),
+    /// There is no From field, which RFC 6376 §5.4 requires to be signed.
+    #[error("no From header field (RFC 5322 §3.6 requires one; RFC 6376 §5.4 requires it to be signed)")]
+    NoFrom,
+    /// The crypto backend failed.
+    #[error("{0}")]
+    Key(#[from] KeyError),
+}
+
+/// Settings for a [`Signer`] that are wrong together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignerConfigError {
+    /// `d=` is not a domain name.
+    #[error("domain {0:?} is not a valid domain name")]
+    BadDomain(String),
+    /// `s=` is not a selector (RFC 6376 §3.1: dot-separated sub-domain labels).
+    #[error("selector {0:?} is not valid (letters, digits, '-' and '.' only)")]
+    BadSelector(String),
+    /// `i=` is not in the `d=` domain or one of its subdomains (RFC 6376 §3.5).
+    #[error("identity {identity:?} must be an address at {domain} or one of its subdomains (RFC 6376 §3.5 i=)")]
+    BadIdentity {
+        /// The `i=` asked for.
+        identity: String,
+        /// The `d=` domain.
+        domain: String,
+    },
+    /// A header name with characters a field name cannot have.
+    #[error("header name {0:?} is not a valid field name")]
+    BadHeaderName(String),
+    /// The signed header list lacks From (RFC 6376 §5.4).
+    #[error("the signed header list must include From (RFC 6376 §5.4)")]
+    NoFromInList,
+    /// `a=` asked for does not match the key.
+    #[error("algorithm {asked} does not match the key, which is {key}")]
+    AlgorithmMismatch {
+        /// What was asked for.
+        asked: String,
+        /// What the key can do.
+        key: &'static str,
+    },
+}
+
+/// One signature to make: key and tags. Built with [`SignerBuilder`].
+#[derive(Debug, Clone)]
+pub struct Signer {
+    key: Arc<SigningKey>,
+    domain: String,
+    selector: String,
+    canon: Canonicalization,
+    signed: Vec<String>,
+    oversigned: Vec<String>,
+    identity: Option<String>,
+    body_length: bool,
+    expire: Option<u64>,
+}
+
+/// Builds a [`Signer`]: `SignerBuilder::new(key, "example.com", "sel").canon(..).build()`.
+pub struct SignerBuilder {
+    signer: Signer,
+    algorithm: Option<String>,
+}
+
+impl SignerBuilder {
+    /// A signer with the defaults: relaxed/relaxed, the default header list, From oversigned.
+    pub fn new(key: Arc<SigningKey>, domain: &str, selector: &str) -> SignerBuilder {
+        SignerBuilder {
+            signer: Signer {
+                key,
+                domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+                selector: selector.to_string(),
+                canon: Canonicalization::default(),
+                signed: DEFAULT_SIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
+                oversigned: DEFAULT_OVERSIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
+                identity: None,
+                body_length: false,
+                expire: None,
+            },
+            algorithm: None,
+        }
+    }
+
+    /// The `c=` pair.
+    pub fn canon(mut self, canon: Canonicalization) -> Self {
+        self.signer.canon = canon;
+        self
+    }
+
+    /// The names of the fields to sign (every instance present is signed).
+    pub fn signed_headers<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, names: I) -> Self {
+        self.signer.signed = names.into_iter().map(|s| s.as_ref().trim().to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// The names of the fields to sign once more than they occur (empty: no oversigning).
+    pub fn oversigned_headers<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, names: I) -> Self {
+        self.signer.oversigned = names.into_iter().map(|s| s.as_ref().trim().to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// The `i=` tag.
+    pub fn identity(mut self, identity: Option<String>) -> Self {
+        self.signer.identity = identity;
+        self
+    }
+
+    /// Whether to add `l=` (the length of the canonicalized body; RFC 6376 §8.2 explains the
+    /// risk, so it is off by default).
+    pub fn body_length(mut self, on: bool) -> Self {
+        self.signer.body_length = on;
+        self
+    }
+
+    /// Seconds after `t=` at which the signature expires (`x=`).
+    pub fn expire(mut self, seconds: Option<u64>) -> Self {
+        self.signer.expire = seconds;
+        self
+    }
+
+    /// The `a=` tag asked for; it must match the key type (checked in `build`).
+    pub fn algorithm(mut self, algorithm: Option<String>) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// Checks the settings and returns the signer.
+    pub fn build(self) -> Result<Signer, SignerConfigError> {
+        let s = self.signer;
+        check_names(&s.domain, &s.selector)?;
+        for name in s.signed.iter().chain(&s.oversigned) {
+            if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+                return Err(SignerConfigError::BadHeaderName(name.clone()));
+            }
+        }
+        if !s.signed.iter().any(|n| n == "from") {
+            return Err(SignerConfigError::NoFromInList);
+        }
+        if let Some(i) = &s.identity {
+            let dom = i.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+            let ok = dom.is_some_and(|d| d == s.domain || d.ends_with(&format!(".{}", s.domain)));
+            if !ok {
+                return Err(SignerConfigError::BadIdentity { identity: i.clone(), domain: s.domain });
+            }
+        }
+        if let Some(a) = self.algorithm {
+            let want = s.key.key_type().algorithm();
+            if !a.eq_ignore_ascii_case(want) {
+                return Err(SignerConfigError::AlgorithmMismatch { asked: a, key: want });
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Checks that `domain` and `selector` can be used in `d=` and `s=` (and in the DNS name
+/// `selector._domainkey.domain`).
+pub fn check_names(domain: &str, selector: &str) -> Result<(), SignerConfigError> {
+    if !is_domain(domain) {
+        return Err(SignerConfigError::BadDomain(domain.to_string()));
+    }
+    if !is_domain(selector) {
+        return Err(SignerConfigError::BadSelector(selector.to_string()));
+    }
+    Ok(())
+}
+
+/// A DNS name of letters, digits, hyphens and underscores in dot-separated labels.
+fn is_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+impl Signer {
+    /// The `d=` domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The `s=` selector.
+    pub fn selector(&self) -> &str {
+        &self.selector
+    }
+
+    /// The key type.
+    pub fn key_type(&self) -> KeyType {
+        self.key.key_type()
+    }
+
+    /// The `c=` pair.
+    pub fn canonicalization(&self) -> Canonicalization {
+        self.canon
+    }
+}
+
+/// The body hash of one canonicalization, with the canonical length (for `l=`).
+struct BodyHash {
+    canon: Canon,
+    hash: [u8; 32],
+    length: u64,
+}
+
+fn body_hash(canon: Canon, body: &[u8]) -> BodyHash {
+    let mut hasher = sha2::Sha256::new();
+    let mut counter = CountingSink::new(&mut hasher);
+    canon::canonicalize_body(canon, body, &mut counter);
+    let length = counter.count;
+    BodyHash { canon, hash: hasher.finalize().into(), length }
+}
+
+/// Signs the message `msg` with each signer and returns the DKIM-Signature fields to add on
+/// top of it, in the message's own line ending, first signer's field first. `now` is the Unix
+/// time for `t=`. The body is hashed once per body canonicalization, however many signers.
+pub fn sign_slice(signers: &[Signer], msg: &[u8], now: u64) -> Result<Vec<u8>, SignError> {
+    let parsed = Message::parse(msg)?;
+    if !parsed.fields.iter().any(|f| f.is("from")) {
+        return Err(SignError::NoFrom);
+    }
+    let mut hashes: Vec<BodyHash> = Vec::with_capacity(2);
+    let mut out = Vec::with_capacity(512 * signers.len());
+    let mut scratch = Vec::with_capacity(2048);
+    for signer in signers {
+        let bh = match hashes.iter().position(|h| h.canon == signer.canon.body) {
+            Some(i) => &hashes[i],
+            None => {
+                hashes.push(body_hash(signer.canon.body, parsed.body));
+                hashes.last().expect("just pushed")
+            }
+        };
+        let field = signature_field(signer, &parsed, bh, now, &mut scratch)?;
+        if parsed.crlf {
+            out.extend_from_slice(&field);
+        } else {
+            // The field is built with CRLF (its wire form); store it as the message stores lines.
+            out.extend(field.iter().copied().filter(|&b| b != b'\r'));
+        }
+    }
+    Ok(out)
+}
+
+/// The `h=` list for this message: every signed name once per instance present, oversigned
+/// names once more.
+fn header_list(signer: &Signer, msg: &Message) -> Vec<String> {
+    let mut list = Vec::new();
+    for name in &signer.signed {
+        let present = msg.fields.iter().filter(|f| f.is(name)).count();
+        let extra = usize::from(signer.oversigned.iter().any(|o| o == name));
+        for _ in 0..present + extra {
+            list.push(name.clone());
+        }
+    }
+    for name in &signer.oversigned {
+        if !signer.signed.contains(name) {
+            // Oversigning a name that is not otherwise signed still needs its instances.
+            let present = msg.fields.iter().filter(|f| f.is(name)).count();
+            for _ in 0..=present {
+                list.push(name.clone());
+            }
+        }
+    }
+    list
+}
+
+/// Builds one complete DKIM-Signature field (with CRLF folds and a final CRLF).
+fn signature_field(
+    signer: &Signer,
+    msg: &Message,
+    bh: &BodyHash,
+    now: u64,
+    scratch: &mut Vec<u8>,
+) -> Result<Vec<u8>, SignError> {
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let h = header_list(signer, msg);
+
+    let mut f = Folder::new("DKIM-Signature:");
+    f.tag("v=1;");
+    f.tag(&format!("a={};", signer.key.key_type().algorithm()));
+    f.tag(&format!("c={};", signer.canon));
+    f.tag(&format!("d={};", signer.domain));
+    f.tag(&format!("s={};", signer.selector));
+    f.tag(&format!("t={now};"));
+    if let Some(x) = signer.expire {
+        f.tag(&format!("x={};", now + x));
+    }
+    if let Some(i) = &signer.identity {
+        f.tag(&format!("i={i};"));
+    }
+    if signer.body_length {
+        f.tag(&format!("l={};", bh.length));
+    }
+    f.list("h=", &h, ':', ";");
+    f.tag(&format!("bh={};", b64.encode(bh.hash)));
+    f.fold();
+    f.push("b=");
+
+    // RFC 6376 §3.7: the signed fields in h= order, each selected bottom-up, then this field
+    // with an empty b= and no final CRLF.
+    scratch.clear();
+    let mut used: Vec<(&str, usize)> = Vec::new();
+    for name in &h {
+        let n = match used.iter_mut().find(|(u, _)| *u == name.as_str()) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                used.push((name.as_str(), 1));
+                1
+            }
+        };
+        // The n-th use of a name takes the n-th instance from the bottom; none left: nothing.
+        if let Some(field) = msg.fields.iter().rev().filter(|f| f.is(name)).nth(n - 1) {
+            canon::canonicalize_header(signer.canon.header, field.raw, scratch);
+        }
+    }
+    canon::canonicalize_header_unterminated(signer.canon.header, f.text.as_bytes(), scratch);
+    let sig = signer.key.sign(scratch)?;
+    f.chunked(&b64.encode(sig));
+    f.text.push_str("\r\n");
+    Ok(f.text.into_bytes())
+}
+
+/// Writes `tag=value;` items separated by spaces, folding (CRLF TAB) before an item that
+/// would pass [`LINE_LIMIT`].
+struct Folder {
+    text: String,
+    col: usize,
+}
+
+impl Folder {
+    fn new(name: &str) -> Folder {
+        Folder { text: name.to_string(), col: name.len() }
+    }
+
+    fn fold(&mut self) {
+        self.text.push_str("\r\n\t");
+        self.col = 8;
+    }
+
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.col += s.len();
+    }
+
+    /// One unbreakable item, after a space or a fold.
+    fn tag(&mut self, item: &str) {
+        if self.col + 1 + item.len() > LINE_LIMIT {
+            self.fold();
+        } else {
+            self.push(" ");
+        }
+        self.push(item);
+    }
+
+    /// `prefix` then the items joined by `sep`, folding after a separator where needed
+    /// (FWS is allowed around the colons of h=, RFC 6376 §3.5), then `end`.
+    fn list(&mut self, prefix: &str, items: &[String], sep: char, end: &str) {
+        self.tag(&format!("{prefix}{}", items.first().map_or("", |s| s.as_str())));
+        for item in items.iter().skip(1) {
+            if self.col + 1 + item.len() + 1 > LINE_LIMIT {
+                self.push(&sep.to_string());
+                self.fold();
+                self.push(item);
+            } else {
+                self.push(&format!("{sep}{item}"));
+            }
+        }
+        self.push(end);
+    }
+
+    /// A long value cut into pieces at the line limit (base64 may contain FWS anywhere, RFC
+    /// 6376 §3.5 b=).
+    fn chunked(&mut self, value: &str) {
+        let mut rest = value;
+        while !rest.is_empty() {
+            let room = LINE_LIMIT.saturating_sub(self.col).max(1);
+            let take = room.min(rest.len());
+            self.push(&rest[..take]);
+            rest = &rest[take..];
+            if !rest.is_empty() {
+                self.fold();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ed_key() -> Arc<SigningKey> {
+        Arc::new(SigningKey::from_bytes(crate::key::tests_support::ED25519_PEM.as_bytes(), "t").unwrap())
+    }
+
+    #[test]
+    fn header_list_counts_instances_and_oversigns_from() {
+        let msg = b"From: a@example.com\r\nTo: b@x\r\nTo: c@x\r\nReceived: x\r\nSubject: s\r\n\r\nbody\r\n";
+        let m = Message::parse(msg).unwrap();
+        let s = SignerBuilder::new(ed_key(), "example.com", "sel").build().unwrap();
+        assert_eq!(header_list(&s, &m), ["from", "from", "subject", "to", "to"]);
+        let s = SignerBuilder::new(ed_key(), "example.com", "sel")
+            .signed_headers(["From", "To"])
+            .oversigned_headers(["to", "subject"])
+            .build()
+            .unwrap();
+        assert_eq!(header_list(&s, &m), ["from", "to", "to", "to", "subject", "subject"]);
+    }
+
+    #[test]
+    fn lines_stay_under_limit_and_b_is_last() {
+        let msg = b"From: a@example.com\nTo: b@example.org\nSubject: hi\nDate: x\nMessage-ID: <a@b>\nMIME-Version: 1.0\nContent-Type: text/plain\n\nhello\n";
+        let s = SignerBuilder::new(ed_key(), "example.com", "selector-with-a-long-name")
+            .identity(Some("user@mail.example.com".into()))
+            .body_length(true)
+            .expire(Some(3600))
+            .build()
+            .unwrap();
+        let out = sign_slice(&[s], msg, 1_700_000_000).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\r'), "LF message gets LF header");
+        for line in text.lines() {
+            assert!(line.len() <= LINE_LIMIT + 8, "{line:?}");
+        }
+        assert!(text.contains("t=1700000000;") && text.contains("x=1700003600;"));
+        assert!(text.contains("l=7;"));
+        assert!(text.trim_end().rsplit_once(';').unwrap().1.trim_start().starts_with("b="));
+    }
+
+    #[test]
+    fn builder_refuses_bad_settings() {
+        let b = || SignerBuilder::new(ed_key(), "example.com", "sel");
+        let cases: Vec<(SignerBuilder, &str)> = vec![
+            (SignerBuilder::new(ed_key(), "exa mple.com", "sel"), "not a valid domain"),
+            (SignerBuilder::new(ed_key(), "example.com", "s/el"), "selector"),
+            (b().identity(Some("u@other.com".into())), "must be an address"),
+            (b().signed_headers(["to"]), "must include From"),
+            (b().signed_headers(["from", "bad:name"]), "not a valid field name"),
+            (b().algorithm(Some("rsa-sha256".into())), "does not match"),
+        ];
+        for (builder, want) in cases {
+            let e = builder.build().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        assert!(b().identity(Some("@sub.example.com".into())).build().is_ok());
+    }
+
+    #[test]
+    fn no_from_is_refused() {
+        let s = SignerBuilder::new(ed_key(), "example.com", "sel").build().unwrap();
+        assert!(matches!(sign_slice(&[s], b"To: x\n\nbody\n", 0), Err(SignError::NoFrom)));
+    }
+}
