@@ -294,11 +294,7 @@ pub fn canonicalize_header<S: Sink + ?Sized>(canon: Canon, raw_field: &[u8], sin
 
 /// Writes one header field canonicalized, without the final CRLF: the form in which the
 /// DKIM-Signature field being created or verified enters the hash (RFC 6376 §3.7).
-pub fn canonicalize_header_unterminated<S: Sink + ?Sized>(
-    canon: Canon,
-    raw_field: &[u8],
-    sink: &mut S,
-) {
+pub fn canonicalize_header_unterminated<S: Sink + ?Sized>(canon: Canon, raw_field: &[u8], sink: &mut S) {
     match canon {
         Canon::Simple => header_simple(raw_field, sink),
         Canon::Relaxed => header_relaxed(raw_field, sink),
@@ -365,11 +361,7 @@ fn header_relaxed<S: Sink + ?Sized>(raw: &[u8], sink: &mut S) {
             Some(off) => {
                 let at = pos + off;
                 // A CR right before the LF of a fold belongs to the line end.
-                let run_end = if value[at] == b'\n' && at > pos && value[at - 1] == b'\r' {
-                    at - 1
-                } else {
-                    at
-                };
+                let run_end = if value[at] == b'\n' && at > pos && value[at - 1] == b'\r' { at - 1 } else { at };
                 if run_end > pos {
                     if pending_space && emitted_any {
                         sink.write(b" ");
@@ -465,10 +457,7 @@ pub(crate) mod naive {
             }
             Canon::Relaxed => {
                 let colon = raw.iter().position(|&b| b == b':').unwrap_or(raw.len());
-                let name: Vec<u8> = raw[..colon]
-                    .iter()
-                    .map(|b| b.to_ascii_lowercase())
-                    .collect::<Vec<_>>();
+                let name: Vec<u8> = raw[..colon].iter().map(|b| b.to_ascii_lowercase()).collect::<Vec<_>>();
                 let name: Vec<u8> = {
                     let mut n = name;
                     while n.last().is_some_and(|&b| b == b' ' || b == b'\t') {

@@ -70,8 +70,10 @@ pub fn generate(kind: KeyType, bits: usize) -> Result<GeneratedKey, GenKeyError>
             };
             match size {
                 Some(size) => {
-                    let kp = aws_lc_rs::rsa::KeyPair::generate(size).map_err(|e| GenKeyError::Backend(e.to_string()))?;
-                    let der: aws_lc_rs::encoding::Pkcs8V1Der = kp.as_der().map_err(|e| GenKeyError::Backend(e.to_string()))?;
+                    let kp =
+                        aws_lc_rs::rsa::KeyPair::generate(size).map_err(|e| GenKeyError::Backend(e.to_string()))?;
+                    let der: aws_lc_rs::encoding::Pkcs8V1Der =
+                        kp.as_der().map_err(|e| GenKeyError::Backend(e.to_string()))?;
                     der.as_ref().to_vec()
                 }
                 None => {
@@ -112,11 +114,8 @@ pub fn record_value(key: &SigningKey, opts: &RecordOptions) -> String {
     if opts.restrict_email {
         tags.push("s=email".to_string());
     }
-    let flags: Vec<&str> = [(opts.testing, "y"), (opts.no_subdomains, "s")]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, f)| *f)
-        .collect();
+    let flags: Vec<&str> =
+        [(opts.testing, "y"), (opts.no_subdomains, "s")].iter().filter(|(on, _)| *on).map(|(_, f)| *f).collect();
     if !flags.is_empty() {
         tags.push(format!("t={}", flags.join(":")));
     }

@@ -15,6 +15,11 @@ pub enum HeaderError {
     /// The first line is an mbox `From ` separator, not a header field.
     #[error("line 1 is an mbox \"From \" separator line, not a header field (give an mbox file as input, or drop that line)")]
     MboxSeparator,
+    /// The input starts with a UTF-8 byte order mark, which is not part of any header field.
+    #[error(
+        "the input starts with a UTF-8 byte order mark (EF BB BF), which is not allowed before the first header field"
+    )]
+    Bom,
     /// The first line starts with whitespace, so it would continue a field that does not exist.
     #[error("line 1 starts with whitespace: a continuation line with no header field before it")]
     LeadingContinuation,
@@ -82,6 +87,9 @@ impl<'a> Message<'a> {
         if msg.is_empty() {
             return Err(HeaderError::Empty);
         }
+        if msg.starts_with(b"\xEF\xBB\xBF") {
+            return Err(HeaderError::Bom);
+        }
         if msg.starts_with(b"From ") {
             return Err(HeaderError::MboxSeparator);
         }
@@ -143,11 +151,7 @@ impl<'a> Message<'a> {
             pos = line_end;
         }
         if let Some(start) = field_start {
-            fields.push(Field {
-                name: &msg[start..name_end],
-                raw: &msg[start..fields_end],
-                offset: start,
-            });
+            fields.push(Field { name: &msg[start..name_end], raw: &msg[start..fields_end], offset: start });
         }
         Ok(Message { fields, body: &msg[body_offset..], body_offset, crlf })
     }
@@ -208,6 +212,7 @@ mod tests {
             (b"", HeaderError::Empty),
             (b"From a@b Mon Jan 1 00:00:00 2024\nA: b\n\n", HeaderError::MboxSeparator),
             (b" A: b\n\n", HeaderError::LeadingContinuation),
+            (b"\xEF\xBB\xBFFrom: a@b\n\n", HeaderError::Bom),
             (b"hello world\n", HeaderError::NotAField { line: 1 }),
             (b"A: b\nno colon here\n\nbody", HeaderError::NotAField { line: 2 }),
             (b": no name\n", HeaderError::NotAField { line: 1 }),

@@ -231,16 +231,10 @@ impl SigningKey {
     /// Ed25519 (RFC 8463 §4).
     pub fn public_key_record_bytes(&self) -> Vec<u8> {
         match self {
-            SigningKey::RsaAwsLc(k) => k
-                .public_key()
-                .as_der()
-                .map(|d| d.as_ref().to_vec())
-                .unwrap_or_default(),
-            SigningKey::RsaPure(k) => k
-                .to_public_key()
-                .to_public_key_der()
-                .map(|d| d.as_bytes().to_vec())
-                .unwrap_or_default(),
+            SigningKey::RsaAwsLc(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()).unwrap_or_default(),
+            SigningKey::RsaPure(k) => {
+                k.to_public_key().to_public_key_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default()
+            }
             SigningKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
         }
     }
@@ -262,7 +256,9 @@ fn decode_pem(text: &str) -> Result<(String, Vec<u8>), String> {
     let end = body_start.find(&end_marker).ok_or_else(|| format!("no PEM END line for {label:?}"))?;
     let body = &body_start[..end];
     if body.contains("Proc-Type:") {
-        return Err("the key is encrypted (legacy PEM encryption); decrypt it first (openssl pkey -in KEY -out PLAIN)".into());
+        return Err(
+            "the key is encrypted (legacy PEM encryption); decrypt it first (openssl pkey -in KEY -out PLAIN)".into()
+        );
     }
     let compact: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let der = base64::engine::general_purpose::STANDARD

@@ -53,13 +53,13 @@ const LINE_LIMIT: usize = 76;
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     /// The header block cannot be parsed.
-    #[error("{0}")]
+    #[error(transparent)]
     Header(#[from] HeaderError),
     /// There is no From field, which RFC 6376 §5.4 requires to be signed.
     #[error("no From header field (RFC 5322 §3.6 requires one; RFC 6376 §5.4 requires it to be signed)")]
     NoFrom,
     /// The crypto backend failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Key(#[from] KeyError),
 }
 
@@ -505,5 +505,80 @@ mod tests {
     fn no_from_is_refused() {
         let s = SignerBuilder::new(ed_key(), "example.com", "sel").build().unwrap();
         assert!(matches!(sign_slice(&[s], b"To: x\n\nbody\n", 0), Err(SignError::NoFrom)));
+    }
+
+    /// RFC 8463 Appendix A: the example message, its keys and its two signatures (Ed25519 and
+    /// a 1024-bit RSA key, so both aws-lc-rs Ed25519 and the `rsa` crate path). Deterministic
+    /// signature schemes: recomputing `b=` over the same header data must give the RFC's bytes.
+    #[test]
+    fn rfc8463_appendix_a_known_answers() {
+        const MSG: &str = "From: Joe SixPack <joe@football.example.com>\r\n\
+            To: Suzie Q <suzie@shopping.example.net>\r\n\
+            Subject: Is dinner ready?\r\n\
+            Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)\r\n\
+            Message-ID: <20030712040037.46341.5F8J@football.example.com>\r\n\
+            \r\n\
+            Hi.\r\n\
+            \r\n\
+            We lost the game.  Are you hungry yet?\r\n\
+            \r\n\
+            Joe.\r\n";
+        const ED_SEED: &str = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=";
+        const RSA_PEM: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIICXQIBAAKBgQDkHlOQoBTzWRiGs5V6NpP3idY6Wk08a5qhdR6wy5bdOKb2jLQi
+Y/J16JYi0Qvx/byYzCNb3W91y3FutACDfzwQ/BC/e/8uBsCR+yz1Lxj+PL6lHvqM
+KrM3rG4hstT5QjvHO9PzoxZyVYLzBfO2EeC3Ip3G+2kryOTIKT+l/K4w3QIDAQAB
+AoGAH0cxOhFZDgzXWhDhnAJDw5s4roOXN4OhjiXa8W7Y3rhX3FJqmJSPuC8N9vQm
+6SVbaLAE4SG5mLMueHlh4KXffEpuLEiNp9Ss3O4YfLiQpbRqE7Tm5SxKjvvQoZZe
+zHorimOaChRL2it47iuWxzxSiRMv4c+j70GiWdxXnxe4UoECQQDzJB/0U58W7RZy
+6enGVj2kWF732CoWFZWzi1FicudrBFoy63QwcowpoCazKtvZGMNlPWnC7x/6o8Gc
+uSe0ga2xAkEA8C7PipPm1/1fTRQvj1o/dDmZp243044ZNyxjg+/OPN0oWCbXIGxy
+WvmZbXriOWoSALJTjExEgraHEgnXssuk7QJBALl5ICsYMu6hMxO73gnfNayNgPxd
+WFV6Z7ULnKyV7HSVYF0hgYOHjeYe9gaMtiJYoo0zGN+L3AAtNP9huqkWlzECQE1a
+licIeVlo1e+qJ6Mgqr0Q7Aa7falZ448ccbSFYEPD6oFxiOl9Y9se9iYHZKKfIcst
+o7DUw1/hz2Ck4N5JrgUCQQCyKveNvjzkkd8HjYs0SwM0fPjK16//5qDZ2UiDGnOe
+uEzxBDAr518Z8VFbR41in3W4Y3yCDgQlLlcETrS+zYcL
+-----END RSA PRIVATE KEY-----
+";
+        // The signature fields up to and including "b=", and the b= values (RFC 8463 A.3).
+        const ED_SIG: &str = "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;\r\n \
+            d=football.example.com; i=@football.example.com;\r\n \
+            q=dns/txt; s=brisbane; t=1528637909; h=from : to :\r\n \
+            subject : date : message-id : from : subject : date;\r\n \
+            bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;\r\n b=";
+        const ED_B: &str = "/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11BusFa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw==";
+        const RSA_SIG: &str = "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;\r\n \
+            d=football.example.com; i=@football.example.com;\r\n \
+            q=dns/txt; s=test; t=1528637909; h=from : to : subject :\r\n \
+            date : message-id : from : subject : date;\r\n \
+            bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;\r\n b=";
+        const RSA_B: &str = "F45dVWDfMbQDGHJFlXUNB2HKfbCeLRyhDXgFpEL8GwpsRe0IeIixNTe3DhCVlUrSjV4BwcVcOF6+FF3Zo9Rpo1tFOeS9mPYQTnGdaSGsgeefOsk2JzdA+L10TeYt9BgDfQNZtKdN1WO//KgIqXP7OdEFE4LjFYNcUxZQ4FADY+8=";
+
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let m = Message::parse(MSG.as_bytes()).unwrap();
+        assert_eq!(b64.encode(body_hash(Canon::Relaxed, m.body).hash), "2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=");
+
+        // PKCS#8 v1 wrapping of the raw seed (RFC 8410 §7).
+        let mut ed_der =
+            vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        ed_der.extend(b64.decode(ED_SEED).unwrap());
+        let ed = SigningKey::from_der(&ed_der, "rfc8463").unwrap();
+        let rsa = SigningKey::from_bytes(RSA_PEM.as_bytes(), "rfc8463").unwrap();
+        assert!(matches!(rsa, SigningKey::RsaPure(_)), "1024-bit key goes to the rsa crate");
+
+        for (key, sig, want) in [(&ed, ED_SIG, ED_B), (&rsa, RSA_SIG, RSA_B)] {
+            let mut data = vec![];
+            let h = ["from", "to", "subject", "date", "message-id", "from", "subject", "date"];
+            let mut used = std::collections::HashMap::new();
+            for name in h {
+                let n = used.entry(name).or_insert(0usize);
+                *n += 1;
+                if let Some(f) = m.fields.iter().rev().filter(|f| f.is(name)).nth(*n - 1) {
+                    canon::canonicalize_header(Canon::Relaxed, f.raw, &mut data);
+                }
+            }
+            canon::canonicalize_header_unterminated(Canon::Relaxed, sig.as_bytes(), &mut data);
+            assert_eq!(b64.encode(key.sign(&data).unwrap()), want);
+        }
     }
 }

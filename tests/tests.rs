@@ -1,1 +1,9 @@
+//! Integration tests: one binary (STYLE.md, after ripgrep's tests/), running the built
+//! `dkimpress` in temporary directories.
 
+#[macro_use]
+mod util;
+
+mod genkey;
+mod interop;
+mod sign;

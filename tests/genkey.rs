@@ -1,0 +1,81 @@
+//! `dkimpress genkey`: files, modes, the zone record, refusals.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+/// The quoted strings of a zone-file record.
+fn strings(record: &str) -> Vec<String> {
+    record.split('"').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+dktest!(rsa_files_modes_and_record, |dir| {
+    let out = dir
+        .cmd()
+        .args(["genkey", "-d", "example.com", "-s", "mail", "-r", "-t", "--nosubdomains", "-h", "sha256"])
+        .ok();
+    let private = dir.join("mail.private");
+    let txt = std::fs::read_to_string(dir.join("mail.txt")).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), txt, "the record is also printed");
+    assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+    let pem = std::fs::read_to_string(&private).unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert!(txt.starts_with("mail._domainkey\tIN\tTXT\t( \"v=DKIM1; h=sha256; k=rsa; s=email; t=y:s; \""), "{txt}");
+    assert!(txt.trim_end().ends_with("; ----- DKIM key mail for example.com"));
+    let parts = strings(&txt);
+    assert!(parts.iter().all(|s| s.len() <= 255), "{parts:?}");
+    let value = parts.concat();
+    let p = value.split("p=").nth(1).unwrap();
+    // 2048-bit SubjectPublicKeyInfo: 294 octets, 392 base64 characters.
+    assert_eq!(p.len(), 392);
+});
+
+dktest!(ed25519_record_is_raw_key, |dir| {
+    dir.cmd().args(["genkey", "-d", "example.com", "-s", "ed", "--type", "ed25519", "-a"]).ok();
+    let txt = std::fs::read_to_string(dir.join("ed.txt")).unwrap();
+    assert!(txt.starts_with("ed._domainkey.example.com.\tIN\tTXT"), "{txt}");
+    let value = strings(&txt).concat();
+    assert!(value.starts_with("v=DKIM1; k=ed25519; p="));
+    // Raw 32-octet key (RFC 8463 §4): 44 base64 characters.
+    assert_eq!(value.split("p=").nth(1).unwrap().len(), 44);
+});
+
+dktest!(rsa_4096_record_is_split, |dir| {
+    dir.cmd().args(["genkey", "-s", "big", "-b", "4096"]).ok();
+    let parts = strings(&std::fs::read_to_string(dir.join("big.txt")).unwrap());
+    assert!(parts.len() >= 4 && parts.iter().all(|s| s.len() <= 255), "{parts:?}");
+});
+
+dktest!(refuses_overwrite_bad_size_and_bad_names, |dir| {
+    dir.cmd().args(["genkey", "-s", "k", "--type", "ed25519"]).ok();
+    let before = std::fs::read(dir.join("k.private")).unwrap();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["-s", "k", "--type", "ed25519"], 73, "already exists"),
+        (vec!["-s", "n", "-b", "512"], 78, "not supported"),
+        (vec!["-s", "bad selector"], 78, "selector"),
+        (vec!["-s", "n", "-d", "bad domain"], 78, "domain"),
+        (vec!["-s", "n", "-D", "/nonexistent/dir"], 73, "no such directory"),
+        (vec!["-s", "n", "--type", "dsa"], 64, "dsa"),
+    ];
+    for (args, code, want) in cases {
+        let out = dir.cmd().args(["genkey"]).args(&args).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read(dir.join("k.private")).unwrap(), before, "existing key untouched");
+    dir.cmd().args(["genkey", "-s", "k", "--type", "ed25519", "--force"]).ok();
+    assert_ne!(std::fs::read(dir.join("k.private")).unwrap(), before);
+});
+
+dktest!(rsa_1024_key_is_made_and_signs, |dir| {
+    let key = dir.genkey("old", &["-b", "1024"]);
+    let out = dir
+        .cmd()
+        .args(["sign", "-d", "example.com", "-s", "old", "-k"])
+        .args([&key])
+        .stdin(b"From: a@example.com\n\nx\n")
+        .ok();
+    let text = String::from_utf8_lossy(&out).replace("\n\t", "");
+    let b = text.split("b=").last().unwrap().lines().next().unwrap();
+    // 1024-bit signature: 128 octets, 172 base64 characters.
+    assert_eq!(b.len(), 172, "{b}");
+});

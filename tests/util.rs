@@ -1,0 +1,165 @@
+//! Harness: run the built binary in a temp dir, find the repository's test data, and the
+//! independent verifier (dkimpy) with the policy for when it is missing.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Declares a test that gets a fresh [`Dir`].
+macro_rules! dktest {
+    ($(#[$meta:meta])* $name:ident, |$dir:ident| $body:block) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            let $dir = crate::util::Dir::new(stringify!($name));
+            $body
+        }
+    };
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `testdata/` files.
+pub fn testdata(rel: &str) -> PathBuf {
+    root().join("testdata").join(rel)
+}
+
+/// All files in `testdata/messages`, sorted.
+pub fn testdata_messages() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(testdata("messages"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A temporary working directory for one test.
+pub struct Dir {
+    tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new(name: &str) -> Dir {
+        Dir { tmp: tempfile::Builder::new().prefix(&format!("dkimpress-{name}-")).tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, data: &[u8]) -> PathBuf {
+        let p = self.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    /// A command running `dkimpress` in this directory.
+    pub fn cmd(&self) -> Cmd {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dkimpress"));
+        c.current_dir(self.path());
+        Cmd { cmd: c, stdin: None }
+    }
+
+    /// Generates a key with `dkimpress genkey` into this directory; returns the .private path.
+    pub fn genkey(&self, selector: &str, args: &[&str]) -> PathBuf {
+        let out = self.cmd().args(["genkey", "-d", "example.com", "-s", selector]).args(args).run();
+        assert_eq!(out.status.code(), Some(0), "genkey failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.join(&format!("{selector}.private"))
+    }
+}
+
+pub struct Cmd {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Cmd {
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(mut self, args: I) -> Self {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn stdin(mut self, data: &[u8]) -> Self {
+        self.stdin = Some(data.to_vec());
+        self
+    }
+
+    pub fn run(mut self) -> Output {
+        self.cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("spawn dkimpress");
+        if let Some(data) = self.stdin.take() {
+            let mut sin = child.stdin.take().unwrap();
+            // The child may exit before reading everything (usage errors); ignore EPIPE.
+            let _ = sin.write_all(&data);
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and asserts exit 0; returns stdout.
+    pub fn ok(self) -> Vec<u8> {
+        let out = self.run();
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+}
+
+/// Whether dkimpy can be used. When it cannot: a test that needs it fails if
+/// DKIMPRESS_REQUIRE_PEERS=1 (set by scripts/test, so CI never skips), and otherwise says so
+/// loudly and skips.
+pub fn dkimpy_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import dkim, nacl"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("DKIMPRESS_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!(
+                "dkimpy (PyPI: dkimpy, pynacl) is required (DKIMPRESS_REQUIRE_PEERS=1) but not importable by python3"
+            );
+        }
+        eprintln!("\n!!! SKIPPED: dkimpy is not installed (pip install dkimpy pynacl); independent verification NOT run !!!\n");
+    }
+    ok
+}
+
+/// The shared corpus beside the repository, if present (same policy as dkimpy).
+pub fn shared_corpus() -> Option<PathBuf> {
+    let p = root().join("../shared/corpus");
+    if p.is_dir() {
+        return Some(p);
+    }
+    if std::env::var("DKIMPRESS_REQUIRE_PEERS").as_deref() == Ok("1") {
+        panic!("../shared/corpus is required (DKIMPRESS_REQUIRE_PEERS=1) but missing");
+    }
+    eprintln!("\n!!! SKIPPED: ../shared/corpus not found beside the repository !!!\n");
+    None
+}
+
+/// Runs scripts/dkimpy-verify; returns (success, stdout).
+pub fn dkimpy_verify(keys: &Path, extra: &[&str], messages: &[PathBuf]) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(root().join("scripts/dkimpy-verify"))
+        .arg("--keys")
+        .arg(keys)
+        .args(extra)
+        .args(messages)
+        .output()
+        .expect("run scripts/dkimpy-verify");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
