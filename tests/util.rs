@@ -116,11 +116,16 @@ impl Cmd {
     }
 }
 
+/// The Python that has dkimpy: $DKIMPRESS_PYTHON (set by scripts/test) or python3.
+pub fn python() -> String {
+    std::env::var("DKIMPRESS_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
 /// Whether dkimpy can be used. When it cannot: a test that needs it fails if
 /// DKIMPRESS_REQUIRE_PEERS=1 (set by scripts/test, so CI never skips), and otherwise says so
 /// loudly and skips.
 pub fn dkimpy_available() -> bool {
-    let ok = Command::new("python3")
+    let ok = Command::new(python())
         .args(["-c", "import dkim, nacl"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -129,7 +134,8 @@ pub fn dkimpy_available() -> bool {
     if !ok {
         if std::env::var("DKIMPRESS_REQUIRE_PEERS").as_deref() == Ok("1") {
             panic!(
-                "dkimpy (PyPI: dkimpy, pynacl) is required (DKIMPRESS_REQUIRE_PEERS=1) but not importable by python3"
+                "dkimpy (PyPI: dkimpy, pynacl) is required (DKIMPRESS_REQUIRE_PEERS=1) but {} cannot import it",
+                python()
             );
         }
         eprintln!("\n!!! SKIPPED: dkimpy is not installed (pip install dkimpy pynacl); independent verification NOT run !!!\n");
@@ -152,7 +158,7 @@ pub fn shared_corpus() -> Option<PathBuf> {
 
 /// Runs scripts/dkimpy-verify; returns (success, stdout).
 pub fn dkimpy_verify(keys: &Path, extra: &[&str], messages: &[PathBuf]) -> (bool, String) {
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg(root().join("scripts/dkimpy-verify"))
         .arg("--keys")
         .arg(keys)
