@@ -4,11 +4,13 @@
 //!
 //! Exit codes (sysexits.h) are decided in one place, [`exit_code`].
 
+use crate::bulk::{self, BulkError, BulkOptions, DirOutput, InputKind, Progress, Summary};
 use crate::canon::Canonicalization;
 use crate::genkey::{self, RecordOptions};
 use crate::header::HeaderError;
 use crate::key::{KeyError, KeyType, SigningKey};
-use crate::sign::{self, SignError, Signer, SignerBuilder, SignerConfigError};
+use crate::mbox::MboxFormat;
+use crate::sign::{self, SignError, SignerBuilder, SignerConfigError};
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::io::{Read as _, Write as _};
@@ -34,6 +36,8 @@ pub mod sysexits {
     pub const TEMPFAIL: u8 = 75;
     /// Configuration error (keys, settings).
     pub const CONFIG: u8 = 78;
+    /// Stopped by SIGINT/SIGTERM (128 + 2, the shell convention).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// dkimpress: fast DKIM signing (RFC 6376, RFC 8463, RFC 8301).
@@ -89,15 +93,39 @@ struct SignArgs {
     /// Refuse key files readable by group or others (default: warn).
     #[arg(long = "strict-keys")]
     strict_keys: bool,
-    /// Write the signed message here instead of stdout.
-    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    /// Write the result here: a file for a message or an mbox (same flavour), a directory for a
+    /// maildir or queue directory (same file names). Default: stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE|DIR", conflicts_with = "in_place")]
     output: Option<PathBuf>,
+    /// Replace each input atomically (temporary file, fsync, rename; per file for directories).
+    #[arg(long = "in-place")]
+    in_place: bool,
+    /// Input kind: auto (default), mbox, maildir, queue (directory of one-message files), message.
+    #[arg(long = "format", value_name = "KIND")]
+    format: Option<InputKind>,
+    /// mbox flavour: mboxrd (default), mboxo, mboxcl, mboxcl2.
+    #[arg(long = "mbox-format", value_name = "FLAVOUR", default_value = "mboxrd")]
+    mbox_format: MboxFormat,
+    /// Worker threads (default: all cores).
+    #[arg(short = 'j', long = "threads", value_name = "N")]
+    threads: Option<usize>,
+    /// Remove existing DKIM-Signature fields whose d= is a domain we sign for (key rotation);
+    /// other domains' signatures are always kept.
+    #[arg(long = "strip-own")]
+    strip_own: bool,
+    /// Final report format for archives: text (stderr) or json.
+    #[arg(long = "report", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    report: String,
+    /// No progress bar and no text summary.
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
     /// Fixed signing time (Unix seconds), for reproducible output in tests.
     #[arg(long = "timestamp", value_name = "UNIX", hide = true)]
     timestamp: Option<u64>,
-    /// One message file, or - (default) for stdin.
+    /// Messages to sign: mbox files, maildirs, queue directories or message files; none or -
+    /// for one message on stdin.
     #[arg(value_name = "INPUT")]
-    input: Option<PathBuf>,
+    inputs: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +209,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 _ => sysexits::CONFIG,
             };
         }
+        if let Some(e) = cause.downcast_ref::<BulkError>() {
+            return match e {
+                BulkError::Input { .. } => sysexits::NOINPUT,
+                BulkError::Format { .. } => sysexits::DATAERR,
+                BulkError::Output { .. } => sysexits::IOERR,
+                BulkError::Interrupted => sysexits::INTERRUPTED,
+            };
+        }
         if cause.is::<SignerConfigError>() || cause.is::<genkey::GenKeyError>() {
             return sysexits::CONFIG;
         }
@@ -217,12 +253,23 @@ where
     }
 }
 
+/// Where `sign` reads from.
+enum SignInput {
+    /// One message on stdin.
+    Stdin,
+    /// Archives and message files, each with its kind.
+    Paths(Vec<(PathBuf, InputKind)>),
+}
+
 /// Everything `sign` needs, checked.
 struct SignConfig {
-    signers: Vec<Signer>,
-    input: Option<PathBuf>,
+    opts: BulkOptions,
+    input: SignInput,
     output: Option<PathBuf>,
-    timestamp: Option<u64>,
+    in_place: bool,
+    threads: usize,
+    report_json: bool,
+    quiet: bool,
 }
 
 /// Splits a header-name list given as `a:b:c` or `a, b, c`.
@@ -273,8 +320,65 @@ impl SignConfig {
             }
             signers.push(b.build()?);
         }
-        let input = a.input.filter(|p| p.as_os_str() != "-");
-        Ok(SignConfig { signers, input, output: a.output, timestamp: a.timestamp })
+        let usage = |m: String| exit(sysexits::USAGE, m);
+        let input = if a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-") {
+            if a.in_place {
+                return Err(usage("--in-place needs input files, not stdin".into()));
+            }
+            SignInput::Stdin
+        } else {
+            let mut paths = vec![];
+            for p in &a.inputs {
+                if p.as_os_str() == "-" {
+                    return Err(usage("stdin (-) cannot be mixed with other inputs".into()));
+                }
+                let kind = match a.format {
+                    Some(k) => {
+                        if !p.exists() {
+                            return Err(exit(sysexits::NOINPUT, format!("{}: no such file or directory", p.display())));
+                        }
+                        k
+                    }
+                    None => bulk::detect(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?,
+                };
+                let is_dir = matches!(kind, InputKind::Maildir | InputKind::QueueDir);
+                if is_dir != p.is_dir() {
+                    return Err(usage(format!(
+                        "{}: --format {kind:?} does not fit a {}",
+                        p.display(),
+                        if p.is_dir() { "directory" } else { "file" }
+                    )));
+                }
+                if is_dir && a.output.is_none() && !a.in_place {
+                    return Err(usage(format!("{}: a directory input needs -o DIR or --in-place", p.display())));
+                }
+                if let Some(o) = &a.output {
+                    if same_file(o, p) {
+                        return Err(usage(format!("{}: -o is the input itself; use --in-place", o.display())));
+                    }
+                }
+                paths.push((p.clone(), kind));
+            }
+            if paths.len() > 1 && !a.in_place {
+                return Err(usage("several inputs need --in-place (or one run per input with -o)".into()));
+            }
+            SignInput::Paths(paths)
+        };
+        let threads = match a.threads {
+            Some(0) => return Err(usage("--threads must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let now = a.timestamp.unwrap_or_else(now_unix);
+        Ok(SignConfig {
+            opts: BulkOptions { signers, mbox_format: a.mbox_format, strip_own: a.strip_own, now },
+            input,
+            output: a.output,
+            in_place: a.in_place,
+            threads,
+            report_json: a.report == "json",
+            quiet: a.quiet,
+        })
     }
 }
 
@@ -282,63 +386,187 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Whether two paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
-    let (name, msg) = match &cfg.input {
-        None => {
+    match &cfg.input {
+        SignInput::Stdin => {
             let mut buf = Vec::with_capacity(64 * 1024);
             std::io::stdin()
                 .lock()
                 .read_to_end(&mut buf)
                 .map_err(|e| exit(sysexits::TEMPFAIL, format!("stdin: read failed: {e}")))?;
-            ("stdin".to_string(), buf)
+            sign_single(&cfg, "stdin", &buf, None)
         }
-        Some(p) => {
+        SignInput::Paths(paths) if paths.len() == 1 && paths[0].1 == InputKind::Message => {
+            let p = &paths[0].0;
             let data = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?;
-            (p.display().to_string(), data)
+            sign_single(&cfg, &p.display().to_string(), &data, Some(p))
         }
-    };
-    let now = cfg.timestamp.unwrap_or_else(now_unix);
-    let headers = sign::sign_slice(&cfg.signers, &msg, now).with_context(|| format!("{name}: cannot sign"))?;
-    match &cfg.output {
+        SignInput::Paths(paths) => sign_archives(&cfg, paths),
+    }
+}
+
+/// Pipe mode and single message files: the message is signed or nothing is written.
+fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (headers, drop) = bulk::sign_message(&cfg.opts, msg).with_context(|| format!("{name}: cannot sign"))?;
+    let dest = if cfg.in_place { path } else { cfg.output.as_deref() };
+    match dest {
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(&headers)
-                .and_then(|_| out.write_all(&msg))
+                .and_then(|_| bulk::write_without(&mut out, msg, &drop))
                 .and_then(|_| out.flush())
                 .context("stdout: write failed")?;
         }
-        Some(p) => write_file_atomic(p, &[&headers, &msg], 0o644)?,
+        Some(p) => {
+            let mode = path.map_or(0o644, crate::io::mode_of);
+            let fail = |e: std::io::Error| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", p.display()));
+            let mut f = crate::io::AtomicFile::create(p, mode).map_err(fail)?;
+            f.write_all(&headers).and_then(|_| bulk::write_without(&mut f, msg, &drop)).map_err(fail)?;
+            f.commit().map_err(fail)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `parts` to `path` through a temporary file in the same directory, fsync, rename:
-/// a reader never sees a half-written file.
-fn write_file_atomic(path: &Path, parts: &[&[u8]], mode: u32) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let fail = |e: std::io::Error| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", path.display()));
-    let mut tmp = tempfile::Builder::new().prefix(".dkimpress-").tempfile_in(&dir).map_err(fail)?;
-    for p in parts {
-        tmp.write_all(p).map_err(fail)?;
+/// Bulk mode: mboxes, maildirs, queue directories (and message files among several inputs).
+fn sign_archives(cfg: &SignConfig, paths: &[(PathBuf, InputKind)]) -> anyhow::Result<ExitCode> {
+    bulk::install_interrupt_handler();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads)
+        .thread_name(|i| format!("dkimpress-{i}"))
+        .build()
+        .context("cannot start worker threads")?;
+    let show = !cfg.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let total: u64 = if show { paths.iter().map(|(p, k)| input_bytes(p, *k)).sum() } else { 0 };
+    let progress = Progress::new(show, total);
+    let mut summary = Summary::default();
+    let started = std::time::Instant::now();
+    for (path, kind) in paths {
+        let result = match kind {
+            InputKind::Mbox => sign_mbox_to(cfg, path, &pool, &mut summary, &progress),
+            InputKind::Maildir | InputKind::QueueDir => {
+                let out = match &cfg.output {
+                    Some(o) => DirOutput::To(o.clone()),
+                    None => DirOutput::InPlace,
+                };
+                bulk::sign_dir(path, *kind, &cfg.opts, &pool, &out, &mut summary, &progress).map_err(Into::into)
+            }
+            InputKind::Message => sign_message_file_in_place(cfg, path, &mut summary),
+        };
+        if let Err(e) = result {
+            progress.finish();
+            return Err(e);
+        }
     }
-    tmp.as_file().sync_all().map_err(fail)?;
-    set_mode(tmp.path(), mode).map_err(fail)?;
-    tmp.persist(path).map_err(|e| fail(e.error))?;
+    progress.finish();
+    let secs = started.elapsed().as_secs_f64();
+    report(cfg, &summary, secs);
+    Ok(if summary.passed > 0 { ExitCode::from(sysexits::DATAERR) } else { ExitCode::SUCCESS })
+}
+
+/// Input size for the progress bar.
+fn input_bytes(path: &Path, kind: InputKind) -> u64 {
+    match kind {
+        InputKind::Maildir | InputKind::QueueDir => bulk::list_messages(path, kind)
+            .map(|fs| fs.iter().filter_map(|f| std::fs::metadata(path.join(f)).ok()).map(|m| m.len()).sum())
+            .unwrap_or(0),
+        _ => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
+}
+
+fn sign_mbox_to(
+    cfg: &SignConfig,
+    path: &Path,
+    pool: &rayon::ThreadPool,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let dest = if cfg.in_place { Some(path) } else { cfg.output.as_deref() };
+    match dest {
+        None => {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+            bulk::sign_mbox(path, &cfg.opts, pool, &mut out, summary, progress)?;
+        }
+        Some(d) => {
+            let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), source: e };
+            let mut f = crate::io::AtomicFile::create(d, crate::io::mode_of(path)).map_err(fail)?;
+            {
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+                bulk::sign_mbox(path, &cfg.opts, pool, &mut out, summary, progress)?;
+                out.flush().map_err(fail)?;
+            }
+            f.commit().map_err(fail)?;
+        }
+    }
     Ok(())
 }
 
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+/// A one-message file among several inputs (--in-place): signed and replaced, or left alone
+/// and reported.
+fn sign_message_file_in_place(cfg: &SignConfig, path: &Path, summary: &mut Summary) -> anyhow::Result<()> {
+    let data = std::fs::read(path)
+        .map_err(|e| BulkError::Input { path: path.display().to_string(), reason: e.to_string() })?;
+    summary.messages += 1;
+    summary.bytes += data.len() as u64;
+    match bulk::sign_message(&cfg.opts, &data) {
+        Ok((headers, drop)) => {
+            let fail = |e: std::io::Error| BulkError::Output { path: path.display().to_string(), source: e };
+            let mut f = crate::io::AtomicFile::create(path, crate::io::mode_of(path)).map_err(fail)?;
+            f.write_all(&headers).and_then(|_| bulk::write_without(&mut f, &data, &drop)).map_err(fail)?;
+            f.commit().map_err(fail)?;
+            summary.signed += 1;
+        }
+        Err(e) => {
+            summary.passed += 1;
+            let p = bulk::Problem { file: path.display().to_string(), index: 1, offset: 0, reason: e.to_string() };
+            eprintln!("dkimpress: left unsigned: {p}");
+            summary.problems.push(p);
+        }
+    }
+    Ok(())
 }
 
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
+/// The final summary: a text line on stderr, or JSON (on stdout, or on stderr when stdout
+/// carries the signed mail).
+fn report(cfg: &SignConfig, s: &Summary, secs: f64) {
+    let rate = if secs > 0.0 { s.messages as f64 / secs } else { 0.0 };
+    if cfg.report_json {
+        let problems: Vec<serde_json::Value> = s
+            .problems
+            .iter()
+            .map(|p| serde_json::json!({"file": p.file, "index": p.index, "offset": p.offset, "reason": p.reason}))
+            .collect();
+        let v = serde_json::json!({
+            "messages": s.messages, "signed": s.signed, "passed_through": s.passed,
+            "bytes": s.bytes, "seconds": secs, "messages_per_second": rate,
+            "threads": cfg.threads, "problems": problems,
+        });
+        let to_stdout = cfg.in_place || cfg.output.is_some();
+        if to_stdout {
+            println!("{v}");
+        } else {
+            eprintln!("{v}");
+        }
+    } else if !cfg.quiet {
+        eprintln!(
+            "dkimpress: {} messages: {} signed, {} passed through unsigned; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
+            s.messages,
+            s.signed,
+            s.passed,
+            s.bytes as f64 / 1e6,
+            secs,
+            rate,
+            cfg.threads
+        );
+    }
 }
 
 fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
@@ -371,8 +599,9 @@ fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
     };
     let value = genkey::record_value(&g.key, &opts);
     let record = genkey::zone_record(&a.selector, &domain, &value, a.append_domain);
-    write_file_atomic(&private, &[g.pem.as_bytes()], 0o600)?;
-    write_file_atomic(&txt, &[record.as_bytes()], 0o644)?;
+    let fail = |p: &Path, e: std::io::Error| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", p.display()));
+    crate::io::write_atomic(&private, &[g.pem.as_bytes()], 0o600).map_err(|e| fail(&private, e))?;
+    crate::io::write_atomic(&txt, &[record.as_bytes()], 0o644).map_err(|e| fail(&txt, e))?;
     print!("{record}");
     eprintln!(
         "dkimpress: wrote {} ({} {} bits, mode 0600) and {}",

@@ -4,14 +4,20 @@
 //! (splitting a message into fields and body without copying), [`sign`] (building the
 //! DKIM-Signature field) and [`key`] (loading keys, the one place that picks the crypto
 //! backend). They work on `&[u8]`, take the clock as an argument, and never open files or spawn
-//! threads. [`genkey`] makes keys and DNS records; [`cli`] is the command-line adapter.
+//! threads. [`mbox`] splits and unquotes mailboxes, [`bulk`] runs archives through the parallel
+//! pipeline, [`io`] holds the memory maps and atomic output files (the only `unsafe`).
+//! [`genkey`] makes keys and DNS records; [`cli`] is the command-line adapter.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bulk;
 pub mod canon;
 pub mod cli;
 pub mod genkey;
 pub mod header;
+#[allow(unsafe_code)]
+pub mod io;
 pub mod key;
+pub mod mbox;
 pub mod sign;

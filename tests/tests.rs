@@ -4,6 +4,7 @@
 #[macro_use]
 mod util;
 
+mod bulk;
 mod genkey;
 mod interop;
 mod sign;

@@ -1,0 +1,510 @@
+//! Bulk signing of archives: mbox files (memory-mapped), maildirs and queue directories (one
+//! message per file), through a parallel pipeline with ordered output.
+//!
+//! Owns: recognising the input kind, the window-by-window parallel signing (rayon), the single
+//! ordered writer of an mbox, per-file atomic output for directories, counting and reporting
+//! messages that stay unsigned, and the interrupt flag. Signing itself is [`crate::sign`];
+//! splitting and unquoting mboxes is [`crate::mbox`].
+//!
+//! Memory is bounded by one window of messages per stage (at most [`WINDOW_MESSAGES`] messages
+//! or [`WINDOW_BYTES`] of input): mbox messages are slices of the map, and a window's results are
+//! only the new header fields.
+
+use crate::header::Message;
+use crate::io::{self, AtomicFile};
+use crate::mbox::{self, MboxEntry, MboxFormat};
+use crate::sign::{self, Signer};
+use rayon::prelude::*;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Most messages in flight per window.
+pub const WINDOW_MESSAGES: usize = 2048;
+/// Most input bytes in flight per window.
+pub const WINDOW_BYTES: usize = 64 << 20;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes SIGINT/SIGTERM stop a bulk run between windows, so that no partial output replaces
+/// an original (temporary files are removed as the run unwinds).
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// What an input path holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// An mbox file.
+    Mbox,
+    /// A maildir (`cur/`, `new/`; `tmp/` ignored).
+    Maildir,
+    /// A directory of files holding one message each.
+    QueueDir,
+    /// One message in one file.
+    Message,
+}
+
+impl std::str::FromStr for InputKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mbox" => Ok(InputKind::Mbox),
+            "maildir" => Ok(InputKind::Maildir),
+            "queue" | "dir" => Ok(InputKind::QueueDir),
+            "message" | "eml" => Ok(InputKind::Message),
+            _ => Err(format!("unknown input format {s:?}: expected mbox, maildir, queue or message")),
+        }
+    }
+}
+
+/// Detects the kind of `path`: a directory with `cur/` or `new/` is a maildir, any other
+/// directory a queue directory; a file starting with `From ` (after an optional UTF-8 BOM), or an
+/// empty file, is an mbox; any other file is one message.
+pub fn detect(path: &Path) -> std::io::Result<InputKind> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        if path.join("cur").is_dir() || path.join("new").is_dir() {
+            return Ok(InputKind::Maildir);
+        }
+        return Ok(InputKind::QueueDir);
+    }
+    let mut head = [0u8; 8];
+    let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut head)?;
+    let head = &head[..n];
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    // An empty file is an empty mbox: nothing to sign, nothing lost.
+    Ok(if head.is_empty() || head.starts_with(b"From ") { InputKind::Mbox } else { InputKind::Message })
+}
+
+/// Settings of a bulk run.
+pub struct BulkOptions {
+    /// One signature per signer on every message.
+    pub signers: Vec<Signer>,
+    /// The mbox flavour.
+    pub mbox_format: MboxFormat,
+    /// Remove existing DKIM-Signature fields whose `d=` is one of our domains.
+    pub strip_own: bool,
+    /// Unix time for `t=`.
+    pub now: u64,
+}
+
+/// One message left unsigned, with where it is and why.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The input file (for a directory: the message file).
+    pub file: String,
+    /// 1-based message number within the file (1 for one-message files).
+    pub index: u64,
+    /// Byte offset of the message in the file.
+    pub offset: u64,
+    /// Why it was not signed.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{} (byte offset {}): {}", sanitize(&self.file), self.index, self.offset, sanitize(&self.reason))
+    }
+}
+
+/// Control characters in untrusted text (file names, parse errors) become `?` before printing.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// Counts of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Messages read.
+    pub messages: u64,
+    /// Messages written with new signatures.
+    pub signed: u64,
+    /// Messages written unchanged (see `problems`).
+    pub passed: u64,
+    /// Input bytes.
+    pub bytes: u64,
+    /// Why messages were passed through.
+    pub problems: Vec<Problem>,
+}
+
+/// What happened to one message.
+enum Outcome {
+    Signed { headers: Vec<u8>, drop: Vec<Range<usize>> },
+    Unsigned(String),
+}
+
+/// Signs one stored message. `raw` is the message as stored; for an mbox it is unquoted into
+/// `scratch` first when it has quoted lines.
+fn process(opts: &BulkOptions, raw: &[u8], quoting: Option<MboxFormat>, scratch: &mut Vec<u8>) -> Outcome {
+    let msg = match quoting {
+        Some(f) => mbox::unquote(f, raw, scratch),
+        None => raw,
+    };
+    match sign_message(opts, msg) {
+        Ok((headers, drop)) => Outcome::Signed { headers, drop },
+        Err(e) => Outcome::Unsigned(e.to_string()),
+    }
+}
+
+/// Signs one message: the header fields to add on top, and the byte ranges of old own
+/// signatures to remove (empty unless `strip_own`).
+pub fn sign_message(opts: &BulkOptions, msg: &[u8]) -> Result<(Vec<u8>, Vec<Range<usize>>), sign::SignError> {
+    let headers = sign::sign_slice(&opts.signers, msg, opts.now)?;
+    let drop = if opts.strip_own { own_signatures(&opts.signers, msg) } else { vec![] };
+    Ok((headers, drop))
+}
+
+/// Byte ranges of DKIM-Signature fields whose `d=` is a domain one of `signers` signs for
+/// (key rotation). Other domains' signatures are never touched. Offsets lie in the header
+/// block, which mbox quoting never changes, so they are valid in the stored bytes too.
+fn own_signatures(signers: &[Signer], msg: &[u8]) -> Vec<Range<usize>> {
+    let Ok(parsed) = Message::parse(msg) else { return vec![] };
+    parsed
+        .fields
+        .iter()
+        .filter(|f| f.is("dkim-signature"))
+        .filter(|f| {
+            tag_value(f.value(), "d").is_some_and(|d| signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d)))
+        })
+        .map(|f| f.offset..f.offset + f.raw.len())
+        .collect()
+}
+
+/// The value of tag `name` in a tag-list (RFC 6376 §3.2), whitespace removed.
+pub fn tag_value(list: &[u8], name: &str) -> Option<String> {
+    for spec in list.split(|&b| b == b';') {
+        let Some(eq) = spec.iter().position(|&b| b == b'=') else { continue };
+        let tag: Vec<u8> = spec[..eq].iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        if tag == name.as_bytes() {
+            let v: Vec<u8> = spec[eq + 1..].iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            return String::from_utf8(v).ok();
+        }
+    }
+    None
+}
+
+/// Writes `data` without the `drop` ranges.
+pub fn write_without(w: &mut dyn Write, data: &[u8], drop: &[Range<usize>]) -> std::io::Result<()> {
+    let mut pos = 0;
+    for r in drop {
+        w.write_all(&data[pos..r.start])?;
+        pos = r.end;
+    }
+    w.write_all(&data[pos..])
+}
+
+/// A bulk-run failure that stops the run (as opposed to a message left unsigned).
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    /// An input cannot be read or is not what it should be.
+    #[error("{path}: {reason}")]
+    Input {
+        /// The input.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An input is not in the format it should be (e.g. not an mbox).
+    #[error("{path}: {reason}")]
+    Format {
+        /// The input.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An output cannot be written.
+    #[error("{path}: cannot write: {source}")]
+    Output {
+        /// The output.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// SIGINT or SIGTERM arrived; outputs in progress were discarded.
+    #[error("interrupted: no original was replaced by partial output")]
+    Interrupted,
+}
+
+fn input_err(path: &Path, reason: impl std::fmt::Display) -> BulkError {
+    BulkError::Input { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// Progress shown on stderr while a run goes (only when stderr is a terminal).
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// A bar over `total_bytes` when `show`, else nothing.
+    pub fn new(show: bool, total_bytes: u64) -> Progress {
+        if !show {
+            return Progress { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new(total_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} {bytes_per_sec} ETA {eta}")
+                .expect("valid template"),
+        );
+        Progress { bar: Some(bar) }
+    }
+
+    fn advance(&self, bytes: u64, messages: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+            b.set_message(format!("{messages} msgs"));
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Accounts for one message in `summary`, reporting a problem as it happens.
+fn account(
+    summary: &mut Summary,
+    progress: &Progress,
+    outcome: &Outcome,
+    file: &str,
+    index: u64,
+    offset: u64,
+    len: u64,
+) {
+    summary.messages += 1;
+    summary.bytes += len;
+    match outcome {
+        Outcome::Signed { .. } => summary.signed += 1,
+        Outcome::Unsigned(reason) => {
+            summary.passed += 1;
+            let p = Problem { file: file.to_string(), index, offset, reason: reason.clone() };
+            progress.println(&format!("dkimpress: left unsigned: {p}"));
+            summary.problems.push(p);
+        }
+    }
+    progress.advance(len, summary.messages);
+}
+
+/// Signs every message of the mbox at `path` into `out`: the output is the input with the new
+/// header fields inserted after each `From ` line (and own old signatures removed with
+/// `strip_own`), byte for byte otherwise.
+pub fn sign_mbox(
+    path: &Path,
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    out: &mut (dyn Write + Send),
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
+    let file = std::fs::File::open(path).map_err(|e| input_err(path, e))?;
+    let data = io::map(&file).map_err(|e| input_err(path, e))?;
+    let data: &[u8] = &data;
+    mbox::check(data).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })?;
+    let shown = path.display().to_string();
+    let out_err = |source| BulkError::Output { path: "output".to_string(), source };
+    let bom = mbox::bom_len(data);
+    out.write_all(&data[..bom]).map_err(out_err)?;
+
+    let fmt = opts.mbox_format;
+    let mut split = mbox::Splitter::new(data, fmt).peekable();
+    let (tx, rx) = crossbeam_channel::bounded::<(Vec<MboxEntry>, Vec<Outcome>)>(2);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<(), BulkError> {
+            let mut index = 0u64;
+            for (entries, outcomes) in rx {
+                for (e, o) in entries.iter().zip(&outcomes) {
+                    index += 1;
+                    out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
+                    let stored = &data[e.data.clone()];
+                    match o {
+                        Outcome::Signed { headers, drop } => {
+                            out.write_all(headers).map_err(out_err)?;
+                            write_without(out, stored, drop).map_err(out_err)?;
+                        }
+                        Outcome::Unsigned(_) => out.write_all(stored).map_err(out_err)?,
+                    }
+                    let len = (e.data.end - e.from_line.start) as u64;
+                    account(summary, progress, o, &shown, index, e.from_line.start as u64, len);
+                }
+            }
+            out.flush().map_err(out_err)
+        });
+        let mut result = Ok(());
+        loop {
+            if interrupted() {
+                result = Err(BulkError::Interrupted);
+                break;
+            }
+            let mut window = Vec::with_capacity(256);
+            let mut bytes = 0;
+            while window.len() < WINDOW_MESSAGES && bytes < WINDOW_BYTES {
+                match split.next() {
+                    Some(e) => {
+                        bytes += e.data.len();
+                        window.push(e);
+                    }
+                    None => break,
+                }
+            }
+            if window.is_empty() {
+                break;
+            }
+            let outcomes: Vec<Outcome> = pool.install(|| {
+                window
+                    .par_iter()
+                    .map_init(Vec::new, |scratch, e| process(opts, &data[e.message.clone()], Some(fmt), scratch))
+                    .collect()
+            });
+            if tx.send((window, outcomes)).is_err() {
+                break; // the writer failed; its error is returned below
+            }
+        }
+        drop(tx);
+        let written = writer.join().expect("writer thread panicked");
+        written.and(result)
+    })
+}
+
+/// Where directory outputs go.
+#[derive(Debug, Clone)]
+pub enum DirOutput {
+    /// The same relative paths under this directory.
+    To(PathBuf),
+    /// Each file replaced atomically.
+    InPlace,
+}
+
+/// The message files of a maildir (`cur/`, `new/`) or queue directory, as paths relative to
+/// `dir`, sorted so that runs are repeatable. Dot files and `tmp/` are skipped.
+pub fn list_messages(dir: &Path, kind: InputKind) -> Result<Vec<PathBuf>, BulkError> {
+    let subdirs: Vec<PathBuf> = match kind {
+        InputKind::Maildir => ["cur", "new"].iter().map(PathBuf::from).filter(|s| dir.join(s).is_dir()).collect(),
+        _ => vec![PathBuf::new()],
+    };
+    let mut files = vec![];
+    for sub in subdirs {
+        let rd = std::fs::read_dir(dir.join(&sub)).map_err(|e| input_err(&dir.join(&sub), e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| input_err(dir, e))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let ft = entry.file_type().map_err(|e| input_err(&entry.path(), e))?;
+            if ft.is_file() {
+                files.push(sub.join(name));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Signs each message file of a maildir or queue directory. Each output file appears
+/// atomically; a message left unsigned is copied unchanged (`To`) or left alone (`InPlace`).
+pub fn sign_dir(
+    dir: &Path,
+    kind: InputKind,
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    output: &DirOutput,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
+    let files = list_messages(dir, kind)?;
+    if let DirOutput::To(out) = output {
+        let mut parents: Vec<PathBuf> = files.iter().filter_map(|f| f.parent().map(|p| out.join(p))).collect();
+        parents.dedup();
+        parents.push(out.clone());
+        for p in parents {
+            std::fs::create_dir_all(&p)
+                .map_err(|source| BulkError::Output { path: p.display().to_string(), source })?;
+        }
+    }
+    for window in files.chunks(256) {
+        if interrupted() {
+            return Err(BulkError::Interrupted);
+        }
+        let results: Vec<Result<(Outcome, u64), BulkError>> = pool.install(|| {
+            window.par_iter().map_init(Vec::new, |buf, rel| sign_file(dir, rel, opts, output, buf)).collect()
+        });
+        for (rel, r) in window.iter().zip(results) {
+            let (outcome, len) = r?;
+            account(summary, progress, &outcome, &dir.join(rel).display().to_string(), 1, 0, len);
+        }
+    }
+    Ok(())
+}
+
+fn sign_file(
+    dir: &Path,
+    rel: &Path,
+    opts: &BulkOptions,
+    output: &DirOutput,
+    buf: &mut Vec<u8>,
+) -> Result<(Outcome, u64), BulkError> {
+    let src = dir.join(rel);
+    buf.clear();
+    std::io::Read::read_to_end(&mut std::fs::File::open(&src).map_err(|e| input_err(&src, e))?, buf)
+        .map_err(|e| input_err(&src, e))?;
+    let mut scratch = vec![];
+    let outcome = process(opts, buf, None, &mut scratch);
+    let dest = match output {
+        DirOutput::To(out) => out.join(rel),
+        DirOutput::InPlace => src.clone(),
+    };
+    let write = |headers: &[u8], drop: &[Range<usize>]| -> std::io::Result<()> {
+        let mut f = AtomicFile::create(&dest, io::mode_of(&src))?;
+        {
+            let mut w = BufWriter::new(&mut f);
+            w.write_all(headers)?;
+            write_without(&mut w, buf, drop)?;
+            w.flush()?;
+        }
+        f.commit()
+    };
+    let res = match (&outcome, output) {
+        (Outcome::Signed { headers, drop }, _) => write(headers, drop),
+        (Outcome::Unsigned(_), DirOutput::To(_)) => write(&[], &[]),
+        (Outcome::Unsigned(_), DirOutput::InPlace) => Ok(()),
+    };
+    res.map_err(|source| BulkError::Output { path: dest.display().to_string(), source })?;
+    Ok((outcome, buf.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_values() {
+        for (list, tag, want) in [
+            (&b"v=1; a=rsa-sha256; d=Example.COM; s=x"[..], "d", Some("Example.COM")),
+            (b"v=1;\r\n\td = example.org ;", "d", Some("example.org")),
+            (b"v=1; dd=x", "d", None),
+        ] {
+            assert_eq!(tag_value(list, tag).as_deref(), want);
+        }
+    }
+
+    #[test]
+    fn problem_display_strips_control_characters() {
+        let p = Problem { file: "a.mbox".into(), index: 3, offset: 120, reason: "bad\x1b[31m".into() };
+        assert_eq!(p.to_string(), "a.mbox#3 (byte offset 120): bad?[31m");
+    }
+}

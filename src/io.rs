@@ -1,0 +1,127 @@
+//! File plumbing for the adapters: memory maps of large inputs, and output files that appear
+//! atomically (temporary file beside the destination, fsync, rename, fsync of the directory).
+//!
+//! All `unsafe` of the crate lives here.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A read-only view of a whole file: a memory map, or nothing for an empty file (which cannot
+/// be mapped).
+pub enum Mapped {
+    /// A mapped non-empty file.
+    Map(memmap2::Mmap),
+    /// An empty file.
+    Empty,
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mapped::Map(m) => m,
+            Mapped::Empty => &[],
+        }
+    }
+}
+
+/// Maps `file` for one sequential pass.
+pub fn map(file: &File) -> std::io::Result<Mapped> {
+    if file.metadata()?.len() == 0 {
+        return Ok(Mapped::Empty);
+    }
+    // SAFETY: the map is read-only and private to this process. The one hazard is another
+    // process truncating or rewriting the file while we read it, which would make the slice
+    // change under us (or SIGBUS on truncation). Like ripgrep and every mmap-based mail tool,
+    // we require that an archive is not modified while it is being signed (README). With
+    // --in-place we replace the file by rename, which leaves the mapped inode intact.
+    let map = unsafe { memmap2::Mmap::map(file)? };
+    // Advice only; failure is harmless.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(Mapped::Map(map))
+}
+
+/// An output file that replaces `dest` only when [`AtomicFile::commit`] is called; dropping it
+/// before that removes the temporary file and leaves `dest` as it was.
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    dest: PathBuf,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file in the directory of `dest`, with permission bits `mode`.
+    pub fn create(dest: &Path, mode: u32) -> std::io::Result<AtomicFile> {
+        let dir = parent_dir(dest);
+        let tmp = tempfile::Builder::new().prefix(".dkimpress-").suffix(".tmp").tempfile_in(dir)?;
+        set_mode(tmp.path(), mode)?;
+        Ok(AtomicFile { tmp, dest: dest.to_path_buf() })
+    }
+
+    /// The open temporary file.
+    pub fn file(&mut self) -> &mut File {
+        self.tmp.as_file_mut()
+    }
+
+    /// fsync, rename over the destination, fsync the directory.
+    pub fn commit(self) -> std::io::Result<()> {
+        self.tmp.as_file().sync_all()?;
+        let dest = self.dest;
+        self.tmp.persist(&dest).map_err(|e| e.error)?;
+        // The rename is durable once the directory is synced; not all file systems allow it.
+        if let Ok(d) = File::open(parent_dir(&dest)) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tmp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tmp.flush()
+    }
+}
+
+fn parent_dir(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Permission bits of an existing file (0o644 where they cannot be read).
+pub fn mode_of(path: &Path) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        0o644
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Writes `parts` to `dest` atomically.
+pub fn write_atomic(dest: &Path, parts: &[&[u8]], mode: u32) -> std::io::Result<()> {
+    let mut f = AtomicFile::create(dest, mode)?;
+    for p in parts {
+        f.write_all(p)?;
+    }
+    f.commit()
+}

@@ -1,0 +1,321 @@
+//! Splitting an mbox into messages, and undoing its `>From ` quoting.
+//!
+//! Owns the storage artifacts of the mbox family: the `From ` separator line, the empty line a
+//! writer puts before it, `>From ` quoting (mboxo, mboxrd, mboxcl) and `Content-Length`
+//! (mboxcl, mboxcl2). None of these is part of the message (DESIGN.md: unquote before hashing;
+//! the original bytes, quoting included, are what gets written back). Pure over `&[u8]`: the
+//! caller maps or reads the file.
+//!
+//! Separator policy (see README "Mailboxes"): a line that starts with `From ` at the start of
+//! the file or right after a line end starts a new message. That is the definition of mboxo
+//! and mboxrd (any body line starting with `From ` was quoted on writing), and it is what
+//! Python's `mailbox`, MimeKit and node-mbox do. We do not require an empty line before the
+//! separator (qmail's writers do not write one) and we do not sniff headers after it, as
+//! Thunderbird does. For mboxcl/mboxcl2, `Content-Length` is honoured when it ends exactly at
+//! a separator or at the end of the file. Otherwise it is ignored, because such headers are
+//! often wrong after line-end conversion.
+
+use std::ops::Range;
+
+/// The mbox flavour (see `mbox(5)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MboxFormat {
+    /// mboxo: body lines `From ` are written `>From `; one `>` is removed on reading.
+    Mboxo,
+    /// mboxrd: `>*From ` lines get one more `>` on writing, one fewer on reading (the default:
+    /// it is the only flavour whose quoting can be undone exactly).
+    #[default]
+    Mboxrd,
+    /// mboxcl: mboxo quoting plus `Content-Length`.
+    Mboxcl,
+    /// mboxcl2: `Content-Length`, no quoting.
+    Mboxcl2,
+}
+
+impl MboxFormat {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MboxFormat::Mboxo => "mboxo",
+            MboxFormat::Mboxrd => "mboxrd",
+            MboxFormat::Mboxcl => "mboxcl",
+            MboxFormat::Mboxcl2 => "mboxcl2",
+        }
+    }
+
+    fn uses_content_length(self) -> bool {
+        matches!(self, MboxFormat::Mboxcl | MboxFormat::Mboxcl2)
+    }
+}
+
+impl std::str::FromStr for MboxFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "mboxo" => Ok(MboxFormat::Mboxo),
+            "mboxrd" => Ok(MboxFormat::Mboxrd),
+            "mboxcl" => Ok(MboxFormat::Mboxcl),
+            "mboxcl2" => Ok(MboxFormat::Mboxcl2),
+            _ => Err(format!("unknown mbox format {s:?}: expected mboxo, mboxrd, mboxcl or mboxcl2")),
+        }
+    }
+}
+
+/// Why a file is not an mbox we can split.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MboxError {
+    /// The first line is not a `From ` separator.
+    #[error("not an mbox: the first line does not start with \"From \"")]
+    NoSeparator,
+    /// Line ends are CR only (classic Mac OS), which no mbox reader splits.
+    #[error("line ends are CR only (classic Mac OS); convert them first, e.g. tr '\\r' '\\n'")]
+    CrOnly,
+}
+
+/// One message of an mbox, as offsets into the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MboxEntry {
+    /// The `From ` line with its line end.
+    pub from_line: Range<usize>,
+    /// Everything after it up to the next separator (or the end of the file): the stored
+    /// message, still quoted, with the empty line a writer adds before the next separator.
+    pub data: Range<usize>,
+    /// `data` without that empty line: the message as stored (still quoted). When `data` does
+    /// not end with an empty line (a truncated file, a writer that adds none), the same as
+    /// `data`. Canonicalization drops trailing empty lines anyway, so this choice cannot change
+    /// a signature; it matters for what "the message" means in tests and reports.
+    pub message: Range<usize>,
+}
+
+/// Length of a UTF-8 byte order mark at the start of `data` (0 or 3). A BOM is tolerated
+/// before the first separator and kept in the output.
+pub fn bom_len(data: &[u8]) -> usize {
+    if data.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    }
+}
+
+/// Checks that `data` is an mbox. An empty file is an mbox with no messages.
+pub fn check(data: &[u8]) -> Result<(), MboxError> {
+    let start = bom_len(data);
+    if data.len() == start {
+        return Ok(());
+    }
+    if !data[start..].starts_with(b"From ") {
+        return Err(MboxError::NoSeparator);
+    }
+    if memchr::memchr(b'\n', data).is_none() && memchr::memchr(b'\r', data).is_some() {
+        return Err(MboxError::CrOnly);
+    }
+    Ok(())
+}
+
+/// Iterates over the messages of an mbox (call [`check`] first).
+pub struct Splitter<'a> {
+    data: &'a [u8],
+    pos: usize,
+    format: MboxFormat,
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl<'a> Splitter<'a> {
+    /// Starts at the first separator (after a BOM, if any).
+    pub fn new(data: &'a [u8], format: MboxFormat) -> Splitter<'a> {
+        Splitter { data, pos: bom_len(data), format, finder: memchr::memmem::Finder::new(b"\nFrom ") }
+    }
+
+    /// Start of the next separator line at or after `from`, or the end of the data.
+    fn next_separator(&self, from: usize) -> usize {
+        match self.finder.find(&self.data[from..]) {
+            Some(i) => from + i + 1,
+            None => self.data.len(),
+        }
+    }
+
+    /// End of the message by its Content-Length, when that lands on a separator or the end.
+    fn by_content_length(&self, start: usize) -> Option<usize> {
+        let msg = &self.data[start..];
+        let parsed = crate::header::Message::parse(msg).ok()?;
+        let cl = parsed.fields.iter().find(|f| f.is("content-length"))?;
+        let n: usize = std::str::from_utf8(cl.value()).ok()?.trim().parse().ok()?;
+        let end = start.checked_add(parsed.body_offset)?.checked_add(n)?;
+        if end > self.data.len() {
+            return None;
+        }
+        let rest = &self.data[end..];
+        // Allow the writer's empty line between the body and the next separator.
+        let skip = if rest.starts_with(b"\r\n") {
+            2
+        } else if rest.starts_with(b"\n") {
+            1
+        } else {
+            0
+        };
+        let after = &rest[skip..];
+        let at_line_start = skip > 0 || (end > 0 && self.data[end - 1] == b'\n');
+        if after.is_empty() {
+            Some(self.data.len())
+        } else if after.starts_with(b"From ") && at_line_start {
+            Some(end + skip)
+        } else {
+            None
+        }
+    }
+}
+
+impl Iterator for Splitter<'_> {
+    type Item = MboxEntry;
+
+    fn next(&mut self) -> Option<MboxEntry> {
+        if self.pos >= self.data.len() {
+            return None;
+        }
+        let start = self.pos;
+        let from_end = memchr::memchr(b'\n', &self.data[start..]).map_or(self.data.len(), |i| start + i + 1);
+        let end = if self.format.uses_content_length() {
+            self.by_content_length(from_end).unwrap_or_else(|| self.next_separator(from_end.saturating_sub(1)))
+        } else {
+            self.next_separator(from_end.saturating_sub(1))
+        };
+        // A From line with no line end at the end of the file: an empty message.
+        let end = end.max(from_end);
+        self.pos = end;
+        let d = &self.data[from_end..end];
+        let framing = if d.ends_with(b"\r\n\r\n") {
+            2
+        } else if d.ends_with(b"\n\n") {
+            1
+        } else {
+            0
+        };
+        // Unless that empty line is the one that ends the header block (a message with no
+        // body), which belongs to the message.
+        let rest = &d[..d.len() - framing];
+        let framing = if framing > 0
+            && memchr::memmem::find(rest, b"\n\n").is_none()
+            && memchr::memmem::find(rest, b"\n\r\n").is_none()
+        {
+            0
+        } else {
+            framing
+        };
+        Some(MboxEntry { from_line: start..from_end, data: from_end..end, message: from_end..end - framing })
+    }
+}
+
+/// Whether `line` (starting at a line start) is quoted for `format`, i.e. one `>` must go.
+fn is_quoted(format: MboxFormat, line: &[u8]) -> bool {
+    match format {
+        MboxFormat::Mboxcl2 => false,
+        MboxFormat::Mboxo | MboxFormat::Mboxcl => line.starts_with(b">From "),
+        MboxFormat::Mboxrd => {
+            let gts = line.iter().take_while(|&&b| b == b'>').count();
+            gts > 0 && line[gts..].starts_with(b"From ")
+        }
+    }
+}
+
+/// The message as it was before the mbox writer quoted it. Returns `data` itself when nothing
+/// is quoted (the common case, no copy), else fills `scratch` and returns it.
+pub fn unquote<'a>(format: MboxFormat, data: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    if format == MboxFormat::Mboxcl2 {
+        return data;
+    }
+    let quoted_at = |i: usize| is_quoted(format, &data[i..]);
+    let first = if !data.is_empty() && quoted_at(0) {
+        Some(0)
+    } else {
+        memchr::memmem::find_iter(data, b"\n>").map(|i| i + 1).find(|&i| quoted_at(i))
+    };
+    let Some(first) = first else { return data };
+    scratch.clear();
+    scratch.reserve(data.len());
+    scratch.extend_from_slice(&data[..first]);
+    let mut line_start = first;
+    while line_start < data.len() {
+        let line_end = memchr::memchr(b'\n', &data[line_start..]).map_or(data.len(), |i| line_start + i + 1);
+        let line = &data[line_start..line_end];
+        if is_quoted(format, line) {
+            scratch.extend_from_slice(&line[1..]);
+        } else {
+            scratch.extend_from_slice(line);
+        }
+        line_start = line_end;
+    }
+    scratch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(data: &[u8], f: MboxFormat) -> Vec<(&[u8], &[u8])> {
+        Splitter::new(data, f).map(|e| (&data[e.from_line], &data[e.data])).collect()
+    }
+
+    #[test]
+    fn split_table() {
+        let m = MboxFormat::Mboxrd;
+        type Split<'a> = &'a [(&'a [u8], &'a [u8])];
+        let cases: &[(&[u8], Split)] = &[
+            (b"", &[]),
+            (
+                b"From a\nX: 1\n\nbody\n\nFrom b\nX: 2\n\nb2\n",
+                &[(b"From a\n", b"X: 1\n\nbody\n\n"), (b"From b\n", b"X: 2\n\nb2\n")],
+            ),
+            // No empty line before the separator (qmail).
+            (b"From a\nX: 1\nFrom b\nX: 2\n", &[(b"From a\n", b"X: 1\n"), (b"From b\n", b"X: 2\n")]),
+            // CRLF, no final newline.
+            (b"From a\r\nX: 1\r\n\r\nbody", &[(b"From a\r\n", b"X: 1\r\n\r\nbody")]),
+            // From line without line end.
+            (b"From ", &[(b"From ", b"")]),
+            // Quoted lines and look-alikes are not separators.
+            (
+                b"From a\nX: 1\n\n>From x\n From y\nFrom\nFromage\n",
+                &[(b"From a\n", b"X: 1\n\n>From x\n From y\nFrom\nFromage\n")],
+            ),
+            // BOM before the first separator.
+            (b"\xEF\xBB\xBFFrom a\nX: 1\n", &[(b"From a\n", b"X: 1\n")]),
+        ];
+        for (input, want) in cases {
+            assert!(check(input).is_ok());
+            assert_eq!(split(input, m), *want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn content_length_protects_body_from_lines_when_it_fits() {
+        let mbox = b"From a\nContent-Length: 12\n\nFrom inside\n\nFrom b\nX: 2\n\nb\n";
+        let got = split(mbox, MboxFormat::Mboxcl2);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1, b"Content-Length: 12\n\nFrom inside\n\n");
+        // Wrong length: fall back to separators.
+        let lies = b"From a\nContent-Length: 5\n\nFrom inside\n\nFrom b\nX: 2\n\nb\n";
+        assert_eq!(split(lies, MboxFormat::Mboxcl2).len(), 3);
+        // Same file read as mboxrd ignores Content-Length.
+        assert_eq!(split(mbox, MboxFormat::Mboxrd).len(), 3);
+    }
+
+    #[test]
+    fn not_an_mbox() {
+        assert_eq!(check(b"Subject: x\n\nbody\n"), Err(MboxError::NoSeparator));
+        assert_eq!(check(b"From a\rX: 1\r"), Err(MboxError::CrOnly));
+    }
+
+    #[test]
+    fn unquote_table() {
+        let cases: &[(MboxFormat, &[u8], &[u8])] = &[
+            (MboxFormat::Mboxrd, b"A: b\n\n>From x\n>>From y\n>Fro\n", b"A: b\n\nFrom x\n>From y\n>Fro\n"),
+            (MboxFormat::Mboxo, b"A: b\n\n>From x\n>>From y\n", b"A: b\n\nFrom x\n>>From y\n"),
+            (MboxFormat::Mboxcl2, b"A: b\n\n>From x\n", b"A: b\n\n>From x\n"),
+            (MboxFormat::Mboxrd, b"A: b\n\nplain\n", b"A: b\n\nplain\n"),
+            (MboxFormat::Mboxrd, b"A: b\r\n\r\n>>>From z", b"A: b\r\n\r\n>>From z"),
+        ];
+        for (f, input, want) in cases {
+            let mut scratch = vec![];
+            assert_eq!(unquote(*f, input, &mut scratch), *want, "{f:?}");
+        }
+    }
+}
