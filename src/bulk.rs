@@ -321,12 +321,34 @@ pub fn sign_mbox(
     out.write_all(&data[..bom]).map_err(out_err)?;
 
     let fmt = opts.mbox_format;
-    let mut split = mbox::Splitter::new(data, fmt).peekable();
-    let (tx, rx) = crossbeam_channel::bounded::<(Vec<MboxEntry>, Vec<Outcome>)>(2);
+    // Three stages, overlapped: a splitter thread cuts windows of messages (a memmem scan),
+    // the rayon pool signs a window while the next one is cut, and one writer thread emits
+    // windows in order. Bounded channels keep at most a few windows in flight.
+    let (win_tx, win_rx) = crossbeam_channel::bounded::<Vec<MboxEntry>>(1);
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<(Vec<MboxEntry>, Vec<Outcome>)>(2);
     std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut split = mbox::Splitter::new(data, fmt);
+            loop {
+                let mut window = Vec::with_capacity(256);
+                let mut bytes = 0;
+                while window.len() < WINDOW_MESSAGES && bytes < WINDOW_BYTES {
+                    match split.next() {
+                        Some(e) => {
+                            bytes += e.data.len();
+                            window.push(e);
+                        }
+                        None => break,
+                    }
+                }
+                if window.is_empty() || win_tx.send(window).is_err() {
+                    break;
+                }
+            }
+        });
         let writer = s.spawn(move || -> Result<(), BulkError> {
             let mut index = 0u64;
-            for (entries, outcomes) in rx {
+            for (entries, outcomes) in out_rx {
                 for (e, o) in entries.iter().zip(&outcomes) {
                     index += 1;
                     out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
@@ -345,23 +367,9 @@ pub fn sign_mbox(
             out.flush().map_err(out_err)
         });
         let mut result = Ok(());
-        loop {
+        for window in win_rx {
             if interrupted() {
                 result = Err(BulkError::Interrupted);
-                break;
-            }
-            let mut window = Vec::with_capacity(256);
-            let mut bytes = 0;
-            while window.len() < WINDOW_MESSAGES && bytes < WINDOW_BYTES {
-                match split.next() {
-                    Some(e) => {
-                        bytes += e.data.len();
-                        window.push(e);
-                    }
-                    None => break,
-                }
-            }
-            if window.is_empty() {
                 break;
             }
             let outcomes: Vec<Outcome> = pool.install(|| {
@@ -370,11 +378,13 @@ pub fn sign_mbox(
                     .map_init(Vec::new, |scratch, e| process(opts, &data[e.message.clone()], Some(fmt), scratch))
                     .collect()
             });
-            if tx.send((window, outcomes)).is_err() {
+            if out_tx.send((window, outcomes)).is_err() {
                 break; // the writer failed; its error is returned below
             }
         }
-        drop(tx);
+        // Dropping the receiver (end of the loop) stops the splitter; dropping the sender
+        // lets the writer finish.
+        drop(out_tx);
         let written = writer.join().expect("writer thread panicked");
         written.and(result)
     })

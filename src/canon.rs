@@ -212,74 +212,94 @@ fn simple_content_end(body: &[u8]) -> usize {
 /// Relaxed body canonicalization (RFC 6376 §3.4.4): WSP runs become one SP, WSP at line end
 /// is removed, trailing empty lines are removed, an empty body stays empty, a missing final
 /// line end is added to a non-empty body.
+///
+/// Most of a text body is already canonical: lines that end in CRLF, with single spaces between
+/// words. Only a few places need rewriting: a tab, two spaces in a row, whitespace before a line
+/// end, and a bare LF. Three scanners (memchr for tab and LF, memmem for two spaces) find those
+/// places, and the bytes between them go to the sink unchanged, in runs that span many lines.
+/// Trailing empty and whitespace-only lines are cut off before the scan begins.
 fn body_relaxed<S: Sink + ?Sized>(body: &[u8], sink: &mut S) {
-    // Empty lines are held back until a non-empty line shows they are not trailing.
-    let mut pending_empty: usize = 0;
-    let mut line_started = false;
-    let mut pos = 0;
-    let len = body.len();
-
-    // Starts the current line: releases held-back empty lines first.
-    #[inline]
-    fn start<S: Sink + ?Sized>(sink: &mut S, started: &mut bool, pending: &mut usize) {
-        if !*started {
-            for _ in 0..*pending {
+    let content = &body[..relaxed_content_end(body)];
+    if content.is_empty() {
+        return;
+    }
+    let mut tabs = memchr::memchr_iter(b'\t', content).peekable();
+    let mut doubles = memchr::memmem::find_iter(content, b"  ").peekable();
+    let mut lfs = memchr::memchr_iter(b'\n', content).peekable();
+    // content[run..] has not been written yet.
+    let mut run = 0;
+    loop {
+        let next = [tabs.peek(), doubles.peek(), lfs.peek()].into_iter().flatten().copied().min();
+        let Some(at) = next else { break };
+        if lfs.peek() == Some(&at) {
+            lfs.next();
+            let cr = at > 0 && content[at - 1] == b'\r';
+            let text_end = at - usize::from(cr);
+            let mut ws = text_end;
+            while ws > run && is_wsp(content[ws - 1]) {
+                ws -= 1;
+            }
+            if ws < text_end || !cr {
+                // Trailing whitespace to drop, or a bare LF to turn into CRLF.
+                sink.write(&content[run..ws]);
                 sink.write(CRLF);
+                run = at + 1;
             }
-            *pending = 0;
-            *started = true;
+            skip_below(&mut tabs, at + 1);
+            skip_below(&mut doubles, at + 1);
+        } else {
+            // A whitespace run that is not a single SP: find its whole extent.
+            let mut start = at;
+            while start > run && is_wsp(content[start - 1]) {
+                start -= 1;
+            }
+            let mut end = at + 1;
+            while end < content.len() && is_wsp(content[end]) {
+                end += 1;
+            }
+            let ends_line = end == content.len()
+                || content[end] == b'\n'
+                || (content[end] == b'\r' && content.get(end + 1) == Some(&b'\n'));
+            if !ends_line {
+                sink.write(&content[run..start]);
+                sink.write(b" ");
+                run = end;
+            }
+            // At a line end the LF branch drops the run.
+            skip_below(&mut tabs, end);
+            skip_below(&mut doubles, end);
         }
     }
+    sink.write(&content[run..]);
+    sink.write(CRLF);
+}
 
-    while pos < len {
-        match memchr::memchr3(b' ', b'\t', b'\n', &body[pos..]) {
-            None => {
-                // Last line, no line end: all of it is content (no WSP in it).
-                start(sink, &mut line_started, &mut pending_empty);
-                sink.write(&body[pos..]);
-                pos = len;
-            }
-            Some(off) => {
-                let at = pos + off;
-                if body[at] == b'\n' {
-                    // Line end: the run before it, minus the CR of a CRLF.
-                    let run_end = if at > pos && body[at - 1] == b'\r' { at - 1 } else { at };
-                    if run_end > pos {
-                        start(sink, &mut line_started, &mut pending_empty);
-                        sink.write(&body[pos..run_end]);
-                    }
-                    if line_started {
-                        sink.write(CRLF);
-                        line_started = false;
-                    } else {
-                        pending_empty += 1;
-                    }
-                    pos = at + 1;
-                } else {
-                    // WSP run: content before it, then one SP unless the run ends the line.
-                    if at > pos {
-                        start(sink, &mut line_started, &mut pending_empty);
-                        sink.write(&body[pos..at]);
-                    }
-                    let mut wend = at + 1;
-                    while wend < len && is_wsp(body[wend]) {
-                        wend += 1;
-                    }
-                    let ends_line = wend == len
-                        || body[wend] == b'\n'
-                        || (body[wend] == b'\r' && wend + 1 < len && body[wend + 1] == b'\n');
-                    if !ends_line {
-                        start(sink, &mut line_started, &mut pending_empty);
-                        sink.write(b" ");
-                    }
-                    pos = wend;
-                }
-            }
+/// Drops positions below `limit` from a peekable position iterator.
+#[inline]
+fn skip_below<I: Iterator<Item = usize>>(it: &mut std::iter::Peekable<I>, limit: usize) {
+    while it.peek().is_some_and(|&p| p < limit) {
+        it.next();
+    }
+}
+
+/// Where the relaxed content of `body` ends: after its last octet that is neither WSP nor part
+/// of a line end (a lone CR is content). Everything after it is trailing whitespace and empty
+/// lines, which relaxed canonicalization removes.
+fn relaxed_content_end(body: &[u8]) -> usize {
+    let mut i = body.len();
+    while i > 0 {
+        let b = body[i - 1];
+        let strip = match b {
+            b' ' | b'\t' | b'\n' => true,
+            b'\r' => body.get(i) == Some(&b'\n'),
+            _ => false,
+        };
+        if !strip {
+            break;
         }
+        i -= 1;
     }
-    if line_started {
-        sink.write(CRLF);
-    }
+    i
 }
 
 /// Writes the canonical form of one header field, given its name and its whole raw text

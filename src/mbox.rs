@@ -232,18 +232,19 @@ pub fn unquote<'a>(format: MboxFormat, data: &'a [u8], scratch: &'a mut Vec<u8>)
     let Some(first) = first else { return data };
     scratch.clear();
     scratch.reserve(data.len());
-    scratch.extend_from_slice(&data[..first]);
-    let mut line_start = first;
-    while line_start < data.len() {
-        let line_end = memchr::memchr(b'\n', &data[line_start..]).map_or(data.len(), |i| line_start + i + 1);
-        let line = &data[line_start..line_end];
-        if is_quoted(format, line) {
-            scratch.extend_from_slice(&line[1..]);
-        } else {
-            scratch.extend_from_slice(line);
+    // Copy whole runs between quoted lines; each quoted line loses its first '>'.
+    let mut copied = 0;
+    let mut at = first;
+    loop {
+        scratch.extend_from_slice(&data[copied..at]);
+        copied = at + 1;
+        let next = memchr::memmem::find_iter(&data[at..], b"\n>").map(|i| at + i + 1).find(|&i| quoted_at(i));
+        match next {
+            Some(n) => at = n,
+            None => break,
         }
-        line_start = line_end;
     }
+    scratch.extend_from_slice(&data[copied..]);
     scratch
 }
 
