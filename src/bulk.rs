@@ -6,9 +6,9 @@
 //! messages that stay unsigned, and the interrupt flag. Signing itself is [`crate::sign`];
 //! splitting and unquoting mboxes is [`crate::mbox`].
 //!
-//! Memory is bounded by one window of messages per stage (at most [`WINDOW_MESSAGES`] messages
-//! or [`WINDOW_BYTES`] of input): mbox messages are slices of the map, and a window's results are
-//! only the new header fields.
+//! Memory is bounded by the messages in flight (at most [`IN_FLIGHT`] messages and about
+//! [`IN_FLIGHT_BYTES`] of input): mbox messages are slices of the map, results are only the new
+//! header fields, and the writer releases mapped pages it has written.
 
 use crate::header::Message;
 use crate::io::{self, AtomicFile};
@@ -20,10 +20,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Most messages in flight per window.
-pub const WINDOW_MESSAGES: usize = 2048;
-/// Most input bytes in flight per window.
-pub const WINDOW_BYTES: usize = 64 << 20;
+/// Most messages between the splitter and the writer.
+pub const IN_FLIGHT: usize = 4096;
+/// Most input bytes between the splitter and the writer (a new job waits beyond this).
+pub const IN_FLIGHT_BYTES: usize = 32 << 20;
+/// The writer hands mapped pages back to the kernel every this many bytes.
+const RELEASE_STEP: usize = 8 << 20;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -312,8 +314,9 @@ pub fn sign_mbox(
     progress: &Progress,
 ) -> Result<(), BulkError> {
     let file = std::fs::File::open(path).map_err(|e| input_err(path, e))?;
-    let data = io::map(&file).map_err(|e| input_err(path, e))?;
-    let data: &[u8] = &data;
+    let mapped = io::map(&file).map_err(|e| input_err(path, e))?;
+    let mapped = &mapped;
+    let data: &[u8] = mapped;
     mbox::check(data).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })?;
     let shown = path.display().to_string();
     let out_err = |source| BulkError::Output { path: "output".to_string(), source };
@@ -321,73 +324,75 @@ pub fn sign_mbox(
     out.write_all(&data[..bom]).map_err(out_err)?;
 
     let fmt = opts.mbox_format;
-    // Three stages, overlapped: a splitter thread cuts windows of messages (a memmem scan),
-    // the rayon pool signs a window while the next one is cut, and one writer thread emits
-    // windows in order. Bounded channels keep at most a few windows in flight.
-    let (win_tx, win_rx) = crossbeam_channel::bounded::<Vec<MboxEntry>>(1);
-    let (out_tx, out_rx) = crossbeam_channel::bounded::<(Vec<MboxEntry>, Vec<Outcome>)>(2);
+    // Ordered parallel output without barriers (the gzp pattern): the splitter, on this
+    // thread, gives every message to the pool as its own job with a one-shot result slot and
+    // queues the slot for the writer; the writer takes slots in input order and waits for each.
+    // The bounded queue holds at most IN_FLIGHT jobs (and IN_FLIGHT_BYTES of input), which
+    // bounds memory; the writer releases mapped pages behind it.
+    type Slot = crossbeam_channel::Receiver<Outcome>;
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<(MboxEntry, Slot)>(IN_FLIGHT);
+    let queued_bytes = std::sync::atomic::AtomicUsize::new(0);
+    let queued_bytes = &queued_bytes;
     std::thread::scope(|s| {
-        s.spawn(move || {
-            let mut split = mbox::Splitter::new(data, fmt);
-            loop {
-                let mut window = Vec::with_capacity(256);
-                let mut bytes = 0;
-                while window.len() < WINDOW_MESSAGES && bytes < WINDOW_BYTES {
-                    match split.next() {
-                        Some(e) => {
-                            bytes += e.data.len();
-                            window.push(e);
-                        }
-                        None => break,
-                    }
-                }
-                if window.is_empty() || win_tx.send(window).is_err() {
-                    break;
-                }
-            }
-        });
         let writer = s.spawn(move || -> Result<(), BulkError> {
             let mut index = 0u64;
-            for (entries, outcomes) in out_rx {
-                for (e, o) in entries.iter().zip(&outcomes) {
-                    index += 1;
-                    out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
-                    let stored = &data[e.data.clone()];
-                    match o {
-                        Outcome::Signed { headers, drop } => {
-                            out.write_all(headers).map_err(out_err)?;
-                            write_without(out, stored, drop).map_err(out_err)?;
-                        }
-                        Outcome::Unsigned(_) => out.write_all(stored).map_err(out_err)?,
+            let mut released = 0usize;
+            for (e, slot) in out_rx {
+                index += 1;
+                let o = slot.recv().expect("signing job vanished");
+                out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
+                let stored = &data[e.data.clone()];
+                match &o {
+                    Outcome::Signed { headers, drop } => {
+                        out.write_all(headers).map_err(out_err)?;
+                        write_without(out, stored, drop).map_err(out_err)?;
                     }
-                    let len = (e.data.end - e.from_line.start) as u64;
-                    account(summary, progress, o, &shown, index, e.from_line.start as u64, len);
+                    Outcome::Unsigned(_) => out.write_all(stored).map_err(out_err)?,
+                }
+                let len = e.data.end - e.from_line.start;
+                queued_bytes.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+                account(summary, progress, &o, &shown, index, e.from_line.start as u64, len as u64);
+                if e.data.end - released >= RELEASE_STEP {
+                    mapped.release(released..e.data.end);
+                    released = e.data.end;
                 }
             }
             out.flush().map_err(out_err)
         });
         let mut result = Ok(());
-        for window in win_rx {
-            if interrupted() {
-                result = Err(BulkError::Interrupted);
-                break;
+        pool.in_place_scope(|scope| {
+            for e in mbox::Splitter::new(data, fmt) {
+                if interrupted() {
+                    result = Err(BulkError::Interrupted);
+                    break;
+                }
+                // Bytes in flight: wait for the writer when a run of huge messages piles up.
+                let len = e.data.end - e.from_line.start;
+                while queued_bytes.load(std::sync::atomic::Ordering::Relaxed) > IN_FLIGHT_BYTES {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                queued_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                let (slot_tx, slot_rx) = crossbeam_channel::bounded(1);
+                let message = e.message.clone();
+                scope.spawn(move |_| {
+                    let outcome =
+                        SCRATCH.with(|scratch| process(opts, &data[message], Some(fmt), &mut scratch.borrow_mut()));
+                    let _ = slot_tx.send(outcome);
+                });
+                if out_tx.send((e, slot_rx)).is_err() {
+                    break; // the writer failed; its error is returned below
+                }
             }
-            let outcomes: Vec<Outcome> = pool.install(|| {
-                window
-                    .par_iter()
-                    .map_init(Vec::new, |scratch, e| process(opts, &data[e.message.clone()], Some(fmt), scratch))
-                    .collect()
-            });
-            if out_tx.send((window, outcomes)).is_err() {
-                break; // the writer failed; its error is returned below
-            }
-        }
-        // Dropping the receiver (end of the loop) stops the splitter; dropping the sender
-        // lets the writer finish.
+        });
         drop(out_tx);
         let written = writer.join().expect("writer thread panicked");
         written.and(result)
     })
+}
+
+thread_local! {
+    /// Per-worker buffer for unquoting mbox messages.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where directory outputs go.

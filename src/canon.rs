@@ -143,9 +143,49 @@ fn is_wsp(b: u8) -> bool {
 /// Writes the canonical form of `body` (everything after the empty line that ends the header
 /// block) into `sink`.
 pub fn canonicalize_body<S: Sink + ?Sized>(canon: Canon, body: &[u8], sink: &mut S) {
+    let mut staged = Staged { inner: sink, buf: [0; STAGE], len: 0 };
     match canon {
-        Canon::Simple => body_simple(body, sink),
-        Canon::Relaxed => body_relaxed(body, sink),
+        Canon::Simple => body_simple(body, &mut staged),
+        Canon::Relaxed => body_relaxed(body, &mut staged),
+    }
+    staged.flush();
+}
+
+const STAGE: usize = 8192;
+
+/// Gathers the short writes of line-by-line rewriting (a line, then CRLF) into one buffer, so
+/// that the hasher sees a few large updates instead of two per line; long runs pass straight
+/// through.
+struct Staged<'a, S: Sink + ?Sized> {
+    inner: &'a mut S,
+    buf: [u8; STAGE],
+    len: usize,
+}
+
+impl<S: Sink + ?Sized> Staged<'_, S> {
+    fn flush(&mut self) {
+        if self.len > 0 {
+            self.inner.write(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl<S: Sink + ?Sized> Sink for Staged<'_, S> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() <= STAGE {
+            self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        } else {
+            self.flush();
+            if bytes.len() >= STAGE / 2 {
+                self.inner.write(bytes);
+            } else {
+                self.buf[..bytes.len()].copy_from_slice(bytes);
+                self.len = bytes.len();
+            }
+        }
     }
 }
 

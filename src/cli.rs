@@ -492,7 +492,9 @@ fn sign_mbox_to(
     let dest = if cfg.in_place { Some(path) } else { cfg.output.as_deref() };
     match dest {
         None => {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+            // Straight to fd 1 through our own buffer (std's Stdout is line-buffered and would
+            // copy every byte once more).
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, crate::io::stdout_raw());
             bulk::sign_mbox(path, &cfg.opts, pool, &mut out, summary, progress)?;
         }
         Some(d) => {

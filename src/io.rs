@@ -26,6 +26,29 @@ impl std::ops::Deref for Mapped {
     }
 }
 
+impl Mapped {
+    /// Tells the kernel that `range` will not be read again, so its pages leave this process's
+    /// resident set (they stay in the page cache). Keeps the RSS of a pass over a multi-GB mbox
+    /// at the size of the windows in flight. Advice only: errors are ignored.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let Mapped::Map(m) = self else { return };
+        let page = 4096;
+        // Whole pages inside the range only: a page shared with unreleased data stays.
+        let start = range.start.div_ceil(page) * page;
+        let end = (range.end / page) * page;
+        if end <= start || end > m.len() {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a read-only, file-backed mapping discards our page table
+        // entries only; a later read of the range faults the same file contents back in, so
+        // slices into it stay valid. The caller passes ranges it has finished with anyway.
+        #[cfg(unix)]
+        unsafe {
+            let _ = m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
+        }
+    }
+}
+
 /// Maps `file` for one sequential pass.
 pub fn map(file: &File) -> std::io::Result<Mapped> {
     if file.metadata()?.len() == 0 {
@@ -124,4 +147,20 @@ pub fn write_atomic(dest: &Path, parts: &[&[u8]], mode: u32) -> std::io::Result<
         f.write_all(p)?;
     }
     f.commit()
+}
+
+/// Standard output as an unbuffered `File` (fd 1), for large sequential output.
+#[cfg(unix)]
+pub fn stdout_raw() -> impl Write + Send {
+    use std::os::fd::AsFd as _;
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(File::from(fd)) as Box<dyn Write + Send>,
+        Err(_) => Box::new(std::io::stdout()),
+    }
+}
+
+/// Standard output (non-Unix: std's own).
+#[cfg(not(unix))]
+pub fn stdout_raw() -> impl Write + Send {
+    std::io::stdout()
 }
