@@ -133,7 +133,7 @@ dkimpy_verifies_shared_corpus, |dir| {
     let mut refused = vec![];
     for (n, f) in files.iter().enumerate() {
         let canon = CANONS[n % 4];
-        let out = dir.cmd().args(["sign", "-c", canon]).args(&base).args([f]).run();
+        let out = dir.cmd().args(["sign", "--format", "message", "-c", canon]).args(&base).args([f]).run();
         match out.status.code() {
             Some(0) => signed.push(dir.write(&format!("c/{n}.eml"), &out.stdout)),
             Some(65) => {
