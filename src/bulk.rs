@@ -191,6 +191,24 @@ pub fn tag_value(list: &[u8], name: &str) -> Option<String> {
     None
 }
 
+/// Replaces (or creates) `dest` atomically with `headers` + `msg` minus `drop`.
+pub fn write_signed_file(
+    dest: &Path,
+    mode: u32,
+    headers: &[u8],
+    msg: &[u8],
+    drop: &[Range<usize>],
+) -> std::io::Result<()> {
+    let mut f = AtomicFile::create(dest, mode)?;
+    {
+        let mut w = BufWriter::new(&mut f);
+        w.write_all(headers)?;
+        write_without(&mut w, msg, drop)?;
+        w.flush()?;
+    }
+    f.commit()
+}
+
 /// Writes `data` without the `drop` ranges.
 pub fn write_without(w: &mut dyn Write, data: &[u8], drop: &[Range<usize>]) -> std::io::Result<()> {
     let mut pos = 0;
@@ -483,19 +501,10 @@ fn sign_file(
         DirOutput::To(out) => out.join(rel),
         DirOutput::InPlace => src.clone(),
     };
-    let write = |headers: &[u8], drop: &[Range<usize>]| -> std::io::Result<()> {
-        let mut f = AtomicFile::create(&dest, io::mode_of(&src))?;
-        {
-            let mut w = BufWriter::new(&mut f);
-            w.write_all(headers)?;
-            write_without(&mut w, buf, drop)?;
-            w.flush()?;
-        }
-        f.commit()
-    };
+    let mode = io::mode_of(&src);
     let res = match (&outcome, output) {
-        (Outcome::Signed { headers, drop }, _) => write(headers, drop),
-        (Outcome::Unsigned(_), DirOutput::To(_)) => write(&[], &[]),
+        (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, mode, headers, buf, drop),
+        (Outcome::Unsigned(_), DirOutput::To(_)) => write_signed_file(&dest, mode, &[], buf, &[]),
         (Outcome::Unsigned(_), DirOutput::InPlace) => Ok(()),
     };
     res.map_err(|source| BulkError::Output { path: dest.display().to_string(), source })?;

@@ -427,10 +427,8 @@ fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) ->
         }
         Some(p) => {
             let mode = path.map_or(0o644, crate::io::mode_of);
-            let fail = |e: std::io::Error| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", p.display()));
-            let mut f = crate::io::AtomicFile::create(p, mode).map_err(fail)?;
-            f.write_all(&headers).and_then(|_| bulk::write_without(&mut f, msg, &drop)).map_err(fail)?;
-            f.commit().map_err(fail)?;
+            bulk::write_signed_file(p, mode, &headers, msg, &drop)
+                .map_err(|e| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", p.display())))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -520,10 +518,8 @@ fn sign_message_file_in_place(cfg: &SignConfig, path: &Path, summary: &mut Summa
     summary.bytes += data.len() as u64;
     match bulk::sign_message(&cfg.opts, &data) {
         Ok((headers, drop)) => {
-            let fail = |e: std::io::Error| BulkError::Output { path: path.display().to_string(), source: e };
-            let mut f = crate::io::AtomicFile::create(path, crate::io::mode_of(path)).map_err(fail)?;
-            f.write_all(&headers).and_then(|_| bulk::write_without(&mut f, &data, &drop)).map_err(fail)?;
-            f.commit().map_err(fail)?;
+            bulk::write_signed_file(path, crate::io::mode_of(path), &headers, &data, &drop)
+                .map_err(|e| BulkError::Output { path: path.display().to_string(), source: e })?;
             summary.signed += 1;
         }
         Err(e) => {
