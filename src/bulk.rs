@@ -116,7 +116,7 @@ impl std::fmt::Display for Problem {
 }
 
 /// Control characters in untrusted text (file names, parse errors) become `?` before printing.
-fn sanitize(s: &str) -> String {
+pub fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
@@ -141,13 +141,8 @@ enum Outcome {
     Unsigned(String),
 }
 
-/// Signs one stored message. `raw` is the message as stored; for an mbox it is unquoted into
-/// `scratch` first when it has quoted lines.
-fn process(opts: &BulkOptions, raw: &[u8], quoting: Option<MboxFormat>, scratch: &mut Vec<u8>) -> Outcome {
-    let msg = match quoting {
-        Some(f) => mbox::unquote(f, raw, scratch),
-        None => raw,
-    };
+/// Signs one message (already unquoted).
+fn process(opts: &BulkOptions, msg: &[u8]) -> Outcome {
     match sign_message(opts, msg) {
         Ok((headers, drop)) => Outcome::Signed { headers, drop },
         Err(e) => Outcome::Unsigned(e.to_string()),
@@ -320,62 +315,55 @@ fn account(
     progress.advance(len, summary.messages);
 }
 
-/// Signs every message of the mbox at `path` into `out`: the output is the input with the new
-/// header fields inserted after each `From ` line (and own old signatures removed with
-/// `strip_own`), byte for byte otherwise.
-pub fn sign_mbox(
-    path: &Path,
-    opts: &BulkOptions,
-    pool: &rayon::ThreadPool,
-    out: &mut (dyn Write + Send),
-    summary: &mut Summary,
-    progress: &Progress,
-) -> Result<(), BulkError> {
+/// Maps the mbox at `path` for one pass and checks that it is one.
+pub fn open_mbox(path: &Path) -> Result<io::Mapped, BulkError> {
     let file = std::fs::File::open(path).map_err(|e| input_err(path, e))?;
     let mapped = io::map(&file).map_err(|e| input_err(path, e))?;
-    let mapped = &mapped;
-    let data: &[u8] = mapped;
-    mbox::check(data).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })?;
-    let shown = path.display().to_string();
-    let out_err = |source| BulkError::Output { path: "output".to_string(), source };
-    let bom = mbox::bom_len(data);
-    out.write_all(&data[..bom]).map_err(out_err)?;
+    mbox::check(&mapped).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })?;
+    Ok(mapped)
+}
 
-    let fmt = opts.mbox_format;
-    // Ordered parallel output without barriers (the gzp pattern): the splitter, on this
-    // thread, gives every message to the pool as its own job with a one-shot result slot and
-    // queues the slot for the writer; the writer takes slots in input order and waits for each.
-    // The bounded queue holds at most IN_FLIGHT jobs (and IN_FLIGHT_BYTES of input), which
-    // bounds memory; the writer releases mapped pages behind it.
-    type Slot = crossbeam_channel::Receiver<Outcome>;
-    let (out_tx, out_rx) = crossbeam_channel::bounded::<(MboxEntry, Slot)>(IN_FLIGHT);
+/// Runs `job` on every message of a mapped mbox on the pool, each message unquoted for `fmt`,
+/// and hands the results to `emit` in input order, on one writer thread.
+///
+/// Ordered parallel output without barriers (the gzp pattern): the splitter, on this thread,
+/// gives every message to the pool as its own job with a one-shot result slot and queues the
+/// slot for the writer; the writer takes slots in input order and waits for each. The bounded
+/// queue holds at most [`IN_FLIGHT`] jobs (and about [`IN_FLIGHT_BYTES`] of input), which bounds
+/// memory; the writer releases mapped pages behind it.
+pub fn map_mbox<R, J, E>(
+    mapped: &io::Mapped,
+    fmt: MboxFormat,
+    pool: &rayon::ThreadPool,
+    job: J,
+    mut emit: E,
+) -> Result<(), BulkError>
+where
+    R: Send,
+    J: Fn(&[u8]) -> R + Sync,
+    E: FnMut(&MboxEntry, R) -> Result<(), BulkError> + Send,
+{
+    let data: &[u8] = mapped;
+    type Slot<R> = crossbeam_channel::Receiver<R>;
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<(MboxEntry, Slot<R>)>(IN_FLIGHT);
     let queued_bytes = std::sync::atomic::AtomicUsize::new(0);
     let queued_bytes = &queued_bytes;
+    let job = &job;
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(), BulkError> {
-            let mut index = 0u64;
             let mut released = 0usize;
             for (e, slot) in out_rx {
-                index += 1;
-                let o = slot.recv().expect("signing job vanished");
-                out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
-                let stored = &data[e.data.clone()];
-                match &o {
-                    Outcome::Signed { headers, drop } => {
-                        out.write_all(headers).map_err(out_err)?;
-                        write_without(out, stored, drop).map_err(out_err)?;
-                    }
-                    Outcome::Unsigned(_) => out.write_all(stored).map_err(out_err)?,
-                }
+                let r = slot.recv().expect("job vanished");
                 let len = e.data.end - e.from_line.start;
+                let end = e.data.end;
+                emit(&e, r)?;
                 queued_bytes.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
-                account(summary, progress, &o, &shown, index, e.from_line.start as u64, len as u64);
-                if e.data.end - released >= RELEASE_STEP {
-                    mapped.release(released..e.data.end);
-                    released = e.data.end;
+                if end - released >= RELEASE_STEP {
+                    mapped.release(released..end);
+                    released = end;
                 }
             }
-            out.flush().map_err(out_err)
+            Ok(())
         });
         let mut result = Ok(());
         pool.in_place_scope(|scope| {
@@ -393,9 +381,11 @@ pub fn sign_mbox(
                 let (slot_tx, slot_rx) = crossbeam_channel::bounded(1);
                 let message = e.message.clone();
                 scope.spawn(move |_| {
-                    let outcome =
-                        SCRATCH.with(|scratch| process(opts, &data[message], Some(fmt), &mut scratch.borrow_mut()));
-                    let _ = slot_tx.send(outcome);
+                    let r = SCRATCH.with(|scratch| {
+                        let mut scratch = scratch.borrow_mut();
+                        job(mbox::unquote(fmt, &data[message], &mut scratch))
+                    });
+                    let _ = slot_tx.send(r);
                 });
                 if out_tx.send((e, slot_rx)).is_err() {
                     break; // the writer failed; its error is returned below
@@ -406,6 +396,47 @@ pub fn sign_mbox(
         let written = writer.join().expect("writer thread panicked");
         written.and(result)
     })
+}
+
+/// Signs every message of the mbox at `path` into `out`: the output is the input with the new
+/// header fields inserted after each `From ` line (and own old signatures removed with
+/// `strip_own`), byte for byte otherwise.
+pub fn sign_mbox(
+    path: &Path,
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    out: &mut (dyn Write + Send),
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
+    let mapped = open_mbox(path)?;
+    let data: &[u8] = &mapped;
+    let shown = path.display().to_string();
+    let out_err = |source| BulkError::Output { path: "output".to_string(), source };
+    out.write_all(&data[..mbox::bom_len(data)]).map_err(out_err)?;
+    let mut index = 0u64;
+    map_mbox(
+        &mapped,
+        opts.mbox_format,
+        pool,
+        |msg| process(opts, msg),
+        |e, o| {
+            index += 1;
+            out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
+            let stored = &data[e.data.clone()];
+            match &o {
+                Outcome::Signed { headers, drop } => {
+                    out.write_all(headers).map_err(out_err)?;
+                    write_without(out, stored, drop).map_err(out_err)?;
+                }
+                Outcome::Unsigned(_) => out.write_all(stored).map_err(out_err)?,
+            }
+            let len = (e.data.end - e.from_line.start) as u64;
+            account(summary, progress, &o, &shown, index, e.from_line.start as u64, len);
+            Ok(())
+        },
+    )?;
+    out.flush().map_err(out_err)
 }
 
 thread_local! {
@@ -469,34 +500,53 @@ pub fn sign_dir(
                 .map_err(|source| BulkError::Output { path: p.display().to_string(), source })?;
         }
     }
+    map_dir(
+        dir,
+        &files,
+        pool,
+        |rel, buf| sign_file(dir, rel, opts, output, buf),
+        |rel, r| {
+            let (outcome, len) = r??;
+            account(summary, progress, &outcome, &dir.join(rel).display().to_string(), 1, 0, len);
+            Ok(())
+        },
+    )
+}
+
+/// Runs `job` on every file of `files` (relative to `dir`) on the pool, each read into a
+/// reused per-worker buffer, and hands the results to `emit` in input order.
+pub fn map_dir<R, J, E>(dir: &Path, files: &[PathBuf], pool: &rayon::ThreadPool, job: J, mut emit: E) -> Result<(), BulkError>
+where
+    R: Send,
+    J: Fn(&Path, &[u8]) -> R + Sync,
+    E: FnMut(&Path, Result<R, BulkError>) -> Result<(), BulkError>,
+{
     for window in files.chunks(256) {
         if interrupted() {
             return Err(BulkError::Interrupted);
         }
-        let results: Vec<Result<(Outcome, u64), BulkError>> = pool.install(|| {
-            window.par_iter().map_init(Vec::new, |buf, rel| sign_file(dir, rel, opts, output, buf)).collect()
+        let results: Vec<Result<R, BulkError>> = pool.install(|| {
+            window
+                .par_iter()
+                .map_init(Vec::new, |buf: &mut Vec<u8>, rel| {
+                    let src = dir.join(rel);
+                    buf.clear();
+                    let read = std::fs::File::open(&src).and_then(|mut f| std::io::Read::read_to_end(&mut f, buf));
+                    read.map_err(|e| input_err(&src, e))?;
+                    Ok(job(rel, buf))
+                })
+                .collect()
         });
         for (rel, r) in window.iter().zip(results) {
-            let (outcome, len) = r?;
-            account(summary, progress, &outcome, &dir.join(rel).display().to_string(), 1, 0, len);
+            emit(rel, r)?;
         }
     }
     Ok(())
 }
 
-fn sign_file(
-    dir: &Path,
-    rel: &Path,
-    opts: &BulkOptions,
-    output: &DirOutput,
-    buf: &mut Vec<u8>,
-) -> Result<(Outcome, u64), BulkError> {
+fn sign_file(dir: &Path, rel: &Path, opts: &BulkOptions, output: &DirOutput, buf: &[u8]) -> Result<(Outcome, u64), BulkError> {
     let src = dir.join(rel);
-    buf.clear();
-    std::io::Read::read_to_end(&mut std::fs::File::open(&src).map_err(|e| input_err(&src, e))?, buf)
-        .map_err(|e| input_err(&src, e))?;
-    let mut scratch = vec![];
-    let outcome = process(opts, buf, None, &mut scratch);
+    let outcome = process(opts, buf);
     let dest = match output {
         DirOutput::To(out) => out.join(rel),
         DirOutput::InPlace => src.clone(),

@@ -52,6 +52,9 @@ pub struct Cli {
 enum Command {
     /// Sign one message (stdin or a file) and write it with DKIM-Signature field(s) on top.
     Sign(SignArgs),
+    /// Verify the DKIM signatures of messages: stdin, message files, mboxes, maildirs, queue
+    /// directories. Exit 0 only when every message passes.
+    Verify(VerifyArgs),
     /// Generate a key pair and its DNS TXT record, like opendkim-genkey.
     #[command(disable_help_flag = true)]
     Genkey(GenkeyArgs),
@@ -124,6 +127,60 @@ struct SignArgs {
     timestamp: Option<u64>,
     /// Messages to sign: mbox files, maildirs, queue directories or message files; none or -
     /// for one message on stdin.
+    #[arg(value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Key records from zone files (as `genkey` writes them) instead of DNS. Repeatable.
+    #[arg(long = "dns-zone", value_name = "FILE")]
+    zones: Vec<PathBuf>,
+    /// Key records from a directory of SELECTOR._domainkey.DOMAIN.txt files. Repeatable.
+    #[arg(long = "key-dir", value_name = "DIR")]
+    key_dirs: Vec<PathBuf>,
+    /// DNS server to ask (host:port or IP, port 53 by default) instead of /etc/resolv.conf.
+    /// With --dns-zone or --key-dir and no --dns-server, DNS is not used at all.
+    #[arg(long = "dns-server", value_name = "ADDR")]
+    dns_servers: Vec<String>,
+    /// Seconds to wait for a DNS answer (then temperror).
+    #[arg(long = "dns-timeout", value_name = "SECS", default_value_t = 5.0)]
+    dns_timeout: f64,
+    /// Accept rsa-sha1 signatures (RFC 8301 forbids them; for old archives).
+    #[arg(long = "allow-sha1")]
+    allow_sha1: bool,
+    /// Smallest RSA key accepted, in bits (RFC 8301: 1024).
+    #[arg(long = "min-key-bits", value_name = "BITS", default_value_t = 1024)]
+    min_key_bits: usize,
+    /// Clock skew allowed for t= and x=, in seconds.
+    #[arg(long = "clock-skew", value_name = "SECS", default_value_t = crate::verify::DEFAULT_CLOCK_SKEW)]
+    clock_skew: u64,
+    /// Verify as of this Unix time (default: now), e.g. for an archive whose signatures expired.
+    #[arg(long = "at", value_name = "UNIX")]
+    at: Option<u64>,
+    /// Which signatures must pass for a message to count as verified: any or all.
+    #[arg(long = "require", value_name = "WHICH", value_parser = ["any", "all"], default_value = "any")]
+    require: String,
+    /// Input kind: auto (default), mbox, maildir, queue, message.
+    #[arg(long = "format", value_name = "KIND")]
+    format: Option<InputKind>,
+    /// mbox flavour: mboxrd (default), mboxo, mboxcl, mboxcl2.
+    #[arg(long = "mbox-format", value_name = "FLAVOUR", default_value = "mboxrd")]
+    mbox_format: MboxFormat,
+    /// Worker threads (default: all cores).
+    #[arg(short = 'j', long = "threads", value_name = "N")]
+    threads: Option<usize>,
+    /// Output: text (a line per message) or json (a JSON object per line).
+    #[arg(long = "report", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    report: String,
+    /// No summary line on stderr.
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// Filter mode (stdin only): write the message to stdout with an Authentication-Results
+    /// field (RFC 8601) for this authserv-id on top; exit 0 whatever the result.
+    #[arg(long = "add-ar", value_name = "AUTHSERV-ID")]
+    add_ar: Option<String>,
+    /// Messages to verify; none or - for one message on stdin.
     #[arg(value_name = "INPUT")]
     inputs: Vec<PathBuf>,
 }
@@ -217,6 +274,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 BulkError::Interrupted => sysexits::INTERRUPTED,
             };
         }
+        if cause.is::<crate::dns::ZoneError>() {
+            return sysexits::CONFIG;
+        }
         if cause.is::<SignerConfigError>() || cause.is::<genkey::GenKeyError>() {
             return sysexits::CONFIG;
         }
@@ -250,6 +310,7 @@ where
     match cli.command {
         Command::Sign(a) => cmd_sign(SignConfig::from_args(a)?),
         Command::Genkey(a) => cmd_genkey(a),
+        Command::Verify(a) => cmd_verify(a),
     }
 }
 
@@ -609,4 +670,187 @@ fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
         txt.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of the verification report.
+fn verdict_line(name: &str, verdicts: &[crate::verify::Verdict], overall: crate::verify::DkimResult) -> String {
+    let mut line = format!("{}: {overall}", bulk::sanitize(name));
+    for v in verdicts {
+        line.push_str(&format!(" | {} d={} s={} a={}", v.result, v.domain, v.selector, v.algorithm));
+        if !v.reason.is_empty() {
+            line.push_str(&format!(": {}", bulk::sanitize(&v.reason)));
+        }
+        for n in &v.notes {
+            line.push_str(&format!(" [{n}]"));
+        }
+    }
+    line
+}
+
+fn verdict_json(
+    name: &str,
+    file: &str,
+    index: u64,
+    offset: u64,
+    verdicts: &[crate::verify::Verdict],
+    overall: crate::verify::DkimResult,
+) -> String {
+    let sigs: Vec<serde_json::Value> = verdicts
+        .iter()
+        .map(|v| {
+            serde_json::json!({"result": v.result.as_str(), "reason": v.reason, "d": v.domain, "s": v.selector,
+                "a": v.algorithm, "i": v.identity, "notes": v.notes})
+        })
+        .collect();
+    serde_json::json!({"message": name, "file": file, "index": index, "offset": offset,
+        "result": overall.as_str(), "signatures": sigs})
+    .to_string()
+}
+
+fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    use crate::dns::{Chain, Dns, KeyCache, KeyDir, ZoneKeys};
+    use crate::verify::{self, DkimResult, KeyLookup, Policy};
+    let usage = |m: String| exit(sysexits::USAGE, m);
+    let mut sources: Vec<Box<dyn KeyLookup + Send>> = vec![];
+    if !a.zones.is_empty() {
+        sources.push(Box::new(ZoneKeys::load(&a.zones)?));
+    }
+    for d in &a.key_dirs {
+        if !d.is_dir() {
+            return Err(usage(format!("{}: --key-dir is not a directory", d.display())));
+        }
+        sources.push(Box::new(KeyDir::new(d)));
+    }
+    if sources.is_empty() || !a.dns_servers.is_empty() {
+        let mut servers = vec![];
+        for s in &a.dns_servers {
+            let addr = s
+                .parse::<std::net::SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+                .map_err(|_| usage(format!("--dns-server {s:?}: expected IP or IP:PORT")))?;
+            servers.push(addr);
+        }
+        if !(a.dns_timeout > 0.0) {
+            return Err(usage("--dns-timeout must be positive".into()));
+        }
+        let dns = Dns::new(&servers, std::time::Duration::from_secs_f64(a.dns_timeout), 2)
+            .map_err(|e| exit(sysexits::CONFIG, format!("DNS resolver: {e}")))?;
+        sources.push(Box::new(dns));
+    }
+    let lookup = Chain(sources);
+    let cache = KeyCache::new(&lookup);
+    let keys = |s: &str, d: &str| cache.get(s, d);
+    let policy = Policy {
+        allow_sha1: a.allow_sha1,
+        min_rsa_bits: a.min_key_bits,
+        clock_skew: a.clock_skew,
+        ..Policy::default()
+    };
+    let now = a.at.unwrap_or_else(now_unix);
+    let require_all = a.require == "all";
+    let json = a.report == "json";
+    let judge = |vs: &[verify::Verdict]| -> bool {
+        if require_all {
+            !vs.is_empty() && vs.iter().all(|v| v.result == DkimResult::Pass)
+        } else {
+            verify::overall(vs) == DkimResult::Pass
+        }
+    };
+    // The verdicts of one message; a message that does not parse gets one permerror.
+    let check = |msg: &[u8]| -> Vec<verify::Verdict> {
+        match verify::verify_slice(msg, &keys, now, &policy) {
+            Ok(v) => v,
+            Err(e) => vec![verify::Verdict {
+                result: DkimResult::PermError,
+                reason: format!("message cannot be parsed: {e}"),
+                domain: String::new(),
+                selector: String::new(),
+                algorithm: String::new(),
+                identity: String::new(),
+                b_prefix: String::new(),
+                notes: vec![],
+            }],
+        }
+    };
+
+    let stdin_mode = a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-");
+    if a.add_ar.is_some() && !stdin_mode {
+        return Err(usage("--add-ar is a filter: it reads one message on stdin".into()));
+    }
+    let mut counts: std::collections::BTreeMap<DkimResult, u64> = Default::default();
+    let mut failed = 0u64;
+    let mut out = std::io::BufWriter::new(crate::io::stdout_raw());
+    let mut report = |out: &mut dyn std::io::Write, name: &str, file: &str, index: u64, offset: u64, vs: &[verify::Verdict]| {
+        let o = verify::overall(vs);
+        *counts.entry(o).or_default() += 1;
+        if !judge(vs) {
+            failed += 1;
+        }
+        let line = if json { verdict_json(name, file, index, offset, vs, o) } else { verdict_line(name, vs, o) };
+        writeln!(out, "{line}")
+    };
+
+    if stdin_mode {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut buf)
+            .map_err(|e| exit(sysexits::TEMPFAIL, format!("stdin: read failed: {e}")))?;
+        let vs = check(&buf);
+        if let Some(id) = &a.add_ar {
+            let le = if crate::header::Message::parse(&buf).map(|m| m.crlf).unwrap_or(false) { "\r\n" } else { "\n" };
+            let ar = verify::authentication_results(id, &vs, le);
+            out.write_all(ar.as_bytes()).and_then(|_| out.write_all(&buf)).and_then(|_| out.flush()).context("stdout: write failed")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        report(&mut out, "stdin", "stdin", 1, 0, &vs).context("stdout: write failed")?;
+    } else {
+        let threads = match a.threads {
+            Some(0) => return Err(usage("--threads must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
+        bulk::install_interrupt_handler();
+        for p in &a.inputs {
+            let kind = match a.format {
+                Some(k) => k,
+                None => bulk::detect(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?,
+            };
+            let shown = p.display().to_string();
+            match kind {
+                InputKind::Message => {
+                    let data = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{shown}: {e}")))?;
+                    report(&mut out, &shown, &shown, 1, 0, &check(&data)).context("stdout: write failed")?;
+                }
+                InputKind::Mbox => {
+                    let mapped = bulk::open_mbox(p)?;
+                    let mut index = 0u64;
+                    let out_ref = &mut out;
+                    let report_ref = &mut report;
+                    bulk::map_mbox(&mapped, a.mbox_format, &pool, |m| check(m), |e, vs| {
+                        index += 1;
+                        report_ref(out_ref, &format!("{shown}#{index}"), &shown, index, e.from_line.start as u64, &vs)
+                            .map_err(|source| BulkError::Output { path: "stdout".into(), source })
+                    })?;
+                }
+                InputKind::Maildir | InputKind::QueueDir => {
+                    let files = bulk::list_messages(p, kind)?;
+                    bulk::map_dir(p, &files, &pool, |_, m| check(m), |rel, vs| {
+                        let name = p.join(rel).display().to_string();
+                        report(&mut out, &name, &name, 1, 0, &vs?)
+                            .map_err(|source| BulkError::Output { path: "stdout".into(), source })
+                    })?;
+                }
+            }
+        }
+    }
+    out.flush().context("stdout: write failed")?;
+    drop(report);
+    if !a.quiet {
+        let total: u64 = counts.values().sum();
+        let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        eprintln!("dkimpress: {total} messages: {}; {failed} not verified", parts.join(", "));
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

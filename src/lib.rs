@@ -14,6 +14,7 @@
 pub mod bulk;
 pub mod canon;
 pub mod cli;
+pub mod dns;
 pub mod genkey;
 pub mod header;
 #[allow(unsafe_code)]
@@ -21,3 +22,4 @@ pub mod io;
 pub mod key;
 pub mod mbox;
 pub mod sign;
+pub mod verify;

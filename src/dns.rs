@@ -1,0 +1,402 @@
+//! Where key records come from: DNS (hickory-resolver), zone files as `genkey` writes them,
+//! key directories (one `NAME.txt` per record, the layout of the interop harness and the test
+//! corpus), and a per-run cache so that a bulk job asks once per selector and domain.
+//!
+//! Owns the [`crate::verify::KeyLookup`] implementations. Does not parse key records (that is
+//! [`crate::verify::parse_key_record`]).
+
+use crate::verify::{self, KeyLookup, KeyResult, LookupError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Keys from DNS.
+pub struct Dns {
+    resolver: hickory_resolver::Resolver,
+}
+
+impl Dns {
+    /// A resolver using `servers` (host:port), or the system's `/etc/resolv.conf` when empty;
+    /// each query waits `timeout` and is tried `attempts` times.
+    pub fn new(servers: &[SocketAddr], timeout: Duration, attempts: usize) -> std::io::Result<Dns> {
+        use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
+        let (config, mut opts) = if servers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| std::io::Error::other(format!("cannot read the system DNS configuration: {e}")))?
+        } else {
+            let mut c = ResolverConfig::new();
+            for s in servers {
+                c.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
+                c.add_name_server(NameServerConfig::new(*s, Protocol::Tcp));
+            }
+            (c, ResolverOpts::default())
+        };
+        opts.timeout = timeout;
+        opts.attempts = attempts;
+        // Names are absolute: no search-list expansion of selector._domainkey.domain.
+        opts.ndots = 0;
+        opts.cache_size = 0; // our own cache holds parsed keys
+        // 2048-bit and larger keys do not fit a 512-byte answer; TCP is the fallback.
+        opts.edns0 = true;
+        Ok(Dns { resolver: hickory_resolver::Resolver::new(config, opts)? })
+    }
+}
+
+impl KeyLookup for Dns {
+    fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, LookupError> {
+        use hickory_resolver::error::ResolveErrorKind;
+        use hickory_resolver::proto::op::ResponseCode;
+        match self.resolver.txt_lookup(format!("{name}.")) {
+            // A TXT record of several strings is one value: concatenate (RFC 6376 §3.6.2.2).
+            Ok(answer) => Ok(answer.iter().map(|txt| txt.txt_data().iter().flat_map(|s| s.iter().copied()).collect()).collect()),
+            Err(e) => match e.kind() {
+                ResolveErrorKind::NoRecordsFound { response_code, .. }
+                    if matches!(*response_code, ResponseCode::NXDomain | ResponseCode::NoError) =>
+                {
+                    Err(LookupError::NotFound)
+                }
+                ResolveErrorKind::NoRecordsFound { response_code, .. } => {
+                    Err(LookupError::Temporary(format!("DNS answered {response_code}")))
+                }
+                ResolveErrorKind::Timeout => Err(LookupError::Temporary("DNS timeout".into())),
+                _ => Err(LookupError::Temporary(e.to_string())),
+            },
+        }
+    }
+}
+
+/// Keys from zone files: `OWNER [TTL] [IN] TXT ( "..." "..." )`, with `$ORIGIN`, comments and
+/// parentheses, as `dkimpress genkey` and `opendkim-genkey` write them. A relative owner with
+/// no `$ORIGIN` takes its domain from the genkey comment `; ----- DKIM key SEL for DOMAIN`.
+#[derive(Default)]
+pub struct ZoneKeys {
+    records: HashMap<String, Vec<Vec<u8>>>,
+}
+
+/// A zone file we cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}: {reason}")]
+pub struct ZoneError {
+    /// The file.
+    pub path: String,
+    /// 1-based line of the record.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ZoneKeys {
+    /// Reads TXT records from each zone file.
+    pub fn load(paths: &[impl AsRef<Path>]) -> Result<ZoneKeys, ZoneError> {
+        let mut z = ZoneKeys::default();
+        for p in paths {
+            let p = p.as_ref();
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ZoneError { path: p.display().to_string(), line: 0, reason: e.to_string() })?;
+            z.add_zone(&text, &p.display().to_string())?;
+        }
+        Ok(z)
+    }
+
+    /// Adds the TXT records of one zone file's text.
+    pub fn add_zone(&mut self, text: &str, origin_name: &str) -> Result<(), ZoneError> {
+        let err = |line: usize, reason: &str| ZoneError { path: origin_name.to_string(), line, reason: reason.to_string() };
+        let mut origin: Option<String> = None;
+        let mut last_owner: Option<String> = None;
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            let start = i;
+            // Join a parenthesised record; keep its first comment (the genkey domain hint).
+            let mut entry = String::new();
+            let mut comment = String::new();
+            let mut depth = 0i32;
+            loop {
+                let (code, c) = split_comment(lines[i]);
+                if comment.is_empty() {
+                    comment = c.to_string();
+                }
+                depth += code.matches('(').count() as i32 - code.matches(')').count() as i32;
+                entry.push_str(code);
+                entry.push(' ');
+                i += 1;
+                if depth <= 0 || i >= lines.len() {
+                    break;
+                }
+            }
+            let line_no = start + 1;
+            if entry.trim().is_empty() {
+                continue;
+            }
+            let starts_blank = lines[start].starts_with([' ', '\t']);
+            let tokens = tokenize(&entry).map_err(|r| err(line_no, &r))?;
+            if tokens.is_empty() {
+                continue;
+            }
+            if let Token::Word(w) = &tokens[0] {
+                if w.eq_ignore_ascii_case("$ORIGIN") {
+                    match tokens.get(1) {
+                        Some(Token::Word(o)) => origin = Some(o.trim_end_matches('.').to_ascii_lowercase()),
+                        _ => return Err(err(line_no, "$ORIGIN without a name")),
+                    }
+                    continue;
+                }
+                if w.starts_with('$') {
+                    continue; // $TTL and friends
+                }
+            }
+            // Owner (absent when the line starts with blank: same owner as before).
+            let mut idx = 0;
+            let owner_tok = if starts_blank {
+                last_owner.clone()
+            } else {
+                idx = 1;
+                match &tokens[0] {
+                    Token::Word(w) => Some(w.clone()),
+                    Token::Quoted(_) => return Err(err(line_no, "a record must start with its owner name")),
+                }
+            };
+            // Skip TTL and class, find the type.
+            let mut rtype = None;
+            while idx < tokens.len() {
+                match &tokens[idx] {
+                    Token::Word(w) if w.bytes().all(|b| b.is_ascii_digit()) || w.eq_ignore_ascii_case("IN") => idx += 1,
+                    Token::Word(w) => {
+                        rtype = Some(w.to_ascii_uppercase());
+                        idx += 1;
+                        break;
+                    }
+                    Token::Quoted(_) => break,
+                }
+            }
+            let Some(owner_raw) = owner_tok else { return Err(err(line_no, "record without an owner name")) };
+            last_owner = Some(owner_raw.clone());
+            if rtype.as_deref() != Some("TXT") {
+                continue;
+            }
+            let mut value = Vec::new();
+            for t in &tokens[idx..] {
+                match t {
+                    Token::Quoted(s) => value.extend_from_slice(s),
+                    Token::Word(w) => value.extend_from_slice(w.as_bytes()),
+                }
+            }
+            let owner = if owner_raw == "@" {
+                origin.clone().ok_or_else(|| err(line_no, "@ without $ORIGIN"))?
+            } else if let Some(abs) = owner_raw.strip_suffix('.') {
+                abs.to_ascii_lowercase()
+            } else {
+                let domain = origin.clone().or_else(|| genkey_domain(&comment)).ok_or_else(|| {
+                    err(line_no, "relative owner name and no $ORIGIN (nor a genkey comment naming the domain)")
+                })?;
+                format!("{}.{domain}", owner_raw.to_ascii_lowercase())
+            };
+            self.records.entry(owner).or_default().push(value);
+        }
+        Ok(())
+    }
+
+    /// Number of names with records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no record was read.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+impl KeyLookup for ZoneKeys {
+    fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, LookupError> {
+        self.records.get(&name.to_ascii_lowercase()).cloned().ok_or(LookupError::NotFound)
+    }
+}
+
+/// `; ----- DKIM key SEL for DOMAIN` -> DOMAIN.
+fn genkey_domain(comment: &str) -> Option<String> {
+    let rest = comment.split("DKIM key ").nth(1)?;
+    let domain = rest.split(" for ").nth(1)?.split_whitespace().next()?;
+    Some(domain.trim_end_matches('.').to_ascii_lowercase())
+}
+
+enum Token {
+    Word(String),
+    Quoted(Vec<u8>),
+}
+
+/// Splits a zone line at its comment (a `;` outside quotes).
+fn split_comment(line: &str) -> (&str, &str) {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => return (&line[..i], &line[i..]),
+            _ => {}
+        }
+    }
+    (line, "")
+}
+
+fn tokenize(s: &str) -> Result<Vec<Token>, String> {
+    let b = s.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' | b'(' | b')' | b'\r' => i += 1,
+            b'"' => {
+                let mut v = vec![];
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err("unterminated quoted string".into()),
+                        Some(b'"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(b'\\') => {
+                            // \X or \DDD (RFC 1035 §5.1)
+                            if b.get(i + 1..i + 4).is_some_and(|d| d.iter().all(u8::is_ascii_digit)) {
+                                let n: u16 = s[i + 1..i + 4].parse().unwrap_or(0);
+                                v.push(n.min(255) as u8);
+                                i += 4;
+                            } else if let Some(&c) = b.get(i + 1) {
+                                v.push(c);
+                                i += 2;
+                            } else {
+                                return Err("dangling backslash".into());
+                            }
+                        }
+                        Some(&c) => {
+                            v.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+                out.push(Token::Quoted(v));
+            }
+            _ => {
+                let start = i;
+                while i < b.len() && !matches!(b[i], b' ' | b'\t' | b'(' | b')' | b'"' | b'\r') {
+                    i += 1;
+                }
+                out.push(Token::Word(s[start..i].to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Keys from a directory of `SELECTOR._domainkey.DOMAIN.txt` files, each holding the TXT value
+/// (plain, or as zone-style quoted strings that are joined). A missing file is NXDOMAIN.
+pub struct KeyDir {
+    dir: std::path::PathBuf,
+}
+
+impl KeyDir {
+    /// Keys in `dir`.
+    pub fn new(dir: &Path) -> KeyDir {
+        KeyDir { dir: dir.to_path_buf() }
+    }
+}
+
+impl KeyLookup for KeyDir {
+    fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, LookupError> {
+        if name.contains('/') || name.starts_with('.') {
+            return Err(LookupError::NotFound);
+        }
+        let path = self.dir.join(format!("{name}.txt"));
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LookupError::NotFound),
+            Err(e) => return Err(LookupError::Temporary(format!("{}: {e}", path.display()))),
+        };
+        let text = String::from_utf8_lossy(&data);
+        if text.contains('"') {
+            let joined: Vec<u8> = match tokenize(&text.replace('\n', " ")) {
+                Ok(tokens) => tokens
+                    .into_iter()
+                    .filter_map(|t| match t {
+                        Token::Quoted(v) => Some(v),
+                        Token::Word(_) => None,
+                    })
+                    .flatten()
+                    .collect(),
+                Err(e) => return Err(LookupError::Temporary(format!("{}: {e}", path.display()))),
+            };
+            return Ok(vec![joined]);
+        }
+        Ok(vec![text.trim_end_matches(['\r', '\n']).replace(['\r', '\n'], "").into_bytes()])
+    }
+}
+
+/// Several sources asked in order: the first that knows the name answers.
+pub struct Chain(pub Vec<Box<dyn KeyLookup + Send>>);
+
+impl KeyLookup for Chain {
+    fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, LookupError> {
+        for s in &self.0 {
+            match s.txt(name) {
+                Err(LookupError::NotFound) => continue,
+                other => return other,
+            }
+        }
+        Err(LookupError::NotFound)
+    }
+}
+
+/// Parsed keys per (selector, domain) for a run, shared by the worker threads.
+pub struct KeyCache<'a> {
+    lookup: &'a dyn KeyLookup,
+    cache: Mutex<HashMap<(String, String), KeyResult>>,
+}
+
+impl<'a> KeyCache<'a> {
+    /// An empty cache in front of `lookup`.
+    pub fn new(lookup: &'a dyn KeyLookup) -> KeyCache<'a> {
+        KeyCache { lookup, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The key of `selector._domainkey.domain`, looked up once. Temporary failures are not
+    /// cached (a later message may get an answer).
+    pub fn get(&self, selector: &str, domain: &str) -> KeyResult {
+        let k = (selector.to_ascii_lowercase(), domain.to_ascii_lowercase());
+        if let Some(r) = self.cache.lock().expect("key cache poisoned").get(&k) {
+            return r.clone();
+        }
+        let r = verify::fetch_key(self.lookup, &k.0, &k.1);
+        if !matches!(r, Err((verify::DkimResult::TempError, _))) {
+            self.cache.lock().expect("key cache poisoned").insert(k, r.clone());
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_files() {
+        let zone = "$TTL 3600\n\
+            sel._domainkey\tIN\tTXT\t( \"v=DKIM1; k=rsa; \"\n\t  \"p=AB\"\n\t  \"CD\" )  ; ----- DKIM key sel for Example.com\n\
+            $ORIGIN other.org.\n\
+            s2._domainkey 300 IN TXT \"v=DKIM1; p=\" \"EF\" ; comment; with; semicolons\n\
+            abs._domainkey.third.net. IN TXT \"a\\\"b\\059c\"\n\
+            www IN A 192.0.2.1\n";
+        let mut z = ZoneKeys::default();
+        z.add_zone(zone, "test.zone").unwrap();
+        assert_eq!(z.txt("sel._domainkey.example.com").unwrap(), vec![b"v=DKIM1; k=rsa; p=ABCD".to_vec()]);
+        assert_eq!(z.txt("s2._domainkey.other.org").unwrap(), vec![b"v=DKIM1; p=EF".to_vec()]);
+        assert_eq!(z.txt("abs._domainkey.third.net").unwrap(), vec![b"a\"b;c".to_vec()]);
+        assert_eq!(z.txt("www.other.org"), Err(LookupError::NotFound));
+        let e = ZoneKeys::default().add_zone("rel IN TXT \"x\"\n", "z").unwrap_err();
+        assert!(e.to_string().starts_with("z:1: relative owner"), "{e}");
+    }
+}
