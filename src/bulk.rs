@@ -515,7 +515,13 @@ pub fn sign_dir(
 
 /// Runs `job` on every file of `files` (relative to `dir`) on the pool, each read into a
 /// reused per-worker buffer, and hands the results to `emit` in input order.
-pub fn map_dir<R, J, E>(dir: &Path, files: &[PathBuf], pool: &rayon::ThreadPool, job: J, mut emit: E) -> Result<(), BulkError>
+pub fn map_dir<R, J, E>(
+    dir: &Path,
+    files: &[PathBuf],
+    pool: &rayon::ThreadPool,
+    job: J,
+    mut emit: E,
+) -> Result<(), BulkError>
 where
     R: Send,
     J: Fn(&Path, &[u8]) -> R + Sync,
@@ -544,7 +550,13 @@ where
     Ok(())
 }
 
-fn sign_file(dir: &Path, rel: &Path, opts: &BulkOptions, output: &DirOutput, buf: &[u8]) -> Result<(Outcome, u64), BulkError> {
+fn sign_file(
+    dir: &Path,
+    rel: &Path,
+    opts: &BulkOptions,
+    output: &DirOutput,
+    buf: &[u8],
+) -> Result<(Outcome, u64), BulkError> {
     let src = dir.join(rel);
     let outcome = process(opts, buf);
     let dest = match output {

@@ -730,7 +730,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|_| usage(format!("--dns-server {s:?}: expected IP or IP:PORT")))?;
             servers.push(addr);
         }
-        if !(a.dns_timeout > 0.0) {
+        if a.dns_timeout.is_nan() || a.dns_timeout <= 0.0 {
             return Err(usage("--dns-timeout must be positive".into()));
         }
         let dns = Dns::new(&servers, std::time::Duration::from_secs_f64(a.dns_timeout), 2)
@@ -780,15 +780,16 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut counts: std::collections::BTreeMap<DkimResult, u64> = Default::default();
     let mut failed = 0u64;
     let mut out = std::io::BufWriter::new(crate::io::stdout_raw());
-    let mut report = |out: &mut dyn std::io::Write, name: &str, file: &str, index: u64, offset: u64, vs: &[verify::Verdict]| {
-        let o = verify::overall(vs);
-        *counts.entry(o).or_default() += 1;
-        if !judge(vs) {
-            failed += 1;
-        }
-        let line = if json { verdict_json(name, file, index, offset, vs, o) } else { verdict_line(name, vs, o) };
-        writeln!(out, "{line}")
-    };
+    let mut report =
+        |out: &mut dyn std::io::Write, name: &str, file: &str, index: u64, offset: u64, vs: &[verify::Verdict]| {
+            let o = verify::overall(vs);
+            *counts.entry(o).or_default() += 1;
+            if !judge(vs) {
+                failed += 1;
+            }
+            let line = if json { verdict_json(name, file, index, offset, vs, o) } else { verdict_line(name, vs, o) };
+            writeln!(out, "{line}")
+        };
 
     if stdin_mode {
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -800,7 +801,10 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         if let Some(id) = &a.add_ar {
             let le = if crate::header::Message::parse(&buf).map(|m| m.crlf).unwrap_or(false) { "\r\n" } else { "\n" };
             let ar = verify::authentication_results(id, &vs, le);
-            out.write_all(ar.as_bytes()).and_then(|_| out.write_all(&buf)).and_then(|_| out.flush()).context("stdout: write failed")?;
+            out.write_all(ar.as_bytes())
+                .and_then(|_| out.write_all(&buf))
+                .and_then(|_| out.flush())
+                .context("stdout: write failed")?;
             return Ok(ExitCode::SUCCESS);
         }
         report(&mut out, "stdin", "stdin", 1, 0, &vs).context("stdout: write failed")?;
@@ -810,7 +814,8 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
         bulk::install_interrupt_handler();
         for p in &a.inputs {
             let kind = match a.format {
@@ -828,25 +833,43 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                     let mut index = 0u64;
                     let out_ref = &mut out;
                     let report_ref = &mut report;
-                    bulk::map_mbox(&mapped, a.mbox_format, &pool, |m| check(m), |e, vs| {
-                        index += 1;
-                        report_ref(out_ref, &format!("{shown}#{index}"), &shown, index, e.from_line.start as u64, &vs)
+                    bulk::map_mbox(
+                        &mapped,
+                        a.mbox_format,
+                        &pool,
+                        |m| check(m),
+                        |e, vs| {
+                            index += 1;
+                            report_ref(
+                                out_ref,
+                                &format!("{shown}#{index}"),
+                                &shown,
+                                index,
+                                e.from_line.start as u64,
+                                &vs,
+                            )
                             .map_err(|source| BulkError::Output { path: "stdout".into(), source })
-                    })?;
+                        },
+                    )?;
                 }
                 InputKind::Maildir | InputKind::QueueDir => {
                     let files = bulk::list_messages(p, kind)?;
-                    bulk::map_dir(p, &files, &pool, |_, m| check(m), |rel, vs| {
-                        let name = p.join(rel).display().to_string();
-                        report(&mut out, &name, &name, 1, 0, &vs?)
-                            .map_err(|source| BulkError::Output { path: "stdout".into(), source })
-                    })?;
+                    bulk::map_dir(
+                        p,
+                        &files,
+                        &pool,
+                        |_, m| check(m),
+                        |rel, vs| {
+                            let name = p.join(rel).display().to_string();
+                            report(&mut out, &name, &name, 1, 0, &vs?)
+                                .map_err(|source| BulkError::Output { path: "stdout".into(), source })
+                        },
+                    )?;
                 }
             }
         }
     }
     out.flush().context("stdout: write failed")?;
-    drop(report);
     if !a.quiet {
         let total: u64 = counts.values().sum();
         let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();

@@ -38,7 +38,7 @@ impl Dns {
         // Names are absolute: no search-list expansion of selector._domainkey.domain.
         opts.ndots = 0;
         opts.cache_size = 0; // our own cache holds parsed keys
-        // 2048-bit and larger keys do not fit a 512-byte answer; TCP is the fallback.
+                             // 2048-bit and larger keys do not fit a 512-byte answer; TCP is the fallback.
         opts.edns0 = true;
         Ok(Dns { resolver: hickory_resolver::Resolver::new(config, opts)? })
     }
@@ -50,7 +50,9 @@ impl KeyLookup for Dns {
         use hickory_resolver::proto::op::ResponseCode;
         match self.resolver.txt_lookup(format!("{name}.")) {
             // A TXT record of several strings is one value: concatenate (RFC 6376 §3.6.2.2).
-            Ok(answer) => Ok(answer.iter().map(|txt| txt.txt_data().iter().flat_map(|s| s.iter().copied()).collect()).collect()),
+            Ok(answer) => {
+                Ok(answer.iter().map(|txt| txt.txt_data().iter().flat_map(|s| s.iter().copied()).collect()).collect())
+            }
             Err(e) => match e.kind() {
                 ResolveErrorKind::NoRecordsFound { response_code, .. }
                     if matches!(*response_code, ResponseCode::NXDomain | ResponseCode::NoError) =>
@@ -58,7 +60,12 @@ impl KeyLookup for Dns {
                     Err(LookupError::NotFound)
                 }
                 ResolveErrorKind::NoRecordsFound { response_code, .. } => {
-                    Err(LookupError::Temporary(format!("DNS answered {response_code}")))
+                    let code = match *response_code {
+                        ResponseCode::ServFail => "SERVFAIL".to_string(),
+                        ResponseCode::Refused => "REFUSED".to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    Err(LookupError::Temporary(format!("DNS answered {code}")))
                 }
                 ResolveErrorKind::Timeout => Err(LookupError::Temporary("DNS timeout".into())),
                 _ => Err(LookupError::Temporary(e.to_string())),
@@ -93,8 +100,11 @@ impl ZoneKeys {
         let mut z = ZoneKeys::default();
         for p in paths {
             let p = p.as_ref();
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ZoneError { path: p.display().to_string(), line: 0, reason: e.to_string() })?;
+            let text = std::fs::read_to_string(p).map_err(|e| ZoneError {
+                path: p.display().to_string(),
+                line: 0,
+                reason: e.to_string(),
+            })?;
             z.add_zone(&text, &p.display().to_string())?;
         }
         Ok(z)
@@ -102,7 +112,8 @@ impl ZoneKeys {
 
     /// Adds the TXT records of one zone file's text.
     pub fn add_zone(&mut self, text: &str, origin_name: &str) -> Result<(), ZoneError> {
-        let err = |line: usize, reason: &str| ZoneError { path: origin_name.to_string(), line, reason: reason.to_string() };
+        let err =
+            |line: usize, reason: &str| ZoneError { path: origin_name.to_string(), line, reason: reason.to_string() };
         let mut origin: Option<String> = None;
         let mut last_owner: Option<String> = None;
         let lines: Vec<&str> = text.lines().collect();

@@ -196,7 +196,9 @@ fn number(tags: &[(String, Vec<u8>)], name: &str) -> Result<Option<u64>, PermErr
 }
 
 fn b64(v: &[u8], tag: &str) -> Result<Vec<u8>, PermError> {
-    base64::engine::general_purpose::STANDARD.decode(v).map_err(|_| perm(format!("syntax error in tag {tag}= (base64)")))
+    base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .map_err(|_| perm(format!("syntax error in tag {tag}= (base64)")))
 }
 
 /// Decodes dkim-quoted-printable (RFC 6376 §2.11), used by `i=`.
@@ -217,7 +219,11 @@ fn qp_decode(v: &[u8]) -> Vec<u8> {
     out
 }
 
-fn parse_signature<'a>(field: &'a Field<'a>, policy: &Policy, partial: &mut Verdict) -> Result<Signature<'a>, PermError> {
+fn parse_signature<'a>(
+    field: &'a Field<'a>,
+    policy: &Policy,
+    partial: &mut Verdict,
+) -> Result<Signature<'a>, PermError> {
     let tags = parse_tags(field.value()).map_err(|e| perm(format!("syntax error: {e}")))?;
     // Fill what we can for the report before any check can fail.
     partial.domain = get(&tags, "d").map(text).unwrap_or_default();
@@ -245,11 +251,19 @@ fn parse_signature<'a>(field: &'a Field<'a>, policy: &Policy, partial: &mut Verd
         Some(c) => text(c).parse().map_err(|_| perm(format!("syntax error in tag c={}", text(c))))?,
     };
     let domain = partial.domain.trim_end_matches('.').to_ascii_lowercase();
-    if domain.is_empty() || !domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+    if domain.is_empty()
+        || !domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
         return Err(perm(format!("syntax error in tag d={}", partial.domain)));
     }
     let selector = partial.selector.clone();
-    if selector.is_empty() || !selector.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+    if selector.is_empty()
+        || !selector
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
         return Err(perm(format!("syntax error in tag s={selector}")));
     }
     let headers: Vec<String> =
@@ -286,21 +300,7 @@ fn parse_signature<'a>(field: &'a Field<'a>, policy: &Policy, partial: &mut Verd
     let length = number(&tags, "l")?;
     let bh = b64(get(&tags, "bh").unwrap_or_default(), "bh")?;
     let b = b64(get(&tags, "b").unwrap_or_default(), "b")?;
-    Ok(Signature {
-        kind,
-        hash,
-        canon,
-        domain,
-        selector,
-        identity,
-        headers,
-        bh,
-        b,
-        length,
-        timestamp,
-        expiry,
-        field,
-    })
+    Ok(Signature { kind, hash, canon, domain, selector, identity, headers, bh, b, length, timestamp, expiry, field })
 }
 
 /// A public key from a key record, ready to verify.
@@ -321,7 +321,10 @@ pub struct PublicKey {
 enum KeyKindPub {
     /// `sha256` is None for keys aws-lc-rs does not take (under 1024 bits), which are refused
     /// by size before any use.
-    Rsa { der: Vec<u8>, sha256: Option<aws_lc_rs::signature::ParsedPublicKey> },
+    Rsa {
+        der: Vec<u8>,
+        sha256: Option<aws_lc_rs::signature::ParsedPublicKey>,
+    },
     Ed25519(aws_lc_rs::signature::ParsedPublicKey),
 }
 
@@ -341,13 +344,16 @@ pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, String> {
     if p.is_empty() {
         return Err("key revoked (empty p=)".into());
     }
-    let der = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| "key record p= is not valid base64".to_string())?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(p)
+        .map_err(|_| "key record p= is not valid base64".to_string())?;
     if let Some(s) = get(&tags, "s") {
         if !text(s).split(':').any(|x| x == "*" || x.eq_ignore_ascii_case("email")) {
             return Err(format!("key is not for email (s={})", text(s)));
         }
     }
-    let flags: Vec<String> = get(&tags, "t").map(|t| text(t).split(':').map(str::to_string).collect()).unwrap_or_default();
+    let flags: Vec<String> =
+        get(&tags, "t").map(|t| text(t).split(':').map(str::to_string).collect()).unwrap_or_default();
     let hashes: Vec<String> = get(&tags, "h")
         .map(|h| text(h).split(':').map(|x| x.to_ascii_lowercase()).filter(|x| !x.is_empty()).collect())
         .unwrap_or_default();
@@ -484,21 +490,30 @@ impl Sink for Limited<'_> {
 /// Body hashes already computed for a message, per (canonicalization, hash, length limit).
 #[derive(Default)]
 pub struct BodyCache {
-    entries: Vec<(Canon, Hash, Option<u64>, Vec<u8>, u64)>,
+    entries: Vec<BodyEntry>,
+}
+
+/// One computed body hash: (canonicalization, hash, l=) -> (digest, full canonical length).
+struct BodyEntry {
+    canon: Canon,
+    hash: Hash,
+    limit: Option<u64>,
+    digest: Vec<u8>,
+    total: u64,
 }
 
 impl BodyCache {
     /// The body hash and the full canonical length.
     fn get(&mut self, canon: Canon, hash: Hash, limit: Option<u64>, body: &[u8]) -> (Vec<u8>, u64) {
-        if let Some(e) = self.entries.iter().find(|e| e.0 == canon && e.1 == hash && e.2 == limit) {
-            return (e.3.clone(), e.4);
+        if let Some(e) = self.entries.iter().find(|e| e.canon == canon && e.hash == hash && e.limit == limit) {
+            return (e.digest.clone(), e.total);
         }
         let mut h = Hasher::new(hash);
         let mut lim = Limited { inner: &mut h, left: limit.unwrap_or(u64::MAX), offered: 0 };
         canon::canonicalize_body(canon, body, &mut lim);
         let total = lim.offered;
         let digest = h.finish();
-        self.entries.push((canon, hash, limit, digest.clone(), total));
+        self.entries.push(BodyEntry { canon, hash, limit, digest: digest.clone(), total });
         (digest, total)
     }
 }
@@ -597,14 +612,17 @@ fn verify_one(
     let sig = parse_signature(field, policy, v).map_err(pe)?;
     v.domain = sig.domain.clone();
     v.identity = sig.identity.clone().unwrap_or_else(|| format!("@{}", sig.domain));
+    // RFC 6376 §3.5 t=: verifiers MAY ignore a signature from the future. A signer's clock
+    // that runs hours ahead (time zone bugs) is common enough that we note it and go on.
     if let Some(t) = sig.timestamp {
         if t > now + policy.clock_skew {
-            return Err((DkimResult::PermError, format!("t={t} is in the future")));
+            v.notes.push(format!("t= is {} s in the future", t - now));
         }
     }
+    // RFC 6376 §6.1.1 counts an expired signature among the PERMFAILs.
     if let Some(x) = sig.expiry {
         if x + policy.clock_skew < now {
-            return Err((DkimResult::Fail, format!("signature expired (x={x})")));
+            return Err((DkimResult::PermError, format!("signature expired (x={x})")));
         }
     }
     let key = keys(&sig.selector, &sig.domain)?;
@@ -668,11 +686,8 @@ fn verify_one(
     }
     canon::canonicalize_header_unterminated(sig.canon.header, &without_b_value(sig.field.raw), scratch);
     let ok = match (&key.kind, sig.hash) {
-        (KeyKindPub::Rsa { sha256, .. }, Hash::Sha256) => sha256.as_ref().is_some_and(|k| k.verify_sig(scratch, &sig.b).is_ok()),
-        (KeyKindPub::Rsa { der, .. }, Hash::Sha1) => {
-            aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY, der)
-                .is_ok_and(|k| k.verify_sig(scratch, &sig.b).is_ok())
-        }
+        (KeyKindPub::Rsa { sha256: Some(k), .. }, Hash::Sha256) => k.verify_sig(scratch, &sig.b).is_ok(),
+        (KeyKindPub::Rsa { der, .. }, hash) => rsa_verify_legacy(der, hash, scratch, &sig.b),
         (KeyKindPub::Ed25519(k), _) => {
             // RFC 8463 §3: Ed25519 over the SHA-256 of the header data.
             let digest = sha2::Sha256::digest(&scratch[..]);
@@ -683,6 +698,21 @@ fn verify_one(
         return Err((DkimResult::Fail, "signature did not verify (header fields changed, or wrong key)".into()));
     }
     Ok(())
+}
+
+/// RSA verification outside aws-lc-rs's range: SHA-1, or keys under 1024 bits (both only
+/// when the policy allows them), with the `rsa` crate.
+fn rsa_verify_legacy(der: &[u8], hash: Hash, data: &[u8], sig: &[u8]) -> bool {
+    use rsa::pkcs1::DecodeRsaPublicKey as _;
+    use rsa::pkcs8::DecodePublicKey as _;
+    let Ok(key) = rsa::RsaPublicKey::from_public_key_der(der).or_else(|_| rsa::RsaPublicKey::from_pkcs1_der(der))
+    else {
+        return false;
+    };
+    match hash {
+        Hash::Sha1 => key.verify(rsa::Pkcs1v15Sign::new::<sha1::Sha1>(), &sha1::Sha1::digest(data), sig).is_ok(),
+        Hash::Sha256 => key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &sha2::Sha256::digest(data), sig).is_ok(),
+    }
 }
 
 /// The overall result of a message: pass if any signature passed, else the most telling
@@ -749,7 +779,10 @@ mod tests {
     #[test]
     fn tag_lists() {
         let t = parse_tags(b" v = 1 ; a=rsa-sha256;\r\n\tb=ab\r\n cd; ").unwrap();
-        assert_eq!(t, vec![("v".into(), b"1".to_vec()), ("a".into(), b"rsa-sha256".to_vec()), ("b".into(), b"abcd".to_vec())]);
+        assert_eq!(
+            t,
+            vec![("v".into(), b"1".to_vec()), ("a".into(), b"rsa-sha256".to_vec()), ("b".into(), b"abcd".to_vec())]
+        );
         assert!(parse_tags(b"v=1; v=1").unwrap_err().contains("duplicate"));
         assert!(parse_tags(b"v=1; novalue").is_err());
     }

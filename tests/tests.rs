@@ -5,6 +5,8 @@
 mod util;
 
 mod bulk;
+mod dnsserver;
 mod genkey;
 mod interop;
 mod sign;
+mod verify;
