@@ -14,6 +14,7 @@ use crate::header::Message;
 use crate::io::{self, AtomicFile};
 use crate::mbox::{self, MboxEntry, MboxFormat};
 use crate::sign::{self, Signer};
+
 use rayon::prelude::*;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
@@ -86,8 +87,10 @@ pub fn detect(path: &Path) -> std::io::Result<InputKind> {
 
 /// Settings of a bulk run.
 pub struct BulkOptions {
-    /// One signature per signer on every message.
-    pub signers: Vec<Signer>,
+    /// Which signatures each message gets.
+    pub keys: crate::select::KeySource,
+    /// The envelope sender that chooses the key instead of From (`--sender`).
+    pub sender: Option<String>,
     /// The mbox flavour.
     pub mbox_format: MboxFormat,
     /// Remove existing DKIM-Signature fields whose `d=` is one of our domains.
@@ -152,16 +155,17 @@ fn process(opts: &BulkOptions, msg: &[u8]) -> Outcome {
 /// Signs one message: the header fields to add on top, and the byte ranges of old own
 /// signatures to remove (empty unless `strip_own`).
 pub fn sign_message(opts: &BulkOptions, msg: &[u8]) -> Result<(Vec<u8>, Vec<Range<usize>>), sign::SignError> {
-    let headers = sign::sign_slice(&opts.signers, msg, opts.now)?;
-    let drop = if opts.strip_own { own_signatures(&opts.signers, msg) } else { vec![] };
+    let parsed = Message::parse(msg)?;
+    let signers = opts.keys.signers_for(&parsed, opts.sender.as_deref())?;
+    let headers = sign::sign_parsed(&signers, &parsed, opts.now)?;
+    let drop = if opts.strip_own { own_signatures(&signers, &parsed) } else { vec![] };
     Ok((headers, drop))
 }
 
 /// Byte ranges of DKIM-Signature fields whose `d=` is a domain one of `signers` signs for
 /// (key rotation). Other domains' signatures are never touched. Offsets lie in the header
 /// block, which mbox quoting never changes, so they are valid in the stored bytes too.
-fn own_signatures(signers: &[Signer], msg: &[u8]) -> Vec<Range<usize>> {
-    let Ok(parsed) = Message::parse(msg) else { return vec![] };
+fn own_signatures(signers: &[Signer], parsed: &Message) -> Vec<Range<usize>> {
     parsed
         .fields
         .iter()

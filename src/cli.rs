@@ -63,27 +63,47 @@ enum Command {
 #[derive(Args, Debug)]
 struct SignArgs {
     /// Signing domain (d=). Give once for all keys, or once per -k.
-    #[arg(short = 'd', long = "domain", value_name = "DOMAIN", required = true)]
+    #[arg(short = 'd', long = "domain", value_name = "DOMAIN")]
     domains: Vec<String>,
     /// Selector (s=). Give once for all keys, or once per -k.
-    #[arg(short = 's', long = "selector", value_name = "SELECTOR", required = true)]
+    #[arg(short = 's', long = "selector", value_name = "SELECTOR")]
     selectors: Vec<String>,
     /// Private key file (PEM or DER; RSA or Ed25519). Repeat for several signatures.
-    #[arg(short = 'k', long = "key", value_name = "KEYFILE", required = true)]
+    #[arg(short = 'k', long = "key", value_name = "KEYFILE")]
     keys: Vec<PathBuf>,
+    /// An opendkim.conf: Domain/Selector/KeyFile or KeyTable/SigningTable, Canonicalization,
+    /// SignHeaders, OversignHeaders, SubDomains, MultipleSignatures, ... (flags given here win).
+    #[arg(long = "config", value_name = "FILE", conflicts_with_all = ["keys", "key_table"])]
+    config: Option<PathBuf>,
+    /// OpenDKIM KeyTable data set (file, refile:, dsn:pgsql://...).
+    #[arg(long = "key-table", value_name = "DATASET", requires = "signing_table", conflicts_with = "keys")]
+    key_table: Option<String>,
+    /// OpenDKIM SigningTable data set (file, refile:, dsn:pgsql://...).
+    #[arg(long = "signing-table", value_name = "DATASET", requires = "key_table")]
+    signing_table: Option<String>,
+    /// With tables: apply every matching SigningTable entry, not just the first.
+    #[arg(long = "multiple-signatures")]
+    multiple_signatures: bool,
+    /// Choose the key by this envelope sender instead of the From address.
+    #[arg(long = "sender", value_name = "ADDR")]
+    sender: Option<String>,
+    /// Say more on stderr (ignored configuration keys, messages without a key).
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
     /// Signature algorithm; checked against the key (rsa-sha256 or ed25519-sha256).
     #[arg(short = 'a', long = "algorithm", value_name = "ALG")]
     algorithm: Option<String>,
-    /// Canonicalization header/body: simple or relaxed each.
-    #[arg(short = 'c', long = "canonicalization", value_name = "H/B", default_value = "relaxed/relaxed")]
-    canon: Canonicalization,
+    /// Canonicalization header/body: simple or relaxed each [default: relaxed/relaxed].
+    #[arg(short = 'c', long = "canonicalization", value_name = "H/B")]
+    canon: Option<Canonicalization>,
     /// Header fields to sign, colon- or comma-separated (default: RFC 6376 §5.4.1 list and
     /// Message-ID, MIME-Version, Content-Type, Content-Transfer-Encoding).
     #[arg(long = "headers", value_name = "LIST")]
     headers: Option<String>,
-    /// Header fields to sign once more than present (oversigning); empty string for none.
-    #[arg(long = "oversign", value_name = "LIST", default_value = "from")]
-    oversign: String,
+    /// Header fields to sign once more than present (oversigning); empty string for none
+    /// [default: from].
+    #[arg(long = "oversign", value_name = "LIST")]
+    oversign: Option<String>,
     /// Agent or user identifier (i=), an address at the signing domain or a subdomain.
     #[arg(short = 'i', long = "identity", value_name = "ADDR")]
     identity: Option<String>,
@@ -258,6 +278,13 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return match e {
                 SignError::Header(_) | SignError::NoFrom => sysexits::DATAERR,
                 SignError::Key(_) => sysexits::SOFTWARE,
+                SignError::Select(s) => match s {
+                    crate::select::SelectError::Temporary(_) => sysexits::TEMPFAIL,
+                    crate::select::SelectError::Config(_) => sysexits::CONFIG,
+                    crate::select::SelectError::NoKey(_) | crate::select::SelectError::NoAddress(_) => {
+                        sysexits::DATAERR
+                    }
+                },
             };
         }
         if let Some(e) = cause.downcast_ref::<KeyError>() {
@@ -274,7 +301,13 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 BulkError::Interrupted => sysexits::INTERRUPTED,
             };
         }
-        if cause.is::<crate::dns::ZoneError>() {
+        if let Some(e) = cause.downcast_ref::<crate::tables::TableError>() {
+            return match e {
+                crate::tables::TableError::Database { .. } => sysexits::TEMPFAIL,
+                _ => sysexits::CONFIG,
+            };
+        }
+        if cause.is::<crate::dns::ZoneError>() || cause.is::<crate::conf::ConfError>() {
             return sysexits::CONFIG;
         }
         if cause.is::<SignerConfigError>() || cause.is::<genkey::GenKeyError>() {
@@ -333,6 +366,118 @@ struct SignConfig {
     quiet: bool,
 }
 
+/// Builds the key source from flags, an opendkim.conf, or tables.
+fn key_source(a: &SignArgs) -> anyhow::Result<crate::select::KeySource> {
+    use crate::select::{KeySource, Tables, Template};
+    let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
+    let conf = match &a.config {
+        Some(p) => {
+            let c = crate::conf::OpendkimConf::load(p)?;
+            if a.verbose {
+                for (line, key) in &c.ignored {
+                    eprintln!("dkimpress: {}:{line}: {key} is for the milter daemon; ignored", p.display());
+                }
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    // Flags win over the file; the file over defaults.
+    let canon = match (a.canon, conf.as_ref().and_then(|c| c.canonicalization.clone())) {
+        (Some(c), _) => c,
+        (None, Some(c)) => c.parse().map_err(|e| exit(sysexits::CONFIG, format!("Canonicalization: {e}")))?,
+        (None, None) => Canonicalization::default(),
+    };
+    let headers = a
+        .headers
+        .as_deref()
+        .map(split_list)
+        .or_else(|| conf.as_ref().and_then(|c| c.sign_headers.as_deref().map(split_list)));
+    let oversign = split_list(
+        &a.oversign
+            .clone()
+            .or_else(|| conf.as_ref().and_then(|c| c.oversign_headers.clone()))
+            .unwrap_or_else(|| "from".into()),
+    );
+    let template = Template {
+        canon,
+        headers,
+        oversign,
+        body_length: a.body_length || conf.as_ref().is_some_and(|c| c.body_length),
+        expire: a.expire.or_else(|| conf.as_ref().and_then(|c| c.signature_ttl)),
+        algorithm: a.algorithm.clone().or_else(|| conf.as_ref().and_then(|c| c.signature_algorithm.clone())),
+        min_bits: conf.as_ref().and_then(|c| c.minimum_key_bits).unwrap_or(crate::key::MIN_RSA_BITS),
+        strict_keys: a.strict_keys || conf.as_ref().is_some_and(|c| c.require_safe_keys),
+    };
+    if let Some(c) = &conf {
+        if let (Some(kt), Some(st)) = (&c.key_table, &c.signing_table) {
+            let t = Tables::open(kt, st, c.multiple_signatures || a.multiple_signatures, template, &c.dir)?;
+            return Ok(KeySource::Tables(Box::new(t)));
+        }
+        let key_file = c.key_file.clone().expect("checked by OpendkimConf::load");
+        let (key, warning) = SigningKey::from_path(&key_file, template.strict_keys)?;
+        if let Some(w) = warning {
+            eprintln!("dkimpress: warning: {w}");
+        }
+        let spec = c.domain.clone().expect("checked by OpendkimConf::load");
+        let domains = if spec.contains(':') || std::path::Path::new(&spec).exists() {
+            crate::tables::DataSet::open(&spec, &c.dir)?.keys()
+        } else {
+            split_list(&spec)
+        };
+        let selector = c.selector.clone().expect("checked by OpendkimConf::load");
+        // Check the settings once, with the first domain.
+        if let Some(d) = domains.first() {
+            template
+                .build(Arc::new(SigningKey::from_path(&key_file, false)?.0), d, &selector)
+                .map_err(|e| exit(sysexits::CONFIG, e))?;
+        }
+        return Ok(KeySource::Domains { domains, subdomains: c.subdomains, selector, key: Arc::new(key), template });
+    }
+    if let (Some(kt), Some(st)) = (&a.key_table, &a.signing_table) {
+        let t = Tables::open(kt, st, a.multiple_signatures, template, std::path::Path::new("."))?;
+        return Ok(KeySource::Tables(Box::new(t)));
+    }
+    if a.keys.is_empty() {
+        return Err(usage(
+            "no key: give -d DOMAIN -s SELECTOR -k KEYFILE, --config FILE, or --key-table with --signing-table",
+        ));
+    }
+    let mut loaded: Vec<(PathBuf, Arc<SigningKey>)> = vec![];
+    let mut signers = vec![];
+    for (n, path) in a.keys.iter().enumerate() {
+        let key = match loaded.iter().find(|(p, _)| p == path) {
+            Some((_, k)) => k.clone(),
+            None => {
+                let (key, warning) = SigningKey::from_path(path, a.strict_keys)?;
+                if let Some(w) = warning {
+                    eprintln!("dkimpress: warning: {w}");
+                }
+                let key = Arc::new(key);
+                loaded.push((path.clone(), key.clone()));
+                key
+            }
+        };
+        if a.domains.is_empty() || a.selectors.is_empty() {
+            return Err(usage("-k needs -d DOMAIN and -s SELECTOR"));
+        }
+        let domain = nth(&a.domains, n, "-d/--domain", a.keys.len())?;
+        let selector = nth(&a.selectors, n, "-s/--selector", a.keys.len())?;
+        let mut b = SignerBuilder::new(key, domain, selector)
+            .canon(template.canon)
+            .oversigned_headers(template.oversign.iter())
+            .identity(a.identity.clone())
+            .body_length(template.body_length)
+            .expire(template.expire)
+            .algorithm(template.algorithm.clone());
+        if let Some(h) = &template.headers {
+            b = b.signed_headers(h.iter());
+        }
+        signers.push(b.build()?);
+    }
+    Ok(KeySource::Fixed(signers))
+}
+
 /// Splits a header-name list given as `a:b:c` or `a, b, c`.
 fn split_list(s: &str) -> Vec<String> {
     s.split([':', ',']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
@@ -352,35 +497,7 @@ fn nth<'a>(values: &'a [String], n: usize, flag: &str, keys: usize) -> anyhow::R
 
 impl SignConfig {
     fn from_args(a: SignArgs) -> anyhow::Result<SignConfig> {
-        let mut loaded: Vec<(PathBuf, Arc<SigningKey>)> = vec![];
-        let mut signers = vec![];
-        for (n, path) in a.keys.iter().enumerate() {
-            let key = match loaded.iter().find(|(p, _)| p == path) {
-                Some((_, k)) => k.clone(),
-                None => {
-                    let (key, warning) = SigningKey::from_path(path, a.strict_keys)?;
-                    if let Some(w) = warning {
-                        eprintln!("dkimpress: warning: {w}");
-                    }
-                    let key = Arc::new(key);
-                    loaded.push((path.clone(), key.clone()));
-                    key
-                }
-            };
-            let domain = nth(&a.domains, n, "-d/--domain", a.keys.len())?;
-            let selector = nth(&a.selectors, n, "-s/--selector", a.keys.len())?;
-            let mut b = SignerBuilder::new(key, domain, selector)
-                .canon(a.canon)
-                .oversigned_headers(split_list(&a.oversign))
-                .identity(a.identity.clone())
-                .body_length(a.body_length)
-                .expire(a.expire)
-                .algorithm(a.algorithm.clone());
-            if let Some(h) = &a.headers {
-                b = b.signed_headers(split_list(h));
-            }
-            signers.push(b.build()?);
-        }
+        let keys = key_source(&a)?;
         let usage = |m: String| exit(sysexits::USAGE, m);
         let input = if a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-") {
             if a.in_place {
@@ -432,7 +549,13 @@ impl SignConfig {
         };
         let now = a.timestamp.unwrap_or_else(now_unix);
         Ok(SignConfig {
-            opts: BulkOptions { signers, mbox_format: a.mbox_format, strip_own: a.strip_own, now },
+            opts: BulkOptions {
+                keys,
+                sender: a.sender.clone(),
+                mbox_format: a.mbox_format,
+                strip_own: a.strip_own,
+                now,
+            },
             input,
             output: a.output,
             in_place: a.in_place,
@@ -476,7 +599,15 @@ fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
 
 /// Pipe mode and single message files: the message is signed or nothing is written.
 fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (headers, drop) = bulk::sign_message(&cfg.opts, msg).with_context(|| format!("{name}: cannot sign"))?;
+    let (headers, drop) = match bulk::sign_message(&cfg.opts, msg) {
+        Ok(r) => r,
+        // No key for this author: not an error; the message goes on unsigned (as OpenDKIM).
+        Err(SignError::Select(crate::select::SelectError::NoKey(who))) => {
+            eprintln!("dkimpress: {name}: no signing key for {who}: passed through unsigned");
+            (vec![], vec![])
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{name}: cannot sign"))),
+    };
     let dest = if cfg.in_place { path } else { cfg.output.as_deref() };
     match dest {
         None => {

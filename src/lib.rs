@@ -14,6 +14,7 @@
 pub mod bulk;
 pub mod canon;
 pub mod cli;
+pub mod conf;
 pub mod dns;
 pub mod genkey;
 pub mod header;
@@ -21,5 +22,7 @@ pub mod header;
 pub mod io;
 pub mod key;
 pub mod mbox;
+pub mod select;
 pub mod sign;
+pub mod tables;
 pub mod verify;

@@ -61,6 +61,9 @@ pub enum SignError {
     /// The crypto backend failed.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// No key could be chosen for the message (see [`crate::select`]).
+    #[error(transparent)]
+    Select(#[from] crate::select::SelectError),
 }
 
 /// Settings for a [`Signer`] that are wrong together.
@@ -269,7 +272,11 @@ fn body_hash(canon: Canon, body: &[u8]) -> BodyHash {
 /// top of it, in the message's own line ending, first signer's field first. `now` is the Unix
 /// time for `t=`. The body is hashed once per body canonicalization, however many signers.
 pub fn sign_slice(signers: &[Signer], msg: &[u8], now: u64) -> Result<Vec<u8>, SignError> {
-    let parsed = Message::parse(msg)?;
+    sign_parsed(signers, &Message::parse(msg)?, now)
+}
+
+/// [`sign_slice`] for a message already split into fields and body.
+pub fn sign_parsed(signers: &[Signer], parsed: &Message, now: u64) -> Result<Vec<u8>, SignError> {
     if !parsed.fields.iter().any(|f| f.is("from")) {
         return Err(SignError::NoFrom);
     }
@@ -284,7 +291,7 @@ pub fn sign_slice(signers: &[Signer], msg: &[u8], now: u64) -> Result<Vec<u8>, S
                 hashes.last().expect("just pushed")
             }
         };
-        let field = signature_field(signer, &parsed, bh, now, &mut scratch)?;
+        let field = signature_field(signer, parsed, bh, now, &mut scratch)?;
         if parsed.crlf {
             out.extend_from_slice(&field);
         } else {

@@ -1,0 +1,353 @@
+//! `opendkim.conf`: the keys that matter for signing, read as opendkim(8) does.
+//!
+//! Owns the parsing of the file into [`OpendkimConf`]: one `Key value` per line, `#` comments,
+//! booleans as yes/no/true/false/1/0. Keys only a milter uses are accepted and listed as
+//! ignored; unknown keys are an error naming the line.
+
+use std::path::{Path, PathBuf};
+
+/// The signing-related settings of an opendkim.conf.
+#[derive(Debug, Default, Clone)]
+pub struct OpendkimConf {
+    /// Where the file is (relative paths inside it are taken from its directory).
+    pub dir: PathBuf,
+    /// `Domain`: a data set spec or a comma list of domains to sign for.
+    pub domain: Option<String>,
+    /// `Selector`.
+    pub selector: Option<String>,
+    /// `KeyFile`.
+    pub key_file: Option<PathBuf>,
+    /// `KeyTable` data set spec.
+    pub key_table: Option<String>,
+    /// `SigningTable` data set spec.
+    pub signing_table: Option<String>,
+    /// `Canonicalization`.
+    pub canonicalization: Option<String>,
+    /// `SignatureAlgorithm`.
+    pub signature_algorithm: Option<String>,
+    /// `SignHeaders` (comma list).
+    pub sign_headers: Option<String>,
+    /// `OversignHeaders` (comma list).
+    pub oversign_headers: Option<String>,
+    /// `MinimumKeyBits`.
+    pub minimum_key_bits: Option<usize>,
+    /// `SubDomains`.
+    pub subdomains: bool,
+    /// `MultipleSignatures`.
+    pub multiple_signatures: bool,
+    /// `Mode` (s, v or sv).
+    pub mode: Option<String>,
+    /// `SignatureTTL` (x= = t= + TTL).
+    pub signature_ttl: Option<u64>,
+    /// `RequireSafeKeys`: refuse group/world-readable key files.
+    pub require_safe_keys: bool,
+    /// `BodyLengthLimit`-style `l=`: OpenDKIM's `BodyLengthDB` is not supported; this is set
+    /// by `IncludeBodyLength` (ours, off by default).
+    pub body_length: bool,
+    /// Keys that were accepted but have no effect here, with their line numbers.
+    pub ignored: Vec<(usize, String)>,
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}: {reason}")]
+pub struct ConfError {
+    /// The file.
+    pub path: String,
+    /// 1-based line (0 when the file cannot be read).
+    pub line: usize,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+/// Keys of opendkim.conf that only the milter daemon or verification uses: accepted, ignored.
+const IGNORED: &[&str] = &[
+    "AlwaysAddARHeader",
+    "AuthservID",
+    "AuthservIDWithJobID",
+    "AutoRestart",
+    "AutoRestartCount",
+    "AutoRestartRate",
+    "Background",
+    "BaseDirectory",
+    "ChangeRootDirectory",
+    "ClockDrift",
+    "DNSConnect",
+    "DNSTimeout",
+    "Diagnostics",
+    "DiagnosticDirectory",
+    "DisableCryptoInit",
+    "EnableCoredumps",
+    "ExternalIgnoreList",
+    "FixCRLF",
+    "IgnoreMalformedMail",
+    "InternalHosts",
+    "KeepAuthResults",
+    "KeepTemporaryFiles",
+    "LogResults",
+    "LogWhy",
+    "MacroList",
+    "MaximumHeaders",
+    "MaximumSignaturesToVerify",
+    "MaximumSignedBytes",
+    "MilterDebug",
+    "MinimumKeyBits",
+    "MTA",
+    "Nameservers",
+    "NoHeaderB",
+    "On-BadSignature",
+    "On-Default",
+    "On-DNSError",
+    "On-InternalError",
+    "On-KeyNotFound",
+    "On-NoSignature",
+    "On-Security",
+    "On-SignatureError",
+    "PeerList",
+    "PidFile",
+    "Quarantine",
+    "QueryCache",
+    "RemoveARAll",
+    "RemoveARFrom",
+    "RemoveOldSignatures",
+    "ReportAddress",
+    "ReportBccAddress",
+    "ResolverConfiguration",
+    "SendReports",
+    "SenderHeaders",
+    "SignatureTTL",
+    "SingleAuthResult",
+    "Socket",
+    "SoftwareHeader",
+    "StrictHeaders",
+    "StrictTestMode",
+    "Syslog",
+    "SyslogFacility",
+    "SyslogName",
+    "SyslogSuccess",
+    "TemporaryDirectory",
+    "TestDNSData",
+    "TestPublicKeys",
+    "TrustAnchorFile",
+    "TrustSignaturesFrom",
+    "UMask",
+    "UnboundConfigFile",
+    "UserID",
+    "VBR-Certifiers",
+    "VBR-PurgeFields",
+    "VBR-TrustedCertifiersOnly",
+    "VBR-TrustedCertifiers",
+    "VBR-Type",
+    "WeakSyntaxChecks",
+    "X-Header",
+    "AllowSHA1Only",
+    "ATPSDomains",
+    "ATPSHashAlgorithm",
+    "BogusKey",
+    "BogusPolicy",
+    "CaptureUnknownErrors",
+    "DomainKeysCompat",
+    "ExemptDomains",
+    "IdentityHeader",
+    "IdentityHeaderRemove",
+    "LDAPAuthMechanism",
+    "LDAPAuthName",
+    "LDAPAuthRealm",
+    "LDAPAuthUser",
+    "LDAPBindPassword",
+    "LDAPBindUser",
+    "LDAPDisableCache",
+    "LDAPKeepaliveIdle",
+    "LDAPKeepaliveInterval",
+    "LDAPKeepaliveProbes",
+    "LDAPTimeout",
+    "LDAPUseTLS",
+    "LDAPSoftStart",
+    "LuaFinalScript",
+    "LuaScreenScript",
+    "LuaSetupScript",
+    "LuaStatsScript",
+    "MustBeSigned",
+    "OmitHeaders",
+    "POPDBFile",
+    "RedirectFailuresTo",
+    "RemoveOldSignatures",
+    "ReplaceHeaders",
+    "ReplaceRules",
+    "ReputationCache",
+    "ReputationCacheTTL",
+    "ReputationDuplicateMessage",
+    "ReputationLimits",
+    "ReputationLimitModifiers",
+    "ReputationLowTime",
+    "ReputationMinimum",
+    "ReputationRatios",
+    "ReputationSpamCheck",
+    "ReputationTimeFactor",
+    "ReputationTimeout",
+    "ReputationVerbose",
+    "ResignAll",
+    "ResignMailTo",
+    "ScreenPolicyScript",
+    "SetupPolicyScript",
+    "SignatureTTL",
+    "StatisticsName",
+    "StatisticsPrefix",
+    "Statistics",
+    "TestPublicKeys",
+    "VBR-Certifiers",
+    "BodyLengthDB",
+    "DontSignMailTo",
+    "LocalADSP",
+    "MTACommand",
+    "MilterDebug",
+];
+
+/// Keys we use (the rest of this list is handled below).
+const USED: &[&str] = &[
+    "Domain",
+    "Selector",
+    "KeyFile",
+    "KeyTable",
+    "SigningTable",
+    "Canonicalization",
+    "SignatureAlgorithm",
+    "SignHeaders",
+    "OversignHeaders",
+    "MinimumKeyBits",
+    "SubDomains",
+    "MultipleSignatures",
+    "Mode",
+    "SignatureTTL",
+    "RequireSafeKeys",
+    "IncludeBodyLength",
+];
+
+fn boolean(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "1" | "on" => Some(true),
+        "no" | "false" | "0" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl OpendkimConf {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<OpendkimConf, ConfError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfError {
+            path: shown.clone(),
+            line: 0,
+            reason: e.to_string(),
+        })?;
+        let mut c = OpendkimConf {
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            ..OpendkimConf::default()
+        };
+        for (n, raw) in text.lines().enumerate() {
+            let line_no = n + 1;
+            let err = |reason: String| ConfError { path: shown.clone(), line: line_no, reason };
+            let line = raw.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (key, value) = match line.split_once(char::is_whitespace) {
+                Some((k, v)) => (k, v.trim()),
+                None => (line, ""),
+            };
+            let known = USED.iter().chain(IGNORED).find(|k| k.eq_ignore_ascii_case(key));
+            let Some(&key) = known else {
+                return Err(err(format!("unknown key {key:?} (not an opendkim.conf key)")));
+            };
+            let need =
+                |v: &str| if v.is_empty() { Err(err(format!("{key} needs a value"))) } else { Ok(v.to_string()) };
+            let flag = |v: &str| boolean(v).ok_or_else(|| err(format!("{key} takes yes or no, not {v:?}")));
+            match key {
+                "Domain" => c.domain = Some(need(value)?),
+                "Selector" => c.selector = Some(need(value)?),
+                "KeyFile" => c.key_file = Some(c.dir.join(need(value)?)),
+                "KeyTable" => c.key_table = Some(need(value)?),
+                "SigningTable" => c.signing_table = Some(need(value)?),
+                "Canonicalization" => c.canonicalization = Some(need(value)?),
+                "SignatureAlgorithm" => c.signature_algorithm = Some(need(value)?),
+                "SignHeaders" => c.sign_headers = Some(need(value)?),
+                "OversignHeaders" => c.oversign_headers = Some(value.to_string()),
+                "MinimumKeyBits" => {
+                    c.minimum_key_bits =
+                        Some(value.parse().map_err(|_| err(format!("MinimumKeyBits {value:?} is not a number")))?)
+                }
+                "SubDomains" => c.subdomains = flag(value)?,
+                "MultipleSignatures" => c.multiple_signatures = flag(value)?,
+                "RequireSafeKeys" => c.require_safe_keys = flag(value)?,
+                "IncludeBodyLength" => c.body_length = flag(value)?,
+                "Mode" => {
+                    let v = need(value)?;
+                    if v.is_empty() || !v.chars().all(|ch| ch == 's' || ch == 'v') {
+                        return Err(err(format!("Mode {v:?}: expected s, v or sv")));
+                    }
+                    c.mode = Some(v);
+                }
+                "SignatureTTL" => {
+                    c.signature_ttl =
+                        Some(value.parse().map_err(|_| err(format!("SignatureTTL {value:?} is not a number")))?)
+                }
+                other => c.ignored.push((line_no, other.to_string())),
+            }
+        }
+        if c.mode.as_deref().is_some_and(|m| !m.contains('s')) {
+            return Err(ConfError {
+                path: shown,
+                line: 0,
+                reason: "Mode has no 's': this configuration does not sign".into(),
+            });
+        }
+        if c.key_table.is_some() != c.signing_table.is_some() {
+            return Err(ConfError {
+                path: shown,
+                line: 0,
+                reason: "KeyTable and SigningTable go together: give both, or Domain/Selector/KeyFile".into(),
+            });
+        }
+        if c.key_table.is_none() && (c.domain.is_none() || c.selector.is_none() || c.key_file.is_none()) {
+            return Err(ConfError {
+                path: shown,
+                line: 0,
+                reason: "nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile".into(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("opendkim.conf");
+        std::fs::write(
+            &p,
+            "# comment\nSyslog yes\nUMask 002\nSocket inet:8891@localhost\nDomain example.com\nSelector mail\n\
+             KeyFile keys/mail.private\nCanonicalization relaxed/simple\nSubDomains yes\nOversignHeaders From\n",
+        )
+        .unwrap();
+        let c = OpendkimConf::load(&p).unwrap();
+        assert_eq!(c.domain.as_deref(), Some("example.com"));
+        assert_eq!(c.key_file, Some(dir.path().join("keys/mail.private")));
+        assert!(c.subdomains);
+        assert_eq!(c.ignored.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["Syslog", "UMask", "Socket"]);
+        for (text, want) in [
+            ("Domain a\nSelector s\nKeyFile k\nFrobnicate yes\n", ":4: unknown key \"Frobnicate\""),
+            ("Domain a\nSelector s\nKeyFile k\nSubDomains maybe\n", ":4: SubDomains takes yes or no"),
+            ("KeyTable file:k\n", "go together"),
+            ("Domain a\n", "nothing to sign with"),
+            ("Domain a\nSelector s\nKeyFile k\nMode v\n", "does not sign"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = OpendkimConf::load(&p).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+}

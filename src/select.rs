@@ -1,0 +1,249 @@
+//! Choosing the signatures for each message: a fixed list of signers, OpenDKIM's
+//! Domain/Selector/KeyFile with `SubDomains`, or KeyTable + SigningTable (with
+//! `MultipleSignatures`), by the From address or the envelope sender.
+//!
+//! Owns the per-run caches of parsed keys and built signers, so a bulk job loads each key
+//! once. Lookups that fail for a while (a database down) are reported as temporary.
+
+use crate::canon::Canonicalization;
+use crate::header::Message;
+use crate::key::SigningKey;
+use crate::sign::{Signer, SignerBuilder};
+use crate::tables::{self, DataSet, TableError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Why no signer could be chosen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SelectError {
+    /// No key is configured for this author (not an error for the message itself).
+    #[error("no signing key for {0}")]
+    NoKey(String),
+    /// The From address cannot be found or parsed.
+    #[error("no usable From address: {0}")]
+    NoAddress(String),
+    /// A key or table entry is broken (configuration).
+    #[error("{0}")]
+    Config(String),
+    /// The key store cannot be reached now: try again later.
+    #[error("key store unavailable: {0}")]
+    Temporary(String),
+}
+
+/// Tag settings shared by every signer a run builds.
+#[derive(Clone, Debug)]
+pub struct Template {
+    /// `c=`.
+    pub canon: Canonicalization,
+    /// Signed header names (None: the default list).
+    pub headers: Option<Vec<String>>,
+    /// Oversigned header names.
+    pub oversign: Vec<String>,
+    /// Add `l=`.
+    pub body_length: bool,
+    /// `x=` lifetime.
+    pub expire: Option<u64>,
+    /// `a=` asked for (checked against each key).
+    pub algorithm: Option<String>,
+    /// Smallest RSA key accepted for signing.
+    pub min_bits: usize,
+    /// Refuse group/world-readable key files.
+    pub strict_keys: bool,
+}
+
+impl Template {
+    /// A signer for `key` with these settings.
+    pub fn build(&self, key: Arc<SigningKey>, domain: &str, selector: &str) -> Result<Signer, String> {
+        if key.key_type() == crate::key::KeyType::Rsa && key.bits() < self.min_bits {
+            return Err(format!(
+                "key for {selector}._domainkey.{domain} has {} bits, below MinimumKeyBits {}",
+                key.bits(),
+                self.min_bits
+            ));
+        }
+        let mut b = SignerBuilder::new(key, domain, selector)
+            .canon(self.canon)
+            .oversigned_headers(self.oversign.iter())
+            .body_length(self.body_length)
+            .expire(self.expire)
+            .algorithm(self.algorithm.clone());
+        if let Some(h) = &self.headers {
+            b = b.signed_headers(h.iter());
+        }
+        b.build().map_err(|e| e.to_string())
+    }
+}
+
+/// Where the signatures of a message come from.
+pub enum KeySource {
+    /// The same signers for every message (`-d -s -k`).
+    Fixed(Vec<Signer>),
+    /// OpenDKIM `Domain` + `Selector` + `KeyFile`: sign mail from the listed domains (and their
+    /// subdomains with `SubDomains`), with `d=` the listed domain.
+    Domains {
+        /// The domains.
+        domains: Vec<String>,
+        /// `SubDomains`.
+        subdomains: bool,
+        /// The selector.
+        selector: String,
+        /// The key.
+        key: Arc<SigningKey>,
+        /// Tag settings.
+        template: Template,
+    },
+    /// KeyTable + SigningTable.
+    Tables(Box<Tables>),
+}
+
+/// OpenDKIM KeyTable + SigningTable with their caches.
+pub struct Tables {
+    key_table: DataSet,
+    signing_table: DataSet,
+    multiple: bool,
+    template: Template,
+    base: PathBuf,
+    signers: Mutex<HashMap<String, Result<Signer, String>>>,
+}
+
+impl Tables {
+    /// Opens both tables (`base` resolves relative key paths).
+    pub fn open(
+        key_table: &str,
+        signing_table: &str,
+        multiple: bool,
+        template: Template,
+        base: &Path,
+    ) -> Result<Tables, TableError> {
+        Ok(Tables {
+            key_table: DataSet::open(key_table, base)?,
+            signing_table: DataSet::open(signing_table, base)?,
+            multiple,
+            template,
+            base: base.to_path_buf(),
+            signers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Every key name of the KeyTable, when it is a file (for `testkey`).
+    pub fn key_names(&self) -> Vec<String> {
+        self.key_table.keys()
+    }
+
+    /// The signer of KeyTable entry `name`, built once.
+    pub fn signer(&self, name: &str) -> Result<Signer, SelectError> {
+        if let Some(r) = self.signers.lock().expect("poisoned").get(name) {
+            return r.clone().map_err(SelectError::Config);
+        }
+        let value = self.key_table.get(name).map_err(table_err)?;
+        let built = match value {
+            None => Err(format!("SigningTable names key {name:?}, which the KeyTable does not have")),
+            Some(v) => self.build(name, &v),
+        };
+        self.signers.lock().expect("poisoned").insert(name.to_string(), built.clone());
+        built.map_err(SelectError::Config)
+    }
+
+    /// A KeyTable value `domain:selector:keyfile-or-key-data`.
+    fn build(&self, name: &str, value: &str) -> Result<Signer, String> {
+        let mut parts = value.splitn(3, ':');
+        let (Some(domain), Some(selector), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("KeyTable entry {name:?} is not domain:selector:key"));
+        };
+        let (domain, selector, key) = (domain.trim(), selector.trim(), key.trim());
+        let origin = format!("KeyTable entry {name}");
+        let key = if key.starts_with("-----BEGIN")
+            || (!key.starts_with('/') && !key.starts_with('.') && !self.base.join(key).exists())
+        {
+            SigningKey::from_bytes(key.as_bytes(), &origin).map_err(|e| e.to_string())?
+        } else {
+            let (k, warning) =
+                SigningKey::from_path(&self.base.join(key), self.template.strict_keys).map_err(|e| e.to_string())?;
+            if let Some(w) = warning {
+                eprintln!("dkimpress: warning: {w}");
+            }
+            k
+        };
+        self.template.build(Arc::new(key), domain, selector)
+    }
+
+    /// The signers for the author `local@domain`: first SigningTable match (all matches with
+    /// `MultipleSignatures`).
+    fn lookup(&self, local: &str, domain: &str) -> Result<Vec<Signer>, SelectError> {
+        let address = format!("{local}@{domain}");
+        let names: Vec<String> = if self.signing_table.is_pattern() {
+            let all = self.signing_table.all(&address).map_err(table_err)?;
+            if self.multiple {
+                all
+            } else {
+                all.into_iter().take(1).collect()
+            }
+        } else {
+            let mut names = vec![];
+            for cand in tables::signing_candidates(local, domain) {
+                if let Some(v) = self.signing_table.get(&cand).map_err(table_err)? {
+                    names.push(v);
+                    if !self.multiple {
+                        break;
+                    }
+                }
+            }
+            names
+        };
+        if names.is_empty() {
+            return Err(SelectError::NoKey(address));
+        }
+        names.iter().map(|n| self.signer(n.trim())).collect()
+    }
+}
+
+fn table_err(e: TableError) -> SelectError {
+    match e {
+        TableError::Database { .. } => SelectError::Temporary(e.to_string()),
+        other => SelectError::Config(other.to_string()),
+    }
+}
+
+impl KeySource {
+    /// The signers for `msg`: by `sender` (envelope) if given, else by its From address.
+    pub fn signers_for(
+        &self,
+        msg: &Message,
+        sender: Option<&str>,
+    ) -> Result<std::borrow::Cow<'_, [Signer]>, SelectError> {
+        use std::borrow::Cow;
+        if let KeySource::Fixed(s) = self {
+            return Ok(Cow::Borrowed(s));
+        }
+        let (local, domain) = match sender {
+            Some(s) => tables::parse_address(s).ok_or_else(|| SelectError::NoAddress(format!("sender {s:?}")))?,
+            None => {
+                let from = msg
+                    .fields
+                    .iter()
+                    .find(|f| f.is("from"))
+                    .ok_or_else(|| SelectError::NoAddress("no From field".into()))?;
+                let value = String::from_utf8_lossy(from.value()).into_owned();
+                tables::parse_address(&value)
+                    .ok_or_else(|| SelectError::NoAddress(format!("From {:?}", value.trim())))?
+            }
+        };
+        match self {
+            KeySource::Fixed(_) => unreachable!("handled above"),
+            KeySource::Domains { domains, subdomains, selector, key, template } => {
+                let hit = domains.iter().find(|d| {
+                    let d = d.to_ascii_lowercase();
+                    domain == d || (*subdomains && domain.ends_with(&format!(".{d}")))
+                });
+                match hit {
+                    Some(d) => {
+                        Ok(Cow::Owned(vec![template.build(key.clone(), d, selector).map_err(SelectError::Config)?]))
+                    }
+                    None => Err(SelectError::NoKey(format!("{local}@{domain}"))),
+                }
+            }
+            KeySource::Tables(t) => Ok(Cow::Owned(t.lookup(&local, &domain)?)),
+        }
+    }
+}

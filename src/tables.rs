@@ -1,0 +1,526 @@
+//! OpenDKIM data sets, KeyTable and SigningTable: choosing the key(s) for a message.
+//!
+//! Owns the data set kinds of opendkim(8) that signing uses: flat files (`file:` or a bare
+//! path), `refile:` (wildcard patterns, first match wins), `csl:` (comma-separated list) and
+//! `dsn:pgsql://` (a PostgreSQL table or view), the From-address extraction that picks the
+//! signing table entry, and the per-run caches. It does not sign (see [`crate::sign`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A data set that cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// A file cannot be read.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong (with the line number where there is one).
+        reason: String,
+    },
+    /// A `dsn:` specification is wrong.
+    #[error("data set {spec}: {reason}")]
+    Spec {
+        /// The spec, password removed.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database could not be reached or queried: try again later.
+    #[error("database {spec}: {reason}")]
+    Database {
+        /// The spec, password removed.
+        spec: String,
+        /// What went wrong (no password).
+        reason: String,
+    },
+}
+
+/// One data set: a key -> value mapping as OpenDKIM defines it.
+pub enum DataSet {
+    /// `file:` or a path: `key value` lines.
+    File(Vec<(String, String)>),
+    /// `refile:`: `pattern value` lines; `*` matches any run of characters.
+    Refile(Vec<(String, String)>),
+    /// `csl:a,b,c`: keys only.
+    List(Vec<String>),
+    /// `dsn:pgsql://...`.
+    Pg(Box<PgSet>),
+}
+
+impl DataSet {
+    /// Opens a data set spec (`refile:/path`, `file:/path`, `/path`, `csl:a,b`,
+    /// `dsn:pgsql://...`). Relative paths are taken from `base`.
+    pub fn open(spec: &str, base: &Path) -> Result<DataSet, TableError> {
+        let spec = spec.trim();
+        if let Some(rest) = spec.strip_prefix("refile:") {
+            return Ok(DataSet::Refile(read_pairs(&base.join(rest))?));
+        }
+        if let Some(rest) = spec.strip_prefix("file:") {
+            return Ok(DataSet::File(read_pairs(&base.join(rest))?));
+        }
+        if let Some(rest) = spec.strip_prefix("csl:") {
+            return Ok(DataSet::List(
+                rest.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            ));
+        }
+        if spec.starts_with("dsn:") {
+            return Ok(DataSet::Pg(Box::new(PgSet::open(spec)?)));
+        }
+        if spec.contains(':') && !Path::new(spec).exists() {
+            return Err(TableError::Spec {
+                spec: spec.to_string(),
+                reason: "unsupported data set type (supported: file:, refile:, csl:, dsn:pgsql://, or a path)".into(),
+            });
+        }
+        Ok(DataSet::File(read_pairs(&base.join(spec))?))
+    }
+
+    /// The value for exactly `key` (file and database sets; case-insensitive like OpenDKIM's
+    /// file sets).
+    pub fn get(&self, key: &str) -> Result<Option<String>, TableError> {
+        match self {
+            DataSet::File(pairs) => Ok(pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone())),
+            DataSet::Refile(pairs) => Ok(pairs.iter().find(|(p, _)| wildcard(p, key)).map(|(_, v)| v.clone())),
+            DataSet::List(items) => Ok(items.iter().find(|k| k.eq_ignore_ascii_case(key)).map(|_| String::new())),
+            DataSet::Pg(pg) => pg.get(key),
+        }
+    }
+
+    /// Every value whose key matches `key` (refile: all matching patterns in order; others:
+    /// the exact match).
+    pub fn all(&self, key: &str) -> Result<Vec<String>, TableError> {
+        match self {
+            DataSet::Refile(pairs) => {
+                Ok(pairs.iter().filter(|(p, _)| wildcard(p, key)).map(|(_, v)| v.clone()).collect())
+            }
+            other => Ok(other.get(key)?.into_iter().collect()),
+        }
+    }
+
+    /// The keys of a list-like set (for `Domain csl:...` or a file of domains).
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            DataSet::File(p) | DataSet::Refile(p) => p.iter().map(|(k, _)| k.clone()).collect(),
+            DataSet::List(l) => l.clone(),
+            DataSet::Pg(_) => vec![],
+        }
+    }
+
+    /// Whether lookups must try address patterns (refile) rather than exact keys.
+    pub fn is_pattern(&self) -> bool {
+        matches!(self, DataSet::Refile(_))
+    }
+}
+
+/// `*` matches any run of characters (possibly empty); everything else literally, ignoring
+/// ASCII case (OpenDKIM's refile turns `*` into `.*` and matches case-insensitively).
+pub fn wildcard(pattern: &str, text: &str) -> bool {
+    let p = pattern.to_ascii_lowercase();
+    let t = text.to_ascii_lowercase();
+    let parts: Vec<&str> = p.split('*').collect();
+    if parts.len() == 1 {
+        return p == t;
+    }
+    let mut pos = 0;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            if !t.starts_with(part) {
+                return false;
+            }
+            pos = part.len();
+        } else if i == parts.len() - 1 {
+            return t.len() >= pos + part.len() && t[pos..].ends_with(part);
+        } else {
+            match t[pos..].find(part) {
+                Some(f) => pos += f + part.len(),
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+/// Reads `key value` lines: `#` starts a comment, blank lines are skipped, a line ending in
+/// `\` continues on the next, and a line starting with whitespace continues the previous
+/// entry's value.
+fn read_pairs(path: &Path) -> Result<Vec<(String, String)>, TableError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TableError::File { path: path.display().to_string(), reason: e.to_string() })?;
+    let mut out: Vec<(String, String)> = vec![];
+    let mut pending = String::new();
+    let mut pending_line = 0;
+    for (n, raw) in text.lines().enumerate() {
+        let line = match raw.find('#') {
+            Some(i) => &raw[..i],
+            None => raw,
+        };
+        if pending.is_empty() && (line.starts_with(' ') || line.starts_with('\t')) && !line.trim().is_empty() {
+            match out.last_mut() {
+                Some(last) => {
+                    last.1.push(' ');
+                    last.1.push_str(line.trim());
+                    continue;
+                }
+                None => {
+                    return Err(TableError::File {
+                        path: path.display().to_string(),
+                        reason: format!("line {}: continuation line before any entry", n + 1),
+                    })
+                }
+            }
+        }
+        if pending.is_empty() {
+            pending_line = n + 1;
+        }
+        if let Some(stripped) = line.trim_end().strip_suffix('\\') {
+            pending.push_str(stripped);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(line);
+        let entry = std::mem::take(&mut pending);
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let mut it = entry.splitn(2, char::is_whitespace);
+        let key = it.next().unwrap_or_default().to_string();
+        let value = it.next().unwrap_or_default().trim().to_string();
+        if value.is_empty() && key.contains(':') {
+            return Err(TableError::File {
+                path: path.display().to_string(),
+                reason: format!("line {pending_line}: expected \"key value\""),
+            });
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// The address in a From (or sender) value: display names, quoted strings, comments and
+/// group syntax removed; the last `<...>` wins. Returns (local part, domain in lower case).
+pub fn parse_address(value: &str) -> Option<(String, String)> {
+    // Unfold and drop comments (nested), outside quoted strings.
+    let mut clean = String::new();
+    let mut depth = 0;
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        if escaped {
+            if depth == 0 {
+                clean.push(c);
+            }
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => {
+                escaped = true;
+                if depth == 0 {
+                    clean.push(c);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                clean.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            '\r' | '\n' => {}
+            _ if depth == 0 => clean.push(c),
+            _ => {}
+        }
+    }
+    // The last angle-addr outside quotes, else the whole thing.
+    let mut addr = None;
+    let mut quoted = false;
+    let mut start = None;
+    for (i, c) in clean.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => start = Some(i + 1),
+            '>' if !quoted => {
+                if let Some(s) = start.take() {
+                    addr = Some(clean[s..i].to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let addr = addr.unwrap_or_else(|| clean.trim().trim_end_matches(';').to_string());
+    let addr = addr.trim();
+    let at = addr.rfind('@')?;
+    let local = addr[..at].trim().trim_matches('"').to_string();
+    let domain = addr[at + 1..].trim().trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() || domain.contains([' ', '<', '>', ',', ';']) {
+        return None;
+    }
+    Some((local, domain))
+}
+
+/// Keys to try in a (non-pattern) SigningTable for `local@domain`, most specific first:
+/// `local@domain`, `domain`, then each parent as `.parent`, then `*` (OpenDKIM's order).
+pub fn signing_candidates(local: &str, domain: &str) -> Vec<String> {
+    let mut out = vec![format!("{local}@{domain}"), domain.to_string()];
+    let mut rest = domain;
+    while let Some(i) = rest.find('.') {
+        rest = &rest[i + 1..];
+        if rest.contains('.') || !rest.is_empty() {
+            out.push(format!(".{rest}"));
+        }
+    }
+    out.push("*".to_string());
+    out
+}
+
+/// A PostgreSQL data set: `dsn:pgsql://[user[:password]@][port+]host/database/table=T?keycol=K?datacol=A,B,C[?filter=F]`
+/// (opendkim(8)). `host` may be a socket directory, written with its slashes encoded
+/// (`=2Fvar=2Frun=2Fpostgresql`): values in the DSN encode `:/@+?=` as `=XX`. Lookups are
+/// cached for the run.
+pub struct PgSet {
+    shown: String,
+    config: postgres::Config,
+    query: String,
+    client: Mutex<Option<postgres::Client>>,
+    cache: Mutex<HashMap<String, Option<String>>>,
+}
+
+impl std::fmt::Debug for PgSet {
+    /// The DSN without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgSet({})", self.shown)
+    }
+}
+
+/// `=XX` hex escapes of opendkim DSNs.
+fn dsn_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' && i + 3 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn ident(s: &str, what: &str, shown: &str) -> Result<String, TableError> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+        Ok(s.to_string())
+    } else {
+        Err(TableError::Spec { spec: shown.to_string(), reason: format!("{what} {s:?} is not a plain SQL identifier") })
+    }
+}
+
+impl PgSet {
+    /// Parses the DSN (no connection yet: the first lookup connects).
+    pub fn open(spec: &str) -> Result<PgSet, TableError> {
+        let rest = spec.strip_prefix("dsn:").unwrap_or(spec);
+        let (scheme, rest) = rest
+            .split_once("://")
+            .ok_or_else(|| TableError::Spec { spec: redact(spec), reason: "expected dsn:pgsql://...".into() })?;
+        let shown = redact(spec);
+        if scheme != "pgsql" {
+            return Err(TableError::Spec {
+                spec: shown,
+                reason: format!("unsupported DSN backend {scheme:?} (only pgsql)"),
+            });
+        }
+        let err = |r: &str| TableError::Spec { spec: shown.clone(), reason: r.to_string() };
+        // [user[:password]@][port+]host/database/table=...?keycol=...?datacol=...
+        let (userinfo, rest) = match rest.rfind('@').filter(|&at| !rest[..at].contains('/')) {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        let mut parts = rest.splitn(3, '/');
+        let hostpart = parts.next().unwrap_or_default();
+        let database = parts.next().ok_or_else(|| err("missing /database"))?;
+        let params = parts.next().ok_or_else(|| err("missing /table=...?keycol=...?datacol=..."))?;
+        let mut config = postgres::Config::new();
+        if let Some(u) = userinfo {
+            let (user, pass) = match u.split_once(':') {
+                Some((a, b)) => (a, Some(b)),
+                None => (u, None),
+            };
+            config.user(&dsn_decode(user));
+            if let Some(p) = pass {
+                config.password(dsn_decode(p));
+            }
+        }
+        let (port, host) = match hostpart.split_once('+') {
+            Some((p, h)) => (Some(p), h),
+            None => (None, hostpart),
+        };
+        let host = dsn_decode(host);
+        if host.starts_with('/') {
+            config.host_path(&host);
+        } else {
+            config.host(if host.is_empty() { "localhost" } else { &host });
+        }
+        if let Some(p) = port {
+            config.port(p.parse().map_err(|_| err("port before '+' is not a number"))?);
+        }
+        config.dbname(&dsn_decode(database));
+        config.connect_timeout(std::time::Duration::from_secs(10));
+        let mut table = None;
+        let mut keycol = None;
+        let mut datacols = None;
+        let mut filter = None;
+        for p in params.split('?') {
+            let (k, v) = p.split_once('=').ok_or_else(|| err(&format!("parameter {p:?} lacks '='")))?;
+            let v = dsn_decode(v);
+            match k {
+                "table" => table = Some(ident(&v, "table", &shown)?),
+                "keycol" => keycol = Some(ident(&v, "keycol", &shown)?),
+                "datacol" => {
+                    let cols: Result<Vec<String>, _> =
+                        v.split(',').map(|c| ident(c.trim(), "datacol", &shown)).collect();
+                    datacols = Some(cols?);
+                }
+                "filter" => filter = Some(v),
+                other => return Err(err(&format!("unknown parameter {other:?}"))),
+            }
+        }
+        let table = table.ok_or_else(|| err("missing table="))?;
+        let keycol = keycol.ok_or_else(|| err("missing keycol="))?;
+        let datacols = datacols.ok_or_else(|| err("missing datacol="))?;
+        let select: Vec<String> = datacols.iter().map(|c| format!("{c}::text")).collect();
+        let mut query = format!("SELECT {} FROM {table} WHERE lower({keycol}::text) = lower($1)", select.join(", "));
+        if let Some(f) = filter {
+            query.push_str(&format!(" AND ({f})"));
+        }
+        Ok(PgSet { shown, config, query, client: Mutex::new(None), cache: Mutex::new(HashMap::new()) })
+    }
+
+    fn get(&self, key: &str) -> Result<Option<String>, TableError> {
+        if let Some(v) = self.cache.lock().expect("cache poisoned").get(key) {
+            return Ok(v.clone());
+        }
+        let db_err = |e: postgres::Error| TableError::Database { spec: self.shown.clone(), reason: pg_reason(&e) };
+        let mut guard = self.client.lock().expect("client poisoned");
+        if guard.is_none() {
+            *guard = Some(self.config.connect(postgres::NoTls).map_err(db_err)?);
+        }
+        let client = guard.as_mut().expect("connected");
+        let rows = match client.query(self.query.as_str(), &[&key]) {
+            Ok(r) => r,
+            Err(e) => {
+                *guard = None; // reconnect on the next lookup
+                return Err(db_err(e));
+            }
+        };
+        let value = rows.first().map(|row| {
+            (0..row.len()).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect::<Vec<_>>().join(":")
+        });
+        self.cache.lock().expect("cache poisoned").insert(key.to_string(), value.clone());
+        Ok(value)
+    }
+}
+
+/// A database error without anything of the DSN (the password in particular).
+fn pg_reason(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// The spec with any password replaced by `****`.
+pub fn redact(spec: &str) -> String {
+    if let Some(scheme_end) = spec.find("://") {
+        let rest = &spec[scheme_end + 3..];
+        if let Some(at) = rest.rfind('@').filter(|&at| !rest[..at].contains('/')) {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!("{}{}:****{}", &spec[..scheme_end + 3], &rest[..colon], &rest[at..]);
+            }
+        }
+    }
+    spec.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        for (p, t, want) in [
+            ("*@example.com", "joe@example.com", true),
+            ("*.example.com", "joe@sub.example.com", true),
+            ("*@example.com", "joe@example.com.evil", false),
+            ("*.example.com", "joe@sub.example.com", true),
+            ("*@example.com", "joe@example.com.evil", false),
+            ("*@*.example.com", "joe@sub.example.com", true),
+            ("joe@example.com", "JOE@Example.com", true),
+            ("*", "anything", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXcYYb", false),
+        ] {
+            assert_eq!(wildcard(p, t), want, "{p} {t}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        for (v, want) in [
+            ("Joe <joe@Example.COM>", Some(("joe", "example.com"))),
+            (" \"Doe, John\" <john@example.org>", Some(("john", "example.org"))),
+            ("joe@example.com (Joe <fake@evil.com>)", Some(("joe", "example.com"))),
+            ("=?UTF-8?Q?Ren=C3=A9e?= <renee@example.net>", Some(("renee", "example.net"))),
+            ("\"a@b\" <real@example.com>", Some(("real", "example.com"))),
+            ("\"quoted local\"@example.com", Some(("quoted local", "example.com"))),
+            ("undisclosed-recipients:;", None),
+            ("no address", None),
+        ] {
+            let got = parse_address(v);
+            assert_eq!(got.as_ref().map(|(l, d)| (l.as_str(), d.as_str())), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn candidates_order() {
+        assert_eq!(
+            signing_candidates("joe", "mail.example.com"),
+            ["joe@mail.example.com", "mail.example.com", ".example.com", ".com", "*"]
+        );
+    }
+
+    #[test]
+    fn dsn_parsing_and_redaction() {
+        let spec = "dsn:pgsql://dkim:s=40cret@5433+=2Fvar=2Frun=2Fpostgresql/maildb/table=dkim_key_table?keycol=identifier?datacol=domain,selector,key";
+        let pg = PgSet::open(spec).unwrap();
+        assert!(!pg.shown.contains("cret"));
+        assert_eq!(pg.config.get_password(), Some(&b"s@cret"[..]));
+        assert_eq!(pg.config.get_ports(), [5433]);
+        assert_eq!(pg.config.get_hosts(), [postgres::config::Host::Unix("/var/run/postgresql".into())]);
+        assert_eq!(pg.config.get_dbname(), Some("maildb"));
+        assert!(pg.query.starts_with("SELECT domain::text, selector::text, key::text FROM dkim_key_table WHERE"));
+        assert_eq!(
+            redact("dsn:pgsql://u:pw@h/db/table=t?keycol=k?datacol=d"),
+            "dsn:pgsql://u:****@h/db/table=t?keycol=k?datacol=d"
+        );
+        let e = PgSet::open("dsn:pgsql://u:pw@h/db/table=t;drop?keycol=k?datacol=d").unwrap_err().to_string();
+        assert!(e.contains("not a plain SQL identifier") && !e.contains(":pw@"), "{e}");
+    }
+
+    #[test]
+    fn pair_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, "# comment\n\nsel._domainkey.example.com example.com:sel:/k # trailing\nlong a:b:\\\n  /path\nmulti first\n  second\n").unwrap();
+        let pairs = read_pairs(&p).unwrap();
+        assert_eq!(pairs[0], ("sel._domainkey.example.com".to_string(), "example.com:sel:/k".to_string()));
+        assert_eq!(pairs[1].1, "a:b:   /path");
+        assert_eq!(pairs[2].1, "first second");
+    }
+}
