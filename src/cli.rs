@@ -55,6 +55,8 @@ enum Command {
     /// Verify the DKIM signatures of messages: stdin, message files, mboxes, maildirs, queue
     /// directories. Exit 0 only when every message passes.
     Verify(VerifyArgs),
+    /// Check that the DNS key records match the private keys, like opendkim-testkey.
+    Testkey(TestkeyArgs),
     /// Generate a key pair and its DNS TXT record, like opendkim-genkey.
     #[command(disable_help_flag = true)]
     Genkey(GenkeyArgs),
@@ -206,6 +208,37 @@ struct VerifyArgs {
 }
 
 #[derive(Args, Debug)]
+struct TestkeyArgs {
+    /// Signing domain of the key to test (with -s and -k).
+    #[arg(short = 'd', long = "domain", value_name = "DOMAIN", requires_all = ["selector", "key"])]
+    domain: Option<String>,
+    /// Selector.
+    #[arg(short = 's', long = "selector", value_name = "SELECTOR")]
+    selector: Option<String>,
+    /// Private key file.
+    #[arg(short = 'k', long = "key", value_name = "KEYFILE")]
+    key: Option<PathBuf>,
+    /// Test every key of this opendkim.conf (KeyTable, or Domain/Selector/KeyFile).
+    #[arg(long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Test every key of this KeyTable data set.
+    #[arg(long = "key-table", value_name = "DATASET")]
+    key_table: Option<String>,
+    /// Key records from zone files instead of DNS. Repeatable.
+    #[arg(long = "dns-zone", value_name = "FILE")]
+    zones: Vec<PathBuf>,
+    /// Key records from a directory of SELECTOR._domainkey.DOMAIN.txt files.
+    #[arg(long = "key-dir", value_name = "DIR")]
+    key_dirs: Vec<PathBuf>,
+    /// DNS server (IP or IP:PORT) instead of /etc/resolv.conf.
+    #[arg(long = "dns-server", value_name = "ADDR")]
+    dns_servers: Vec<String>,
+    /// Seconds to wait for a DNS answer.
+    #[arg(long = "dns-timeout", value_name = "SECS", default_value_t = 5.0)]
+    dns_timeout: f64,
+}
+
+#[derive(Args, Debug)]
 struct GenkeyArgs {
     /// Domain the key is for (used in the record comment and with --append-domain).
     #[arg(short = 'd', long = "domain", default_value = "example.com")]
@@ -344,6 +377,7 @@ where
         Command::Sign(a) => cmd_sign(SignConfig::from_args(a)?),
         Command::Genkey(a) => cmd_genkey(a),
         Command::Verify(a) => cmd_verify(a),
+        Command::Testkey(a) => cmd_testkey(a),
     }
 }
 
@@ -839,36 +873,10 @@ fn verdict_json(
 }
 
 fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    use crate::dns::{Chain, Dns, KeyCache, KeyDir, ZoneKeys};
-    use crate::verify::{self, DkimResult, KeyLookup, Policy};
+    use crate::dns::KeyCache;
+    use crate::verify::{self, DkimResult, Policy};
     let usage = |m: String| exit(sysexits::USAGE, m);
-    let mut sources: Vec<Box<dyn KeyLookup + Send>> = vec![];
-    if !a.zones.is_empty() {
-        sources.push(Box::new(ZoneKeys::load(&a.zones)?));
-    }
-    for d in &a.key_dirs {
-        if !d.is_dir() {
-            return Err(usage(format!("{}: --key-dir is not a directory", d.display())));
-        }
-        sources.push(Box::new(KeyDir::new(d)));
-    }
-    if sources.is_empty() || !a.dns_servers.is_empty() {
-        let mut servers = vec![];
-        for s in &a.dns_servers {
-            let addr = s
-                .parse::<std::net::SocketAddr>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
-                .map_err(|_| usage(format!("--dns-server {s:?}: expected IP or IP:PORT")))?;
-            servers.push(addr);
-        }
-        if a.dns_timeout.is_nan() || a.dns_timeout <= 0.0 {
-            return Err(usage("--dns-timeout must be positive".into()));
-        }
-        let dns = Dns::new(&servers, std::time::Duration::from_secs_f64(a.dns_timeout), 2)
-            .map_err(|e| exit(sysexits::CONFIG, format!("DNS resolver: {e}")))?;
-        sources.push(Box::new(dns));
-    }
-    let lookup = Chain(sources);
+    let lookup = key_lookup(&a.zones, &a.key_dirs, &a.dns_servers, a.dns_timeout)?;
     let cache = KeyCache::new(&lookup);
     let keys = |s: &str, d: &str| cache.get(s, d);
     let policy = Policy {
@@ -1007,4 +1015,142 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("dkimpress: {total} messages: {}; {failed} not verified", parts.join(", "));
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Key record sources: zone files and key directories (offline), else DNS (or DNS as well when
+/// servers are named).
+fn key_lookup(zones: &[PathBuf], key_dirs: &[PathBuf], servers: &[String], timeout: f64) -> anyhow::Result<crate::dns::Chain> {
+    use crate::dns::{Chain, Dns, KeyDir, ZoneKeys};
+    use crate::verify::KeyLookup;
+    let usage = |m: String| exit(sysexits::USAGE, m);
+    let mut sources: Vec<Box<dyn KeyLookup + Send>> = vec![];
+    if !zones.is_empty() {
+        sources.push(Box::new(ZoneKeys::load(zones)?));
+    }
+    for d in key_dirs {
+        if !d.is_dir() {
+            return Err(usage(format!("{}: --key-dir is not a directory", d.display())));
+        }
+        sources.push(Box::new(KeyDir::new(d)));
+    }
+    if sources.is_empty() || !servers.is_empty() {
+        let mut addrs = vec![];
+        for s in servers {
+            let addr = s
+                .parse::<std::net::SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+                .map_err(|_| usage(format!("--dns-server {s:?}: expected IP or IP:PORT")))?;
+            addrs.push(addr);
+        }
+        if timeout.is_nan() || timeout <= 0.0 {
+            return Err(usage("--dns-timeout must be positive".into()));
+        }
+        let dns = Dns::new(&addrs, std::time::Duration::from_secs_f64(timeout), 2)
+            .map_err(|e| exit(sysexits::CONFIG, format!("DNS resolver: {e}")))?;
+        sources.push(Box::new(dns));
+    }
+    Ok(Chain(sources))
+}
+
+/// Whether the public key in a key record value is the public half of `key`.
+fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), String> {
+    use base64::Engine as _;
+    let parsed = crate::verify::parse_key_record(record)?;
+    let tags = crate::verify::parse_tags(record).map_err(|e| format!("key record syntax error: {e}"))?;
+    let p = tags.iter().find(|(n, _)| n == "p").map(|(_, v)| v.clone()).unwrap_or_default();
+    let p = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| "p= is not base64".to_string())?;
+    let ours = key.public_key_record_bytes();
+    let same = match key.key_type() {
+        KeyType::Ed25519 => p == ours,
+        KeyType::Rsa => crate::verify::rsa_modulus(&p).is_some() && crate::verify::rsa_modulus(&p) == crate::verify::rsa_modulus(&ours),
+    };
+    if !same {
+        return Err("MISMATCH: the record holds a different public key than the private key".into());
+    }
+    let _ = parsed;
+    Ok(())
+}
+
+fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
+    use crate::verify::LookupError;
+    let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
+    // (label, domain, selector, key or the reason it cannot be loaded)
+    let mut keys: Vec<(String, String, String, Result<Arc<SigningKey>, String>)> = vec![];
+    let template = crate::select::Template {
+        canon: Canonicalization::default(),
+        headers: None,
+        oversign: vec!["from".into()],
+        body_length: false,
+        expire: None,
+        algorithm: None,
+        min_bits: crate::key::MIN_RSA_BITS,
+        strict_keys: false,
+    };
+    let mut add_table = |kt: &str, base: &Path| -> anyhow::Result<()> {
+        let t = crate::select::Tables::open(kt, "csl:", false, template.clone(), base)?;
+        let names = t.key_names();
+        if names.is_empty() {
+            return Err(exit(sysexits::CONFIG, format!("{}: no keys in the KeyTable", crate::tables::redact(kt))));
+        }
+        for name in names {
+            match t.entry(&name) {
+                Ok((d, s, k)) => keys.push((name.clone(), d, s, Ok(k))),
+                Err(e) => keys.push((name.clone(), String::new(), String::new(), Err(e.to_string()))),
+            }
+        }
+        Ok(())
+    };
+    if let Some(kt) = &a.key_table {
+        add_table(kt, Path::new("."))?;
+    }
+    if let Some(p) = &a.config {
+        let c = crate::conf::OpendkimConf::load(p)?;
+        match (&c.key_table, &c.domain, &c.selector, &c.key_file) {
+            (Some(kt), ..) => add_table(kt, &c.dir)?,
+            (None, Some(d), Some(s), Some(k)) => {
+                let key = SigningKey::from_path(k, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
+                for dom in split_list(d) {
+                    keys.push((format!("{s}._domainkey.{dom}"), dom, s.clone(), key.clone()));
+                }
+            }
+            _ => return Err(usage("the configuration names no keys")),
+        }
+    }
+    if let (Some(d), Some(s), Some(k)) = (&a.domain, &a.selector, &a.key) {
+        let key = SigningKey::from_path(k, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
+        keys.push((format!("{s}._domainkey.{d}"), d.clone(), s.clone(), key));
+    }
+    if keys.is_empty() {
+        return Err(usage("nothing to test: give -d -s -k, --key-table, or --config"));
+    }
+    let lookup = key_lookup(&a.zones, &a.key_dirs, &a.dns_servers, a.dns_timeout)?;
+    let mut bad = 0;
+    for (label, domain, selector, key) in &keys {
+        let name = format!("{selector}._domainkey.{domain}");
+        let verdict = match key {
+            Err(e) => Err(format!("cannot load the private key: {e}")),
+            Ok(key) => match crate::verify::KeyLookup::txt(&lookup, &name) {
+                Err(LookupError::NotFound) => Err(format!("no TXT record at {name}")),
+                Err(LookupError::Temporary(e)) => Err(format!("lookup of {name} failed: {e}")),
+                Ok(records) => {
+                    let mut result = Err(format!("no TXT record at {name}"));
+                    for r in &records {
+                        result = record_matches(r, key).map(|()| format!("{} {} bits", key.key_type().as_str(), key.bits()));
+                        if result.is_ok() {
+                            break;
+                        }
+                    }
+                    result
+                }
+            },
+        };
+        match verdict {
+            Ok(what) => println!("{label}: OK ({name}, {what})"),
+            Err(why) => {
+                bad += 1;
+                println!("{label}: {why}");
+            }
+        }
+    }
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -126,9 +126,15 @@ impl Tables {
         })
     }
 
-    /// Every key name of the KeyTable, when it is a file (for `testkey`).
+    /// Every key name of the KeyTable (for `testkey`).
     pub fn key_names(&self) -> Vec<String> {
         self.key_table.keys()
+    }
+
+    /// The (domain, selector, private key) of KeyTable entry `name` (for `testkey`).
+    pub fn entry(&self, name: &str) -> Result<(String, String, Arc<SigningKey>), SelectError> {
+        let s = self.signer(name)?;
+        Ok((s.domain().to_string(), s.selector().to_string(), s.key().clone()))
     }
 
     /// The signer of KeyTable entry `name`, built once.

@@ -251,6 +251,11 @@ impl Signer {
     pub fn canonicalization(&self) -> Canonicalization {
         self.canon
     }
+
+    /// The private key.
+    pub fn key(&self) -> &Arc<SigningKey> {
+        &self.key
+    }
 }
 
 /// The body hash of one canonicalization, with the canonical length (for `l=`).

@@ -105,7 +105,7 @@ impl DataSet {
         match self {
             DataSet::File(p) | DataSet::Refile(p) => p.iter().map(|(k, _)| k.clone()).collect(),
             DataSet::List(l) => l.clone(),
-            DataSet::Pg(_) => vec![],
+            DataSet::Pg(pg) => pg.all_keys().unwrap_or_default(),
         }
     }
 
@@ -284,6 +284,7 @@ pub struct PgSet {
     shown: String,
     config: postgres::Config,
     query: String,
+    all_query: String,
     client: Mutex<Option<postgres::Client>>,
     cache: Mutex<HashMap<String, Option<String>>>,
 }
@@ -399,7 +400,19 @@ impl PgSet {
         if let Some(f) = filter {
             query.push_str(&format!(" AND ({f})"));
         }
-        Ok(PgSet { shown, config, query, client: Mutex::new(None), cache: Mutex::new(HashMap::new()) })
+        let all_query = format!("SELECT {keycol}::text FROM {table}");
+        Ok(PgSet { shown, config, query, all_query, client: Mutex::new(None), cache: Mutex::new(HashMap::new()) })
+    }
+
+    /// Every key of the table (for `testkey`).
+    pub fn all_keys(&self) -> Result<Vec<String>, TableError> {
+        let db_err = |e: postgres::Error| TableError::Database { spec: self.shown.clone(), reason: pg_reason(&e) };
+        let mut guard = self.client.lock().expect("client poisoned");
+        if guard.is_none() {
+            *guard = Some(self.config.connect(postgres::NoTls).map_err(db_err)?);
+        }
+        let rows = guard.as_mut().expect("connected").query(self.all_query.as_str(), &[]).map_err(db_err)?;
+        Ok(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).collect())
     }
 
     fn get(&self, key: &str) -> Result<Option<String>, TableError> {

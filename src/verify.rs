@@ -397,6 +397,19 @@ pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, String> {
     })
 }
 
+/// The modulus of an RSA public key given as SubjectPublicKeyInfo or PKCS#1, leading zeros
+/// removed (to compare keys whatever their encoding).
+pub fn rsa_modulus(der: &[u8]) -> Option<Vec<u8>> {
+    use rsa::pkcs1::der::Decode as _;
+    let pkcs1 = match rsa::pkcs8::SubjectPublicKeyInfoRef::from_der(der) {
+        Ok(spki) => spki.subject_public_key.raw_bytes().to_vec(),
+        Err(_) => der.to_vec(),
+    };
+    let key = rsa::pkcs1::RsaPublicKey::from_der(&pkcs1).ok()?;
+    let n = key.modulus.as_bytes();
+    Some(n[n.iter().position(|&b| b != 0)?..].to_vec())
+}
+
 /// The modulus length of an RSA public key given as SubjectPublicKeyInfo or as a bare PKCS#1
 /// RSAPublicKey (which some signers publish; RFC 6376 says SPKI).
 fn rsa_bits(der: &[u8]) -> Option<usize> {
