@@ -1019,7 +1019,12 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// Key record sources: zone files and key directories (offline), else DNS (or DNS as well when
 /// servers are named).
-fn key_lookup(zones: &[PathBuf], key_dirs: &[PathBuf], servers: &[String], timeout: f64) -> anyhow::Result<crate::dns::Chain> {
+fn key_lookup(
+    zones: &[PathBuf],
+    key_dirs: &[PathBuf],
+    servers: &[String],
+    timeout: f64,
+) -> anyhow::Result<crate::dns::Chain> {
     use crate::dns::{Chain, Dns, KeyDir, ZoneKeys};
     use crate::verify::KeyLookup;
     let usage = |m: String| exit(sysexits::USAGE, m);
@@ -1055,19 +1060,22 @@ fn key_lookup(zones: &[PathBuf], key_dirs: &[PathBuf], servers: &[String], timeo
 /// Whether the public key in a key record value is the public half of `key`.
 fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), String> {
     use base64::Engine as _;
-    let parsed = crate::verify::parse_key_record(record)?;
+    // The record must be usable as a verifier would read it (not revoked, right syntax).
+    crate::verify::parse_key_record(record)?;
     let tags = crate::verify::parse_tags(record).map_err(|e| format!("key record syntax error: {e}"))?;
     let p = tags.iter().find(|(n, _)| n == "p").map(|(_, v)| v.clone()).unwrap_or_default();
     let p = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| "p= is not base64".to_string())?;
     let ours = key.public_key_record_bytes();
     let same = match key.key_type() {
         KeyType::Ed25519 => p == ours,
-        KeyType::Rsa => crate::verify::rsa_modulus(&p).is_some() && crate::verify::rsa_modulus(&p) == crate::verify::rsa_modulus(&ours),
+        KeyType::Rsa => {
+            crate::verify::rsa_modulus(&p).is_some()
+                && crate::verify::rsa_modulus(&p) == crate::verify::rsa_modulus(&ours)
+        }
     };
     if !same {
         return Err("MISMATCH: the record holds a different public key than the private key".into());
     }
-    let _ = parsed;
     Ok(())
 }
 
@@ -1075,7 +1083,8 @@ fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     use crate::verify::LookupError;
     let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
     // (label, domain, selector, key or the reason it cannot be loaded)
-    let mut keys: Vec<(String, String, String, Result<Arc<SigningKey>, String>)> = vec![];
+    type Tested = (String, String, String, Result<Arc<SigningKey>, String>);
+    let mut keys: Vec<Tested> = vec![];
     let template = crate::select::Template {
         canon: Canonicalization::default(),
         headers: None,
@@ -1135,7 +1144,8 @@ fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
                 Ok(records) => {
                     let mut result = Err(format!("no TXT record at {name}"));
                     for r in &records {
-                        result = record_matches(r, key).map(|()| format!("{} {} bits", key.key_type().as_str(), key.bits()));
+                        result =
+                            record_matches(r, key).map(|()| format!("{} {} bits", key.key_type().as_str(), key.bits()));
                         if result.is_ok() {
                             break;
                         }

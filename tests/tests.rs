@@ -8,5 +8,7 @@ mod bulk;
 mod dnsserver;
 mod genkey;
 mod interop;
+mod pg;
 mod sign;
+mod tables;
 mod verify;

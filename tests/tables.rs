@@ -1,0 +1,257 @@
+//! Multi-domain signing: KeyTable/SigningTable files (plain and refile), opendkim.conf, keys in
+//! a real PostgreSQL server, and `testkey`.
+
+use crate::pg::PgServer;
+use crate::util::{dkimpy_available, dkimpy_verify, Dir};
+use std::path::PathBuf;
+
+/// Keys for three domains (genkey), their zone records in `dir/keys`.
+fn three_keys(dir: &Dir) -> Vec<(&'static str, &'static str, PathBuf)> {
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let mut out = vec![];
+    for (domain, sel, args) in [
+        ("example.com", "s2026", &["-b", "2048"][..]),
+        ("example.org", "ed", &["--type", "ed25519"][..]),
+        ("sub.example.net", "k1", &["-b", "1024"][..]),
+    ] {
+        let o = dir.cmd().args(["genkey", "-D", "keys", "-a", "-d", domain, "-s", sel]).args(args).run();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // genkey names files by selector; keep one per domain.
+        let p = dir.join(&format!("keys/{domain}.private"));
+        std::fs::rename(dir.join(&format!("keys/{sel}.private")), &p).unwrap();
+        std::fs::rename(dir.join(&format!("keys/{sel}.txt")), dir.join(&format!("keys/{domain}.txt"))).unwrap();
+        out.push((domain, sel, p));
+    }
+    out
+}
+
+fn zones(dir: &Dir) -> Vec<String> {
+    ["example.com", "example.org", "sub.example.net"]
+        .iter()
+        .flat_map(|d| ["--dns-zone".to_string(), dir.join(&format!("keys/{d}.txt")).display().to_string()])
+        .collect()
+}
+
+fn msg(from: &str) -> Vec<u8> {
+    format!("From: {from}\nTo: x@example.invalid\nSubject: tables\n\nbody\n").into_bytes()
+}
+
+/// The (d=, s=) pairs of the DKIM-Signature fields in `out`.
+fn sigs(out: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(out).replace("\n\t", " ");
+    text.lines()
+        .filter(|l| l.starts_with("DKIM-Signature:"))
+        .map(|l| {
+            let tag =
+                |t: &str| l.split(&format!(" {t}=")).nth(1).unwrap_or("").split(';').next().unwrap_or("").to_string();
+            (tag("d"), tag("s"))
+        })
+        .collect()
+}
+
+dktest!(
+    /// A KeyTable file (paths and inline key data) with a refile SigningTable: wildcard
+    /// patterns, first match wins; MultipleSignatures applies all matches; an unknown domain
+    /// passes unsigned with exit 0; --sender overrides From.
+    key_table_and_refile_signing_table,
+    |dir| {
+        let keys = three_keys(&dir);
+        let inline = {
+            let pem = std::fs::read_to_string(&keys[1].2).unwrap();
+            pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()
+        };
+        dir.write(
+            "KeyTable",
+            format!(
+                "# OpenDKIM KeyTable\ncom  example.com:s2026:{}\norg example.org:ed:{inline}\n\nnet sub.example.net:k1:\\\n    {}\n",
+                keys[0].2.display(),
+                keys[2].2.display()
+            )
+            .as_bytes(),
+        );
+        dir.write(
+            "SigningTable",
+            b"# first match wins\nboss@example.com org\n*@example.com com\n*@*.example.com com\n*@example.org org\n*@sub.example.net net\n*@example.org com\n",
+        );
+        let base = ["sign", "--key-table", "KeyTable", "--signing-table", "refile:SigningTable"];
+        let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>)> = vec![
+            ("Joe <joe@Example.COM>", vec![], vec![("example.com", "s2026")]),
+            ("boss@example.com", vec![], vec![("example.org", "ed")]),
+            ("\"A, B\" <a@mail.example.com>", vec![], vec![("example.com", "s2026")]),
+            ("x@sub.example.net", vec![], vec![("sub.example.net", "k1")]),
+            ("x@example.org", vec!["--multiple-signatures"], vec![("example.org", "ed"), ("example.com", "s2026")]),
+            ("x@example.org", vec!["--sender", "joe@sub.example.net"], vec![("sub.example.net", "k1")]),
+        ];
+        let mut signed = vec![];
+        for (i, (from, extra, want)) in cases.iter().enumerate() {
+            let out = dir.cmd().args(base).args(extra).stdin(&msg(from)).ok();
+            let got = sigs(&out);
+            let want: Vec<(String, String)> = want.iter().map(|(d, s)| (d.to_string(), s.to_string())).collect();
+            assert_eq!(got, want, "{from} {extra:?}");
+            signed.push(dir.write(&format!("signed{i}.eml"), &out));
+        }
+        // No key for this author: unchanged, exit 0, a note on stderr.
+        let m = msg("someone@unknown.example");
+        let out = dir.cmd().args(base).stdin(&m).run();
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(out.stdout, m);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no signing key for someone@unknown.example"));
+        // Every signature verifies (our verifier, keys from the genkey records).
+        let out = dir.cmd().args(["verify", "--require", "all"]).args(zones(&dir)).args(&signed).run();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+        if dkimpy_available() {
+            let (ok, rep) = dkimpy_verify(&dir.join("keys"), &[], &signed);
+            assert!(ok && rep.matches(" pass ").count() == 7, "{rep}");
+        }
+    }
+);
+
+dktest!(
+    /// A plain SigningTable: address, then domain, then parent domains (.example.net), then *.
+    plain_signing_table_lookup_order,
+    |dir| {
+        let keys = three_keys(&dir);
+        dir.write(
+            "kt",
+            format!("com example.com:s2026:{}\nnet sub.example.net:k1:{}\n", keys[0].2.display(), keys[2].2.display()).as_bytes(),
+        );
+        dir.write("st", b"joe@example.com net\nexample.com com\n.example.net net\n");
+        for (from, want) in [
+            ("joe@example.com", Some("sub.example.net")),
+            ("ann@example.com", Some("example.com")),
+            ("x@deep.sub.example.net", Some("sub.example.net")),
+            ("x@example.net", None),
+        ] {
+            let out = dir.cmd().args(["sign", "--key-table", "kt", "--signing-table", "st"]).stdin(&msg(from)).ok();
+            assert_eq!(sigs(&out).first().map(|s| s.0.as_str()), want, "{from}");
+        }
+    }
+);
+
+dktest!(
+    /// opendkim.conf with Domain/Selector/KeyFile and SubDomains, milter-only keys ignored,
+    /// Canonicalization taken from the file; unknown keys refused with the line number.
+    opendkim_conf_domain_mode,
+    |dir| {
+        let keys = three_keys(&dir);
+        dir.write(
+            "opendkim.conf",
+            format!(
+                "# from a Debian box\nSyslog yes\nUMask 007\nSocket local:/run/opendkim/opendkim.sock\nUserID opendkim\n\
+                 Domain csl:example.com,example.edu\nSelector s2026\nKeyFile {}\nSubDomains yes\n\
+                 Canonicalization relaxed/simple\nOversignHeaders From,Subject\nMode sv\n",
+                keys[0].2.display()
+            )
+            .as_bytes(),
+        );
+        let out = dir.cmd().args(["sign", "-v", "--config", "opendkim.conf"]).stdin(&msg("a@lists.example.com")).run();
+        assert_eq!(out.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("opendkim.conf:2: Syslog is for the milter daemon; ignored"), "{err}");
+        let text = String::from_utf8_lossy(&out.stdout).replace("\n\t", " ");
+        assert!(text.contains("c=relaxed/simple;") && text.contains("d=example.com;"), "{text}");
+        assert!(text.contains("h=from:from:subject:subject:to;"), "{text}");
+        let p = dir.write("o.eml", &out.stdout);
+        let v = dir.cmd().args(["verify"]).args(zones(&dir)).args([&p]).run();
+        assert_eq!(v.status.code(), Some(0), "{}", String::from_utf8_lossy(&v.stdout));
+        // Not in the Domain list: unsigned.
+        let out = dir.cmd().args(["sign", "--config", "opendkim.conf"]).stdin(&msg("a@example.org")).ok();
+        assert!(sigs(&out).is_empty());
+        dir.write("bad.conf", b"Domain example.com\nSelector s\nKeyFile k\nSignatureLimit 5\n");
+        let out = dir.cmd().args(["sign", "--config", "bad.conf"]).stdin(&msg("a@example.com")).run();
+        assert_eq!(out.status.code(), Some(78));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("bad.conf:4: unknown key \"SignatureLimit\""));
+    }
+);
+
+dktest!(
+    /// Keys kept in a real PostgreSQL server (unix socket, views as a mail database exposes
+    /// them): several domains signed from it in pipe and bulk mode, testkey over the table,
+    /// the password never shown, and an unreachable database gives exit 75.
+    keys_in_postgresql,
+    |dir| {
+        let Some(pg) = PgServer::start() else { return };
+        let keys = three_keys(&dir);
+        pg.sql("postgres", "CREATE DATABASE mail");
+        pg.sql(
+            "mail",
+            "CREATE TABLE dkim_keys (id text PRIMARY KEY, domain text, selector text, private_key text);\
+             CREATE TABLE dkim_signing (pattern text, key_id text);\
+             CREATE VIEW dkim_key_table AS SELECT id AS identifier, domain, selector, private_key AS key FROM dkim_keys;\
+             CREATE VIEW dkim_signing_table AS SELECT key_id AS identifier, pattern FROM dkim_signing;",
+        );
+        for (domain, sel, path) in &keys {
+            let pem = std::fs::read_to_string(path).unwrap();
+            pg.sql(
+                "mail",
+                &format!("INSERT INTO dkim_keys VALUES ('{domain}-key', '{domain}', '{sel}', '{pem}'); INSERT INTO dkim_signing VALUES ('{domain}', '{domain}-key');"),
+            );
+        }
+        pg.sql("mail", "INSERT INTO dkim_signing VALUES ('ceo@example.com', 'example.org-key')");
+        let host = pg.dsn_host();
+        let kt = format!("dsn:pgsql://dkim:s3cr=40t@{host}/mail/table=dkim_key_table?keycol=identifier?datacol=domain,selector,key");
+        let st = format!("dsn:pgsql://dkim:s3cr=40t@{host}/mail/table=dkim_signing_table?keycol=pattern?datacol=identifier");
+        let base = ["sign".to_string(), "--key-table".into(), kt.clone(), "--signing-table".into(), st.clone()];
+        for (from, want) in [("a@example.com", "example.com"), ("ceo@example.com", "example.org"), ("b@sub.example.net", "sub.example.net")] {
+            let out = dir.cmd().args(&base).stdin(&msg(from)).ok();
+            assert_eq!(sigs(&out).first().map(|s| s.0.as_str()), Some(want), "{from}");
+        }
+        // Bulk: one query per distinct key, every message signed for its own domain.
+        let mut mbox = Vec::new();
+        for i in 0..60 {
+            let from = ["a@example.com", "b@example.org", "c@sub.example.net", "d@nowhere.example"][i % 4];
+            mbox.extend_from_slice(format!("From x Sat Nov 21 10:00:00 2026\n").as_bytes());
+            mbox.extend_from_slice(&msg(from));
+            mbox.push(b'\n');
+        }
+        let input = dir.write("in.mbox", &mbox);
+        let out = dir.cmd().args(&base).args(["-q", "--report", "json", "-o", "out.mbox"]).args([&input]).run();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((r["signed"].as_u64(), r["passed_through"].as_u64()), (Some(45), Some(15)), "{r}");
+        assert!(r["problems"][0]["reason"].as_str().unwrap().contains("no signing key for d@nowhere.example"));
+        let v = dir.cmd().args(["verify", "-q"]).args(zones(&dir)).args(["out.mbox"]).run();
+        assert_eq!(String::from_utf8_lossy(&v.stdout).lines().filter(|l| l.contains(": pass |")).count(), 45);
+        if dkimpy_available() {
+            let (ok, rep) = dkimpy_verify(&dir.join("keys"), &["--mbox"], &[dir.join("out.mbox")]);
+            assert!(ok && rep.matches(" pass ").count() == 45, "{rep}");
+        }
+        // testkey over the database table.
+        let out = dir.cmd().args(["testkey", "--key-table", &kt]).args(zones(&dir)).run();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        assert_eq!(text.matches(": OK (").count(), 3, "{text}");
+        // A wrong table: the error names the data set but never the password.
+        let bad = kt.replace("dkim_key_table", "no_such_table");
+        let out = dir.cmd().args(["sign", "--key-table", &bad, "--signing-table", &st]).stdin(&msg("a@example.com")).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("s3cr") && err.contains("****"), "{err}");
+        // The server goes away: temporary failure, so that an MTA retries.
+        pg.stop();
+        let out = dir.cmd().args(&base).stdin(&msg("a@example.com")).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(75), "{err}");
+        assert!(out.stdout.is_empty() && !err.contains("s3cr"), "{err}");
+    }
+);
+
+dktest!(
+    /// testkey reports a matching record, a mismatch and a missing record.
+    testkey_reports,
+    |dir| {
+        let keys = three_keys(&dir);
+        let k0 = keys[0].2.display().to_string();
+        let k1 = keys[1].2.display().to_string();
+        let z = zones(&dir);
+        let cases = [
+            (vec!["-d", "example.com", "-s", "s2026", "-k", &k0], 0, "OK (s2026._domainkey.example.com, rsa 2048 bits)"),
+            (vec!["-d", "example.com", "-s", "s2026", "-k", &k1], 1, "MISMATCH"),
+            (vec!["-d", "example.com", "-s", "nope", "-k", &k0], 1, "no TXT record at nope._domainkey.example.com"),
+        ];
+        for (args, code, want) in cases {
+            let out = dir.cmd().args(["testkey"]).args(&args).args(&z).run();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(code), "{text}");
+            assert!(text.contains(want), "{text}");
+        }
+    }
+);
