@@ -74,7 +74,8 @@ dktest!(
             b"# first match wins\nboss@example.com org\n*@example.com com\n*@*.example.com com\n*@example.org org\n*@sub.example.net net\n*@example.org com\n",
         );
         let base = ["sign", "--key-table", "KeyTable", "--signing-table", "refile:SigningTable"];
-        let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>)> = vec![
+        type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+        let cases: Vec<Case> = vec![
             ("Joe <joe@Example.COM>", vec![], vec![("example.com", "s2026")]),
             ("boss@example.com", vec![], vec![("example.org", "ed")]),
             ("\"A, B\" <a@mail.example.com>", vec![], vec![("example.com", "s2026")]),
@@ -200,7 +201,7 @@ dktest!(
         let mut mbox = Vec::new();
         for i in 0..60 {
             let from = ["a@example.com", "b@example.org", "c@sub.example.net", "d@nowhere.example"][i % 4];
-            mbox.extend_from_slice(format!("From x Sat Nov 21 10:00:00 2026\n").as_bytes());
+            mbox.extend_from_slice(b"From x Sat Nov 21 10:00:00 2026\n");
             mbox.extend_from_slice(&msg(from));
             mbox.push(b'\n');
         }
