@@ -55,6 +55,9 @@ enum Command {
     /// Verify the DKIM signatures of messages: stdin, message files, mboxes, maildirs, queue
     /// directories. Exit 0 only when every message passes.
     Verify(VerifyArgs),
+    /// Postfix pipe filter: sign the message on stdin and re-inject it through the command
+    /// after `--` (e.g. /usr/sbin/sendmail -G -i -f ${sender} -- ${recipient}).
+    Filter(FilterArgs),
     /// Check that the DNS key records match the private keys, like opendkim-testkey.
     Testkey(TestkeyArgs),
     /// Generate a key pair and its DNS TXT record, like opendkim-genkey.
@@ -62,8 +65,9 @@ enum Command {
     Genkey(GenkeyArgs),
 }
 
-#[derive(Args, Debug)]
-struct SignArgs {
+/// The options that choose keys and tags: shared by `sign` and `filter`.
+#[derive(Args, Debug, Default)]
+struct KeyArgs {
     /// Signing domain (d=). Give once for all keys, or once per -k.
     #[arg(short = 'd', long = "domain", value_name = "DOMAIN")]
     domains: Vec<String>,
@@ -118,6 +122,15 @@ struct SignArgs {
     /// Refuse key files readable by group or others (default: warn).
     #[arg(long = "strict-keys")]
     strict_keys: bool,
+    /// Fixed signing time (Unix seconds), for reproducible output in tests.
+    #[arg(long = "timestamp", value_name = "UNIX", hide = true)]
+    timestamp: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct SignArgs {
+    #[command(flatten)]
+    k: KeyArgs,
     /// Write the result here: a file for a message or an mbox (same flavour), a directory for a
     /// maildir or queue directory (same file names). Default: stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE|DIR", conflicts_with = "in_place")]
@@ -144,9 +157,6 @@ struct SignArgs {
     /// No progress bar and no text summary.
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
-    /// Fixed signing time (Unix seconds), for reproducible output in tests.
-    #[arg(long = "timestamp", value_name = "UNIX", hide = true)]
-    timestamp: Option<u64>,
     /// Messages to sign: mbox files, maildirs, queue directories or message files; none or -
     /// for one message on stdin.
     #[arg(value_name = "INPUT")]
@@ -205,6 +215,22 @@ struct VerifyArgs {
     /// Messages to verify; none or - for one message on stdin.
     #[arg(value_name = "INPUT")]
     inputs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct FilterArgs {
+    #[command(flatten)]
+    k: KeyArgs,
+    /// When signing fails (key store down, broken key): tempfail (exit 75, Postfix retries) or
+    /// pass (re-inject unsigned and log).
+    #[arg(long = "on-error", value_name = "ACTION", default_value = "tempfail")]
+    on_error: crate::mta::OnError,
+    /// Log to stderr instead of syslog (facility mail).
+    #[arg(long = "log-stderr")]
+    log_stderr: bool,
+    /// The re-injection command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Args, Debug)]
@@ -361,6 +387,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let argv0 = args.first().map(|a| Path::new(a).file_name().unwrap_or_default().to_os_string()).unwrap_or_default();
+    if argv0 == "sendmail" {
+        return Ok(cmd_sendmail(args[1..].to_vec()));
+    }
+    if args.get(1).is_some_and(|a| a == "sendmail") {
+        return Ok(cmd_sendmail(args[2..].to_vec()));
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -378,6 +412,7 @@ where
         Command::Genkey(a) => cmd_genkey(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Testkey(a) => cmd_testkey(a),
+        Command::Filter(a) => cmd_filter(a),
     }
 }
 
@@ -401,7 +436,7 @@ struct SignConfig {
 }
 
 /// Builds the key source from flags, an opendkim.conf, or tables.
-fn key_source(a: &SignArgs) -> anyhow::Result<crate::select::KeySource> {
+fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
     use crate::select::{KeySource, Tables, Template};
     let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
     let conf = match &a.config {
@@ -531,7 +566,7 @@ fn nth<'a>(values: &'a [String], n: usize, flag: &str, keys: usize) -> anyhow::R
 
 impl SignConfig {
     fn from_args(a: SignArgs) -> anyhow::Result<SignConfig> {
-        let keys = key_source(&a)?;
+        let keys = key_source(&a.k)?;
         let usage = |m: String| exit(sysexits::USAGE, m);
         let input = if a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-") {
             if a.in_place {
@@ -581,11 +616,11 @@ impl SignConfig {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let now = a.timestamp.unwrap_or_else(now_unix);
+        let now = a.k.timestamp.unwrap_or_else(now_unix);
         Ok(SignConfig {
             opts: BulkOptions {
                 keys,
-                sender: a.sender.clone(),
+                sender: a.k.sender.clone(),
                 mbox_format: a.mbox_format,
                 strip_own: a.strip_own,
                 now,
@@ -1164,3 +1199,154 @@ fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
+
+/// The current Unix time in seconds (for log context).
+pub fn now_secs() -> u64 {
+    now_unix()
+}
+
+fn mta_options(k: &KeyArgs) -> anyhow::Result<BulkOptions> {
+    Ok(BulkOptions {
+        keys: key_source(k)?,
+        sender: k.sender.clone(),
+        mbox_format: MboxFormat::default(),
+        strip_own: false,
+        now: k.timestamp.unwrap_or_else(now_unix),
+    })
+}
+
+fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
+    let to_stderr = a.log_stderr || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut log = crate::mta::Logger::new(a.k.verbose, to_stderr);
+    let opts = match mta_options(&a.k) {
+        Ok(o) => o,
+        Err(e) => {
+            // A configuration that cannot load defers mail (the admin fixes it, Postfix retries),
+            // unless the admin asked for pass-through.
+            return Ok(match a.on_error {
+                crate::mta::OnError::Tempfail => {
+                    log.error(&format!("configuration: {e:#}; deferred"));
+                    ExitCode::from(crate::mta::EX_TEMPFAIL)
+                }
+                crate::mta::OnError::Pass => {
+                    log.error(&format!("configuration: {e:#}; passing mail on unsigned"));
+                    let command = a.command.clone();
+                    let mut msg = Vec::new();
+                    if std::io::stdin().lock().read_to_end(&mut msg).is_err() {
+                        return Ok(ExitCode::from(crate::mta::EX_TEMPFAIL));
+                    }
+                    match crate::mta::reinject(&command, &[&msg]) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            log.error(&format!("re-injection failed: {e}; deferred"));
+                            ExitCode::from(crate::mta::EX_TEMPFAIL)
+                        }
+                    }
+                }
+            });
+        }
+    };
+    let log_ref = std::panic::AssertUnwindSafe(&mut log);
+    let code = {
+        let mut log_ref = log_ref;
+        let opts = std::panic::AssertUnwindSafe(&opts);
+        let command = a.command.clone();
+        let on_error = a.on_error;
+        match std::panic::catch_unwind(move || crate::mta::filter(&opts, &command, on_error, &mut log_ref)) {
+            Ok(c) => c,
+            Err(_) => crate::mta::EX_TEMPFAIL,
+        }
+    };
+    if code == crate::mta::EX_TEMPFAIL {
+        log.debug("exit 75: Postfix will retry");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// `dkimpress sendmail [--config FILE] [--sendmail-path PATH] [--on-error ACTION] SENDMAIL-ARGS...`
+/// (or a symlink named sendmail). Settings also come from DKIMPRESS_CONFIG,
+/// DKIMPRESS_SENDMAIL and DKIMPRESS_ON_ERROR, because a program calling sendmail passes only
+/// sendmail's arguments.
+fn cmd_sendmail(mut args: Vec<std::ffi::OsString>) -> ExitCode {
+    let mut config = std::env::var_os("DKIMPRESS_CONFIG").unwrap_or_else(|| DEFAULT_WRAPPER_CONFIG.into());
+    let mut real = std::env::var_os("DKIMPRESS_SENDMAIL").unwrap_or_else(|| DEFAULT_REAL_SENDMAIL.into());
+    let mut on_error =
+        std::env::var("DKIMPRESS_ON_ERROR").ok().and_then(|v| v.parse().ok()).unwrap_or(crate::mta::OnError::Pass);
+    let mut verbose = false;
+    // Our own options only before sendmail's.
+    loop {
+        match args.first().and_then(|a| a.to_str()) {
+            Some("--config") if args.len() > 1 => {
+                config = args[1].clone();
+                args.drain(..2);
+            }
+            Some("--sendmail-path") if args.len() > 1 => {
+                real = args[1].clone();
+                args.drain(..2);
+            }
+            Some("--on-error") if args.len() > 1 => {
+                on_error = args[1].to_str().and_then(|v| v.parse().ok()).unwrap_or(on_error);
+                args.drain(..2);
+            }
+            Some("--verbose") => {
+                verbose = true;
+                args.remove(0);
+            }
+            _ => break,
+        }
+    }
+    let to_stderr = std::env::var("DKIMPRESS_LOG").is_ok_and(|v| v == "stderr")
+        || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut log = crate::mta::Logger::new(verbose, to_stderr);
+    // Never hand the message to ourselves (a symlink loop would recurse forever).
+    let me = std::env::current_exe().ok().and_then(|p| std::fs::canonicalize(p).ok());
+    let target = std::fs::canonicalize(&real).ok();
+    if me.is_some() && me == target {
+        log.error(&format!(
+            "DKIMPRESS_SENDMAIL ({}) is dkimpress itself; set it to the real sendmail; deferred",
+            real.to_string_lossy()
+        ));
+        return ExitCode::from(crate::mta::EX_TEMPFAIL);
+    }
+    let parsed = crate::mta::parse_sendmail_args(args);
+    let opts = if parsed.no_message {
+        None
+    } else if Path::new(&config).exists() {
+        let k = KeyArgs {
+            config: Some(PathBuf::from(&config)),
+            sender: parsed.sender.clone(),
+            verbose,
+            ..KeyArgs::default()
+        };
+        match mta_options(&k) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                log.error(&format!("{}: {e:#}", config.to_string_lossy()));
+                if on_error == crate::mta::OnError::Tempfail {
+                    return ExitCode::from(crate::mta::EX_TEMPFAIL);
+                }
+                None
+            }
+        }
+    } else {
+        log.warn(&format!("{}: no such configuration", config.to_string_lossy()));
+        None
+    };
+    // Key choice is by From; the envelope sender (-f) only when there is no From.
+    let opts = opts.map(|mut o| {
+        o.sender = None;
+        o
+    });
+    let log_ref = std::panic::AssertUnwindSafe(&mut log);
+    let opts = std::panic::AssertUnwindSafe(opts.as_ref());
+    let mut log_ref = log_ref;
+    match std::panic::catch_unwind(move || crate::mta::sendmail(*opts, &real, parsed, on_error, &mut log_ref)) {
+        Ok(c) => ExitCode::from(c),
+        Err(_) => ExitCode::from(crate::mta::EX_TEMPFAIL),
+    }
+}
+
+/// Default configuration of the sendmail wrapper (DKIMPRESS_CONFIG overrides).
+pub const DEFAULT_WRAPPER_CONFIG: &str = "/etc/dkimpress/dkimpress.conf";
+/// Default real sendmail (DKIMPRESS_SENDMAIL overrides).
+pub const DEFAULT_REAL_SENDMAIL: &str = "/usr/sbin/sendmail";

@@ -22,6 +22,7 @@ pub mod header;
 pub mod io;
 pub mod key;
 pub mod mbox;
+pub mod mta;
 pub mod select;
 pub mod sign;
 pub mod tables;
