@@ -238,12 +238,12 @@ pub enum BulkError {
         reason: String,
     },
     /// An output cannot be written.
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write: {error}")]
     Output {
         /// The output.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// SIGINT or SIGTERM arrived; outputs in progress were discarded.
     #[error("interrupted: no original was replaced by partial output")]
@@ -416,7 +416,7 @@ pub fn sign_mbox(
     let mapped = open_mbox(path)?;
     let data: &[u8] = &mapped;
     let shown = path.display().to_string();
-    let out_err = |source| BulkError::Output { path: "output".to_string(), source };
+    let out_err = |error| BulkError::Output { path: "output".to_string(), error };
     out.write_all(&data[..mbox::bom_len(data)]).map_err(out_err)?;
     let mut index = 0u64;
     map_mbox(
@@ -500,8 +500,7 @@ pub fn sign_dir(
         parents.dedup();
         parents.push(out.clone());
         for p in parents {
-            std::fs::create_dir_all(&p)
-                .map_err(|source| BulkError::Output { path: p.display().to_string(), source })?;
+            std::fs::create_dir_all(&p).map_err(|error| BulkError::Output { path: p.display().to_string(), error })?;
         }
     }
     map_dir(
@@ -573,7 +572,7 @@ fn sign_file(
         (Outcome::Unsigned(_), DirOutput::To(_)) => write_signed_file(&dest, mode, &[], buf, &[]),
         (Outcome::Unsigned(_), DirOutput::InPlace) => Ok(()),
     };
-    res.map_err(|source| BulkError::Output { path: dest.display().to_string(), source })?;
+    res.map_err(|error| BulkError::Output { path: dest.display().to_string(), error })?;
     Ok((outcome, buf.len() as u64))
 }
 

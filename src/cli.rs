@@ -757,7 +757,7 @@ fn sign_mbox_to(
             bulk::sign_mbox(path, &cfg.opts, pool, &mut out, summary, progress)?;
         }
         Some(d) => {
-            let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), source: e };
+            let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), error: e };
             let mut f = crate::io::AtomicFile::create(d, crate::io::mode_of(path)).map_err(fail)?;
             {
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut f);
@@ -780,7 +780,7 @@ fn sign_message_file_in_place(cfg: &SignConfig, path: &Path, summary: &mut Summa
     match bulk::sign_message(&cfg.opts, &data) {
         Ok((headers, drop)) => {
             bulk::write_signed_file(path, crate::io::mode_of(path), &headers, &data, &drop)
-                .map_err(|e| BulkError::Output { path: path.display().to_string(), source: e })?;
+                .map_err(|e| BulkError::Output { path: path.display().to_string(), error: e })?;
             summary.signed += 1;
         }
         Err(e) => {
@@ -1022,7 +1022,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                                 e.from_line.start as u64,
                                 &vs,
                             )
-                            .map_err(|source| BulkError::Output { path: "stdout".into(), source })
+                            .map_err(|error| BulkError::Output { path: "stdout".into(), error })
                         },
                     )?;
                 }
@@ -1036,7 +1036,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                         |rel, vs| {
                             let name = p.join(rel).display().to_string();
                             report(&mut out, &name, &name, 1, 0, &vs?)
-                                .map_err(|source| BulkError::Output { path: "stdout".into(), source })
+                                .map_err(|error| BulkError::Output { path: "stdout".into(), error })
                         },
                     )?;
                 }

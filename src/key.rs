@@ -24,12 +24,12 @@ pub const MIN_RSA_BITS: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The key file could not be read.
-    #[error("{path}: cannot read key file: {source}")]
+    #[error("{path}: cannot read key file: {error}")]
     Read {
         /// The key file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The data is not a private key in a format we read.
     #[error("{origin}: not a private key: {reason}")]
@@ -112,7 +112,7 @@ impl SigningKey {
     /// problem is returned as a warning beside the key.
     pub fn from_path(path: &Path, strict: bool) -> Result<(SigningKey, Option<KeyError>), KeyError> {
         let shown = path.display().to_string();
-        let data = std::fs::read(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
+        let data = std::fs::read(path).map_err(|error| KeyError::Read { path: shown.clone(), error })?;
         let warning = check_permissions(path);
         if strict {
             if let Some(w) = warning {
