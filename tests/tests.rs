@@ -8,6 +8,7 @@ mod bulk;
 mod dnsserver;
 mod genkey;
 mod interop;
+mod mta;
 mod pg;
 mod sign;
 mod tables;
