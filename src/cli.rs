@@ -58,6 +58,8 @@ enum Command {
     /// Postfix pipe filter: sign the message on stdin and re-inject it through the command
     /// after `--` (e.g. /usr/sbin/sendmail -G -i -f ${sender} -- ${recipient}).
     Filter(FilterArgs),
+    /// Measure each stage and the whole pipeline next to the machine's limits.
+    Bench(BenchArgs),
     /// Check that the DNS key records match the private keys, like opendkim-testkey.
     Testkey(TestkeyArgs),
     /// Generate a key pair and its DNS TXT record, like opendkim-genkey.
@@ -231,6 +233,37 @@ struct FilterArgs {
     /// The re-injection command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Messages to generate.
+    #[arg(long = "count", default_value_t = 3000)]
+    count: usize,
+    /// Message sizes: 4k, 1m, lognormal:4k, ...
+    #[arg(long = "size", default_value = "4k")]
+    size: crate::bench::SizeDist,
+    /// Seed of the generator (same seed, same corpus).
+    #[arg(long = "seed", default_value_t = 1)]
+    seed: u64,
+    /// Give every 7th message a base64 attachment.
+    #[arg(long = "attachments")]
+    attachments: bool,
+    /// Measure this mbox instead of a generated corpus.
+    #[arg(long = "input", value_name = "MBOX")]
+    input: Option<PathBuf>,
+    /// Thread counts, comma-separated [default: 1 and all cores].
+    #[arg(short = 'j', long = "threads", value_name = "LIST")]
+    threads: Option<String>,
+    /// Key types to sign and verify with: rsa, ed25519 (comma-separated).
+    #[arg(long = "algorithms", default_value = "rsa,ed25519")]
+    algorithms: String,
+    /// Minimum seconds per measurement.
+    #[arg(long = "seconds", default_value_t = 1.0)]
+    seconds: f64,
+    /// Print the figures as JSON on stdout.
+    #[arg(long = "json")]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -413,6 +446,7 @@ where
         Command::Verify(a) => cmd_verify(a),
         Command::Testkey(a) => cmd_testkey(a),
         Command::Filter(a) => cmd_filter(a),
+        Command::Bench(a) => cmd_bench(a),
     }
 }
 
@@ -1350,3 +1384,55 @@ fn cmd_sendmail(mut args: Vec<std::ffi::OsString>) -> ExitCode {
 pub const DEFAULT_WRAPPER_CONFIG: &str = "/etc/dkimpress/dkimpress.conf";
 /// Default real sendmail (DKIMPRESS_SENDMAIL overrides).
 pub const DEFAULT_REAL_SENDMAIL: &str = "/usr/sbin/sendmail";
+
+fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let usage = |m: String| exit(sysexits::USAGE, m);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: Vec<usize> = match &a.threads {
+        Some(l) => l
+            .split(',')
+            .map(|t| t.trim().parse().map_err(|_| usage(format!("--threads {l:?}"))))
+            .collect::<Result<_, _>>()?,
+        None => {
+            let mut v = vec![1, cores];
+            v.dedup();
+            v
+        }
+    };
+    if threads.contains(&0) {
+        return Err(usage("--threads must be at least 1".into()));
+    }
+    let keys = a
+        .algorithms
+        .split(',')
+        .map(|k| match k.trim() {
+            "rsa" => Ok(KeyType::Rsa),
+            "ed25519" => Ok(KeyType::Ed25519),
+            other => Err(usage(format!("--algorithms: unknown {other:?}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let corpus = match &a.input {
+        Some(p) => std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?,
+        None => crate::bench::generate(a.count, a.size, a.seed, a.attachments),
+    };
+    eprintln!(
+        "dkimpress bench: {} bytes, {}; threads {threads:?}; {} cores",
+        corpus.len(),
+        a.input.as_ref().map_or(format!("{} generated messages, size {:?}, seed {}", a.count, a.size, a.seed), |p| p
+            .display()
+            .to_string()),
+        cores
+    );
+    let opts = crate::bench::BenchOptions {
+        corpus,
+        threads,
+        keys,
+        min: std::time::Duration::from_secs_f64(a.seconds.max(0.05)),
+    };
+    let figs = crate::bench::run(&opts).map_err(|e| exit(sysexits::DATAERR, e))?;
+    if a.json {
+        let v: Vec<serde_json::Value> = figs.iter().map(|f| f.to_json()).collect();
+        println!("{}", serde_json::Value::Array(v));
+    }
+    Ok(ExitCode::SUCCESS)
+}

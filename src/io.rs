@@ -14,6 +14,8 @@ pub enum Mapped {
     Map(memmap2::Mmap),
     /// An empty file.
     Empty,
+    /// Bytes already in memory (generated benchmark corpora, tests).
+    Owned(Vec<u8>),
 }
 
 impl std::ops::Deref for Mapped {
@@ -22,6 +24,7 @@ impl std::ops::Deref for Mapped {
         match self {
             Mapped::Map(m) => m,
             Mapped::Empty => &[],
+            Mapped::Owned(v) => v,
         }
     }
 }

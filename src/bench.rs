@@ -1,0 +1,479 @@
+//! `dkimpress bench`: throughput of each stage and of the whole pipeline, next to the limits
+//! of the crypto backend on the same cores, measured in the same run.
+//!
+//! Owns the deterministic corpus generator (seeded; fixed or log-normal sizes, real-world
+//! header blocks), the stage timers, and the report (text or JSON). Each measurement checks
+//! its result (a benchmark of wrong output measures nothing).
+
+use crate::bulk::{self, BulkOptions};
+use crate::canon::{self, Canon};
+use crate::io::Mapped;
+use crate::key::KeyType;
+use crate::mbox::{self, MboxFormat};
+use crate::select::KeySource;
+use crate::sign::SignerBuilder;
+use sha2::Digest as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How message sizes are drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SizeDist {
+    /// Every message about this many bytes.
+    Fixed(usize),
+    /// Log-normal around this median (sigma 1), clamped to 300 B .. 64x the median.
+    LogNormal(usize),
+}
+
+impl std::str::FromStr for SizeDist {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, size) = match s.split_once(':') {
+            Some((k, v)) => (k, v),
+            None => ("fixed", s),
+        };
+        let lower = size.to_ascii_lowercase();
+        let (num, mult) = match lower.chars().last() {
+            Some('k') => (&lower[..lower.len() - 1], 1024),
+            Some('m') => (&lower[..lower.len() - 1], 1024 * 1024),
+            _ => (lower.as_str(), 1),
+        };
+        let n: usize = num.parse().map_err(|_| format!("size {size:?}: expected e.g. 4k, 1m, 512"))?;
+        let n = n * mult;
+        match kind {
+            "fixed" => Ok(SizeDist::Fixed(n)),
+            "lognormal" => Ok(SizeDist::LogNormal(n)),
+            _ => Err(format!("size distribution {kind:?}: expected fixed or lognormal")),
+        }
+    }
+}
+
+/// xorshift64*: deterministic, fast, good enough for corpus shapes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const WORDS: &[&str] = &[
+    "the",
+    "quarterly",
+    "report",
+    "is",
+    "attached",
+    "please",
+    "review",
+    "numbers",
+    "by",
+    "friday",
+    "and",
+    "send",
+    "comments",
+    "to",
+    "team",
+    "meeting",
+    "agenda",
+    "budget",
+    "forecast",
+    "update",
+    "thanks",
+    "regards",
+];
+
+/// A deterministic mboxrd archive of `count` messages: Received chain, From/To/Cc/Subject/Date/
+/// Message-ID/MIME headers, text bodies with a few `>From ` lines, optional base64
+/// attachments (every 7th message when `attachments`).
+pub fn generate(count: usize, sizes: SizeDist, seed: u64, attachments: bool) -> Vec<u8> {
+    let mut rng = Rng(seed.max(1));
+    let mut out = Vec::with_capacity(count * 4500);
+    for i in 0..count {
+        let target = match sizes {
+            SizeDist::Fixed(n) => n,
+            SizeDist::LogNormal(median) => {
+                // Box-Muller.
+                let z = (-2.0 * rng.unit().max(1e-12).ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.unit()).cos();
+                ((median as f64) * z.exp()).clamp(300.0, median as f64 * 64.0) as usize
+            }
+        };
+        let start = out.len();
+        out.extend_from_slice(format!("From sender{i}@example.com Sat Nov 21 10:00:00 2026\n").as_bytes());
+        let header = format!(
+            "Received: from relay{r}.example.net (relay{r}.example.net [192.0.2.{r}])\n\tby mx.example.com with ESMTPS id {i:08X}\n\tfor <team@example.org>; Sat, 21 Nov 2026 10:00:00 +0000\n\
+             Received: from client.example.com ([198.51.100.7])\n\tby relay{r}.example.net; Sat, 21 Nov 2026 09:59:58 +0000\n\
+             From: Sender {i} <sender{i}@example.com>\nTo: Team <team@example.org>\nCc: archive@example.org\n\
+             Subject: Quarterly report {i}, please review\nDate: Sat, 21 Nov 2026 10:00:00 +0000\n\
+             Message-ID: <{i}.{s:x}@example.com>\nMIME-Version: 1.0\n",
+            r = rng.next() % 200 + 1,
+            s = rng.next()
+        );
+        out.extend_from_slice(header.as_bytes());
+        let attach = attachments && i % 7 == 3;
+        if attach {
+            out.extend_from_slice(
+                b"Content-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain; charset=utf-8\n\n",
+            );
+        } else {
+            out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\n\n");
+        }
+        let body_target = start + target;
+        let text_end = if attach { start + (target / 3).max(out.len() - start + 200) } else { body_target };
+        while out.len() < text_end {
+            if rng.next() % 50 == 0 {
+                out.extend_from_slice(b">From the quoted line\n");
+                continue;
+            }
+            let n = 6 + (rng.next() % 8) as usize;
+            for w in 0..n {
+                if w > 0 {
+                    out.push(b' ');
+                }
+                out.extend_from_slice(WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes());
+            }
+            out.push(b'\n');
+            if rng.next() % 9 == 0 {
+                out.push(b'\n');
+            }
+        }
+        if attach {
+            out.extend_from_slice(
+                b"\n--b1\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n",
+            );
+            let b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            while out.len() < body_target {
+                for _ in 0..76 {
+                    out.push(b64[(rng.next() % 64) as usize]);
+                }
+                out.push(b'\n');
+            }
+            out.extend_from_slice(b"--b1--\n");
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// One measured figure.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// What was measured.
+    pub name: String,
+    /// Threads used.
+    pub threads: usize,
+    /// Operations (messages, signatures) per second.
+    pub per_second: f64,
+    /// Bytes per second (0 where it means nothing).
+    pub bytes_per_second: f64,
+    /// The limit it is compared with (same unit as per_second or bytes_per_second), if any.
+    pub limit: Option<f64>,
+    /// per_second (or bytes) / limit.
+    pub ratio: Option<f64>,
+}
+
+impl Figure {
+    /// The figure as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"name": self.name, "threads": self.threads, "per_second": self.per_second,
+            "bytes_per_second": self.bytes_per_second, "limit": self.limit, "ratio": self.ratio})
+    }
+}
+
+/// Runs `f` repeatedly for at least `min` and returns (iterations, seconds).
+fn timed(min: Duration, mut f: impl FnMut() -> u64) -> (u64, f64) {
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < min || n == 0 {
+        n += f();
+    }
+    (n, start.elapsed().as_secs_f64())
+}
+
+/// Runs `f` on `threads` threads for `min` each; returns total operations per second.
+fn parallel(threads: usize, min: Duration, f: impl Fn() -> u64 + Sync) -> f64 {
+    let total = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let t0 = Instant::now();
+                let mut n = 0;
+                while t0.elapsed() < min {
+                    n += f();
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    total.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Benchmark settings.
+pub struct BenchOptions {
+    /// The archive to measure (generated or read).
+    pub corpus: Vec<u8>,
+    /// Thread counts for the end-to-end runs and limits.
+    pub threads: Vec<usize>,
+    /// Key types for signing and verifying.
+    pub keys: Vec<KeyType>,
+    /// Minimum time per measurement.
+    pub min: Duration,
+}
+
+/// Runs every measurement and returns the figures, printing progress lines to stderr.
+pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
+    let data = &o.corpus;
+    mbox::check(data).map_err(|e| e.to_string())?;
+    let entries: Vec<mbox::MboxEntry> = mbox::Splitter::new(data, MboxFormat::Mboxrd).collect();
+    let count = entries.len();
+    if count == 0 {
+        return Err("the corpus holds no messages".into());
+    }
+    let bytes = data.len() as f64;
+    let mut figs = vec![];
+    let mut push = |f: Figure| {
+        eprintln!(
+            "  {:<42} {:>2} thr {:>12.0}/s {:>10.1} MB/s{}",
+            f.name,
+            f.threads,
+            f.per_second,
+            f.bytes_per_second / 1e6,
+            f.ratio.map_or(String::new(), |r| format!("  ratio {r:.2}"))
+        );
+        figs.push(f);
+    };
+    let min = o.min;
+
+    // Split.
+    let (n, secs) = timed(min, || {
+        let c = mbox::Splitter::new(data, MboxFormat::Mboxrd).count();
+        assert_eq!(c, count);
+        1
+    });
+    push(Figure {
+        name: "split (mboxrd)".into(),
+        threads: 1,
+        per_second: n as f64 * count as f64 / secs,
+        bytes_per_second: n as f64 * bytes / secs,
+        limit: None,
+        ratio: None,
+    });
+
+    // Bodies, unquoted, for the hashing stages.
+    let bodies: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|e| {
+            let mut scratch = vec![];
+            let m = mbox::unquote(MboxFormat::Mboxrd, &data[e.message.clone()], &mut scratch).to_vec();
+            let p = crate::header::Message::parse(&m).map(|p| p.body_offset).unwrap_or(0);
+            m[p..].to_vec()
+        })
+        .collect();
+    let body_bytes: f64 = bodies.iter().map(|b| b.len() as f64).sum();
+    let (n, secs) = timed(min, || {
+        for b in &bodies {
+            std::hint::black_box(sha2::Sha256::digest(b));
+        }
+        1
+    });
+    let sha_rate = n as f64 * body_bytes / secs;
+    push(Figure {
+        name: "SHA-256 of the bodies (limit)".into(),
+        threads: 1,
+        per_second: n as f64 * count as f64 / secs,
+        bytes_per_second: sha_rate,
+        limit: None,
+        ratio: None,
+    });
+    for c in [Canon::Simple, Canon::Relaxed] {
+        // Check: the fused hash equals hashing the canonical bytes.
+        let mut v = vec![];
+        canon::canonicalize_body(c, &bodies[0], &mut v);
+        let mut h = sha2::Sha256::new();
+        canon::canonicalize_body(c, &bodies[0], &mut h);
+        assert_eq!(h.finalize().as_slice(), sha2::Sha256::digest(&v).as_slice());
+        let (n, secs) = timed(min, || {
+            for b in &bodies {
+                let mut h = sha2::Sha256::new();
+                canon::canonicalize_body(c, b, &mut h);
+                std::hint::black_box(h.finalize());
+            }
+            1
+        });
+        let rate = n as f64 * body_bytes / secs;
+        push(Figure {
+            name: format!("canonicalize+hash body ({})", c.as_str()),
+            threads: 1,
+            per_second: n as f64 * count as f64 / secs,
+            bytes_per_second: rate,
+            limit: Some(sha_rate),
+            ratio: Some(rate / sha_rate),
+        });
+    }
+
+    let max_threads = o.threads.iter().copied().max().unwrap_or(1);
+    for &kt in &o.keys {
+        let g = crate::genkey::generate(kt, 2048).map_err(|e| e.to_string())?;
+        let key = Arc::new(g.key);
+        let label = match kt {
+            KeyType::Rsa => "RSA-2048",
+            KeyType::Ed25519 => "Ed25519",
+        };
+        let record = crate::genkey::record_value(&key, &Default::default());
+        let public = crate::verify::parse_key_record(record.as_bytes()).map_err(|e| e.to_string())?;
+        let public = Arc::new(public);
+        assert!(!key.sign(b"check").map_err(|e| e.to_string())?.is_empty());
+        for &t in &o.threads {
+            // The backend's own signing rate on these threads: the limit for end-to-end.
+            let limit = parallel(t, min, || {
+                std::hint::black_box(key.sign(b"header data of a typical size, about three hundred bytes").ok());
+                1
+            });
+            push(Figure {
+                name: format!("sign {label} (backend limit)"),
+                threads: t,
+                per_second: limit,
+                bytes_per_second: 0.0,
+                limit: None,
+                ratio: None,
+            });
+            let signer = SignerBuilder::new(key.clone(), "example.com", "bench").build().map_err(|e| e.to_string())?;
+            let opts = BulkOptions {
+                keys: KeySource::Fixed(vec![signer]),
+                sender: None,
+                mbox_format: MboxFormat::Mboxrd,
+                strip_own: false,
+                now: 1_800_000_000,
+            };
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| e.to_string())?;
+            let mapped = Mapped::Owned(data.clone());
+            let run_once = || -> u64 {
+                let mut signed = 0u64;
+                bulk::map_mbox(
+                    &mapped,
+                    MboxFormat::Mboxrd,
+                    &pool,
+                    |m| bulk::sign_message(&opts, m).is_ok(),
+                    |_, ok| {
+                        signed += u64::from(ok);
+                        Ok(())
+                    },
+                )
+                .expect("pipeline");
+                assert_eq!(signed, count as u64, "every generated message signs");
+                1
+            };
+            let (n, secs) = timed(min, run_once);
+            let rate = n as f64 * count as f64 / secs;
+            let (lim, ratio) = match kt {
+                KeyType::Rsa => (Some(limit), Some(rate / limit)),
+                KeyType::Ed25519 => (None, None),
+            };
+            push(Figure {
+                name: format!("end-to-end sign {label}"),
+                threads: t,
+                per_second: rate,
+                bytes_per_second: n as f64 * bytes / secs,
+                limit: lim,
+                ratio,
+            });
+            if t == max_threads {
+                // Verify: sign once, then verify the signed archive.
+                let mut signed_archive = Vec::with_capacity(data.len() * 11 / 10);
+                bulk::map_mbox(
+                    &mapped,
+                    MboxFormat::Mboxrd,
+                    &pool,
+                    |m| bulk::sign_message(&opts, m).map(|r| r.0).unwrap_or_default(),
+                    |e, h| {
+                        signed_archive.extend_from_slice(&data[e.from_line.clone()]);
+                        signed_archive.extend_from_slice(&h);
+                        signed_archive.extend_from_slice(&data[e.data.clone()]);
+                        Ok(())
+                    },
+                )
+                .expect("pipeline");
+                let signed_mapped = Mapped::Owned(signed_archive);
+                let keys = |_: &str, _: &str| -> crate::verify::KeyResult { Ok(public.clone()) };
+                let policy = crate::verify::Policy::default();
+                let (n, secs) = timed(min, || {
+                    let mut pass = 0u64;
+                    bulk::map_mbox(
+                        &signed_mapped,
+                        MboxFormat::Mboxrd,
+                        &pool,
+                        |m| {
+                            crate::verify::verify_slice(m, &keys, 1_800_000_000, &policy)
+                                .map(|v| crate::verify::overall(&v) == crate::verify::DkimResult::Pass)
+                                .unwrap_or(false)
+                        },
+                        |_, ok| {
+                            pass += u64::from(ok);
+                            Ok(())
+                        },
+                    )
+                    .expect("pipeline");
+                    assert_eq!(pass, count as u64, "every signature verifies");
+                    1
+                });
+                push(Figure {
+                    name: format!("end-to-end verify {label}"),
+                    threads: t,
+                    per_second: n as f64 * count as f64 / secs,
+                    bytes_per_second: n as f64 * signed_mapped.len() as f64 / secs,
+                    limit: None,
+                    ratio: None,
+                });
+            }
+        }
+    }
+    // SHA-256 limit on all cores, for the large-message targets.
+    for &t in &o.threads {
+        let block = vec![0x61u8; 1 << 20];
+        let rate = parallel(t, min, || {
+            std::hint::black_box(sha2::Sha256::digest(&block));
+            1
+        }) * block.len() as f64;
+        push(Figure {
+            name: "SHA-256 1 MiB blocks (limit)".into(),
+            threads: t,
+            per_second: rate / block.len() as f64,
+            bytes_per_second: rate,
+            limit: None,
+            ratio: None,
+        });
+    }
+    Ok(figs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpus_is_deterministic_and_splits() {
+        let a = generate(50, SizeDist::LogNormal(4096), 7, true);
+        assert_eq!(a, generate(50, SizeDist::LogNormal(4096), 7, true));
+        assert_ne!(a, generate(50, SizeDist::LogNormal(4096), 8, true));
+        assert_eq!(mbox::Splitter::new(&a, MboxFormat::Mboxrd).count(), 50);
+        let f = generate(20, SizeDist::Fixed(10_000), 1, false);
+        let sizes: Vec<usize> =
+            mbox::Splitter::new(&f, MboxFormat::Mboxrd).map(|e| e.data.end - e.from_line.start).collect();
+        assert!(sizes.iter().all(|&s| (10_000..10_200).contains(&s)), "{sizes:?}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!("4k".parse::<SizeDist>().unwrap(), SizeDist::Fixed(4096));
+        assert_eq!("lognormal:4k".parse::<SizeDist>().unwrap(), SizeDist::LogNormal(4096));
+        assert_eq!("1m".parse::<SizeDist>().unwrap(), SizeDist::Fixed(1 << 20));
+        assert!("big".parse::<SizeDist>().is_err());
+    }
+}
