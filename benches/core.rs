@@ -12,8 +12,14 @@ use dkimpress::sign::{sign_slice, SignerBuilder};
 use sha2::Digest as _;
 use std::sync::Arc;
 
-/// A text body of about `size` bytes: mail-like lines, some trailing spaces and tabs.
+/// A text body of about `size` bytes: mail-like lines of single-spaced words with a blank
+/// line now and then (typical text); with `hard`, also a tab every 17 words and trailing
+/// whitespace on every fifth line, which relaxed canonicalization must rewrite.
 fn text_body(size: usize, crlf: bool) -> Vec<u8> {
+    text_body_kind(size, crlf, true)
+}
+
+fn text_body_kind(size: usize, crlf: bool, hard: bool) -> Vec<u8> {
     let words = ["the", "quarterly", "report", "is", "attached", "please", "review", "numbers", "by", "friday"];
     let mut out = Vec::with_capacity(size + 100);
     let mut i = 0usize;
@@ -21,11 +27,14 @@ fn text_body(size: usize, crlf: bool) -> Vec<u8> {
         let mut line = String::new();
         while line.len() < 66 {
             line.push_str(words[i % words.len()]);
-            line.push(if i % 17 == 0 { '\t' } else { ' ' });
+            line.push(if hard && i % 17 == 0 { '\t' } else { ' ' });
             i += 1;
         }
-        if i % 5 != 0 {
+        if !hard || i % 5 != 0 {
             line.pop();
+        }
+        if !hard && i % 13 == 0 {
+            line.push_str(if crlf { "\r\n" } else { "\n" });
         }
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
@@ -51,6 +60,20 @@ fn bench_body(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("sha256-raw", label), &body, |b, body| {
             b.iter(|| sha2::Sha256::digest(body))
         });
+        let typical = text_body_kind(size, true, false);
+        let typical_lf = text_body_kind(size, false, false);
+        for (name, input) in
+            [("relaxed-typical", &typical), ("relaxed-typical-lf", &typical_lf), ("simple-typical-lf", &typical_lf)]
+        {
+            let c = if name.starts_with("simple") { Canon::Simple } else { Canon::Relaxed };
+            g.bench_with_input(BenchmarkId::new(name, label), input, |b, body| {
+                b.iter(|| {
+                    let mut h = sha2::Sha256::new();
+                    canonicalize_body(c, body, &mut h);
+                    h.finalize()
+                })
+            });
+        }
         for canon in [Canon::Simple, Canon::Relaxed] {
             g.bench_with_input(BenchmarkId::new(canon.as_str(), label), &body, |b, body| {
                 b.iter(|| {
