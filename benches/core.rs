@@ -89,10 +89,42 @@ fn bench_body(c: &mut Criterion) {
 
 fn bench_sign(c: &mut Criterion) {
     let mut g = c.benchmark_group("sign");
-    for name in ["test.private", "test-ed.private"] {
-        let k = key(name);
+    let rsa4096 = Arc::new(dkimpress::genkey::generate(dkimpress::key::KeyType::Rsa, 4096).unwrap().key);
+    for k in [key("test.private"), rsa4096, key("test-ed.private")] {
         assert!(!k.sign(b"check").unwrap().is_empty());
         g.bench_function(format!("{:?}", k), |b| b.iter(|| k.sign(b"header data of a typical size").unwrap()));
+    }
+    g.finish();
+}
+
+fn bench_split_and_headers(c: &mut Criterion) {
+    use dkimpress::mbox::{MboxFormat, Splitter};
+    let archive = dkimpress::bench::generate(2000, dkimpress::bench::SizeDist::Fixed(4096), 1, false);
+    assert_eq!(Splitter::new(&archive, MboxFormat::Mboxrd).count(), 2000);
+    let mut g = c.benchmark_group("split");
+    g.throughput(Throughput::Bytes(archive.len() as u64));
+    g.bench_function("mboxrd-2000x4k", |b| b.iter(|| Splitter::new(&archive, MboxFormat::Mboxrd).count()));
+    g.finish();
+
+    // Header hash: parse the header block, canonicalize the signed fields, SHA-256.
+    let first = Splitter::new(&archive, MboxFormat::Mboxrd).next().unwrap();
+    let msg = &archive[first.message];
+    let parsed = dkimpress::header::Message::parse(msg).unwrap();
+    assert!(parsed.fields.len() >= 8);
+    let header_bytes: usize = parsed.fields.iter().map(|f| f.raw.len()).sum();
+    let mut g = c.benchmark_group("header-hash");
+    g.throughput(Throughput::Bytes(header_bytes as u64));
+    for canon in [Canon::Simple, Canon::Relaxed] {
+        g.bench_function(canon.as_str(), |b| {
+            b.iter(|| {
+                let m = dkimpress::header::Message::parse(msg).unwrap();
+                let mut h = sha2::Sha256::new();
+                for f in &m.fields {
+                    dkimpress::canon::canonicalize_header(canon, f.raw, &mut h);
+                }
+                h.finalize()
+            })
+        });
     }
     g.finish();
 }
@@ -114,5 +146,5 @@ Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\n"
     g.finish();
 }
 
-criterion_group!(benches, bench_body, bench_sign, bench_message);
+criterion_group!(benches, bench_body, bench_sign, bench_split_and_headers, bench_message);
 criterion_main!(benches);
