@@ -165,8 +165,9 @@ struct SignArgs {
     inputs: Vec<PathBuf>,
 }
 
+/// Where key records come from: shared by `verify` and `testkey`.
 #[derive(Args, Debug)]
-struct VerifyArgs {
+struct RecordArgs {
     /// Key records from zone files (as `genkey` writes them) instead of DNS. Repeatable.
     #[arg(long = "dns-zone", value_name = "FILE")]
     zones: Vec<PathBuf>,
@@ -180,6 +181,12 @@ struct VerifyArgs {
     /// Seconds to wait for a DNS answer (then temperror).
     #[arg(long = "dns-timeout", value_name = "SECS", default_value_t = 5.0)]
     dns_timeout: f64,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    records: RecordArgs,
     /// Accept rsa-sha1 signatures (RFC 8301 forbids them; for old archives).
     #[arg(long = "allow-sha1")]
     allow_sha1: bool,
@@ -283,18 +290,8 @@ struct TestkeyArgs {
     /// Test every key of this KeyTable data set.
     #[arg(long = "key-table", value_name = "DATASET")]
     key_table: Option<String>,
-    /// Key records from zone files instead of DNS. Repeatable.
-    #[arg(long = "dns-zone", value_name = "FILE")]
-    zones: Vec<PathBuf>,
-    /// Key records from a directory of SELECTOR._domainkey.DOMAIN.txt files.
-    #[arg(long = "key-dir", value_name = "DIR")]
-    key_dirs: Vec<PathBuf>,
-    /// DNS server (IP or IP:PORT) instead of /etc/resolv.conf.
-    #[arg(long = "dns-server", value_name = "ADDR")]
-    dns_servers: Vec<String>,
-    /// Seconds to wait for a DNS answer.
-    #[arg(long = "dns-timeout", value_name = "SECS", default_value_t = 5.0)]
-    dns_timeout: f64,
+    #[command(flatten)]
+    records: RecordArgs,
 }
 
 #[derive(Args, Debug)]
@@ -945,7 +942,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     use crate::dns::KeyCache;
     use crate::verify::{self, DkimResult, Policy};
     let usage = |m: String| exit(sysexits::USAGE, m);
-    let lookup = key_lookup(&a.zones, &a.key_dirs, &a.dns_servers, a.dns_timeout)?;
+    let lookup = key_lookup(&a.records)?;
     let cache = KeyCache::new(&lookup);
     let keys = |s: &str, d: &str| cache.get(s, d);
     let policy = Policy {
@@ -968,16 +965,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let check = |msg: &[u8]| -> Vec<verify::Verdict> {
         match verify::verify_slice(msg, &keys, now, &policy) {
             Ok(v) => v,
-            Err(e) => vec![verify::Verdict {
-                result: DkimResult::PermError,
-                reason: format!("message cannot be parsed: {e}"),
-                domain: String::new(),
-                selector: String::new(),
-                algorithm: String::new(),
-                identity: String::new(),
-                b_prefix: String::new(),
-                notes: vec![],
-            }],
+            Err(e) => vec![verify::Verdict::new(DkimResult::PermError, format!("message cannot be parsed: {e}"))],
         }
     };
 
@@ -1088,12 +1076,8 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// Key record sources: zone files and key directories (offline), else DNS (or DNS as well when
 /// servers are named).
-fn key_lookup(
-    zones: &[PathBuf],
-    key_dirs: &[PathBuf],
-    servers: &[String],
-    timeout: f64,
-) -> anyhow::Result<crate::dns::Chain> {
+fn key_lookup(r: &RecordArgs) -> anyhow::Result<crate::dns::Chain> {
+    let (zones, key_dirs, servers, timeout) = (&r.zones, &r.key_dirs, &r.dns_servers, r.dns_timeout);
     use crate::dns::{Chain, Dns, KeyDir, ZoneKeys};
     use crate::verify::KeyLookup;
     let usage = |m: String| exit(sysexits::USAGE, m);
@@ -1201,7 +1185,7 @@ fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     if keys.is_empty() {
         return Err(usage("nothing to test: give -d -s -k, --key-table, or --config"));
     }
-    let lookup = key_lookup(&a.zones, &a.key_dirs, &a.dns_servers, a.dns_timeout)?;
+    let lookup = key_lookup(&a.records)?;
     let mut bad = 0;
     for (label, domain, selector, key) in &keys {
         let name = format!("{selector}._domainkey.{domain}");

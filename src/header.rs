@@ -156,6 +156,30 @@ impl<'a> Message<'a> {
         Ok(Message { fields, body: &msg[body_offset..], body_offset, crlf })
     }
 
+    /// The fields named by an `h=` list, in list order: the n-th occurrence of a name takes
+    /// the n-th instance of that field from the bottom, and `None` when there is no such
+    /// instance (it then contributes nothing: oversigning, RFC 6376 §5.4.2).
+    pub fn select<'m, S: AsRef<str>>(&'m self, names: &[S]) -> Vec<Option<&'m Field<'a>>> {
+        let mut used: Vec<(&str, usize)> = Vec::with_capacity(names.len());
+        names
+            .iter()
+            .map(|name| {
+                let name = name.as_ref();
+                let n = match used.iter_mut().find(|(u, _)| u.eq_ignore_ascii_case(name)) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n
+                    }
+                    None => {
+                        used.push((name, 1));
+                        1
+                    }
+                };
+                self.fields.iter().rev().filter(|f| f.is(name)).nth(n - 1)
+            })
+            .collect()
+    }
+
     /// The line end this message uses, for a header we add.
     pub fn line_end(&self) -> &'static str {
         if self.crlf {
@@ -195,6 +219,14 @@ mod tests {
             assert_eq!(names(&m), want_fields, "{:?}", String::from_utf8_lossy(input));
             assert_eq!(m.body, want_body);
         }
+    }
+
+    #[test]
+    fn bottom_up_selection() {
+        let m = Message::parse(b"To: 1\nFrom: a\nTo: 2\nSubject: s\nto: 3\n\n").unwrap();
+        let picked: Vec<Option<&[u8]>> =
+            m.select(&["to", "TO", "from", "to", "to", "from"]).iter().map(|f| f.map(|f| f.value())).collect();
+        assert_eq!(picked, [Some(&b" 3"[..]), Some(b" 2"), Some(b" a"), Some(b" 1"), None, None]);
     }
 
     #[test]

@@ -365,22 +365,8 @@ fn signature_field(
     // RFC 6376 §3.7: the signed fields in h= order, each selected bottom-up, then this field
     // with an empty b= and no final CRLF.
     scratch.clear();
-    let mut used: Vec<(&str, usize)> = Vec::new();
-    for name in &h {
-        let n = match used.iter_mut().find(|(u, _)| *u == name.as_str()) {
-            Some((_, n)) => {
-                *n += 1;
-                *n
-            }
-            None => {
-                used.push((name.as_str(), 1));
-                1
-            }
-        };
-        // The n-th use of a name takes the n-th instance from the bottom; none left: nothing.
-        if let Some(field) = msg.fields.iter().rev().filter(|f| f.is(name)).nth(n - 1) {
-            canon::canonicalize_header(signer.canon.header, field.raw, scratch);
-        }
+    for field in msg.select(&h).into_iter().flatten() {
+        canon::canonicalize_header(signer.canon.header, field.raw, scratch);
     }
     canon::canonicalize_header_unterminated(signer.canon.header, f.text.as_bytes(), scratch);
     let sig = signer.key.sign(scratch)?;

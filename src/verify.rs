@@ -78,6 +78,22 @@ pub struct Verdict {
     pub notes: Vec<String>,
 }
 
+impl Verdict {
+    /// A verdict with only a result and a reason (the tags are filled in as they are read).
+    pub fn new(result: DkimResult, reason: impl Into<String>) -> Verdict {
+        Verdict {
+            result,
+            reason: reason.into(),
+            domain: String::new(),
+            selector: String::new(),
+            algorithm: String::new(),
+            identity: String::new(),
+            b_prefix: String::new(),
+            notes: vec![],
+        }
+    }
+}
+
 /// A key-record lookup failure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LookupError {
@@ -583,16 +599,7 @@ pub fn verify_slice(
     let mut out = vec![];
     let mut scratch = Vec::with_capacity(2048);
     for (n, field) in parsed.fields.iter().filter(|f| f.is("dkim-signature")).enumerate() {
-        let mut v = Verdict {
-            result: DkimResult::PermError,
-            reason: String::new(),
-            domain: String::new(),
-            selector: String::new(),
-            algorithm: String::new(),
-            identity: String::new(),
-            b_prefix: String::new(),
-            notes: vec![],
-        };
+        let mut v = Verdict::new(DkimResult::PermError, "");
         if n >= policy.max_signatures {
             v.reason = format!("more than {} signatures: not checked", policy.max_signatures);
             out.push(v);
@@ -681,21 +688,8 @@ fn verify_one(
 
     // Header hash: h= fields bottom-up, then this field without its b= value.
     scratch.clear();
-    let mut used: Vec<(&str, usize)> = Vec::new();
-    for name in &sig.headers {
-        let k = match used.iter_mut().find(|(u, _)| *u == name.as_str()) {
-            Some((_, k)) => {
-                *k += 1;
-                *k
-            }
-            None => {
-                used.push((name.as_str(), 1));
-                1
-            }
-        };
-        if let Some(f) = msg.fields.iter().rev().filter(|f| f.is(name)).nth(k - 1) {
-            canon::canonicalize_header(sig.canon.header, f.raw, scratch);
-        }
+    for f in msg.select(&sig.headers).into_iter().flatten() {
+        canon::canonicalize_header(sig.canon.header, f.raw, scratch);
     }
     canon::canonicalize_header_unterminated(sig.canon.header, &without_b_value(sig.field.raw), scratch);
     let ok = match (&key.kind, sig.hash) {
@@ -828,16 +822,7 @@ mod tests {
 
     #[test]
     fn overall_result() {
-        let v = |r| Verdict {
-            result: r,
-            reason: String::new(),
-            domain: String::new(),
-            selector: String::new(),
-            algorithm: String::new(),
-            identity: String::new(),
-            b_prefix: String::new(),
-            notes: vec![],
-        };
+        let v = |r| Verdict::new(r, "");
         assert_eq!(overall(&[]), DkimResult::None);
         assert_eq!(overall(&[v(DkimResult::Fail), v(DkimResult::Pass)]), DkimResult::Pass);
         assert_eq!(overall(&[v(DkimResult::PermError), v(DkimResult::TempError)]), DkimResult::TempError);
