@@ -15,6 +15,9 @@ use mail_auth::dkim::{Canonicalization, DkimSigner};
 use rayon::prelude::*;
 use std::sync::Arc;
 
+/// A signing function returning the DKIM-Signature field.
+type SignFn = Box<dyn Fn(&[u8]) -> Vec<u8> + Sync>;
+
 const HEADERS: [&str; 5] = ["From", "To", "Subject", "Date", "Message-ID"];
 
 fn messages(n: usize) -> Vec<Vec<u8>> {
@@ -67,7 +70,7 @@ fn bench_sign(c: &mut Criterion) {
             .unwrap()];
         let ours = |m: &[u8]| sign_slice(&signers, m, 1_700_000_000).unwrap();
         let sel = if label == "rsa2048" { "test" } else { "test-ed" };
-        let theirs_sign: Box<dyn Fn(&[u8]) -> Vec<u8> + Sync> = if label == "rsa2048" {
+        let theirs_sign: SignFn = if label == "rsa2048" {
             let k = RsaKey::<Sha256>::from_key_der(rustls_pki_types::PrivateKeyDer::Pkcs8(der(&pem(ours_key)).into()))
                 .unwrap();
             let s = DkimSigner::from_key(k).domain("example.com").selector(sel).headers(HEADERS);
