@@ -384,11 +384,16 @@ where
                 queued_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
                 let (slot_tx, slot_rx) = crossbeam_channel::bounded(1);
                 let message = e.message.clone();
+                let quoted = e.quoted;
                 scope.spawn(move |_| {
-                    let r = SCRATCH.with(|scratch| {
-                        let mut scratch = scratch.borrow_mut();
-                        job(mbox::unquote(fmt, &data[message], &mut scratch))
-                    });
+                    let r = if quoted {
+                        SCRATCH.with(|scratch| {
+                            let mut scratch = scratch.borrow_mut();
+                            job(mbox::unquote(fmt, &data[message], &mut scratch))
+                        })
+                    } else {
+                        job(&data[message])
+                    };
                     let _ = slot_tx.send(r);
                 });
                 if out_tx.send((e, slot_rx)).is_err() {

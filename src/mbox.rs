@@ -85,6 +85,8 @@ pub struct MboxEntry {
     /// `data`. Canonicalization drops trailing empty lines anyway, so this choice cannot change
     /// a signature; it matters for what "the message" means in tests and reports.
     pub message: Range<usize>,
+    /// Whether the message may hold quoted `>From ` lines (false: [`unquote`] can be skipped).
+    pub quoted: bool,
 }
 
 /// Length of a UTF-8 byte order mark at the start of `data` (0 or 3). A BOM is tolerated
@@ -123,15 +125,33 @@ pub struct Splitter<'a> {
 impl<'a> Splitter<'a> {
     /// Starts at the first separator (after a BOM, if any).
     pub fn new(data: &'a [u8], format: MboxFormat) -> Splitter<'a> {
-        Splitter { data, pos: bom_len(data), format, finder: memchr::memmem::Finder::new(b"\nFrom ") }
+        Splitter { data, pos: bom_len(data), format, finder: memchr::memmem::Finder::new(b"From ") }
     }
 
-    /// Start of the next separator line at or after `from`, or the end of the data.
-    fn next_separator(&self, from: usize) -> usize {
-        match self.finder.find(&self.data[from..]) {
-            Some(i) => from + i + 1,
-            None => self.data.len(),
+    /// Start of the next separator line at or after `from` (which is a line start), or the end
+    /// of the data; and whether a quoted `>+From ` line comes before it. One scan for `From `
+    /// finds both, so the workers need no second pass over messages without quoted lines.
+    fn next_separator(&self, from: usize) -> (usize, bool) {
+        let mut quoted = false;
+        let mut at = from;
+        while let Some(i) = self.finder.find(&self.data[at..]) {
+            let p = at + i;
+            if p == 0 || self.data[p - 1] == b'\n' {
+                if p >= from {
+                    return (p, quoted);
+                }
+            } else if self.data[p - 1] == b'>' {
+                let mut q = p - 1;
+                while q > 0 && self.data[q - 1] == b'>' {
+                    q -= 1;
+                }
+                if q == 0 || self.data[q - 1] == b'\n' {
+                    quoted = true;
+                }
+            }
+            at = p + 1;
         }
+        (self.data.len(), quoted)
     }
 
     /// End of the message by its Content-Length, when that lands on a separator or the end.
@@ -174,10 +194,11 @@ impl Iterator for Splitter<'_> {
         }
         let start = self.pos;
         let from_end = memchr::memchr(b'\n', &self.data[start..]).map_or(self.data.len(), |i| start + i + 1);
-        let end = if self.format.uses_content_length() {
-            self.by_content_length(from_end).unwrap_or_else(|| self.next_separator(from_end.saturating_sub(1)))
-        } else {
-            self.next_separator(from_end.saturating_sub(1))
+        let (end, quoted) = match self.format.uses_content_length().then(|| self.by_content_length(from_end)).flatten()
+        {
+            // Not scanned: let the unquoting look for itself.
+            Some(end) => (end, true),
+            None => self.next_separator(from_end),
         };
         // A From line with no line end at the end of the file: an empty message.
         let end = end.max(from_end);
@@ -201,7 +222,7 @@ impl Iterator for Splitter<'_> {
         } else {
             framing
         };
-        Some(MboxEntry { from_line: start..from_end, data: from_end..end, message: from_end..end - framing })
+        Some(MboxEntry { from_line: start..from_end, data: from_end..end, message: from_end..end - framing, quoted })
     }
 }
 
@@ -284,6 +305,14 @@ mod tests {
             assert!(check(input).is_ok());
             assert_eq!(split(input, m), *want, "{:?}", String::from_utf8_lossy(input));
         }
+    }
+
+    #[test]
+    fn quoted_flag() {
+        let mbox =
+            b"From a\nX: 1\n\nplain From here\n\nFrom b\nX: 2\n\n>From q\n>>From r\n\nFrom c\nX: 3\n\nFrom_not\n";
+        let flags: Vec<bool> = Splitter::new(mbox, MboxFormat::Mboxrd).map(|e| e.quoted).collect();
+        assert_eq!(flags, [false, true, false]);
     }
 
     #[test]
