@@ -25,6 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const IN_FLIGHT: usize = 4096;
 /// Most input bytes between the splitter and the writer (a new job waits beyond this).
 pub const IN_FLIGHT_BYTES: usize = 32 << 20;
+/// Most messages in one job.
+const BATCH_MESSAGES: usize = 32;
+/// Most input bytes in one job (a large message is a job of its own).
+const BATCH_BYTES: usize = 256 << 10;
 /// The writer hands mapped pages back to the kernel every this many bytes.
 const RELEASE_STEP: usize = 8 << 20;
 
@@ -331,8 +335,8 @@ pub fn open_mbox(path: &Path) -> Result<io::Mapped, BulkError> {
 /// and hands the results to `emit` in input order, on one writer thread.
 ///
 /// Ordered parallel output without barriers (the gzp pattern): the splitter, on this thread,
-/// gives every message to the pool as its own job with a one-shot result slot and queues the
-/// slot for the writer; the writer takes slots in input order and waits for each. The bounded
+/// gives each batch of messages to the pool as a job with a one-shot result slot and queues
+/// the slot for the writer; the writer takes slots in input order and waits for each. The bounded
 /// queue holds at most [`IN_FLIGHT`] jobs (and about [`IN_FLIGHT_BYTES`] of input), which bounds
 /// memory; the writer releases mapped pages behind it.
 pub fn map_mbox<R, J, E>(
@@ -348,55 +352,72 @@ where
     E: FnMut(&MboxEntry, R) -> Result<(), BulkError> + Send,
 {
     let data: &[u8] = mapped;
-    type Slot<R> = crossbeam_channel::Receiver<R>;
-    let (out_tx, out_rx) = crossbeam_channel::bounded::<(MboxEntry, Slot<R>)>(IN_FLIGHT);
+    // Jobs are batches of consecutive messages (up to BATCH_MESSAGES or BATCH_BYTES): one job,
+    // one result slot and one wake-up per batch instead of per message, which matters for
+    // small messages and cheap signatures (Ed25519).
+    type Slot<R> = crossbeam_channel::Receiver<Vec<R>>;
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<(Vec<MboxEntry>, Slot<R>)>(IN_FLIGHT / BATCH_MESSAGES);
     let queued_bytes = std::sync::atomic::AtomicUsize::new(0);
     let queued_bytes = &queued_bytes;
     let job = &job;
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(), BulkError> {
             let mut released = 0usize;
-            for (e, slot) in out_rx {
-                let r = slot.recv().expect("job vanished");
-                let len = e.data.end - e.from_line.start;
-                let end = e.data.end;
-                emit(&e, r)?;
-                queued_bytes.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
-                if end - released >= RELEASE_STEP {
-                    mapped.release(released..end);
-                    released = end;
+            for (batch, slot) in out_rx {
+                let results = slot.recv().expect("job vanished");
+                for (e, r) in batch.iter().zip(results) {
+                    let len = e.data.end - e.from_line.start;
+                    let end = e.data.end;
+                    emit(e, r)?;
+                    queued_bytes.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+                    if end - released >= RELEASE_STEP {
+                        mapped.release(released..end);
+                        released = end;
+                    }
                 }
             }
             Ok(())
         });
         let mut result = Ok(());
         pool.in_place_scope(|scope| {
-            for e in mbox::Splitter::new(data, fmt) {
+            let mut split = mbox::Splitter::new(data, fmt).peekable();
+            while split.peek().is_some() {
                 if interrupted() {
                     result = Err(BulkError::Interrupted);
                     break;
                 }
+                let mut batch = Vec::with_capacity(BATCH_MESSAGES);
+                let mut batch_bytes = 0;
+                while batch.len() < BATCH_MESSAGES && batch_bytes < BATCH_BYTES {
+                    let Some(e) = split.next() else { break };
+                    batch_bytes += e.data.end - e.from_line.start;
+                    batch.push(e);
+                }
                 // Bytes in flight: wait for the writer when a run of huge messages piles up.
-                let len = e.data.end - e.from_line.start;
                 while queued_bytes.load(std::sync::atomic::Ordering::Relaxed) > IN_FLIGHT_BYTES {
                     std::thread::sleep(std::time::Duration::from_micros(200));
                 }
-                queued_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                queued_bytes.fetch_add(batch_bytes, std::sync::atomic::Ordering::Relaxed);
                 let (slot_tx, slot_rx) = crossbeam_channel::bounded(1);
-                let message = e.message.clone();
-                let quoted = e.quoted;
+                let work: Vec<(std::ops::Range<usize>, bool)> =
+                    batch.iter().map(|e| (e.message.clone(), e.quoted)).collect();
                 scope.spawn(move |_| {
-                    let r = if quoted {
-                        SCRATCH.with(|scratch| {
-                            let mut scratch = scratch.borrow_mut();
-                            job(mbox::unquote(fmt, &data[message], &mut scratch))
+                    let results: Vec<R> = work
+                        .into_iter()
+                        .map(|(message, quoted)| {
+                            if quoted {
+                                SCRATCH.with(|scratch| {
+                                    let mut scratch = scratch.borrow_mut();
+                                    job(mbox::unquote(fmt, &data[message], &mut scratch))
+                                })
+                            } else {
+                                job(&data[message])
+                            }
                         })
-                    } else {
-                        job(&data[message])
-                    };
-                    let _ = slot_tx.send(r);
+                        .collect();
+                    let _ = slot_tx.send(results);
                 });
-                if out_tx.send((e, slot_rx)).is_err() {
+                if out_tx.send((batch, slot_rx)).is_err() {
                     break; // the writer failed; its error is returned below
                 }
             }
