@@ -135,6 +135,12 @@ impl std::str::FromStr for Canonicalization {
 
 const CRLF: &[u8] = b"\r\n";
 
+/// Finders built once per process (building one per body showed up in profiles).
+static DOUBLE_SPACE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"  "));
+static SPACE_CRLF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b" \r\n"));
+
 #[inline]
 fn is_wsp(b: u8) -> bool {
     b == b' ' || b == b'\t'
@@ -296,7 +302,7 @@ fn body_relaxed<S: Sink + ?Sized>(body: &[u8], sink: &mut S) {
         return;
     }
     let mut tabs = memchr::memchr_iter(b'\t', content).peekable();
-    let mut doubles = memchr::memmem::find_iter(content, b"  ").peekable();
+    let mut doubles = DOUBLE_SPACE.find_iter(content).peekable();
     // Every LF needs a look when some are bare (a CR must go in). When all line ends are
     // already CRLF, only a single SP right before a CRLF matters (tabs and SP runs are found
     // by the other two scanners), so look for exactly that instead of visiting every line.
@@ -304,7 +310,7 @@ fn body_relaxed<S: Sink + ?Sized>(body: &[u8], sink: &mut S) {
     let lf_events: Box<dyn Iterator<Item = usize>> = if bare {
         Box::new(memchr::memchr_iter(b'\n', content))
     } else {
-        Box::new(memchr::memmem::find_iter(content, b" \r\n").map(|i| i + 2))
+        Box::new(SPACE_CRLF.find_iter(content).map(|i| i + 2))
     };
     let mut lfs = lf_events.peekable();
     // content[run..] has not been written yet.

@@ -310,9 +310,15 @@ pub fn sign_parsed(signers: &[Signer], parsed: &Message, now: u64) -> Result<Vec
 /// The `h=` list for this message: every signed name once per instance present, oversigned
 /// names once more.
 fn header_list(signer: &Signer, msg: &Message) -> Vec<String> {
-    let mut list = Vec::new();
-    for name in &signer.signed {
-        let present = msg.fields.iter().filter(|f| f.is(name)).count();
+    // One pass over the fields: how many instances of each signed name are present.
+    let mut counts = vec![0usize; signer.signed.len()];
+    for f in &msg.fields {
+        if let Some(i) = signer.signed.iter().position(|n| f.is(n)) {
+            counts[i] += 1;
+        }
+    }
+    let mut list = Vec::with_capacity(counts.iter().sum::<usize>() + signer.oversigned.len());
+    for (name, &present) in signer.signed.iter().zip(&counts) {
         let extra = usize::from(signer.oversigned.iter().any(|o| o == name));
         for _ in 0..present + extra {
             list.push(name.clone());
