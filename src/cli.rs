@@ -140,15 +140,8 @@ struct SignArgs {
     /// Replace each input atomically (temporary file, fsync, rename; per file for directories).
     #[arg(long = "in-place")]
     in_place: bool,
-    /// Input kind: auto (default), mbox, maildir, queue (directory of one-message files), message.
-    #[arg(long = "format", value_name = "KIND")]
-    format: Option<InputKind>,
-    /// mbox flavour: mboxrd (default), mboxo, mboxcl, mboxcl2.
-    #[arg(long = "mbox-format", value_name = "FLAVOUR", default_value = "mboxrd")]
-    mbox_format: MboxFormat,
-    /// Worker threads (default: all cores).
-    #[arg(short = 'j', long = "threads", value_name = "N")]
-    threads: Option<usize>,
+    #[command(flatten)]
+    input: InputArgs,
     /// Remove existing DKIM-Signature fields whose d= is a domain we sign for (key rotation);
     /// other domains' signatures are always kept.
     #[arg(long = "strip-own")]
@@ -163,6 +156,31 @@ struct SignArgs {
     /// for one message on stdin.
     #[arg(value_name = "INPUT")]
     inputs: Vec<PathBuf>,
+}
+
+/// How inputs are read: shared by `sign` and `verify`.
+#[derive(Args, Debug)]
+struct InputArgs {
+    /// Input kind: auto (default), mbox, maildir, queue (directory of one-message files), message.
+    #[arg(long = "format", value_name = "KIND")]
+    format: Option<InputKind>,
+    /// mbox flavour: mboxrd (default), mboxo, mboxcl, mboxcl2.
+    #[arg(long = "mbox-format", value_name = "FLAVOUR", default_value = "mboxrd")]
+    mbox_format: MboxFormat,
+    /// Worker threads (default: all cores).
+    #[arg(short = 'j', long = "threads", value_name = "N")]
+    threads: Option<usize>,
+}
+
+impl InputArgs {
+    /// The worker thread count: --threads, or all cores.
+    fn threads(&self) -> anyhow::Result<usize> {
+        match self.threads {
+            Some(0) => Err(exit(sysexits::USAGE, "--threads must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
+    }
 }
 
 /// Where key records come from: shared by `verify` and `testkey`.
@@ -202,15 +220,8 @@ struct VerifyArgs {
     /// Which signatures must pass for a message to count as verified: any or all.
     #[arg(long = "require", value_name = "WHICH", value_parser = ["any", "all"], default_value = "any")]
     require: String,
-    /// Input kind: auto (default), mbox, maildir, queue, message.
-    #[arg(long = "format", value_name = "KIND")]
-    format: Option<InputKind>,
-    /// mbox flavour: mboxrd (default), mboxo, mboxcl, mboxcl2.
-    #[arg(long = "mbox-format", value_name = "FLAVOUR", default_value = "mboxrd")]
-    mbox_format: MboxFormat,
-    /// Worker threads (default: all cores).
-    #[arg(short = 'j', long = "threads", value_name = "N")]
-    threads: Option<usize>,
+    #[command(flatten)]
+    input: InputArgs,
     /// Output: text (a line per message) or json (a JSON object per line).
     #[arg(long = "report", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
     report: String,
@@ -610,7 +621,7 @@ impl SignConfig {
                 if p.as_os_str() == "-" {
                     return Err(usage("stdin (-) cannot be mixed with other inputs".into()));
                 }
-                let kind = match a.format {
+                let kind = match a.input.format {
                     Some(k) => {
                         if !p.exists() {
                             return Err(exit(sysexits::NOINPUT, format!("{}: no such file or directory", p.display())));
@@ -642,17 +653,13 @@ impl SignConfig {
             }
             SignInput::Paths(paths)
         };
-        let threads = match a.threads {
-            Some(0) => return Err(usage("--threads must be at least 1".into())),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        let threads = a.input.threads()?;
         let now = a.k.timestamp.unwrap_or_else(now_unix);
         Ok(SignConfig {
             opts: BulkOptions {
                 keys,
                 sender: a.k.sender.clone(),
-                mbox_format: a.mbox_format,
+                mbox_format: a.input.mbox_format,
                 strip_own: a.strip_own,
                 now,
             },
@@ -1005,16 +1012,12 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         report(&mut out, "stdin", "stdin", 1, 0, &vs).context("stdout: write failed")?;
     } else {
-        let threads = match a.threads {
-            Some(0) => return Err(usage("--threads must be at least 1".into())),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        let threads = a.input.threads()?;
         let pool =
             rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
         bulk::install_interrupt_handler();
         for p in &a.inputs {
-            let kind = match a.format {
+            let kind = match a.input.format {
                 Some(k) => k,
                 None => bulk::detect(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?,
             };
@@ -1031,7 +1034,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                     let report_ref = &mut report;
                     bulk::map_mbox(
                         &mapped,
-                        a.mbox_format,
+                        a.input.mbox_format,
                         &pool,
                         |m| check(m),
                         |e, vs| {
