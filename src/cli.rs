@@ -10,7 +10,7 @@ use crate::genkey::{self, RecordOptions};
 use crate::header::HeaderError;
 use crate::key::{KeyError, KeyType, SigningKey};
 use crate::mbox::MboxFormat;
-use crate::sign::{self, SignError, SignerBuilder, SignerConfigError};
+use crate::sign::{self, SignError, SignerConfigError};
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::io::{Read as _, Write as _};
@@ -519,6 +519,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
         algorithm: a.algorithm.clone().or_else(|| conf.as_ref().and_then(|c| c.signature_algorithm.clone())),
         min_bits: conf.as_ref().and_then(|c| c.minimum_key_bits).unwrap_or(crate::key::MIN_RSA_BITS),
         strict_keys: a.strict_keys || conf.as_ref().is_some_and(|c| c.require_safe_keys),
+        identity: None,
     };
     if let Some(c) = &conf {
         if let (Some(kt), Some(st)) = (&c.key_table, &c.signing_table) {
@@ -554,6 +555,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
             "no key: give -d DOMAIN -s SELECTOR -k KEYFILE, --config FILE, or --key-table with --signing-table",
         ));
     }
+    let template = Template { identity: a.identity.clone(), ..template };
     let mut loaded: Vec<(PathBuf, Arc<SigningKey>)> = vec![];
     let mut signers = vec![];
     for (n, path) in a.keys.iter().enumerate() {
@@ -574,17 +576,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
         }
         let domain = nth(&a.domains, n, "-d/--domain", a.keys.len())?;
         let selector = nth(&a.selectors, n, "-s/--selector", a.keys.len())?;
-        let mut b = SignerBuilder::new(key, domain, selector)
-            .canon(template.canon)
-            .oversigned_headers(template.oversign.iter())
-            .identity(a.identity.clone())
-            .body_length(template.body_length)
-            .expire(template.expire)
-            .algorithm(template.algorithm.clone());
-        if let Some(h) = &template.headers {
-            b = b.signed_headers(h.iter());
-        }
-        signers.push(b.build()?);
+        signers.push(template.build(key, domain, selector).map_err(|e| exit(sysexits::CONFIG, e))?);
     }
     Ok(KeySource::Fixed(signers))
 }
@@ -1150,6 +1142,7 @@ fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         algorithm: None,
         min_bits: crate::key::MIN_RSA_BITS,
         strict_keys: false,
+        identity: None,
     };
     let mut add_table = |kt: &str, base: &Path| -> anyhow::Result<()> {
         let t = crate::select::Tables::open(kt, "csl:", false, template.clone(), base)?;

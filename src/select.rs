@@ -50,6 +50,8 @@ pub struct Template {
     pub min_bits: usize,
     /// Refuse group/world-readable key files.
     pub strict_keys: bool,
+    /// `i=` (only with fixed keys: one identity cannot fit every table domain).
+    pub identity: Option<String>,
 }
 
 impl Template {
@@ -65,6 +67,7 @@ impl Template {
         let mut b = SignerBuilder::new(key, domain, selector)
             .canon(self.canon)
             .oversigned_headers(self.oversign.iter())
+            .identity(self.identity.clone())
             .body_length(self.body_length)
             .expire(self.expire)
             .algorithm(self.algorithm.clone());
