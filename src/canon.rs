@@ -15,6 +15,8 @@
 //!   canonicalization drops such a CR instead, so peers disagree on these messages whatever we
 //!   pick. A lone CR is not whitespace (WSP is SP and HTAB only, RFC 5234 B.1).
 
+use crate::crlf;
+
 /// Where canonicalized bytes go: a hasher, a buffer, a counter.
 ///
 /// Implementations receive whole runs of bytes; the canonicalizers never write byte by byte
@@ -149,22 +151,49 @@ fn is_wsp(b: u8) -> bool {
 /// Writes the canonical form of `body` (everything after the empty line that ends the header
 /// block) into `sink`.
 pub fn canonicalize_body<S: Sink + ?Sized>(canon: Canon, body: &[u8], sink: &mut S) {
-    let mut staged = Staged { inner: sink, buf: [0; STAGE], len: 0 };
-    match canon {
-        Canon::Simple => body_simple(body, &mut staged),
-        Canon::Relaxed => body_relaxed(body, &mut staged),
+    let mut bufs = BUFFERS.take().unwrap_or_else(Buffers::new);
+    {
+        let Buffers { stage, expand } = &mut *bufs;
+        let mut staged = Staged { inner: sink, buf: stage, len: 0 };
+        match canon {
+            Canon::Simple => body_simple(body, &mut staged),
+            Canon::Relaxed => body_relaxed(body, &mut staged, expand),
+        }
+        staged.flush();
     }
-    staged.flush();
+    BUFFERS.set(Some(bufs));
 }
 
-const STAGE: usize = 8192;
+/// Size of the staging buffer.
+const STAGE: usize = 16 * 1024;
+/// Input octets per LF-to-CRLF expansion; the output of one fits the staging buffer.
+const EXPAND_CHUNK: usize = 4096;
+/// CRLF-stored content is checked for bare LFs and hashed this many octets at a time.
+const FUSE_CHUNK: usize = 16 * 1024;
+
+/// The buffers of [`canonicalize_body`], made once per thread: zeroing them on every call cost
+/// as much as hashing a few hundred octets of a small body.
+struct Buffers {
+    stage: [u8; STAGE],
+    expand: [u8; crlf::expanded_capacity(EXPAND_CHUNK)],
+}
+
+impl Buffers {
+    fn new() -> Box<Buffers> {
+        Box::new(Buffers { stage: [0; STAGE], expand: [0; crlf::expanded_capacity(EXPAND_CHUNK)] })
+    }
+}
+
+thread_local! {
+    static BUFFERS: std::cell::Cell<Option<Box<Buffers>>> = const { std::cell::Cell::new(None) };
+}
 
 /// Gathers the short writes of line-by-line rewriting (a line, then CRLF) into one buffer, so
 /// that the hasher sees a few large updates instead of two per line; long runs pass straight
 /// through.
 struct Staged<'a, S: Sink + ?Sized> {
     inner: &'a mut S,
-    buf: [u8; STAGE],
+    buf: &'a mut [u8; STAGE],
     len: usize,
 }
 
@@ -174,6 +203,21 @@ impl<S: Sink + ?Sized> Staged<'_, S> {
             self.inner.write(&self.buf[..self.len]);
             self.len = 0;
         }
+    }
+
+    /// Writes `bytes` to the sink without copying them (after what is staged).
+    fn write_through(&mut self, bytes: &[u8]) {
+        self.flush();
+        self.inner.write(bytes);
+    }
+
+    /// Stages `input` with a CR put before every bare LF ([`crlf::to_crlf`]); `before` is the
+    /// octet before it. `input` is at most [`EXPAND_CHUNK`] long.
+    fn expand(&mut self, input: &[u8], before: u8) {
+        if self.len + crlf::expanded_capacity(input.len()) > STAGE {
+            self.flush();
+        }
+        self.len += crlf::to_crlf(input, before, &mut self.buf[self.len..]);
     }
 }
 
@@ -195,89 +239,54 @@ impl<S: Sink + ?Sized> Sink for Staged<'_, S> {
     }
 }
 
+/// The octet before `at` in `content`, or NUL (not CR) at its start.
+fn octet_before(content: &[u8], at: usize) -> u8 {
+    if at > 0 {
+        content[at - 1]
+    } else {
+        0
+    }
+}
+
 /// Simple body canonicalization (RFC 6376 §3.4.3): trailing empty lines removed, a missing
 /// final line end added, an empty body becomes a single CRLF.
 ///
-/// Runs of lines that already end in CRLF go to the sink in one write; only a bare LF splits
-/// the run (to insert the CR the wire would carry).
-fn body_simple<S: Sink + ?Sized>(body: &[u8], sink: &mut S) {
+/// Content stored with CRLF (the wire form) is already canonical and goes to the sink as it
+/// is. Once a bare LF turns up, the rest is copied through [`crlf::to_crlf`], which puts in the
+/// CRs the wire would carry.
+fn body_simple<S: Sink + ?Sized>(body: &[u8], sink: &mut Staged<'_, S>) {
     let end = simple_content_end(body);
     if end == 0 {
         sink.write(CRLF);
         return;
     }
     let content = &body[..end];
-    // Stored with CRLF (the wire form), content is already canonical. Check and hash it a
-    // chunk at a time: the check pulls the chunk into the cache and the hasher reads it there,
-    // so a body that comes cold from memory is read from memory once.
-    let mut run_start = 0;
-    while run_start < content.len() {
-        let chunk_end = (run_start + FUSE_CHUNK).min(content.len());
+    // Check and hash a chunk at a time, prefetching the next: the check pulls the chunk into
+    // the cache and the hasher reads it there, while the next one is on its way. A body that
+    // comes cold from memory (a large mbox) is then read from memory once, and not by the
+    // hasher, which is too slow a reader for the hardware prefetcher.
+    let mut at = 0;
+    while at < content.len() {
+        let chunk_end = (at + FUSE_CHUNK).min(content.len());
         crate::io::prefetch(&content[chunk_end..(chunk_end + FUSE_CHUNK).min(content.len())]);
-        // The byte before the chunk decides whether its first LF is bare.
-        let from = run_start.saturating_sub(1);
-        if has_bare_lf_from(&content[from..chunk_end], run_start == 0) {
+        if crlf::has_bare_lf(&content[at..chunk_end], octet_before(content, at)) {
             break;
         }
-        sink.write(&content[run_start..chunk_end]);
-        run_start = chunk_end;
+        sink.write_through(&content[at..chunk_end]);
+        at = chunk_end;
     }
-    if run_start == content.len() {
-        if content.last() != Some(&b'\n') {
-            sink.write(CRLF);
-        }
-        return;
-    }
-    let scan_from = run_start;
-    for nl in memchr::memchr_iter(b'\n', &content[scan_from..]).map(|i| i + scan_from) {
-        if nl > 0 && content[nl - 1] == b'\r' {
-            continue;
-        }
-        sink.write(&content[run_start..nl]);
-        sink.write(CRLF);
-        run_start = nl + 1;
-    }
-    if run_start < content.len() {
-        sink.write(&content[run_start..]);
+    // Bare LFs from here on (stored with LF, as mbox files are).
+    while at < content.len() {
+        let chunk_end = (at + EXPAND_CHUNK).min(content.len());
+        crate::io::prefetch(&content[chunk_end..(chunk_end + EXPAND_CHUNK).min(content.len())]);
+        sink.expand(&content[at..chunk_end], octet_before(content, at));
+        at = chunk_end;
     }
     // `end` cuts right after the last line end of a non-empty line, or at the end of an
     // unterminated last line, which then gets its CRLF here.
     if content.last() != Some(&b'\n') {
         sink.write(CRLF);
     }
-}
-
-/// Whether `b` has an LF not preceded by CR. A branch-free pass over fixed-size chunks, which
-/// the compiler vectorizes; much cheaper than visiting every line end when there are none.
-fn has_bare_lf(b: &[u8]) -> bool {
-    has_bare_lf_from(b, true)
-}
-
-/// Chunk size for checking and hashing CRLF-stored content together.
-const FUSE_CHUNK: usize = 16 * 1024;
-
-/// [`has_bare_lf`] where `b[0]` is either the first octet of the content (`at_start`) or the
-/// octet before the range to check (and only serves as the predecessor of `b[1]`).
-fn has_bare_lf_from(b: &[u8], at_start: bool) -> bool {
-    if at_start && b.first() == Some(&b'\n') {
-        return true;
-    }
-    const CHUNK: usize = 256;
-    let mut start = 1;
-    while start < b.len() {
-        let end = (start + CHUNK).min(b.len());
-        let cur = &b[start..end];
-        let prev = &b[start - 1..end - 1];
-        let mut acc = 0u8;
-        for (c, p) in cur.iter().zip(prev) {
-            acc |= u8::from(*c == b'\n') & u8::from(*p != b'\r');
-        }
-        if acc != 0 {
-            return true;
-        }
-        start = end;
-    }
-    false
 }
 
 /// Where the content of `body` ends once trailing empty lines are dropped: just after the line
@@ -318,22 +327,84 @@ fn simple_content_end(body: &[u8]) -> usize {
 /// end, and a bare LF. Three scanners (memchr for tab and LF, memmem for two spaces) find those
 /// places, and the bytes between them go to the sink unchanged, in runs that span many lines.
 /// Trailing empty and whitespace-only lines are cut off before the scan begins.
-fn body_relaxed<S: Sink + ?Sized>(body: &[u8], sink: &mut S) {
+fn body_relaxed<S: Sink + ?Sized>(
+    body: &[u8],
+    sink: &mut Staged<'_, S>,
+    buf: &mut [u8; crlf::expanded_capacity(EXPAND_CHUNK)],
+) {
     let content = &body[..relaxed_content_end(body)];
     if content.is_empty() {
         return;
     }
+    // A chunk of whole lines at a time (relaxed rewriting never crosses a line end, so such
+    // chunks are independent; trailing empty lines are already cut off above), prefetching the
+    // next, as in `body_simple`.
+    let mut at = 0;
+    while at < content.len() {
+        let limit = (at + FUSE_CHUNK).min(content.len());
+        crate::io::prefetch(&content[limit..(limit + FUSE_CHUNK).min(content.len())]);
+        let end = line_chunk_end(content, at, limit);
+        let chunk = &content[at..end];
+        if crlf::has_bare_lf(chunk, octet_before(content, at)) {
+            relaxed_bare(chunk, sink, buf);
+        } else {
+            relaxed_runs(chunk, crlf_line_ends(chunk), sink);
+        }
+        at = end;
+    }
+    sink.write(CRLF);
+}
+
+/// Where a chunk of whole lines that starts at `at` (a line start) and should end near `limit`
+/// ends: after the last LF before `limit`, or after the first LF past it when one line is
+/// longer than that, or at the end of `content`.
+fn line_chunk_end(content: &[u8], at: usize, limit: usize) -> usize {
+    if limit == content.len() {
+        return limit;
+    }
+    match memchr::memrchr(b'\n', &content[at..limit]) {
+        Some(i) => at + i + 1,
+        None => memchr::memchr(b'\n', &content[limit..]).map_or(content.len(), |i| limit + i + 1),
+    }
+}
+
+/// Relaxed rewriting of whole lines stored with (some) bare LFs: expand a piece at a time to
+/// CRLF in `buf`, then take the CRLF path over the piece.
+fn relaxed_bare<S: Sink + ?Sized>(
+    content: &[u8],
+    sink: &mut Staged<'_, S>,
+    buf: &mut [u8; crlf::expanded_capacity(EXPAND_CHUNK)],
+) {
+    let mut at = 0;
+    while at < content.len() {
+        let limit = (at + EXPAND_CHUNK).min(content.len());
+        let end = line_chunk_end(content, at, limit);
+        let piece = &content[at..end];
+        if piece.len() <= EXPAND_CHUNK {
+            // Starts at a line start: an LF first in it is bare.
+            let n = crlf::to_crlf(piece, b'\n', buf);
+            let lines = &buf[..n];
+            relaxed_runs(lines, crlf_line_ends(lines), sink);
+        } else {
+            // A line longer than the buffer: take it as it is, visiting its line end.
+            relaxed_runs(piece, memchr::memchr_iter(b'\n', piece), sink);
+        }
+        at = end;
+    }
+}
+
+/// The line ends of CRLF-only `content` that relaxed canonicalization must look at: those
+/// with a single SP before them (tabs and runs of spaces are found by the other scanners).
+fn crlf_line_ends(content: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    SPACE_CRLF.find_iter(content).map(|i| i + 2)
+}
+
+/// The relaxed rewriting of `content` (whole lines, or the end of the content), without the
+/// final CRLF. `lf_events`: the positions of the LFs that need a look, in order: all of them
+/// when `content` may hold bare LFs (a CR must go in), else those of [`crlf_line_ends`].
+fn relaxed_runs<S: Sink + ?Sized>(content: &[u8], lf_events: impl Iterator<Item = usize>, sink: &mut S) {
     let mut tabs = memchr::memchr_iter(b'\t', content).peekable();
     let mut doubles = DOUBLE_SPACE.find_iter(content).peekable();
-    // Every LF needs a look when some are bare (a CR must go in). When all line ends are
-    // already CRLF, only a single SP right before a CRLF matters (tabs and SP runs are found
-    // by the other two scanners), so look for exactly that instead of visiting every line.
-    let bare = has_bare_lf(content);
-    let lf_events: Box<dyn Iterator<Item = usize>> = if bare {
-        Box::new(memchr::memchr_iter(b'\n', content))
-    } else {
-        Box::new(SPACE_CRLF.find_iter(content).map(|i| i + 2))
-    };
     let mut lfs = lf_events.peekable();
     // content[run..] has not been written yet.
     let mut run = 0;
@@ -380,7 +451,6 @@ fn body_relaxed<S: Sink + ?Sized>(body: &[u8], sink: &mut S) {
         }
     }
     sink.write(&content[run..]);
-    sink.write(CRLF);
 }
 
 /// Drops positions below `limit` from a peekable position iterator.
@@ -782,6 +852,39 @@ mod tests {
             ],
             0..200,
         )
+    }
+
+    /// Mail-like bodies of many lines, mostly LF-terminated (as mbox files store them), some
+    /// longer than the expansion chunk, with whitespace of every kind around the line ends.
+    fn long_bodies() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            8 => Just(&b"word"[..]),
+            4 => Just(&b" "[..]),
+            1 => Just(&b"  "[..]),
+            1 => Just(&b"\t"[..]),
+            1 => Just(&b"\r"[..]),
+            1 => Just(&[b'y'; 5000][..]),
+        ];
+        let line =
+            (proptest::collection::vec(token, 0..40), prop_oneof![4 => Just(&b"\n"[..]), 1 => Just(&b"\r\n"[..])]);
+        proptest::collection::vec(line, 0..600).prop_map(|lines| {
+            let mut v = vec![];
+            for (tokens, end) in lines {
+                tokens.iter().for_each(|t| v.extend_from_slice(t));
+                v.extend_from_slice(end);
+            }
+            v
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn long_bodies_match_naive(input in long_bodies()) {
+            for c in [Canon::Simple, Canon::Relaxed] {
+                prop_assert_eq!(body(c, &input), naive::body(c, &input));
+            }
+        }
     }
 
     proptest! {

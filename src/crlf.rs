@@ -1,0 +1,341 @@
+//! Line-end kernels for body canonicalization: finding a bare LF, and copying text with a CR
+//! put before every bare LF (the wire form of a message stored with LF line ends, as mbox files
+//! and maildirs on Unix keep them).
+//!
+//! Both run over every octet of a body next to SHA-256, so their speed decides how close
+//! canonicalize-and-hash gets to hashing alone. Layout after memchr (STYLE.md): an AVX2 kernel
+//! behind a token type that can only be made when the CPU has AVX2 ([`Avx2::new`]), a portable
+//! word-at-a-time fallback, and a byte-at-a-time oracle in the tests that both are checked
+//! against. The public functions pick the kernel at run time.
+//!
+//! This module and [`crate::io`] hold the crate's `unsafe`.
+
+/// Whether `b` holds an LF not preceded by CR. `before` is the octet before `b` (anything but
+/// CR when `b` starts the text).
+pub fn has_bare_lf(b: &[u8], before: u8) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = Avx2::new() {
+        return k.has_bare_lf(b, before);
+    }
+    portable::has_bare_lf(b, before)
+}
+
+/// Copies `input` into `out` with a CR put before every LF that has none, and returns the
+/// number of octets written. `before` is the octet before `input` (anything but CR when there
+/// is none).
+///
+/// # Panics
+/// When `out` is shorter than [`expanded_capacity`]`(input.len())`: the kernels write whole
+/// words and may write past the end of the output they return.
+pub fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
+    assert!(out.len() >= expanded_capacity(input.len()), "to_crlf: output buffer too small");
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = Avx2::new() {
+        return k.to_crlf(input, before, out);
+    }
+    portable::to_crlf(input, before, out)
+}
+
+/// The output room [`to_crlf`] needs for `n` input octets: each may gain a CR, plus one vector
+/// of slack for whole-word writes.
+pub const fn expanded_capacity(n: usize) -> usize {
+    2 * n + 32
+}
+
+/// Word-at-a-time kernels for any CPU.
+pub mod portable {
+    const LFS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+
+    /// Flags octets of `w` that equal LF in their high bit. The lowest flag is always right;
+    /// flags above a true one can be false (the borrow of the subtraction), so only the lowest
+    /// is used.
+    #[inline]
+    fn lf_flags(w: u64) -> u64 {
+        let t = w ^ LFS;
+        t.wrapping_sub(ONES) & !t & HIGH
+    }
+
+    /// See [`super::has_bare_lf`]. A branch-free pass over fixed-size chunks that the compiler
+    /// vectorizes with the baseline SIMD of the target.
+    pub fn has_bare_lf(b: &[u8], before: u8) -> bool {
+        if b.first() == Some(&b'\n') && before != b'\r' {
+            return true;
+        }
+        const CHUNK: usize = 256;
+        let mut start = 1;
+        while start < b.len() {
+            let end = (start + CHUNK).min(b.len());
+            let cur = &b[start..end];
+            let prev = &b[start - 1..end - 1];
+            let mut acc = 0u8;
+            for (c, p) in cur.iter().zip(prev) {
+                acc |= u8::from(*c == b'\n') & u8::from(*p != b'\r');
+            }
+            if acc != 0 {
+                return true;
+            }
+            start = end;
+        }
+        false
+    }
+
+    /// See [`super::to_crlf`] (the caller checks the output size). Eight-octet words are
+    /// copied whole, and the cursor then moves by as much as was meant.
+    pub fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
+        let mut i = 0;
+        let mut o = 0;
+        let mut prev = before;
+        while i + 8 <= input.len() {
+            let word: [u8; 8] = input[i..i + 8].try_into().expect("eight octets");
+            out[o..o + 8].copy_from_slice(&word);
+            let lf = lf_flags(u64::from_le_bytes(word));
+            if lf == 0 {
+                i += 8;
+                o += 8;
+                prev = word[7];
+                continue;
+            }
+            let k = (lf.trailing_zeros() / 8) as usize;
+            let p = if k > 0 { word[k - 1] } else { prev };
+            o += k;
+            if p != b'\r' {
+                out[o] = b'\r';
+                o += 1;
+            }
+            out[o] = b'\n';
+            o += 1;
+            i += k + 1;
+            prev = b'\n';
+        }
+        for &b in &input[i..] {
+            if b == b'\n' && prev != b'\r' {
+                out[o] = b'\r';
+                o += 1;
+            }
+            out[o] = b;
+            o += 1;
+            prev = b;
+        }
+        o
+    }
+}
+
+/// Proof that the CPU running us has AVX2: the AVX2 kernels are methods of this type.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2 {
+    /// `Some` when the CPU has AVX2 (detected once per process, then a cached flag).
+    #[inline]
+    pub fn new() -> Option<Avx2> {
+        if std::is_x86_feature_detected!("avx2") {
+            Some(Avx2(()))
+        } else {
+            None
+        }
+    }
+
+    /// See [`has_bare_lf`].
+    #[inline]
+    pub fn has_bare_lf(self, b: &[u8], before: u8) -> bool {
+        // SAFETY: an Avx2 value exists only when the CPU has AVX2 (`new`).
+        unsafe { avx2::has_bare_lf(b, before) }
+    }
+
+    /// See [`to_crlf`].
+    ///
+    /// # Panics
+    /// When `out` is shorter than [`expanded_capacity`]`(input.len())`.
+    #[inline]
+    pub fn to_crlf(self, input: &[u8], before: u8, out: &mut [u8]) -> usize {
+        assert!(out.len() >= expanded_capacity(input.len()), "to_crlf: output buffer too small");
+        // SAFETY: the CPU has AVX2 (`new`), and `out` has the room the kernel needs (asserted).
+        unsafe { avx2::to_crlf(input, before, out) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use core::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn has_bare_lf(b: &[u8], before: u8) -> bool {
+        let n = b.len();
+        if n == 0 {
+            return false;
+        }
+        if b[0] == b'\n' && before != b'\r' {
+            return true;
+        }
+        let lf = _mm256_set1_epi8(b'\n' as i8);
+        let cr = _mm256_set1_epi8(b'\r' as i8);
+        let p = b.as_ptr();
+        let mut i = 1;
+        // Two vectors per round: octets i.. and the octets before them, i-1...
+        while i + 64 <= n {
+            // SAFETY: i - 1 >= 0 and i + 64 <= n: all four loads are inside `b`.
+            let (c0, c1, p0, p1) = unsafe {
+                (
+                    _mm256_loadu_si256(p.add(i).cast()),
+                    _mm256_loadu_si256(p.add(i + 32).cast()),
+                    _mm256_loadu_si256(p.add(i - 1).cast()),
+                    _mm256_loadu_si256(p.add(i + 31).cast()),
+                )
+            };
+            let b0 = _mm256_andnot_si256(_mm256_cmpeq_epi8(p0, cr), _mm256_cmpeq_epi8(c0, lf));
+            let b1 = _mm256_andnot_si256(_mm256_cmpeq_epi8(p1, cr), _mm256_cmpeq_epi8(c1, lf));
+            let any = _mm256_or_si256(b0, b1);
+            if _mm256_testz_si256(any, any) == 0 {
+                return true;
+            }
+            i += 64;
+        }
+        // The rest, with the octet before it.
+        super::portable::has_bare_lf(&b[i..], b[i - 1])
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, and `out.len() >= expanded_capacity(input.len())`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
+        let n = input.len();
+        let src = input.as_ptr();
+        let dst = out.as_mut_ptr();
+        let lf = _mm256_set1_epi8(b'\n' as i8);
+        let mut i = 0;
+        let mut o = 0;
+        let mut prev = before;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n, so the load is inside `input`. Each input octet becomes at
+            // most two, so o <= 2 * i and o + 32 <= 2 * n + 32 <= out.len(): the store is
+            // inside `out`.
+            let v = unsafe { _mm256_loadu_si256(src.add(i).cast()) };
+            unsafe { _mm256_storeu_si256(dst.add(o).cast(), v) };
+            let m = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, lf)) as u32;
+            if m == 0 {
+                i += 32;
+                o += 32;
+                prev = input[i - 1];
+                continue;
+            }
+            // Keep the octets before the first LF (already stored), then the line end; go on
+            // right after the LF.
+            let k = m.trailing_zeros() as usize;
+            let p = if k > 0 { input[i + k - 1] } else { prev };
+            o += k;
+            if p != b'\r' {
+                out[o] = b'\r';
+                o += 1;
+            }
+            out[o] = b'\n';
+            o += 1;
+            i += k + 1;
+            prev = b'\n';
+        }
+        o + super::portable::to_crlf(&input[i..], prev, &mut out[o..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_has_bare_lf(b: &[u8], before: u8) -> bool {
+        (0..b.len()).any(|i| b[i] == b'\n' && (if i == 0 { before } else { b[i - 1] }) != b'\r')
+    }
+
+    fn naive_to_crlf(b: &[u8], before: u8) -> Vec<u8> {
+        let mut v = vec![];
+        let mut prev = before;
+        for &c in b {
+            if c == b'\n' && prev != b'\r' {
+                v.push(b'\r');
+            }
+            v.push(c);
+            prev = c;
+        }
+        v
+    }
+
+    /// Inputs of every length up to a few vectors, at every offset, made of the octets that
+    /// matter (CR, LF, text) in pseudo-random order; plus long LF-only and CRLF-only texts.
+    fn inputs() -> Vec<Vec<u8>> {
+        let mut v = vec![];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let alphabet = [b'\n', b'\r', b'a', b'a', b'a', b'a', b' ', 0x8a];
+        for len in 0..200 {
+            for _ in 0..6 {
+                let mut x = Vec::with_capacity(len);
+                for _ in 0..len {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    x.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+                }
+                v.push(x);
+            }
+        }
+        for line_end in [&b"\n"[..], b"\r\n"] {
+            let mut x = vec![];
+            for i in 0..300 {
+                x.extend(std::iter::repeat_n(b'x', i % 97));
+                x.extend_from_slice(line_end);
+            }
+            v.push(x);
+        }
+        // A single bare LF at every position of a CRLF text.
+        let crlf: Vec<u8> = b"abcdefg\r\n".repeat(30);
+        for at in 0..crlf.len() {
+            let mut x = crlf.clone();
+            x.insert(at, b'\n');
+            v.push(x);
+        }
+        v
+    }
+
+    type Kernels = Vec<(&'static str, fn(&[u8], u8) -> bool, fn(&[u8], u8, &mut [u8]) -> usize)>;
+
+    fn kernels() -> Kernels {
+        let mut k: Kernels = vec![("portable", portable::has_bare_lf, portable::to_crlf)];
+        #[cfg(target_arch = "x86_64")]
+        if Avx2::new().is_some() {
+            k.push((
+                "avx2",
+                |b, p| Avx2::new().unwrap().has_bare_lf(b, p),
+                |b, p, o| Avx2::new().unwrap().to_crlf(b, p, o),
+            ));
+        }
+        k.push(("dispatch", has_bare_lf, to_crlf));
+        k
+    }
+
+    #[test]
+    fn kernels_match_the_oracle() {
+        let kernels = kernels();
+        for input in inputs() {
+            for before in [0u8, b'\r', b'\n'] {
+                let want_bare = naive_has_bare_lf(&input, before);
+                let want = naive_to_crlf(&input, before);
+                for (name, has, expand) in &kernels {
+                    assert_eq!(has(&input, before), want_bare, "{name} has_bare_lf {input:?} {before}");
+                    let mut out = vec![0xee; expanded_capacity(input.len())];
+                    let n = expand(&input, before, &mut out);
+                    assert_eq!(&out[..n], &want[..], "{name} to_crlf {input:?} {before}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "output buffer too small")]
+    fn short_output_is_refused() {
+        let mut out = [0u8; 40];
+        to_crlf(&[b'\n'; 10], 0, &mut out);
+    }
+}
