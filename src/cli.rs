@@ -276,6 +276,9 @@ struct BenchArgs {
     /// Key types to sign and verify with: rsa, ed25519 (comma-separated).
     #[arg(long = "algorithms", default_value = "rsa,ed25519")]
     algorithms: String,
+    /// Canonicalization of the end-to-end runs (header/body).
+    #[arg(short = 'c', long = "canonicalization", value_name = "H/B", default_value = "relaxed/relaxed")]
+    canon: crate::canon::Canonicalization,
     /// Minimum seconds per measurement.
     #[arg(long = "seconds", default_value_t = 1.0)]
     seconds: f64,
@@ -1407,6 +1410,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         corpus,
         threads,
         keys,
+        canon: a.canon,
         min: std::time::Duration::from_secs_f64(a.seconds.max(0.05)),
     };
     let figs = crate::bench::run(&opts).map_err(|e| exit(sysexits::DATAERR, e))?;
