@@ -137,12 +137,6 @@ impl std::str::FromStr for Canonicalization {
 
 const CRLF: &[u8] = b"\r\n";
 
-/// Finders built once per process (building one per body showed up in profiles).
-static DOUBLE_SPACE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"  "));
-static SPACE_CRLF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b" \r\n"));
-
 #[inline]
 fn is_wsp(b: u8) -> bool {
     b == b' ' || b == b'\t'
@@ -379,7 +373,7 @@ fn body_relaxed<S: Sink + ?Sized>(
         if crlf::has_bare_lf(chunk, octet_before(content, at)) {
             relaxed_bare(chunk, sink, buf);
         } else {
-            relaxed_runs(chunk, crlf_line_ends(chunk), sink);
+            relaxed_runs(chunk, false, sink);
         }
         at = end;
     }
@@ -415,51 +409,38 @@ fn relaxed_bare<S: Sink + ?Sized>(
             // Starts at a line start: an LF first in it is bare.
             let n = crlf::to_crlf(piece, b'\n', buf);
             let lines = &buf[..n];
-            relaxed_runs(lines, crlf_line_ends(lines), sink);
+            relaxed_runs(lines, false, sink);
         } else {
             // A line longer than the buffer: take it as it is, visiting its line end.
-            relaxed_runs(piece, memchr::memchr_iter(b'\n', piece), sink);
+            relaxed_runs(piece, true, sink);
         }
         at = end;
     }
 }
 
-/// The line ends of CRLF-only `content` that relaxed canonicalization must look at: those
-/// with a single SP before them (tabs and runs of spaces are found by the other scanners).
-fn crlf_line_ends(content: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    SPACE_CRLF.find_iter(content).map(|i| i + 2)
-}
-
 /// The relaxed rewriting of `content` (whole lines, or the end of the content), without the
-/// final CRLF. `lf_events`: the positions of the LFs that need a look, in order: all of them
-/// when `content` may hold bare LFs (a CR must go in), else those of [`crlf_line_ends`].
-fn relaxed_runs<S: Sink + ?Sized>(content: &[u8], lf_events: impl Iterator<Item = usize>, sink: &mut S) {
-    let mut tabs = memchr::memchr_iter(b'\t', content).peekable();
-    let mut doubles = DOUBLE_SPACE.find_iter(content).peekable();
-    let mut lfs = lf_events.peekable();
-    // content[run..] has not been written yet.
+/// final CRLF. `bare`: whether `content` may hold bare LFs (then every LF gets a look, as a CR
+/// must go in); otherwise all its line ends are CRLF.
+///
+/// One scan ([`crlf::relaxed_event`]) finds the few places that may need rewriting: a tab, a
+/// space before a space or a line end, and bare LFs. The text between them is canonical and
+/// goes to the sink in one write, across as many lines as it spans.
+fn relaxed_runs<S: Sink + ?Sized>(content: &[u8], bare: bool, sink: &mut S) {
+    // content[run..] has not been written yet; events before `from` are dealt with.
     let mut run = 0;
-    loop {
-        let next = [tabs.peek(), doubles.peek(), lfs.peek()].into_iter().flatten().copied().min();
-        let Some(at) = next else { break };
-        if lfs.peek() == Some(&at) {
-            lfs.next();
-            let cr = at > 0 && content[at - 1] == b'\r';
-            let text_end = at - usize::from(cr);
-            let mut ws = text_end;
-            while ws > run && is_wsp(content[ws - 1]) {
-                ws -= 1;
-            }
-            if ws < text_end || !cr {
-                // Trailing whitespace to drop, or a bare LF to turn into CRLF.
-                sink.write(&content[run..ws]);
+    let mut from = 0;
+    while let Some(at) = crlf::relaxed_event(content, from, bare) {
+        if content[at] == b'\n' {
+            // A line end (bare mode): a CR goes in before a bare LF. Whitespace before it went
+            // with the event of its first octet.
+            if at == 0 || content[at - 1] != b'\r' {
+                sink.write(&content[run..at]);
                 sink.write(CRLF);
                 run = at + 1;
             }
-            skip_below(&mut tabs, at + 1);
-            skip_below(&mut doubles, at + 1);
+            from = at + 1;
         } else {
-            // A whitespace run that is not a single SP: find its whole extent.
+            // A whitespace run that is not a single SP within a line: find its whole extent.
             let mut start = at;
             while start > run && is_wsp(content[start - 1]) {
                 start -= 1;
@@ -471,25 +452,19 @@ fn relaxed_runs<S: Sink + ?Sized>(content: &[u8], lf_events: impl Iterator<Item 
             let ends_line = end == content.len()
                 || content[end] == b'\n'
                 || (content[end] == b'\r' && content.get(end + 1) == Some(&b'\n'));
-            sink.write(&content[run..start]);
-            if !ends_line {
-                sink.write(b" ");
+            if ends_line || end - start > 1 || content[start] != b' ' {
+                // Dropped at a line end, else one SP.
+                sink.write(&content[run..start]);
+                if !ends_line {
+                    sink.write(b" ");
+                }
+                // The line end, if any, starts the next run.
+                run = end;
             }
-            // Trailing WSP is dropped here; the line end starts the next run.
-            run = end;
-            skip_below(&mut tabs, end);
-            skip_below(&mut doubles, end);
+            from = end;
         }
     }
     sink.write(&content[run..]);
-}
-
-/// Drops positions below `limit` from a peekable position iterator.
-#[inline]
-fn skip_below<I: Iterator<Item = usize>>(it: &mut std::iter::Peekable<I>, limit: usize) {
-    while it.peek().is_some_and(|&p| p < limit) {
-        it.next();
-    }
 }
 
 /// Where the relaxed content of `body` ends: after its last octet that is neither WSP nor part

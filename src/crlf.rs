@@ -36,6 +36,19 @@ pub fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
     portable::to_crlf(input, before, out)
 }
 
+/// The first position at or after `from` where relaxed body canonicalization (RFC 6376
+/// §3.4.4) may have to rewrite `b`: a tab; a space followed by a space, CR or LF, or ending
+/// `b`; and with `bare`, every LF. Between such positions the text is already canonical, as
+/// long as its line ends are CRLF (hence `bare` for text that may hold bare LFs). A space
+/// before a CR that starts no CRLF is reported too; the caller finds nothing to change there.
+pub fn relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = Avx2::new() {
+        return k.relaxed_event(b, from, bare);
+    }
+    portable::relaxed_event(b, from, bare)
+}
+
 /// The output room [`to_crlf`] needs for `n` input octets: each may gain a CR, plus one vector
 /// of slack for whole-word writes.
 pub const fn expanded_capacity(n: usize) -> usize {
@@ -79,6 +92,16 @@ pub mod portable {
             start = end;
         }
         false
+    }
+
+    /// See [`super::relaxed_event`]: one octet at a time.
+    pub fn relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
+        (from..b.len()).find(|&i| match b[i] {
+            b'\t' => true,
+            b' ' => matches!(b.get(i + 1), None | Some(b' ' | b'\r' | b'\n')),
+            b'\n' => bare,
+            _ => false,
+        })
     }
 
     /// See [`super::to_crlf`] (the caller checks the output size). Eight-octet words are
@@ -146,6 +169,13 @@ impl Avx2 {
         unsafe { avx2::has_bare_lf(b, before) }
     }
 
+    /// See [`relaxed_event`].
+    #[inline]
+    pub fn relaxed_event(self, b: &[u8], from: usize, bare: bool) -> Option<usize> {
+        // SAFETY: an Avx2 value exists only when the CPU has AVX2 (`new`).
+        unsafe { avx2::relaxed_event(b, from, bare) }
+    }
+
     /// See [`to_crlf`].
     ///
     /// # Panics
@@ -198,6 +228,45 @@ mod avx2 {
         }
         // The rest, with the octet before it.
         super::portable::has_bare_lf(&b[i..], b[i - 1])
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
+        let n = b.len();
+        let p = b.as_ptr();
+        let (tab, sp, cr, lf) = (
+            _mm256_set1_epi8(b'\t' as i8),
+            _mm256_set1_epi8(b' ' as i8),
+            _mm256_set1_epi8(b'\r' as i8),
+            _mm256_set1_epi8(b'\n' as i8),
+        );
+        // All ones when every LF is an event, else zero.
+        let lf_events = _mm256_set1_epi8(if bare { -1 } else { 0 });
+        let mut i = from;
+        // Each round looks at octets i..i+32 and, for the space rule, at the octet after each.
+        while i + 33 <= n {
+            // SAFETY: i + 33 <= n: both loads are inside `b`.
+            let (v, next) = unsafe { (_mm256_loadu_si256(p.add(i).cast()), _mm256_loadu_si256(p.add(i + 1).cast())) };
+            let next_ends_or_spaces = _mm256_or_si256(
+                _mm256_or_si256(_mm256_cmpeq_epi8(next, sp), _mm256_cmpeq_epi8(next, cr)),
+                _mm256_cmpeq_epi8(next, lf),
+            );
+            let events = _mm256_or_si256(
+                _mm256_or_si256(
+                    _mm256_cmpeq_epi8(v, tab),
+                    _mm256_and_si256(_mm256_cmpeq_epi8(v, sp), next_ends_or_spaces),
+                ),
+                _mm256_and_si256(_mm256_cmpeq_epi8(v, lf), lf_events),
+            );
+            let m = _mm256_movemask_epi8(events) as u32;
+            if m != 0 {
+                return Some(i + m.trailing_zeros() as usize);
+            }
+            i += 32;
+        }
+        super::portable::relaxed_event(b, i, bare)
     }
 
     /// # Safety
@@ -327,6 +396,56 @@ mod tests {
                     let mut out = vec![0xee; expanded_capacity(input.len())];
                     let n = expand(&input, before, &mut out);
                     assert_eq!(&out[..n], &want[..], "{name} to_crlf {input:?} {before}");
+                }
+            }
+        }
+    }
+
+    fn naive_relaxed_events(b: &[u8], bare: bool) -> Vec<usize> {
+        let mut v = vec![];
+        for i in 0..b.len() {
+            let next = b.get(i + 1).copied();
+            let event = b[i] == b'\t'
+                || (b[i] == b' '
+                    && (next.is_none() || next == Some(b' ') || next == Some(b'\r') || next == Some(b'\n')))
+                || (bare && b[i] == b'\n');
+            if event {
+                v.push(i);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn relaxed_events_match_the_oracle() {
+        type Finder = fn(&[u8], usize, bool) -> Option<usize>;
+        let mut finders: Vec<(&str, Finder)> = vec![("portable", portable::relaxed_event)];
+        #[cfg(target_arch = "x86_64")]
+        if Avx2::new().is_some() {
+            finders.push(("avx2", |b, f, bare| Avx2::new().unwrap().relaxed_event(b, f, bare)));
+        }
+        finders.push(("dispatch", relaxed_event));
+        let mut more = inputs();
+        // Tabs and space pairs at every position of longer text.
+        let text = b"abcdefgh ijklmnop qrstuvwx yz\r\n".repeat(4);
+        for ws in [&b"\t"[..], b"  ", b" \r", b" \n", b" \t"] {
+            for at in 0..text.len() {
+                let mut x = text.clone();
+                x.splice(at..at, ws.iter().copied());
+                more.push(x);
+            }
+        }
+        for input in more {
+            for bare in [false, true] {
+                let want = naive_relaxed_events(&input, bare);
+                for (name, find) in &finders {
+                    let mut got = vec![];
+                    let mut from = 0;
+                    while let Some(i) = find(&input, from, bare) {
+                        got.push(i);
+                        from = i + 1;
+                    }
+                    assert_eq!(got, want, "{name} bare={bare} {input:?}");
                 }
             }
         }
