@@ -309,7 +309,7 @@ pub fn sign_parsed(signers: &[Signer], parsed: &Message, now: u64) -> Result<Vec
 
 /// The `h=` list for this message: every signed name once per instance present, oversigned
 /// names once more.
-fn header_list(signer: &Signer, msg: &Message) -> Vec<String> {
+fn header_list<'s>(signer: &'s Signer, msg: &Message) -> Vec<&'s str> {
     // One pass over the fields: how many instances of each signed name are present.
     let mut counts = vec![0usize; signer.signed.len()];
     for f in &msg.fields {
@@ -321,7 +321,7 @@ fn header_list(signer: &Signer, msg: &Message) -> Vec<String> {
     for (name, &present) in signer.signed.iter().zip(&counts) {
         let extra = usize::from(signer.oversigned.iter().any(|o| o == name));
         for _ in 0..present + extra {
-            list.push(name.clone());
+            list.push(name.as_str());
         }
     }
     for name in &signer.oversigned {
@@ -329,7 +329,7 @@ fn header_list(signer: &Signer, msg: &Message) -> Vec<String> {
             // Oversigning a name that is not otherwise signed still needs its instances.
             let present = msg.fields.iter().filter(|f| f.is(name)).count();
             for _ in 0..=present {
-                list.push(name.clone());
+                list.push(name.as_str());
             }
         }
     }
@@ -347,24 +347,28 @@ fn signature_field(
     let b64 = &base64::engine::general_purpose::STANDARD;
     let h = header_list(signer, msg);
 
+    // Built without a heap allocation per tag: with Ed25519 a signature costs only ~7 µs, and
+    // formatting each tag into its own String showed up at ~10% of a 4 KB message.
     let mut f = Folder::new("DKIM-Signature:");
     f.tag("v=1;");
-    f.tag(&format!("a={};", signer.key.key_type().algorithm()));
-    f.tag(&format!("c={};", signer.canon));
-    f.tag(&format!("d={};", signer.domain));
-    f.tag(&format!("s={};", signer.selector));
-    f.tag(&format!("t={now};"));
+    f.tag_fmt(format_args!("a={};", signer.key.key_type().algorithm()));
+    f.tag_fmt(format_args!("c={}/{};", signer.canon.header.as_str(), signer.canon.body.as_str()));
+    f.tag_fmt(format_args!("d={};", signer.domain));
+    f.tag_fmt(format_args!("s={};", signer.selector));
+    f.tag_fmt(format_args!("t={now};"));
     if let Some(x) = signer.expire {
-        f.tag(&format!("x={};", now + x));
+        f.tag_fmt(format_args!("x={};", now + x));
     }
     if let Some(i) = &signer.identity {
-        f.tag(&format!("i={i};"));
+        f.tag_fmt(format_args!("i={i};"));
     }
     if signer.body_length {
-        f.tag(&format!("l={};", bh.length));
+        f.tag_fmt(format_args!("l={};", bh.length));
     }
     f.list("h=", &h, ':', ";");
-    f.tag(&format!("bh={};", b64.encode(bh.hash)));
+    let mut bh64 = [0u8; 44];
+    let n = b64.encode_slice(bh.hash, &mut bh64).expect("44 octets hold 32 in base64");
+    f.tag_fmt(format_args!("bh={};", std::str::from_utf8(&bh64[..n]).expect("base64 is ASCII")));
     f.fold();
     f.push("b=");
 
@@ -376,7 +380,10 @@ fn signature_field(
     }
     canon::canonicalize_header_unterminated(signer.canon.header, f.text.as_bytes(), scratch);
     let sig = signer.key.sign(scratch)?;
-    f.chunked(&b64.encode(sig));
+    // The longest signature we make (RSA-8192, 1024 octets) is 1368 in base64.
+    let mut sig64 = [0u8; 1368];
+    let n = b64.encode_slice(&sig, &mut sig64).expect("room for an RSA-8192 signature");
+    f.chunked(std::str::from_utf8(&sig64[..n]).expect("base64 is ASCII"));
     f.text.push_str("\r\n");
     Ok(f.text.into_bytes())
 }
@@ -390,7 +397,10 @@ struct Folder {
 
 impl Folder {
     fn new(name: &str) -> Folder {
-        Folder { text: name.to_string(), col: name.len() }
+        // Room for a typical field with an RSA-2048 signature, so that it never reallocates.
+        let mut text = String::with_capacity(768);
+        text.push_str(name);
+        Folder { text, col: name.len() }
     }
 
     fn fold(&mut self) {
@@ -413,17 +423,34 @@ impl Folder {
         self.push(item);
     }
 
+    /// [`Folder::tag`] for an item given as format arguments, formatted on the stack.
+    fn tag_fmt(&mut self, args: std::fmt::Arguments) {
+        use std::io::Write as _;
+        let mut buf = [0u8; 512];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        if cur.write_fmt(args).is_ok() {
+            let n = cur.position() as usize;
+            self.tag(std::str::from_utf8(&buf[..n]).expect("formatted from str"));
+        } else {
+            // Longer than any tag we write (domains are at most 253 octets); stay correct.
+            self.tag(&args.to_string());
+        }
+    }
+
     /// `prefix` then the items joined by `sep`, folding after a separator where needed
     /// (FWS is allowed around the colons of h=, RFC 6376 §3.5), then `end`.
-    fn list(&mut self, prefix: &str, items: &[String], sep: char, end: &str) {
-        self.tag(&format!("{prefix}{}", items.first().map_or("", |s| s.as_str())));
+    fn list(&mut self, prefix: &str, items: &[&str], sep: char, end: &str) {
+        self.tag_fmt(format_args!("{prefix}{}", items.first().copied().unwrap_or("")));
+        let mut sep_buf = [0u8; 4];
+        let sep: &str = sep.encode_utf8(&mut sep_buf);
         for item in items.iter().skip(1) {
             if self.col + 1 + item.len() + 1 > LINE_LIMIT {
-                self.push(&sep.to_string());
+                self.push(sep);
                 self.fold();
                 self.push(item);
             } else {
-                self.push(&format!("{sep}{item}"));
+                self.push(sep);
+                self.push(item);
             }
         }
         self.push(end);
