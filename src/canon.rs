@@ -160,6 +160,8 @@ pub fn canonicalize_body<S: Sink + ?Sized>(canon: Canon, body: &[u8], sink: &mut
 
 /// Size of the staging buffer.
 const STAGE: usize = 16 * 1024;
+/// Writes at least this long go to the sink without staging.
+const PASS_THROUGH: usize = 512;
 /// Input octets per LF-to-CRLF expansion; the output of one fits the staging buffer.
 const EXPAND_CHUNK: usize = 4096;
 /// CRLF-stored content is checked for bare LFs and hashed this many octets at a time.
@@ -252,17 +254,17 @@ impl<'a, S: Sink + ?Sized> Staged<'a, S> {
 impl<S: Sink + ?Sized> Sink for Staged<'_, S> {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        if self.len + bytes.len() <= STAGE {
+        if bytes.len() >= PASS_THROUGH {
+            // Long enough for the hasher to take whole blocks from it: no copy.
+            self.flush();
+            self.emit(bytes);
+        } else if self.len + bytes.len() <= STAGE {
             self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
             self.len += bytes.len();
         } else {
             self.flush();
-            if bytes.len() >= STAGE / 2 {
-                self.emit(bytes);
-            } else {
-                self.buf[..bytes.len()].copy_from_slice(bytes);
-                self.len = bytes.len();
-            }
+            self.buf[..bytes.len()].copy_from_slice(bytes);
+            self.len = bytes.len();
         }
     }
 }
