@@ -104,6 +104,18 @@ pub mod portable {
         })
     }
 
+    /// Writes the line end for an LF at output position `o` whose preceding octet is
+    /// `before`: CRLF, or just LF when `before` is the CR. Returns the position after it.
+    #[inline]
+    pub(super) fn put_line_end(out: &mut [u8], mut o: usize, before: u8) -> usize {
+        if before != b'\r' {
+            out[o] = b'\r';
+            o += 1;
+        }
+        out[o] = b'\n';
+        o + 1
+    }
+
     /// See [`super::to_crlf`] (the caller checks the output size). Eight-octet words are
     /// copied whole, and the cursor then moves by as much as was meant.
     pub fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
@@ -121,14 +133,7 @@ pub mod portable {
                 continue;
             }
             let k = (lf.trailing_zeros() / 8) as usize;
-            let p = if k > 0 { word[k - 1] } else { prev };
-            o += k;
-            if p != b'\r' {
-                out[o] = b'\r';
-                o += 1;
-            }
-            out[o] = b'\n';
-            o += 1;
+            o = put_line_end(out, o + k, if k > 0 { word[k - 1] } else { prev });
             i += k + 1;
             prev = b'\n';
         }
@@ -296,14 +301,7 @@ mod avx2 {
             // Keep the octets before the first LF (already stored), then the line end; go on
             // right after the LF.
             let k = m.trailing_zeros() as usize;
-            let p = if k > 0 { input[i + k - 1] } else { prev };
-            o += k;
-            if p != b'\r' {
-                out[o] = b'\r';
-                o += 1;
-            }
-            out[o] = b'\n';
-            o += 1;
+            o = super::portable::put_line_end(out, o + k, if k > 0 { input[i + k - 1] } else { prev });
             i += k + 1;
             prev = b'\n';
         }
