@@ -352,9 +352,10 @@ fn simple_content_end(body: &[u8]) -> usize {
 ///
 /// Most of a text body is already canonical: lines that end in CRLF, with single spaces between
 /// words. Only a few places need rewriting: a tab, two spaces in a row, whitespace before a line
-/// end, and a bare LF. Three scanners (memchr for tab and LF, memmem for two spaces) find those
-/// places, and the bytes between them go to the sink unchanged, in runs that span many lines.
-/// Trailing empty and whitespace-only lines are cut off before the scan begins.
+/// end, and a bare LF. One SIMD scan ([`crlf::relaxed_event`]) finds those places, and the
+/// bytes between them go to the sink unchanged, in runs that span many lines. Content stored
+/// with bare LFs is first copied to CRLF a piece at a time ([`crlf::to_crlf`]). Trailing empty
+/// and whitespace-only lines are cut off before the scan begins.
 fn body_relaxed<S: Sink + ?Sized>(
     body: &[u8],
     sink: &mut Staged<'_, S>,
