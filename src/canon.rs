@@ -538,50 +538,62 @@ fn header_simple<S: Sink + ?Sized>(raw: &[u8], sink: &mut S) {
 fn header_relaxed<S: Sink + ?Sized>(raw: &[u8], sink: &mut S) {
     let raw = strip_line_end(raw);
     let colon = memchr::memchr(b':', raw).unwrap_or(raw.len());
-    let mut name = raw[..colon].to_vec();
     // Whitespace before the colon (obsolete syntax, RFC 5322 §4.5) is dropped.
-    while name.last().is_some_and(|&b| is_wsp(b)) {
-        name.pop();
+    let mut name_end = colon;
+    while name_end > 0 && is_wsp(raw[name_end - 1]) {
+        name_end -= 1;
     }
-    name.make_ascii_lowercase();
-    sink.write(&name);
+    let name = &raw[..name_end];
+    let mut lower = [0u8; 64];
+    if let Some(buf) = lower.get_mut(..name.len()) {
+        buf.copy_from_slice(name);
+        buf.make_ascii_lowercase();
+        sink.write(buf);
+    } else {
+        sink.write(&name.to_ascii_lowercase());
+    }
     sink.write(b":");
     if colon >= raw.len() {
         return;
     }
-    let value = &raw[colon + 1..];
     // Unfolding: a CRLF (or bare LF) followed by WSP is removed; since it is always followed by
-    // WSP it merges into a WSP run. Any line end is therefore treated as part of a WSP run.
-    // A lone CR stays an ordinary octet.
-    let mut pos = 0;
-    let len = value.len();
-    let mut emitted_any = false;
-    let mut pending_space = false;
-    while pos < len {
-        match memchr::memchr3(b' ', b'\t', b'\n', &value[pos..]) {
-            None => {
-                if pending_space && emitted_any {
-                    sink.write(b" ");
-                }
-                sink.write(&value[pos..]);
-                return;
-            }
-            Some(off) => {
-                let at = pos + off;
-                // A CR right before the LF of a fold belongs to the line end.
-                let run_end = if value[at] == b'\n' && at > pos && value[at - 1] == b'\r' { at - 1 } else { at };
-                if run_end > pos {
-                    if pending_space && emitted_any {
-                        sink.write(b" ");
-                    }
-                    sink.write(&value[pos..run_end]);
-                    emitted_any = true;
-                }
-                pending_space = true;
-                pos = at + 1;
-            }
-        }
+    // WSP it merges into a WSP run. Any line end is therefore treated as part of a WSP run,
+    // which becomes one SP inside the value and nothing at its ends. A lone CR stays an
+    // ordinary octet.
+    let value = &raw[colon + 1..];
+    let in_run = |i: usize| match value[i] {
+        b' ' | b'\t' | b'\n' => true,
+        b'\r' => value.get(i + 1) == Some(&b'\n'),
+        _ => false,
+    };
+    let mut start = 0;
+    while start < value.len() && in_run(start) {
+        start += 1;
     }
+    let mut end = value.len();
+    while end > start && in_run(end - 1) {
+        end -= 1;
+    }
+    let value = &value[..end];
+    // Between single spaces the words are canonical: only the places found by the relaxed
+    // scan (a tab, a space before whitespace or a line end, a line end) need rewriting.
+    let mut run = start;
+    let mut from = start;
+    while let Some(at) = crlf::relaxed_event(value, from, true) {
+        let mut ws = at;
+        while ws > run && in_run(ws - 1) {
+            ws -= 1;
+        }
+        let mut next = at + 1;
+        while next < value.len() && in_run(next) {
+            next += 1;
+        }
+        sink.write(&value[run..ws]);
+        sink.write(b" ");
+        run = next;
+        from = next;
+    }
+    sink.write(&value[run..]);
 }
 
 #[cfg(test)]
