@@ -218,14 +218,8 @@ fn parallel(threads: usize, min: Duration, f: impl Fn() -> u64 + Sync) -> f64 {
 /// SHA-256 of `b` fed a piece at a time, each piece after a prefetch of the input further on:
 /// hashing at the rate memory allows when `b` is not in the cache (see `canon`'s `Staged`).
 fn sha256_streaming(b: &[u8]) -> impl AsRef<[u8]> {
-    const PIECE: usize = 1024;
-    const DISTANCE: usize = 24 * 1024;
     let mut h = sha2::Sha256::new();
-    for (i, piece) in b.chunks(PIECE).enumerate() {
-        let ahead = (i * PIECE + DISTANCE).min(b.len());
-        crate::io::prefetch(&b[ahead..(ahead + PIECE).min(b.len())]);
-        h.update(piece);
-    }
+    crate::io::in_prefetched_pieces(b, 0..b.len(), |p| h.update(p));
     h.finalize()
 }
 

@@ -16,6 +16,7 @@
 //!   pick. A lone CR is not whitespace (WSP is SP and HTAB only, RFC 5234 B.1).
 
 use crate::crlf;
+use crate::io::{PREFETCH_DISTANCE, PREFETCH_PIECE};
 
 /// Where canonicalized bytes go: a hasher, a buffer, a counter.
 ///
@@ -203,10 +204,6 @@ struct Staged<'a, S: Sink + ?Sized> {
     ahead: &'a [u8],
 }
 
-/// Octets hashed between two prefetches, and how far ahead of the reader they reach.
-const PREFETCH_PIECE: usize = 1024;
-const PREFETCH_DISTANCE: usize = 24 * 1024;
-
 /// Writes `bytes` to `sink` a piece at a time, each after a prefetch of as much of `ahead`
 /// (which it then consumes).
 fn emit_prefetching<S: Sink + ?Sized>(sink: &mut S, ahead: &mut &[u8], bytes: &[u8]) {
@@ -233,12 +230,6 @@ impl<'a, S: Sink + ?Sized> Staged<'a, S> {
             emit_prefetching(self.inner, &mut self.ahead, &self.buf[..self.len]);
             self.len = 0;
         }
-    }
-
-    /// Writes `bytes` to the sink without copying them (after what is staged).
-    fn write_through(&mut self, bytes: &[u8]) {
-        self.flush();
-        self.emit(bytes);
     }
 
     /// Stages `input` with a CR put before every bare LF ([`crlf::to_crlf`]); `before` is the
@@ -301,7 +292,7 @@ fn body_simple<S: Sink + ?Sized>(body: &[u8], sink: &mut Staged<'_, S>) {
         if crlf::has_bare_lf(&content[at..chunk_end], octet_before(content, at)) {
             break;
         }
-        sink.write_through(&content[at..chunk_end]);
+        sink.write(&content[at..chunk_end]);
         at = chunk_end;
     }
     // Bare LFs from here on (stored with LF, as mbox files are).

@@ -280,7 +280,8 @@ pub fn unquote<'a>(format: MboxFormat, data: &'a [u8], scratch: &'a mut Vec<u8>)
     let mut copied = 0;
     let mut at = first;
     loop {
-        copy_prefetching(scratch, data, copied..at);
+        // Unquoting is the first pass over a message of a large mbox: prefetch ahead of it.
+        crate::io::in_prefetched_pieces(data, copied..at, |p| scratch.extend_from_slice(p));
         copied = at + 1;
         let next = memchr::memmem::find_iter(&data[at..], b"\n>").map(|i| at + i + 1).find(|&i| quoted_at(i));
         match next {
@@ -288,24 +289,8 @@ pub fn unquote<'a>(format: MboxFormat, data: &'a [u8], scratch: &'a mut Vec<u8>)
             None => break,
         }
     }
-    copy_prefetching(scratch, data, copied..data.len());
+    crate::io::in_prefetched_pieces(data, copied..data.len(), |p| scratch.extend_from_slice(p));
     scratch
-}
-
-/// Appends `data[range]` to `out` a piece at a time, each after a prefetch of the piece 24 KB
-/// further on. Unquoting is the first pass over a message of a large mbox and would otherwise
-/// stall on every cache line read cold from memory (as the hasher would; see `canon`).
-fn copy_prefetching(out: &mut Vec<u8>, data: &[u8], range: Range<usize>) {
-    const PIECE: usize = 1024;
-    const DISTANCE: usize = 24 << 10;
-    let mut at = range.start;
-    while at < range.end {
-        let end = (at + PIECE).min(range.end);
-        let ahead = (at + DISTANCE).min(data.len());
-        crate::io::prefetch(&data[ahead..(ahead + PIECE).min(data.len())]);
-        out.extend_from_slice(&data[at..end]);
-        at = end;
-    }
 }
 
 #[cfg(test)]
