@@ -228,14 +228,25 @@ impl KeySource {
         let (local, domain) = match sender {
             Some(s) => tables::parse_address(s).ok_or_else(|| SelectError::NoAddress(format!("sender {s:?}")))?,
             None => {
-                let from = msg
-                    .fields
-                    .iter()
-                    .find(|f| f.is("from"))
-                    .ok_or_else(|| SelectError::NoAddress("no From field".into()))?;
-                let value = String::from_utf8_lossy(from.value()).into_owned();
-                tables::parse_address(&value)
-                    .ok_or_else(|| SelectError::NoAddress(format!("From {:?}", value.trim())))?
+                // Every From field must name the same domain: RFC 5322 allows one From field,
+                // and a second one (which some readers show instead) must not ride on a
+                // signature chosen by the first (issue 11, item 7).
+                let mut author: Option<(String, String)> = None;
+                for from in msg.fields.iter().filter(|f| f.is("from")) {
+                    let value = String::from_utf8_lossy(from.value()).into_owned();
+                    let (local, domain) = tables::author_address(&value)
+                        .map_err(|why| SelectError::NoAddress(format!("From {:?}: {why}", value.trim())))?;
+                    match &author {
+                        Some((_, d)) if *d != domain => {
+                            return Err(SelectError::NoAddress(format!(
+                                "several From fields with different domains ({d}, {domain})"
+                            )));
+                        }
+                        Some(_) => {}
+                        None => author = Some((local, domain)),
+                    }
+                }
+                author.ok_or_else(|| SelectError::NoAddress("no From field".into()))?
             }
         };
         match self {
