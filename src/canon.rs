@@ -587,8 +587,11 @@ fn header_relaxed<S: Sink + ?Sized>(raw: &[u8], sink: &mut S) {
     sink.write(&value[run..]);
 }
 
-#[cfg(test)]
-pub(crate) mod naive {
+// Also the oracle of the fuzz targets (fuzz/fuzz_targets/canon.rs), which reach it through the
+// `fuzzing` feature. Not an API: slow on purpose.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod naive {
     //! Byte-at-a-time reference canonicalizers, written straight from the RFC text, used as
     //! oracles for the fast ones.
     use super::Canon;
@@ -614,6 +617,7 @@ pub(crate) mod naive {
         out
     }
 
+    /// The canonical form of `body`, one line at a time.
     pub fn body(canon: Canon, body: &[u8]) -> Vec<u8> {
         let mut ls = lines(body);
         if canon == Canon::Relaxed {
@@ -648,6 +652,7 @@ pub(crate) mod naive {
         out
     }
 
+    /// The canonical form of one raw header field, one octet at a time.
     pub fn header(canon: Canon, raw: &[u8]) -> Vec<u8> {
         let mut raw = raw.to_vec();
         if raw.last() == Some(&b'\n') {
