@@ -248,6 +248,24 @@ struct FilterArgs {
     /// Log to stderr instead of syslog (facility mail).
     #[arg(long = "log-stderr")]
     log_stderr: bool,
+    /// The SMTP client's address (pipe(8) `--client-address=${client_address}`; empty for
+    /// local submission). Mail from a client that is not an internal host and did not
+    /// authenticate is re-injected unsigned.
+    #[arg(long = "client-address", value_name = "ADDR")]
+    client_address: Option<String>,
+    /// The SASL login of the client (pipe(8) `--sasl-username=${sasl_username}`); non-empty
+    /// means the mail is ours to sign.
+    #[arg(long = "sasl-username", value_name = "NAME")]
+    sasl_username: Option<String>,
+    /// Internal hosts, as OpenDKIM InternalHosts: addresses and CIDR blocks, comma-separated,
+    /// `!` to exclude; or a file (`/path` or `file:path`, one or more per line)
+    /// [default: InternalHosts of --config, else 127.0.0.1, ::1].
+    #[arg(long = "internal-hosts", value_name = "LIST|FILE")]
+    internal_hosts: Option<String>,
+    /// Kill the re-injection command after this many seconds, and exit 75.
+    #[arg(long = "reinject-timeout", value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    reinject_timeout: u64,
     /// The re-injection command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<std::ffi::OsString>,
@@ -433,11 +451,13 @@ where
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     let argv0 = args.first().map(|a| Path::new(a).file_name().unwrap_or_default().to_os_string()).unwrap_or_default();
-    if argv0 == "sendmail" {
-        return Ok(cmd_sendmail(args[1..].to_vec()));
+    // Called by the names Postfix's sendmail answers to (a symlink replacing
+    // /usr/sbin/sendmail also serves mailq and newaliases).
+    if argv0 == "sendmail" || argv0 == "mailq" || argv0 == "newaliases" {
+        return Ok(cmd_sendmail(&argv0, args[1..].to_vec()));
     }
     if args.get(1).is_some_and(|a| a == "sendmail") {
-        return Ok(cmd_sendmail(args[2..].to_vec()));
+        return Ok(cmd_sendmail(std::ffi::OsStr::new("sendmail"), args[2..].to_vec()));
     }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
@@ -1233,66 +1253,96 @@ fn mta_options(k: &KeyArgs) -> anyhow::Result<BulkOptions> {
 }
 
 fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
+    use crate::mta::{MtaSettings, OnError, EX_TEMPFAIL};
     let to_stderr = a.log_stderr || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut log = crate::mta::Logger::new(a.k.verbose, to_stderr);
-    let opts = match mta_options(&a.k) {
-        Ok(o) => o,
-        Err(e) => {
-            // A configuration that cannot load defers mail (the admin fixes it, Postfix retries),
-            // unless the admin asked for pass-through.
-            return Ok(match a.on_error {
-                crate::mta::OnError::Tempfail => {
-                    log.error(&format!("configuration: {e:#}; deferred"));
-                    ExitCode::from(crate::mta::EX_TEMPFAIL)
-                }
-                crate::mta::OnError::Pass => {
-                    log.error(&format!("configuration: {e:#}; passing mail on unsigned"));
-                    let command = a.command.clone();
-                    let mut msg = Vec::new();
-                    if std::io::stdin().lock().read_to_end(&mut msg).is_err() {
-                        return Ok(ExitCode::from(crate::mta::EX_TEMPFAIL));
-                    }
-                    match crate::mta::reinject(&command, &[&msg]) {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => {
-                            log.error(&format!("re-injection failed: {e}; deferred"));
-                            ExitCode::from(crate::mta::EX_TEMPFAIL)
-                        }
-                    }
-                }
-            });
+    let settings = MtaSettings { on_error: a.on_error, timeout: std::time::Duration::from_secs(a.reinject_timeout) };
+    // A configuration that cannot load defers mail (the admin fixes it, Postfix retries),
+    // unless the admin asked for pass-through.
+    let config_error = |e: String, log: &crate::mta::Logger| match a.on_error {
+        OnError::Tempfail => {
+            log.error(&format!("configuration: {e}; deferred"));
+            Err(ExitCode::from(EX_TEMPFAIL))
+        }
+        OnError::Pass => {
+            log.error(&format!("configuration: {e}; passing mail on unsigned"));
+            Ok(format!("configuration error ({e}), --on-error pass"))
         }
     };
-    let log_ref = std::panic::AssertUnwindSafe(&mut log);
+    // Only our own clients' mail is signed (issue 11 item 8): the public MX must not sign
+    // spoofed inbound mail with a From at our domains.
+    let untrusted = crate::mta::untrusted_origin(
+        a.client_address.as_deref().unwrap_or_default(),
+        a.sasl_username.as_deref().unwrap_or_default(),
+        || internal_hosts(&a),
+    );
+    let plan = match untrusted {
+        Ok(Some(reason)) => Err(reason),
+        Ok(None) => match mta_options(&a.k) {
+            Ok(o) => Ok(o),
+            Err(e) => match config_error(format!("{e:#}"), &log) {
+                Ok(reason) => Err(reason),
+                Err(code) => return Ok(code),
+            },
+        },
+        Err(e) => match config_error(e, &log) {
+            Ok(reason) => Err(reason),
+            Err(code) => return Ok(code),
+        },
+    };
     let code = {
-        let mut log_ref = log_ref;
-        let opts = std::panic::AssertUnwindSafe(&opts);
-        let command = a.command.clone();
-        let on_error = a.on_error;
-        match std::panic::catch_unwind(move || crate::mta::filter(&opts, &command, on_error, &mut log_ref)) {
+        let mut log_ref = std::panic::AssertUnwindSafe(&mut log);
+        let plan = std::panic::AssertUnwindSafe(plan.as_ref().map_err(Clone::clone));
+        let command = &a.command;
+        let settings = &settings;
+        match std::panic::catch_unwind(move || {
+            let plan = plan;
+            crate::mta::filter(plan.0, command, settings, &mut log_ref)
+        }) {
             Ok(c) => c,
-            Err(_) => crate::mta::EX_TEMPFAIL,
+            Err(_) => EX_TEMPFAIL,
         }
     };
-    if code == crate::mta::EX_TEMPFAIL {
+    if code == EX_TEMPFAIL {
         log.debug("exit 75: Postfix will retry");
     }
     Ok(ExitCode::from(code))
 }
 
+/// The InternalHosts list of `filter`: --internal-hosts, else the config's InternalHosts
+/// (relative file paths from the config's directory), else loopback.
+fn internal_hosts(a: &FilterArgs) -> Result<crate::mta::InternalHosts, String> {
+    use crate::mta::InternalHosts;
+    if let Some(spec) = &a.internal_hosts {
+        return InternalHosts::load(spec, Path::new("."));
+    }
+    match &a.k.config {
+        Some(path) => {
+            let conf = crate::conf::OpendkimConf::load(path).map_err(|e| e.to_string())?;
+            match &conf.internal_hosts {
+                Some(spec) => InternalHosts::load(spec, &conf.dir),
+                None => Ok(InternalHosts::default()),
+            }
+        }
+        None => Ok(InternalHosts::default()),
+    }
+}
+
 /// `dkimpress sendmail [--config FILE] [--sendmail-path PATH] [--on-error ACTION] SENDMAIL-ARGS...`
-/// (or a symlink named sendmail). Settings also come from DKIMPRESS_CONFIG,
-/// DKIMPRESS_SENDMAIL and DKIMPRESS_ON_ERROR, because a program calling sendmail passes only
-/// sendmail's arguments.
-fn cmd_sendmail(mut args: Vec<std::ffi::OsString>) -> ExitCode {
+/// (or a symlink named sendmail, mailq or newaliases: `name`). Settings also come from
+/// DKIMPRESS_CONFIG, DKIMPRESS_SENDMAIL, DKIMPRESS_ON_ERROR and DKIMPRESS_REINJECT_TIMEOUT,
+/// because a program calling sendmail passes only sendmail's arguments.
+fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsString>) -> ExitCode {
+    use crate::mta::{MtaSettings, OnError, SendmailMode, EX_TEMPFAIL};
     let mut config = std::env::var_os("DKIMPRESS_CONFIG").unwrap_or_else(|| DEFAULT_WRAPPER_CONFIG.into());
     let mut real = std::env::var_os("DKIMPRESS_SENDMAIL").unwrap_or_else(|| DEFAULT_REAL_SENDMAIL.into());
-    let mut on_error =
-        std::env::var("DKIMPRESS_ON_ERROR").ok().and_then(|v| v.parse().ok()).unwrap_or(crate::mta::OnError::Pass);
+    let mut on_error = std::env::var("DKIMPRESS_ON_ERROR").ok().and_then(|v| v.parse().ok()).unwrap_or(OnError::Pass);
+    let timeout = std::env::var("DKIMPRESS_REINJECT_TIMEOUT").ok();
     let mut verbose = false;
-    // Our own options only before sendmail's.
+    // Our own options only before sendmail's, and not under the names mailq/newaliases.
     loop {
         match args.first().and_then(|a| a.to_str()) {
+            _ if name != "sendmail" => break,
             Some("--config") if args.len() > 1 => {
                 config = args[1].clone();
                 args.drain(..2);
@@ -1315,6 +1365,17 @@ fn cmd_sendmail(mut args: Vec<std::ffi::OsString>) -> ExitCode {
     let to_stderr = std::env::var("DKIMPRESS_LOG").is_ok_and(|v| v == "stderr")
         || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut log = crate::mta::Logger::new(verbose, to_stderr);
+    let timeout = match timeout.as_deref().map(str::parse::<u64>) {
+        None => crate::mta::DEFAULT_REINJECT_TIMEOUT,
+        Some(Ok(secs)) if secs > 0 => std::time::Duration::from_secs(secs),
+        Some(_) => {
+            log.warn(&format!(
+                "DKIMPRESS_REINJECT_TIMEOUT={:?} is not a number of seconds above 0; using 300",
+                timeout.unwrap_or_default()
+            ));
+            crate::mta::DEFAULT_REINJECT_TIMEOUT
+        }
+    };
     // Never hand the message to ourselves (a symlink loop would recurse forever).
     let me = std::env::current_exe().ok().and_then(|p| std::fs::canonicalize(p).ok());
     let target = std::fs::canonicalize(&real).ok();
@@ -1323,43 +1384,46 @@ fn cmd_sendmail(mut args: Vec<std::ffi::OsString>) -> ExitCode {
             "DKIMPRESS_SENDMAIL ({}) is dkimpress itself; set it to the real sendmail; deferred",
             real.to_string_lossy()
         ));
-        return ExitCode::from(crate::mta::EX_TEMPFAIL);
+        return ExitCode::from(EX_TEMPFAIL);
+    }
+    if name != "sendmail" {
+        return ExitCode::from(crate::mta::exec_real(&real, Some(name), &args, &log));
     }
     let parsed = crate::mta::parse_sendmail_args(args);
-    let opts = if parsed.no_message {
-        None
-    } else if Path::new(&config).exists() {
-        let k = KeyArgs {
-            config: Some(PathBuf::from(&config)),
-            sender: parsed.sender.clone(),
-            verbose,
-            ..KeyArgs::default()
-        };
+    // Key choice is by From; the envelope sender (-f) only when there is no From. A
+    // configuration that is missing or cannot be read is an error like any other (issue 11
+    // item 17): deferred with tempfail, passed on unsigned (and logged) with pass.
+    let plan = if parsed.mode != SendmailMode::Enqueue {
+        Err(String::new())
+    } else {
+        let k = KeyArgs { config: Some(PathBuf::from(&config)), verbose, ..KeyArgs::default() };
         match mta_options(&k) {
-            Ok(o) => Some(o),
+            Ok(o) => Ok(o),
             Err(e) => {
-                log.error(&format!("{}: {e:#}", config.to_string_lossy()));
-                if on_error == crate::mta::OnError::Tempfail {
-                    return ExitCode::from(crate::mta::EX_TEMPFAIL);
+                let e = format!("{e:#}");
+                let e = if e.contains(&*config.to_string_lossy()) {
+                    e
+                } else {
+                    format!("{}: {e}", config.to_string_lossy())
+                };
+                if on_error == OnError::Tempfail {
+                    log.error(&format!("configuration: {e}; deferred (DKIMPRESS_ON_ERROR=tempfail)"));
+                    return ExitCode::from(EX_TEMPFAIL);
                 }
-                None
+                Err(format!("configuration: {e}"))
             }
         }
-    } else {
-        log.warn(&format!("{}: no such configuration", config.to_string_lossy()));
-        None
     };
-    // Key choice is by From; the envelope sender (-f) only when there is no From.
-    let opts = opts.map(|mut o| {
-        o.sender = None;
-        o
-    });
-    let log_ref = std::panic::AssertUnwindSafe(&mut log);
-    let opts = std::panic::AssertUnwindSafe(opts.as_ref());
-    let mut log_ref = log_ref;
-    match std::panic::catch_unwind(move || crate::mta::sendmail(*opts, &real, parsed, on_error, &mut log_ref)) {
+    let settings = MtaSettings { on_error, timeout };
+    let mut log_ref = std::panic::AssertUnwindSafe(&mut log);
+    let plan = std::panic::AssertUnwindSafe(plan.as_ref().map_err(Clone::clone));
+    let real = &real;
+    match std::panic::catch_unwind(move || {
+        let plan = plan;
+        crate::mta::sendmail(plan.0, real, parsed, &settings, &mut log_ref)
+    }) {
         Ok(c) => ExitCode::from(c),
-        Err(_) => ExitCode::from(crate::mta::EX_TEMPFAIL),
+        Err(_) => ExitCode::from(EX_TEMPFAIL),
     }
 }
 

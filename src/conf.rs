@@ -44,6 +44,8 @@ pub struct OpendkimConf {
     /// `BodyLengthLimit`-style `l=`: OpenDKIM's `BodyLengthDB` is not supported; this is set
     /// by `IncludeBodyLength` (ours, off by default).
     pub body_length: bool,
+    /// `InternalHosts`: the data set of clients whose mail `filter` signs (file or list).
+    pub internal_hosts: Option<String>,
     /// Keys that were accepted but have no effect here, with their line numbers.
     pub ignored: Vec<(usize, String)>,
 }
@@ -81,7 +83,6 @@ const IGNORED: &[&str] = &[
     "ExternalIgnoreList",
     "FixCRLF",
     "IgnoreMalformedMail",
-    "InternalHosts",
     "KeepAuthResults",
     "KeepTemporaryFiles",
     "LogResults",
@@ -221,6 +222,7 @@ const USED: &[&str] = &[
     "SignatureTTL",
     "RequireSafeKeys",
     "IncludeBodyLength",
+    "InternalHosts",
 ];
 
 fn boolean(v: &str) -> Option<bool> {
@@ -280,6 +282,7 @@ impl OpendkimConf {
                 "MultipleSignatures" => c.multiple_signatures = flag(value)?,
                 "RequireSafeKeys" => c.require_safe_keys = flag(value)?,
                 "IncludeBodyLength" => c.body_length = flag(value)?,
+                "InternalHosts" => c.internal_hosts = Some(need(value)?),
                 "Mode" => {
                     let v = need(value)?;
                     if v.is_empty() || !v.chars().all(|ch| ch == 's' || ch == 'v') {

@@ -1,17 +1,23 @@
 //! MTA integration: the Postfix pipe filter (`dkimpress filter ... -- sendmail -G -i -f ...`)
 //! and the sendmail wrapper (`dkimpress sendmail ...`, or a symlink named `sendmail`).
 //!
-//! Owns: reading a message the way sendmail does, re-injecting through a command, exit codes
-//! as Postfix pipe(8) reads them (0 delivered, 75 try again), the pass-through policy when
-//! signing fails, and logging to syslog (facility mail) or stderr. Signing is [`crate::bulk`]'s
-//! `sign_message`. Mail is never dropped: every path ends in a re-injection or in exit 75.
+//! Owns: reading a command line and a message the way Postfix sendmail(1) does, re-injecting
+//! through a command under a time limit, exit codes as Postfix pipe(8) reads them (0 delivered,
+//! the re-injection command's own status, 75 try again), which clients' mail is ours to sign
+//! (OpenDKIM InternalHosts), the pass-through policy when signing fails, and logging to syslog
+//! (facility mail) or stderr. Signing is [`crate::bulk`]'s `sign_message`; argv and the
+//! environment are read by `cli`. Mail is never dropped: every path ends in a re-injection, in
+//! the re-injection command's status, or in exit 75.
 
 use crate::bulk::{self, BulkOptions};
 use crate::select::SelectError;
 use crate::sign::SignError;
-use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, Read, Write};
+use std::net::IpAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Exit code that makes Postfix (and sendmail callers) retry later.
 pub const EX_TEMPFAIL: u8 = 75;
@@ -104,24 +110,142 @@ fn message_id(msg: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(f.value()).trim().to_string())
 }
 
-/// Runs `command` with `data` on its stdin; Ok when it exits 0.
-pub fn reinject(command: &[OsString], data: &[&[u8]]) -> Result<(), String> {
-    let (prog, args) = command.split_first().ok_or("no re-injection command after --")?;
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", prog.to_string_lossy()))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let written = data.iter().try_for_each(|d| stdin.write_all(d));
-    drop(stdin);
-    let status = child.wait().map_err(|e| format!("waiting for {}: {e}", prog.to_string_lossy()))?;
-    written.map_err(|e| format!("writing to {}: {e}", prog.to_string_lossy()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{} exited with {status}", prog.to_string_lossy()))
+/// Default time limit of a re-injection (`--reinject-timeout`, DKIMPRESS_REINJECT_TIMEOUT):
+/// below Postfix's `command_time_limit` (1000 s), so we give up first and say why.
+pub const DEFAULT_REINJECT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How a command that was handed a message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It exited with this status (0: it took the message).
+    Exited(u8),
+    /// A signal ended it.
+    Signaled(i32),
+    /// It was still running at the time limit (or something it started still held the
+    /// message pipe), and was killed.
+    TimedOut(Duration),
+    /// It could not be started.
+    NotStarted(String),
+    /// It exited 0 without reading the whole message.
+    Unread(String),
+}
+
+impl Outcome {
+    /// The exit code for Postfix pipe(8) or sendmail's caller. The command's own status passes
+    /// through, as in the example filter of Postfix FILTER_README (`exit $?`): 75 and 71 defer,
+    /// 67, 69, 77, ... bounce, the command knows which. Whatever leaves the message's fate
+    /// unknown (a signal, the time limit, a command that cannot start or did not read it all)
+    /// is 75, so that Postfix keeps the message and retries.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Exited(code) => *code,
+            _ => EX_TEMPFAIL,
+        }
     }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Exited(c) => write!(f, "exited with status {c}{}", sysexit_name(*c)),
+            Outcome::Signaled(s) => write!(f, "killed by signal {s}"),
+            Outcome::TimedOut(t) => write!(f, "still running after {} s; killed", t.as_secs()),
+            Outcome::NotStarted(e) => write!(f, "cannot be run: {e}"),
+            Outcome::Unread(e) => write!(f, "exited 0 without reading the whole message ({e})"),
+        }
+    }
+}
+
+/// ` (EX_...)` for the sysexits.h codes, for log lines.
+fn sysexit_name(code: u8) -> &'static str {
+    match code {
+        64 => " (EX_USAGE)",
+        65 => " (EX_DATAERR)",
+        66 => " (EX_NOINPUT)",
+        67 => " (EX_NOUSER)",
+        68 => " (EX_NOHOST)",
+        69 => " (EX_UNAVAILABLE)",
+        70 => " (EX_SOFTWARE)",
+        71 => " (EX_OSERR)",
+        72 => " (EX_OSFILE)",
+        73 => " (EX_CANTCREAT)",
+        74 => " (EX_IOERR)",
+        75 => " (EX_TEMPFAIL)",
+        76 => " (EX_PROTOCOL)",
+        77 => " (EX_NOPERM)",
+        78 => " (EX_CONFIG)",
+        _ => "",
+    }
+}
+
+/// Runs `cmd` with `data` on its stdin, for at most `timeout`.
+///
+/// A writer thread feeds stdin, so a command that never reads cannot block us (issue 11): we
+/// wait for its exit, not for the pipe, and kill it at the time limit.
+pub fn run_with_input(cmd: &mut Command, data: Vec<Vec<u8>>, timeout: Duration) -> Outcome {
+    use std::os::unix::process::ExitStatusExt as _;
+    cmd.stdin(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Outcome::NotStarted(e.to_string()),
+    };
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let (tx, written) = std::sync::mpsc::channel();
+    // Detached: if it stays blocked on a pipe that someone holds and never reads, we still
+    // return (and exit); the thread does not outlive the process.
+    std::thread::spawn(move || {
+        let r = data.iter().try_for_each(|d| stdin.write_all(d));
+        drop(stdin);
+        let _ = tx.send(r);
+    });
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Ok(None) => {
+                kill_child(&mut child);
+                return Outcome::TimedOut(timeout);
+            }
+            Err(e) => {
+                kill_child(&mut child);
+                return Outcome::NotStarted(format!("waiting for it: {e}"));
+            }
+        }
+    };
+    // It has exited; a process it left behind may still hold its stdin.
+    let written = match written.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(r) => r,
+        Err(_) => {
+            kill_child(&mut child);
+            return Outcome::TimedOut(timeout);
+        }
+    };
+    match (status.code(), written) {
+        (Some(0), Err(e)) => Outcome::Unread(e.to_string()),
+        (Some(code), _) => Outcome::Exited(code as u8),
+        (None, _) => Outcome::Signaled(status.signal().unwrap_or(0)),
+    }
+}
+
+/// Kills the command and reaps it. Processes it started and left behind are not ours to
+/// kill (that would take `unsafe` killpg, kept out of this crate); Postfix's postdrop, for
+/// one, drops an unfinished queue file when its input ends.
+fn kill_child(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs the re-injection `command` (program and arguments) with the message on its stdin.
+pub fn reinject(command: &[OsString], data: Vec<Vec<u8>>, timeout: Duration) -> Outcome {
+    let Some((prog, args)) = command.split_first() else {
+        return Outcome::NotStarted("no re-injection command after --".into());
+    };
+    run_with_input(Command::new(prog).args(args), data, timeout)
 }
 
 /// Signs `msg` for the MTA paths: the header fields to add (empty = pass on unsigned), or an
@@ -152,8 +276,22 @@ fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger)
     }
 }
 
-/// The Postfix pipe filter: read stdin, sign, re-inject through `command`. Returns the exit code.
-pub fn filter(opts: &BulkOptions, command: &[OsString], on_error: OnError, log: &mut Logger) -> u8 {
+/// How `filter` and the wrapper treat one message.
+pub struct MtaSettings {
+    /// What to do when signing fails.
+    pub on_error: OnError,
+    /// Time limit of the re-injection command.
+    pub timeout: Duration,
+}
+
+/// The Postfix pipe filter: read stdin, sign (with `Ok(options)`; `Err(reason)` passes the
+/// message on unsigned and logs the reason), re-inject through `command`. Returns the exit code.
+pub fn filter(
+    plan: Result<&BulkOptions, String>,
+    command: &[OsString],
+    settings: &MtaSettings,
+    log: &mut Logger,
+) -> u8 {
     let mut msg = Vec::with_capacity(64 * 1024);
     if let Err(e) = std::io::stdin().lock().read_to_end(&mut msg) {
         log.error(&format!("reading the message failed: {e}; deferred"));
@@ -162,147 +300,193 @@ pub fn filter(opts: &BulkOptions, command: &[OsString], on_error: OnError, log: 
     if let Some(id) = message_id(&msg) {
         log.set_message_id(&id);
     }
-    let headers = match sign_for_mta(opts, &msg, on_error, log) {
-        Ok(h) => h,
-        Err(e) => {
-            log.error(&e);
-            return EX_TEMPFAIL;
+    let headers = match plan {
+        Ok(opts) => match sign_for_mta(opts, &msg, settings.on_error, log) {
+            Ok(h) => h,
+            Err(e) => {
+                log.error(&e);
+                return EX_TEMPFAIL;
+            }
+        },
+        Err(reason) => {
+            log.info(&format!("{reason}; passed on unsigned"));
+            vec![]
         }
     };
-    match reinject(command, &[&headers, &msg]) {
-        Ok(()) => {
-            log.debug(&format!("re-injected through {}", command[0].to_string_lossy()));
-            0
-        }
-        Err(e) => {
-            log.error(&format!("re-injection failed: {e}; deferred"));
-            EX_TEMPFAIL
-        }
+    let prog = command.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let outcome = reinject(command, vec![headers, msg], settings.timeout);
+    report_reinjection(&prog, &outcome, log)
+}
+
+/// Logs how a re-injection ended; returns the exit code.
+fn report_reinjection(prog: &str, outcome: &Outcome, log: &Logger) -> u8 {
+    let code = outcome.exit_code();
+    match (outcome, code) {
+        (Outcome::Exited(0), _) => log.debug(&format!("re-injected through {prog}")),
+        (_, EX_TEMPFAIL) => log.error(&format!("re-injection through {prog} failed: {outcome}; exit 75 (deferred)")),
+        _ => log.error(&format!("re-injection through {prog} failed: {outcome}; its status {code} is passed on")),
     }
+    code
 }
 
 /// What a sendmail command line asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SendmailMode {
+    /// Read a message on stdin and queue it (the default, `-bm`).
+    #[default]
+    Enqueue,
+    /// `-bs`: an SMTP session on stdin/stdout.
+    Smtp,
+    /// Anything that submits no message: `-bp` (mailq), `-bi`/`-I` (newaliases), `-bd`,
+    /// `-bv`, `-bh`, `-q...`, and command lines sendmail would refuse (it says why).
+    Other,
+}
+
+/// A sendmail command line as Postfix sendmail(1) reads it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SendmailArgs {
     /// The arguments as given (passed on unchanged).
     pub args: Vec<OsString>,
-    /// `-i` / `-oi`: a line with only `.` does not end the message.
+    /// `-i`, `-oi`, `-o i` (also grouped: `-ti`, `-it`): a line with only `.` does not end
+    /// the message.
     pub ignore_dots: bool,
-    /// A mode that submits no message (`-bs`, `-bp`, `-bv`, `-bi`, `-bd`, `-q...`, ...).
-    pub no_message: bool,
+    /// What is asked for.
+    pub mode: SendmailMode,
     /// `-f` / `-r`: the envelope sender.
     pub sender: Option<String>,
 }
 
-/// Options of sendmail(1) that take a value in the next argument when not attached.
-const WITH_VALUE: &[&str] = &["-f", "-r", "-F", "-N", "-R", "-V", "-B", "-C", "-L", "-O", "-X", "-h"];
+/// Postfix sendmail(1)'s getopt string (`GETOPT_LIST` in postfix/src/sendmail/sendmail.c).
+/// A letter followed by `:` takes a value, attached (`-fme@x`) or in the next argument.
+const SENDMAIL_OPTIONS: &[u8] = b"A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:r:q:tvx";
 
-/// Reads sendmail's command line (Postfix sendmail(1)); nothing is changed, only noted.
+/// Reads sendmail's command line exactly as Postfix sendmail(1) does: POSIX getopt with
+/// grouped flags (`-ti`), values attached or separate (`-oi`, `-o i`), options ending at the
+/// first recipient or `--`, and its two exceptions to getopt (a bare `-q`; the old `-V xx`).
+/// Nothing is changed, only noted.
 pub fn parse_sendmail_args(args: Vec<OsString>) -> SendmailArgs {
-    let mut out = SendmailArgs { args: args.clone(), ..SendmailArgs::default() };
+    let mut out = SendmailArgs { args, ..SendmailArgs::default() };
+    let mut mode = SendmailMode::Enqueue;
+    let mut queue_run = false;
+    let mut usage_error = false;
+    let args = &out.args;
     let mut i = 0;
-    while i < args.len() {
-        let a = args[i].to_string_lossy().into_owned();
-        i += 1;
-        if a == "--" || !a.starts_with('-') || a == "-" {
-            if a == "--" {
-                break;
-            }
-            continue; // a recipient
-        }
-        if a == "-i" || a == "-oi" {
-            out.ignore_dots = true;
-        } else if let Some(mode) = a.strip_prefix("-b") {
-            // -bm (deliver) and -bD... submit mail; -bs/-bp/-bv/-bi/-bd/-bh/-bH do not.
-            if !mode.is_empty() && mode != "m" {
-                out.no_message = true;
-            }
-        } else if a.starts_with("-q") || a == "-I" {
-            out.no_message = true;
-        } else if let Some(flag) = WITH_VALUE.iter().find(|f| a.starts_with(**f)) {
-            let value = if a.len() > flag.len() {
-                Some(a[flag.len()..].to_string())
-            } else {
-                let v = args.get(i).map(|v| v.to_string_lossy().into_owned());
+    'args: while let Some(arg) = args.get(i) {
+        let a = arg.as_encoded_bytes();
+        match a {
+            // Not getopt compatible: -q alone flushes the queue.
+            b"-q" => {
+                queue_run = true;
                 i += 1;
-                v
+                continue;
+            }
+            // Deprecated VERP form `-V xx`: -V alone, the next argument left in place.
+            b"-V" if args.get(i + 1).is_some_and(|n| n.len() == 2) => {
+                i += 1;
+                continue;
+            }
+            b"--" => break,
+            _ if a.len() < 2 || a[0] != b'-' => break, // the first recipient
+            _ => {}
+        }
+        i += 1;
+        let mut j = 1;
+        while j < a.len() {
+            let letter = a[j];
+            j += 1;
+            let Some(at) = SENDMAIL_OPTIONS.iter().position(|&o| o == letter && o != b':') else {
+                usage_error = true; // sendmail: "usage: ..." (EX_USAGE)
+                break 'args;
             };
-            if *flag == "-f" || *flag == "-r" {
-                out.sender = value;
+            if SENDMAIL_OPTIONS.get(at + 1) != Some(&b':') {
+                match letter {
+                    b'i' => out.ignore_dots = true,
+                    b'I' => mode = SendmailMode::Other,
+                    _ => {}
+                }
+                continue;
+            }
+            let value: &[u8] = if j < a.len() {
+                let v = &a[j..];
+                j = a.len();
+                v
+            } else if let Some(next) = args.get(i) {
+                i += 1;
+                next.as_encoded_bytes()
+            } else {
+                usage_error = true; // option requires an argument
+                break 'args;
+            };
+            match letter {
+                b'b' => {
+                    mode = match value.first() {
+                        Some(b'm') => SendmailMode::Enqueue,
+                        Some(b's') => SendmailMode::Smtp,
+                        _ => SendmailMode::Other,
+                    }
+                }
+                b'f' | b'r' => out.sender = Some(String::from_utf8_lossy(value).into_owned()),
+                b'o' if value.first() == Some(&b'i') => out.ignore_dots = true,
+                b'q' => queue_run = true,
+                _ => {}
             }
         }
     }
+    out.mode = if usage_error || queue_run { SendmailMode::Other } else { mode };
     out
 }
 
 /// Reads a message from `input` as sendmail does: to end of file, or (without `-i`) up to a
-/// line holding only `.`.
-pub fn read_sendmail_input(input: &mut dyn Read, ignore_dots: bool) -> std::io::Result<Vec<u8>> {
+/// line holding only `.`, reading no further.
+pub fn read_sendmail_input(input: &mut dyn BufRead, ignore_dots: bool) -> std::io::Result<Vec<u8>> {
     let mut data = Vec::with_capacity(64 * 1024);
-    input.read_to_end(&mut data)?;
-    if !ignore_dots {
-        let mut start = 0;
-        for nl in memchr::memchr_iter(b'\n', &data) {
-            let line = &data[start..nl];
-            if line == b"." || line == b".\r" {
-                data.truncate(start);
-                break;
-            }
-            start = nl + 1;
+    if ignore_dots {
+        input.read_to_end(&mut data)?;
+        return Ok(data);
+    }
+    loop {
+        let start = data.len();
+        if input.read_until(b'\n', &mut data)? == 0 {
+            break;
         }
-        if &data[start..] == b"." {
+        if matches!(&data[start..], b".\n" | b".\r\n" | b".") {
             data.truncate(start);
+            break;
         }
     }
     Ok(data)
 }
 
+/// Replaces this process with the real sendmail, `arg0` as its name (Postfix sendmail picks
+/// mailq or newaliases mode by it). Returns only if that fails: the exit code to use.
+pub fn exec_real(real: &OsStr, arg0: Option<&OsStr>, args: &[OsString], log: &Logger) -> u8 {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(real);
+    if let Some(name) = arg0 {
+        cmd.arg0(name);
+    }
+    let e = cmd.args(args).exec();
+    log.error(&format!("cannot run the real sendmail {}: {e}", real.to_string_lossy()));
+    EX_TEMPFAIL
+}
+
 /// The sendmail wrapper: sign (unless the mode submits no message) and hand over to the real
-/// sendmail with the same arguments. Returns the exit code (the real sendmail's, when it ran).
+/// sendmail with the same arguments. `plan` as for [`filter`]. Returns the exit code (the real
+/// sendmail's, when it ran).
 pub fn sendmail(
-    opts: Option<&BulkOptions>,
-    real: &OsString,
+    plan: Result<&BulkOptions, String>,
+    real: &OsStr,
     args: SendmailArgs,
-    on_error: OnError,
+    settings: &MtaSettings,
     log: &mut Logger,
 ) -> u8 {
-    fn run(real: &OsString, args: &SendmailArgs, data: Option<&[&[u8]]>, log: &Logger) -> u8 {
-        let mut cmd = Command::new(real);
-        cmd.args(&args.args);
-        match data {
-            None => match cmd.status() {
-                Ok(s) => s.code().map_or(EX_TEMPFAIL, |c| c as u8),
-                Err(e) => {
-                    log.error(&format!("cannot run the real sendmail {}: {e}", real.to_string_lossy()));
-                    EX_TEMPFAIL
-                }
-            },
-            Some(parts) => {
-                let child = cmd.stdin(Stdio::piped()).spawn();
-                let mut child = match child {
-                    Ok(c) => c,
-                    Err(e) => {
-                        log.error(&format!("cannot run the real sendmail {}: {e}", real.to_string_lossy()));
-                        return EX_TEMPFAIL;
-                    }
-                };
-                let mut stdin = child.stdin.take().expect("piped");
-                let written = parts.iter().try_for_each(|d| stdin.write_all(d));
-                drop(stdin);
-                let status = child.wait();
-                if let Err(e) = written {
-                    log.error(&format!("writing to the real sendmail failed: {e}"));
-                    return EX_TEMPFAIL;
-                }
-                match status {
-                    Ok(s) => s.code().map_or(EX_TEMPFAIL, |c| c as u8),
-                    Err(_) => EX_TEMPFAIL,
-                }
-            }
+    match args.mode {
+        SendmailMode::Enqueue => {}
+        SendmailMode::Smtp => {
+            log.warn("-bs: SMTP submission is passed to the real sendmail unsigned");
+            return exec_real(real, None, &args.args, log);
         }
-    }
-    if args.no_message {
-        return run(real, &args, None, log);
+        SendmailMode::Other => return exec_real(real, None, &args.args, log),
     }
     let msg = match read_sendmail_input(&mut std::io::stdin().lock(), args.ignore_dots) {
         Ok(m) => m,
@@ -314,20 +498,157 @@ pub fn sendmail(
     if let Some(id) = message_id(&msg) {
         log.set_message_id(&id);
     }
-    let headers = match opts {
-        None => {
-            log.warn("no signing configuration; passed on unsigned");
-            vec![]
-        }
-        Some(opts) => match sign_for_mta(opts, &msg, on_error, log) {
+    let headers = match plan {
+        Ok(opts) => match sign_for_mta(opts, &msg, settings.on_error, log) {
             Ok(h) => h,
             Err(e) => {
                 log.error(&e);
                 return EX_TEMPFAIL;
             }
         },
+        Err(reason) => {
+            log.warn(&format!("{reason}; passed on unsigned"));
+            vec![]
+        }
     };
-    run(real, &args, Some(&[&headers, &msg]), log)
+    let outcome = run_with_input(Command::new(real).args(&args.args), vec![headers, msg], settings.timeout);
+    match &outcome {
+        Outcome::Exited(_) => outcome.exit_code(),
+        _ => report_reinjection(&real.to_string_lossy(), &outcome, log),
+    }
+}
+
+/// OpenDKIM `InternalHosts`: the clients whose mail is ours to sign. Entries are IP addresses
+/// and CIDR blocks (IPv6 bare or in brackets), `!` before an entry excludes it (exclusions
+/// win), and host names are compared as text with the client address only (we are not told
+/// the client's name, and do not look it up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalHosts {
+    entries: Vec<(bool, HostPattern)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Net(IpAddr, u8),
+    Name(String),
+}
+
+impl Default for InternalHosts {
+    /// 127.0.0.1 and ::1, the loopback addresses.
+    fn default() -> Self {
+        InternalHosts::parse_list("127.0.0.1, ::1").expect("valid")
+    }
+}
+
+impl InternalHosts {
+    /// Entries separated by commas, blanks or line ends; `#` starts a comment.
+    pub fn parse_list(text: &str) -> Result<InternalHosts, String> {
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or_default();
+            for word in line.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()) {
+                let (negated, word) = match word.strip_prefix('!') {
+                    Some(w) => (true, w),
+                    None => (false, word),
+                };
+                entries.push((negated, HostPattern::parse(word)?));
+            }
+        }
+        Ok(InternalHosts { entries })
+    }
+
+    /// An OpenDKIM data set: `file:PATH` or a path starting with `/` (relative `file:` paths
+    /// from `base`), `csl:LIST`, or else a list.
+    pub fn load(spec: &str, base: &Path) -> Result<InternalHosts, String> {
+        let file = spec.strip_prefix("file:").or_else(|| spec.starts_with('/').then_some(spec));
+        match file {
+            Some(path) => {
+                let path = base.join(path);
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| format!("InternalHosts {}: {e}", path.display()))?;
+                InternalHosts::parse_list(&text).map_err(|e| format!("InternalHosts {}: {e}", path.display()))
+            }
+            None => InternalHosts::parse_list(spec.strip_prefix("csl:").unwrap_or(spec))
+                .map_err(|e| format!("InternalHosts: {e}")),
+        }
+    }
+
+    /// Whether `client` (a Postfix `${client_address}`) is one of ours.
+    pub fn contains(&self, client: &str) -> bool {
+        let text = client.trim();
+        let bare = text.trim_start_matches('[').trim_end_matches(']');
+        let bare = bare.strip_prefix("IPv6:").or_else(|| bare.strip_prefix("ipv6:")).unwrap_or(bare);
+        let bare = bare.split('%').next().unwrap_or_default();
+        let ip = bare.parse::<IpAddr>().ok().map(|ip| match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        });
+        let matches = |p: &HostPattern| match (p, ip) {
+            (HostPattern::Net(net, bits), Some(ip)) => in_net(ip, *net, *bits),
+            (HostPattern::Name(name), _) => name.eq_ignore_ascii_case(text),
+            _ => false,
+        };
+        !self.entries.iter().any(|(neg, p)| *neg && matches(p))
+            && self.entries.iter().any(|(neg, p)| !neg && matches(p))
+    }
+}
+
+impl HostPattern {
+    fn parse(word: &str) -> Result<HostPattern, String> {
+        let (addr, bits) = match word.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (word, None),
+        };
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let Ok(ip) = addr.parse::<IpAddr>() else {
+            if bits.is_some() {
+                return Err(format!("{word:?} is not an address/prefix-length block"));
+            }
+            return Ok(HostPattern::Name(word.to_string()));
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{word:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(HostPattern::Net(ip, bits))
+    }
+}
+
+/// Whether `ip` is in `net`/`bits`.
+fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether mail from this origin is ours to sign: submitted locally (no client address, as
+/// pipe(8) expands `${client_address}` for mail from pickup), by an authenticated client, or
+/// by an internal host (`hosts` is loaded only then). `Ok(Some(reason))`: not ours, why;
+/// `Err`: the InternalHosts list cannot be loaded.
+pub fn untrusted_origin(
+    client: &str,
+    sasl_username: &str,
+    hosts: impl FnOnce() -> Result<InternalHosts, String>,
+) -> Result<Option<String>, String> {
+    let client = client.trim();
+    if client.is_empty() || !sasl_username.trim().is_empty() || hosts()?.contains(client) {
+        return Ok(None);
+    }
+    let shown: String = client.chars().filter(|c| !c.is_control()).take(100).collect();
+    Ok(Some(format!("client {shown} is not in InternalHosts and did not authenticate")))
 }
 
 #[cfg(test)]
@@ -340,49 +661,153 @@ mod tests {
 
     #[test]
     fn sendmail_arguments() {
-        for (a, dots, none, sender) in [
-            (&["-i", "-f", "a@b", "--", "x@y"][..], true, false, Some("a@b")),
-            (&["-oi", "-t"][..], true, false, None),
-            (&["-fme@example.com", "-F", "Me Myself", "x@y"][..], false, false, Some("me@example.com")),
-            (&["-bs"][..], false, true, None),
-            (&["-bp"][..], false, true, None),
-            (&["-q"][..], false, true, None),
-            (&["-q1h"][..], false, true, None),
-            (&["-bm", "-i", "x@y"][..], true, false, None),
+        use SendmailMode::*;
+        for (a, dots, mode, sender) in [
+            (&["-i", "-f", "a@b", "--", "x@y"][..], true, Enqueue, Some("a@b")),
+            (&["-oi", "-t"][..], true, Enqueue, None),
+            // Issue 11 item 5: grouped flags and a separate -o value.
+            (&["-ti"][..], true, Enqueue, None),
+            (&["-it", "x@y"][..], true, Enqueue, None),
+            (&["-o", "i", "x@y"][..], true, Enqueue, None),
+            (&["-t", "-oi"][..], true, Enqueue, None),
+            (&["-tif", "me@x", "r@y"][..], true, Enqueue, Some("me@x")),
+            (&["-iF", "Name", "x@y"][..], true, Enqueue, None),
+            (&["-om", "x@y"][..], false, Enqueue, None),
+            (&["-o", "m", "-i"][..], true, Enqueue, None),
+            (&["-fme@example.com", "-F", "Me Myself", "x@y"][..], false, Enqueue, Some("me@example.com")),
+            (&["-r", "r@example.com", "x@y"][..], false, Enqueue, Some("r@example.com")),
+            // A value is a value, even when it looks like a flag.
+            (&["-F", "-i", "x@y"][..], false, Enqueue, None),
+            // Options end at the first recipient (POSIX getopt, as Postfix builds it) or --.
+            (&["x@y", "-i"][..], false, Enqueue, None),
+            (&["--", "-i"][..], false, Enqueue, None),
+            (&["-V", "+=", "-i"][..], false, Enqueue, None),
+            (&["-bs"][..], false, Smtp, None),
+            (&["-bs", "-bm"][..], false, Enqueue, None),
+            (&["-bp"][..], false, Other, None),
+            (&["-bi"][..], false, Other, None),
+            (&["-I"][..], false, Other, None),
+            (&["-bv", "x@y"][..], false, Other, None),
+            (&["-bd"][..], false, Other, None),
+            (&["-q"][..], false, Other, None),
+            (&["-q1h"][..], false, Other, None),
+            (&["-qR", "example.com"][..], false, Other, None),
+            (&["-bm", "-i", "x@y"][..], true, Enqueue, None),
             (
                 &["-N", "success,delay", "-R", "hdrs", "-V", "envid", "-B", "8BITMIME", "-C", "/etc/postfix", "x@y"][..],
                 false,
-                false,
+                Enqueue,
                 None,
             ),
-            (&["--", "-i"][..], false, false, None),
+            // What sendmail refuses goes to it unread, for it to say so.
+            (&["-f"][..], false, Other, None),
+            (&["-k", "x@y"][..], false, Other, None),
         ] {
             let p = parse_sendmail_args(args(a));
-            assert_eq!((p.ignore_dots, p.no_message, p.sender.as_deref()), (dots, none, sender), "{a:?}");
+            assert_eq!((p.ignore_dots, p.mode, p.sender.as_deref()), (dots, mode, sender), "{a:?}");
             assert_eq!(p.args, args(a), "passed through unchanged");
         }
     }
 
     #[test]
     fn sendmail_input_dots() {
-        for (input, dots, want) in [
-            (&b"A: b\n\nbody\n.\nafter\n"[..], false, &b"A: b\n\nbody\n"[..]),
-            (b"A: b\n\nbody\n.\nafter\n", true, b"A: b\n\nbody\n.\nafter\n"),
-            (b"A: b\r\n\r\n..stuffed\r\n.\r\n", false, b"A: b\r\n\r\n..stuffed\r\n"),
-            (b"A: b\n\nno end", false, b"A: b\n\nno end"),
-            (b"A: b\n\nlast\n.", false, b"A: b\n\nlast\n"),
+        for (input, dots, want, rest) in [
+            (&b"A: b\n\nbody\n.\nafter\n"[..], false, &b"A: b\n\nbody\n"[..], &b"after\n"[..]),
+            (b"A: b\n\nbody\n.\nafter\n", true, b"A: b\n\nbody\n.\nafter\n", b""),
+            (b"A: b\r\n\r\n..stuffed\r\n.\r\nmore", false, b"A: b\r\n\r\n..stuffed\r\n", b"more"),
+            (b"A: b\n\nno end", false, b"A: b\n\nno end", b""),
+            (b"A: b\n\nlast\n.", false, b"A: b\n\nlast\n", b""),
+            (b"A: b\n\n.x\n. \n", false, b"A: b\n\n.x\n. \n", b""),
         ] {
-            let got = read_sendmail_input(&mut &input[..], dots).unwrap();
+            let mut r = input;
+            let got = read_sendmail_input(&mut r, dots).unwrap();
             assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(r, rest, "reads nothing after the dot line");
+        }
+    }
+
+    fn sh(script: &str) -> Vec<OsString> {
+        args(&["sh", "-c", script])
+    }
+
+    #[test]
+    fn reinjection_outcome_and_exit_code() {
+        let big = || vec![vec![b'x'; 1 << 20]];
+        let short = Duration::from_millis(300);
+        for (command, data, timeout, want, code) in [
+            (sh("cat > /dev/null"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(0), 0),
+            // Issue 11 item 12: the command's status passes through.
+            (sh("cat > /dev/null; exit 67"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(67), 67),
+            (sh("cat > /dev/null; exit 69"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(69), 69),
+            (sh("cat > /dev/null; exit 75"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(75), 75),
+            (sh("exit 1"), big(), DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(1), 1),
+            (sh("kill -TERM $$"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Signaled(15), 75),
+            // Issue 11 item 11: a command that hangs, or never reads, is killed at the limit.
+            (args(&["sleep", "100"]), big(), short, Outcome::TimedOut(short), 75),
+            (sh("exec 3<&0; sleep 100 <&3 & exit 0"), big(), short, Outcome::TimedOut(short), 75),
+            (args(&["true"]), big(), DEFAULT_REINJECT_TIMEOUT, Outcome::Unread("Broken pipe (os error 32)".into()), 75),
+            (
+                args(&["/nonexistent/sendmail"]),
+                big(),
+                DEFAULT_REINJECT_TIMEOUT,
+                Outcome::NotStarted("No such file or directory (os error 2)".into()),
+                75,
+            ),
+            (
+                vec![],
+                big(),
+                DEFAULT_REINJECT_TIMEOUT,
+                Outcome::NotStarted("no re-injection command after --".into()),
+                75,
+            ),
+        ] {
+            let got = reinject(&command, data, timeout);
+            assert_eq!((&got, got.exit_code()), (&want, code), "{command:?}");
         }
     }
 
     #[test]
-    fn reinjection_status() {
-        let ok = args(&["sh", "-c", "cat > /dev/null"]);
-        assert!(reinject(&ok, &[b"x"]).is_ok());
-        let fail = args(&["sh", "-c", "cat > /dev/null; exit 3"]);
-        assert!(reinject(&fail, &[b"x"]).unwrap_err().contains("exit status: 3"));
-        assert!(reinject(&args(&["/nonexistent/sendmail"]), &[b"x"]).unwrap_err().contains("cannot run"));
+    fn internal_hosts() {
+        let ours =
+            InternalHosts::load("10.0.0.0/8, !10.1.0.0/16 [2001:db8::]/32,mail.example.com", Path::new("/")).unwrap();
+        let default = InternalHosts::default();
+        for (client, in_ours, in_default) in [
+            ("10.2.3.4", true, false),
+            ("10.1.2.3", false, false),
+            ("2001:db8::5", true, false),
+            ("IPv6:2001:DB8::5", true, false),
+            ("::ffff:10.2.3.4", true, false),
+            ("192.0.2.1", false, false),
+            ("mail.example.com", true, false),
+            ("127.0.0.1", false, true),
+            ("::1", false, true),
+            ("[::1]", false, true),
+            ("fe80::1%eth0", false, false),
+            ("unknown", false, false),
+        ] {
+            assert_eq!((ours.contains(client), default.contains(client)), (in_ours, in_default), "{client}");
+        }
+        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/x", "host/8"] {
+            assert!(InternalHosts::parse_list(bad).is_err(), "{bad}");
+        }
+        assert!(!InternalHosts::parse_list("# none\n\n").unwrap().contains("127.0.0.1"));
+        assert!(InternalHosts::load("csl:0.0.0.0/0", Path::new("/")).unwrap().contains("192.0.2.1"));
+    }
+
+    #[test]
+    fn origins() {
+        let hosts = || Ok(InternalHosts::default());
+        for (client, sasl, untrusted) in [
+            ("", "", false),   // pickup: local submission
+            ("  ", "", false), // the same, as some shells pass it
+            ("127.0.0.1", "", false),
+            ("203.0.113.9", "", true),
+            ("203.0.113.9", "alice", false),
+            ("203.0.113.9", " ", true),
+        ] {
+            assert_eq!(untrusted_origin(client, sasl, hosts).unwrap().is_some(), untrusted, "{client:?} {sasl:?}");
+        }
+        assert!(untrusted_origin("", "", || Err("unreadable".into())).is_ok(), "the list is not read when not needed");
+        assert!(untrusted_origin("192.0.2.1", "", || Err("unreadable".into())).is_err());
     }
 }

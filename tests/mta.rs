@@ -2,7 +2,9 @@
 //! handling (against a fake "real sendmail" that records what it got).
 
 use crate::util::{testdata, Dir};
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Output, Stdio};
 
 const MSG: &[u8] = b"From: a@example.com\nSubject: mta\nMessage-ID: <m1@example.com>\n\nbody\n";
 
@@ -15,21 +17,63 @@ fn key(dir: &Dir) -> String {
 
 /// A fake sendmail: records its arguments (one per line) and its stdin, exits with $FAKE_EXIT.
 fn fake_sendmail(dir: &Dir) -> String {
-    let p = dir.write(
+    script(
+        dir,
         "fake-sendmail",
-        format!(
-            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {d}/args\ncat > {d}/stdin\nexit ${{FAKE_EXIT:-0}}\n",
+        &format!(
+            "for a in \"$@\"; do printf '%s\\n' \"$a\"; done > {d}/args\ncat > {d}/stdin\nexit ${{FAKE_EXIT:-0}}\n",
             d = dir.path().display()
-        )
-        .as_bytes(),
-    );
+        ),
+    )
+}
+
+/// An executable shell script in `dir`.
+fn script(dir: &Dir, name: &str, body: &str) -> String {
+    let p = dir.write(name, format!("#!/bin/sh\n{body}").as_bytes());
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p.display().to_string()
 }
 
+/// Runs `dkimpress` (argv[0] `argv0` when given) as the sendmail wrapper with `fake` as the
+/// real sendmail and the configuration in `dir`, plus `env`.
+fn wrapper(dir: &Dir, argv0: Option<&str>, fake: &str, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut c = match argv0 {
+        Some(name) => {
+            let link = dir.join(name);
+            if !link.exists() {
+                std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dkimpress"), &link).unwrap();
+            }
+            Command::new(link)
+        }
+        None => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_dkimpress"));
+            c.arg("sendmail");
+            c
+        }
+    };
+    c.current_dir(dir.path())
+        .env("DKIMPRESS_CONFIG", dir.join("dkimpress.conf"))
+        .env("DKIMPRESS_SENDMAIL", fake)
+        .env("DKIMPRESS_LOG", "stderr")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 dktest!(
-    /// filter: 0 when re-injected (signed, arguments untouched); 75 when re-injection fails or
-    /// the key cannot be read; unsigned with 0 when there is no key for the domain or no
+    /// filter: 0 when re-injected (signed, arguments untouched); the re-injection command's
+    /// status when it fails; 75 when it cannot run or the key cannot be read; unsigned with 0 when there is no key for the domain or no
     /// message; --on-error pass re-injects unsigned.
     filter_exit_codes,
     |dir| {
@@ -44,9 +88,9 @@ dktest!(
         assert_eq!(std::fs::read_to_string(dir.join("args")).unwrap(), "-G\n-i\n-f\na@example.com\n--\nrcpt@example.org\n-odd-arg\n");
         assert!(String::from_utf8_lossy(&out.stderr).contains("message-id=<m1@example.com>: signed"));
 
-        // Re-injection fails: 75.
+        // Re-injection fails: its own status (issue 11 item 12).
         let out = dir.cmd().args(base).args([&k, "--", "sh", "-c", "cat >/dev/null; exit 1"]).stdin(MSG).run();
-        assert_eq!(out.status.code(), Some(75));
+        assert_eq!(out.status.code(), Some(1));
         // Re-injection command missing: 75.
         let out = dir.cmd().args(base).args([&k, "--", "/nonexistent/sendmail"]).stdin(MSG).run();
         assert_eq!(out.status.code(), Some(75));
@@ -144,5 +188,197 @@ dktest!(
         // DKIMPRESS_SENDMAIL pointing at dkimpress itself: refused with 75, no loop.
         let out = run(&["sendmail", "x@example.org"], MSG, &[("DKIMPRESS_SENDMAIL", env!("CARGO_BIN_EXE_dkimpress"))]);
         assert_eq!(out.status.code(), Some(75));
+    }
+);
+
+/// A config and key for the wrapper in `dir`; returns the fake real sendmail.
+fn wrapper_setup(dir: &Dir) -> String {
+    let k = key(dir);
+    dir.write("dkimpress.conf", format!("Domain example.com\nSelector test-ed\nKeyFile {k}\n").as_bytes());
+    fake_sendmail(dir)
+}
+
+fn received(dir: &Dir) -> String {
+    String::from_utf8(std::fs::read(dir.join("stdin")).unwrap()).unwrap()
+}
+
+dktest!(
+    /// Issue 11 item 5: grouped flags (`-ti`, `-it`), `-o i` and `-oi` all keep a lone `.` as
+    /// data, as Postfix sendmail(1) reads them; after the first recipient, `-i` is a recipient.
+    sendmail_grouped_ignore_dots_flags,
+    |dir| {
+        let fake = wrapper_setup(&dir);
+        let input = b"From: a@example.com\nSubject: w\n\nline\n.\nafter the dot\n";
+        for args in [&["-ti"][..], &["-it", "x@example.org"], &["-o", "i", "x@example.org"], &["-oi", "x@example.org"], &["-tif", "b@example.com"]] {
+            let out = wrapper(&dir, None, &fake, args, input, &[]);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+            let got = received(&dir);
+            assert!(got.starts_with("DKIM-Signature: ") && got.ends_with("\nline\n.\nafter the dot\n"), "{args:?}: {got}");
+            let want: String = args.iter().map(|a| format!("{a}\n")).collect();
+            assert_eq!(std::fs::read_to_string(dir.join("args")).unwrap(), want, "passed on unchanged");
+        }
+        for args in [&["x@example.org", "-i"][..], &["-F", "-i", "x@example.org"], &["-om", "x@example.org"]] {
+            let out = wrapper(&dir, None, &fake, args, input, &[]);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+            assert!(received(&dir).ends_with("\nline\n"), "{args:?}: the dot ends the message");
+        }
+    }
+);
+
+dktest!(
+    /// Issue 11 item 5: called as mailq or newaliases, the wrapper runs the real sendmail under
+    /// that name (its mode depends on it) with the arguments unchanged, and returns its status.
+    /// The "real sendmail" here is /bin/sh, whose `$0` under `-c` is the name it was run as.
+    sendmail_as_mailq_and_newaliases,
+    |dir| {
+        wrapper_setup(&dir);
+        for name in ["mailq", "newaliases"] {
+            let out = wrapper(&dir, Some(name), "/bin/sh", &["-c", "printf %s \"$0\" > arg0; exit 3"], b"", &[]);
+            assert_eq!(out.status.code(), Some(3), "{name}: {}", stderr(&out));
+            assert_eq!(std::fs::read_to_string(dir.join("arg0")).unwrap(), name);
+        }
+    }
+);
+
+dktest!(
+    /// Issue 11 item 5: -bs (an SMTP session) goes to the real sendmail with stdin untouched,
+    /// and the wrapper says every time that it goes unsigned.
+    sendmail_bs_is_logged,
+    |dir| {
+        let fake = wrapper_setup(&dir);
+        let session = b"EHLO me\r\nQUIT\r\n";
+        for _ in 0..2 {
+            let out = wrapper(&dir, None, &fake, &["-bs"], session, &[]);
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            assert!(stderr(&out).contains("-bs: SMTP submission is passed to the real sendmail unsigned"), "{}", stderr(&out));
+            assert_eq!(std::fs::read(dir.join("stdin")).unwrap(), session);
+            assert_eq!(std::fs::read_to_string(dir.join("args")).unwrap(), "-bs\n");
+        }
+    }
+);
+
+dktest!(
+    /// Issue 11 item 12: the re-injection command's status reaches Postfix as it is (67 bounces,
+    /// 75 defers), from filter and from the wrapper; a signal is 75.
+    reinjection_status_passes_through,
+    |dir| {
+        let fake = wrapper_setup(&dir);
+        let k = dir.join("k.private").display().to_string();
+        for (exit, want) in [("0", 0), ("67", 67), ("69", 69), ("75", 75), ("77", 77)] {
+            let out = Command::new(env!("CARGO_BIN_EXE_dkimpress"))
+                .args(["filter", "--log-stderr", "-d", "example.com", "-s", "test-ed", "-k", &k, "--", &fake, "-i", "--", "x@example.org"])
+                .env("FAKE_EXIT", exit)
+                .stdin(std::fs::File::open(dir.write("in.eml", MSG)).unwrap())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(want), "filter, fake exits {exit}: {}", stderr(&out));
+            assert!(received(&dir).starts_with("DKIM-Signature: "));
+            let out = wrapper(&dir, None, &fake, &["x@example.org"], MSG, &[("FAKE_EXIT", exit)]);
+            assert_eq!(out.status.code(), Some(want), "wrapper, fake exits {exit}: {}", stderr(&out));
+        }
+        let out = dir.cmd().args(["filter", "--log-stderr", "-d", "example.com", "-s", "test-ed", "-k", &k, "--", "sh", "-c", "kill -KILL $$"]).stdin(MSG).run();
+        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+        assert!(stderr(&out).contains("killed by signal 9"), "{}", stderr(&out));
+    }
+);
+
+dktest!(
+    /// Issue 11 item 11: a re-injection command that hangs without reading its stdin (the
+    /// message is larger than a pipe buffer) is killed at the time limit, and we exit 75.
+    reinjection_timeout,
+    |dir| {
+        wrapper_setup(&dir);
+        let k = dir.join("k.private").display().to_string();
+        let mut big = MSG.to_vec();
+        big.extend_from_slice(&b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n".repeat(4096));
+        let out = dir
+            .cmd()
+            .args(["filter", "--log-stderr", "--reinject-timeout", "1", "-d", "example.com", "-s", "test-ed", "-k", &k, "--", "sleep", "100"])
+            .stdin(&big)
+            .run();
+        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+        assert!(stderr(&out).contains("still running after 1 s; killed"), "{}", stderr(&out));
+        let hang = script(&dir, "hang", "exec sleep 100\n");
+        let out = wrapper(&dir, None, &hang, &["x@example.org"], &big, &[("DKIMPRESS_REINJECT_TIMEOUT", "1")]);
+        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+        let out = dir.cmd().args(["filter", "--reinject-timeout", "0", "-k", &k, "--", "true"]).stdin(MSG).run();
+        assert_eq!(out.status.code(), Some(64), "0 s is refused");
+    }
+);
+
+dktest!(
+    /// Issue 11 item 8: filter signs only its own clients' mail: local submission (empty
+    /// client address), authenticated clients, internal hosts (--internal-hosts, or
+    /// InternalHosts of the opendkim.conf, default loopback). Other clients' mail is
+    /// re-injected unsigned, with a log line; an InternalHosts file that cannot be read defers.
+    filter_signs_only_trusted_origins,
+    |dir| {
+        let k = key(&dir);
+        let fake = fake_sendmail(&dir);
+        dir.write("hosts", b"# ours\n192.0.2.0/24\n!192.0.2.66\n");
+        dir.write("ours.conf", format!("Domain example.com\nSelector test-ed\nKeyFile {k}\nInternalHosts file:hosts\n").as_bytes());
+        dir.write("plain.conf", format!("Domain example.com\nSelector test-ed\nKeyFile {k}\n").as_bytes());
+        let flags = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let keys = flags(&["-d", "example.com", "-s", "test-ed", "-k", &k]);
+        let ours = flags(&["--config", "ours.conf"]);
+        let plain = flags(&["--config", "plain.conf"]);
+        for (opts, origin, signed) in [
+            (&keys, &[][..], true),
+            (&keys, &["--client-address="][..], true),
+            (&keys, &["--client-address", "127.0.0.1"][..], true),
+            (&keys, &["--client-address=::1"][..], true),
+            (&keys, &["--client-address=203.0.113.9"][..], false),
+            (&keys, &["--client-address=203.0.113.9", "--sasl-username="][..], false),
+            (&keys, &["--client-address=203.0.113.9", "--sasl-username=alice"][..], true),
+            (&keys, &["--client-address=203.0.113.9", "--internal-hosts", "10.0.0.0/8,203.0.113.0/24"][..], true),
+            (&keys, &["--client-address=127.0.0.1", "--internal-hosts", "10.0.0.0/8"][..], false),
+            (&ours, &["--client-address=192.0.2.5"][..], true),
+            (&ours, &["--client-address=192.0.2.66"][..], false),
+            (&ours, &["--client-address=127.0.0.1"][..], false),
+            (&plain, &["--client-address=127.0.0.1"][..], true),
+            (&plain, &["--client-address=192.0.2.5"][..], false),
+        ] {
+            let out = dir.cmd().args(["filter", "--log-stderr"]).args(opts).args(origin).args(["--", &fake, "-i", "--", "x@example.org"]).stdin(MSG).run();
+            assert_eq!(out.status.code(), Some(0), "{opts:?} {origin:?}: {}", stderr(&out));
+            let got = std::fs::read(dir.join("stdin")).unwrap();
+            assert_eq!(got.starts_with(b"DKIM-Signature: "), signed, "{opts:?} {origin:?}: {}", stderr(&out));
+            assert!(got.ends_with(MSG));
+            if !signed {
+                assert!(stderr(&out).contains("is not in InternalHosts and did not authenticate; passed on unsigned"), "{}", stderr(&out));
+            }
+        }
+        let out = dir
+            .cmd()
+            .args(["filter", "--log-stderr", "--internal-hosts", "/nonexistent/hosts", "--client-address=192.0.2.5"])
+            .args(&keys)
+            .args(["--", &fake])
+            .stdin(MSG)
+            .run();
+        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    }
+);
+
+dktest!(
+    /// Issue 11 item 17: with DKIMPRESS_ON_ERROR=tempfail, a configuration that is missing or
+    /// cannot be read (a directory; a path through a file) defers with 75 and a log line, and
+    /// the real sendmail is not run; with pass, the message goes on unsigned, logged.
+    sendmail_config_missing_or_unreadable,
+    |dir| {
+        let fake = wrapper_setup(&dir);
+        dir.write("subdir/x", b"");
+        let missing = dir.join("nonexistent.conf").display().to_string();
+        let is_dir = dir.join("subdir").display().to_string();
+        let through_file = dir.join("dkimpress.conf/inner.conf").display().to_string();
+        for conf in [&missing, &is_dir, &through_file] {
+            let _ = std::fs::remove_file(dir.join("stdin"));
+            let out = wrapper(&dir, None, &fake, &["x@example.org"], MSG, &[("DKIMPRESS_CONFIG", conf), ("DKIMPRESS_ON_ERROR", "tempfail")]);
+            assert_eq!(out.status.code(), Some(75), "{conf}: {}", stderr(&out));
+            assert!(stderr(&out).contains(conf.as_str()) && stderr(&out).contains("deferred"), "{}", stderr(&out));
+            assert!(!dir.join("stdin").exists(), "{conf}: the real sendmail did not run");
+            let out = wrapper(&dir, None, &fake, &["x@example.org"], MSG, &[("DKIMPRESS_CONFIG", conf), ("DKIMPRESS_ON_ERROR", "pass")]);
+            assert_eq!(out.status.code(), Some(0), "{conf}: {}", stderr(&out));
+            assert_eq!(std::fs::read(dir.join("stdin")).unwrap(), MSG);
+            assert!(stderr(&out).contains(conf.as_str()) && stderr(&out).contains("passed on unsigned"), "{}", stderr(&out));
+        }
     }
 );
