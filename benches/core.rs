@@ -27,13 +27,13 @@ fn text_body_kind(size: usize, crlf: bool, hard: bool) -> Vec<u8> {
         let mut line = String::new();
         while line.len() < 66 {
             line.push_str(words[i % words.len()]);
-            line.push(if hard && i % 17 == 0 { '\t' } else { ' ' });
+            line.push(if hard && i.is_multiple_of(17) { '\t' } else { ' ' });
             i += 1;
         }
-        if !hard || i % 5 != 0 {
+        if !hard || !i.is_multiple_of(5) {
             line.pop();
         }
-        if !hard && i % 13 == 0 {
+        if !hard && i.is_multiple_of(13) {
             line.push_str(if crlf { "\r\n" } else { "\n" });
         }
         out.extend_from_slice(line.as_bytes());

@@ -127,7 +127,7 @@ pub fn generate(count: usize, sizes: SizeDist, seed: u64, attachments: bool) -> 
         let body_target = start + target;
         let text_end = if attach { start + (target / 3).max(out.len() - start + 200) } else { body_target };
         while out.len() < text_end {
-            if rng.next() % 50 == 0 {
+            if rng.next().is_multiple_of(50) {
                 out.extend_from_slice(b">From the quoted line\n");
                 continue;
             }
@@ -139,7 +139,7 @@ pub fn generate(count: usize, sizes: SizeDist, seed: u64, attachments: bool) -> 
                 out.extend_from_slice(WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes());
             }
             out.push(b'\n');
-            if rng.next() % 9 == 0 {
+            if rng.next().is_multiple_of(9) {
                 out.push(b'\n');
             }
         }
@@ -416,6 +416,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                 mbox_format: MboxFormat::Mboxrd,
                 strip_own: false,
                 now: 1_800_000_000,
+                max_message: crate::bulk::DEFAULT_MAX_MESSAGE,
             };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| e.to_string())?;
             let mapped = Mapped::Owned(data.clone());

@@ -11,7 +11,7 @@
 //! header fields, and the writer releases mapped pages it has written.
 
 use crate::header::Message;
-use crate::io::{self, AtomicFile};
+use crate::io;
 use crate::mbox::{self, MboxEntry, MboxFormat};
 use crate::sign::{self, Signer};
 
@@ -19,7 +19,6 @@ use rayon::prelude::*;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Most messages between the splitter and the writer.
 pub const IN_FLIGHT: usize = 4096;
@@ -32,16 +31,14 @@ const BATCH_BYTES: usize = 256 << 10;
 /// The writer hands mapped pages back to the kernel every this many bytes.
 const RELEASE_STEP: usize = 8 << 20;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Makes SIGINT/SIGTERM stop a bulk run between windows, so that no partial output replaces
-/// an original (temporary files are removed as the run unwinds).
+/// Makes SIGINT/SIGTERM stop a bulk run between batches, so that no partial output replaces
+/// an original (see [`io::install_interrupt_handler`]).
 pub fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    io::install_interrupt_handler();
 }
 
 fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    io::interrupted()
 }
 
 /// What an input path holds.
@@ -72,22 +69,136 @@ impl std::str::FromStr for InputKind {
 
 /// Detects the kind of `path`: a directory with `cur/` or `new/` is a maildir, any other
 /// directory a queue directory; a file starting with `From ` (after an optional UTF-8 BOM), or an
-/// empty file, is an mbox; any other file is one message.
+/// empty file, is an mbox; any other file is one message. Reads the first octets of a regular
+/// file only: a pipe or device must go through [`open_source`], which keeps what it reads.
 pub fn detect(path: &Path) -> std::io::Result<InputKind> {
     let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
-        if path.join("cur").is_dir() || path.join("new").is_dir() {
-            return Ok(InputKind::Maildir);
-        }
-        return Ok(InputKind::QueueDir);
+        return Ok(dir_kind(path));
+    }
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file (a pipe or device): open it with open_source"));
     }
     let mut head = [0u8; 8];
-    let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut head)?;
-    let head = &head[..n];
+    let n = read_full(&mut std::fs::File::open(path)?, &mut head)?;
+    Ok(kind_of_head(&head[..n]))
+}
+
+fn dir_kind(path: &Path) -> InputKind {
+    if path.join("cur").is_dir() || path.join("new").is_dir() {
+        InputKind::Maildir
+    } else {
+        InputKind::QueueDir
+    }
+}
+
+fn kind_of_head(head: &[u8]) -> InputKind {
     let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     // An empty file is an empty mbox: nothing to sign, nothing lost.
-    Ok(if head.is_empty() || head.starts_with(b"From ") { InputKind::Mbox } else { InputKind::Message })
+    if head.is_empty() || head.starts_with(b"From ") {
+        InputKind::Mbox
+    } else {
+        InputKind::Message
+    }
 }
+
+/// Reads until `buf` is full or the input ends (a pipe hands out short reads).
+fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// An input of a run: its path, its kind, and for a pipe, FIFO or device the bytes read from
+/// it (it can be read only once).
+pub struct Source {
+    /// The path as given.
+    pub path: PathBuf,
+    /// What it holds.
+    pub kind: InputKind,
+    /// The contents of a non-seekable input, read at open (None: a regular file or directory,
+    /// read when its turn comes).
+    pub spooled: Option<io::Mapped>,
+}
+
+impl Source {
+    /// Whether the input was a pipe, FIFO or device.
+    pub fn is_stream(&self) -> bool {
+        self.spooled.is_some()
+    }
+}
+
+/// Opens `path` for a run (issue 11, items 1 and 15). Regular files and directories are only
+/// classified. A pipe, FIFO or device (`/dev/stdin`, `<(cat a.mbox)`) can be read once, so it
+/// is read now and its kind told from the bytes read: one message is held in memory up to
+/// `max_message` octets (more is an error, so `/dev/zero` ends), an mbox is spooled to an
+/// unlinked temporary file and mapped, keeping memory bounded. An input that gives no bytes is
+/// refused: a run over nothing must not report success.
+pub fn open_source(path: &Path, forced: Option<InputKind>, max_message: u64) -> Result<Source, BulkError> {
+    let meta = std::fs::metadata(path).map_err(|e| input_err(path, e))?;
+    let source = |kind, spooled| Source { path: path.to_path_buf(), kind, spooled };
+    if meta.is_dir() {
+        return Ok(source(forced.unwrap_or_else(|| dir_kind(path)), None));
+    }
+    if meta.is_file() {
+        let kind = match forced {
+            Some(k) => k,
+            None => detect(path).map_err(|e| input_err(path, e))?,
+        };
+        if kind == InputKind::Message && meta.len() > max_message {
+            return Err(too_large(path, meta.len(), max_message));
+        }
+        return Ok(source(kind, None));
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| input_err(path, e))?;
+    let mut head = [0u8; 8];
+    let n = read_full(&mut f, &mut head).map_err(|e| input_err(path, e))?;
+    if n == 0 {
+        return Err(BulkError::Format {
+            path: path.display().to_string(),
+            reason: "empty input (a pipe or device that gave no bytes): nothing to do".into(),
+        });
+    }
+    let kind = forced.unwrap_or_else(|| kind_of_head(&head[..n]));
+    let spooled = match kind {
+        InputKind::Mbox => {
+            let mut spool = tempfile::tempfile().map_err(|e| input_err(path, format!("cannot spool: {e}")))?;
+            let copied = Write::write_all(&mut spool, &head[..n])
+                .and_then(|()| std::io::copy(&mut f, &mut spool))
+                .and_then(|_| spool.flush());
+            copied.map_err(|e| input_err(path, format!("reading into the spool file failed: {e}")))?;
+            io::map(&spool).map_err(|e| input_err(path, e))?
+        }
+        _ => {
+            let mut data = head[..n].to_vec();
+            std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, max_message + 1 - n as u64), &mut data)
+                .map_err(|e| input_err(path, e))?;
+            if data.len() as u64 > max_message {
+                return Err(too_large(path, data.len() as u64, max_message));
+            }
+            io::Mapped::Owned(data)
+        }
+    };
+    Ok(source(kind, Some(spooled)))
+}
+
+fn too_large(path: &Path, len: u64, max: u64) -> BulkError {
+    BulkError::Format {
+        path: path.display().to_string(),
+        reason: format!("{len} octets or more: larger than the message size limit of {max} (--max-message-size)"),
+    }
+}
+
+/// Default of `--max-message-size`: larger than any mail a server accepts (Postfix's
+/// message_size_limit defaults to 10 MB, Exchange Online allows 150 MB).
+pub const DEFAULT_MAX_MESSAGE: u64 = 512 << 20;
 
 /// Settings of a bulk run.
 pub struct BulkOptions {
@@ -101,6 +212,8 @@ pub struct BulkOptions {
     pub strip_own: bool,
     /// Unix time for `t=`.
     pub now: u64,
+    /// Largest message signed; larger ones are passed through and reported.
+    pub max_message: u64,
 }
 
 /// One message left unsigned, with where it is and why.
@@ -144,15 +257,32 @@ pub struct Summary {
 
 /// What happened to one message.
 enum Outcome {
-    Signed { headers: Vec<u8>, drop: Vec<Range<usize>> },
+    Signed {
+        headers: Vec<u8>,
+        drop: Vec<Range<usize>>,
+    },
     Unsigned(String),
+    /// The key store cannot be reached: the run stops (exit 75) without replacing anything,
+    /// since passing the rest through unsigned would need a second run that double-signs.
+    Temporary(String),
 }
 
 /// Signs one message (already unquoted).
 fn process(opts: &BulkOptions, msg: &[u8]) -> Outcome {
-    match sign_message(opts, msg) {
-        Ok((headers, drop)) => Outcome::Signed { headers, drop },
-        Err(e) => Outcome::Unsigned(e.to_string()),
+    if msg.len() as u64 > opts.max_message {
+        return Outcome::Unsigned(format!(
+            "{} octets: larger than the message size limit of {} (--max-message-size)",
+            msg.len(),
+            opts.max_message
+        ));
+    }
+    // One message that makes the signer panic must not end the run: it is passed through and
+    // reported like any other message that cannot be signed.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_message(opts, msg))) {
+        Ok(Ok((headers, drop))) => Outcome::Signed { headers, drop },
+        Ok(Err(sign::SignError::Select(crate::select::SelectError::Temporary(why)))) => Outcome::Temporary(why),
+        Ok(Err(e)) => Outcome::Unsigned(e.to_string()),
+        Err(_) => Outcome::Unsigned("internal error (panic) while signing; please report it".into()),
     }
 }
 
@@ -194,22 +324,24 @@ pub fn tag_value(list: &[u8], name: &str) -> Option<String> {
     None
 }
 
-/// Replaces (or creates) `dest` atomically with `headers` + `msg` minus `drop`.
+/// Replaces (or creates) `dest` atomically with `headers` + `msg` minus `drop`, the new file
+/// taking over what `keep` says. A link, device or FIFO at `dest` is refused.
 pub fn write_signed_file(
     dest: &Path,
-    mode: u32,
+    keep: &io::Keep,
     headers: &[u8],
     msg: &[u8],
     drop: &[Range<usize>],
-) -> std::io::Result<()> {
-    let mut f = AtomicFile::create(dest, mode)?;
+) -> Result<(), BulkError> {
+    let mut f = io::Output::open(dest, keep, false)?;
+    let out_err = |error| BulkError::Output { path: dest.display().to_string(), error };
     {
         let mut w = BufWriter::new(&mut f);
-        w.write_all(headers)?;
-        write_without(&mut w, msg, drop)?;
-        w.flush()?;
+        w.write_all(headers).map_err(out_err)?;
+        write_without(&mut w, msg, drop).map_err(out_err)?;
+        w.flush().map_err(out_err)?;
     }
-    f.commit()
+    f.commit().map_err(out_err)
 }
 
 /// Writes `data` without the `drop` ranges.
@@ -252,6 +384,20 @@ pub enum BulkError {
     /// SIGINT or SIGTERM arrived; outputs in progress were discarded.
     #[error("interrupted: no original was replaced by partial output")]
     Interrupted,
+    /// The key store cannot be reached: the run stopped, outputs in progress were discarded.
+    #[error("{path}: stopped, nothing replaced: {reason}; try again later")]
+    Temporary {
+        /// The input being signed.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// An mbox to rewrite in place cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] io::LockError),
+    /// An output cannot be created (as opposed to failing while written).
+    #[error(transparent)]
+    Create(#[from] io::OutputError),
 }
 
 fn input_err(path: &Path, reason: impl std::fmt::Display) -> BulkError {
@@ -313,7 +459,7 @@ fn account(
     summary.bytes += len;
     match outcome {
         Outcome::Signed { .. } => summary.signed += 1,
-        Outcome::Unsigned(reason) => {
+        Outcome::Unsigned(reason) | Outcome::Temporary(reason) => {
             summary.passed += 1;
             let p = Problem { file: file.to_string(), index, offset, reason: reason.clone() };
             progress.println(&format!("dkimpress: left unsigned: {p}"));
@@ -326,7 +472,17 @@ fn account(
 /// Maps the mbox at `path` for one pass and checks that it is one.
 pub fn open_mbox(path: &Path) -> Result<io::Mapped, BulkError> {
     let file = std::fs::File::open(path).map_err(|e| input_err(path, e))?;
-    let mapped = io::map(&file).map_err(|e| input_err(path, e))?;
+    map_mbox_file(&file, path)
+}
+
+/// Maps an open mbox file (one that is locked: see [`io::MboxLock`]) and checks it.
+pub fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<io::Mapped, BulkError> {
+    let mapped = io::map(file).map_err(|e| input_err(path, e))?;
+    check_mbox(mapped, path)
+}
+
+/// Checks that mapped (or spooled) bytes are an mbox.
+pub fn check_mbox(mapped: io::Mapped, path: &Path) -> Result<io::Mapped, BulkError> {
     mbox::check(&mapped).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })?;
     Ok(mapped)
 }
@@ -359,12 +515,28 @@ where
     let (out_tx, out_rx) = crossbeam_channel::bounded::<(Vec<MboxEntry>, Slot<R>)>(IN_FLIGHT / BATCH_MESSAGES);
     let queued_bytes = std::sync::atomic::AtomicUsize::new(0);
     let queued_bytes = &queued_bytes;
+    // Set when the writer stops early (an output error): the splitter must not wait for it
+    // to drain the byte budget, which it never will.
+    let writer_gone = std::sync::atomic::AtomicBool::new(false);
+    let writer_gone = &writer_gone;
     let job = &job;
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(), BulkError> {
+            struct Gone<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Gone<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let _gone = Gone(writer_gone);
             let mut released = 0usize;
             for (batch, slot) in out_rx {
-                let results = slot.recv().expect("job vanished");
+                let Ok(results) = slot.recv() else {
+                    return Err(BulkError::Input {
+                        path: "worker".into(),
+                        reason: "internal error: a worker thread failed; nothing was replaced".into(),
+                    });
+                };
                 for (e, r) in batch.iter().zip(results) {
                     let len = e.data.end - e.from_line.start;
                     let end = e.data.end;
@@ -394,7 +566,9 @@ where
                     batch.push(e);
                 }
                 // Bytes in flight: wait for the writer when a run of huge messages piles up.
-                while queued_bytes.load(std::sync::atomic::Ordering::Relaxed) > IN_FLIGHT_BYTES {
+                while queued_bytes.load(std::sync::atomic::Ordering::Relaxed) > IN_FLIGHT_BYTES
+                    && !writer_gone.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     std::thread::sleep(std::time::Duration::from_micros(200));
                 }
                 queued_bytes.fetch_add(batch_bytes, std::sync::atomic::Ordering::Relaxed);
@@ -423,15 +597,18 @@ where
             }
         });
         drop(out_tx);
-        let written = writer.join().expect("writer thread panicked");
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(BulkError::Input { path: "writer".into(), reason: "internal error: the writer thread failed".into() })
+        });
         written.and(result)
     })
 }
 
-/// Signs every message of the mbox at `path` into `out`: the output is the input with the new
-/// header fields inserted after each `From ` line (and own old signatures removed with
-/// `strip_own`), byte for byte otherwise.
+/// Signs every message of the mapped mbox `mapped` (shown as `path`) into `out`: the output is
+/// the input with the new header fields inserted after each `From ` line (and own old
+/// signatures removed with `strip_own`), byte for byte otherwise.
 pub fn sign_mbox(
+    mapped: &io::Mapped,
     path: &Path,
     opts: &BulkOptions,
     pool: &rayon::ThreadPool,
@@ -439,19 +616,21 @@ pub fn sign_mbox(
     summary: &mut Summary,
     progress: &Progress,
 ) -> Result<(), BulkError> {
-    let mapped = open_mbox(path)?;
-    let data: &[u8] = &mapped;
+    let data: &[u8] = mapped;
     let shown = path.display().to_string();
     let out_err = |error| BulkError::Output { path: "output".to_string(), error };
     out.write_all(&data[..mbox::bom_len(data)]).map_err(out_err)?;
     let mut index = 0u64;
     map_mbox(
-        &mapped,
+        mapped,
         opts.mbox_format,
         pool,
         |msg| process(opts, msg),
         |e, o| {
             index += 1;
+            if let Outcome::Temporary(reason) = &o {
+                return Err(BulkError::Temporary { path: format!("{shown}#{index}"), reason: reason.clone() });
+            }
             out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
             let stored = &data[e.data.clone()];
             match &o {
@@ -459,7 +638,7 @@ pub fn sign_mbox(
                     out.write_all(headers).map_err(out_err)?;
                     write_without(out, stored, drop).map_err(out_err)?;
                 }
-                Outcome::Unsigned(_) => out.write_all(stored).map_err(out_err)?,
+                _ => out.write_all(stored).map_err(out_err)?,
             }
             let len = (e.data.end - e.from_line.start) as u64;
             account(summary, progress, &o, &shown, index, e.from_line.start as u64, len);
@@ -483,14 +662,26 @@ pub enum DirOutput {
     InPlace,
 }
 
-/// The message files of a maildir (`cur/`, `new/`) or queue directory, as paths relative to
-/// `dir`, sorted so that runs are repeatable. Dot files and `tmp/` are skipped.
-pub fn list_messages(dir: &Path, kind: InputKind) -> Result<Vec<PathBuf>, BulkError> {
+/// One entry of a maildir (`cur/`, `new/`) or queue directory.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The path relative to the directory.
+    pub rel: PathBuf,
+    /// Why the entry cannot be read as a message file (a link, FIFO, device, directory), or
+    /// None for a regular file.
+    pub odd: Option<&'static str>,
+}
+
+/// The entries of a maildir (`cur/`, `new/`) or queue directory, as paths relative to `dir`,
+/// sorted so that runs are repeatable. Dot files and `tmp/` are skipped (they are not
+/// messages); every other entry is listed, regular files or not, so that none is dropped
+/// without a word (issue 11, item 6).
+pub fn list_messages(dir: &Path, kind: InputKind) -> Result<Vec<DirEntry>, BulkError> {
     let subdirs: Vec<PathBuf> = match kind {
         InputKind::Maildir => ["cur", "new"].iter().map(PathBuf::from).filter(|s| dir.join(s).is_dir()).collect(),
         _ => vec![PathBuf::new()],
     };
-    let mut files = vec![];
+    let mut entries = vec![];
     for sub in subdirs {
         let rd = std::fs::read_dir(dir.join(&sub)).map_err(|e| input_err(&dir.join(&sub), e))?;
         for entry in rd {
@@ -500,17 +691,40 @@ pub fn list_messages(dir: &Path, kind: InputKind) -> Result<Vec<PathBuf>, BulkEr
                 continue;
             }
             let ft = entry.file_type().map_err(|e| input_err(&entry.path(), e))?;
-            if ft.is_file() {
-                files.push(sub.join(name));
-            }
+            entries.push(DirEntry { rel: sub.join(name), odd: odd_kind(&ft) });
         }
     }
-    files.sort();
-    Ok(files)
+    entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(entries)
+}
+
+/// What a non-regular directory entry is, in words.
+fn odd_kind(ft: &std::fs::FileType) -> Option<&'static str> {
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt as _;
+    if ft.is_file() {
+        return None;
+    }
+    Some(if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_dir() {
+        "a directory (not descended into)"
+    } else {
+        #[cfg(unix)]
+        if ft.is_fifo() {
+            return Some("a FIFO");
+        } else if ft.is_char_device() || ft.is_block_device() {
+            return Some("a device");
+        } else if ft.is_socket() {
+            return Some("a socket");
+        }
+        "not a regular file"
+    })
 }
 
 /// Signs each message file of a maildir or queue directory. Each output file appears
 /// atomically; a message left unsigned is copied unchanged (`To`) or left alone (`InPlace`).
+/// With `To`, a maildir's output gets `cur/`, `new/` and `tmp/`, so that mail readers open it.
 pub fn sign_dir(
     dir: &Path,
     kind: InputKind,
@@ -520,9 +734,13 @@ pub fn sign_dir(
     summary: &mut Summary,
     progress: &Progress,
 ) -> Result<(), BulkError> {
-    let files = list_messages(dir, kind)?;
+    let entries = list_messages(dir, kind)?;
     if let DirOutput::To(out) = output {
-        let mut parents: Vec<PathBuf> = files.iter().filter_map(|f| f.parent().map(|p| out.join(p))).collect();
+        let mut parents: Vec<PathBuf> = entries.iter().filter_map(|f| f.rel.parent().map(|p| out.join(p))).collect();
+        if kind == InputKind::Maildir {
+            parents.extend(["cur", "new", "tmp"].iter().map(|d| out.join(d)));
+        }
+        parents.sort();
         parents.dedup();
         parents.push(out.clone());
         for p in parents {
@@ -531,49 +749,77 @@ pub fn sign_dir(
     }
     map_dir(
         dir,
-        &files,
+        &entries,
+        opts.max_message,
         pool,
-        |rel, buf| sign_file(dir, rel, opts, output, buf),
+        |rel, item| sign_file(dir, rel, opts, output, item),
         |rel, r| {
-            let (outcome, len) = r??;
+            let (outcome, len) = r?;
+            if let Outcome::Temporary(reason) = &outcome {
+                return Err(BulkError::Temporary { path: dir.join(rel).display().to_string(), reason: reason.clone() });
+            }
             account(summary, progress, &outcome, &dir.join(rel).display().to_string(), 1, 0, len);
             Ok(())
         },
     )
 }
 
-/// Runs `job` on every file of `files` (relative to `dir`) on the pool, each read into a
-/// reused per-worker buffer, and hands the results to `emit` in input order.
+/// A directory entry as a worker sees it: the message bytes and the file's metadata, or why
+/// it cannot be read as a message.
+pub type Item<'a> = Result<(&'a [u8], &'a std::fs::Metadata), String>;
+
+/// Runs `job` on every entry of `entries` (relative to `dir`) on the pool, each regular file
+/// read into a reused per-worker buffer, and hands the results to `emit` in input order.
+/// Entries that are not regular files, cannot be read, or are larger than `max_message`
+/// reach `job` as `Err(reason)`.
 pub fn map_dir<R, J, E>(
     dir: &Path,
-    files: &[PathBuf],
+    entries: &[DirEntry],
+    max_message: u64,
     pool: &rayon::ThreadPool,
     job: J,
     mut emit: E,
 ) -> Result<(), BulkError>
 where
     R: Send,
-    J: Fn(&Path, &[u8]) -> R + Sync,
-    E: FnMut(&Path, Result<R, BulkError>) -> Result<(), BulkError>,
+    J: Fn(&Path, Item<'_>) -> R + Sync,
+    E: FnMut(&Path, R) -> Result<(), BulkError>,
 {
-    for window in files.chunks(256) {
+    for window in entries.chunks(256) {
         if interrupted() {
             return Err(BulkError::Interrupted);
         }
-        let results: Vec<Result<R, BulkError>> = pool.install(|| {
+        let results: Vec<R> = pool.install(|| {
             window
                 .par_iter()
-                .map_init(Vec::new, |buf: &mut Vec<u8>, rel| {
+                .map_init(Vec::new, |buf: &mut Vec<u8>, entry| {
+                    let rel = entry.rel.as_path();
+                    if let Some(odd) = entry.odd {
+                        return job(rel, Err(odd.to_string()));
+                    }
                     let src = dir.join(rel);
                     buf.clear();
-                    let read = std::fs::File::open(&src).and_then(|mut f| std::io::Read::read_to_end(&mut f, buf));
-                    read.map_err(|e| input_err(&src, e))?;
-                    Ok(job(rel, buf))
+                    let read = (|| {
+                        let mut f = std::fs::File::open(&src).map_err(|e| format!("cannot read: {e}"))?;
+                        let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
+                        if meta.len() > max_message {
+                            return Err(format!(
+                                "{} octets: larger than the message size limit of {max_message} (--max-message-size)",
+                                meta.len()
+                            ));
+                        }
+                        std::io::Read::read_to_end(&mut f, buf).map_err(|e| format!("cannot read: {e}"))?;
+                        Ok(meta)
+                    })();
+                    match read {
+                        Ok(meta) => job(rel, Ok((buf, &meta))),
+                        Err(why) => job(rel, Err(why)),
+                    }
                 })
                 .collect()
         });
-        for (rel, r) in window.iter().zip(results) {
-            emit(rel, r)?;
+        for (entry, r) in window.iter().zip(results) {
+            emit(&entry.rel, r)?;
         }
     }
     Ok(())
@@ -584,22 +830,69 @@ fn sign_file(
     rel: &Path,
     opts: &BulkOptions,
     output: &DirOutput,
-    buf: &[u8],
+    item: Item<'_>,
 ) -> Result<(Outcome, u64), BulkError> {
     let src = dir.join(rel);
-    let outcome = process(opts, buf);
     let dest = match output {
         DirOutput::To(out) => out.join(rel),
         DirOutput::InPlace => src.clone(),
     };
-    let mode = io::mode_of(&src);
-    let res = match (&outcome, output) {
-        (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, mode, headers, buf, drop),
-        (Outcome::Unsigned(_), DirOutput::To(_)) => write_signed_file(&dest, mode, &[], buf, &[]),
-        (Outcome::Unsigned(_), DirOutput::InPlace) => Ok(()),
+    let out_err = |error| BulkError::Output { path: dest.display().to_string(), error };
+    let (buf, meta) = match item {
+        Ok(x) => x,
+        Err(why) => {
+            // Not read as a message: copied through where that is safe, else left where it is;
+            // reported either way.
+            let note = match output {
+                DirOutput::InPlace => "left as it is",
+                DirOutput::To(_) => copy_through(&src, &dest).map_err(out_err)?,
+            };
+            return Ok((Outcome::Unsigned(format!("{why}: {note}")), 0));
+        }
     };
-    res.map_err(|error| BulkError::Output { path: dest.display().to_string(), error })?;
+    let outcome = process(opts, buf);
+    #[cfg(unix)]
+    let keep = match output {
+        // In place: the file stays its owner's, with its mode and its dates (the arrival date
+        // IMAP clients show is the maildir file's mtime).
+        DirOutput::InPlace => io::Keep::all_of(meta),
+        DirOutput::To(_) => io::Keep::copy_of(meta),
+    };
+    let res = match (&outcome, output) {
+        (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, &keep, headers, buf, drop),
+        (Outcome::Unsigned(_), DirOutput::To(_)) => write_signed_file(&dest, &keep, &[], buf, &[]),
+        (_, DirOutput::InPlace) | (Outcome::Temporary(_), _) => Ok(()),
+    };
+    res?;
     Ok((outcome, buf.len() as u64))
+}
+
+/// Copies a directory entry that is not read as a message to the output directory, where that
+/// is safe: a symbolic link as the same link, a regular file (too large to sign) byte for byte.
+/// FIFOs, devices and sockets are not copied. Returns what was done, for the report.
+fn copy_through(src: &Path, dest: &Path) -> std::io::Result<&'static str> {
+    let meta = std::fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        #[cfg(unix)]
+        {
+            let target = std::fs::read_link(src)?;
+            if std::fs::symlink_metadata(dest).is_ok() {
+                std::fs::remove_file(dest)?;
+            }
+            std::os::unix::fs::symlink(target, dest)?;
+            return Ok("copied as the same link, not signed");
+        }
+    }
+    if meta.is_file() {
+        let mut from = std::fs::File::open(src)?;
+        #[cfg(unix)]
+        let keep = io::Keep::copy_of(&meta);
+        let mut out = io::AtomicFile::create(dest, &keep)?;
+        std::io::copy(&mut from, &mut out)?;
+        out.commit()?;
+        return Ok("copied unchanged");
+    }
+    Ok("not copied")
 }
 
 #[cfg(test)]

@@ -124,6 +124,10 @@ struct KeyArgs {
     /// Refuse key files readable by group or others (default: warn).
     #[arg(long = "strict-keys")]
     strict_keys: bool,
+    /// Seconds a PostgreSQL data set may take to connect or answer a query, then exit 75
+    /// [default: 10].
+    #[arg(long = "db-timeout", value_name = "SECS")]
+    db_timeout: Option<f64>,
     /// Fixed signing time (Unix seconds), for reproducible output in tests.
     #[arg(long = "timestamp", value_name = "UNIX", hide = true)]
     timestamp: Option<u64>,
@@ -170,9 +174,37 @@ struct InputArgs {
     /// Worker threads (default: all cores).
     #[arg(short = 'j', long = "threads", value_name = "N")]
     threads: Option<usize>,
+    /// Largest message handled (octets; K, M, G suffixes): a larger one is passed through
+    /// unsigned and reported, or refused when it is the only input [default: 512M].
+    #[arg(long = "max-message-size", value_name = "SIZE", value_parser = parse_size)]
+    max_message_size: Option<u64>,
+    /// Seconds to wait for the locks of an mbox signed --in-place (then exit 75).
+    #[arg(long = "lock-timeout", value_name = "SECS", default_value_t = 30)]
+    lock_timeout: u64,
+}
+
+/// A size in octets, with an optional K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?}: expected a positive size in octets, e.g. 512M"))
 }
 
 impl InputArgs {
+    /// `--max-message-size`, or the default.
+    fn max_message(&self) -> u64 {
+        self.max_message_size.unwrap_or(bulk::DEFAULT_MAX_MESSAGE)
+    }
+
     /// The worker thread count: --threads, or all cores.
     fn threads(&self) -> anyhow::Result<usize> {
         match self.threads {
@@ -420,7 +452,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 BulkError::Format { .. } => sysexits::DATAERR,
                 BulkError::Output { .. } => sysexits::IOERR,
                 BulkError::Interrupted => sysexits::INTERRUPTED,
+                BulkError::Temporary { .. } => sysexits::TEMPFAIL,
+                BulkError::Lock(crate::io::LockError::Busy { .. }) => sysexits::TEMPFAIL,
+                BulkError::Lock(crate::io::LockError::Io { .. }) => sysexits::CANTCREAT,
+                BulkError::Create(_) => sysexits::CANTCREAT,
             };
+        }
+        if cause.is::<crate::io::OutputError>() {
+            return sysexits::CANTCREAT;
         }
         if let Some(e) = cause.downcast_ref::<crate::tables::TableError>() {
             return match e {
@@ -434,6 +473,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<SignerConfigError>() || cause.is::<genkey::GenKeyError>() {
             return sysexits::CONFIG;
         }
+    }
+    // An I/O error nothing above claimed is an output that failed (a full disk, /dev/full).
+    if err.chain().any(|c| c.is::<std::io::Error>()) {
+        return sysexits::IOERR;
     }
     sysexits::SOFTWARE
 }
@@ -485,13 +528,14 @@ where
 enum SignInput {
     /// One message on stdin.
     Stdin,
-    /// Archives and message files, each with its kind.
-    Paths(Vec<(PathBuf, InputKind)>),
+    /// Archives and message files, each with its kind (and the bytes of a pipe or device).
+    Paths(Vec<bulk::Source>),
 }
 
 /// Everything `sign` needs, checked.
 struct SignConfig {
     opts: BulkOptions,
+    lock_timeout: std::time::Duration,
     input: SignInput,
     output: Option<PathBuf>,
     in_place: bool,
@@ -504,6 +548,12 @@ struct SignConfig {
 fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
     use crate::select::{KeySource, Tables, Template};
     let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
+    if let Some(t) = a.db_timeout {
+        if !(t > 0.0 && t.is_finite()) {
+            return Err(usage("--db-timeout must be a positive number of seconds"));
+        }
+        crate::tables::set_db_timeout(std::time::Duration::from_secs_f64(t));
+    }
     let conf = match &a.config {
         Some(p) => {
             let c = crate::conf::OpendkimConf::load(p)?;
@@ -540,7 +590,9 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
         body_length: a.body_length || conf.as_ref().is_some_and(|c| c.body_length),
         expire: a.expire.or_else(|| conf.as_ref().and_then(|c| c.signature_ttl)),
         algorithm: a.algorithm.clone().or_else(|| conf.as_ref().and_then(|c| c.signature_algorithm.clone())),
-        min_bits: conf.as_ref().and_then(|c| c.minimum_key_bits).unwrap_or(crate::key::MIN_RSA_BITS),
+        // MinimumKeyBits is a verification setting in OpenDKIM (opendkim.conf(5)): it does not
+        // refuse our own signing keys (which would defer all mail). RFC 8301's 1024 applies.
+        min_bits: crate::key::MIN_RSA_BITS,
         strict_keys: a.strict_keys || conf.as_ref().is_some_and(|c| c.require_safe_keys),
         identity: None,
     };
@@ -556,7 +608,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
         }
         let spec = c.domain.clone().expect("checked by OpendkimConf::load");
         let domains = if spec.contains(':') || std::path::Path::new(&spec).exists() {
-            crate::tables::DataSet::open(&spec, &c.dir)?.keys()
+            crate::tables::DataSet::open(&spec, &c.dir)?.keys()?
         } else {
             split_list(&spec)
         };
@@ -636,15 +688,13 @@ impl SignConfig {
                 if p.as_os_str() == "-" {
                     return Err(usage("stdin (-) cannot be mixed with other inputs".into()));
                 }
-                let kind = match a.input.format {
-                    Some(k) => {
-                        if !p.exists() {
-                            return Err(exit(sysexits::NOINPUT, format!("{}: no such file or directory", p.display())));
-                        }
-                        k
+                if let Some(o) = &a.output {
+                    if same_file(o, p) {
+                        return Err(usage(format!("{}: -o is the input itself; use --in-place", o.display())));
                     }
-                    None => bulk::detect(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?,
-                };
+                }
+                let source = bulk::open_source(p, a.input.format, a.input.max_message())?;
+                let kind = source.kind;
                 let is_dir = matches!(kind, InputKind::Maildir | InputKind::QueueDir);
                 if is_dir != p.is_dir() {
                     return Err(usage(format!(
@@ -656,12 +706,13 @@ impl SignConfig {
                 if is_dir && a.output.is_none() && !a.in_place {
                     return Err(usage(format!("{}: a directory input needs -o DIR or --in-place", p.display())));
                 }
-                if let Some(o) = &a.output {
-                    if same_file(o, p) {
-                        return Err(usage(format!("{}: -o is the input itself; use --in-place", o.display())));
-                    }
+                if source.is_stream() && a.in_place {
+                    return Err(usage(format!(
+                        "{}: is a pipe or device, which cannot be replaced: use -o FILE instead of --in-place",
+                        p.display()
+                    )));
                 }
-                paths.push((p.clone(), kind));
+                paths.push(source);
             }
             if paths.len() > 1 && !a.in_place {
                 return Err(usage("several inputs need --in-place (or one run per input with -o)".into()));
@@ -677,7 +728,9 @@ impl SignConfig {
                 mbox_format: a.input.mbox_format,
                 strip_own: a.strip_own,
                 now,
+                max_message: a.input.max_message(),
             },
+            lock_timeout: std::time::Duration::from_secs(a.input.lock_timeout),
             input,
             output: a.output,
             in_place: a.in_place,
@@ -700,20 +753,40 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Reads all of stdin, up to `max` octets (more is refused: 65).
+fn read_stdin(max: u64) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    std::io::Read::take(std::io::stdin().lock(), max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| exit(sysexits::TEMPFAIL, format!("stdin: read failed: {e}")))?;
+    if buf.len() as u64 > max {
+        return Err(exit(
+            sysexits::DATAERR,
+            format!("stdin: more than {max} octets: larger than the message size limit (--max-message-size)"),
+        ));
+    }
+    Ok(buf)
+}
+
 fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
+    crate::io::install_interrupt_handler();
     match &cfg.input {
         SignInput::Stdin => {
-            let mut buf = Vec::with_capacity(64 * 1024);
-            std::io::stdin()
-                .lock()
-                .read_to_end(&mut buf)
-                .map_err(|e| exit(sysexits::TEMPFAIL, format!("stdin: read failed: {e}")))?;
+            let buf = read_stdin(cfg.opts.max_message)?;
             sign_single(&cfg, "stdin", &buf, None)
         }
-        SignInput::Paths(paths) if paths.len() == 1 && paths[0].1 == InputKind::Message => {
-            let p = &paths[0].0;
-            let data = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?;
-            sign_single(&cfg, &p.display().to_string(), &data, Some(p))
+        SignInput::Paths(paths) if paths.len() == 1 && paths[0].kind == InputKind::Message => {
+            let src = &paths[0];
+            let p = &src.path;
+            let read;
+            let data: &[u8] = match &src.spooled {
+                Some(m) => m,
+                None => {
+                    read = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?;
+                    &read
+                }
+            };
+            sign_single(&cfg, &p.display().to_string(), data, Some(p))
         }
         SignInput::Paths(paths) => sign_archives(&cfg, paths),
     }
@@ -725,10 +798,14 @@ fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) ->
         Ok(r) => r,
         // No key for this author: not an error; the message goes on unsigned (as OpenDKIM).
         Err(SignError::Select(crate::select::SelectError::NoKey(who))) => {
-            eprintln!("dkimpress: {name}: no signing key for {who}: passed through unsigned");
+            eprintln!(
+                "dkimpress: {}: no signing key for {}: passed through unsigned",
+                bulk::sanitize(name),
+                bulk::sanitize(&who)
+            );
             (vec![], vec![])
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("{name}: cannot sign"))),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot sign", bulk::sanitize(name)))),
     };
     let dest = if cfg.in_place { path } else { cfg.output.as_deref() };
     match dest {
@@ -737,33 +814,59 @@ fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) ->
             out.write_all(&headers)
                 .and_then(|_| bulk::write_without(&mut out, msg, &drop))
                 .and_then(|_| out.flush())
-                .context("stdout: write failed")?;
+                .map_err(|e| write_failed("stdout", e))?;
         }
         Some(p) => {
-            let mode = path.map_or(0o644, crate::io::mode_of);
-            bulk::write_signed_file(p, mode, &headers, msg, &drop)
-                .map_err(|e| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", p.display())))?;
+            let keep = keep_for(cfg, path);
+            let mut out = crate::io::Output::open(p, &keep, true)?;
+            out.write_all(&headers)
+                .and_then(|_| bulk::write_without(&mut out, msg, &drop))
+                .and_then(|_| out.commit())
+                .map_err(|e| write_failed(&p.display().to_string(), e))?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// A failed write: 74, or a quiet exit for a closed pipe (see `main`).
+fn write_failed(what: &str, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return anyhow::Error::new(e);
+    }
+    if e.kind() == std::io::ErrorKind::Interrupted && crate::io::interrupted() {
+        return BulkError::Interrupted.into();
+    }
+    exit(sysexits::IOERR, format!("{what}: write failed: {e}"))
+}
+
+/// What a new output file takes over: with --in-place everything of the original (owner,
+/// group, mode, times); with -o the mode of the input; else 0644.
+fn keep_for(cfg: &SignConfig, input: Option<&Path>) -> crate::io::Keep {
+    match input.map(std::fs::metadata) {
+        Some(Ok(m)) if cfg.in_place => crate::io::Keep::all_of(&m),
+        Some(Ok(m)) if m.is_file() => {
+            crate::io::Keep::mode(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        }
+        _ => crate::io::Keep::mode(0o644),
+    }
+}
+
 /// Bulk mode: mboxes, maildirs, queue directories (and message files among several inputs).
-fn sign_archives(cfg: &SignConfig, paths: &[(PathBuf, InputKind)]) -> anyhow::Result<ExitCode> {
-    bulk::install_interrupt_handler();
+fn sign_archives(cfg: &SignConfig, paths: &[bulk::Source]) -> anyhow::Result<ExitCode> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .thread_name(|i| format!("dkimpress-{i}"))
         .build()
         .context("cannot start worker threads")?;
     let show = !cfg.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let total: u64 = if show { paths.iter().map(|(p, k)| input_bytes(p, *k)).sum() } else { 0 };
+    let total: u64 = if show { paths.iter().map(|s| input_bytes(&s.path, s.kind)).sum() } else { 0 };
     let progress = Progress::new(show, total);
     let mut summary = Summary::default();
     let started = std::time::Instant::now();
-    for (path, kind) in paths {
+    for source in paths {
+        let (path, kind) = (&source.path, &source.kind);
         let result = match kind {
-            InputKind::Mbox => sign_mbox_to(cfg, path, &pool, &mut summary, &progress),
+            InputKind::Mbox => sign_mbox_to(cfg, source, &pool, &mut summary, &progress),
             InputKind::Maildir | InputKind::QueueDir => {
                 let out = match &cfg.output {
                     Some(o) => DirOutput::To(o.clone()),
@@ -788,7 +891,7 @@ fn sign_archives(cfg: &SignConfig, paths: &[(PathBuf, InputKind)]) -> anyhow::Re
 fn input_bytes(path: &Path, kind: InputKind) -> u64 {
     match kind {
         InputKind::Maildir | InputKind::QueueDir => bulk::list_messages(path, kind)
-            .map(|fs| fs.iter().filter_map(|f| std::fs::metadata(path.join(f)).ok()).map(|m| m.len()).sum())
+            .map(|fs| fs.iter().filter_map(|f| std::fs::metadata(path.join(&f.rel)).ok()).map(|m| m.len()).sum())
             .unwrap_or(0),
         _ => std::fs::metadata(path).map_or(0, |m| m.len()),
     }
@@ -796,31 +899,72 @@ fn input_bytes(path: &Path, kind: InputKind) -> u64 {
 
 fn sign_mbox_to(
     cfg: &SignConfig,
-    path: &Path,
+    source: &bulk::Source,
     pool: &rayon::ThreadPool,
     summary: &mut Summary,
     progress: &Progress,
 ) -> anyhow::Result<()> {
+    let path = source.path.as_path();
+    // --in-place: the locks mail delivery honours, held until the new file is in place.
+    let lock = if cfg.in_place {
+        Some(crate::io::MboxLock::acquire(path, cfg.lock_timeout).map_err(BulkError::from)?)
+    } else {
+        None
+    };
+    let mapped_here;
+    let mapped: &crate::io::Mapped = match (&source.spooled, &lock) {
+        (Some(m), _) => m,
+        (None, Some(l)) => {
+            mapped_here = bulk::map_mbox_file(l.file(), path)?;
+            &mapped_here
+        }
+        (None, None) => {
+            mapped_here = bulk::open_mbox(path)?;
+            &mapped_here
+        }
+    };
+    if let Some(m) = &source.spooled {
+        mbox_check(m, path)?;
+    }
     let dest = if cfg.in_place { Some(path) } else { cfg.output.as_deref() };
     match dest {
         None => {
             // Straight to fd 1 through our own buffer (std's Stdout is line-buffered and would
             // copy every byte once more).
             let mut out = std::io::BufWriter::with_capacity(1 << 20, crate::io::stdout_raw());
-            bulk::sign_mbox(path, &cfg.opts, pool, &mut out, summary, progress)?;
+            bulk::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
         }
         Some(d) => {
             let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), error: e };
-            let mut f = crate::io::AtomicFile::create(d, crate::io::mode_of(path)).map_err(fail)?;
+            let keep = keep_for(cfg, (!source.is_stream()).then_some(path));
+            let mut f = crate::io::Output::open(d, &keep, true).map_err(BulkError::from)?;
             {
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut f);
-                bulk::sign_mbox(path, &cfg.opts, pool, &mut out, summary, progress)?;
+                bulk::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
                 out.flush().map_err(fail)?;
             }
-            f.commit().map_err(fail)?;
+            match (f, &lock) {
+                (crate::io::Output::Atomic(mut a), Some(l)) => a.commit_checked(|| l.check_unchanged(path)),
+                (f, _) => f.commit(),
+            }
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    return BulkError::Interrupted;
+                }
+                if lock.is_some() && e.kind() == std::io::ErrorKind::Other {
+                    return BulkError::Temporary { path: d.display().to_string(), reason: e.to_string() };
+                }
+                fail(e)
+            })?;
         }
     }
+    drop(lock);
     Ok(())
+}
+
+/// Checks that spooled bytes are an mbox.
+fn mbox_check(m: &crate::io::Mapped, path: &Path) -> Result<(), BulkError> {
+    crate::mbox::check(m).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// A one-message file among several inputs (--in-place): signed and replaced, or left alone
@@ -832,8 +976,7 @@ fn sign_message_file_in_place(cfg: &SignConfig, path: &Path, summary: &mut Summa
     summary.bytes += data.len() as u64;
     match bulk::sign_message(&cfg.opts, &data) {
         Ok((headers, drop)) => {
-            bulk::write_signed_file(path, crate::io::mode_of(path), &headers, &data, &drop)
-                .map_err(|e| BulkError::Output { path: path.display().to_string(), error: e })?;
+            bulk::write_signed_file(path, &keep_for(cfg, Some(path)), &headers, &data, &drop)?;
             summary.signed += 1;
         }
         Err(e) => {
@@ -914,7 +1057,11 @@ fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
     let fail = |p: &Path, e: std::io::Error| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", p.display()));
     crate::io::write_atomic(&private, &[g.pem.as_bytes()], 0o600).map_err(|e| fail(&private, e))?;
     crate::io::write_atomic(&txt, &[record.as_bytes()], 0o644).map_err(|e| fail(&txt, e))?;
-    print!("{record}");
+    // The keys are written; a stdout that fails (a full disk, /dev/full) is an error, not a panic.
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(record.as_bytes()).and_then(|_| out.flush()).map_err(|e| write_failed("stdout", e))?;
+    }
     eprintln!(
         "dkimpress: wrote {} ({} {} bits, mode 0600) and {}",
         private.display(),
@@ -1009,41 +1156,58 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "{line}")
         };
 
+    if let Some(id) = &a.add_ar {
+        check_authserv_id(id)?;
+    }
     if stdin_mode {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        std::io::stdin()
-            .lock()
-            .read_to_end(&mut buf)
-            .map_err(|e| exit(sysexits::TEMPFAIL, format!("stdin: read failed: {e}")))?;
+        let buf = read_stdin(a.input.max_message())?;
         let vs = check(&buf);
         if let Some(id) = &a.add_ar {
-            let le = if crate::header::Message::parse(&buf).map(|m| m.crlf).unwrap_or(false) { "\r\n" } else { "\n" };
+            let parsed = crate::header::Message::parse(&buf).ok();
+            let le = if parsed.as_ref().is_some_and(|m| m.crlf) { "\r\n" } else { "\n" };
+            // RFC 8601 §5: Authentication-Results fields that claim our authserv-id and did not
+            // come from us are forgeries: remove them before adding ours.
+            let forged: Vec<std::ops::Range<usize>> = parsed
+                .iter()
+                .flat_map(|m| m.fields.iter())
+                .filter(|f| f.is("authentication-results") && ar_authserv_id(f.value()).eq_ignore_ascii_case(id))
+                .map(|f| f.offset..f.offset + f.raw.len())
+                .collect();
             let ar = verify::authentication_results(id, &vs, le);
             out.write_all(ar.as_bytes())
-                .and_then(|_| out.write_all(&buf))
+                .and_then(|_| bulk::write_without(&mut out, &buf, &forged))
                 .and_then(|_| out.flush())
-                .context("stdout: write failed")?;
+                .map_err(|e| write_failed("stdout", e))?;
             return Ok(ExitCode::SUCCESS);
         }
-        report(&mut out, "stdin", "stdin", 1, 0, &vs).context("stdout: write failed")?;
+        report(&mut out, "stdin", "stdin", 1, 0, &vs).map_err(|e| write_failed("stdout", e))?;
     } else {
         let threads = a.input.threads()?;
         let pool =
             rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
         bulk::install_interrupt_handler();
         for p in &a.inputs {
-            let kind = match a.input.format {
-                Some(k) => k,
-                None => bulk::detect(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?,
-            };
+            let source = bulk::open_source(p, a.input.format, a.input.max_message())?;
+            let kind = source.kind;
             let shown = p.display().to_string();
             match kind {
                 InputKind::Message => {
-                    let data = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{shown}: {e}")))?;
-                    report(&mut out, &shown, &shown, 1, 0, &check(&data)).context("stdout: write failed")?;
+                    let read;
+                    let data: &[u8] = match &source.spooled {
+                        Some(m) => m,
+                        None => {
+                            read = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{shown}: {e}")))?;
+                            &read
+                        }
+                    };
+                    report(&mut out, &shown, &shown, 1, 0, &check(data)).map_err(|e| write_failed("stdout", e))?;
                 }
                 InputKind::Mbox => {
-                    let mapped = bulk::open_mbox(p)?;
+                    let mapped = match source.spooled {
+                        Some(m) => bulk::check_mbox(m, p)?,
+                        None => bulk::open_mbox(p)?,
+                    };
+                    let max = a.input.max_message();
                     let mut index = 0u64;
                     let out_ref = &mut out;
                     let report_ref = &mut report;
@@ -1051,7 +1215,15 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                         &mapped,
                         a.input.mbox_format,
                         &pool,
-                        |m| check(m),
+                        |m| {
+                            if m.len() as u64 > max {
+                                return vec![verify::Verdict::new(
+                                    DkimResult::PermError,
+                                    format!("{} octets: larger than --max-message-size {max}: not checked", m.len()),
+                                )];
+                            }
+                            check(m)
+                        },
                         |e, vs| {
                             index += 1;
                             report_ref(
@@ -1071,11 +1243,17 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                     bulk::map_dir(
                         p,
                         &files,
+                        a.input.max_message(),
                         &pool,
-                        |_, m| check(m),
+                        |_, item| match item {
+                            Ok((m, _)) => check(m),
+                            Err(why) => {
+                                vec![verify::Verdict::new(DkimResult::PermError, format!("not checked: {why}"))]
+                            }
+                        },
                         |rel, vs| {
                             let name = p.join(rel).display().to_string();
-                            report(&mut out, &name, &name, 1, 0, &vs?)
+                            report(&mut out, &name, &name, 1, 0, &vs)
                                 .map_err(|error| BulkError::Output { path: "stdout".into(), error })
                         },
                     )?;
@@ -1083,13 +1261,55 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    out.flush().context("stdout: write failed")?;
+    out.flush().map_err(|e| write_failed("stdout", e))?;
+    let total: u64 = counts.values().sum();
     if !a.quiet {
-        let total: u64 = counts.values().sum();
         let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
         eprintln!("dkimpress: {total} messages: {}; {failed} not verified", parts.join(", "));
     }
+    if total == 0 {
+        // Success over nothing would hide an input that was not what it seemed (issue 11, item 1).
+        eprintln!("dkimpress: no messages found in the input: nothing verified");
+        return Ok(ExitCode::from(1));
+    }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Checks an `--add-ar` authserv-id: a domain-like token (RFC 8601 §2.2 `authserv-id = value`;
+/// we accept the token form only). A CR or LF would let the id inject header fields.
+fn check_authserv_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        return Err(exit(
+            sysexits::USAGE,
+            format!(
+                "--add-ar {:?}: the authserv-id must be a host name (letters, digits, '.', '-', '_')",
+                bulk::sanitize(id)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The authserv-id of an Authentication-Results value: the first token after comments and
+/// whitespace (RFC 8601 §2.2), or an empty string.
+fn ar_authserv_id(value: &[u8]) -> String {
+    let mut i = 0;
+    let mut depth = 0;
+    while i < value.len() {
+        match value[i] {
+            b'(' => depth += 1,
+            b')' if depth > 0 => depth -= 1,
+            b'\\' if depth > 0 => i += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ if depth > 0 => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    let rest = &value[i.min(value.len())..];
+    let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+    let end = rest.iter().position(|&b| b";\" \t\r\n(".contains(&b)).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end]).into_owned()
 }
 
 /// Key record sources: zone files and key directories (offline), else DNS (or DNS as well when
@@ -1169,7 +1389,7 @@ fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     };
     let mut add_table = |kt: &str, base: &Path| -> anyhow::Result<()> {
         let t = crate::select::Tables::open(kt, "csl:", false, template.clone(), base)?;
-        let names = t.key_names();
+        let names = t.key_names()?;
         if names.is_empty() {
             return Err(exit(sysexits::CONFIG, format!("{}: no keys in the KeyTable", crate::tables::redact(kt))));
         }
@@ -1249,6 +1469,7 @@ fn mta_options(k: &KeyArgs) -> anyhow::Result<BulkOptions> {
         mbox_format: MboxFormat::default(),
         strip_own: false,
         now: k.timestamp.unwrap_or_else(now_unix),
+        max_message: bulk::DEFAULT_MAX_MESSAGE,
     })
 }
 

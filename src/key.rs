@@ -106,12 +106,69 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+/// `text` with anything that looks like private key material replaced by
+/// `[key material not shown]`: PEM blocks (and lone PEM armour lines) and runs of 40 or more
+/// base64 characters mixing upper case, lower case and digits (a DER key in base64, a PEM body
+/// line, a bare Ed25519 seed). Every error and log line passes through it before it is shown,
+/// because configuration values (a key pasted where a path belongs) end up in messages
+/// (issue 11, item 16).
+pub fn redact_key_material(text: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: &str = "[key material not shown]";
+    let b = text.as_bytes();
+    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=';
+    let mut out = String::new();
+    let mut last = 0;
+    let mut i = 0;
+    while i < b.len() {
+        // PEM armour: from "-----BEGIN" to the end of the matching "-----END ...-----", or just
+        // the armour line when there is no end.
+        if b[i..].starts_with(b"-----BEGIN") || b[i..].starts_with(b"-----END") {
+            let end = match text[i..].find("-----END") {
+                Some(e) => {
+                    let after = i + e + 8;
+                    text[after..].find("-----").map_or(b.len(), |k| after + k + 5)
+                }
+                None => text[i + 5..].find("-----").map_or(b.len(), |k| i + 5 + k + 5),
+            };
+            out.push_str(&text[last..i]);
+            out.push_str(SHOWN);
+            last = end;
+            i = end;
+            continue;
+        }
+        if is_b64(b[i]) {
+            let start = i;
+            while i < b.len() && is_b64(b[i]) {
+                i += 1;
+            }
+            let run = &b[start..i];
+            if run.len() >= 40
+                && run.iter().any(u8::is_ascii_uppercase)
+                && run.iter().any(u8::is_ascii_lowercase)
+                && run.iter().any(u8::is_ascii_digit)
+            {
+                out.push_str(&text[last..start]);
+                out.push_str(SHOWN);
+                last = i;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    if last == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[last.min(text.len())..]);
+    std::borrow::Cow::Owned(out)
+}
+
 impl SigningKey {
     /// Reads a key file (PEM, DER or bare base64 of the DER), checking that it is not
     /// readable by group or others. With `strict`, such a file is refused; otherwise the
     /// problem is returned as a warning beside the key.
     pub fn from_path(path: &Path, strict: bool) -> Result<(SigningKey, Option<KeyError>), KeyError> {
-        let shown = path.display().to_string();
+        // A key pasted where a path belongs must not come back in an error (issue 11, item 16).
+        let shown = redact_key_material(&path.display().to_string()).into_owned();
         let data = std::fs::read(path).map_err(|error| KeyError::Read { path: shown.clone(), error })?;
         let warning = check_permissions(path);
         if strict {
@@ -293,6 +350,42 @@ pub(crate) mod tests_support {
 
 #[cfg(test)]
 mod tests {
+
+    /// Regression (issue 11, item 16): no key format survives in an error or log line.
+    #[test]
+    fn key_material_is_redacted() {
+        let rsa = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/keys/test.private")).unwrap();
+        let ed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/keys/test-ed.private")).unwrap();
+        let body = |pem: &str| pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
+        let seed = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=";
+        for secret in
+            [rsa.clone(), ed.clone(), body(&rsa), body(&ed), seed.to_string(), rsa.lines().nth(1).unwrap().to_string()]
+        {
+            for msg in [
+                format!("{secret}: cannot read key file: No such file or directory (os error 2)"),
+                format!("conf:3: unknown key {secret:?} (not an opendkim.conf key)"),
+                format!("KeyTable entry x: {secret}"),
+            ] {
+                let shown = redact_key_material(&msg);
+                for line in secret.lines().filter(|l| l.len() > 8 && !l.starts_with("-----")) {
+                    assert!(!shown.contains(line), "leaked {line:?} in {shown}");
+                }
+                assert!(shown.contains("[key material not shown]"), "{shown}");
+            }
+        }
+        for fine in [
+            "/etc/opendkim/keys/example.com/mail.private: cannot read key file",
+            "database dsn:pgsql://dkim:****@host/db/table=t?keycol=k?datacol=d: refused",
+            "bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+        ] {
+            // A body hash is not secret, but it looks like one: only paths and DSNs must survive.
+            if !fine.starts_with("bh=") {
+                assert_eq!(redact_key_material(fine), fine);
+            }
+        }
+    }
+
     use super::tests_support::ED25519_PEM;
     use super::*;
 

@@ -12,7 +12,9 @@ fn main() -> ExitCode {
                 eprintln!("dkimpress: output closed early (broken pipe)");
                 return ExitCode::from(cli::sysexits::IOERR);
             }
-            eprintln!("dkimpress: {err:#}");
+            // Never a line of key material, whatever the error quotes (issue 11, item 16).
+            let text = format!("{err:#}");
+            eprintln!("dkimpress: {}", dkimpress::key::redact_key_material(&text));
             ExitCode::from(cli::exit_code(&err))
         }
     }

@@ -130,7 +130,7 @@ impl Tables {
     }
 
     /// Every key name of the KeyTable (for `testkey`).
-    pub fn key_names(&self) -> Vec<String> {
+    pub fn key_names(&self) -> Result<Vec<String>, TableError> {
         self.key_table.keys()
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A data set that cannot be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +100,14 @@ impl DataSet {
         }
     }
 
-    /// The keys of a list-like set (for `Domain csl:...` or a file of domains).
-    pub fn keys(&self) -> Vec<String> {
+    /// The keys of a list-like set (for `Domain csl:...` or a file of domains). A database
+    /// that cannot be asked is an error, never an empty list: "no keys" would pass mail on
+    /// unsigned with exit 0 where Postfix must defer (issue 11, item 12).
+    pub fn keys(&self) -> Result<Vec<String>, TableError> {
         match self {
-            DataSet::File(p) | DataSet::Refile(p) => p.iter().map(|(k, _)| k.clone()).collect(),
-            DataSet::List(l) => l.clone(),
-            DataSet::Pg(pg) => pg.all_keys().unwrap_or_default(),
+            DataSet::File(p) | DataSet::Refile(p) => Ok(p.iter().map(|(k, _)| k.clone()).collect()),
+            DataSet::List(l) => Ok(l.clone()),
+            DataSet::Pg(pg) => pg.all_keys(),
         }
     }
 
@@ -288,8 +290,24 @@ pub struct PgSet {
     config: postgres::Config,
     query: String,
     all_query: String,
-    client: Mutex<Option<postgres::Client>>,
+    client: Arc<Mutex<Option<postgres::Client>>>,
     cache: Mutex<HashMap<String, Option<String>>>,
+    /// Set when a query got no answer in time: the connection is abandoned (its thread may
+    /// stay blocked) and later lookups fail at once.
+    hung: std::sync::atomic::AtomicBool,
+}
+
+/// How long a PostgreSQL connection or query may take before the lookup fails as temporary
+/// (exit 75: Postfix defers). Milliseconds; `--db-timeout` sets it.
+static DB_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10_000);
+
+/// Sets the database timeout of every PostgreSQL data set (connect and each query).
+pub fn set_db_timeout(t: std::time::Duration) {
+    DB_TIMEOUT_MS.store(t.as_millis().max(1) as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn db_timeout() -> std::time::Duration {
+    std::time::Duration::from_millis(DB_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 impl std::fmt::Debug for PgSet {
@@ -346,6 +364,9 @@ impl PgSet {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
+        if userinfo.is_none_or(|u| u.split(':').next().unwrap_or_default().is_empty()) {
+            return Err(err("no user: write dsn:pgsql://USER[:PASSWORD]@host/... (OpenDKIM's DSN form)"));
+        }
         let mut parts = rest.splitn(3, '/');
         let hostpart = parts.next().unwrap_or_default();
         let database = parts.next().ok_or_else(|| err("missing /database"))?;
@@ -375,7 +396,7 @@ impl PgSet {
             config.port(p.parse().map_err(|_| err("port before '+' is not a number"))?);
         }
         config.dbname(&dsn_decode(database));
-        config.connect_timeout(std::time::Duration::from_secs(10));
+        config.connect_timeout(db_timeout());
         let mut table = None;
         let mut keycol = None;
         let mut datacols = None;
@@ -404,17 +425,21 @@ impl PgSet {
             query.push_str(&format!(" AND ({f})"));
         }
         let all_query = format!("SELECT {keycol}::text FROM {table}");
-        Ok(PgSet { shown, config, query, all_query, client: Mutex::new(None), cache: Mutex::new(HashMap::new()) })
+        Ok(PgSet {
+            shown,
+            config,
+            query,
+            all_query,
+            client: Arc::new(Mutex::new(None)),
+            cache: Mutex::new(HashMap::new()),
+            hung: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
-    /// Every key of the table (for `testkey`).
+    /// Every key of the table (for `testkey` and `Domain dsn:...`).
     pub fn all_keys(&self) -> Result<Vec<String>, TableError> {
-        let db_err = |e: postgres::Error| TableError::Database { spec: self.shown.clone(), reason: pg_reason(&e) };
-        let mut guard = self.client.lock().expect("client poisoned");
-        if guard.is_none() {
-            *guard = Some(self.config.connect(postgres::NoTls).map_err(db_err)?);
-        }
-        let rows = guard.as_mut().expect("connected").query(self.all_query.as_str(), &[]).map_err(db_err)?;
+        let q = self.all_query.clone();
+        let rows = self.run(move |c| c.query(q.as_str(), &[]))?;
         Ok(rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).collect())
     }
 
@@ -422,24 +447,58 @@ impl PgSet {
         if let Some(v) = self.cache.lock().expect("cache poisoned").get(key) {
             return Ok(v.clone());
         }
-        let db_err = |e: postgres::Error| TableError::Database { spec: self.shown.clone(), reason: pg_reason(&e) };
-        let mut guard = self.client.lock().expect("client poisoned");
-        if guard.is_none() {
-            *guard = Some(self.config.connect(postgres::NoTls).map_err(db_err)?);
-        }
-        let client = guard.as_mut().expect("connected");
-        let rows = match client.query(self.query.as_str(), &[&key]) {
-            Ok(r) => r,
-            Err(e) => {
-                *guard = None; // reconnect on the next lookup
-                return Err(db_err(e));
-            }
-        };
+        let (q, k) = (self.query.clone(), key.to_string());
+        let rows = self.run(move |c| c.query(q.as_str(), &[&k]))?;
         let value = rows.first().map(|row| {
             (0..row.len()).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect::<Vec<_>>().join(":")
         });
         self.cache.lock().expect("cache poisoned").insert(key.to_string(), value.clone());
         Ok(value)
+    }
+
+    /// Runs `query` on the connection (connecting first if needed) on a helper thread, and
+    /// waits at most the database timeout for it: a server that accepts connections but never
+    /// answers must not hang a filter until Postfix's command_time_limit bounces the mail
+    /// (issue 11, item 11). On timeout the connection is abandoned.
+    fn run<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, TableError> {
+        let timeout = db_timeout();
+        let fail = |reason: String| TableError::Database { spec: self.shown.clone(), reason };
+        if self.hung.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(fail(format!("no answer within {:.1} s earlier in this run", timeout.as_secs_f64())));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let client = self.client.clone();
+        let config = self.config.clone();
+        std::thread::Builder::new()
+            .name("dkimpress-db".into())
+            .spawn(move || {
+                let mut guard = client.lock().unwrap_or_else(|e| e.into_inner());
+                if guard.is_none() {
+                    match config.connect(postgres::NoTls) {
+                        Ok(c) => *guard = Some(c),
+                        Err(e) => {
+                            let _ = tx.send(Err(pg_reason(&e)));
+                            return;
+                        }
+                    }
+                }
+                let result = query(guard.as_mut().expect("connected")).map_err(|e| pg_reason(&e));
+                if result.is_err() {
+                    *guard = None; // reconnect on the next lookup
+                }
+                let _ = tx.send(result);
+            })
+            .map_err(|e| fail(format!("cannot start the database thread: {e}")))?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r.map_err(fail),
+            Err(_) => {
+                self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(fail(format!("no answer within {:.1} s (--db-timeout)", timeout.as_secs_f64())))
+            }
+        }
     }
 }
 
