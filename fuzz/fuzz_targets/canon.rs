@@ -91,9 +91,7 @@ fn header(value: &[u8]) {
 fn naive_relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
     (from..b.len()).find(|&i| {
         let next = b.get(i + 1).copied();
-        b[i] == b'\t'
-            || (b[i] == b' ' && matches!(next, None | Some(b' ' | b'\r' | b'\n')))
-            || (bare && b[i] == b'\n')
+        b[i] == b'\t' || (b[i] == b' ' && matches!(next, None | Some(b' ' | b'\r' | b'\n'))) || (bare && b[i] == b'\n')
     })
 }
 
@@ -107,7 +105,8 @@ fn kernels(input: &[u8]) {
     for (off, end) in pieces {
         let b = &input[off..end];
         for before in [0u8, b'\r', b'\n', b' '] {
-            let want_bare = b.iter().enumerate().any(|(i, &c)| c == b'\n' && (if i == 0 { before } else { b[i - 1] }) != b'\r');
+            let want_bare =
+                b.iter().enumerate().any(|(i, &c)| c == b'\n' && (if i == 0 { before } else { b[i - 1] }) != b'\r');
             assert_eq!(crlf::has_bare_lf(b, before), want_bare, "has_bare_lf at {off}, before {before}");
             assert_eq!(crlf::portable::has_bare_lf(b, before), want_bare, "portable has_bare_lf");
             let want = naive_to_crlf(b, before);

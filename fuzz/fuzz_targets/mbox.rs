@@ -56,7 +56,9 @@ fn raw(format: MboxFormat, data: &[u8]) {
         let d = &data[e.data.clone()];
         let m = &data[e.message.clone()];
         assert!(
-            m == d || (d.ends_with(b"\n") && m == &d[..d.len() - 1]) || (d.ends_with(b"\r\n") && m == &d[..d.len() - 2]),
+            m == d
+                || (d.ends_with(b"\n") && m == &d[..d.len() - 1])
+                || (d.ends_with(b"\r\n") && m == &d[..d.len() - 2]),
             "message is not the data less its final empty line"
         );
         if m.len() < d.len() {
@@ -147,9 +149,7 @@ fn round_trip(format: MboxFormat, crlf: bool, data: &[u8]) {
             m.extend_from_slice(le);
         }
     }
-    if format != MboxFormat::Mboxrd
-        && messages.iter().any(|m| line_starts(m).any(|i| m[i..].starts_with(b">From ")))
-    {
+    if format != MboxFormat::Mboxrd && messages.iter().any(|m| line_starts(m).any(|i| m[i..].starts_with(b">From "))) {
         return;
     }
     let mut mbox = Vec::new();
