@@ -250,6 +250,131 @@ dktest!(
     }
 );
 
+/// The handmade mailboxes of testdata/mbox (written for this repository): name, flavour,
+/// expected message count. The corpus extras (above) add third-party mailboxes; these are
+/// always tested.
+const HANDMADE_MBOXES: &[(&str, &str, usize)] = &[
+    // >From and >>From lines, look-alikes that are no separators, a message with no empty line
+    // before the next separator (qmail).
+    ("mboxrd-quoted.mbox", "mboxrd", 3),
+    ("mboxo.mbox", "mboxo", 2),
+    // Content-Length keeps an unquoted "From " body line inside its message...
+    ("mboxcl2-content-length.mbox", "mboxcl2", 3),
+    // ...unless it is wrong: then the separators decide, and the body line splits (3, not 2;
+    // the third "message" has no From field and passes through unsigned).
+    ("mboxcl2-lies.mbox", "mboxcl2", 3),
+    ("mboxcl.mbox", "mboxcl", 2),
+    ("crlf.mbox", "mboxrd", 2),
+    ("bom.mbox", "mboxrd", 2),
+    ("header-only.mbox", "mboxrd", 2),
+    ("empty.mbox", "mboxrd", 0),
+];
+
+dktest!(
+    /// testdata/mbox in every flavour: expected counts, nothing lost or altered, the mboxrd
+    /// ones verify with dkimpy.
+    handmade_mboxes_counts_lossless_and_verified,
+    |dir| {
+        let k = key(&dir);
+        let mut signed_files = vec![];
+        std::fs::create_dir_all(dir.join("out")).unwrap();
+        for (name, flavour, want) in HANDMADE_MBOXES {
+            let input = crate::util::testdata("mbox").join(name);
+            let out_path = dir.join(&format!("out/{name}"));
+            let out = dir
+                .cmd()
+                .args(sign_args(&k))
+                .args(["--mbox-format", flavour, "--report", "json", "-o"])
+                .args([&out_path, &input])
+                .run();
+            let r = report(&out);
+            assert_eq!(r["messages"].as_u64(), Some(*want as u64), "{name}: {r}");
+            assert!(matches!(out.status.code(), Some(0) | Some(65)), "{name}");
+            assert_eq!(out.status.code() == Some(65), r["passed_through"].as_u64() > Some(0), "{name}");
+            let original = std::fs::read(&input).unwrap();
+            let signed = std::fs::read(&out_path).unwrap();
+            assert_eq!(strip_added(&signed, "s=bulk;"), original, "{name}: bytes changed");
+            // scripts/dkimpy-verify --mbox reads mboxrd that starts with a From_ line (no BOM).
+            if flavour == &"mboxrd" && original.starts_with(b"From ") {
+                signed_files.push(out_path);
+            }
+        }
+        // Library level: the quoted lines come back unquoted, the look-alikes stay.
+        let data = std::fs::read(crate::util::testdata("mbox/mboxrd-quoted.mbox")).unwrap();
+        let first = dkimpress::mbox::Splitter::new(&data, dkimpress::mbox::MboxFormat::Mboxrd).next().unwrap();
+        let mut scratch = vec![];
+        let m = dkimpress::mbox::unquote(dkimpress::mbox::MboxFormat::Mboxrd, &data[first.message], &mut scratch);
+        let text = String::from_utf8_lossy(m);
+        assert!(text.contains("\nFrom the start of a line, quoted once.\n>From quoted twice.\n From with"), "{text}");
+        if dkimpy_available() {
+            let (ok, rep) = dkimpy_verify(&dir.join("keys"), &["--mbox", "--expect-sigs", "1"], &signed_files);
+            assert!(ok, "{rep}");
+            assert_eq!(rep.matches(" pass ").count(), 7, "{rep}");
+        }
+    }
+);
+
+dktest!(
+    /// A maildir made here (the corpus extras add third-party ones), to an output directory
+    /// and in place: same names (flags kept), tmp/ and dot files ignored, content lossless, an
+    /// unsignable message copied unchanged, signatures verify with dkimpy; in place == to a
+    /// directory.
+    maildir_out_dir_and_in_place,
+    |dir| {
+        let k = key(&dir);
+        let mut names = vec![];
+        for (n, msg) in crate::util::testdata_messages().iter().enumerate() {
+            let rel = if n % 2 == 0 {
+                format!("md/cur/17000000{n:02}.M{n}P1.host:2,S")
+            } else {
+                format!("md/new/17000000{n:02}.M{n}P1.host")
+            };
+            dir.write(&rel, &std::fs::read(msg).unwrap());
+            names.push(PathBuf::from(rel.strip_prefix("md/").unwrap()));
+        }
+        dir.write("md/cur/1700000099.M99P1.host:2,RS", b"not a header field at all\n");
+        names.push(PathBuf::from("cur/1700000099.M99P1.host:2,RS"));
+        dir.write("md/tmp/1700000100.M100P1.host", b"From: half@example.com\n\nbeing delivered\n");
+        dir.write("md/cur/.hidden", b"From: dot@example.com\n\nnot a message\n");
+        names.sort();
+        let md = dir.join("md");
+        let out_dir = dir.join("out");
+        let out = dir.cmd().args(sign_args(&k)).args(["--report", "json", "-o"]).args([&out_dir, &md]).run();
+        let r = report(&out);
+        assert_eq!(r["messages"].as_u64(), Some(names.len() as u64), "{r}");
+        assert_eq!(r["passed_through"].as_u64(), Some(1), "{r}");
+        assert_eq!(out.status.code(), Some(65), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(files_under(&out_dir), names, "same names, tmp/ and dot files left out");
+        let mut signed = vec![];
+        for f in &names {
+            let got = std::fs::read(out_dir.join(f)).unwrap();
+            assert_eq!(strip_added(&got, "s=bulk;"), std::fs::read(md.join(f)).unwrap(), "{f:?}");
+            if got.starts_with(b"DKIM-Signature: ") {
+                signed.push(out_dir.join(f));
+            }
+        }
+        assert_eq!(signed.len(), names.len() - 1);
+        // dkimpy refuses any field written `Name : value` (tests/interop.rs).
+        let space_before_colon = crate::util::testdata("messages/space-before-colon.eml");
+        let space_before_colon = std::fs::read(space_before_colon).unwrap();
+        signed.retain(|p| !std::fs::read(p).unwrap().ends_with(&space_before_colon));
+        // In place on a copy gives the same files, and leaves tmp/ and the dot file alone.
+        let copy = dir.join("copy");
+        copy_tree(&md, &copy);
+        dir.cmd().args(sign_args(&k)).args(["--in-place"]).args([&copy]).run();
+        for f in &names {
+            assert_eq!(std::fs::read(copy.join(f)).unwrap(), std::fs::read(out_dir.join(f)).unwrap(), "{f:?}");
+        }
+        for f in ["tmp/1700000100.M100P1.host", "cur/.hidden"] {
+            assert_eq!(std::fs::read(copy.join(f)).unwrap(), std::fs::read(md.join(f)).unwrap(), "{f}");
+        }
+        if dkimpy_available() {
+            let (ok, rep) = dkimpy_verify(&dir.join("keys"), &["--expect-sigs", "1"], &signed);
+            assert!(ok, "{rep}");
+        }
+    }
+);
+
 dktest!(
     /// A queue directory (one message per file): signed into an output directory; a bad
     /// message is copied unchanged and reported with its file; exit 65.
