@@ -502,12 +502,16 @@ where
     if args.get(1).is_some_and(|a| a == "sendmail") {
         return Ok(cmd_sendmail(std::ffi::OsStr::new("sendmail"), args[2..].to_vec()));
     }
+    // In a master.cf pipe line a mistyped filter option must defer mail (75), not bounce it
+    // (64): Postfix retries until the admin fixes the line.
+    let is_filter = args.get(1).is_some_and(|a| a == "filter");
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
             let code = match e.kind() {
                 DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ if is_filter => sysexits::TEMPFAIL,
                 _ => sysexits::USAGE,
             };
             let _ = e.print();

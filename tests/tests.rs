@@ -10,6 +10,7 @@ mod genkey;
 mod interop;
 mod mta;
 mod pg;
+mod safety;
 mod sign;
 mod tables;
 mod verify;
