@@ -606,3 +606,22 @@ fn fcntl_write_lock(f: &File) -> std::io::Result<bool> {
 fn fcntl_write_lock(_f: &File) -> std::io::Result<bool> {
     Ok(true)
 }
+
+/// Sends SIGKILL to the process group `pgid` (a child started with `process_group(0)`, whose
+/// group id is its pid): a hung re-injection command and what it started end together.
+#[cfg(unix)]
+pub fn kill_process_group(pgid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else { return };
+    if pgid <= 1 {
+        return; // never "every process" (-1) or our own group (0)
+    }
+    // SAFETY: kill(2) with a negative pid signals that process group; it touches no memory
+    // of ours. The group is the one our child was placed in.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// No process groups: nothing to do.
+#[cfg(not(unix))]
+pub fn kill_process_group(_pgid: u32) {}

@@ -72,6 +72,8 @@ impl Logger {
     }
 
     fn emit(&self, severity: u8, msg: &str) {
+        // No key material in the log, whatever an error quotes (issue 11, item 16).
+        let msg = crate::key::redact_key_material(msg);
         let msg: String = msg.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
         let line = format!("{}: {msg}", self.context);
         match &self.sock {
@@ -183,8 +185,10 @@ fn sysexit_name(code: u8) -> &'static str {
 /// A writer thread feeds stdin, so a command that never reads cannot block us (issue 11): we
 /// wait for its exit, not for the pipe, and kill it at the time limit.
 pub fn run_with_input(cmd: &mut Command, data: Vec<Vec<u8>>, timeout: Duration) -> Outcome {
-    use std::os::unix::process::ExitStatusExt as _;
+    use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
     cmd.stdin(Stdio::piped());
+    // Its own process group, so that a timeout kills what it started too.
+    cmd.process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Outcome::NotStarted(e.to_string()),
@@ -232,10 +236,10 @@ pub fn run_with_input(cmd: &mut Command, data: Vec<Vec<u8>>, timeout: Duration) 
     }
 }
 
-/// Kills the command and reaps it. Processes it started and left behind are not ours to
-/// kill (that would take `unsafe` killpg, kept out of this crate); Postfix's postdrop, for
-/// one, drops an unfinished queue file when its input ends.
+/// Kills the command and every process of its group (it runs in a group of its own), and
+/// reaps it.
 fn kill_child(child: &mut std::process::Child) {
+    crate::io::kill_process_group(child.id());
     let _ = child.kill();
     let _ = child.wait();
 }
