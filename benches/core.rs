@@ -6,9 +6,9 @@
 //! machine: compare `body/relaxed` with `body/sha256-raw` from the same run.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dkimpress::canon::{canonicalize_body, Canon};
-use dkimpress::key::SigningKey;
-use dkimpress::sign::{sign_slice, SignerBuilder};
+use dkimpress::dkim::canon::{canonicalize_body, Canon};
+use dkimpress::dkim::key::SigningKey;
+use dkimpress::dkim::sign::{sign_slice, SignerBuilder};
 use sha2::Digest as _;
 use std::sync::Arc;
 
@@ -89,7 +89,7 @@ fn bench_body(c: &mut Criterion) {
 
 fn bench_sign(c: &mut Criterion) {
     let mut g = c.benchmark_group("sign");
-    let rsa4096 = Arc::new(dkimpress::genkey::generate(dkimpress::key::KeyType::Rsa, 4096).unwrap().key);
+    let rsa4096 = Arc::new(dkimpress::dkim::genkey::generate(dkimpress::dkim::key::KeyType::Rsa, 4096).unwrap().key);
     for k in [key("test.private"), rsa4096, key("test-ed.private")] {
         assert!(!k.sign(b"check").unwrap().is_empty());
         g.bench_function(format!("{:?}", k), |b| b.iter(|| k.sign(b"header data of a typical size").unwrap()));
@@ -98,8 +98,8 @@ fn bench_sign(c: &mut Criterion) {
 }
 
 fn bench_split_and_headers(c: &mut Criterion) {
-    use dkimpress::mbox::{MboxFormat, Splitter};
-    let archive = dkimpress::bench::generate(2000, dkimpress::bench::SizeDist::Fixed(4096), 1, false);
+    use dkimpress::pipeline::mbox::{MboxFormat, Splitter};
+    let archive = dkimpress::corpus::generate(2000, dkimpress::corpus::SizeDist::Fixed(4096), 1, false);
     assert_eq!(Splitter::new(&archive, MboxFormat::Mboxrd).count(), 2000);
     let mut g = c.benchmark_group("split");
     g.throughput(Throughput::Bytes(archive.len() as u64));
@@ -109,7 +109,7 @@ fn bench_split_and_headers(c: &mut Criterion) {
     // Header hash: parse the header block, canonicalize the signed fields, SHA-256.
     let first = Splitter::new(&archive, MboxFormat::Mboxrd).next().unwrap();
     let msg = &archive[first.message];
-    let parsed = dkimpress::header::Message::parse(msg).unwrap();
+    let parsed = dkimpress::dkim::header::Message::parse(msg).unwrap();
     assert!(parsed.fields.len() >= 8);
     let header_bytes: usize = parsed.fields.iter().map(|f| f.raw.len()).sum();
     let mut g = c.benchmark_group("header-hash");
@@ -117,10 +117,10 @@ fn bench_split_and_headers(c: &mut Criterion) {
     for canon in [Canon::Simple, Canon::Relaxed] {
         g.bench_function(canon.as_str(), |b| {
             b.iter(|| {
-                let m = dkimpress::header::Message::parse(msg).unwrap();
+                let m = dkimpress::dkim::header::Message::parse(msg).unwrap();
                 let mut h = sha2::Sha256::new();
                 for f in &m.fields {
-                    dkimpress::canon::canonicalize_header(canon, f.raw, &mut h);
+                    dkimpress::dkim::canon::canonicalize_header(canon, f.raw, &mut h);
                 }
                 h.finalize()
             })

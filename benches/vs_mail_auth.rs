@@ -6,9 +6,9 @@
 //! Run: `cargo bench --bench vs_mail_auth`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dkimpress::canon::{canonicalize_body, Canon};
-use dkimpress::key::SigningKey;
-use dkimpress::sign::{sign_slice, SignerBuilder};
+use dkimpress::dkim::canon::{canonicalize_body, Canon};
+use dkimpress::dkim::key::SigningKey;
+use dkimpress::dkim::sign::{sign_slice, SignerBuilder};
 use mail_auth::common::crypto::{Ed25519Key, HashAlgorithm, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
@@ -21,11 +21,15 @@ type SignFn = Box<dyn Fn(&[u8]) -> Vec<u8> + Sync>;
 const HEADERS: [&str; 5] = ["From", "To", "Subject", "Date", "Message-ID"];
 
 fn messages(n: usize) -> Vec<Vec<u8>> {
-    let archive = dkimpress::bench::generate(n, dkimpress::bench::SizeDist::Fixed(4096), 3, false);
-    dkimpress::mbox::Splitter::new(&archive, dkimpress::mbox::MboxFormat::Mboxrd)
+    let archive = dkimpress::corpus::generate(n, dkimpress::corpus::SizeDist::Fixed(4096), 3, false);
+    dkimpress::pipeline::mbox::Splitter::new(&archive, dkimpress::pipeline::mbox::MboxFormat::Mboxrd)
         .map(|e| {
             let mut scratch = vec![];
-            let m = dkimpress::mbox::unquote(dkimpress::mbox::MboxFormat::Mboxrd, &archive[e.message], &mut scratch);
+            let m = dkimpress::pipeline::mbox::unquote(
+                dkimpress::pipeline::mbox::MboxFormat::Mboxrd,
+                &archive[e.message],
+                &mut scratch,
+            );
             // The wire form: CRLF.
             String::from_utf8_lossy(m).replace('\n', "\r\n").into_bytes()
         })
@@ -44,10 +48,10 @@ fn der(pem: &str) -> Vec<u8> {
 
 /// Our verifier on a signed message (key from the shipped record).
 fn check(signed: &[u8], record: &str) {
-    let public = Arc::new(dkimpress::verify::parse_key_record(record.as_bytes()).unwrap());
-    let keys = |_: &str, _: &str| -> dkimpress::verify::KeyResult { Ok(public.clone()) };
-    let v = dkimpress::verify::verify_slice(signed, &keys, 1_800_000_000, &Default::default()).unwrap();
-    assert_eq!(dkimpress::verify::overall(&v), dkimpress::verify::DkimResult::Pass, "{v:?}");
+    let public = Arc::new(dkimpress::dkim::verify::parse_key_record(record.as_bytes()).unwrap());
+    let keys = |_: &str, _: &str| -> dkimpress::dkim::verify::KeyResult { Ok(public.clone()) };
+    let v = dkimpress::dkim::verify::verify_slice(signed, &keys, 1_800_000_000, &Default::default()).unwrap();
+    assert_eq!(dkimpress::dkim::verify::overall(&v), dkimpress::dkim::verify::DkimResult::Pass, "{v:?}");
 }
 
 fn record(txt: &str) -> String {
@@ -105,7 +109,7 @@ fn bench_body(c: &mut Criterion) {
     let bodies: Vec<&[u8]> = msgs
         .iter()
         .map(|m| {
-            let p = dkimpress::header::Message::parse(m).unwrap().body_offset;
+            let p = dkimpress::dkim::header::Message::parse(m).unwrap().body_offset;
             &m[p..]
         })
         .collect();

@@ -1,33 +1,30 @@
-//! dkimpress: a fast DKIM signer (RFC 6376, Ed25519 per RFC 8463, key rules of RFC 8301).
+//! dkimpress: a fast DKIM signer and verifier (RFC 6376, Ed25519 per RFC 8463, key rules of
+//! RFC 8301).
 //!
-//! The DKIM core is pure: [`canon`] (canonicalization into a [`canon::Sink`]), [`header`]
-//! (splitting a message into fields and body without copying), [`sign`] (building the
-//! DKIM-Signature field) and [`key`] (loading keys, the one place that picks the crypto
-//! backend). They work on `&[u8]`, take the clock as an argument, and never open files or spawn
-//! threads. [`mbox`] splits and unquotes mailboxes, [`bulk`] runs archives through the parallel
-//! pipeline, [`io`] holds the memory maps and atomic output files. [`io`] and [`crlf`] (the
-//! AVX2 line-end kernels) hold the only `unsafe`.
-//! [`genkey`] makes keys and DNS records; [`cli`] is the command-line adapter.
+//! The library is the DKIM core and the pipeline that drives it; the command line (argument
+//! parsing, configuration files, MTA integration, the benchmark harness) lives in the binary.
+//!
+//! - [`dkim`]: the pure core. Header splitting, canonicalization, tag lists, signing,
+//!   verification, keys. Works on `&[u8]`, takes the clock as an argument, never opens files
+//!   or spawns threads.
+//! - [`pipeline`]: inputs (mbox, maildir, queue directory, pipes) split into messages, run
+//!   through the parallel ordered engine, written to one destination atomically; reports.
+//! - [`select`] and [`tables`]: which signatures a message gets (fixed keys, OpenDKIM
+//!   Domain/KeyFile, KeyTable/SigningTable data sets including PostgreSQL).
+//! - [`lookup`]: where verification keys come from (DNS, zone files, key directories).
+//! - [`arch`]: CPU-specific kernels; [`corpus`]: generated benchmark archives.
+//!
+//! All `unsafe` code is in [`arch`] (the line-end kernels, prefetching, memory maps, locks,
+//! signals), each block with a `// SAFETY:` note.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod bulk;
-pub mod canon;
-pub mod cli;
-pub mod conf;
 #[allow(unsafe_code)]
-pub mod crlf;
-pub mod dns;
-pub mod genkey;
-pub mod header;
-#[allow(unsafe_code)]
-pub mod io;
-pub mod key;
-pub mod mbox;
-pub mod mta;
+pub mod arch;
+pub mod corpus;
+pub mod dkim;
+pub mod lookup;
+pub mod pipeline;
 pub mod select;
-pub mod sign;
 pub mod tables;
-pub mod verify;

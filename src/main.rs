@@ -1,6 +1,11 @@
-//! The `dkimpress` binary: parses arguments, runs, maps errors to exit codes (see `cli`).
+//! The `dkimpress` binary: the command line ([`cli`]: arguments, configuration files, one
+//! file per command, MTA integration, the benchmark harness) over the library's core and
+//! pipeline. `main` runs, and maps errors to exit codes in one place (`cli::exit_code`).
 
-use dkimpress::cli;
+#![deny(unsafe_code)]
+
+mod cli;
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -14,7 +19,7 @@ fn main() -> ExitCode {
             }
             // Never a line of key material, whatever the error quotes (issue 11, item 16).
             let text = format!("{err:#}");
-            eprintln!("dkimpress: {}", dkimpress::key::redact_key_material(&text));
+            eprintln!("dkimpress: {}", dkimpress::dkim::key::redact_key_material(&text));
             ExitCode::from(cli::exit_code(&err))
         }
     }

@@ -5,10 +5,10 @@
 //! Owns the per-run caches of parsed keys and built signers, so a bulk job loads each key
 //! once. Lookups that fail for a while (a database down) are reported as temporary.
 
-use crate::canon::Canonicalization;
-use crate::header::Message;
-use crate::key::SigningKey;
-use crate::sign::{Signer, SignerBuilder};
+use crate::dkim::canon::Canonicalization;
+use crate::dkim::header::Message;
+use crate::dkim::key::SigningKey;
+use crate::dkim::sign::{Signer, SignerBuilder};
 use crate::tables::{self, DataSet, TableError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,7 +57,7 @@ pub struct Template {
 impl Template {
     /// A signer for `key` with these settings.
     pub fn build(&self, key: Arc<SigningKey>, domain: &str, selector: &str) -> Result<Signer, String> {
-        if key.key_type() == crate::key::KeyType::Rsa && key.bits() < self.min_bits {
+        if key.key_type() == crate::dkim::key::KeyType::Rsa && key.bits() < self.min_bits {
             return Err(format!(
                 "key for {selector}._domainkey.{domain} has {} bits, below MinimumKeyBits {}",
                 key.bits(),

@@ -3,7 +3,7 @@
 //! Owns the data set kinds of opendkim(8) that signing uses: flat files (`file:` or a bare
 //! path), `refile:` (wildcard patterns, first match wins), `csl:` (comma-separated list) and
 //! `dsn:pgsql://` (a PostgreSQL table or view), the From-address extraction that picks the
-//! signing table entry, and the per-run caches. It does not sign (see [`crate::sign`]).
+//! signing table entry, and the per-run caches. It does not sign (see [`crate::dkim::sign`]).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -139,10 +139,10 @@ dktest!(
                 continue;
             }
             let data = std::fs::read(corpus.join("mbox/thunderbird-gtest").join(file)).unwrap();
-            let got: Vec<Vec<u8>> = dkimpress::mbox::Splitter::new(&data, dkimpress::mbox::MboxFormat::Mboxrd)
+            let got: Vec<Vec<u8>> = dkimpress::pipeline::mbox::Splitter::new(&data, dkimpress::pipeline::mbox::MboxFormat::Mboxrd)
                 .map(|e| {
                     let mut scratch = vec![];
-                    dkimpress::mbox::unquote(dkimpress::mbox::MboxFormat::Mboxrd, &data[e.message], &mut scratch).to_vec()
+                    dkimpress::pipeline::mbox::unquote(dkimpress::pipeline::mbox::MboxFormat::Mboxrd, &data[e.message], &mut scratch).to_vec()
                 })
                 .collect();
             let want: Vec<Vec<u8>> =
@@ -301,9 +301,9 @@ dktest!(
         }
         // Library level: the quoted lines come back unquoted, the look-alikes stay.
         let data = std::fs::read(crate::util::testdata("mbox/mboxrd-quoted.mbox")).unwrap();
-        let first = dkimpress::mbox::Splitter::new(&data, dkimpress::mbox::MboxFormat::Mboxrd).next().unwrap();
+        let first = dkimpress::pipeline::mbox::Splitter::new(&data, dkimpress::pipeline::mbox::MboxFormat::Mboxrd).next().unwrap();
         let mut scratch = vec![];
-        let m = dkimpress::mbox::unquote(dkimpress::mbox::MboxFormat::Mboxrd, &data[first.message], &mut scratch);
+        let m = dkimpress::pipeline::mbox::unquote(dkimpress::pipeline::mbox::MboxFormat::Mboxrd, &data[first.message], &mut scratch);
         let text = String::from_utf8_lossy(m);
         assert!(text.contains("\nFrom the start of a line, quoted once.\n>From quoted twice.\n From with"), "{text}");
         if dkimpy_available() {

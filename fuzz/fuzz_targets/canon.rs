@@ -13,8 +13,8 @@
 //!   at every `before` octet that matters.
 #![no_main]
 
-use dkimpress::canon::{self, naive, Canon, CountingSink};
-use dkimpress::crlf;
+use dkimpress::dkim::canon::{self, naive, Canon, CountingSink};
+use dkimpress::arch::crlf;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,7 +9,7 @@
 //! hands out one field twice.
 #![no_main]
 
-use dkimpress::header::Message;
+use dkimpress::dkim::header::Message;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -18,7 +18,7 @@
 //! not round-tripped.
 #![no_main]
 
-use dkimpress::mbox::{check, unquote, MboxFormat, Splitter};
+use dkimpress::pipeline::mbox::{check, unquote, MboxFormat, Splitter};
 use libfuzzer_sys::fuzz_target;
 
 const FORMATS: [MboxFormat; 4] = [MboxFormat::Mboxo, MboxFormat::Mboxrd, MboxFormat::Mboxcl, MboxFormat::Mboxcl2];
@@ -42,7 +42,7 @@ fn raw(format: MboxFormat, data: &[u8]) {
     if check(data).is_err() {
         return;
     }
-    let bom = dkimpress::mbox::bom_len(data);
+    let bom = dkimpress::pipeline::mbox::bom_len(data);
     let entries: Vec<_> = Splitter::new(data, format).collect();
     let mut at = bom;
     for e in &entries {

@@ -7,7 +7,7 @@
 //! (if any) is `DKIM1` and comes first.
 #![no_main]
 
-use dkimpress::verify::{parse_key_record, parse_tags, rsa_modulus};
+use dkimpress::dkim::verify::{parse_key_record, parse_tags, rsa_modulus};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

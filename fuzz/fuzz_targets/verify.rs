@@ -12,9 +12,9 @@
 //! first is a continuation, and no CR or LF appears except in the line ends.
 #![no_main]
 
-use dkimpress::dns::ZoneKeys;
-use dkimpress::header::Message;
-use dkimpress::verify::{authentication_results, fetch_key, overall, verify_slice, DkimResult, KeyResult, Policy};
+use dkimpress::lookup::ZoneKeys;
+use dkimpress::dkim::header::Message;
+use dkimpress::dkim::verify::{authentication_results, fetch_key, overall, verify_slice, DkimResult, KeyResult, Policy};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -8,8 +8,8 @@
 //! after them) and read back: each name gives exactly the values written for it, in order.
 #![no_main]
 
-use dkimpress::dns::ZoneKeys;
-use dkimpress::verify::{KeyLookup, LookupError};
+use dkimpress::lookup::ZoneKeys;
+use dkimpress::dkim::verify::{KeyLookup, LookupError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //!
 //! This module owns the byte-level transforms `simple` and `relaxed`, for header fields and for
 //! bodies, and writes their output into a [`Sink`] (a hasher in production, a `Vec<u8>` in
-//! tests). It does not parse the header block (see [`crate::header`]) and knows nothing of keys.
+//! tests). It does not parse the header block (see [`crate::dkim::header`]) and knows nothing of keys.
 //!
 //! Line ends: messages are canonicalized as they appear on the wire, with CRLF line ends, even
 //! when they are stored with bare LF. The rules for stray line-end characters, applied the same
@@ -15,8 +15,8 @@
 //!   canonicalization drops such a CR instead, so peers disagree on these messages whatever we
 //!   pick. A lone CR is not whitespace (WSP is SP and HTAB only, RFC 5234 B.1).
 
-use crate::crlf;
-use crate::io::{PREFETCH_DISTANCE, PREFETCH_PIECE};
+use crate::arch::crlf;
+use crate::arch::sys::{PREFETCH_DISTANCE, PREFETCH_PIECE};
 
 /// Where canonicalized bytes go: a hasher, a buffer, a counter.
 ///
@@ -209,7 +209,7 @@ struct Staged<'a, S: Sink + ?Sized> {
 fn emit_prefetching<S: Sink + ?Sized>(sink: &mut S, ahead: &mut &[u8], bytes: &[u8]) {
     for piece in bytes.chunks(PREFETCH_PIECE) {
         let (now, later) = ahead.split_at(piece.len().min(ahead.len()));
-        crate::io::prefetch(now);
+        crate::arch::sys::prefetch(now);
         *ahead = later;
         sink.write(piece);
     }

@@ -5,161 +5,17 @@
 //! header blocks), the stage timers, and the report (text or JSON). Each measurement checks
 //! its result (a benchmark of wrong output measures nothing).
 
-use crate::bulk::{self, BulkOptions};
-use crate::canon::{self, Canon};
-use crate::io::Mapped;
-use crate::key::KeyType;
-use crate::mbox::{self, MboxFormat};
-use crate::select::KeySource;
-use crate::sign::SignerBuilder;
+use dkimpress::arch::sys::Mapped;
+use dkimpress::dkim::canon::{self, Canon};
+use dkimpress::dkim::key::KeyType;
+use dkimpress::dkim::sign::SignerBuilder;
+use dkimpress::pipeline::mbox::{self, MboxFormat};
+use dkimpress::pipeline::{self, BulkOptions};
+use dkimpress::select::KeySource;
 use sha2::Digest as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How message sizes are drawn.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SizeDist {
-    /// Every message about this many bytes.
-    Fixed(usize),
-    /// Log-normal around this median (sigma 1), clamped to 300 B .. 64x the median.
-    LogNormal(usize),
-}
-
-impl std::str::FromStr for SizeDist {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (kind, size) = match s.split_once(':') {
-            Some((k, v)) => (k, v),
-            None => ("fixed", s),
-        };
-        let lower = size.to_ascii_lowercase();
-        let (num, mult) = match lower.chars().last() {
-            Some('k') => (&lower[..lower.len() - 1], 1024),
-            Some('m') => (&lower[..lower.len() - 1], 1024 * 1024),
-            _ => (lower.as_str(), 1),
-        };
-        let n: usize = num.parse().map_err(|_| format!("size {size:?}: expected e.g. 4k, 1m, 512"))?;
-        let n = n * mult;
-        match kind {
-            "fixed" => Ok(SizeDist::Fixed(n)),
-            "lognormal" => Ok(SizeDist::LogNormal(n)),
-            _ => Err(format!("size distribution {kind:?}: expected fixed or lognormal")),
-        }
-    }
-}
-
-/// xorshift64*: deterministic, fast, good enough for corpus shapes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-const WORDS: &[&str] = &[
-    "the",
-    "quarterly",
-    "report",
-    "is",
-    "attached",
-    "please",
-    "review",
-    "numbers",
-    "by",
-    "friday",
-    "and",
-    "send",
-    "comments",
-    "to",
-    "team",
-    "meeting",
-    "agenda",
-    "budget",
-    "forecast",
-    "update",
-    "thanks",
-    "regards",
-];
-
-/// A deterministic mboxrd archive of `count` messages: Received chain, From/To/Cc/Subject/Date/
-/// Message-ID/MIME headers, text bodies with a few `>From ` lines, optional base64
-/// attachments (every 7th message when `attachments`).
-pub fn generate(count: usize, sizes: SizeDist, seed: u64, attachments: bool) -> Vec<u8> {
-    let mut rng = Rng(seed.max(1));
-    let mut out = Vec::with_capacity(count * 4500);
-    for i in 0..count {
-        let target = match sizes {
-            SizeDist::Fixed(n) => n,
-            SizeDist::LogNormal(median) => {
-                // Box-Muller.
-                let z = (-2.0 * rng.unit().max(1e-12).ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.unit()).cos();
-                ((median as f64) * z.exp()).clamp(300.0, median as f64 * 64.0) as usize
-            }
-        };
-        let start = out.len();
-        out.extend_from_slice(format!("From sender{i}@example.com Sat Nov 21 10:00:00 2026\n").as_bytes());
-        let header = format!(
-            "Received: from relay{r}.example.net (relay{r}.example.net [192.0.2.{r}])\n\tby mx.example.com with ESMTPS id {i:08X}\n\tfor <team@example.org>; Sat, 21 Nov 2026 10:00:00 +0000\n\
-             Received: from client.example.com ([198.51.100.7])\n\tby relay{r}.example.net; Sat, 21 Nov 2026 09:59:58 +0000\n\
-             From: Sender {i} <sender{i}@example.com>\nTo: Team <team@example.org>\nCc: archive@example.org\n\
-             Subject: Quarterly report {i}, please review\nDate: Sat, 21 Nov 2026 10:00:00 +0000\n\
-             Message-ID: <{i}.{s:x}@example.com>\nMIME-Version: 1.0\n",
-            r = rng.next() % 200 + 1,
-            s = rng.next()
-        );
-        out.extend_from_slice(header.as_bytes());
-        let attach = attachments && i % 7 == 3;
-        if attach {
-            out.extend_from_slice(
-                b"Content-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain; charset=utf-8\n\n",
-            );
-        } else {
-            out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\n\n");
-        }
-        let body_target = start + target;
-        let text_end = if attach { start + (target / 3).max(out.len() - start + 200) } else { body_target };
-        while out.len() < text_end {
-            if rng.next().is_multiple_of(50) {
-                out.extend_from_slice(b">From the quoted line\n");
-                continue;
-            }
-            let n = 6 + (rng.next() % 8) as usize;
-            for w in 0..n {
-                if w > 0 {
-                    out.push(b' ');
-                }
-                out.extend_from_slice(WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes());
-            }
-            out.push(b'\n');
-            if rng.next().is_multiple_of(9) {
-                out.push(b'\n');
-            }
-        }
-        if attach {
-            out.extend_from_slice(
-                b"\n--b1\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n",
-            );
-            let b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            while out.len() < body_target {
-                for _ in 0..76 {
-                    out.push(b64[(rng.next() % 64) as usize]);
-                }
-                out.push(b'\n');
-            }
-            out.extend_from_slice(b"--b1--\n");
-        }
-        out.push(b'\n');
-    }
-    out
-}
 
 /// One measured figure.
 #[derive(Debug, Clone)]
@@ -219,7 +75,7 @@ fn parallel(threads: usize, min: Duration, f: impl Fn() -> u64 + Sync) -> f64 {
 /// hashing at the rate memory allows when `b` is not in the cache (see `canon`'s `Staged`).
 fn sha256_streaming(b: &[u8]) -> impl AsRef<[u8]> {
     let mut h = sha2::Sha256::new();
-    crate::io::in_prefetched_pieces(b, 0..b.len(), |p| h.update(p));
+    dkimpress::arch::sys::in_prefetched_pieces(b, 0..b.len(), |p| h.update(p));
     h.finalize()
 }
 
@@ -232,7 +88,7 @@ pub struct BenchOptions {
     /// Key types for signing and verifying.
     pub keys: Vec<KeyType>,
     /// Canonicalization of the end-to-end runs.
-    pub canon: crate::canon::Canonicalization,
+    pub canon: dkimpress::dkim::canon::Canonicalization,
     /// Minimum time per measurement.
     pub min: Duration,
 }
@@ -282,7 +138,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
         .map(|e| {
             let mut scratch = vec![];
             let m = mbox::unquote(MboxFormat::Mboxrd, &data[e.message.clone()], &mut scratch).to_vec();
-            let p = crate::header::Message::parse(&m).map(|p| p.body_offset).unwrap_or(0);
+            let p = dkimpress::dkim::header::Message::parse(&m).map(|p| p.body_offset).unwrap_or(0);
             m[p..].to_vec()
         })
         .collect();
@@ -382,14 +238,14 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
 
     let max_threads = o.threads.iter().copied().max().unwrap_or(1);
     for &kt in &o.keys {
-        let g = crate::genkey::generate(kt, 2048).map_err(|e| e.to_string())?;
+        let g = dkimpress::dkim::genkey::generate(kt, 2048).map_err(|e| e.to_string())?;
         let key = Arc::new(g.key);
         let label = match kt {
             KeyType::Rsa => "RSA-2048",
             KeyType::Ed25519 => "Ed25519",
         };
-        let record = crate::genkey::record_value(&key, &Default::default());
-        let public = crate::verify::parse_key_record(record.as_bytes()).map_err(|e| e.to_string())?;
+        let record = dkimpress::dkim::genkey::record_value(&key, &Default::default());
+        let public = dkimpress::dkim::verify::parse_key_record(record.as_bytes()).map_err(|e| e.to_string())?;
         let public = Arc::new(public);
         assert!(!key.sign(b"check").map_err(|e| e.to_string())?.is_empty());
         for &t in &o.threads {
@@ -416,17 +272,17 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                 mbox_format: MboxFormat::Mboxrd,
                 strip_own: false,
                 now: 1_800_000_000,
-                max_message: crate::bulk::DEFAULT_MAX_MESSAGE,
+                max_message: dkimpress::pipeline::DEFAULT_MAX_MESSAGE,
             };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| e.to_string())?;
             let mapped = Mapped::Owned(data.clone());
             let run_once = || -> u64 {
                 let mut signed = 0u64;
-                bulk::map_mbox(
+                pipeline::map_mbox(
                     &mapped,
                     MboxFormat::Mboxrd,
                     &pool,
-                    |m| bulk::sign_message(&opts, m).is_ok(),
+                    |m| pipeline::sign_message(&opts, m).is_ok(),
                     |_, ok| {
                         signed += u64::from(ok);
                         Ok(())
@@ -458,11 +314,11 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
             if t == max_threads {
                 // Verify: sign once, then verify the signed archive.
                 let mut signed_archive = Vec::with_capacity(data.len() * 11 / 10);
-                bulk::map_mbox(
+                pipeline::map_mbox(
                     &mapped,
                     MboxFormat::Mboxrd,
                     &pool,
-                    |m| bulk::sign_message(&opts, m).map(|r| r.0).unwrap_or_default(),
+                    |m| pipeline::sign_message(&opts, m).map(|r| r.0).unwrap_or_default(),
                     |e, h| {
                         signed_archive.extend_from_slice(&data[e.from_line.clone()]);
                         signed_archive.extend_from_slice(&h);
@@ -472,17 +328,19 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                 )
                 .expect("pipeline");
                 let signed_mapped = Mapped::Owned(signed_archive);
-                let keys = |_: &str, _: &str| -> crate::verify::KeyResult { Ok(public.clone()) };
-                let policy = crate::verify::Policy::default();
+                let keys = |_: &str, _: &str| -> dkimpress::dkim::verify::KeyResult { Ok(public.clone()) };
+                let policy = dkimpress::dkim::verify::Policy::default();
                 let (n, secs) = timed(min, || {
                     let mut pass = 0u64;
-                    bulk::map_mbox(
+                    pipeline::map_mbox(
                         &signed_mapped,
                         MboxFormat::Mboxrd,
                         &pool,
                         |m| {
-                            crate::verify::verify_slice(m, &keys, 1_800_000_000, &policy)
-                                .map(|v| crate::verify::overall(&v) == crate::verify::DkimResult::Pass)
+                            dkimpress::dkim::verify::verify_slice(m, &keys, 1_800_000_000, &policy)
+                                .map(|v| {
+                                    dkimpress::dkim::verify::overall(&v) == dkimpress::dkim::verify::DkimResult::Pass
+                                })
                                 .unwrap_or(false)
                         },
                         |_, ok| {
@@ -506,29 +364,4 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
         }
     }
     Ok(figs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn corpus_is_deterministic_and_splits() {
-        let a = generate(50, SizeDist::LogNormal(4096), 7, true);
-        assert_eq!(a, generate(50, SizeDist::LogNormal(4096), 7, true));
-        assert_ne!(a, generate(50, SizeDist::LogNormal(4096), 8, true));
-        assert_eq!(mbox::Splitter::new(&a, MboxFormat::Mboxrd).count(), 50);
-        let f = generate(20, SizeDist::Fixed(10_000), 1, false);
-        let sizes: Vec<usize> =
-            mbox::Splitter::new(&f, MboxFormat::Mboxrd).map(|e| e.data.end - e.from_line.start).collect();
-        assert!(sizes.iter().all(|&s| (10_000..10_200).contains(&s)), "{sizes:?}");
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!("4k".parse::<SizeDist>().unwrap(), SizeDist::Fixed(4096));
-        assert_eq!("lognormal:4k".parse::<SizeDist>().unwrap(), SizeDist::LogNormal(4096));
-        assert_eq!("1m".parse::<SizeDist>().unwrap(), SizeDist::Fixed(1 << 20));
-        assert!("big".parse::<SizeDist>().is_err());
-    }
 }

@@ -2,7 +2,7 @@
 //!
 //! This module splits a message (RFC 5322 §2.1) into header fields and body without copying
 //! and checks that the header block is one: every line is a field (`name:` with printable
-//! ASCII name) or a continuation of one. It does not canonicalize (see [`crate::canon`]) and
+//! ASCII name) or a continuation of one. It does not canonicalize (see [`crate::dkim::canon`]) and
 //! does not decode field values.
 
 /// A header block that cannot be parsed. Each variant names the line (1-based) where the

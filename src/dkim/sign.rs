@@ -5,9 +5,9 @@
 //! returns the header fields to put on top of it. The clock is passed in (`now`), never read
 //! here, so that golden tests are exact. This module does not read files or write output.
 
-use crate::canon::{self, Canon, Canonicalization, CountingSink};
-use crate::header::{HeaderError, Message};
-use crate::key::{KeyError, KeyType, SigningKey};
+use crate::dkim::canon::{self, Canon, Canonicalization, CountingSink};
+use crate::dkim::header::{HeaderError, Message};
+use crate::dkim::key::{KeyError, KeyType, SigningKey};
 use base64::Engine as _;
 use sha2::Digest as _;
 use std::sync::Arc;
@@ -477,7 +477,7 @@ mod tests {
     use super::*;
 
     fn ed_key() -> Arc<SigningKey> {
-        Arc::new(SigningKey::from_bytes(crate::key::tests_support::ED25519_PEM.as_bytes(), "t").unwrap())
+        Arc::new(SigningKey::from_bytes(crate::dkim::key::tests_support::ED25519_PEM.as_bytes(), "t").unwrap())
     }
 
     #[test]

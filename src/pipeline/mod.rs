@@ -3,17 +3,20 @@
 //!
 //! Owns: recognising the input kind, the window-by-window parallel signing (rayon), the single
 //! ordered writer of an mbox, per-file atomic output for directories, counting and reporting
-//! messages that stay unsigned, and the interrupt flag. Signing itself is [`crate::sign`];
-//! splitting and unquoting mboxes is [`crate::mbox`].
+//! messages that stay unsigned, and the interrupt flag. Signing itself is [`crate::dkim::sign`];
+//! splitting and unquoting mboxes is [`crate::pipeline::mbox`].
 //!
 //! Memory is bounded by the messages in flight (at most [`IN_FLIGHT`] messages and about
 //! [`IN_FLIGHT_BYTES`] of input): mbox messages are slices of the map, results are only the new
 //! header fields, and the writer releases mapped pages it has written.
 
-use crate::header::Message;
-use crate::io;
-use crate::mbox::{self, MboxEntry, MboxFormat};
-use crate::sign::{self, Signer};
+pub mod io;
+pub mod mbox;
+
+use crate::dkim::header::Message;
+
+use crate::dkim::sign::{self, Signer};
+use mbox::{MboxEntry, MboxFormat};
 
 use rayon::prelude::*;
 use std::io::{BufWriter, Write};
@@ -125,7 +128,7 @@ pub struct Source {
     pub kind: InputKind,
     /// The contents of a non-seekable input, read at open (None: a regular file or directory,
     /// read when its turn comes).
-    pub spooled: Option<io::Mapped>,
+    pub spooled: Option<crate::arch::sys::Mapped>,
 }
 
 impl Source {
@@ -174,7 +177,7 @@ pub fn open_source(path: &Path, forced: Option<InputKind>, max_message: u64) -> 
                 .and_then(|()| std::io::copy(&mut f, &mut spool))
                 .and_then(|_| spool.flush());
             copied.map_err(|e| input_err(path, format!("reading into the spool file failed: {e}")))?;
-            io::map(&spool).map_err(|e| input_err(path, e))?
+            crate::arch::sys::map(&spool).map_err(|e| input_err(path, e))?
         }
         _ => {
             let mut data = head[..n].to_vec();
@@ -183,7 +186,7 @@ pub fn open_source(path: &Path, forced: Option<InputKind>, max_message: u64) -> 
             if data.len() as u64 > max_message {
                 return Err(too_large(path, data.len() as u64, max_message));
             }
-            io::Mapped::Owned(data)
+            crate::arch::sys::Mapped::Owned(data)
         }
     };
     Ok(source(kind, Some(spooled)))
@@ -470,19 +473,19 @@ fn account(
 }
 
 /// Maps the mbox at `path` for one pass and checks that it is one.
-pub fn open_mbox(path: &Path) -> Result<io::Mapped, BulkError> {
+pub fn open_mbox(path: &Path) -> Result<crate::arch::sys::Mapped, BulkError> {
     let file = std::fs::File::open(path).map_err(|e| input_err(path, e))?;
     map_mbox_file(&file, path)
 }
 
 /// Maps an open mbox file (one that is locked: see [`io::MboxLock`]) and checks it.
-pub fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<io::Mapped, BulkError> {
-    let mapped = io::map(file).map_err(|e| input_err(path, e))?;
+pub fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<crate::arch::sys::Mapped, BulkError> {
+    let mapped = crate::arch::sys::map(file).map_err(|e| input_err(path, e))?;
     check_mbox(mapped, path)
 }
 
 /// Checks that mapped (or spooled) bytes are an mbox.
-pub fn check_mbox(mapped: io::Mapped, path: &Path) -> Result<io::Mapped, BulkError> {
+pub fn check_mbox(mapped: crate::arch::sys::Mapped, path: &Path) -> Result<crate::arch::sys::Mapped, BulkError> {
     mbox::check(&mapped).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })?;
     Ok(mapped)
 }
@@ -496,7 +499,7 @@ pub fn check_mbox(mapped: io::Mapped, path: &Path) -> Result<io::Mapped, BulkErr
 /// queue holds at most [`IN_FLIGHT`] jobs (and about [`IN_FLIGHT_BYTES`] of input), which bounds
 /// memory; the writer releases mapped pages behind it.
 pub fn map_mbox<R, J, E>(
-    mapped: &io::Mapped,
+    mapped: &crate::arch::sys::Mapped,
     fmt: MboxFormat,
     pool: &rayon::ThreadPool,
     job: J,
@@ -608,7 +611,7 @@ where
 /// the input with the new header fields inserted after each `From ` line (and own old
 /// signatures removed with `strip_own`), byte for byte otherwise.
 pub fn sign_mbox(
-    mapped: &io::Mapped,
+    mapped: &crate::arch::sys::Mapped,
     path: &Path,
     opts: &BulkOptions,
     pool: &rayon::ThreadPool,

@@ -8,7 +8,7 @@
 //! word-at-a-time fallback, and a byte-at-a-time oracle in the tests that both are checked
 //! against. The public functions pick the kernel at run time.
 //!
-//! This module and [`crate::io`] hold the crate's `unsafe`.
+//! This module and [`crate::pipeline::io`] hold the crate's `unsafe`.
 
 /// Whether `b` holds an LF not preceded by CR. `before` is the octet before `b` (anything but
 /// CR when `b` starts the text).

@@ -5,13 +5,13 @@
 //! through a command under a time limit, exit codes as Postfix pipe(8) reads them (0 delivered,
 //! the re-injection command's own status, 75 try again), which clients' mail is ours to sign
 //! (OpenDKIM InternalHosts), the pass-through policy when signing fails, and logging to syslog
-//! (facility mail) or stderr. Signing is [`crate::bulk`]'s `sign_message`; argv and the
+//! (facility mail) or stderr. Signing is [`dkimpress::pipeline`]'s `sign_message`; argv and the
 //! environment are read by `cli`. Mail is never dropped: every path ends in a re-injection, in
 //! the re-injection command's status, or in exit 75.
 
-use crate::bulk::{self, BulkOptions};
-use crate::select::SelectError;
-use crate::sign::SignError;
+use dkimpress::dkim::sign::SignError;
+use dkimpress::pipeline::{self, BulkOptions};
+use dkimpress::select::SelectError;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, Read, Write};
 use std::net::IpAddr;
@@ -73,7 +73,7 @@ impl Logger {
 
     fn emit(&self, severity: u8, msg: &str) {
         // No key material in the log, whatever an error quotes (issue 11, item 16).
-        let msg = crate::key::redact_key_material(msg);
+        let msg = dkimpress::dkim::key::redact_key_material(msg);
         let msg: String = msg.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
         let line = format!("{}: {msg}", self.context);
         match &self.sock {
@@ -107,7 +107,7 @@ impl Logger {
 
 /// The Message-ID of a message, for log context.
 fn message_id(msg: &[u8]) -> Option<String> {
-    let parsed = crate::header::Message::parse(msg).ok()?;
+    let parsed = dkimpress::dkim::header::Message::parse(msg).ok()?;
     let f = parsed.fields.iter().find(|f| f.is("message-id"))?;
     Some(String::from_utf8_lossy(f.value()).trim().to_string())
 }
@@ -239,7 +239,7 @@ pub fn run_with_input(cmd: &mut Command, data: Vec<Vec<u8>>, timeout: Duration) 
 /// Kills the command and every process of its group (it runs in a group of its own), and
 /// reaps it.
 fn kill_child(child: &mut std::process::Child) {
-    crate::io::kill_process_group(child.id());
+    dkimpress::arch::sys::kill_process_group(child.id());
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -255,7 +255,7 @@ pub fn reinject(command: &[OsString], data: Vec<Vec<u8>>, timeout: Duration) -> 
 /// Signs `msg` for the MTA paths: the header fields to add (empty = pass on unsigned), or an
 /// error meaning "defer".
 fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger) -> Result<Vec<u8>, String> {
-    match bulk::sign_message(opts, msg) {
+    match pipeline::sign_message(opts, msg) {
         Ok((headers, _)) => {
             log.info("signed");
             Ok(headers)

@@ -147,7 +147,7 @@ impl<'a> Splitter<'a> {
             let wend = (at + SCAN_WINDOW).min(self.data.len());
             let want = (wend + SCAN_AHEAD).min(self.data.len());
             if want > prefetched {
-                crate::io::prefetch(&self.data[prefetched.max(want.saturating_sub(SCAN_WINDOW))..want]);
+                crate::arch::sys::prefetch(&self.data[prefetched.max(want.saturating_sub(SCAN_WINDOW))..want]);
                 prefetched = want;
             }
             let Some(i) = self.finder.find(&self.data[at..wend]) else {
@@ -180,7 +180,7 @@ impl<'a> Splitter<'a> {
     /// End of the message by its Content-Length, when that lands on a separator or the end.
     fn by_content_length(&self, start: usize) -> Option<usize> {
         let msg = &self.data[start..];
-        let parsed = crate::header::Message::parse(msg).ok()?;
+        let parsed = crate::dkim::header::Message::parse(msg).ok()?;
         let cl = parsed.fields.iter().find(|f| f.is("content-length"))?;
         let n: usize = std::str::from_utf8(cl.value()).ok()?.trim().parse().ok()?;
         let end = start.checked_add(parsed.body_offset)?.checked_add(n)?;
@@ -281,7 +281,7 @@ pub fn unquote<'a>(format: MboxFormat, data: &'a [u8], scratch: &'a mut Vec<u8>)
     let mut at = first;
     loop {
         // Unquoting is the first pass over a message of a large mbox: prefetch ahead of it.
-        crate::io::in_prefetched_pieces(data, copied..at, |p| scratch.extend_from_slice(p));
+        crate::arch::sys::in_prefetched_pieces(data, copied..at, |p| scratch.extend_from_slice(p));
         copied = at + 1;
         let next = memchr::memmem::find_iter(&data[at..], b"\n>").map(|i| at + i + 1).find(|&i| quoted_at(i));
         match next {
@@ -289,7 +289,7 @@ pub fn unquote<'a>(format: MboxFormat, data: &'a [u8], scratch: &'a mut Vec<u8>)
             None => break,
         }
     }
-    crate::io::in_prefetched_pieces(data, copied..data.len(), |p| scratch.extend_from_slice(p));
+    crate::arch::sys::in_prefetched_pieces(data, copied..data.len(), |p| scratch.extend_from_slice(p));
     scratch
 }
 

@@ -5,7 +5,7 @@
 //! octets (RFC 1035 §3.3: a character-string holds at most 255 octets; one long string is what
 //! breaks many hand-made records). It does not write files (the CLI does).
 
-use crate::key::{KeyType, SigningKey};
+use crate::dkim::key::{KeyType, SigningKey};
 use aws_lc_rs::encoding::AsDer;
 use base64::Engine as _;
 use rsa::pkcs8::EncodePrivateKey as _;

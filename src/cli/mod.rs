@@ -4,15 +4,19 @@
 //!
 //! Exit codes (sysexits.h) are decided in one place, [`exit_code`].
 
-use crate::bulk::{self, BulkError, BulkOptions, DirOutput, InputKind, Progress, Summary};
-use crate::canon::Canonicalization;
-use crate::genkey::{self, RecordOptions};
-use crate::header::HeaderError;
-use crate::key::{KeyError, KeyType, SigningKey};
-use crate::mbox::MboxFormat;
-use crate::sign::{self, SignError, SignerConfigError};
+pub mod bench;
+pub mod conf;
+pub mod mta;
+
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
+use dkimpress::dkim::canon::Canonicalization;
+use dkimpress::dkim::genkey::{self, RecordOptions};
+use dkimpress::dkim::header::HeaderError;
+use dkimpress::dkim::key::{KeyError, KeyType, SigningKey};
+use dkimpress::dkim::sign::{self, SignError, SignerConfigError};
+use dkimpress::pipeline::mbox::MboxFormat;
+use dkimpress::pipeline::{self, BulkError, BulkOptions, DirOutput, InputKind, Progress, Summary};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -202,7 +206,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 impl InputArgs {
     /// `--max-message-size`, or the default.
     fn max_message(&self) -> u64 {
-        self.max_message_size.unwrap_or(bulk::DEFAULT_MAX_MESSAGE)
+        self.max_message_size.unwrap_or(pipeline::DEFAULT_MAX_MESSAGE)
     }
 
     /// The worker thread count: --threads, or all cores.
@@ -244,7 +248,7 @@ struct VerifyArgs {
     #[arg(long = "min-key-bits", value_name = "BITS", default_value_t = 1024)]
     min_key_bits: usize,
     /// Clock skew allowed for t= and x=, in seconds.
-    #[arg(long = "clock-skew", value_name = "SECS", default_value_t = crate::verify::DEFAULT_CLOCK_SKEW)]
+    #[arg(long = "clock-skew", value_name = "SECS", default_value_t = dkimpress::dkim::verify::DEFAULT_CLOCK_SKEW)]
     clock_skew: u64,
     /// Verify as of this Unix time (default: now), e.g. for an archive whose signatures expired.
     #[arg(long = "at", value_name = "UNIX")]
@@ -276,7 +280,7 @@ struct FilterArgs {
     /// When signing fails (key store down, broken key): tempfail (exit 75, Postfix retries) or
     /// pass (re-inject unsigned and log).
     #[arg(long = "on-error", value_name = "ACTION", default_value = "tempfail")]
-    on_error: crate::mta::OnError,
+    on_error: crate::cli::mta::OnError,
     /// Log to stderr instead of syslog (facility mail).
     #[arg(long = "log-stderr")]
     log_stderr: bool,
@@ -310,7 +314,7 @@ struct BenchArgs {
     count: usize,
     /// Message sizes: 4k, 1m, lognormal:4k, ...
     #[arg(long = "size", default_value = "4k")]
-    size: crate::bench::SizeDist,
+    size: dkimpress::corpus::SizeDist,
     /// Seed of the generator (same seed, same corpus).
     #[arg(long = "seed", default_value_t = 1)]
     seed: u64,
@@ -328,7 +332,7 @@ struct BenchArgs {
     algorithms: String,
     /// Canonicalization of the end-to-end runs (header/body).
     #[arg(short = 'c', long = "canonicalization", value_name = "H/B", default_value = "relaxed/relaxed")]
-    canon: crate::canon::Canonicalization,
+    canon: dkimpress::dkim::canon::Canonicalization,
     /// Minimum seconds per measurement.
     #[arg(long = "seconds", default_value_t = 1.0)]
     seconds: f64,
@@ -432,9 +436,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 SignError::Header(_) | SignError::NoFrom => sysexits::DATAERR,
                 SignError::Key(_) => sysexits::SOFTWARE,
                 SignError::Select(s) => match s {
-                    crate::select::SelectError::Temporary(_) => sysexits::TEMPFAIL,
-                    crate::select::SelectError::Config(_) => sysexits::CONFIG,
-                    crate::select::SelectError::NoKey(_) | crate::select::SelectError::NoAddress(_) => {
+                    dkimpress::select::SelectError::Temporary(_) => sysexits::TEMPFAIL,
+                    dkimpress::select::SelectError::Config(_) => sysexits::CONFIG,
+                    dkimpress::select::SelectError::NoKey(_) | dkimpress::select::SelectError::NoAddress(_) => {
                         sysexits::DATAERR
                     }
                 },
@@ -453,21 +457,21 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 BulkError::Output { .. } => sysexits::IOERR,
                 BulkError::Interrupted => sysexits::INTERRUPTED,
                 BulkError::Temporary { .. } => sysexits::TEMPFAIL,
-                BulkError::Lock(crate::io::LockError::Busy { .. }) => sysexits::TEMPFAIL,
-                BulkError::Lock(crate::io::LockError::Io { .. }) => sysexits::CANTCREAT,
+                BulkError::Lock(dkimpress::pipeline::io::LockError::Busy { .. }) => sysexits::TEMPFAIL,
+                BulkError::Lock(dkimpress::pipeline::io::LockError::Io { .. }) => sysexits::CANTCREAT,
                 BulkError::Create(_) => sysexits::CANTCREAT,
             };
         }
-        if cause.is::<crate::io::OutputError>() {
+        if cause.is::<dkimpress::pipeline::io::OutputError>() {
             return sysexits::CANTCREAT;
         }
-        if let Some(e) = cause.downcast_ref::<crate::tables::TableError>() {
+        if let Some(e) = cause.downcast_ref::<dkimpress::tables::TableError>() {
             return match e {
-                crate::tables::TableError::Database { .. } => sysexits::TEMPFAIL,
+                dkimpress::tables::TableError::Database { .. } => sysexits::TEMPFAIL,
                 _ => sysexits::CONFIG,
             };
         }
-        if cause.is::<crate::dns::ZoneError>() || cause.is::<crate::conf::ConfError>() {
+        if cause.is::<dkimpress::lookup::ZoneError>() || cause.is::<crate::cli::conf::ConfError>() {
             return sysexits::CONFIG;
         }
         if cause.is::<SignerConfigError>() || cause.is::<genkey::GenKeyError>() {
@@ -533,7 +537,7 @@ enum SignInput {
     /// One message on stdin.
     Stdin,
     /// Archives and message files, each with its kind (and the bytes of a pipe or device).
-    Paths(Vec<bulk::Source>),
+    Paths(Vec<pipeline::Source>),
 }
 
 /// Everything `sign` needs, checked.
@@ -549,18 +553,18 @@ struct SignConfig {
 }
 
 /// Builds the key source from flags, an opendkim.conf, or tables.
-fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
-    use crate::select::{KeySource, Tables, Template};
+fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
+    use dkimpress::select::{KeySource, Tables, Template};
     let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
     if let Some(t) = a.db_timeout {
         if !(t > 0.0 && t.is_finite()) {
             return Err(usage("--db-timeout must be a positive number of seconds"));
         }
-        crate::tables::set_db_timeout(std::time::Duration::from_secs_f64(t));
+        dkimpress::tables::set_db_timeout(std::time::Duration::from_secs_f64(t));
     }
     let conf = match &a.config {
         Some(p) => {
-            let c = crate::conf::OpendkimConf::load(p)?;
+            let c = crate::cli::conf::OpendkimConf::load(p)?;
             if a.verbose {
                 for (line, key) in &c.ignored {
                     eprintln!("dkimpress: {}:{line}: {key} is for the milter daemon; ignored", p.display());
@@ -596,7 +600,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
         algorithm: a.algorithm.clone().or_else(|| conf.as_ref().and_then(|c| c.signature_algorithm.clone())),
         // MinimumKeyBits is a verification setting in OpenDKIM (opendkim.conf(5)): it does not
         // refuse our own signing keys (which would defer all mail). RFC 8301's 1024 applies.
-        min_bits: crate::key::MIN_RSA_BITS,
+        min_bits: dkimpress::dkim::key::MIN_RSA_BITS,
         strict_keys: a.strict_keys || conf.as_ref().is_some_and(|c| c.require_safe_keys),
         identity: None,
     };
@@ -612,7 +616,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<crate::select::KeySource> {
         }
         let spec = c.domain.clone().expect("checked by OpendkimConf::load");
         let domains = if spec.contains(':') || std::path::Path::new(&spec).exists() {
-            crate::tables::DataSet::open(&spec, &c.dir)?.keys()?
+            dkimpress::tables::DataSet::open(&spec, &c.dir)?.keys()?
         } else {
             split_list(&spec)
         };
@@ -697,7 +701,7 @@ impl SignConfig {
                         return Err(usage(format!("{}: -o is the input itself; use --in-place", o.display())));
                     }
                 }
-                let source = bulk::open_source(p, a.input.format, a.input.max_message())?;
+                let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
                 let kind = source.kind;
                 let is_dir = matches!(kind, InputKind::Maildir | InputKind::QueueDir);
                 if is_dir != p.is_dir() {
@@ -773,7 +777,7 @@ fn read_stdin(max: u64) -> anyhow::Result<Vec<u8>> {
 }
 
 fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
-    crate::io::install_interrupt_handler();
+    dkimpress::pipeline::io::install_interrupt_handler();
     match &cfg.input {
         SignInput::Stdin => {
             let buf = read_stdin(cfg.opts.max_message)?;
@@ -798,33 +802,33 @@ fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
 
 /// Pipe mode and single message files: the message is signed or nothing is written.
 fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (headers, drop) = match bulk::sign_message(&cfg.opts, msg) {
+    let (headers, drop) = match pipeline::sign_message(&cfg.opts, msg) {
         Ok(r) => r,
         // No key for this author: not an error; the message goes on unsigned (as OpenDKIM).
-        Err(SignError::Select(crate::select::SelectError::NoKey(who))) => {
+        Err(SignError::Select(dkimpress::select::SelectError::NoKey(who))) => {
             eprintln!(
                 "dkimpress: {}: no signing key for {}: passed through unsigned",
-                bulk::sanitize(name),
-                bulk::sanitize(&who)
+                pipeline::sanitize(name),
+                pipeline::sanitize(&who)
             );
             (vec![], vec![])
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot sign", bulk::sanitize(name)))),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot sign", pipeline::sanitize(name)))),
     };
     let dest = if cfg.in_place { path } else { cfg.output.as_deref() };
     match dest {
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(&headers)
-                .and_then(|_| bulk::write_without(&mut out, msg, &drop))
+                .and_then(|_| pipeline::write_without(&mut out, msg, &drop))
                 .and_then(|_| out.flush())
                 .map_err(|e| write_failed("stdout", e))?;
         }
         Some(p) => {
             let keep = keep_for(cfg, path);
-            let mut out = crate::io::Output::open(p, &keep, true)?;
+            let mut out = dkimpress::pipeline::io::Output::open(p, &keep, true)?;
             out.write_all(&headers)
-                .and_then(|_| bulk::write_without(&mut out, msg, &drop))
+                .and_then(|_| pipeline::write_without(&mut out, msg, &drop))
                 .and_then(|_| out.commit())
                 .map_err(|e| write_failed(&p.display().to_string(), e))?;
         }
@@ -837,7 +841,7 @@ fn write_failed(what: &str, e: std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         return anyhow::Error::new(e);
     }
-    if e.kind() == std::io::ErrorKind::Interrupted && crate::io::interrupted() {
+    if e.kind() == std::io::ErrorKind::Interrupted && dkimpress::pipeline::io::interrupted() {
         return BulkError::Interrupted.into();
     }
     exit(sysexits::IOERR, format!("{what}: write failed: {e}"))
@@ -845,18 +849,18 @@ fn write_failed(what: &str, e: std::io::Error) -> anyhow::Error {
 
 /// What a new output file takes over: with --in-place everything of the original (owner,
 /// group, mode, times); with -o the mode of the input; else 0644.
-fn keep_for(cfg: &SignConfig, input: Option<&Path>) -> crate::io::Keep {
+fn keep_for(cfg: &SignConfig, input: Option<&Path>) -> dkimpress::pipeline::io::Keep {
     match input.map(std::fs::metadata) {
-        Some(Ok(m)) if cfg.in_place => crate::io::Keep::all_of(&m),
+        Some(Ok(m)) if cfg.in_place => dkimpress::pipeline::io::Keep::all_of(&m),
         Some(Ok(m)) if m.is_file() => {
-            crate::io::Keep::mode(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            dkimpress::pipeline::io::Keep::mode(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
         }
-        _ => crate::io::Keep::mode(0o644),
+        _ => dkimpress::pipeline::io::Keep::mode(0o644),
     }
 }
 
 /// Bulk mode: mboxes, maildirs, queue directories (and message files among several inputs).
-fn sign_archives(cfg: &SignConfig, paths: &[bulk::Source]) -> anyhow::Result<ExitCode> {
+fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> anyhow::Result<ExitCode> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .thread_name(|i| format!("dkimpress-{i}"))
@@ -876,7 +880,7 @@ fn sign_archives(cfg: &SignConfig, paths: &[bulk::Source]) -> anyhow::Result<Exi
                     Some(o) => DirOutput::To(o.clone()),
                     None => DirOutput::InPlace,
                 };
-                bulk::sign_dir(path, *kind, &cfg.opts, &pool, &out, &mut summary, &progress).map_err(Into::into)
+                pipeline::sign_dir(path, *kind, &cfg.opts, &pool, &out, &mut summary, &progress).map_err(Into::into)
             }
             InputKind::Message => sign_message_file_in_place(cfg, path, &mut summary),
         };
@@ -894,7 +898,7 @@ fn sign_archives(cfg: &SignConfig, paths: &[bulk::Source]) -> anyhow::Result<Exi
 /// Input size for the progress bar.
 fn input_bytes(path: &Path, kind: InputKind) -> u64 {
     match kind {
-        InputKind::Maildir | InputKind::QueueDir => bulk::list_messages(path, kind)
+        InputKind::Maildir | InputKind::QueueDir => pipeline::list_messages(path, kind)
             .map(|fs| fs.iter().filter_map(|f| std::fs::metadata(path.join(&f.rel)).ok()).map(|m| m.len()).sum())
             .unwrap_or(0),
         _ => std::fs::metadata(path).map_or(0, |m| m.len()),
@@ -903,7 +907,7 @@ fn input_bytes(path: &Path, kind: InputKind) -> u64 {
 
 fn sign_mbox_to(
     cfg: &SignConfig,
-    source: &bulk::Source,
+    source: &pipeline::Source,
     pool: &rayon::ThreadPool,
     summary: &mut Summary,
     progress: &Progress,
@@ -911,19 +915,19 @@ fn sign_mbox_to(
     let path = source.path.as_path();
     // --in-place: the locks mail delivery honours, held until the new file is in place.
     let lock = if cfg.in_place {
-        Some(crate::io::MboxLock::acquire(path, cfg.lock_timeout).map_err(BulkError::from)?)
+        Some(dkimpress::pipeline::io::MboxLock::acquire(path, cfg.lock_timeout).map_err(BulkError::from)?)
     } else {
         None
     };
     let mapped_here;
-    let mapped: &crate::io::Mapped = match (&source.spooled, &lock) {
+    let mapped: &dkimpress::arch::sys::Mapped = match (&source.spooled, &lock) {
         (Some(m), _) => m,
         (None, Some(l)) => {
-            mapped_here = bulk::map_mbox_file(l.file(), path)?;
+            mapped_here = pipeline::map_mbox_file(l.file(), path)?;
             &mapped_here
         }
         (None, None) => {
-            mapped_here = bulk::open_mbox(path)?;
+            mapped_here = pipeline::open_mbox(path)?;
             &mapped_here
         }
     };
@@ -935,20 +939,22 @@ fn sign_mbox_to(
         None => {
             // Straight to fd 1 through our own buffer (std's Stdout is line-buffered and would
             // copy every byte once more).
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, crate::io::stdout_raw());
-            bulk::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, dkimpress::pipeline::io::stdout_raw());
+            pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
         }
         Some(d) => {
             let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), error: e };
             let keep = keep_for(cfg, (!source.is_stream()).then_some(path));
-            let mut f = crate::io::Output::open(d, &keep, true).map_err(BulkError::from)?;
+            let mut f = dkimpress::pipeline::io::Output::open(d, &keep, true).map_err(BulkError::from)?;
             {
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut f);
-                bulk::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
+                pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
                 out.flush().map_err(fail)?;
             }
             match (f, &lock) {
-                (crate::io::Output::Atomic(mut a), Some(l)) => a.commit_checked(|| l.check_unchanged(path)),
+                (dkimpress::pipeline::io::Output::Atomic(mut a), Some(l)) => {
+                    a.commit_checked(|| l.check_unchanged(path))
+                }
                 (f, _) => f.commit(),
             }
             .map_err(|e| {
@@ -967,8 +973,9 @@ fn sign_mbox_to(
 }
 
 /// Checks that spooled bytes are an mbox.
-fn mbox_check(m: &crate::io::Mapped, path: &Path) -> Result<(), BulkError> {
-    crate::mbox::check(m).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })
+fn mbox_check(m: &dkimpress::arch::sys::Mapped, path: &Path) -> Result<(), BulkError> {
+    dkimpress::pipeline::mbox::check(m)
+        .map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// A one-message file among several inputs (--in-place): signed and replaced, or left alone
@@ -978,14 +985,14 @@ fn sign_message_file_in_place(cfg: &SignConfig, path: &Path, summary: &mut Summa
         .map_err(|e| BulkError::Input { path: path.display().to_string(), reason: e.to_string() })?;
     summary.messages += 1;
     summary.bytes += data.len() as u64;
-    match bulk::sign_message(&cfg.opts, &data) {
+    match pipeline::sign_message(&cfg.opts, &data) {
         Ok((headers, drop)) => {
-            bulk::write_signed_file(path, &keep_for(cfg, Some(path)), &headers, &data, &drop)?;
+            pipeline::write_signed_file(path, &keep_for(cfg, Some(path)), &headers, &data, &drop)?;
             summary.signed += 1;
         }
         Err(e) => {
             summary.passed += 1;
-            let p = bulk::Problem { file: path.display().to_string(), index: 1, offset: 0, reason: e.to_string() };
+            let p = pipeline::Problem { file: path.display().to_string(), index: 1, offset: 0, reason: e.to_string() };
             eprintln!("dkimpress: left unsigned: {p}");
             summary.problems.push(p);
         }
@@ -1059,8 +1066,8 @@ fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
     let value = genkey::record_value(&g.key, &opts);
     let record = genkey::zone_record(&a.selector, &domain, &value, a.append_domain);
     let fail = |p: &Path, e: std::io::Error| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", p.display()));
-    crate::io::write_atomic(&private, &[g.pem.as_bytes()], 0o600).map_err(|e| fail(&private, e))?;
-    crate::io::write_atomic(&txt, &[record.as_bytes()], 0o644).map_err(|e| fail(&txt, e))?;
+    dkimpress::pipeline::io::write_atomic(&private, &[g.pem.as_bytes()], 0o600).map_err(|e| fail(&private, e))?;
+    dkimpress::pipeline::io::write_atomic(&txt, &[record.as_bytes()], 0o644).map_err(|e| fail(&txt, e))?;
     // The keys are written; a stdout that fails (a full disk, /dev/full) is an error, not a panic.
     {
         let mut out = std::io::stdout().lock();
@@ -1077,12 +1084,16 @@ fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One line of the verification report.
-fn verdict_line(name: &str, verdicts: &[crate::verify::Verdict], overall: crate::verify::DkimResult) -> String {
-    let mut line = format!("{}: {overall}", bulk::sanitize(name));
+fn verdict_line(
+    name: &str,
+    verdicts: &[dkimpress::dkim::verify::Verdict],
+    overall: dkimpress::dkim::verify::DkimResult,
+) -> String {
+    let mut line = format!("{}: {overall}", pipeline::sanitize(name));
     for v in verdicts {
         line.push_str(&format!(" | {} d={} s={} a={}", v.result, v.domain, v.selector, v.algorithm));
         if !v.reason.is_empty() {
-            line.push_str(&format!(": {}", bulk::sanitize(&v.reason)));
+            line.push_str(&format!(": {}", pipeline::sanitize(&v.reason)));
         }
         for n in &v.notes {
             line.push_str(&format!(" [{n}]"));
@@ -1096,8 +1107,8 @@ fn verdict_json(
     file: &str,
     index: u64,
     offset: u64,
-    verdicts: &[crate::verify::Verdict],
-    overall: crate::verify::DkimResult,
+    verdicts: &[dkimpress::dkim::verify::Verdict],
+    overall: dkimpress::dkim::verify::DkimResult,
 ) -> String {
     let sigs: Vec<serde_json::Value> = verdicts
         .iter()
@@ -1112,8 +1123,8 @@ fn verdict_json(
 }
 
 fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    use crate::dns::KeyCache;
-    use crate::verify::{self, DkimResult, Policy};
+    use dkimpress::dkim::verify::{self, DkimResult, Policy};
+    use dkimpress::lookup::KeyCache;
     let usage = |m: String| exit(sysexits::USAGE, m);
     let lookup = key_lookup(&a.records)?;
     let cache = KeyCache::new(&lookup);
@@ -1148,7 +1159,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     let mut counts: std::collections::BTreeMap<DkimResult, u64> = Default::default();
     let mut failed = 0u64;
-    let mut out = std::io::BufWriter::new(crate::io::stdout_raw());
+    let mut out = std::io::BufWriter::new(dkimpress::pipeline::io::stdout_raw());
     let mut report =
         |out: &mut dyn std::io::Write, name: &str, file: &str, index: u64, offset: u64, vs: &[verify::Verdict]| {
             let o = verify::overall(vs);
@@ -1167,7 +1178,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         let buf = read_stdin(a.input.max_message())?;
         let vs = check(&buf);
         if let Some(id) = &a.add_ar {
-            let parsed = crate::header::Message::parse(&buf).ok();
+            let parsed = dkimpress::dkim::header::Message::parse(&buf).ok();
             let le = if parsed.as_ref().is_some_and(|m| m.crlf) { "\r\n" } else { "\n" };
             // RFC 8601 §5: Authentication-Results fields that claim our authserv-id and did not
             // come from us are forgeries: remove them before adding ours.
@@ -1179,7 +1190,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             let ar = verify::authentication_results(id, &vs, le);
             out.write_all(ar.as_bytes())
-                .and_then(|_| bulk::write_without(&mut out, &buf, &forged))
+                .and_then(|_| pipeline::write_without(&mut out, &buf, &forged))
                 .and_then(|_| out.flush())
                 .map_err(|e| write_failed("stdout", e))?;
             return Ok(ExitCode::SUCCESS);
@@ -1189,9 +1200,9 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         let threads = a.input.threads()?;
         let pool =
             rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
-        bulk::install_interrupt_handler();
+        pipeline::install_interrupt_handler();
         for p in &a.inputs {
-            let source = bulk::open_source(p, a.input.format, a.input.max_message())?;
+            let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
             let kind = source.kind;
             let shown = p.display().to_string();
             match kind {
@@ -1208,14 +1219,14 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 }
                 InputKind::Mbox => {
                     let mapped = match source.spooled {
-                        Some(m) => bulk::check_mbox(m, p)?,
-                        None => bulk::open_mbox(p)?,
+                        Some(m) => pipeline::check_mbox(m, p)?,
+                        None => pipeline::open_mbox(p)?,
                     };
                     let max = a.input.max_message();
                     let mut index = 0u64;
                     let out_ref = &mut out;
                     let report_ref = &mut report;
-                    bulk::map_mbox(
+                    pipeline::map_mbox(
                         &mapped,
                         a.input.mbox_format,
                         &pool,
@@ -1243,8 +1254,8 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                     )?;
                 }
                 InputKind::Maildir | InputKind::QueueDir => {
-                    let files = bulk::list_messages(p, kind)?;
-                    bulk::map_dir(
+                    let files = pipeline::list_messages(p, kind)?;
+                    pipeline::map_dir(
                         p,
                         &files,
                         a.input.max_message(),
@@ -1287,7 +1298,7 @@ fn check_authserv_id(id: &str) -> anyhow::Result<()> {
             sysexits::USAGE,
             format!(
                 "--add-ar {:?}: the authserv-id must be a host name (letters, digits, '.', '-', '_')",
-                bulk::sanitize(id)
+                pipeline::sanitize(id)
             ),
         ));
     }
@@ -1318,10 +1329,10 @@ fn ar_authserv_id(value: &[u8]) -> String {
 
 /// Key record sources: zone files and key directories (offline), else DNS (or DNS as well when
 /// servers are named).
-fn key_lookup(r: &RecordArgs) -> anyhow::Result<crate::dns::Chain> {
+fn key_lookup(r: &RecordArgs) -> anyhow::Result<dkimpress::lookup::Chain> {
     let (zones, key_dirs, servers, timeout) = (&r.zones, &r.key_dirs, &r.dns_servers, r.dns_timeout);
-    use crate::dns::{Chain, Dns, KeyDir, ZoneKeys};
-    use crate::verify::KeyLookup;
+    use dkimpress::dkim::verify::KeyLookup;
+    use dkimpress::lookup::{Chain, Dns, KeyDir, ZoneKeys};
     let usage = |m: String| exit(sysexits::USAGE, m);
     let mut sources: Vec<Box<dyn KeyLookup + Send>> = vec![];
     if !zones.is_empty() {
@@ -1356,16 +1367,16 @@ fn key_lookup(r: &RecordArgs) -> anyhow::Result<crate::dns::Chain> {
 fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), String> {
     use base64::Engine as _;
     // The record must be usable as a verifier would read it (not revoked, right syntax).
-    crate::verify::parse_key_record(record)?;
-    let tags = crate::verify::parse_tags(record).map_err(|e| format!("key record syntax error: {e}"))?;
+    dkimpress::dkim::verify::parse_key_record(record)?;
+    let tags = dkimpress::dkim::verify::parse_tags(record).map_err(|e| format!("key record syntax error: {e}"))?;
     let p = tags.iter().find(|(n, _)| n == "p").map(|(_, v)| v.clone()).unwrap_or_default();
     let p = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| "p= is not base64".to_string())?;
     let ours = key.public_key_record_bytes();
     let same = match key.key_type() {
         KeyType::Ed25519 => p == ours,
         KeyType::Rsa => {
-            crate::verify::rsa_modulus(&p).is_some()
-                && crate::verify::rsa_modulus(&p) == crate::verify::rsa_modulus(&ours)
+            dkimpress::dkim::verify::rsa_modulus(&p).is_some()
+                && dkimpress::dkim::verify::rsa_modulus(&p) == dkimpress::dkim::verify::rsa_modulus(&ours)
         }
     };
     if !same {
@@ -1375,27 +1386,27 @@ fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), String> {
 }
 
 fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
-    use crate::verify::LookupError;
+    use dkimpress::dkim::verify::LookupError;
     let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
     // (label, domain, selector, key or the reason it cannot be loaded)
     type Tested = (String, String, String, Result<Arc<SigningKey>, String>);
     let mut keys: Vec<Tested> = vec![];
-    let template = crate::select::Template {
+    let template = dkimpress::select::Template {
         canon: Canonicalization::default(),
         headers: None,
         oversign: vec!["from".into()],
         body_length: false,
         expire: None,
         algorithm: None,
-        min_bits: crate::key::MIN_RSA_BITS,
+        min_bits: dkimpress::dkim::key::MIN_RSA_BITS,
         strict_keys: false,
         identity: None,
     };
     let mut add_table = |kt: &str, base: &Path| -> anyhow::Result<()> {
-        let t = crate::select::Tables::open(kt, "csl:", false, template.clone(), base)?;
+        let t = dkimpress::select::Tables::open(kt, "csl:", false, template.clone(), base)?;
         let names = t.key_names()?;
         if names.is_empty() {
-            return Err(exit(sysexits::CONFIG, format!("{}: no keys in the KeyTable", crate::tables::redact(kt))));
+            return Err(exit(sysexits::CONFIG, format!("{}: no keys in the KeyTable", dkimpress::tables::redact(kt))));
         }
         for name in names {
             match t.entry(&name) {
@@ -1409,7 +1420,7 @@ fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         add_table(kt, Path::new("."))?;
     }
     if let Some(p) = &a.config {
-        let c = crate::conf::OpendkimConf::load(p)?;
+        let c = crate::cli::conf::OpendkimConf::load(p)?;
         match (&c.key_table, &c.domain, &c.selector, &c.key_file) {
             (Some(kt), ..) => add_table(kt, &c.dir)?,
             (None, Some(d), Some(s), Some(k)) => {
@@ -1434,7 +1445,7 @@ fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         let name = format!("{selector}._domainkey.{domain}");
         let verdict = match key {
             Err(e) => Err(format!("cannot load the private key: {e}")),
-            Ok(key) => match crate::verify::KeyLookup::txt(&lookup, &name) {
+            Ok(key) => match dkimpress::dkim::verify::KeyLookup::txt(&lookup, &name) {
                 Err(LookupError::NotFound) => Err(format!("no TXT record at {name}")),
                 Err(LookupError::Temporary(e)) => Err(format!("lookup of {name} failed: {e}")),
                 Ok(records) => {
@@ -1473,18 +1484,18 @@ fn mta_options(k: &KeyArgs) -> anyhow::Result<BulkOptions> {
         mbox_format: MboxFormat::default(),
         strip_own: false,
         now: k.timestamp.unwrap_or_else(now_unix),
-        max_message: bulk::DEFAULT_MAX_MESSAGE,
+        max_message: pipeline::DEFAULT_MAX_MESSAGE,
     })
 }
 
 fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
-    use crate::mta::{MtaSettings, OnError, EX_TEMPFAIL};
+    use crate::cli::mta::{MtaSettings, OnError, EX_TEMPFAIL};
     let to_stderr = a.log_stderr || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut log = crate::mta::Logger::new(a.k.verbose, to_stderr);
+    let mut log = crate::cli::mta::Logger::new(a.k.verbose, to_stderr);
     let settings = MtaSettings { on_error: a.on_error, timeout: std::time::Duration::from_secs(a.reinject_timeout) };
     // A configuration that cannot load defers mail (the admin fixes it, Postfix retries),
     // unless the admin asked for pass-through.
-    let config_error = |e: String, log: &crate::mta::Logger| match a.on_error {
+    let config_error = |e: String, log: &crate::cli::mta::Logger| match a.on_error {
         OnError::Tempfail => {
             log.error(&format!("configuration: {e}; deferred"));
             Err(ExitCode::from(EX_TEMPFAIL))
@@ -1496,7 +1507,7 @@ fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
     };
     // Only our own clients' mail is signed (issue 11 item 8): the public MX must not sign
     // spoofed inbound mail with a From at our domains.
-    let untrusted = crate::mta::untrusted_origin(
+    let untrusted = crate::cli::mta::untrusted_origin(
         a.client_address.as_deref().unwrap_or_default(),
         a.sasl_username.as_deref().unwrap_or_default(),
         || internal_hosts(&a),
@@ -1522,7 +1533,7 @@ fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
         let settings = &settings;
         match std::panic::catch_unwind(move || {
             let plan = plan;
-            crate::mta::filter(plan.0, command, settings, &mut log_ref)
+            crate::cli::mta::filter(plan.0, command, settings, &mut log_ref)
         }) {
             Ok(c) => c,
             Err(_) => EX_TEMPFAIL,
@@ -1536,14 +1547,14 @@ fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
 
 /// The InternalHosts list of `filter`: --internal-hosts, else the config's InternalHosts
 /// (relative file paths from the config's directory), else loopback.
-fn internal_hosts(a: &FilterArgs) -> Result<crate::mta::InternalHosts, String> {
-    use crate::mta::InternalHosts;
+fn internal_hosts(a: &FilterArgs) -> Result<crate::cli::mta::InternalHosts, String> {
+    use crate::cli::mta::InternalHosts;
     if let Some(spec) = &a.internal_hosts {
         return InternalHosts::load(spec, Path::new("."));
     }
     match &a.k.config {
         Some(path) => {
-            let conf = crate::conf::OpendkimConf::load(path).map_err(|e| e.to_string())?;
+            let conf = crate::cli::conf::OpendkimConf::load(path).map_err(|e| e.to_string())?;
             match &conf.internal_hosts {
                 Some(spec) => InternalHosts::load(spec, &conf.dir),
                 None => Ok(InternalHosts::default()),
@@ -1558,7 +1569,7 @@ fn internal_hosts(a: &FilterArgs) -> Result<crate::mta::InternalHosts, String> {
 /// DKIMPRESS_CONFIG, DKIMPRESS_SENDMAIL, DKIMPRESS_ON_ERROR and DKIMPRESS_REINJECT_TIMEOUT,
 /// because a program calling sendmail passes only sendmail's arguments.
 fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsString>) -> ExitCode {
-    use crate::mta::{MtaSettings, OnError, SendmailMode, EX_TEMPFAIL};
+    use crate::cli::mta::{MtaSettings, OnError, SendmailMode, EX_TEMPFAIL};
     let mut config = std::env::var_os("DKIMPRESS_CONFIG").unwrap_or_else(|| DEFAULT_WRAPPER_CONFIG.into());
     let mut real = std::env::var_os("DKIMPRESS_SENDMAIL").unwrap_or_else(|| DEFAULT_REAL_SENDMAIL.into());
     let mut on_error = std::env::var("DKIMPRESS_ON_ERROR").ok().and_then(|v| v.parse().ok()).unwrap_or(OnError::Pass);
@@ -1589,16 +1600,16 @@ fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsString>) -> Ex
     }
     let to_stderr = std::env::var("DKIMPRESS_LOG").is_ok_and(|v| v == "stderr")
         || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut log = crate::mta::Logger::new(verbose, to_stderr);
+    let mut log = crate::cli::mta::Logger::new(verbose, to_stderr);
     let timeout = match timeout.as_deref().map(str::parse::<u64>) {
-        None => crate::mta::DEFAULT_REINJECT_TIMEOUT,
+        None => crate::cli::mta::DEFAULT_REINJECT_TIMEOUT,
         Some(Ok(secs)) if secs > 0 => std::time::Duration::from_secs(secs),
         Some(_) => {
             log.warn(&format!(
                 "DKIMPRESS_REINJECT_TIMEOUT={:?} is not a number of seconds above 0; using 300",
                 timeout.unwrap_or_default()
             ));
-            crate::mta::DEFAULT_REINJECT_TIMEOUT
+            crate::cli::mta::DEFAULT_REINJECT_TIMEOUT
         }
     };
     // Never hand the message to ourselves (a symlink loop would recurse forever).
@@ -1612,9 +1623,9 @@ fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsString>) -> Ex
         return ExitCode::from(EX_TEMPFAIL);
     }
     if name != "sendmail" {
-        return ExitCode::from(crate::mta::exec_real(&real, Some(name), &args, &log));
+        return ExitCode::from(crate::cli::mta::exec_real(&real, Some(name), &args, &log));
     }
-    let parsed = crate::mta::parse_sendmail_args(args);
+    let parsed = crate::cli::mta::parse_sendmail_args(args);
     // Key choice is by From; the envelope sender (-f) only when there is no From. A
     // configuration that is missing or cannot be read is an error like any other (issue 11
     // item 17): deferred with tempfail, passed on unsigned (and logged) with pass.
@@ -1645,7 +1656,7 @@ fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsString>) -> Ex
     let real = &real;
     match std::panic::catch_unwind(move || {
         let plan = plan;
-        crate::mta::sendmail(plan.0, real, parsed, &settings, &mut log_ref)
+        crate::cli::mta::sendmail(plan.0, real, parsed, &settings, &mut log_ref)
     }) {
         Ok(c) => ExitCode::from(c),
         Err(_) => ExitCode::from(EX_TEMPFAIL),
@@ -1685,7 +1696,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()?;
     let corpus = match &a.input {
         Some(p) => std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?,
-        None => crate::bench::generate(a.count, a.size, a.seed, a.attachments),
+        None => dkimpress::corpus::generate(a.count, a.size, a.seed, a.attachments),
     };
     eprintln!(
         "dkimpress bench: {} bytes, {}; threads {threads:?}; {} cores",
@@ -1695,14 +1706,14 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             .to_string()),
         cores
     );
-    let opts = crate::bench::BenchOptions {
+    let opts = crate::cli::bench::BenchOptions {
         corpus,
         threads,
         keys,
         canon: a.canon,
         min: std::time::Duration::from_secs_f64(a.seconds.max(0.05)),
     };
-    let figs = crate::bench::run(&opts).map_err(|e| exit(sysexits::DATAERR, e))?;
+    let figs = crate::cli::bench::run(&opts).map_err(|e| exit(sysexits::DATAERR, e))?;
     if a.json {
         let v: Vec<serde_json::Value> = figs.iter().map(|f| f.to_json()).collect();
         println!("{}", serde_json::Value::Array(v));

@@ -2,10 +2,10 @@
 //! key directories (one `NAME.txt` per record, the layout of the interop harness and the test
 //! corpus), and a per-run cache so that a bulk job asks once per selector and domain.
 //!
-//! Owns the [`crate::verify::KeyLookup`] implementations. Does not parse key records (that is
-//! [`crate::verify::parse_key_record`]).
+//! Owns the [`crate::dkim::verify::KeyLookup`] implementations. Does not parse key records (that is
+//! [`crate::dkim::verify::parse_key_record`]).
 
-use crate::verify::{self, KeyLookup, KeyResult, LookupError};
+use crate::dkim::verify::{self, KeyLookup, KeyResult, LookupError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -422,14 +422,14 @@ mod tests {
                     b._domainkey IN TXT \"v=DKIM1; n=x) y; p=\"\n";
         let mut z = ZoneKeys::default();
         z.add_zone(zone, "test.zone").unwrap();
-        let a = crate::verify::KeyLookup::txt(&z, "a._domainkey.example.com").unwrap();
+        let a = crate::dkim::verify::KeyLookup::txt(&z, "a._domainkey.example.com").unwrap();
         assert_eq!(a.len(), 1);
         assert!(
             a[0].ends_with(b"p=or4vCo+ZLTRVAPz6zvV2Kq3MDW16hn79uvzO02YNaU0="),
             "{:?}",
             String::from_utf8_lossy(&a[0])
         );
-        let b = crate::verify::KeyLookup::txt(&z, "b._domainkey.example.com").unwrap();
+        let b = crate::dkim::verify::KeyLookup::txt(&z, "b._domainkey.example.com").unwrap();
         assert_eq!(b, [b"v=DKIM1; n=x) y; p=".to_vec()]);
     }
 

@@ -3,11 +3,11 @@
 //! Owns: parsing DKIM-Signature tag-lists and key records, the checks of §6.1, body and header
 //! hashing for verification, and the outcome of each signature as data ([`Verdict`], with
 //! RFC 8601 result names), never as an `Err`. Key records come through the [`KeyLookup`] trait
-//! (DNS, zone files and key directories live in [`crate::dns`]); the clock is an argument. Pure:
+//! (DNS, zone files and key directories live in [`crate::lookup`]); the clock is an argument. Pure:
 //! no files, no threads.
 
-use crate::canon::{self, Canon, Canonicalization, Sink};
-use crate::header::{Field, Message};
+use crate::dkim::canon::{self, Canon, Canonicalization, Sink};
+use crate::dkim::header::{Field, Message};
 use base64::Engine as _;
 use sha2::Digest as _;
 use std::sync::Arc;
@@ -593,7 +593,7 @@ pub fn verify_slice(
     keys: &dyn Fn(&str, &str) -> KeyResult,
     now: u64,
     policy: &Policy,
-) -> Result<Vec<Verdict>, crate::header::HeaderError> {
+) -> Result<Vec<Verdict>, crate::dkim::header::HeaderError> {
     let parsed = Message::parse(msg)?;
     let mut bodies = BodyCache::default();
     let mut out = vec![];
