@@ -1,0 +1,114 @@
+//! `dkimpress filter`: the Postfix pipe(8) filter command: who may be signed for (InternalHosts,
+//! SASL), then sign and re-inject (see [`super::mta`]).
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct FilterArgs {
+    #[command(flatten)]
+    pub(crate) k: KeyArgs,
+    /// When signing fails (key store down, broken key): tempfail (exit 75, Postfix retries) or
+    /// pass (re-inject unsigned and log).
+    #[arg(long = "on-error", value_name = "ACTION", default_value = "tempfail")]
+    pub(crate) on_error: crate::cli::mta::OnError,
+    /// Log to stderr instead of syslog (facility mail).
+    #[arg(long = "log-stderr")]
+    pub(crate) log_stderr: bool,
+    /// The SMTP client's address (pipe(8) `--client-address=${client_address}`; empty for
+    /// local submission). Mail from a client that is not an internal host and did not
+    /// authenticate is re-injected unsigned.
+    #[arg(long = "client-address", value_name = "ADDR")]
+    pub(crate) client_address: Option<String>,
+    /// The SASL login of the client (pipe(8) `--sasl-username=${sasl_username}`); non-empty
+    /// means the mail is ours to sign.
+    #[arg(long = "sasl-username", value_name = "NAME")]
+    pub(crate) sasl_username: Option<String>,
+    /// Internal hosts, as OpenDKIM InternalHosts: addresses and CIDR blocks, comma-separated,
+    /// `!` to exclude; or a file (`/path` or `file:path`, one or more per line)
+    /// [default: InternalHosts of --config, else 127.0.0.1, ::1].
+    #[arg(long = "internal-hosts", value_name = "LIST|FILE")]
+    pub(crate) internal_hosts: Option<String>,
+    /// Kill the re-injection command after this many seconds, and exit 75.
+    #[arg(long = "reinject-timeout", value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) reinject_timeout: u64,
+    /// The re-injection command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<std::ffi::OsString>,
+}
+
+pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
+    use crate::cli::mta::{MtaSettings, OnError, EX_TEMPFAIL};
+    let to_stderr = a.log_stderr || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut log = crate::cli::mta::Logger::new(a.k.verbose, to_stderr);
+    let settings = MtaSettings { on_error: a.on_error, timeout: std::time::Duration::from_secs(a.reinject_timeout) };
+    // A configuration that cannot load defers mail (the admin fixes it, Postfix retries),
+    // unless the admin asked for pass-through.
+    let config_error = |e: String, log: &crate::cli::mta::Logger| match a.on_error {
+        OnError::Tempfail => {
+            log.error(&format!("configuration: {e}; deferred"));
+            Err(ExitCode::from(EX_TEMPFAIL))
+        }
+        OnError::Pass => {
+            log.error(&format!("configuration: {e}; passing mail on unsigned"));
+            Ok(format!("configuration error ({e}), --on-error pass"))
+        }
+    };
+    // Only our own clients' mail is signed (issue 11 item 8): the public MX must not sign
+    // spoofed inbound mail with a From at our domains.
+    let untrusted = crate::cli::mta::untrusted_origin(
+        a.client_address.as_deref().unwrap_or_default(),
+        a.sasl_username.as_deref().unwrap_or_default(),
+        || internal_hosts(&a),
+    );
+    let plan = match untrusted {
+        Ok(Some(reason)) => Err(reason),
+        Ok(None) => match mta_options(&a.k) {
+            Ok(o) => Ok(o),
+            Err(e) => match config_error(format!("{e:#}"), &log) {
+                Ok(reason) => Err(reason),
+                Err(code) => return Ok(code),
+            },
+        },
+        Err(e) => match config_error(e, &log) {
+            Ok(reason) => Err(reason),
+            Err(code) => return Ok(code),
+        },
+    };
+    let code = {
+        let mut log_ref = std::panic::AssertUnwindSafe(&mut log);
+        let plan = std::panic::AssertUnwindSafe(plan.as_ref().map_err(Clone::clone));
+        let command = &a.command;
+        let settings = &settings;
+        match std::panic::catch_unwind(move || {
+            let plan = plan;
+            crate::cli::mta::filter(plan.0, command, settings, &mut log_ref)
+        }) {
+            Ok(c) => c,
+            Err(_) => EX_TEMPFAIL,
+        }
+    };
+    if code == EX_TEMPFAIL {
+        log.debug("exit 75: Postfix will retry");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// The InternalHosts list of `filter`: --internal-hosts, else the config's InternalHosts
+/// (relative file paths from the config's directory), else loopback.
+pub(crate) fn internal_hosts(a: &FilterArgs) -> Result<crate::cli::mta::InternalHosts, String> {
+    use crate::cli::mta::InternalHosts;
+    if let Some(spec) = &a.internal_hosts {
+        return InternalHosts::load(spec, Path::new("."));
+    }
+    match &a.k.config {
+        Some(path) => {
+            let conf = crate::cli::conf::OpendkimConf::load(path).map_err(|e| e.to_string())?;
+            match &conf.internal_hosts {
+                Some(spec) => InternalHosts::load(spec, &conf.dir),
+                None => Ok(InternalHosts::default()),
+            }
+        }
+        None => Ok(InternalHosts::default()),
+    }
+}

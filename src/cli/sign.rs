@@ -1,0 +1,369 @@
+//! `dkimpress sign`: arguments to one checked [`SignConfig`], then one message (stdin or a file) or
+//! whole archives through the pipeline, to stdout, a file, a device or in place.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct SignArgs {
+    #[command(flatten)]
+    pub(crate) k: KeyArgs,
+    /// Write the result here: a file for a message or an mbox (same flavour), a directory for a
+    /// maildir or queue directory (same file names). Default: stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE|DIR", conflicts_with = "in_place")]
+    pub(crate) output: Option<PathBuf>,
+    /// Replace each input atomically (temporary file, fsync, rename; per file for directories).
+    #[arg(long = "in-place")]
+    pub(crate) in_place: bool,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+    /// Remove existing DKIM-Signature fields whose d= is a domain we sign for (key rotation);
+    /// other domains' signatures are always kept.
+    #[arg(long = "strip-own")]
+    pub(crate) strip_own: bool,
+    /// Final report format for archives: text (stderr) or json.
+    #[arg(long = "report", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    pub(crate) report: String,
+    /// No progress bar and no text summary.
+    #[arg(short = 'q', long = "quiet")]
+    pub(crate) quiet: bool,
+    /// Messages to sign: mbox files, maildirs, queue directories or message files; none or -
+    /// for one message on stdin.
+    #[arg(value_name = "INPUT")]
+    pub(crate) inputs: Vec<PathBuf>,
+}
+
+/// Where `sign` reads from.
+pub(crate) enum SignInput {
+    /// One message on stdin.
+    Stdin,
+    /// Archives and message files, each with its kind (and the bytes of a pipe or device).
+    Paths(Vec<pipeline::Source>),
+}
+
+/// Everything `sign` needs, checked.
+pub(crate) struct SignConfig {
+    pub(crate) opts: BulkOptions,
+    pub(crate) lock_timeout: std::time::Duration,
+    pub(crate) input: SignInput,
+    pub(crate) output: Option<PathBuf>,
+    pub(crate) in_place: bool,
+    pub(crate) threads: usize,
+    pub(crate) report_json: bool,
+    pub(crate) quiet: bool,
+}
+
+impl SignConfig {
+    pub(crate) fn from_args(a: SignArgs) -> anyhow::Result<SignConfig> {
+        let keys = key_source(&a.k)?;
+        let usage = |m: String| exit(sysexits::USAGE, m);
+        let input = if a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-") {
+            if a.in_place {
+                return Err(usage("--in-place needs input files, not stdin".into()));
+            }
+            SignInput::Stdin
+        } else {
+            let mut paths = vec![];
+            for p in &a.inputs {
+                if p.as_os_str() == "-" {
+                    return Err(usage("stdin (-) cannot be mixed with other inputs".into()));
+                }
+                if let Some(o) = &a.output {
+                    if same_file(o, p) {
+                        return Err(usage(format!("{}: -o is the input itself; use --in-place", o.display())));
+                    }
+                }
+                let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
+                let kind = source.kind;
+                let is_dir = matches!(kind, InputKind::Maildir | InputKind::QueueDir);
+                if is_dir != p.is_dir() {
+                    return Err(usage(format!(
+                        "{}: --format {kind:?} does not fit a {}",
+                        p.display(),
+                        if p.is_dir() { "directory" } else { "file" }
+                    )));
+                }
+                if is_dir && a.output.is_none() && !a.in_place {
+                    return Err(usage(format!("{}: a directory input needs -o DIR or --in-place", p.display())));
+                }
+                if source.is_stream() && a.in_place {
+                    return Err(usage(format!(
+                        "{}: is a pipe or device, which cannot be replaced: use -o FILE instead of --in-place",
+                        p.display()
+                    )));
+                }
+                paths.push(source);
+            }
+            if paths.len() > 1 && !a.in_place {
+                return Err(usage("several inputs need --in-place (or one run per input with -o)".into()));
+            }
+            SignInput::Paths(paths)
+        };
+        let threads = a.input.threads()?;
+        let now = a.k.timestamp.unwrap_or_else(now_unix);
+        Ok(SignConfig {
+            opts: BulkOptions {
+                keys,
+                sender: a.k.sender.clone(),
+                mbox_format: a.input.mbox_format,
+                strip_own: a.strip_own,
+                now,
+                max_message: a.input.max_message(),
+            },
+            lock_timeout: std::time::Duration::from_secs(a.input.lock_timeout),
+            input,
+            output: a.output,
+            in_place: a.in_place,
+            threads,
+            report_json: a.report == "json",
+            quiet: a.quiet,
+        })
+    }
+}
+
+pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
+    dkimpress::pipeline::io::install_interrupt_handler();
+    match &cfg.input {
+        SignInput::Stdin => {
+            let buf = read_stdin(cfg.opts.max_message)?;
+            sign_single(&cfg, "stdin", &buf, None)
+        }
+        SignInput::Paths(paths) if paths.len() == 1 && paths[0].kind == InputKind::Message => {
+            let src = &paths[0];
+            let p = &src.path;
+            let read;
+            let data: &[u8] = match &src.spooled {
+                Some(m) => m,
+                None => {
+                    read = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?;
+                    &read
+                }
+            };
+            sign_single(&cfg, &p.display().to_string(), data, Some(p))
+        }
+        SignInput::Paths(paths) => sign_archives(&cfg, paths),
+    }
+}
+
+/// Pipe mode and single message files: the message is signed or nothing is written.
+pub(crate) fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let (headers, drop) = match pipeline::sign_message(&cfg.opts, msg) {
+        Ok(r) => r,
+        // No key for this author: not an error; the message goes on unsigned (as OpenDKIM).
+        Err(SignError::Select(dkimpress::select::SelectError::NoKey(who))) => {
+            eprintln!(
+                "dkimpress: {}: no signing key for {}: passed through unsigned",
+                pipeline::sanitize(name),
+                pipeline::sanitize(&who)
+            );
+            (vec![], vec![])
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot sign", pipeline::sanitize(name)))),
+    };
+    let dest = if cfg.in_place { path } else { cfg.output.as_deref() };
+    match dest {
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&headers)
+                .and_then(|_| pipeline::write_without(&mut out, msg, &drop))
+                .and_then(|_| out.flush())
+                .map_err(|e| write_failed("stdout", e))?;
+        }
+        Some(p) => {
+            let keep = keep_for(cfg, path);
+            let mut out = dkimpress::pipeline::io::Output::open(p, &keep, true)?;
+            out.write_all(&headers)
+                .and_then(|_| pipeline::write_without(&mut out, msg, &drop))
+                .and_then(|_| out.commit())
+                .map_err(|e| write_failed(&p.display().to_string(), e))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a new output file takes over: with --in-place everything of the original (owner,
+/// group, mode, times); with -o the mode of the input; else 0644.
+pub(crate) fn keep_for(cfg: &SignConfig, input: Option<&Path>) -> dkimpress::pipeline::io::Keep {
+    match input.map(std::fs::metadata) {
+        Some(Ok(m)) if cfg.in_place => dkimpress::pipeline::io::Keep::all_of(&m),
+        Some(Ok(m)) if m.is_file() => {
+            dkimpress::pipeline::io::Keep::mode(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        }
+        _ => dkimpress::pipeline::io::Keep::mode(0o644),
+    }
+}
+
+/// Bulk mode: mboxes, maildirs, queue directories (and message files among several inputs).
+pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> anyhow::Result<ExitCode> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads)
+        .thread_name(|i| format!("dkimpress-{i}"))
+        .build()
+        .context("cannot start worker threads")?;
+    let show = !cfg.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let total: u64 = if show { paths.iter().map(|s| input_bytes(&s.path, s.kind)).sum() } else { 0 };
+    let progress = Progress::new(show, total);
+    let mut summary = Summary::default();
+    let started = std::time::Instant::now();
+    for source in paths {
+        let (path, kind) = (&source.path, &source.kind);
+        let result = match kind {
+            InputKind::Mbox => sign_mbox_to(cfg, source, &pool, &mut summary, &progress),
+            InputKind::Maildir | InputKind::QueueDir => {
+                let out = match &cfg.output {
+                    Some(o) => DirOutput::To(o.clone()),
+                    None => DirOutput::InPlace,
+                };
+                pipeline::sign_dir(path, *kind, &cfg.opts, &pool, &out, &mut summary, &progress).map_err(Into::into)
+            }
+            InputKind::Message => sign_message_file_in_place(cfg, path, &mut summary),
+        };
+        if let Err(e) = result {
+            progress.finish();
+            return Err(e);
+        }
+    }
+    progress.finish();
+    let secs = started.elapsed().as_secs_f64();
+    report(cfg, &summary, secs);
+    Ok(if summary.passed > 0 { ExitCode::from(sysexits::DATAERR) } else { ExitCode::SUCCESS })
+}
+
+/// Input size for the progress bar.
+pub(crate) fn input_bytes(path: &Path, kind: InputKind) -> u64 {
+    match kind {
+        InputKind::Maildir | InputKind::QueueDir => pipeline::list_messages(path, kind)
+            .map(|fs| fs.iter().filter_map(|f| std::fs::metadata(path.join(&f.rel)).ok()).map(|m| m.len()).sum())
+            .unwrap_or(0),
+        _ => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
+}
+
+pub(crate) fn sign_mbox_to(
+    cfg: &SignConfig,
+    source: &pipeline::Source,
+    pool: &rayon::ThreadPool,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let path = source.path.as_path();
+    // --in-place: the locks mail delivery honours, held until the new file is in place.
+    let lock = if cfg.in_place {
+        Some(dkimpress::pipeline::io::MboxLock::acquire(path, cfg.lock_timeout).map_err(BulkError::from)?)
+    } else {
+        None
+    };
+    let mapped_here;
+    let mapped: &dkimpress::arch::sys::Mapped = match (&source.spooled, &lock) {
+        (Some(m), _) => m,
+        (None, Some(l)) => {
+            mapped_here = pipeline::map_mbox_file(l.file(), path)?;
+            &mapped_here
+        }
+        (None, None) => {
+            mapped_here = pipeline::open_mbox(path)?;
+            &mapped_here
+        }
+    };
+    if let Some(m) = &source.spooled {
+        mbox_check(m, path)?;
+    }
+    let dest = if cfg.in_place { Some(path) } else { cfg.output.as_deref() };
+    match dest {
+        None => {
+            // Straight to fd 1 through our own buffer (std's Stdout is line-buffered and would
+            // copy every byte once more).
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, dkimpress::pipeline::io::stdout_raw());
+            pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
+        }
+        Some(d) => {
+            let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), error: e };
+            let keep = keep_for(cfg, (!source.is_stream()).then_some(path));
+            let mut f = dkimpress::pipeline::io::Output::open(d, &keep, true).map_err(BulkError::from)?;
+            {
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+                pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
+                out.flush().map_err(fail)?;
+            }
+            match (f, &lock) {
+                (dkimpress::pipeline::io::Output::Atomic(mut a), Some(l)) => {
+                    a.commit_checked(|| l.check_unchanged(path))
+                }
+                (f, _) => f.commit(),
+            }
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    return BulkError::Interrupted;
+                }
+                if lock.is_some() && e.kind() == std::io::ErrorKind::Other {
+                    return BulkError::Temporary { path: d.display().to_string(), reason: e.to_string() };
+                }
+                fail(e)
+            })?;
+        }
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// Checks that spooled bytes are an mbox.
+pub(crate) fn mbox_check(m: &dkimpress::arch::sys::Mapped, path: &Path) -> Result<(), BulkError> {
+    dkimpress::pipeline::mbox::check(m)
+        .map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })
+}
+
+/// A one-message file among several inputs (--in-place): signed and replaced, or left alone
+/// and reported.
+pub(crate) fn sign_message_file_in_place(cfg: &SignConfig, path: &Path, summary: &mut Summary) -> anyhow::Result<()> {
+    let data = std::fs::read(path)
+        .map_err(|e| BulkError::Input { path: path.display().to_string(), reason: e.to_string() })?;
+    summary.messages += 1;
+    summary.bytes += data.len() as u64;
+    match pipeline::sign_message(&cfg.opts, &data) {
+        Ok((headers, drop)) => {
+            pipeline::write_signed_file(path, &keep_for(cfg, Some(path)), &headers, &data, &drop)?;
+            summary.signed += 1;
+        }
+        Err(e) => {
+            summary.passed += 1;
+            let p = pipeline::Problem { file: path.display().to_string(), index: 1, offset: 0, reason: e.to_string() };
+            eprintln!("dkimpress: left unsigned: {p}");
+            summary.problems.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The final summary: a text line on stderr, or JSON (on stdout, or on stderr when stdout
+/// carries the signed mail).
+pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) {
+    let rate = if secs > 0.0 { s.messages as f64 / secs } else { 0.0 };
+    if cfg.report_json {
+        let problems: Vec<serde_json::Value> = s
+            .problems
+            .iter()
+            .map(|p| serde_json::json!({"file": p.file, "index": p.index, "offset": p.offset, "reason": p.reason}))
+            .collect();
+        let v = serde_json::json!({
+            "messages": s.messages, "signed": s.signed, "passed_through": s.passed,
+            "bytes": s.bytes, "seconds": secs, "messages_per_second": rate,
+            "threads": cfg.threads, "problems": problems,
+        });
+        let to_stdout = cfg.in_place || cfg.output.is_some();
+        if to_stdout {
+            println!("{v}");
+        } else {
+            eprintln!("{v}");
+        }
+    } else if !cfg.quiet {
+        eprintln!(
+            "dkimpress: {} messages: {} signed, {} passed through unsigned; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
+            s.messages,
+            s.signed,
+            s.passed,
+            s.bytes as f64 / 1e6,
+            secs,
+            rate,
+            cfg.threads
+        );
+    }
+}

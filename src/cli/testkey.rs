@@ -1,0 +1,134 @@
+//! `dkimpress testkey`: every configured key against its DNS (or zone file) record, like opendkim-
+//! testkey.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct TestkeyArgs {
+    /// Signing domain of the key to test (with -s and -k).
+    #[arg(short = 'd', long = "domain", value_name = "DOMAIN", requires_all = ["selector", "key"])]
+    pub(crate) domain: Option<String>,
+    /// Selector.
+    #[arg(short = 's', long = "selector", value_name = "SELECTOR")]
+    pub(crate) selector: Option<String>,
+    /// Private key file.
+    #[arg(short = 'k', long = "key", value_name = "KEYFILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// Test every key of this opendkim.conf (KeyTable, or Domain/Selector/KeyFile).
+    #[arg(long = "config", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Test every key of this KeyTable data set.
+    #[arg(long = "key-table", value_name = "DATASET")]
+    pub(crate) key_table: Option<String>,
+    #[command(flatten)]
+    pub(crate) records: RecordArgs,
+}
+
+/// Whether the public key in a key record value is the public half of `key`.
+pub(crate) fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), String> {
+    use base64::Engine as _;
+    // The record must be usable as a verifier would read it (not revoked, right syntax).
+    dkimpress::dkim::verify::parse_key_record(record)?;
+    let tags = dkimpress::dkim::verify::parse_tags(record).map_err(|e| format!("key record syntax error: {e}"))?;
+    let p = tags.iter().find(|(n, _)| n == "p").map(|(_, v)| v.clone()).unwrap_or_default();
+    let p = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| "p= is not base64".to_string())?;
+    let ours = key.public_key_record_bytes();
+    let same = match key.key_type() {
+        KeyType::Ed25519 => p == ours,
+        KeyType::Rsa => {
+            dkimpress::dkim::verify::rsa_modulus(&p).is_some()
+                && dkimpress::dkim::verify::rsa_modulus(&p) == dkimpress::dkim::verify::rsa_modulus(&ours)
+        }
+    };
+    if !same {
+        return Err("MISMATCH: the record holds a different public key than the private key".into());
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
+    use dkimpress::dkim::verify::LookupError;
+    let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
+    // (label, domain, selector, key or the reason it cannot be loaded)
+    type Tested = (String, String, String, Result<Arc<SigningKey>, String>);
+    let mut keys: Vec<Tested> = vec![];
+    let template = dkimpress::select::Template {
+        canon: Canonicalization::default(),
+        headers: None,
+        oversign: vec!["from".into()],
+        body_length: false,
+        expire: None,
+        algorithm: None,
+        min_bits: dkimpress::dkim::key::MIN_RSA_BITS,
+        strict_keys: false,
+        identity: None,
+    };
+    let mut add_table = |kt: &str, base: &Path| -> anyhow::Result<()> {
+        let t = dkimpress::select::Tables::open(kt, "csl:", false, template.clone(), base)?;
+        let names = t.key_names()?;
+        if names.is_empty() {
+            return Err(exit(sysexits::CONFIG, format!("{}: no keys in the KeyTable", dkimpress::tables::redact(kt))));
+        }
+        for name in names {
+            match t.entry(&name) {
+                Ok((d, s, k)) => keys.push((name.clone(), d, s, Ok(k))),
+                Err(e) => keys.push((name.clone(), String::new(), String::new(), Err(e.to_string()))),
+            }
+        }
+        Ok(())
+    };
+    if let Some(kt) = &a.key_table {
+        add_table(kt, Path::new("."))?;
+    }
+    if let Some(p) = &a.config {
+        let c = crate::cli::conf::OpendkimConf::load(p)?;
+        match (&c.key_table, &c.domain, &c.selector, &c.key_file) {
+            (Some(kt), ..) => add_table(kt, &c.dir)?,
+            (None, Some(d), Some(s), Some(k)) => {
+                let key = SigningKey::from_path(k, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
+                for dom in split_list(d) {
+                    keys.push((format!("{s}._domainkey.{dom}"), dom, s.clone(), key.clone()));
+                }
+            }
+            _ => return Err(usage("the configuration names no keys")),
+        }
+    }
+    if let (Some(d), Some(s), Some(k)) = (&a.domain, &a.selector, &a.key) {
+        let key = SigningKey::from_path(k, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
+        keys.push((format!("{s}._domainkey.{d}"), d.clone(), s.clone(), key));
+    }
+    if keys.is_empty() {
+        return Err(usage("nothing to test: give -d -s -k, --key-table, or --config"));
+    }
+    let lookup = key_lookup(&a.records)?;
+    let mut bad = 0;
+    for (label, domain, selector, key) in &keys {
+        let name = format!("{selector}._domainkey.{domain}");
+        let verdict = match key {
+            Err(e) => Err(format!("cannot load the private key: {e}")),
+            Ok(key) => match dkimpress::dkim::verify::KeyLookup::txt(&lookup, &name) {
+                Err(LookupError::NotFound) => Err(format!("no TXT record at {name}")),
+                Err(LookupError::Temporary(e)) => Err(format!("lookup of {name} failed: {e}")),
+                Ok(records) => {
+                    let mut result = Err(format!("no TXT record at {name}"));
+                    for r in &records {
+                        result =
+                            record_matches(r, key).map(|()| format!("{} {} bits", key.key_type().as_str(), key.bits()));
+                        if result.is_ok() {
+                            break;
+                        }
+                    }
+                    result
+                }
+            },
+        };
+        match verdict {
+            Ok(what) => println!("{label}: OK ({name}, {what})"),
+            Err(why) => {
+                bad += 1;
+                println!("{label}: {why}");
+            }
+        }
+    }
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,284 @@
+//! `dkimpress verify`: messages, mboxes, maildirs and queue directories checked in parallel, one
+//! line (or JSON object) per message; `--add-ar` as a filter.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    pub(crate) records: RecordArgs,
+    /// Accept rsa-sha1 signatures (RFC 8301 forbids them; for old archives).
+    #[arg(long = "allow-sha1")]
+    pub(crate) allow_sha1: bool,
+    /// Smallest RSA key accepted, in bits (RFC 8301: 1024).
+    #[arg(long = "min-key-bits", value_name = "BITS", default_value_t = 1024)]
+    pub(crate) min_key_bits: usize,
+    /// Clock skew allowed for t= and x=, in seconds.
+    #[arg(long = "clock-skew", value_name = "SECS", default_value_t = dkimpress::dkim::verify::DEFAULT_CLOCK_SKEW)]
+    pub(crate) clock_skew: u64,
+    /// Verify as of this Unix time (default: now), e.g. for an archive whose signatures expired.
+    #[arg(long = "at", value_name = "UNIX")]
+    pub(crate) at: Option<u64>,
+    /// Which signatures must pass for a message to count as verified: any or all.
+    #[arg(long = "require", value_name = "WHICH", value_parser = ["any", "all"], default_value = "any")]
+    pub(crate) require: String,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+    /// Output: text (a line per message) or json (a JSON object per line).
+    #[arg(long = "report", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    pub(crate) report: String,
+    /// No summary line on stderr.
+    #[arg(short = 'q', long = "quiet")]
+    pub(crate) quiet: bool,
+    /// Filter mode (stdin only): write the message to stdout with an Authentication-Results
+    /// field (RFC 8601) for this authserv-id on top; exit 0 whatever the result.
+    #[arg(long = "add-ar", value_name = "AUTHSERV-ID")]
+    pub(crate) add_ar: Option<String>,
+    /// Messages to verify; none or - for one message on stdin.
+    #[arg(value_name = "INPUT")]
+    pub(crate) inputs: Vec<PathBuf>,
+}
+
+/// One line of the verification report.
+pub(crate) fn verdict_line(
+    name: &str,
+    verdicts: &[dkimpress::dkim::verify::Verdict],
+    overall: dkimpress::dkim::verify::DkimResult,
+) -> String {
+    let mut line = format!("{}: {overall}", pipeline::sanitize(name));
+    for v in verdicts {
+        line.push_str(&format!(" | {} d={} s={} a={}", v.result, v.domain, v.selector, v.algorithm));
+        if !v.reason.is_empty() {
+            line.push_str(&format!(": {}", pipeline::sanitize(&v.reason)));
+        }
+        for n in &v.notes {
+            line.push_str(&format!(" [{n}]"));
+        }
+    }
+    line
+}
+
+pub(crate) fn verdict_json(
+    name: &str,
+    file: &str,
+    index: u64,
+    offset: u64,
+    verdicts: &[dkimpress::dkim::verify::Verdict],
+    overall: dkimpress::dkim::verify::DkimResult,
+) -> String {
+    let sigs: Vec<serde_json::Value> = verdicts
+        .iter()
+        .map(|v| {
+            serde_json::json!({"result": v.result.as_str(), "reason": v.reason, "d": v.domain, "s": v.selector,
+                "a": v.algorithm, "i": v.identity, "notes": v.notes})
+        })
+        .collect();
+    serde_json::json!({"message": name, "file": file, "index": index, "offset": offset,
+        "result": overall.as_str(), "signatures": sigs})
+    .to_string()
+}
+
+pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    use dkimpress::dkim::verify::{self, DkimResult, Policy};
+    use dkimpress::lookup::KeyCache;
+    let usage = |m: String| exit(sysexits::USAGE, m);
+    let lookup = key_lookup(&a.records)?;
+    let cache = KeyCache::new(&lookup);
+    let keys = |s: &str, d: &str| cache.get(s, d);
+    let policy = Policy {
+        allow_sha1: a.allow_sha1,
+        min_rsa_bits: a.min_key_bits,
+        clock_skew: a.clock_skew,
+        ..Policy::default()
+    };
+    let now = a.at.unwrap_or_else(now_unix);
+    let require_all = a.require == "all";
+    let json = a.report == "json";
+    let judge = |vs: &[verify::Verdict]| -> bool {
+        if require_all {
+            !vs.is_empty() && vs.iter().all(|v| v.result == DkimResult::Pass)
+        } else {
+            verify::overall(vs) == DkimResult::Pass
+        }
+    };
+    // The verdicts of one message; a message that does not parse gets one permerror.
+    let check = |msg: &[u8]| -> Vec<verify::Verdict> {
+        match verify::verify_slice(msg, &keys, now, &policy) {
+            Ok(v) => v,
+            Err(e) => vec![verify::Verdict::new(DkimResult::PermError, format!("message cannot be parsed: {e}"))],
+        }
+    };
+
+    let stdin_mode = a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-");
+    if a.add_ar.is_some() && !stdin_mode {
+        return Err(usage("--add-ar is a filter: it reads one message on stdin".into()));
+    }
+    let mut counts: std::collections::BTreeMap<DkimResult, u64> = Default::default();
+    let mut failed = 0u64;
+    let mut out = std::io::BufWriter::new(dkimpress::pipeline::io::stdout_raw());
+    let mut report =
+        |out: &mut dyn std::io::Write, name: &str, file: &str, index: u64, offset: u64, vs: &[verify::Verdict]| {
+            let o = verify::overall(vs);
+            *counts.entry(o).or_default() += 1;
+            if !judge(vs) {
+                failed += 1;
+            }
+            let line = if json { verdict_json(name, file, index, offset, vs, o) } else { verdict_line(name, vs, o) };
+            writeln!(out, "{line}")
+        };
+
+    if let Some(id) = &a.add_ar {
+        check_authserv_id(id)?;
+    }
+    if stdin_mode {
+        let buf = read_stdin(a.input.max_message())?;
+        let vs = check(&buf);
+        if let Some(id) = &a.add_ar {
+            let parsed = dkimpress::dkim::header::Message::parse(&buf).ok();
+            let le = if parsed.as_ref().is_some_and(|m| m.crlf) { "\r\n" } else { "\n" };
+            // RFC 8601 §5: Authentication-Results fields that claim our authserv-id and did not
+            // come from us are forgeries: remove them before adding ours.
+            let forged: Vec<std::ops::Range<usize>> = parsed
+                .iter()
+                .flat_map(|m| m.fields.iter())
+                .filter(|f| f.is("authentication-results") && ar_authserv_id(f.value()).eq_ignore_ascii_case(id))
+                .map(|f| f.offset..f.offset + f.raw.len())
+                .collect();
+            let ar = verify::authentication_results(id, &vs, le);
+            out.write_all(ar.as_bytes())
+                .and_then(|_| pipeline::write_without(&mut out, &buf, &forged))
+                .and_then(|_| out.flush())
+                .map_err(|e| write_failed("stdout", e))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        report(&mut out, "stdin", "stdin", 1, 0, &vs).map_err(|e| write_failed("stdout", e))?;
+    } else {
+        let threads = a.input.threads()?;
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
+        pipeline::install_interrupt_handler();
+        for p in &a.inputs {
+            let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
+            let kind = source.kind;
+            let shown = p.display().to_string();
+            match kind {
+                InputKind::Message => {
+                    let read;
+                    let data: &[u8] = match &source.spooled {
+                        Some(m) => m,
+                        None => {
+                            read = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{shown}: {e}")))?;
+                            &read
+                        }
+                    };
+                    report(&mut out, &shown, &shown, 1, 0, &check(data)).map_err(|e| write_failed("stdout", e))?;
+                }
+                InputKind::Mbox => {
+                    let mapped = match source.spooled {
+                        Some(m) => pipeline::check_mbox(m, p)?,
+                        None => pipeline::open_mbox(p)?,
+                    };
+                    let max = a.input.max_message();
+                    let mut index = 0u64;
+                    let out_ref = &mut out;
+                    let report_ref = &mut report;
+                    pipeline::map_mbox(
+                        &mapped,
+                        a.input.mbox_format,
+                        &pool,
+                        |m| {
+                            if m.len() as u64 > max {
+                                return vec![verify::Verdict::new(
+                                    DkimResult::PermError,
+                                    format!("{} octets: larger than --max-message-size {max}: not checked", m.len()),
+                                )];
+                            }
+                            check(m)
+                        },
+                        |e, vs| {
+                            index += 1;
+                            report_ref(
+                                out_ref,
+                                &format!("{shown}#{index}"),
+                                &shown,
+                                index,
+                                e.from_line.start as u64,
+                                &vs,
+                            )
+                            .map_err(|error| BulkError::Output { path: "stdout".into(), error })
+                        },
+                    )?;
+                }
+                InputKind::Maildir | InputKind::QueueDir => {
+                    let files = pipeline::list_messages(p, kind)?;
+                    pipeline::map_dir(
+                        p,
+                        &files,
+                        a.input.max_message(),
+                        &pool,
+                        |_, item| match item {
+                            Ok((m, _)) => check(m),
+                            Err(why) => {
+                                vec![verify::Verdict::new(DkimResult::PermError, format!("not checked: {why}"))]
+                            }
+                        },
+                        |rel, vs| {
+                            let name = p.join(rel).display().to_string();
+                            report(&mut out, &name, &name, 1, 0, &vs)
+                                .map_err(|error| BulkError::Output { path: "stdout".into(), error })
+                        },
+                    )?;
+                }
+            }
+        }
+    }
+    out.flush().map_err(|e| write_failed("stdout", e))?;
+    let total: u64 = counts.values().sum();
+    if !a.quiet {
+        let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        eprintln!("dkimpress: {total} messages: {}; {failed} not verified", parts.join(", "));
+    }
+    if total == 0 {
+        // Success over nothing would hide an input that was not what it seemed (issue 11, item 1).
+        eprintln!("dkimpress: no messages found in the input: nothing verified");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Checks an `--add-ar` authserv-id: a domain-like token (RFC 8601 §2.2 `authserv-id = value`;
+/// we accept the token form only). A CR or LF would let the id inject header fields.
+pub(crate) fn check_authserv_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        return Err(exit(
+            sysexits::USAGE,
+            format!(
+                "--add-ar {:?}: the authserv-id must be a host name (letters, digits, '.', '-', '_')",
+                pipeline::sanitize(id)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The authserv-id of an Authentication-Results value: the first token after comments and
+/// whitespace (RFC 8601 §2.2), or an empty string.
+pub(crate) fn ar_authserv_id(value: &[u8]) -> String {
+    let mut i = 0;
+    let mut depth = 0;
+    while i < value.len() {
+        match value[i] {
+            b'(' => depth += 1,
+            b')' if depth > 0 => depth -= 1,
+            b'\\' if depth > 0 => i += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ if depth > 0 => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    let rest = &value[i.min(value.len())..];
+    let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+    let end = rest.iter().position(|&b| b";\" \t\r\n(".contains(&b)).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
