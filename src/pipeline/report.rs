@@ -1,0 +1,82 @@
+//! What a run tells its user: the summary counts, each message left unsigned with its place
+//! and reason, and the progress bar (stderr, only on a terminal).
+
+/// One message left unsigned, with where it is and why.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The input file (for a directory: the message file).
+    pub file: String,
+    /// 1-based message number within the file (1 for one-message files).
+    pub index: u64,
+    /// Byte offset of the message in the file.
+    pub offset: u64,
+    /// Why it was not signed.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{} (byte offset {}): {}", sanitize(&self.file), self.index, self.offset, sanitize(&self.reason))
+    }
+}
+
+/// Control characters in untrusted text (file names, parse errors) become `?` before printing.
+pub fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// Counts of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Messages read.
+    pub messages: u64,
+    /// Messages written with new signatures.
+    pub signed: u64,
+    /// Messages written unchanged (see `problems`).
+    pub passed: u64,
+    /// Input bytes.
+    pub bytes: u64,
+    /// Why messages were passed through.
+    pub problems: Vec<Problem>,
+}
+
+/// Progress shown on stderr while a run goes (only when stderr is a terminal).
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// A bar over `total_bytes` when `show`, else nothing.
+    pub fn new(show: bool, total_bytes: u64) -> Progress {
+        if !show {
+            return Progress { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new(total_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} {bytes_per_sec} ETA {eta}")
+                .expect("valid template"),
+        );
+        Progress { bar: Some(bar) }
+    }
+
+    pub(crate) fn advance(&self, bytes: u64, messages: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+            b.set_message(format!("{messages} msgs"));
+        }
+    }
+
+    pub(crate) fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The sign driver: one message signed ([`sign_message`]), whole mboxes and directories
+//! signed through the engine into their outputs, messages that cannot be signed passed through
+//! and reported.
+
+use super::*;
+
+/// Settings of a bulk run.
+pub struct BulkOptions {
+    /// Which signatures each message gets.
+    pub keys: crate::select::KeySource,
+    /// The envelope sender that chooses the key instead of From (`--sender`).
+    pub sender: Option<String>,
+    /// The mbox flavour.
+    pub mbox_format: MboxFormat,
+    /// Remove existing DKIM-Signature fields whose `d=` is one of our domains.
+    pub strip_own: bool,
+    /// Unix time for `t=`.
+    pub now: u64,
+    /// Largest message signed; larger ones are passed through and reported.
+    pub max_message: u64,
+}
+
+/// What happened to one message.
+pub(crate) enum Outcome {
+    Signed {
+        headers: Vec<u8>,
+        drop: Vec<Range<usize>>,
+    },
+    Unsigned(String),
+    /// The key store cannot be reached: the run stops (exit 75) without replacing anything,
+    /// since passing the rest through unsigned would need a second run that double-signs.
+    Temporary(String),
+}
+
+/// Signs one message (already unquoted).
+pub(crate) fn process(opts: &BulkOptions, msg: &[u8]) -> Outcome {
+    if msg.len() as u64 > opts.max_message {
+        return Outcome::Unsigned(format!(
+            "{} octets: larger than the message size limit of {} (--max-message-size)",
+            msg.len(),
+            opts.max_message
+        ));
+    }
+    // One message that makes the signer panic must not end the run: it is passed through and
+    // reported like any other message that cannot be signed.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_message(opts, msg))) {
+        Ok(Ok((headers, drop))) => Outcome::Signed { headers, drop },
+        Ok(Err(crate::dkim::sign::SignError::Select(crate::select::SelectError::Temporary(why)))) => {
+            Outcome::Temporary(why)
+        }
+        Ok(Err(e)) => Outcome::Unsigned(e.to_string()),
+        Err(_) => Outcome::Unsigned("internal error (panic) while signing; please report it".into()),
+    }
+}
+
+/// Signs one message: the header fields to add on top, and the byte ranges of old own
+/// signatures to remove (empty unless `strip_own`).
+pub fn sign_message(
+    opts: &BulkOptions,
+    msg: &[u8],
+) -> Result<(Vec<u8>, Vec<Range<usize>>), crate::dkim::sign::SignError> {
+    let parsed = Message::parse(msg)?;
+    let signers = opts.keys.signers_for(&parsed, opts.sender.as_deref())?;
+    let headers = crate::dkim::sign::sign_parsed(&signers, &parsed, opts.now)?;
+    let drop = if opts.strip_own { own_signatures(&signers, &parsed) } else { vec![] };
+    Ok((headers, drop))
+}
+
+/// Byte ranges of DKIM-Signature fields whose `d=` is a domain one of `signers` signs for
+/// (key rotation). Other domains' signatures are never touched. Offsets lie in the header
+/// block, which mbox quoting never changes, so they are valid in the stored bytes too.
+pub(crate) fn own_signatures(signers: &[Signer], parsed: &Message) -> Vec<Range<usize>> {
+    parsed
+        .fields
+        .iter()
+        .filter(|f| f.is("dkim-signature"))
+        .filter(|f| {
+            tag_value(f.value(), "d").is_some_and(|d| signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d)))
+        })
+        .map(|f| f.offset..f.offset + f.raw.len())
+        .collect()
+}
+
+/// The value of tag `name` in a tag-list (RFC 6376 §3.2), whitespace removed.
+pub fn tag_value(list: &[u8], name: &str) -> Option<String> {
+    for spec in list.split(|&b| b == b';') {
+        let Some(eq) = spec.iter().position(|&b| b == b'=') else { continue };
+        let tag: Vec<u8> = spec[..eq].iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        if tag == name.as_bytes() {
+            let v: Vec<u8> = spec[eq + 1..].iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            return String::from_utf8(v).ok();
+        }
+    }
+    None
+}
+
+/// Replaces (or creates) `dest` atomically with `headers` + `msg` minus `drop`, the new file
+/// taking over what `keep` says. A link, device or FIFO at `dest` is refused.
+pub fn write_signed_file(
+    dest: &Path,
+    keep: &io::Keep,
+    headers: &[u8],
+    msg: &[u8],
+    drop: &[Range<usize>],
+) -> Result<(), BulkError> {
+    let mut f = io::Output::open(dest, keep, false)?;
+    let out_err = |error| BulkError::Output { path: dest.display().to_string(), error };
+    {
+        let mut w = BufWriter::new(&mut f);
+        w.write_all(headers).map_err(out_err)?;
+        write_without(&mut w, msg, drop).map_err(out_err)?;
+        w.flush().map_err(out_err)?;
+    }
+    f.commit().map_err(out_err)
+}
+
+/// Writes `data` without the `drop` ranges.
+pub fn write_without(w: &mut dyn Write, data: &[u8], drop: &[Range<usize>]) -> std::io::Result<()> {
+    let mut pos = 0;
+    for r in drop {
+        w.write_all(&data[pos..r.start])?;
+        pos = r.end;
+    }
+    w.write_all(&data[pos..])
+}
+
+/// Accounts for one message in `summary`, reporting a problem as it happens.
+pub(crate) fn account(
+    summary: &mut Summary,
+    progress: &Progress,
+    outcome: &Outcome,
+    file: &str,
+    index: u64,
+    offset: u64,
+    len: u64,
+) {
+    summary.messages += 1;
+    summary.bytes += len;
+    match outcome {
+        Outcome::Signed { .. } => summary.signed += 1,
+        Outcome::Unsigned(reason) | Outcome::Temporary(reason) => {
+            summary.passed += 1;
+            let p = Problem { file: file.to_string(), index, offset, reason: reason.clone() };
+            progress.println(&format!("dkimpress: left unsigned: {p}"));
+            summary.problems.push(p);
+        }
+    }
+    progress.advance(len, summary.messages);
+}
+
+/// Signs every message of the mapped mbox `mapped` (shown as `path`) into `out`: the output is
+/// the input with the new header fields inserted after each `From ` line (and own old
+/// signatures removed with `strip_own`), byte for byte otherwise.
+pub fn sign_mbox(
+    mapped: &crate::arch::sys::Mapped,
+    path: &Path,
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    out: &mut (dyn Write + Send),
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
+    let data: &[u8] = mapped;
+    let shown = path.display().to_string();
+    let out_err = |error| BulkError::Output { path: "output".to_string(), error };
+    out.write_all(&data[..mbox::bom_len(data)]).map_err(out_err)?;
+    let mut index = 0u64;
+    map_mbox(
+        mapped,
+        opts.mbox_format,
+        pool,
+        |msg| process(opts, msg),
+        |e, o| {
+            index += 1;
+            if let Outcome::Temporary(reason) = &o {
+                return Err(BulkError::Temporary { path: format!("{shown}#{index}"), reason: reason.clone() });
+            }
+            out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
+            let stored = &data[e.data.clone()];
+            match &o {
+                Outcome::Signed { headers, drop } => {
+                    out.write_all(headers).map_err(out_err)?;
+                    write_without(out, stored, drop).map_err(out_err)?;
+                }
+                _ => out.write_all(stored).map_err(out_err)?,
+            }
+            let len = (e.data.end - e.from_line.start) as u64;
+            account(summary, progress, &o, &shown, index, e.from_line.start as u64, len);
+            Ok(())
+        },
+    )?;
+    out.flush().map_err(out_err)
+}
+
+/// Where directory outputs go.
+#[derive(Debug, Clone)]
+pub enum DirOutput {
+    /// The same relative paths under this directory.
+    To(PathBuf),
+    /// Each file replaced atomically.
+    InPlace,
+}
+
+/// Signs each message file of a maildir or queue directory. Each output file appears
+/// atomically; a message left unsigned is copied unchanged (`To`) or left alone (`InPlace`).
+/// With `To`, a maildir's output gets `cur/`, `new/` and `tmp/`, so that mail readers open it.
+pub fn sign_dir(
+    dir: &Path,
+    kind: InputKind,
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    output: &DirOutput,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
+    let entries = list_messages(dir, kind)?;
+    if let DirOutput::To(out) = output {
+        let mut parents: Vec<PathBuf> = entries.iter().filter_map(|f| f.rel.parent().map(|p| out.join(p))).collect();
+        if kind == InputKind::Maildir {
+            parents.extend(["cur", "new", "tmp"].iter().map(|d| out.join(d)));
+        }
+        parents.sort();
+        parents.dedup();
+        parents.push(out.clone());
+        for p in parents {
+            std::fs::create_dir_all(&p).map_err(|error| BulkError::Output { path: p.display().to_string(), error })?;
+        }
+    }
+    map_dir(
+        dir,
+        &entries,
+        opts.max_message,
+        pool,
+        |rel, item| sign_file(dir, rel, opts, output, item),
+        |rel, r| {
+            let (outcome, len) = r?;
+            if let Outcome::Temporary(reason) = &outcome {
+                return Err(BulkError::Temporary { path: dir.join(rel).display().to_string(), reason: reason.clone() });
+            }
+            account(summary, progress, &outcome, &dir.join(rel).display().to_string(), 1, 0, len);
+            Ok(())
+        },
+    )
+}
+
+pub(crate) fn sign_file(
+    dir: &Path,
+    rel: &Path,
+    opts: &BulkOptions,
+    output: &DirOutput,
+    item: Item<'_>,
+) -> Result<(Outcome, u64), BulkError> {
+    let src = dir.join(rel);
+    let dest = match output {
+        DirOutput::To(out) => out.join(rel),
+        DirOutput::InPlace => src.clone(),
+    };
+    let out_err = |error| BulkError::Output { path: dest.display().to_string(), error };
+    let (buf, meta) = match item {
+        Ok(x) => x,
+        Err(why) => {
+            // Not read as a message: copied through where that is safe, else left where it is;
+            // reported either way.
+            let note = match output {
+                DirOutput::InPlace => "left as it is",
+                DirOutput::To(_) => copy_through(&src, &dest).map_err(out_err)?,
+            };
+            return Ok((Outcome::Unsigned(format!("{why}: {note}")), 0));
+        }
+    };
+    let outcome = process(opts, buf);
+    #[cfg(unix)]
+    let keep = match output {
+        // In place: the file stays its owner's, with its mode and its dates (the arrival date
+        // IMAP clients show is the maildir file's mtime).
+        DirOutput::InPlace => io::Keep::all_of(meta),
+        DirOutput::To(_) => io::Keep::copy_of(meta),
+    };
+    let res = match (&outcome, output) {
+        (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, &keep, headers, buf, drop),
+        (Outcome::Unsigned(_), DirOutput::To(_)) => write_signed_file(&dest, &keep, &[], buf, &[]),
+        (_, DirOutput::InPlace) | (Outcome::Temporary(_), _) => Ok(()),
+    };
+    res?;
+    Ok((outcome, buf.len() as u64))
+}
+
+/// Copies a directory entry that is not read as a message to the output directory, where that
+/// is safe: a symbolic link as the same link, a regular file (too large to sign) byte for byte.
+/// FIFOs, devices and sockets are not copied. Returns what was done, for the report.
+pub(crate) fn copy_through(src: &Path, dest: &Path) -> std::io::Result<&'static str> {
+    let meta = std::fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        #[cfg(unix)]
+        {
+            let target = std::fs::read_link(src)?;
+            if std::fs::symlink_metadata(dest).is_ok() {
+                std::fs::remove_file(dest)?;
+            }
+            std::os::unix::fs::symlink(target, dest)?;
+            return Ok("copied as the same link, not signed");
+        }
+    }
+    if meta.is_file() {
+        let mut from = std::fs::File::open(src)?;
+        #[cfg(unix)]
+        let keep = io::Keep::copy_of(&meta);
+        let mut out = io::AtomicFile::create(dest, &keep)?;
+        std::io::copy(&mut from, &mut out)?;
+        out.commit()?;
+        return Ok("copied unchanged");
+    }
+    Ok("not copied")
+}
