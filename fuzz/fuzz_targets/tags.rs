@@ -1,4 +1,4 @@
-//! DKIM tag-lists (`verify::parse_tags`, RFC 6376 §3.2), key records
+//! DKIM tag-lists (`dkim::tags::parse`, RFC 6376 §3.2), key records
 //! (`verify::parse_key_record`, §3.6.1) and `verify::rsa_modulus`.
 //!
 //! Properties: no panic; a tag-list that parses has unique, non-empty names of letters, digits
@@ -7,7 +7,8 @@
 //! (if any) is `DKIM1` and comes first.
 #![no_main]
 
-use dkimpress::dkim::verify::{parse_key_record, parse_tags, rsa_modulus};
+use dkimpress::dkim::tags::parse as parse_tags;
+use dkimpress::dkim::verify::{parse_key_record, rsa_modulus};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -194,9 +194,7 @@ impl SignerBuilder {
             return Err(SignerConfigError::NoFromInList);
         }
         if let Some(i) = &s.identity {
-            let dom = i.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
-            let ok = dom.is_some_and(|d| d == s.domain || d.ends_with(&format!(".{}", s.domain)));
-            if !ok {
+            if !crate::dkim::tags::identity_in_domain(i, &s.domain) {
                 return Err(SignerConfigError::BadIdentity { identity: i.clone(), domain: s.domain });
             }
         }
@@ -213,22 +211,13 @@ impl SignerBuilder {
 /// Checks that `domain` and `selector` can be used in `d=` and `s=` (and in the DNS name
 /// `selector._domainkey.domain`).
 pub fn check_names(domain: &str, selector: &str) -> Result<(), SignerConfigError> {
-    if !is_domain(domain) {
+    if !crate::dkim::tags::is_dns_name(domain) {
         return Err(SignerConfigError::BadDomain(domain.to_string()));
     }
-    if !is_domain(selector) {
+    if !crate::dkim::tags::is_dns_name(selector) {
         return Err(SignerConfigError::BadSelector(selector.to_string()));
     }
     Ok(())
-}
-
-/// A DNS name of letters, digits, hyphens and underscores in dot-separated labels.
-fn is_domain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
 }
 
 impl Signer {

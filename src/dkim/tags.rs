@@ -1,1 +1,181 @@
-//! Tag lists (RFC 6376 §3.2) and the name rules of d=, s= and i=.
+//! Tag lists (RFC 6376 §3.2) and the name rules of `d=`, `s=` and `i=`: the one scanner that
+//! signing, verification, key records, `--strip-own` and `testkey` all read tags with.
+//!
+//! `tag-list = tag-spec *( ";" tag-spec ) [ ";" ]`, `tag-spec = [FWS] tag-name [FWS] "=" [FWS]
+//! tag-value [FWS]`. Whitespace inside a value (folding) is not part of it, except where the
+//! caller needs the raw bytes (removing `b=`'s value for the header hash, §3.7).
+
+use std::ops::Range;
+
+/// One tag-spec of a list, as positions in the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The tag name, without whitespace (an empty or odd name is the caller's to judge).
+    pub name: Range<usize>,
+    /// The raw value: from after the `=` to before the `;` (or the end), whitespace included.
+    pub value: Range<usize>,
+}
+
+/// The tag-specs of `list` in order, skipping empty ones (`;;`, a trailing `;`). A spec
+/// without `=` is `Err(range of the spec)`.
+pub fn scan(list: &[u8]) -> impl Iterator<Item = Result<Spec, Range<usize>>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || loop {
+        if start > list.len() {
+            return None;
+        }
+        let end = memchr::memchr(b';', &list[start..]).map_or(list.len(), |e| start + e);
+        let spec = start..end;
+        start = end + 1;
+        if list[spec.clone()].iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Some(eq) = memchr::memchr(b'=', &list[spec.clone()]).map(|e| spec.start + e) else {
+            return Some(Err(spec));
+        };
+        let mut name = spec.start..eq;
+        while name.start < name.end && list[name.start].is_ascii_whitespace() {
+            name.start += 1;
+        }
+        while name.end > name.start && list[name.end - 1].is_ascii_whitespace() {
+            name.end -= 1;
+        }
+        return Some(Ok(Spec { name, value: eq + 1..spec.end }));
+    })
+}
+
+/// `v` without whitespace (folding is not part of a tag value).
+fn squeeze(v: &[u8]) -> Vec<u8> {
+    v.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect()
+}
+
+/// Parses a tag-list into (name, value) pairs, whitespace removed from values. A spec without
+/// `=`, a name that is not `ALPHA *(ALNUM / "_")`-ish, or a duplicate tag is an error
+/// (RFC 6376 §3.2: "Tags with duplicate names MUST NOT occur").
+pub fn parse(list: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut tags: Vec<(String, Vec<u8>)> = Vec::new();
+    for spec in scan(list) {
+        let spec = spec.map_err(|_| "tag without '='".to_string())?;
+        let name = String::from_utf8_lossy(&list[spec.name]).into_owned();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("bad tag name {name:?}"));
+        }
+        if tags.iter().any(|(n, _)| *n == name) {
+            return Err(format!("duplicate tag {name}="));
+        }
+        tags.push((name, squeeze(&list[spec.value])));
+    }
+    Ok(tags)
+}
+
+/// The value of the first tag `name`, whitespace removed; lenient (a malformed list still
+/// gives the tags it has), for reading our own or others' signatures without judging them.
+pub fn value(list: &[u8], name: &str) -> Option<String> {
+    scan(list)
+        .flatten()
+        .find(|s| &list[s.name.clone()] == name.as_bytes())
+        .and_then(|s| String::from_utf8(squeeze(&list[s.value])).ok())
+}
+
+/// The header field `raw` (`Name: tag-list`) with the value of its first tag `name` removed,
+/// the rest byte for byte: a DKIM-Signature as it enters its own header hash (`b=`, RFC 6376
+/// §3.7).
+pub fn without_value(raw: &[u8], name: &str) -> Vec<u8> {
+    let colon = memchr::memchr(b':', raw).map_or(0, |c| c + 1);
+    let list = &raw[colon..];
+    match scan(list).flatten().find(|s| &list[s.name.clone()] == name.as_bytes()) {
+        Some(s) => {
+            let mut out = raw[..colon + s.value.start].to_vec();
+            out.extend_from_slice(&raw[colon + s.value.end..]);
+            out
+        }
+        None => raw.to_vec(),
+    }
+}
+
+/// Whether `s` can be a `d=` domain or an `s=` selector, and so part of the DNS name
+/// `selector._domainkey.domain`: dot-separated labels of ASCII letters, digits, `-` and `_`
+/// (RFC 6376 §3.5, `domain-name` and `selector`; underscores occur in real selectors), each
+/// 1 to 63 octets, 253 in all. One rule for signing and verifying.
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Whether the identity `i` (`local@domain`, local part optional) is in `domain` or one of
+/// its subdomains, as `i=` must be (RFC 6376 §3.5). `domain` is lower case, without a final dot.
+pub fn identity_in_domain(i: &str, domain: &str) -> bool {
+    match i.rsplit_once('@') {
+        Some((_, d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == domain || d.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.'))
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_table() {
+        let t = parse(b" v = 1 ; a=rsa-sha256;\r\n\tb=ab\r\n cd; ").unwrap();
+        assert_eq!(
+            t,
+            [("v".into(), b"1".to_vec()), ("a".into(), b"rsa-sha256".to_vec()), ("b".into(), b"abcd".to_vec())]
+        );
+        assert!(parse(b"v=1; v=1").unwrap_err().contains("duplicate"));
+        assert!(parse(b"v=1; novalue").is_err());
+        assert!(parse(b"v=1; x-y=2").unwrap_err().contains("bad tag name"));
+        assert_eq!(parse(b"").unwrap(), []);
+        assert_eq!(parse(b";;").unwrap(), []);
+    }
+
+    #[test]
+    fn values() {
+        for (list, tag, want) in [
+            (&b"v=1; a=rsa-sha256; d=Example.COM; s=x"[..], "d", Some("Example.COM")),
+            (b"v=1;\r\n\td = example.org ;", "d", Some("example.org")),
+            (b"v=1; dd=x", "d", None),
+            (b"garbage; d=x.example", "d", Some("x.example")),
+        ] {
+            assert_eq!(value(list, tag).as_deref(), want);
+        }
+    }
+
+    #[test]
+    fn b_value_removed() {
+        for (raw, want) in [
+            (&b"DKIM-Signature: v=1; bh=abc; b=xyz\r\n"[..], &b"DKIM-Signature: v=1; bh=abc; b="[..]),
+            (b"DKIM-Signature: v=1; b = x y\r\n z ; d=e\r\n", b"DKIM-Signature: v=1; b =; d=e\r\n"),
+            (b"DKIM-Signature: bh=1; b=2", b"DKIM-Signature: bh=1; b="),
+            (b"DKIM-Signature: v=1; bh=1", b"DKIM-Signature: v=1; bh=1"),
+        ] {
+            assert_eq!(without_value(raw, "b"), want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn names_and_identities() {
+        for (s, ok) in
+            [("example.com", true), ("s_1-a.b", true), ("", false), ("a..b", false), ("a b", false), ("ä.de", false)]
+        {
+            assert_eq!(is_dns_name(s), ok, "{s}");
+        }
+        assert!(is_dns_name(&format!("{}.com", "a".repeat(63))));
+        assert!(!is_dns_name(&format!("{}.com", "a".repeat(64))));
+        for (i, d, ok) in [
+            ("u@example.com", "example.com", true),
+            ("@mail.Example.com.", "example.com", true),
+            ("u@badexample.com", "example.com", false),
+            ("u@example.com.evil", "example.com", false),
+            ("nodomain", "example.com", false),
+        ] {
+            assert_eq!(identity_in_domain(i, d), ok, "{i} {d}");
+        }
+    }
+}

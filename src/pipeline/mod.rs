@@ -104,17 +104,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tag_values() {
-        for (list, tag, want) in [
-            (&b"v=1; a=rsa-sha256; d=Example.COM; s=x"[..], "d", Some("Example.COM")),
-            (b"v=1;\r\n\td = example.org ;", "d", Some("example.org")),
-            (b"v=1; dd=x", "d", None),
-        ] {
-            assert_eq!(tag_value(list, tag).as_deref(), want);
-        }
-    }
-
-    #[test]
     fn problem_display_strips_control_characters() {
         let p = Problem { file: "a.mbox".into(), index: 3, offset: 120, reason: "bad\x1b[31m".into() };
         assert_eq!(p.to_string(), "a.mbox#3 (byte offset 120): bad?[31m");

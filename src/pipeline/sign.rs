@@ -75,23 +75,11 @@ pub(crate) fn own_signatures(signers: &[Signer], parsed: &Message) -> Vec<Range<
         .iter()
         .filter(|f| f.is("dkim-signature"))
         .filter(|f| {
-            tag_value(f.value(), "d").is_some_and(|d| signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d)))
+            crate::dkim::tags::value(f.value(), "d")
+                .is_some_and(|d| signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d)))
         })
         .map(|f| f.offset..f.offset + f.raw.len())
         .collect()
-}
-
-/// The value of tag `name` in a tag-list (RFC 6376 §3.2), whitespace removed.
-pub fn tag_value(list: &[u8], name: &str) -> Option<String> {
-    for spec in list.split(|&b| b == b';') {
-        let Some(eq) = spec.iter().position(|&b| b == b'=') else { continue };
-        let tag: Vec<u8> = spec[..eq].iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-        if tag == name.as_bytes() {
-            let v: Vec<u8> = spec[eq + 1..].iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-            return String::from_utf8(v).ok();
-        }
-    }
-    None
 }
 
 /// Replaces (or creates) `dest` atomically with `headers` + `msg` minus `drop`, the new file
