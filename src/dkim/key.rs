@@ -62,7 +62,8 @@ pub enum KeyError {
     Sign,
 }
 
-/// The DKIM key type (`k=` in the key record, first half of `a=`).
+/// The DKIM key type (`k=` in the key record, first half of `a=`): the one key-type enum of
+/// the crate, for private keys, public keys and signatures alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyType {
     /// RSA (RFC 6376 §3.3.1).
@@ -77,6 +78,14 @@ impl KeyType {
         match self {
             KeyType::Rsa => "rsa",
             KeyType::Ed25519 => "ed25519",
+        }
+    }
+
+    /// The name people write: `RSA`, `Ed25519`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::Rsa => "RSA",
+            KeyType::Ed25519 => "Ed25519",
         }
     }
 

@@ -8,6 +8,7 @@
 
 use crate::dkim::canon::{self, Canon, Canonicalization, Sink};
 use crate::dkim::header::{Field, Message};
+use crate::dkim::key::KeyType;
 use crate::dkim::tags;
 use base64::Engine as _;
 use sha2::Digest as _;
@@ -138,16 +139,9 @@ enum Hash {
     Sha256,
 }
 
-/// Key types of `a=` and `k=`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KeyKind {
-    Rsa,
-    Ed25519,
-}
-
 /// A parsed DKIM-Signature field.
 struct Signature<'a> {
-    kind: KeyKind,
+    kind: KeyType,
     hash: Hash,
     canon: Canonicalization,
     domain: String,
@@ -235,9 +229,9 @@ fn parse_signature<'a>(
     }
     let algorithm = partial.algorithm.to_ascii_lowercase();
     let (kind, hash) = match algorithm.as_str() {
-        "rsa-sha256" => (KeyKind::Rsa, Hash::Sha256),
-        "ed25519-sha256" => (KeyKind::Ed25519, Hash::Sha256),
-        "rsa-sha1" if policy.allow_sha1 => (KeyKind::Rsa, Hash::Sha1),
+        "rsa-sha256" => (KeyType::Rsa, Hash::Sha256),
+        "ed25519-sha256" => (KeyType::Ed25519, Hash::Sha256),
+        "rsa-sha1" if policy.allow_sha1 => (KeyType::Rsa, Hash::Sha1),
         "rsa-sha1" => return Err(perm("algorithm not allowed: rsa-sha1 (RFC 8301 §3.1; --allow-sha1 accepts it)")),
         other => return Err(perm(format!("algorithm not allowed: {other}"))),
     };
@@ -292,7 +286,7 @@ fn parse_signature<'a>(
 /// A public key from a key record, ready to verify.
 #[derive(Debug)]
 pub struct PublicKey {
-    kind: KeyKindPub,
+    kind: PublicKeyData,
     /// RSA modulus bits (0 for Ed25519).
     pub bits: usize,
     /// `t=y`: the domain is testing DKIM.
@@ -304,7 +298,7 @@ pub struct PublicKey {
 }
 
 #[derive(Debug)]
-enum KeyKindPub {
+enum PublicKeyData {
     /// `sha256` is None for keys aws-lc-rs does not take (under 1024 bits), which are refused
     /// by size before any use.
     Rsa {
@@ -312,6 +306,15 @@ enum KeyKindPub {
         sha256: Option<aws_lc_rs::signature::ParsedPublicKey>,
     },
     Ed25519(aws_lc_rs::signature::ParsedPublicKey),
+}
+
+impl PublicKeyData {
+    fn key_type(&self) -> KeyType {
+        match self {
+            PublicKeyData::Rsa { .. } => KeyType::Rsa,
+            PublicKeyData::Ed25519(_) => KeyType::Ed25519,
+        }
+    }
 }
 
 /// Parses a key record (RFC 6376 §3.6.1; Ed25519 per RFC 8463 §4). Errors are the reasons of
@@ -356,7 +359,7 @@ pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, String> {
                 return Err("key record p= is not a usable RSA public key".into());
             }
             return Ok(PublicKey {
-                kind: KeyKindPub::Rsa { der, sha256 },
+                kind: PublicKeyData::Rsa { der, sha256 },
                 bits,
                 testing: flags.iter().any(|f| f == "y"),
                 strict_domain: flags.iter().any(|f| f == "s"),
@@ -367,7 +370,7 @@ pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, String> {
             if der.len() != 32 {
                 return Err(format!("Ed25519 key must be 32 octets, p= has {} (RFC 8463 §4)", der.len()));
             }
-            KeyKindPub::Ed25519(
+            PublicKeyData::Ed25519(
                 aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, &der)
                     .map_err(|_| "key record p= is not an Ed25519 key".to_string())?,
             )
@@ -577,13 +580,10 @@ fn verify_one(
         }
     }
     let key = keys(&sig.selector, &sig.domain)?;
-    if sig.kind == KeyKind::Rsa && !matches!(key.kind, KeyKindPub::Rsa { .. }) {
-        return Err((DkimResult::PermError, "key type does not match a= (key is not RSA)".into()));
+    if sig.kind != key.kind.key_type() {
+        return Err((DkimResult::PermError, format!("key type does not match a= (key is not {})", sig.kind.name())));
     }
-    if sig.kind == KeyKind::Ed25519 && !matches!(key.kind, KeyKindPub::Ed25519(_)) {
-        return Err((DkimResult::PermError, "key type does not match a= (key is not Ed25519)".into()));
-    }
-    if sig.kind == KeyKind::Rsa && key.bits < policy.min_rsa_bits {
+    if sig.kind == KeyType::Rsa && key.bits < policy.min_rsa_bits {
         return Err((DkimResult::PermError, format!("RSA key of {} bits is too short (RFC 8301 §3.2)", key.bits)));
     }
     let hash_name = match sig.hash {
@@ -624,9 +624,9 @@ fn verify_one(
     }
     canon::canonicalize_header_unterminated(sig.canon.header, &tags::without_value(sig.field.raw, "b"), scratch);
     let ok = match (&key.kind, sig.hash) {
-        (KeyKindPub::Rsa { sha256: Some(k), .. }, Hash::Sha256) => k.verify_sig(scratch, &sig.b).is_ok(),
-        (KeyKindPub::Rsa { der, .. }, hash) => rsa_verify_legacy(der, hash, scratch, &sig.b),
-        (KeyKindPub::Ed25519(k), _) => {
+        (PublicKeyData::Rsa { sha256: Some(k), .. }, Hash::Sha256) => k.verify_sig(scratch, &sig.b).is_ok(),
+        (PublicKeyData::Rsa { der, .. }, hash) => rsa_verify_legacy(der, hash, scratch, &sig.b),
+        (PublicKeyData::Ed25519(k), _) => {
             // RFC 8463 §3: Ed25519 over the SHA-256 of the header data.
             let digest = sha2::Sha256::digest(&scratch[..]);
             k.verify_sig(&digest, &sig.b).is_ok()
@@ -707,7 +707,7 @@ mod tests {
     fn key_records() {
         let ed = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
         let k = parse_key_record(ed.as_bytes()).unwrap();
-        assert!(matches!(k.kind, KeyKindPub::Ed25519(_)));
+        assert!(matches!(k.kind, PublicKeyData::Ed25519(_)));
         for (rec, want) in [
             ("v=DKIM1; p=", "revoked"),
             ("v=DKIM1; k=ed25519; p=AAAA", "32 octets"),
