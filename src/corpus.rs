@@ -11,6 +11,21 @@ pub enum SizeDist {
     LogNormal(usize),
 }
 
+impl std::fmt::Display for SizeDist {
+    /// The form `--size` takes: `4k`, `1m`, `lognormal:4k`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let size = |n: usize| match n {
+            n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}m", n >> 20),
+            n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}k", n >> 10),
+            n => n.to_string(),
+        };
+        match self {
+            SizeDist::Fixed(n) => write!(f, "{}", size(*n)),
+            SizeDist::LogNormal(n) => write!(f, "lognormal:{}", size(*n)),
+        }
+    }
+}
+
 impl std::str::FromStr for SizeDist {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -192,3 +192,29 @@ const GOLDEN_ED25519_RELAXED: &str = concat!(
     "\tb=PSNJxw/3dSiOPNWZxgcyJlAkxItqIZQQqly6T4B+hgN/A637zxQu7QWQIObowaRSuj\n",
     "\tajQAovkuoKzevjx3npBA==\n",
 );
+
+dktest!(
+    /// Issue 12, the small things: `dkimpress` alone is a usage error (64), counts are singular
+    /// when they are 1, a failed `-o` names the output, not our temporary file, and a missing
+    /// configuration has no "line 0".
+    cli_small_things,
+    |dir| {
+        let out = dir.cmd().run();
+        assert_eq!(out.status.code(), Some(64));
+        let key = crate::util::testdata("keys/test.private");
+        let k = key.to_str().unwrap();
+        let msg = std::fs::read(crate::util::testdata("messages/plain-lf.eml")).unwrap();
+        let mut mbox = b"From a@b Sat Nov 21 10:00:00 2026\n".to_vec();
+        mbox.extend_from_slice(&msg);
+        dir.write("one.mbox", &mbox);
+        let out = dir.cmd().args(["sign", "-d", "example.com", "-s", "test", "-k", k, "one.mbox", "-o", "out.mbox"]).run();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("dkimpress: 1 message: 1 signed"), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = dir.cmd().args(["sign", "-d", "example.com", "-s", "test", "-k", k, "one.mbox", "-o", "no/such/dir/out"]).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(73), "{err}");
+        assert!(err.contains("no/such/dir/out") && !err.contains(".dkimpress-"), "{err}");
+        let out = dir.cmd().args(["sign", "--config", "missing.conf"]).stdin(&msg).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("missing.conf: ") && !err.contains(":0:"), "{err}");
+    }
+);

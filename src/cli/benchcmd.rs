@@ -69,7 +69,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "dkimpress bench: {} bytes, {}; threads {threads:?}; {} cores",
         corpus.len(),
-        a.input.as_ref().map_or(format!("{} generated messages, size {:?}, seed {}", a.count, a.size, a.seed), |p| p
+        a.input.as_ref().map_or(format!("{} generated messages, size {}, seed {}", a.count, a.size, a.seed), |p| p
             .display()
             .to_string()),
         cores

@@ -52,7 +52,7 @@ pub struct OpendkimConf {
 
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}:{line}: {reason}")]
+#[error("{path}{}: {reason}", if *line > 0 { format!(":{line}") } else { String::new() })]
 pub struct ConfError {
     /// The file.
     pub path: String,

@@ -14,8 +14,8 @@ pub(crate) struct GenkeyArgs {
     #[arg(short = 'b', long = "bits", default_value_t = 2048)]
     pub(crate) bits: usize,
     /// Key type.
-    #[arg(long = "type", value_parser = ["rsa", "ed25519"], default_value = "rsa")]
-    pub(crate) key_type: String,
+    #[arg(long = "type", value_enum, default_value_t = KeyTypeArg::Rsa)]
+    pub(crate) key_type: KeyTypeArg,
     /// Directory to write the files into.
     #[arg(short = 'D', long = "directory", default_value = ".")]
     pub(crate) directory: PathBuf,
@@ -49,7 +49,7 @@ pub(crate) struct GenkeyArgs {
 }
 
 pub(crate) fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
-    let kind = if a.key_type == "ed25519" { KeyType::Ed25519 } else { KeyType::Rsa };
+    let kind = KeyType::from(a.key_type);
     let domain = a.domain.trim_end_matches('.').to_ascii_lowercase();
     // The same checks a signer makes, before spending time on a key.
     dkimpress::dkim::sign::check_names(&domain, &a.selector)?;

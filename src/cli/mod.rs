@@ -223,6 +223,51 @@ struct RecordArgs {
     dns_timeout: f64,
 }
 
+/// `--report`: a line of text per item (or a summary), or JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReportFormat {
+    /// Text for people.
+    Text,
+    /// JSON for programs.
+    Json,
+}
+
+/// `verify --require`: which signatures must pass for a message to count as verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Require {
+    /// At least one.
+    Any,
+    /// Every one (and at least one).
+    All,
+}
+
+/// `--type` of `genkey`: the key type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KeyTypeArg {
+    /// RSA (2048 bits by default).
+    Rsa,
+    /// Ed25519 (RFC 8463).
+    Ed25519,
+}
+
+impl From<KeyTypeArg> for KeyType {
+    fn from(k: KeyTypeArg) -> KeyType {
+        match k {
+            KeyTypeArg::Rsa => KeyType::Rsa,
+            KeyTypeArg::Ed25519 => KeyType::Ed25519,
+        }
+    }
+}
+
+/// `1 message`, `2 messages`.
+pub(crate) fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// An error with a chosen exit code, for cases no typed error covers.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -329,7 +374,9 @@ where
         Err(e) => {
             use clap::error::ErrorKind::*;
             let code = match e.kind() {
-                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                DisplayHelp | DisplayVersion => 0,
+                // `dkimpress` alone prints help, but did nothing asked of it: a usage error.
+                DisplayHelpOnMissingArgumentOrSubcommand => sysexits::USAGE,
                 _ if is_filter => sysexits::TEMPFAIL,
                 _ => sysexits::USAGE,
             };

@@ -21,8 +21,8 @@ pub(crate) struct SignArgs {
     #[arg(long = "strip-own")]
     pub(crate) strip_own: bool,
     /// Final report format for archives: text (stderr) or json.
-    #[arg(long = "report", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
-    pub(crate) report: String,
+    #[arg(long = "report", value_name = "FORMAT", value_enum, default_value_t = ReportFormat::Text)]
+    pub(crate) report: ReportFormat,
     /// No progress bar and no text summary.
     #[arg(short = 'q', long = "quiet")]
     pub(crate) quiet: bool,
@@ -114,7 +114,7 @@ impl SignConfig {
             output: a.output,
             in_place: a.in_place,
             threads,
-            report_json: a.report == "json",
+            report_json: a.report == ReportFormat::Json,
             quiet: a.quiet,
         })
     }
@@ -356,8 +356,8 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) {
         }
     } else if !cfg.quiet {
         eprintln!(
-            "dkimpress: {} messages: {} signed, {} passed through unsigned; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
-            s.messages,
+            "dkimpress: {}: {} signed, {} passed through unsigned; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
+            count(s.messages, "message"),
             s.signed,
             s.passed,
             s.bytes as f64 / 1e6,

@@ -20,13 +20,13 @@ pub(crate) struct VerifyArgs {
     #[arg(long = "at", value_name = "UNIX")]
     pub(crate) at: Option<u64>,
     /// Which signatures must pass for a message to count as verified: any or all.
-    #[arg(long = "require", value_name = "WHICH", value_parser = ["any", "all"], default_value = "any")]
-    pub(crate) require: String,
+    #[arg(long = "require", value_name = "WHICH", value_enum, default_value_t = Require::Any)]
+    pub(crate) require: Require,
     #[command(flatten)]
     pub(crate) input: InputArgs,
     /// Output: text (a line per message) or json (a JSON object per line).
-    #[arg(long = "report", value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
-    pub(crate) report: String,
+    #[arg(long = "report", value_name = "FORMAT", value_enum, default_value_t = ReportFormat::Text)]
+    pub(crate) report: ReportFormat,
     /// No summary line on stderr.
     #[arg(short = 'q', long = "quiet")]
     pub(crate) quiet: bool,
@@ -92,8 +92,8 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         ..Policy::default()
     };
     let now = a.at.unwrap_or_else(now_unix);
-    let require_all = a.require == "all";
-    let json = a.report == "json";
+    let require_all = a.require == Require::All;
+    let json = a.report == ReportFormat::Json;
     let judge = |vs: &[verify::Verdict]| -> bool {
         if require_all {
             !vs.is_empty() && vs.iter().all(|v| v.result == DkimResult::Pass)
@@ -236,7 +236,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let total: u64 = counts.values().sum();
     if !a.quiet {
         let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        eprintln!("dkimpress: {total} messages: {}; {failed} not verified", parts.join(", "));
+        eprintln!("dkimpress: {}: {}; {failed} not verified", count(total, "message"), parts.join(", "));
     }
     if total == 0 {
         // Success over nothing would hide an input that was not what it seemed (issue 11, item 1).

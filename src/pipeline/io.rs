@@ -127,7 +127,12 @@ impl AtomicFile {
     /// at commit.
     pub fn create(dest: &Path, keep: &Keep) -> std::io::Result<AtomicFile> {
         let dir = parent_dir(dest);
-        let tmp = tempfile::Builder::new().prefix(".dkimpress-").suffix(".tmp").tempfile_in(dir)?;
+        // tempfile's error names the temporary path; the user knows only `dest`.
+        let tmp = tempfile::Builder::new()
+            .prefix(".dkimpress-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("in {}: {}", dir.display(), strip_path_note(&e))))?;
         register(tmp.path());
         set_mode(tmp.path(), keep.mode)?;
         Ok(AtomicFile { tmp: Some(tmp), dest: dest.to_path_buf(), keep: keep.clone() })
@@ -277,6 +282,15 @@ impl Write for Output {
             Output::Atomic(f) => f.flush(),
             Output::Stream(f) => f.flush(),
         }
+    }
+}
+
+/// An I/O error's message without tempfile's ` at path "..."` note.
+fn strip_path_note(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" at path \"") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }
 
