@@ -11,16 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct OpendkimConf {
     /// Where the file is (relative paths inside it are taken from its directory).
     pub dir: PathBuf,
-    /// `Domain`: a data set spec or a comma list of domains to sign for.
-    pub domain: Option<String>,
-    /// `Selector`.
-    pub selector: Option<String>,
-    /// `KeyFile`.
-    pub key_file: Option<PathBuf>,
-    /// `KeyTable` data set spec.
-    pub key_table: Option<String>,
-    /// `SigningTable` data set spec.
-    pub signing_table: Option<String>,
+    /// What signs: KeyTable + SigningTable, or Domain + Selector + KeyFile (checked at load:
+    /// one of the two, complete).
+    pub signing: Signing,
     /// `Canonicalization`.
     pub canonicalization: Option<String>,
     /// `SignatureAlgorithm`.
@@ -48,6 +41,44 @@ pub struct OpendkimConf {
     pub internal_hosts: Option<String>,
     /// Keys that were accepted but have no effect here, with their line numbers.
     pub ignored: Vec<(usize, String)>,
+}
+
+/// The keys an opendkim.conf signs with.
+#[derive(Debug, Clone)]
+pub enum Signing {
+    /// `KeyTable` and `SigningTable` data set specs.
+    Tables {
+        /// `KeyTable`.
+        key_table: String,
+        /// `SigningTable`.
+        signing_table: String,
+    },
+    /// `Domain` (a data set spec or a comma list), `Selector`, `KeyFile`.
+    Single {
+        /// `Domain`.
+        domain: String,
+        /// `Selector`.
+        selector: String,
+        /// `KeyFile`, relative to the file's directory.
+        key_file: PathBuf,
+    },
+}
+
+impl Default for Signing {
+    /// Only the value [`OpendkimConf::load`] starts from and always replaces.
+    fn default() -> Signing {
+        Signing::Tables { key_table: String::new(), signing_table: String::new() }
+    }
+}
+
+/// Domain, Selector, KeyFile, KeyTable and SigningTable as read, before they are checked.
+#[derive(Default)]
+struct RawKeys {
+    domain: Option<String>,
+    selector: Option<String>,
+    key_file: Option<PathBuf>,
+    key_table: Option<String>,
+    signing_table: Option<String>,
 }
 
 /// A configuration file that cannot be used.
@@ -246,6 +277,7 @@ impl OpendkimConf {
             dir: path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
             ..OpendkimConf::default()
         };
+        let mut raw_keys = RawKeys::default();
         for (n, raw) in text.lines().enumerate() {
             let line_no = n + 1;
             let err = |reason: String| ConfError { path: shown.clone(), line: line_no, reason };
@@ -265,11 +297,11 @@ impl OpendkimConf {
                 |v: &str| if v.is_empty() { Err(err(format!("{key} needs a value"))) } else { Ok(v.to_string()) };
             let flag = |v: &str| boolean(v).ok_or_else(|| err(format!("{key} takes yes or no, not {v:?}")));
             match key {
-                "Domain" => c.domain = Some(need(value)?),
-                "Selector" => c.selector = Some(need(value)?),
-                "KeyFile" => c.key_file = Some(c.dir.join(need(value)?)),
-                "KeyTable" => c.key_table = Some(need(value)?),
-                "SigningTable" => c.signing_table = Some(need(value)?),
+                "Domain" => raw_keys.domain = Some(need(value)?),
+                "Selector" => raw_keys.selector = Some(need(value)?),
+                "KeyFile" => raw_keys.key_file = Some(c.dir.join(need(value)?)),
+                "KeyTable" => raw_keys.key_table = Some(need(value)?),
+                "SigningTable" => raw_keys.signing_table = Some(need(value)?),
                 "Canonicalization" => c.canonicalization = Some(need(value)?),
                 "SignatureAlgorithm" => c.signature_algorithm = Some(need(value)?),
                 "SignHeaders" => c.sign_headers = Some(need(value)?),
@@ -304,20 +336,29 @@ impl OpendkimConf {
                 reason: "Mode has no 's': this configuration does not sign".into(),
             });
         }
-        if c.key_table.is_some() != c.signing_table.is_some() {
-            return Err(ConfError {
-                path: shown,
-                line: 0,
-                reason: "KeyTable and SigningTable go together: give both, or Domain/Selector/KeyFile".into(),
-            });
-        }
-        if c.key_table.is_none() && (c.domain.is_none() || c.selector.is_none() || c.key_file.is_none()) {
-            return Err(ConfError {
-                path: shown,
-                line: 0,
-                reason: "nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile".into(),
-            });
-        }
+        c.signing = match raw_keys {
+            RawKeys { key_table: Some(key_table), signing_table: Some(signing_table), .. } => {
+                Signing::Tables { key_table, signing_table }
+            }
+            RawKeys { key_table: Some(_), .. } | RawKeys { signing_table: Some(_), .. } => {
+                return Err(ConfError {
+                    path: shown,
+                    line: 0,
+                    reason: "KeyTable and SigningTable go together: give both, or Domain/Selector/KeyFile".into(),
+                })
+            }
+            RawKeys { domain: Some(domain), selector: Some(selector), key_file: Some(key_file), .. } => {
+                Signing::Single { domain, selector, key_file }
+            }
+            _ => {
+                return Err(ConfError {
+                    path: shown,
+                    line: 0,
+                    reason: "nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile"
+                        .into(),
+                })
+            }
+        };
         Ok(c)
     }
 }
@@ -337,8 +378,9 @@ mod tests {
         )
         .unwrap();
         let c = OpendkimConf::load(&p).unwrap();
-        assert_eq!(c.domain.as_deref(), Some("example.com"));
-        assert_eq!(c.key_file, Some(dir.path().join("keys/mail.private")));
+        let Signing::Single { domain, key_file, .. } = &c.signing else { panic!("{:?}", c.signing) };
+        assert_eq!(domain, "example.com");
+        assert_eq!(*key_file, dir.path().join("keys/mail.private"));
         assert!(c.subdomains);
         assert_eq!(c.ignored.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["Syslog", "UMask", "Socket"]);
         for (text, want) in [

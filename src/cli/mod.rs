@@ -447,26 +447,27 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
         identity: None,
     };
     if let Some(c) = &conf {
-        if let (Some(kt), Some(st)) = (&c.key_table, &c.signing_table) {
-            let t = Tables::open(kt, st, c.multiple_signatures || a.multiple_signatures, template, &c.dir)?;
-            return Ok(KeySource::Tables(Box::new(t)));
-        }
-        let key_file = c.key_file.clone().expect("checked by OpendkimConf::load");
-        let (key, warning) = SigningKey::from_path(&key_file, template.strict_keys)?;
+        let (spec, selector, key_file) = match &c.signing {
+            conf::Signing::Tables { key_table, signing_table } => {
+                let multiple = c.multiple_signatures || a.multiple_signatures;
+                let t = Tables::open(key_table, signing_table, multiple, template, &c.dir)?;
+                return Ok(KeySource::Tables(Box::new(t)));
+            }
+            conf::Signing::Single { domain, selector, key_file } => (domain.clone(), selector.clone(), key_file),
+        };
+        let (key, warning) = SigningKey::from_path(key_file, template.strict_keys)?;
         if let Some(w) = warning {
             eprintln!("dkimpress: warning: {w}");
         }
-        let spec = c.domain.clone().expect("checked by OpendkimConf::load");
         let domains = if spec.contains(':') || std::path::Path::new(&spec).exists() {
             dkimpress::tables::DataSet::open(&spec, &c.dir)?.keys()?
         } else {
             split_list(&spec)
         };
-        let selector = c.selector.clone().expect("checked by OpendkimConf::load");
         // Check the settings once, with the first domain.
         if let Some(d) = domains.first() {
             template
-                .build(Arc::new(SigningKey::from_path(&key_file, false)?.0), d, &selector)
+                .build(Arc::new(SigningKey::from_path(key_file, false)?.0), d, &selector)
                 .map_err(|e| exit(sysexits::CONFIG, e))?;
         }
         return Ok(KeySource::Domains { domains, subdomains: c.subdomains, selector, key: Arc::new(key), template });

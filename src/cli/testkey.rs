@@ -82,15 +82,14 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(p) = &a.config {
         let c = crate::cli::conf::OpendkimConf::load(p)?;
-        match (&c.key_table, &c.domain, &c.selector, &c.key_file) {
-            (Some(kt), ..) => add_table(kt, &c.dir)?,
-            (None, Some(d), Some(s), Some(k)) => {
-                let key = SigningKey::from_path(k, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
-                for dom in split_list(d) {
+        match &c.signing {
+            crate::cli::conf::Signing::Tables { key_table, .. } => add_table(key_table, &c.dir)?,
+            crate::cli::conf::Signing::Single { domain, selector: s, key_file } => {
+                let key = SigningKey::from_path(key_file, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
+                for dom in split_list(domain) {
                     keys.push((format!("{s}._domainkey.{dom}"), dom, s.clone(), key.clone()));
                 }
             }
-            _ => return Err(usage("the configuration names no keys")),
         }
     }
     if let (Some(d), Some(s), Some(k)) = (&a.domain, &a.selector, &a.key) {
