@@ -292,17 +292,16 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return sysexits::DATAERR;
         }
         if let Some(e) = cause.downcast_ref::<SignError>() {
+            return sign_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<pipeline::MessageError>() {
             return match e {
-                SignError::Header(_) | SignError::NoFrom => sysexits::DATAERR,
-                SignError::Key(_) => sysexits::SOFTWARE,
-                SignError::Select(s) => match s {
-                    dkimpress::select::SelectError::Temporary(_) => sysexits::TEMPFAIL,
-                    dkimpress::select::SelectError::Config(_) => sysexits::CONFIG,
-                    dkimpress::select::SelectError::NoKey(_) | dkimpress::select::SelectError::NoAddress(_) => {
-                        sysexits::DATAERR
-                    }
-                },
+                pipeline::MessageError::Sign(e) => sign_code(e),
+                pipeline::MessageError::Select(s) => select_code(s),
             };
+        }
+        if let Some(s) = cause.downcast_ref::<dkimpress::select::SelectError>() {
+            return select_code(s);
         }
         if let Some(e) = cause.downcast_ref::<KeyError>() {
             return match e {
@@ -343,6 +342,22 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         return sysexits::IOERR;
     }
     sysexits::SOFTWARE
+}
+
+fn sign_code(e: &SignError) -> u8 {
+    match e {
+        SignError::Header(_) | SignError::NoFrom => sysexits::DATAERR,
+        SignError::Key(_) => sysexits::SOFTWARE,
+    }
+}
+
+fn select_code(e: &dkimpress::select::SelectError) -> u8 {
+    use dkimpress::select::SelectError;
+    match e {
+        SelectError::Temporary(_) => sysexits::TEMPFAIL,
+        SelectError::Config(_) => sysexits::CONFIG,
+        SelectError::NoKey(_) | SelectError::NoAddress(_) => sysexits::DATAERR,
+    }
 }
 
 /// Whether the error is a closed output pipe (the reader went away).
@@ -524,7 +539,9 @@ fn nth<'a>(values: &'a [String], n: usize, flag: &str, keys: usize) -> anyhow::R
     }
 }
 
-fn now_unix() -> u64 {
+/// The current Unix time in seconds: the one clock of the command line (the core takes the time
+/// as an argument).
+pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -596,11 +613,6 @@ fn key_lookup(r: &RecordArgs) -> anyhow::Result<dkimpress::lookup::Chain> {
         sources.push(Box::new(dns));
     }
     Ok(Chain(sources))
-}
-
-/// The current Unix time in seconds (for log context).
-pub fn now_secs() -> u64 {
-    now_unix()
 }
 
 fn mta_options(k: &KeyArgs) -> anyhow::Result<BulkOptions> {

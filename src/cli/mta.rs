@@ -10,7 +10,7 @@
 //! the re-injection command's status, or in exit 75.
 
 use dkimpress::dkim::sign::SignError;
-use dkimpress::pipeline::{self, BulkOptions};
+use dkimpress::pipeline::{self, BulkOptions, MessageError};
 use dkimpress::select::SelectError;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, Read, Write};
@@ -61,7 +61,7 @@ impl Logger {
         Logger {
             sock,
             verbose,
-            context: format!("{:08X}", std::process::id() ^ (crate::cli::now_secs() as u32).rotate_left(16)),
+            context: format!("{:08X}", std::process::id() ^ (crate::cli::now_unix() as u32).rotate_left(16)),
         }
     }
 
@@ -260,13 +260,16 @@ fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger)
             log.info("signed");
             Ok(headers)
         }
-        Err(SignError::Select(SelectError::NoKey(who))) => {
+        Err(MessageError::Select(SelectError::NoKey(who))) => {
             log.info(&format!("no signing key for {who}; passed on unsigned"));
             Ok(vec![])
         }
         // A message that is not one can never be signed: retrying cannot help, and losing or
         // bouncing mail is worse than passing it on unsigned.
-        Err(e @ (SignError::Header(_) | SignError::NoFrom | SignError::Select(SelectError::NoAddress(_)))) => {
+        Err(
+            e @ (MessageError::Sign(SignError::Header(_) | SignError::NoFrom)
+            | MessageError::Select(SelectError::NoAddress(_))),
+        ) => {
             log.warn(&format!("cannot sign ({e}); passed on unsigned"));
             Ok(vec![])
         }

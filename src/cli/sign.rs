@@ -149,7 +149,7 @@ pub(crate) fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option
     let (headers, drop) = match pipeline::sign_message(&cfg.opts, msg) {
         Ok(r) => r,
         // No key for this author: not an error; the message goes on unsigned (as OpenDKIM).
-        Err(SignError::Select(dkimpress::select::SelectError::NoKey(who))) => {
+        Err(pipeline::MessageError::Select(dkimpress::select::SelectError::NoKey(who))) => {
             eprintln!(
                 "dkimpress: {}: no signing key for {}: passed through unsigned",
                 pipeline::sanitize(name),

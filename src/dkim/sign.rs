@@ -61,9 +61,6 @@ pub enum SignError {
     /// The crypto backend failed.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// No key could be chosen for the message (see [`crate::select`]).
-    #[error(transparent)]
-    Select(#[from] crate::select::SelectError),
 }
 
 /// Settings for a [`Signer`] that are wrong together.

@@ -45,21 +45,28 @@ pub(crate) fn process(opts: &BulkOptions, msg: &[u8]) -> Outcome {
     // reported like any other message that cannot be signed.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_message(opts, msg))) {
         Ok(Ok((headers, drop))) => Outcome::Signed { headers, drop },
-        Ok(Err(crate::dkim::sign::SignError::Select(crate::select::SelectError::Temporary(why)))) => {
-            Outcome::Temporary(why)
-        }
+        Ok(Err(MessageError::Select(crate::select::SelectError::Temporary(why)))) => Outcome::Temporary(why),
         Ok(Err(e)) => Outcome::Unsigned(e.to_string()),
         Err(_) => Outcome::Unsigned("internal error (panic) while signing; please report it".into()),
     }
 }
 
+/// Why one message was not signed: the message itself, the choice of its keys, or signing.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The message cannot be signed (its header block, no From) or the backend failed.
+    #[error(transparent)]
+    Sign(#[from] crate::dkim::sign::SignError),
+    /// No key could be chosen: none configured for the author, no usable From address, a
+    /// broken table entry, or a key store that cannot be reached.
+    #[error(transparent)]
+    Select(#[from] crate::select::SelectError),
+}
+
 /// Signs one message: the header fields to add on top, and the byte ranges of old own
 /// signatures to remove (empty unless `strip_own`).
-pub fn sign_message(
-    opts: &BulkOptions,
-    msg: &[u8],
-) -> Result<(Vec<u8>, Vec<Range<usize>>), crate::dkim::sign::SignError> {
-    let parsed = Message::parse(msg)?;
+pub fn sign_message(opts: &BulkOptions, msg: &[u8]) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let parsed = Message::parse(msg).map_err(crate::dkim::sign::SignError::from)?;
     let signers = opts.keys.signers_for(&parsed, opts.sender.as_deref())?;
     let headers = crate::dkim::sign::sign_parsed(&signers, &parsed, opts.now)?;
     let drop = if opts.strip_own { own_signatures(&signers, &parsed) } else { vec![] };
