@@ -33,7 +33,7 @@ dktest!(ed25519_record_is_raw_key, |dir| {
     let txt = std::fs::read_to_string(dir.join("ed.txt")).unwrap();
     assert!(txt.starts_with("ed._domainkey.example.com.\tIN\tTXT"), "{txt}");
     let value = strings(&txt).concat();
-    assert!(value.starts_with("v=DKIM1; k=ed25519; p="));
+    assert!(value.starts_with("v=DKIM1; h=sha256; k=ed25519; p="), "{value}");
     // Raw 32-octet key (RFC 8463 §4): 44 base64 characters.
     assert_eq!(value.split("p=").nth(1).unwrap().len(), 44);
 });
@@ -79,3 +79,22 @@ dktest!(rsa_1024_key_is_made_and_signs, |dir| {
     // 1024-bit signature: 128 octets, 172 base64 characters.
     assert_eq!(b.len(), 172, "{b}");
 });
+
+dktest!(
+    /// Issue 12: `h=sha256` by default (Debian's opendkim-genkey), and testkey warns about
+    /// testing mode and short RSA keys.
+    default_hash_and_testkey_warnings,
+    |dir| {
+        let out = dir.cmd().args(["genkey", "-d", "example.com", "-s", "plain", "--type", "ed25519"]).ok();
+        assert!(String::from_utf8_lossy(&out).contains("\"v=DKIM1; h=sha256; k=ed25519; "), "{}", String::from_utf8_lossy(&out));
+        let out = dir.cmd().args(["genkey", "-d", "example.com", "-s", "none", "-h", "", "--type", "ed25519"]).ok();
+        assert!(!String::from_utf8_lossy(&out).contains("h="));
+        dir.cmd().args(["genkey", "-d", "example.com", "-s", "weak", "-b", "1024", "-t"]).ok();
+        let out = dir
+            .cmd()
+            .args(["testkey", "-d", "example.com", "-s", "weak", "-k", "weak.private", "--dns-zone", "weak.txt"])
+            .ok();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("OK") && text.contains("testing mode t=y") && text.contains("1024 bits"), "{text}");
+    }
+);

@@ -31,9 +31,10 @@ pub(crate) struct GenkeyArgs {
     /// Testing mode (t=y): verifiers treat failures as if unsigned.
     #[arg(short = 't', long = "testmode")]
     pub(crate) testmode: bool,
-    /// Hash algorithms allowed with this key (h=), colon-separated, e.g. sha256.
-    #[arg(short = 'h', long = "hash-algorithms")]
-    pub(crate) hash_algorithms: Option<String>,
+    /// Hash algorithms allowed with this key (h=), colon-separated; `h=sha256` by default, as
+    /// Debian's opendkim-genkey writes it (RFC 8301 forbids rsa-sha1); `-h ''` for none.
+    #[arg(short = 'h', long = "hash-algorithms", default_value = "sha256")]
+    pub(crate) hash_algorithms: String,
     /// A note for humans in the record (n=).
     #[arg(short = 'n', long = "note")]
     pub(crate) note: Option<String>,
@@ -70,7 +71,7 @@ pub(crate) fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
     }
     let g = dkimpress::dkim::genkey::generate(kind, a.bits)?;
     let opts = RecordOptions {
-        hashes: a.hash_algorithms.clone(),
+        hashes: Some(a.hash_algorithms.clone()).filter(|h| !h.is_empty()),
         restrict_email: a.restrict,
         no_subdomains: a.no_subdomains && !a.subdomains,
         testing: a.testmode,

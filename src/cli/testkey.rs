@@ -111,8 +111,9 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
                 Ok(records) => {
                     let mut result = Err(format!("no TXT record at {name}"));
                     for r in &records {
-                        result =
-                            record_matches(r, key).map(|()| format!("{} {} bits", key.key_type().as_str(), key.bits()));
+                        result = record_matches(r, key).map(|()| {
+                            format!("{} {} bits{}", key.key_type().as_str(), key.bits(), record_notes(r, key))
+                        });
                         if result.is_ok() {
                             break;
                         }
@@ -130,4 +131,23 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// What deserves a look in a record that matches: testing mode, a short RSA key, no `h=`
+/// restriction (opendkim-testkey reports the first two too).
+fn record_notes(record: &[u8], key: &SigningKey) -> String {
+    let mut notes = vec![];
+    let tags = dkimpress::dkim::tags::parse(record).unwrap_or_default();
+    let get = |n: &str| tags.iter().find(|(t, _)| t == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    if get("t").is_some_and(|t| t.split(':').any(|f| f == "y")) {
+        notes.push("testing mode t=y: verifiers treat failures as unsigned; remove it once mail verifies".to_string());
+    }
+    if key.key_type() == KeyType::Rsa && key.bits() < 2048 {
+        notes.push(format!("{} bits: RFC 8301 allows it, but use 2048 (dkimpress genkey -b 2048)", key.bits()));
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!("; warning: {}", notes.join("; "))
+    }
 }
