@@ -218,3 +218,21 @@ dktest!(
         assert!(err.contains("missing.conf: ") && !err.contains(":0:"), "{err}");
     }
 );
+
+dktest!(
+    /// Issue 12: man pages for dkimpress and each command, and completions for the common
+    /// shells, generated from the clap definitions.
+    man_pages_and_completions,
+    |dir| {
+        dir.cmd().args(["man", "."]).ok();
+        for page in ["dkimpress.1", "dkimpress-sign.1", "dkimpress-verify.1", "dkimpress-genkey.1", "dkimpress-filter.1"] {
+            let text = std::fs::read_to_string(dir.join(page)).unwrap();
+            assert!(text.contains(".TH") && text.contains(".SH NAME"), "{page}");
+        }
+        assert!(std::fs::read_to_string(dir.join("dkimpress-sign.1")).unwrap().contains("in\\-place"));
+        for shell in ["bash", "zsh", "fish"] {
+            let out = dir.cmd().args(["completions", shell]).ok();
+            assert!(String::from_utf8_lossy(&out).contains("genkey"), "{shell}");
+        }
+    }
+);

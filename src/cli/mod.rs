@@ -84,6 +84,18 @@ enum Command {
     /// Generate a key pair and its DNS TXT record, like opendkim-genkey.
     #[command(disable_help_flag = true)]
     Genkey(GenkeyArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (dkimpress.1 and dkimpress-COMMAND.1) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// The options that choose keys and tags: shared by `sign` and `filter`.
@@ -259,6 +271,25 @@ impl From<KeyTypeArg> for KeyType {
     }
 }
 
+/// The man pages, generated from the clap definitions: `dkimpress.1` and one
+/// `dkimpress-COMMAND.1` per command, as (file name, roff text).
+pub(crate) fn man_pages() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut pages = vec![];
+    let mut top = vec![];
+    clap_mangen::Man::new(cmd.clone()).render(&mut top)?;
+    pages.push(("dkimpress.1".to_string(), top));
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("dkimpress-{}", sub.get_name());
+        let mut page = vec![];
+        // clap names are &'static without its `string` feature; a few bytes, once.
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        clap_mangen::Man::new(sub.clone().name(leaked)).render(&mut page)?;
+        pages.push((format!("{name}.1"), page));
+    }
+    Ok(pages)
+}
+
 /// `1 message`, `2 messages`.
 pub(crate) fn count(n: u64, noun: &str) -> String {
     if n == 1 {
@@ -406,6 +437,23 @@ where
         Command::Testkey(a) => cmd_testkey(a),
         Command::Filter(a) => cmd_filter(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a write error (a closed pipe).
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "dkimpress", &mut text);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&text).and_then(|()| out.flush()).map_err(|e| write_failed("stdout", e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            for (name, text) in man_pages()? {
+                let path = dir.join(&name);
+                std::fs::write(&path, text)
+                    .map_err(|e| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", path.display())))?;
+                eprintln!("dkimpress: wrote {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
