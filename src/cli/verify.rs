@@ -159,77 +159,9 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         pipeline::install_interrupt_handler();
         for p in &a.inputs {
             let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
-            let kind = source.kind;
-            let shown = p.display().to_string();
-            match kind {
-                InputKind::Message => {
-                    let read;
-                    let data: &[u8] = match &source.spooled {
-                        Some(m) => m,
-                        None => {
-                            read = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{shown}: {e}")))?;
-                            &read
-                        }
-                    };
-                    report(&mut out, &shown, &shown, 1, 0, &check(data)).map_err(|e| write_failed("stdout", e))?;
-                }
-                InputKind::Mbox => {
-                    let mapped = match source.spooled {
-                        Some(m) => pipeline::check_mbox(m, p)?,
-                        None => pipeline::open_mbox(p)?,
-                    };
-                    let max = a.input.max_message();
-                    let mut index = 0u64;
-                    let out_ref = &mut out;
-                    let report_ref = &mut report;
-                    pipeline::map_mbox(
-                        &mapped,
-                        a.input.mbox_format,
-                        &pool,
-                        |m| {
-                            if m.len() as u64 > max {
-                                return vec![verify::Verdict::new(
-                                    DkimResult::PermError,
-                                    format!("{} octets: larger than --max-message-size {max}: not checked", m.len()),
-                                )];
-                            }
-                            check(m)
-                        },
-                        |e, vs| {
-                            index += 1;
-                            report_ref(
-                                out_ref,
-                                &format!("{shown}#{index}"),
-                                &shown,
-                                index,
-                                e.from_line.start as u64,
-                                &vs,
-                            )
-                            .map_err(|error| BulkError::Output { path: "stdout".into(), error })
-                        },
-                    )?;
-                }
-                InputKind::Maildir | InputKind::QueueDir => {
-                    let files = pipeline::list_messages(p, kind)?;
-                    pipeline::map_dir(
-                        p,
-                        &files,
-                        a.input.max_message(),
-                        &pool,
-                        |_, item| match item {
-                            Ok((m, _)) => check(m),
-                            Err(why) => {
-                                vec![verify::Verdict::new(DkimResult::PermError, format!("not checked: {why}"))]
-                            }
-                        },
-                        |rel, vs| {
-                            let name = p.join(rel).display().to_string();
-                            report(&mut out, &name, &name, 1, 0, &vs)
-                                .map_err(|error| BulkError::Output { path: "stdout".into(), error })
-                        },
-                    )?;
-                }
-            }
+            pipeline::verify_source(source, a.input.mbox_format, a.input.max_message(), &pool, &check, |c| {
+                report(&mut out, c.name, c.file, c.index, c.offset, &c.verdicts)
+            })?;
         }
     }
     out.flush().map_err(|e| write_failed("stdout", e))?;

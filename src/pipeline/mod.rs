@@ -23,11 +23,13 @@ pub mod io;
 pub mod mbox;
 mod report;
 mod sign;
+mod verify;
 
 pub use engine::*;
 pub use input::*;
 pub use report::*;
 pub use sign::*;
+pub use verify::*;
 
 use crate::dkim::header::Message;
 

@@ -1,0 +1,92 @@
+//! The verify driver: every message of a source (one message, an mbox, a maildir or queue
+//! directory, a pipe) checked on the pool, the verdicts handed back in input order. How a
+//! message is checked (keys, policy, clock) is the caller's `check`; what is done with the
+//! verdicts (text, JSON, counts) is the caller's `emit`.
+
+use super::*;
+use crate::dkim::verify::{DkimResult, Verdict};
+
+/// One checked message, in input order.
+pub struct Checked<'a> {
+    /// How reports name it: `FILE`, `FILE#N` for the N-th message of an mbox.
+    pub name: &'a str,
+    /// The input file (for a directory: the message file).
+    pub file: &'a str,
+    /// 1-based message number within the file.
+    pub index: u64,
+    /// Byte offset of the message in the file.
+    pub offset: u64,
+    /// One verdict per DKIM-Signature (none: unsigned).
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Checks every message of `source`. `check` runs on the pool (a message larger than
+/// `max_message`, a directory entry that is not a message, or a panic in `check` gets one
+/// `permerror` verdict saying why, and the run goes on); `emit` runs on this thread in input
+/// order.
+pub fn verify_source(
+    source: Source,
+    fmt: MboxFormat,
+    max_message: u64,
+    pool: &rayon::ThreadPool,
+    check: &(dyn Fn(&[u8]) -> Vec<Verdict> + Sync),
+    mut emit: impl FnMut(Checked<'_>) -> std::io::Result<()> + Send,
+) -> Result<(), BulkError> {
+    let shown = source.path.display().to_string();
+    let out_err = |error| BulkError::Output { path: "stdout".into(), error };
+    let guarded = |m: &[u8]| -> Vec<Verdict> {
+        if m.len() as u64 > max_message {
+            return vec![Verdict::new(
+                DkimResult::PermError,
+                format!("{} octets: larger than --max-message-size {max_message}: not checked", m.len()),
+            )];
+        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(m))).unwrap_or_else(|_| {
+            vec![Verdict::new(DkimResult::PermError, "internal error (panic) while verifying; please report it")]
+        })
+    };
+    match source.kind {
+        InputKind::Message => {
+            let read;
+            let data: &[u8] = match &source.spooled {
+                Some(m) => m,
+                None => {
+                    read = std::fs::read(&source.path).map_err(|e| input_err(&source.path, e))?;
+                    &read
+                }
+            };
+            let verdicts = guarded(data);
+            emit(Checked { name: &shown, file: &shown, index: 1, offset: 0, verdicts }).map_err(out_err)
+        }
+        InputKind::Mbox => {
+            let mapped = match source.spooled {
+                Some(m) => check_mbox(m, &source.path)?,
+                None => open_mbox(&source.path)?,
+            };
+            let mut index = 0u64;
+            map_mbox(&mapped, fmt, pool, guarded, |e, verdicts| {
+                index += 1;
+                let name = format!("{shown}#{index}");
+                let offset = e.from_line.start as u64;
+                emit(Checked { name: &name, file: &shown, index, offset, verdicts }).map_err(out_err)
+            })
+        }
+        InputKind::Maildir | InputKind::QueueDir => {
+            let entries = list_messages(&source.path, source.kind)?;
+            map_dir(
+                &source.path,
+                &entries,
+                max_message,
+                pool,
+                |_, item| match item {
+                    Ok((m, _)) => guarded(m),
+                    Err(why) => vec![Verdict::new(DkimResult::PermError, format!("not checked: {why}"))],
+                },
+                |rel, verdicts| {
+                    let name = source.path.join(rel).display().to_string();
+                    emit(Checked { name: &name, file: &name, index: 1, offset: 0, verdicts }).map_err(out_err)
+                },
+            )
+        }
+    }
+}
