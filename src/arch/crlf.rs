@@ -55,100 +55,15 @@ pub const fn expanded_capacity(n: usize) -> usize {
     2 * n + 32
 }
 
-/// Word-at-a-time kernels for any CPU.
-pub mod portable {
-    const LFS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-
-    /// Flags octets of `w` that equal LF in their high bit. The lowest flag is always right;
-    /// flags above a true one can be false (the borrow of the subtraction), so only the lowest
-    /// is used.
-    #[inline]
-    fn lf_flags(w: u64) -> u64 {
-        let t = w ^ LFS;
-        t.wrapping_sub(ONES) & !t & HIGH
-    }
-
-    /// See [`super::has_bare_lf`]. A branch-free pass over fixed-size chunks that the compiler
-    /// vectorizes with the baseline SIMD of the target.
-    pub fn has_bare_lf(b: &[u8], before: u8) -> bool {
-        if b.first() == Some(&b'\n') && before != b'\r' {
-            return true;
-        }
-        const CHUNK: usize = 256;
-        let mut start = 1;
-        while start < b.len() {
-            let end = (start + CHUNK).min(b.len());
-            let cur = &b[start..end];
-            let prev = &b[start - 1..end - 1];
-            let mut acc = 0u8;
-            for (c, p) in cur.iter().zip(prev) {
-                acc |= u8::from(*c == b'\n') & u8::from(*p != b'\r');
-            }
-            if acc != 0 {
-                return true;
-            }
-            start = end;
-        }
-        false
-    }
-
-    /// See [`super::relaxed_event`]: one octet at a time.
-    pub fn relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
-        (from..b.len()).find(|&i| match b[i] {
-            b'\t' => true,
-            b' ' => matches!(b.get(i + 1), None | Some(b' ' | b'\r' | b'\n')),
-            b'\n' => bare,
-            _ => false,
-        })
-    }
-
-    /// Writes the line end for an LF at output position `o` whose preceding octet is
-    /// `before`: CRLF, or just LF when `before` is the CR. Returns the position after it.
-    #[inline]
-    pub(super) fn put_line_end(out: &mut [u8], mut o: usize, before: u8) -> usize {
-        if before != b'\r' {
-            out[o] = b'\r';
-            o += 1;
-        }
-        out[o] = b'\n';
-        o + 1
-    }
-
-    /// See [`super::to_crlf`] (the caller checks the output size). Eight-octet words are
-    /// copied whole, and the cursor then moves by as much as was meant.
-    pub fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
-        let mut i = 0;
-        let mut o = 0;
-        let mut prev = before;
-        while i + 8 <= input.len() {
-            let word: [u8; 8] = input[i..i + 8].try_into().expect("eight octets");
-            out[o..o + 8].copy_from_slice(&word);
-            let lf = lf_flags(u64::from_le_bytes(word));
-            if lf == 0 {
-                i += 8;
-                o += 8;
-                prev = word[7];
-                continue;
-            }
-            let k = (lf.trailing_zeros() / 8) as usize;
-            o = put_line_end(out, o + k, if k > 0 { word[k - 1] } else { prev });
-            i += k + 1;
-            prev = b'\n';
-        }
-        for &b in &input[i..] {
-            if b == b'\n' && prev != b'\r' {
-                out[o] = b'\r';
-                o += 1;
-            }
-            out[o] = b;
-            o += 1;
-            prev = b;
-        }
-        o
-    }
-}
+/// Word-at-a-time kernels for any CPU (crate-internal; public to the fuzz targets).
+#[cfg(not(feature = "fuzzing"))]
+#[path = "crlf_portable.rs"]
+pub(crate) mod portable;
+/// Word-at-a-time kernels for any CPU (public here for the fuzz targets only).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "crlf_portable.rs"]
+pub mod portable;
 
 /// Proof that the CPU running us has AVX2: the AVX2 kernels are methods of this type.
 #[cfg(target_arch = "x86_64")]
@@ -160,11 +75,18 @@ impl Avx2 {
     /// `Some` when the CPU has AVX2 (detected once per process, then a cached flag).
     #[inline]
     pub fn new() -> Option<Avx2> {
-        if std::is_x86_feature_detected!("avx2") {
-            Some(Avx2(()))
-        } else {
-            None
-        }
+        // Detected once; later calls read one relaxed atomic (memchr caches the same way).
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static HAS_AVX2: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
+        let known = match HAS_AVX2.load(Ordering::Relaxed) {
+            0 => {
+                let yes = std::is_x86_feature_detected!("avx2");
+                HAS_AVX2.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                yes
+            }
+            v => v == 2,
+        };
+        known.then_some(Avx2(()))
     }
 
     /// See [`has_bare_lf`].
