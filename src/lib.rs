@@ -12,7 +12,8 @@
 //! - [`select`] and [`tables`]: which signatures a message gets (fixed keys, OpenDKIM
 //!   Domain/KeyFile, KeyTable/SigningTable data sets including PostgreSQL).
 //! - [`lookup`]: where verification keys come from (DNS, zone files, key directories).
-//! - [`arch`]: CPU-specific kernels; [`corpus`]: generated benchmark archives.
+//! - [`arch`]: CPU-specific kernels; [`corpus`]: generated benchmark archives; [`warnings`]:
+//!   where warnings go (the library never prints).
 //!
 //! All `unsafe` code is in [`arch`] (the line-end kernels, prefetching, memory maps, locks,
 //! signals), each block with a `// SAFETY:` note.
@@ -28,3 +29,4 @@ pub mod lookup;
 pub mod pipeline;
 pub mod select;
 pub mod tables;
+pub mod warnings;

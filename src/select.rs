@@ -170,7 +170,7 @@ impl Tables {
             let (k, warning) =
                 SigningKey::from_path(&self.base.join(key), self.template.strict_keys).map_err(|e| e.to_string())?;
             if let Some(w) = warning {
-                eprintln!("dkimpress: warning: {w}");
+                crate::warnings::warn(&w.to_string());
             }
             k
         };

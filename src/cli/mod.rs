@@ -520,7 +520,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
         };
         let (key, warning) = SigningKey::from_path(key_file, template.strict_keys)?;
         if let Some(w) = warning {
-            eprintln!("dkimpress: warning: {w}");
+            dkimpress::warnings::warn(&w.to_string());
         }
         let domains = if spec.contains(':') || std::path::Path::new(&spec).exists() {
             dkimpress::tables::DataSet::open(&spec, &c.dir)?.keys()?
@@ -553,7 +553,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
             None => {
                 let (key, warning) = SigningKey::from_path(path, a.strict_keys)?;
                 if let Some(w) = warning {
-                    eprintln!("dkimpress: warning: {w}");
+                    dkimpress::warnings::warn(&w.to_string());
                 }
                 let key = Arc::new(key);
                 loaded.push((path.clone(), key.clone()));

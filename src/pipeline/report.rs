@@ -56,6 +56,9 @@ impl Progress {
             indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} {bytes_per_sec} ETA {eta}")
                 .expect("valid template"),
         );
+        // Warnings found during the run go above the bar, not through it.
+        let for_warnings = bar.clone();
+        crate::warnings::set_sink(Some(Box::new(move |line| for_warnings.println(line))));
         Progress { bar: Some(bar) }
     }
 
@@ -76,6 +79,7 @@ impl Progress {
     /// Removes the bar.
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
+            crate::warnings::set_sink(None);
             b.finish_and_clear();
         }
     }
