@@ -283,6 +283,31 @@ fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger)
     }
 }
 
+/// The header fields to put on `msg` in the MTA paths: signed with `Ok(options)`, none with
+/// `Err(reason)` (logged at `unsigned`'s level, the message goes on unsigned); `Err(75)` when
+/// it must be deferred. Sets the Message-ID as log context first.
+fn headers_for(
+    plan: Result<&BulkOptions, String>,
+    msg: &[u8],
+    settings: &MtaSettings,
+    log: &mut Logger,
+    unsigned: fn(&Logger, &str),
+) -> Result<Vec<u8>, u8> {
+    if let Some(id) = message_id(msg) {
+        log.set_message_id(&id);
+    }
+    match plan {
+        Ok(opts) => sign_for_mta(opts, msg, settings.on_error, log).map_err(|e| {
+            log.error(&e);
+            EX_TEMPFAIL
+        }),
+        Err(reason) => {
+            unsigned(log, &format!("{reason}; passed on unsigned"));
+            Ok(vec![])
+        }
+    }
+}
+
 /// How `filter` and the wrapper treat one message.
 pub struct MtaSettings {
     /// What to do when signing fails.
@@ -304,21 +329,9 @@ pub fn filter(
         log.error(&format!("reading the message failed: {e}; deferred"));
         return EX_TEMPFAIL;
     }
-    if let Some(id) = message_id(&msg) {
-        log.set_message_id(&id);
-    }
-    let headers = match plan {
-        Ok(opts) => match sign_for_mta(opts, &msg, settings.on_error, log) {
-            Ok(h) => h,
-            Err(e) => {
-                log.error(&e);
-                return EX_TEMPFAIL;
-            }
-        },
-        Err(reason) => {
-            log.info(&format!("{reason}; passed on unsigned"));
-            vec![]
-        }
+    let headers = match headers_for(plan, &msg, settings, log, Logger::info) {
+        Ok(h) => h,
+        Err(code) => return code,
     };
     let prog = command.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let outcome = reinject(command, vec![headers, msg], settings.timeout);
@@ -502,21 +515,9 @@ pub fn sendmail(
             return EX_TEMPFAIL;
         }
     };
-    if let Some(id) = message_id(&msg) {
-        log.set_message_id(&id);
-    }
-    let headers = match plan {
-        Ok(opts) => match sign_for_mta(opts, &msg, settings.on_error, log) {
-            Ok(h) => h,
-            Err(e) => {
-                log.error(&e);
-                return EX_TEMPFAIL;
-            }
-        },
-        Err(reason) => {
-            log.warn(&format!("{reason}; passed on unsigned"));
-            vec![]
-        }
+    let headers = match headers_for(plan, &msg, settings, log, Logger::warn) {
+        Ok(h) => h,
+        Err(code) => return code,
     };
     let outcome = run_with_input(Command::new(real).args(&args.args), vec![headers, msg], settings.timeout);
     match &outcome {
