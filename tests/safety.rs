@@ -570,3 +570,46 @@ dktest!(
         assert_eq!(out.status.code(), Some(64));
     }
 );
+
+dktest!(
+    /// A run started under `nohup` (SIGHUP ignored) survives SIGHUP; without nohup SIGHUP stops
+    /// it cleanly like SIGTERM (130).
+    sighup_respects_nohup,
+    |dir| {
+        let k = key(&dir);
+        for (nohup, want) in [(true, None), (false, Some(130))] {
+            let mut cmd = Command::new(if nohup { "nohup" } else { bin() });
+            if nohup {
+                cmd.arg(bin());
+            }
+            let mut child = cmd
+                .current_dir(dir.path())
+                .args(["sign", "-q", "-d", "example.com", "-s", "test", "-k"])
+                .arg(&k)
+                .args(["-o", "out.eml"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+            std::thread::sleep(Duration::from_millis(2500));
+            match want {
+                None => {
+                    assert!(child.try_wait().unwrap().is_none(), "nohup: still running after SIGHUP");
+                    stdin.write_all(&message()).unwrap();
+                    drop(stdin);
+                    assert_eq!(child.wait().unwrap().code(), Some(0));
+                    assert!(std::fs::read(dir.join("out.eml")).unwrap().starts_with(b"DKIM-Signature:"));
+                    std::fs::remove_file(dir.join("out.eml")).unwrap();
+                }
+                Some(code) => {
+                    assert_eq!(child.wait().unwrap().code(), Some(code));
+                    drop(stdin);
+                }
+            }
+        }
+    }
+);

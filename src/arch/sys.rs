@@ -153,3 +153,30 @@ pub fn kill_process_group(pgid: u32) {
 /// No process groups: nothing to do.
 #[cfg(not(unix))]
 pub fn kill_process_group(_pgid: u32) {}
+
+/// Runs `install` (which sets signal handlers), then puts SIGHUP back to "ignored" if it was
+/// ignored before: a run started under `nohup` must survive the terminal going away, as the
+/// user asked, even though SIGINT/SIGTERM/SIGHUP handlers are installed for clean interruption.
+#[cfg(unix)]
+pub fn keeping_ignored_sighup(install: impl FnOnce()) {
+    // SAFETY: sigaction with a null new action only reads the current disposition into `old`,
+    // a zeroed plain C struct we own.
+    let ignored = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    };
+    install();
+    if ignored {
+        // SAFETY: setting SIGHUP to SIG_IGN installs no code of ours; it only restores the
+        // disposition the process was started with.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
+    }
+}
+
+/// No signals to keep: just install.
+#[cfg(not(unix))]
+pub fn keeping_ignored_sighup(install: impl FnOnce()) {
+    install();
+}

@@ -92,12 +92,16 @@ const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Exit status after SIGINT/SIGTERM (README: 130 for both).
 pub const INTERRUPTED_EXIT: i32 = 130;
 
-/// Makes SIGINT, SIGTERM and SIGHUP stop the run: the flag is raised at once, so bulk runs
+/// Makes SIGINT, SIGTERM and SIGHUP (unless ignored, as under `nohup`) stop the run: the flag is raised at once, so bulk runs
 /// unwind between batches (dropping temporary files, releasing locks) and exit 130; a run
 /// blocked elsewhere (reading a pipe) is ended after a grace of two seconds by the handler
 /// itself, which first removes every registered temporary file and dot-lock (issue 11, item
 /// 13). Either way no original is replaced by partial output.
 pub fn install_interrupt_handler() {
+    crate::arch::sys::keeping_ignored_sighup(install_handler);
+}
+
+fn install_handler() {
     let _ = ctrlc::set_handler(|| {
         INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(INTERRUPT_GRACE);
