@@ -264,9 +264,6 @@ pub(crate) fn sign_mbox_to(
             &mapped_here
         }
     };
-    if let Some(m) = &source.spooled {
-        mbox_check(m, path)?;
-    }
     let dest = if cfg.in_place { Some(path) } else { cfg.output.as_deref() };
     match dest {
         None => {
@@ -303,12 +300,6 @@ pub(crate) fn sign_mbox_to(
     }
     drop(lock);
     Ok(())
-}
-
-/// Checks that spooled bytes are an mbox.
-pub(crate) fn mbox_check(m: &dkimpress::arch::sys::Mapped, path: &Path) -> Result<(), BulkError> {
-    dkimpress::pipeline::mbox::check(m)
-        .map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// A one-message file among several inputs (--in-place): signed and replaced, or left alone

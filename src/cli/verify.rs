@@ -156,7 +156,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         let threads = a.input.threads()?;
         let pool =
             rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
-        pipeline::install_interrupt_handler();
+        pipeline::io::install_interrupt_handler();
         for p in &a.inputs {
             let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
             pipeline::verify_source(source, a.input.mbox_format, a.input.max_message(), &pool, &check, |c| {

@@ -176,10 +176,7 @@ where
                         let mut f = std::fs::File::open(&src).map_err(|e| format!("cannot read: {e}"))?;
                         let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
                         if meta.len() > max_message {
-                            return Err(format!(
-                                "{} octets: larger than the message size limit of {max_message} (--max-message-size)",
-                                meta.len()
-                            ));
+                            return Err(too_large_reason(meta.len(), max_message));
                         }
                         std::io::Read::read_to_end(&mut f, buf).map_err(|e| format!("cannot read: {e}"))?;
                         Ok(meta)

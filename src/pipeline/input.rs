@@ -86,8 +86,8 @@ pub struct Source {
     pub path: PathBuf,
     /// What it holds.
     pub kind: InputKind,
-    /// The contents of a non-seekable input, read at open (None: a regular file or directory,
-    /// read when its turn comes).
+    /// The contents of a non-seekable input, read at open and, for an mbox, checked (None: a
+    /// regular file or directory, read when its turn comes).
     pub spooled: Option<crate::arch::sys::Mapped>,
 }
 
@@ -137,7 +137,7 @@ pub fn open_source(path: &Path, forced: Option<InputKind>, max_message: u64) -> 
                 .and_then(|()| std::io::copy(&mut f, &mut spool))
                 .and_then(|_| spool.flush());
             copied.map_err(|e| input_err(path, format!("reading into the spool file failed: {e}")))?;
-            crate::arch::sys::map(&spool).map_err(|e| input_err(path, e))?
+            check_mbox(crate::arch::sys::map(&spool).map_err(|e| input_err(path, e))?, path)?
         }
         _ => {
             let mut data = head[..n].to_vec();
@@ -153,10 +153,12 @@ pub fn open_source(path: &Path, forced: Option<InputKind>, max_message: u64) -> 
 }
 
 pub(crate) fn too_large(path: &Path, len: u64, max: u64) -> BulkError {
-    BulkError::Format {
-        path: path.display().to_string(),
-        reason: format!("{len} octets or more: larger than the message size limit of {max} (--max-message-size)"),
-    }
+    BulkError::Format { path: path.display().to_string(), reason: too_large_reason(len, max) }
+}
+
+/// Why a message of `len` octets is not handled: the one wording of the size limit.
+pub fn too_large_reason(len: u64, max: u64) -> String {
+    format!("{len} octets: larger than the message size limit of {max} (--max-message-size)")
 }
 
 /// Default of `--max-message-size`: larger than any mail a server accepts (Postfix's

@@ -137,8 +137,9 @@ impl AtomicFile {
             .suffix(".tmp")
             .tempfile_in(dir)
             .map_err(|e| std::io::Error::new(e.kind(), format!("in {}: {}", dir.display(), strip_path_note(&e))))?;
+        // tempfile creates it 0600: nobody else reads it while it is written; `keep.apply`
+        // sets the final mode at commit.
         register(tmp.path());
-        set_mode(tmp.path(), keep.mode)?;
         Ok(AtomicFile { tmp: Some(tmp), dest: dest.to_path_buf(), keep: keep.clone() })
     }
 
@@ -158,7 +159,6 @@ impl AtomicFile {
         let tmp = self.tmp.take().expect("committed once");
         let path = tmp.path().to_path_buf();
         let result = (|| {
-            tmp.as_file().sync_data()?;
             self.keep.apply(tmp.as_file())?;
             tmp.as_file().sync_all()?;
             if interrupted() {
@@ -303,17 +303,6 @@ fn parent_dir(p: &Path) -> &Path {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     }
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
 }
 
 /// Writes `parts` to `dest` atomically.

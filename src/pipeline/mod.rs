@@ -41,15 +41,7 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-/// Makes SIGINT/SIGTERM stop a bulk run between batches, so that no partial output replaces
-/// an original (see [`io::install_interrupt_handler`]).
-pub fn install_interrupt_handler() {
-    io::install_interrupt_handler();
-}
-
-pub(crate) fn interrupted() -> bool {
-    io::interrupted()
-}
+pub(crate) use io::interrupted;
 
 /// A bulk-run failure that stops the run (as opposed to a message left unsigned).
 #[derive(Debug, thiserror::Error)]

@@ -35,11 +35,7 @@ pub(crate) enum Outcome {
 /// Signs one message (already unquoted).
 pub(crate) fn process(opts: &BulkOptions, msg: &[u8]) -> Outcome {
     if msg.len() as u64 > opts.max_message {
-        return Outcome::Unsigned(format!(
-            "{} octets: larger than the message size limit of {} (--max-message-size)",
-            msg.len(),
-            opts.max_message
-        ));
+        return Outcome::Unsigned(too_large_reason(msg.len() as u64, opts.max_message));
     }
     // One message that makes the signer panic must not end the run: it is passed through and
     // reported like any other message that cannot be signed.

@@ -38,7 +38,7 @@ pub fn verify_source(
         if m.len() as u64 > max_message {
             return vec![Verdict::new(
                 DkimResult::PermError,
-                format!("{} octets: larger than --max-message-size {max_message}: not checked", m.len()),
+                format!("not checked: {}", too_large_reason(m.len() as u64, max_message)),
             )];
         }
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(m))).unwrap_or_else(|_| {
@@ -60,7 +60,7 @@ pub fn verify_source(
         }
         InputKind::Mbox => {
             let mapped = match source.spooled {
-                Some(m) => check_mbox(m, &source.path)?,
+                Some(m) => m,
                 None => open_mbox(&source.path)?,
             };
             let mut index = 0u64;
