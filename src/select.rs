@@ -7,8 +7,8 @@
 
 use crate::dkim::canon::Canonicalization;
 use crate::dkim::header::Message;
-use crate::dkim::key::SigningKey;
-use crate::dkim::sign::{Signer, SignerBuilder};
+use crate::dkim::key::{KeyError, SigningKey};
+use crate::dkim::sign::{Signer, SignerBuilder, SignerConfigError};
 use crate::tables::{self, DataSet, TableError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,18 +17,81 @@ use std::sync::{Arc, Mutex};
 /// Why no signer could be chosen.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SelectError {
-    /// No key is configured for this author (not an error for the message itself).
+    /// No key is configured for this author (not an error for the message itself); the
+    /// address is `local@domain`.
     #[error("no signing key for {0}")]
     NoKey(String),
-    /// The From address cannot be found or parsed.
+    /// The author address cannot be found or parsed.
     #[error("no usable From address: {0}")]
-    NoAddress(String),
+    NoAddress(AddressError),
     /// A key or table entry is broken (configuration).
-    #[error("{0}")]
-    Config(String),
-    /// The key store cannot be reached now: try again later.
+    #[error(transparent)]
+    Config(#[from] EntryError),
+    /// The key store cannot be reached now (a database down): try again later.
     #[error("key store unavailable: {0}")]
-    Temporary(String),
+    Temporary(Arc<TableError>),
+}
+
+/// Why a message has no author address to choose keys by.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// The envelope sender given (`--sender`, the MTA's `-f`) is not an address.
+    #[error("sender {0:?}")]
+    Sender(String),
+    /// A From field holds no single usable address.
+    #[error("From {value:?}: {why}")]
+    From {
+        /// The field value, trimmed.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Several From fields name different domains (issue 11, item 7).
+    #[error("several From fields with different domains ({0}, {1})")]
+    DifferentDomains(String, String),
+    /// The header has no From field.
+    #[error("no From field")]
+    NoFrom,
+}
+
+/// A key, KeyTable entry or table that cannot be used: a configuration error.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EntryError {
+    /// The SigningTable names a key the KeyTable does not have.
+    #[error("SigningTable names key {0:?}, which the KeyTable does not have")]
+    UnknownKey(String),
+    /// A KeyTable value is not `domain:selector:key`.
+    #[error("KeyTable entry {0:?} is not domain:selector:key")]
+    Syntax(String),
+    /// The private key of an entry cannot be loaded.
+    #[error(transparent)]
+    Key(Arc<KeyError>),
+    /// A signer cannot be built from the key and the settings.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A table cannot be read (a file, a data set specification).
+    #[error(transparent)]
+    Table(Arc<TableError>),
+}
+
+/// Why a [`Template`] cannot make a signer for a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// An RSA key shorter than the template's minimum.
+    #[error("key for {selector}._domainkey.{domain} has {bits} bits, below MinimumKeyBits {min}")]
+    KeyTooShort {
+        /// `d=`.
+        domain: String,
+        /// `s=`.
+        selector: String,
+        /// The key's modulus length.
+        bits: usize,
+        /// The minimum in force.
+        min: usize,
+    },
+    /// The settings do not fit together or with the key (names, `a=`, header lists).
+    #[error(transparent)]
+    Signer(#[from] SignerConfigError),
 }
 
 /// Tag settings shared by every signer a run builds.
@@ -56,13 +119,14 @@ pub struct Template {
 
 impl Template {
     /// A signer for `key` with these settings.
-    pub fn build(&self, key: Arc<SigningKey>, domain: &str, selector: &str) -> Result<Signer, String> {
+    pub fn build(&self, key: Arc<SigningKey>, domain: &str, selector: &str) -> Result<Signer, BuildError> {
         if key.key_type() == crate::dkim::key::KeyType::Rsa && key.bits() < self.min_bits {
-            return Err(format!(
-                "key for {selector}._domainkey.{domain} has {} bits, below MinimumKeyBits {}",
-                key.bits(),
-                self.min_bits
-            ));
+            return Err(BuildError::KeyTooShort {
+                domain: domain.to_string(),
+                selector: selector.to_string(),
+                bits: key.bits(),
+                min: self.min_bits,
+            });
         }
         let mut b = SignerBuilder::new(key, domain, selector)
             .canon(self.canon)
@@ -74,7 +138,7 @@ impl Template {
         if let Some(h) = &self.headers {
             b = b.signed_headers(h.iter());
         }
-        b.build().map_err(|e| e.to_string())
+        Ok(b.build()?)
     }
 }
 
@@ -107,7 +171,7 @@ pub struct Tables {
     multiple: bool,
     template: Template,
     base: PathBuf,
-    signers: Mutex<HashMap<String, Result<Signer, String>>>,
+    signers: Mutex<HashMap<String, Result<Signer, EntryError>>>,
 }
 
 impl Tables {
@@ -147,7 +211,7 @@ impl Tables {
         }
         let value = self.key_table.get(name).map_err(table_err)?;
         let built = match value {
-            None => Err(format!("SigningTable names key {name:?}, which the KeyTable does not have")),
+            None => Err(EntryError::UnknownKey(name.to_string())),
             Some(v) => self.build(name, &v),
         };
         self.signers.lock().expect("poisoned").insert(name.to_string(), built.clone());
@@ -155,26 +219,26 @@ impl Tables {
     }
 
     /// A KeyTable value `domain:selector:keyfile-or-key-data`.
-    fn build(&self, name: &str, value: &str) -> Result<Signer, String> {
+    fn build(&self, name: &str, value: &str) -> Result<Signer, EntryError> {
         let mut parts = value.splitn(3, ':');
         let (Some(domain), Some(selector), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("KeyTable entry {name:?} is not domain:selector:key"));
+            return Err(EntryError::Syntax(name.to_string()));
         };
         let (domain, selector, key) = (domain.trim(), selector.trim(), key.trim());
         let origin = format!("KeyTable entry {name}");
         let key = if key.starts_with("-----BEGIN")
             || (!key.starts_with('/') && !key.starts_with('.') && !self.base.join(key).exists())
         {
-            SigningKey::from_bytes(key.as_bytes(), &origin).map_err(|e| e.to_string())?
+            SigningKey::from_bytes(key.as_bytes(), &origin).map_err(|e| EntryError::Key(Arc::new(e)))?
         } else {
-            let (k, warning) =
-                SigningKey::from_path(&self.base.join(key), self.template.strict_keys).map_err(|e| e.to_string())?;
+            let (k, warning) = SigningKey::from_path(&self.base.join(key), self.template.strict_keys)
+                .map_err(|e| EntryError::Key(Arc::new(e)))?;
             if let Some(w) = warning {
                 crate::warnings::warn(&w.to_string());
             }
             k
         };
-        self.template.build(Arc::new(key), domain, selector)
+        Ok(self.template.build(Arc::new(key), domain, selector)?)
     }
 
     /// The signers for the author `local@domain`: first SigningTable match (all matches with
@@ -209,8 +273,8 @@ impl Tables {
 
 fn table_err(e: TableError) -> SelectError {
     match e {
-        TableError::Database { .. } => SelectError::Temporary(e.to_string()),
-        other => SelectError::Config(other.to_string()),
+        TableError::Database { .. } => SelectError::Temporary(Arc::new(e)),
+        other => SelectError::Config(EntryError::Table(Arc::new(other))),
     }
 }
 
@@ -226,7 +290,9 @@ impl KeySource {
             return Ok(Cow::Borrowed(s));
         }
         let (local, domain) = match sender {
-            Some(s) => tables::parse_address(s).ok_or_else(|| SelectError::NoAddress(format!("sender {s:?}")))?,
+            Some(s) => {
+                tables::parse_address(s).ok_or_else(|| SelectError::NoAddress(AddressError::Sender(s.to_string())))?
+            }
             None => {
                 // Every From field must name the same domain: RFC 5322 allows one From field,
                 // and a second one (which some readers show instead) must not ride on a
@@ -234,19 +300,18 @@ impl KeySource {
                 let mut author: Option<(String, String)> = None;
                 for from in msg.fields.iter().filter(|f| f.is("from")) {
                     let value = String::from_utf8_lossy(from.value()).into_owned();
-                    let (local, domain) = tables::author_address(&value)
-                        .map_err(|why| SelectError::NoAddress(format!("From {:?}: {why}", value.trim())))?;
+                    let (local, domain) = tables::author_address(&value).map_err(|why| {
+                        SelectError::NoAddress(AddressError::From { value: value.trim().to_string(), why })
+                    })?;
                     match &author {
                         Some((_, d)) if *d != domain => {
-                            return Err(SelectError::NoAddress(format!(
-                                "several From fields with different domains ({d}, {domain})"
-                            )));
+                            return Err(SelectError::NoAddress(AddressError::DifferentDomains(d.clone(), domain)));
                         }
                         Some(_) => {}
                         None => author = Some((local, domain)),
                     }
                 }
-                author.ok_or_else(|| SelectError::NoAddress("no From field".into()))?
+                author.ok_or(SelectError::NoAddress(AddressError::NoFrom))?
             }
         };
         match self {
@@ -257,13 +322,44 @@ impl KeySource {
                     domain == d || (*subdomains && domain.ends_with(&format!(".{d}")))
                 });
                 match hit {
-                    Some(d) => {
-                        Ok(Cow::Owned(vec![template.build(key.clone(), d, selector).map_err(SelectError::Config)?]))
-                    }
+                    Some(d) => Ok(Cow::Owned(vec![template
+                        .build(key.clone(), d, selector)
+                        .map_err(|e| SelectError::Config(e.into()))?])),
                     None => Err(SelectError::NoKey(format!("{local}@{domain}"))),
                 }
             }
             KeySource::Tables(t) => Ok(Cow::Owned(t.lookup(&local, &domain)?)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template() -> Template {
+        Template {
+            canon: Canonicalization::default(),
+            headers: None,
+            oversign: vec![],
+            body_length: false,
+            expire: None,
+            algorithm: None,
+            min_bits: 1024,
+            strict_keys: false,
+            identity: None,
+        }
+    }
+
+    #[test]
+    fn build_errors_are_typed_and_read_as_before() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/keys/test.private");
+        let key = Arc::new(SigningKey::from_path(&path, false).unwrap().0);
+        let short = Template { min_bits: 4096, ..template() };
+        let e = short.build(key.clone(), "example.com", "test").unwrap_err();
+        assert!(matches!(e, BuildError::KeyTooShort { bits: 2048, min: 4096, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "key for test._domainkey.example.com has 2048 bits, below MinimumKeyBits 4096");
+        let e = template().build(key, "not a domain", "test").unwrap_err();
+        assert!(matches!(e, BuildError::Signer(SignerConfigError::BadDomain(_))), "{e:?}");
     }
 }

@@ -364,7 +364,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<dkimpress::lookup::ZoneError>() || cause.is::<crate::cli::conf::ConfError>() {
             return sysexits::CONFIG;
         }
-        if cause.is::<SignerConfigError>() || cause.is::<dkimpress::dkim::genkey::GenKeyError>() {
+        if cause.is::<SignerConfigError>()
+            || cause.is::<dkimpress::select::BuildError>()
+            || cause.is::<dkimpress::dkim::genkey::GenKeyError>()
+        {
             return sysexits::CONFIG;
         }
     }
@@ -529,9 +532,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
         };
         // Check the settings once, with the first domain.
         if let Some(d) = domains.first() {
-            template
-                .build(Arc::new(SigningKey::from_path(key_file, false)?.0), d, &selector)
-                .map_err(|e| exit(sysexits::CONFIG, e))?;
+            template.build(Arc::new(SigningKey::from_path(key_file, false)?.0), d, &selector)?;
         }
         return Ok(KeySource::Domains { domains, subdomains: c.subdomains, selector, key: Arc::new(key), template });
     }
@@ -565,7 +566,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
         }
         let domain = nth(&a.domains, n, "-d/--domain", a.keys.len())?;
         let selector = nth(&a.selectors, n, "-s/--selector", a.keys.len())?;
-        signers.push(template.build(key, domain, selector).map_err(|e| exit(sysexits::CONFIG, e))?);
+        signers.push(template.build(key, domain, selector)?);
     }
     Ok(KeySource::Fixed(signers))
 }

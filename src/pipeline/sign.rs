@@ -41,7 +41,9 @@ pub(crate) fn process(opts: &BulkOptions, msg: &[u8]) -> Outcome {
     // reported like any other message that cannot be signed.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_message(opts, msg))) {
         Ok(Ok((headers, drop))) => Outcome::Signed { headers, drop },
-        Ok(Err(MessageError::Select(crate::select::SelectError::Temporary(why)))) => Outcome::Temporary(why),
+        Ok(Err(MessageError::Select(crate::select::SelectError::Temporary(why)))) => {
+            Outcome::Temporary(why.to_string())
+        }
         Ok(Err(e)) => Outcome::Unsigned(e.to_string()),
         Err(_) => Outcome::Unsigned("internal error (panic) while signing; please report it".into()),
     }
