@@ -8,6 +8,7 @@ mod bulk;
 mod dnsserver;
 mod genkey;
 mod interop;
+mod milter;
 mod mta;
 mod pg;
 mod safety;

@@ -39,6 +39,33 @@ pub struct OpendkimConf {
     pub body_length: bool,
     /// `InternalHosts`: the data set of clients whose mail `filter` signs (file or list).
     pub internal_hosts: Option<String>,
+    /// `ExternalIgnoreList`: clients whose mail is not signed, without the "external host
+    /// sent mail as our domain" warning.
+    pub external_ignore_list: Option<String>,
+    /// `Socket` (milter): `inet:PORT@HOST`, `inet6:PORT@HOST`, `unix:/path` or `local:/path`.
+    pub socket: Option<String>,
+    /// `On-*` (milter): the action per condition, as written (`On-Default` is `"Default"`).
+    pub on: Vec<(String, String)>,
+    /// `UserID` (milter): `user[:group]` to become after binding the socket.
+    pub user_id: Option<String>,
+    /// `PidFile` (milter).
+    pub pid_file: Option<PathBuf>,
+    /// `UMask` (milter): applied before the UNIX socket is created.
+    pub umask: Option<u32>,
+    /// `Syslog` (milter): log to syslog (default yes for the daemon).
+    pub syslog: Option<bool>,
+    /// `SyslogSuccess` (milter): log every signature and verification, not just problems.
+    pub syslog_success: bool,
+    /// `LogWhy` (milter): log why a message was not signed or verified.
+    pub log_why: bool,
+    /// `AuthservID` (milter): the authserv-id of Authentication-Results.
+    pub authserv_id: Option<String>,
+    /// `AlwaysAddARHeader` (milter): add `dkim=none` to unsigned inbound mail too.
+    pub always_add_ar: bool,
+    /// `MTA` (milter): `{daemon_name}` values whose mail is signed whatever the client.
+    pub mta: Vec<String>,
+    /// `Nameservers` (milter): resolvers for key lookups, comma-separated.
+    pub nameservers: Option<String>,
     /// Keys that were accepted but have no effect here, with their line numbers.
     pub ignored: Vec<(usize, String)>,
 }
@@ -95,8 +122,6 @@ pub struct ConfError {
 
 /// Keys of opendkim.conf that only the milter daemon or verification uses: accepted, ignored.
 const IGNORED: &[&str] = &[
-    "AlwaysAddARHeader",
-    "AuthservID",
     "AuthservIDWithJobID",
     "AutoRestart",
     "AutoRestartCount",
@@ -111,32 +136,18 @@ const IGNORED: &[&str] = &[
     "DiagnosticDirectory",
     "DisableCryptoInit",
     "EnableCoredumps",
-    "ExternalIgnoreList",
     "FixCRLF",
     "IgnoreMalformedMail",
     "KeepAuthResults",
     "KeepTemporaryFiles",
     "LogResults",
-    "LogWhy",
     "MacroList",
     "MaximumHeaders",
     "MaximumSignaturesToVerify",
     "MaximumSignedBytes",
     "MilterDebug",
-    "MinimumKeyBits",
-    "MTA",
-    "Nameservers",
     "NoHeaderB",
-    "On-BadSignature",
-    "On-Default",
-    "On-DNSError",
-    "On-InternalError",
-    "On-KeyNotFound",
-    "On-NoSignature",
-    "On-Security",
-    "On-SignatureError",
     "PeerList",
-    "PidFile",
     "Quarantine",
     "QueryCache",
     "RemoveARAll",
@@ -149,22 +160,17 @@ const IGNORED: &[&str] = &[
     "SenderHeaders",
     "SignatureTTL",
     "SingleAuthResult",
-    "Socket",
     "SoftwareHeader",
     "StrictHeaders",
     "StrictTestMode",
-    "Syslog",
     "SyslogFacility",
     "SyslogName",
-    "SyslogSuccess",
     "TemporaryDirectory",
     "TestDNSData",
     "TestPublicKeys",
     "TrustAnchorFile",
     "TrustSignaturesFrom",
-    "UMask",
     "UnboundConfigFile",
-    "UserID",
     "VBR-Certifiers",
     "VBR-PurgeFields",
     "VBR-TrustedCertifiersOnly",
@@ -254,30 +260,130 @@ const USED: &[&str] = &[
     "RequireSafeKeys",
     "IncludeBodyLength",
     "InternalHosts",
+    "ExternalIgnoreList",
+    "Socket",
+    "On-Default",
+    "On-BadSignature",
+    "On-DNSError",
+    "On-InternalError",
+    "On-KeyNotFound",
+    "On-NoSignature",
+    "On-Security",
+    "On-SignatureError",
+    "UserID",
+    "PidFile",
+    "UMask",
+    "Syslog",
+    "SyslogSuccess",
+    "LogWhy",
+    "AuthservID",
+    "AlwaysAddARHeader",
+    "MTA",
+    "Nameservers",
+    "Include",
 ];
 
+/// The keys the milter daemon reads (listed as ignored by the other commands with `-v`).
+pub const MILTER_ONLY: &[&str] = &[
+    "ExternalIgnoreList",
+    "Socket",
+    "On-Default",
+    "On-BadSignature",
+    "On-DNSError",
+    "On-InternalError",
+    "On-KeyNotFound",
+    "On-NoSignature",
+    "On-Security",
+    "On-SignatureError",
+    "UserID",
+    "PidFile",
+    "UMask",
+    "Syslog",
+    "SyslogSuccess",
+    "LogWhy",
+    "AuthservID",
+    "AlwaysAddARHeader",
+    "MTA",
+    "Nameservers",
+];
+
+/// A boolean as opendkim.conf(5) reads it: only the first byte counts (T t Y y 1 / F f N n 0);
+/// `on`/`off` are accepted as well.
 fn boolean(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
-        "yes" | "true" | "1" | "on" => Some(true),
-        "no" | "false" | "0" | "off" => Some(false),
-        _ => None,
+        "on" => Some(true),
+        "off" => Some(false),
+        l => match l.bytes().next()? {
+            b't' | b'y' | b'1' => Some(true),
+            b'f' | b'n' | b'0' => Some(false),
+            _ => None,
+        },
     }
 }
 
+/// How deep `Include` may nest (a loop is an error, not a hang).
+const MAX_INCLUDE_DEPTH: usize = 8;
+
 impl OpendkimConf {
-    /// Reads and checks `path`.
+    /// Reads and checks `path` for signing: the file must say what signs (KeyTable and
+    /// SigningTable, or Domain, Selector and KeyFile) and its `Mode` must include `s`.
     pub fn load(path: &Path) -> Result<OpendkimConf, ConfError> {
+        let shown = path.display().to_string();
+        let (mut c, raw_keys) = Self::parse(path)?;
+        let whole = |reason: &str| ConfError { path: shown.clone(), line: 0, reason: reason.into() };
+        if c.mode.as_deref().is_some_and(|m| !m.contains('s')) {
+            return Err(whole("Mode has no 's': this configuration does not sign"));
+        }
+        c.signing = match raw_keys {
+            RawKeys { key_table: Some(key_table), signing_table: Some(signing_table), .. } => {
+                Signing::Tables { key_table, signing_table }
+            }
+            RawKeys { key_table: Some(_), .. } | RawKeys { signing_table: Some(_), .. } => {
+                return Err(whole("KeyTable and SigningTable go together: give both, or Domain/Selector/KeyFile"))
+            }
+            RawKeys { domain: Some(domain), selector: Some(selector), key_file: Some(key_file), .. } => {
+                Signing::Single { domain, selector, key_file }
+            }
+            _ => {
+                return Err(whole(
+                    "nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile",
+                ))
+            }
+        };
+        Ok(c)
+    }
+
+    /// Reads `path` for the milter daemon: every key is checked as in [`load`](Self::load), but
+    /// keys to sign with are only required when `Mode` includes `s` (OpenDKIM's default mode is
+    /// `sv`). A verify-only file leaves `signing` at its placeholder; the daemon then signs
+    /// nothing.
+    pub fn load_daemon(path: &Path) -> Result<OpendkimConf, ConfError> {
+        let (c, _) = Self::parse(path)?;
+        if c.mode.as_deref().unwrap_or("sv").contains('s') {
+            return Self::load(path);
+        }
+        Ok(c)
+    }
+
+    /// The lines of `path` and of the files it includes, as settings.
+    fn parse(path: &Path) -> Result<(OpendkimConf, RawKeys), ConfError> {
+        let mut c = OpendkimConf {
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            ..OpendkimConf::default()
+        };
+        let mut raw_keys = RawKeys::default();
+        c.read_file(path, &mut raw_keys, 0)?;
+        Ok((c, raw_keys))
+    }
+
+    fn read_file(&mut self, path: &Path, raw_keys: &mut RawKeys, depth: usize) -> Result<(), ConfError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfError {
             path: shown.clone(),
             line: 0,
             reason: e.to_string(),
         })?;
-        let mut c = OpendkimConf {
-            dir: path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
-            ..OpendkimConf::default()
-        };
-        let mut raw_keys = RawKeys::default();
+        let c = self;
         for (n, raw) in text.lines().enumerate() {
             let line_no = n + 1;
             let err = |reason: String| ConfError { path: shown.clone(), line: line_no, reason };
@@ -296,6 +402,7 @@ impl OpendkimConf {
             let need =
                 |v: &str| if v.is_empty() { Err(err(format!("{key} needs a value"))) } else { Ok(v.to_string()) };
             let flag = |v: &str| boolean(v).ok_or_else(|| err(format!("{key} takes yes or no, not {v:?}")));
+            let number = |v: &str| v.parse::<u64>().map_err(|_| err(format!("{key} {v:?} is not a number")));
             match key {
                 "Domain" => raw_keys.domain = Some(need(value)?),
                 "Selector" => raw_keys.selector = Some(need(value)?),
@@ -306,60 +413,55 @@ impl OpendkimConf {
                 "SignatureAlgorithm" => c.signature_algorithm = Some(need(value)?),
                 "SignHeaders" => c.sign_headers = Some(need(value)?),
                 "OversignHeaders" => c.oversign_headers = Some(value.to_string()),
-                "MinimumKeyBits" => {
-                    c.minimum_key_bits =
-                        Some(value.parse().map_err(|_| err(format!("MinimumKeyBits {value:?} is not a number")))?)
-                }
+                "MinimumKeyBits" => c.minimum_key_bits = Some(number(value)? as usize),
                 "SubDomains" => c.subdomains = flag(value)?,
                 "MultipleSignatures" => c.multiple_signatures = flag(value)?,
                 "RequireSafeKeys" => c.require_safe_keys = flag(value)?,
                 "IncludeBodyLength" => c.body_length = flag(value)?,
                 "InternalHosts" => c.internal_hosts = Some(need(value)?),
+                "ExternalIgnoreList" => c.external_ignore_list = Some(need(value)?),
+                "Socket" => c.socket = Some(need(value)?),
+                "UserID" => c.user_id = Some(need(value)?),
+                "PidFile" => c.pid_file = Some(PathBuf::from(need(value)?)),
+                "UMask" => {
+                    c.umask = Some(
+                        u32::from_str_radix(value, 8)
+                            .ok()
+                            .filter(|m| *m <= 0o777)
+                            .ok_or_else(|| err(format!("UMask {value:?} is not an octal mode")))?,
+                    )
+                }
+                "Syslog" => c.syslog = Some(flag(value)?),
+                "SyslogSuccess" => c.syslog_success = flag(value)?,
+                "LogWhy" => c.log_why = flag(value)?,
+                "AuthservID" => c.authserv_id = Some(need(value)?),
+                "AlwaysAddARHeader" => c.always_add_ar = flag(value)?,
+                "MTA" => c.mta = need(value)?.split(',').map(|s| s.trim().to_string()).collect(),
+                "Nameservers" => c.nameservers = Some(need(value)?),
+                k if k.starts_with("On-") => c.on.push((k["On-".len()..].to_string(), need(value)?)),
+                "Include" => {
+                    if depth >= MAX_INCLUDE_DEPTH {
+                        return Err(err(format!("Include nested more than {MAX_INCLUDE_DEPTH} deep (a loop?)")));
+                    }
+                    let inc = c.dir.join(need(value)?);
+                    c.read_file(&inc, raw_keys, depth + 1)?;
+                }
                 "Mode" => {
                     let v = need(value)?;
-                    if v.is_empty() || !v.chars().all(|ch| ch == 's' || ch == 'v') {
+                    if !v.chars().all(|ch| ch == 's' || ch == 'v') {
                         return Err(err(format!("Mode {v:?}: expected s, v or sv")));
                     }
                     c.mode = Some(v);
                 }
-                "SignatureTTL" => {
-                    c.signature_ttl =
-                        Some(value.parse().map_err(|_| err(format!("SignatureTTL {value:?} is not a number")))?)
-                }
+                "SignatureTTL" => c.signature_ttl = Some(number(value)?),
                 other => c.ignored.push((line_no, other.to_string())),
             }
+            // Read for the milter daemon, without effect on the other commands: listed with them.
+            if MILTER_ONLY.contains(&key) {
+                c.ignored.push((line_no, key.to_string()));
+            }
         }
-        if c.mode.as_deref().is_some_and(|m| !m.contains('s')) {
-            return Err(ConfError {
-                path: shown,
-                line: 0,
-                reason: "Mode has no 's': this configuration does not sign".into(),
-            });
-        }
-        c.signing = match raw_keys {
-            RawKeys { key_table: Some(key_table), signing_table: Some(signing_table), .. } => {
-                Signing::Tables { key_table, signing_table }
-            }
-            RawKeys { key_table: Some(_), .. } | RawKeys { signing_table: Some(_), .. } => {
-                return Err(ConfError {
-                    path: shown,
-                    line: 0,
-                    reason: "KeyTable and SigningTable go together: give both, or Domain/Selector/KeyFile".into(),
-                })
-            }
-            RawKeys { domain: Some(domain), selector: Some(selector), key_file: Some(key_file), .. } => {
-                Signing::Single { domain, selector, key_file }
-            }
-            _ => {
-                return Err(ConfError {
-                    path: shown,
-                    line: 0,
-                    reason: "nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile"
-                        .into(),
-                })
-            }
-        };
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -383,6 +485,16 @@ mod tests {
         assert_eq!(*key_file, dir.path().join("keys/mail.private"));
         assert!(c.subdomains);
         assert_eq!(c.ignored.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["Syslog", "UMask", "Socket"]);
+        assert_eq!(c.socket.as_deref(), Some("inet:8891@localhost"));
+        assert_eq!(c.umask, Some(0o002));
+        assert_eq!(c.syslog, Some(true));
+        std::fs::write(dir.path().join("more.conf"), "On-KeyNotFound reject\nSyslogSuccess Yes\n").unwrap();
+        std::fs::write(&p, "Mode v\nInclude more.conf\nAuthservID mx.example.com\n").unwrap();
+        let c = OpendkimConf::load_daemon(&p).unwrap();
+        assert_eq!(c.on, [("KeyNotFound".to_string(), "reject".to_string())]);
+        assert!(c.syslog_success);
+        std::fs::write(&p, "Mode v\nInclude opendkim.conf\n").unwrap();
+        assert!(OpendkimConf::load_daemon(&p).unwrap_err().to_string().contains("nested"));
         for (text, want) in [
             ("Domain a\nSelector s\nKeyFile k\nFrobnicate yes\n", ":4: unknown key \"Frobnicate\""),
             ("Domain a\nSelector s\nKeyFile k\nSubDomains maybe\n", ":4: SubDomains takes yes or no"),

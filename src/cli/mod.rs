@@ -9,6 +9,7 @@ mod benchcmd;
 pub mod conf;
 mod filter;
 mod genkey;
+mod milter;
 pub mod mta;
 mod sendmail;
 mod sign;
@@ -18,6 +19,7 @@ mod verify;
 use benchcmd::{cmd_bench, BenchArgs};
 use filter::{cmd_filter, FilterArgs};
 use genkey::{cmd_genkey, GenkeyArgs};
+use milter::{cmd_milter, MilterArgs};
 use sendmail::cmd_sendmail;
 use sign::{cmd_sign, SignArgs, SignConfig};
 use testkey::{cmd_testkey, TestkeyArgs};
@@ -77,6 +79,10 @@ enum Command {
     /// Postfix pipe filter: sign the message on stdin and re-inject it through the command
     /// after `--` (e.g. /usr/sbin/sendmail -G -i -f ${sender} -- ${recipient}).
     Filter(FilterArgs),
+    /// Milter daemon for Postfix and Sendmail, a drop-in for opendkim(8): reads the same
+    /// opendkim.conf (Socket, Mode, KeyTable/SigningTable, InternalHosts, On-*, ...), signs
+    /// mail from internal hosts and authenticated clients, verifies the rest.
+    Milter(MilterArgs),
     /// Measure each stage and the whole pipeline next to the machine's limits.
     Bench(BenchArgs),
     /// Check that the DNS key records match the private keys, like opendkim-testkey.
@@ -99,7 +105,7 @@ enum Command {
 }
 
 /// The options that choose keys and tags: shared by `sign` and `filter`.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 struct KeyArgs {
     /// Signing domain (d=). Give once for all keys, or once per -k.
     #[arg(short = 'd', long = "domain", value_name = "DOMAIN")]
@@ -218,7 +224,7 @@ impl InputArgs {
 }
 
 /// Where key records come from: shared by `verify` and `testkey`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct RecordArgs {
     /// Key records from zone files (as `genkey` writes them) instead of DNS. Repeatable.
     #[arg(long = "dns-zone", value_name = "FILE")]
@@ -439,6 +445,7 @@ where
         Command::Verify(a) => cmd_verify(a),
         Command::Testkey(a) => cmd_testkey(a),
         Command::Filter(a) => cmd_filter(a),
+        Command::Milter(a) => cmd_milter(a),
         Command::Bench(a) => cmd_bench(a),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a write error (a closed pipe).

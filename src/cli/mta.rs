@@ -65,6 +65,11 @@ impl Logger {
         }
     }
 
+    /// Sets the context of later lines (the milter: the MTA's queue ID).
+    pub fn set_context(&mut self, context: &str) {
+        self.context = context.chars().filter(|c| !c.is_control()).take(100).collect();
+    }
+
     /// Adds the Message-ID to the context of later lines.
     pub fn set_message_id(&mut self, id: &str) {
         let id: String = id.chars().filter(|c| !c.is_control()).take(200).collect();

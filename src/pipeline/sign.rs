@@ -71,6 +71,20 @@ pub fn sign_message(opts: &BulkOptions, msg: &[u8]) -> Result<(Vec<u8>, Vec<Rang
     Ok((headers, drop))
 }
 
+/// Signs one message at Unix time `now` with the signatures `keys` chooses for it (by `sender`
+/// when given, else by From): the header fields to add on top. The milter's entry point, where
+/// each message has its own time and there is no bulk run.
+pub fn sign_message_at(
+    keys: &crate::select::KeySource,
+    sender: Option<&str>,
+    now: u64,
+    msg: &[u8],
+) -> Result<Vec<u8>, MessageError> {
+    let parsed = Message::parse(msg).map_err(crate::dkim::sign::SignError::from)?;
+    let signers = keys.signers_for(&parsed, sender)?;
+    Ok(crate::dkim::sign::sign_parsed(&signers, &parsed, now)?)
+}
+
 /// Byte ranges of DKIM-Signature fields whose `d=` is a domain one of `signers` signs for
 /// (key rotation). Other domains' signatures are never touched. Offsets lie in the header
 /// block, which mbox quoting never changes, so they are valid in the stored bytes too.

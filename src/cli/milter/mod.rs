@@ -1,0 +1,682 @@
+//! `dkimpress milter`: a drop-in for the opendkim(8) daemon. Listens on the `Socket` of an
+//! opendkim.conf (or `--socket`), speaks the milter protocol to Postfix or Sendmail
+//! ([`proto`]), and per message signs mail from our own clients and verifies the rest
+//! ([`session`]). One thread per MTA connection; settings (keys, tables, lists) are loaded once
+//! and re-read on SIGHUP or SIGUSR1 without dropping connections; SIGTERM/SIGINT stop it.
+
+pub mod proto;
+pub mod session;
+
+use super::*;
+use crate::cli::mta::{InternalHosts, Logger};
+use dkimpress::dkim::verify::{self, KeyResult};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub(crate) struct MilterArgs {
+    #[command(flatten)]
+    k: KeyArgs,
+    #[command(flatten)]
+    records: RecordArgs,
+    /// Where to listen: inet:PORT@HOST, inet6:PORT@HOST, inet:PORT (all addresses), or
+    /// unix:/path (local:/path) [default: Socket of --config].
+    #[arg(long = "socket", value_name = "SPEC")]
+    socket: Option<String>,
+    /// Permissions of a unix: socket (octal) [default: 0660 less UMask].
+    #[arg(long = "socket-mode", value_name = "OCTAL")]
+    socket_mode: Option<String>,
+    /// What to do: s (sign), v (verify) or sv [default: Mode of --config, else sv].
+    #[arg(long = "mode", value_name = "MODE")]
+    mode: Option<String>,
+    /// Clients whose mail is signed, as OpenDKIM InternalHosts [default: InternalHosts of
+    /// --config, else 127.0.0.1, ::1].
+    #[arg(long = "internal-hosts", value_name = "LIST|FILE")]
+    internal_hosts: Option<String>,
+    /// The authserv-id of Authentication-Results [default: AuthservID of --config, else the
+    /// host name].
+    #[arg(long = "authserv-id", value_name = "ID")]
+    authserv_id: Option<String>,
+    /// Become this user (and its group, or USER:GROUP) after opening the socket [default:
+    /// UserID of --config].
+    #[arg(long = "user", value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// Write the process id here [default: PidFile of --config].
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Log to stderr instead of syslog (facility mail).
+    #[arg(long = "log-stderr")]
+    log_stderr: bool,
+    /// Most MTA connections served at once (more wait to be accepted).
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Largest message signed or verified (octets; K, M, G suffixes); a larger one is passed
+    /// on untouched and logged [default: 512M].
+    #[arg(long = "max-message-size", value_name = "SIZE", value_parser = parse_size)]
+    max_message_size: Option<u64>,
+}
+
+/// What `On-*` can say (opendkim.conf(5)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Deliver.
+    Accept,
+    /// 451: the MTA tells the client to retry.
+    Tempfail,
+    /// 550.
+    Reject,
+    /// Accept and drop.
+    Discard,
+    /// Hold in the MTA's quarantine (Postfix: the hold queue).
+    Quarantine,
+}
+
+impl Action {
+    fn parse(v: &str) -> Option<Action> {
+        // OpenDKIM reads the first letter; the full words are what people write.
+        Some(match v.trim().to_ascii_lowercase().chars().next()? {
+            'a' => Action::Accept,
+            't' => Action::Tempfail,
+            'r' => Action::Reject,
+            'd' => Action::Discard,
+            'q' => Action::Quarantine,
+            _ => return None,
+        })
+    }
+
+    /// The word, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Tempfail => "tempfail",
+            Action::Reject => "reject",
+            Action::Discard => "discard",
+            Action::Quarantine => "quarantine",
+        }
+    }
+}
+
+/// The conditions `On-*` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Condition {
+    /// Everything else (a pass).
+    Default,
+    /// A signature did not verify.
+    BadSignature,
+    /// A key could not be fetched now.
+    DnsError,
+    /// Our own failure (key store down, a panic).
+    InternalError,
+    /// The signing key's record does not exist.
+    KeyNotFound,
+    /// Inbound mail without a signature.
+    NoSignature,
+    /// Something looked hostile.
+    Security,
+    /// A signature could not be made.
+    SignatureError,
+}
+
+impl Condition {
+    const ALL: [Condition; 8] = [
+        Condition::Default,
+        Condition::BadSignature,
+        Condition::DnsError,
+        Condition::InternalError,
+        Condition::KeyNotFound,
+        Condition::NoSignature,
+        Condition::Security,
+        Condition::SignatureError,
+    ];
+
+    /// The opendkim.conf key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Condition::Default => "On-Default",
+            Condition::BadSignature => "On-BadSignature",
+            Condition::DnsError => "On-DNSError",
+            Condition::InternalError => "On-InternalError",
+            Condition::KeyNotFound => "On-KeyNotFound",
+            Condition::NoSignature => "On-NoSignature",
+            Condition::Security => "On-Security",
+            Condition::SignatureError => "On-SignatureError",
+        }
+    }
+
+    /// OpenDKIM's defaults: failures we cause or cannot judge now defer (nothing is lost), the
+    /// results of verification are only reported.
+    fn default_action(self) -> Action {
+        match self {
+            Condition::DnsError | Condition::InternalError | Condition::Security | Condition::SignatureError => {
+                Action::Tempfail
+            }
+            _ => Action::Accept,
+        }
+    }
+}
+
+/// The action per condition.
+#[derive(Debug, Clone)]
+pub struct Actions(HashMap<Condition, Action>);
+
+impl Actions {
+    /// From the `On-*` lines: `On-Default` first sets every condition the file does not name.
+    fn from_conf(lines: &[(String, String)]) -> Result<Actions, String> {
+        let mut m: HashMap<Condition, Action> = Condition::ALL.iter().map(|c| (*c, c.default_action())).collect();
+        let find = |name: &str| Condition::ALL.into_iter().find(|c| c.key()[3..].eq_ignore_ascii_case(name));
+        let mut named = vec![];
+        let mut default = None;
+        for (name, value) in lines {
+            let c = find(name).ok_or_else(|| format!("On-{name}: not a condition"))?;
+            let a = Action::parse(value).ok_or_else(|| {
+                format!("On-{name} {value:?}: expected accept, tempfail, reject, discard or quarantine")
+            })?;
+            if c == Condition::Default {
+                default = Some(a);
+            } else {
+                named.push((c, a));
+            }
+        }
+        if let Some(a) = default {
+            for c in Condition::ALL {
+                m.insert(c, a);
+            }
+        }
+        for (c, a) in named {
+            m.insert(c, a);
+        }
+        Ok(Actions(m))
+    }
+
+    /// The action for `c`.
+    pub fn get(&self, c: Condition) -> Action {
+        self.0.get(&c).copied().unwrap_or(c.default_action())
+    }
+}
+
+/// Everything a session needs, loaded once (and again on SIGHUP).
+pub struct Settings {
+    /// The signatures, when the mode includes `s`.
+    pub sign: Option<dkimpress::select::KeySource>,
+    /// Mode includes `v`.
+    pub verify: bool,
+    /// Clients whose mail is signed.
+    pub internal: InternalHosts,
+    /// `{daemon_name}` values whose mail is signed (`MTA`).
+    pub mta_names: Vec<String>,
+    /// Our authserv-id.
+    pub authserv_id: String,
+    /// Add Authentication-Results to unsigned mail too.
+    pub always_add_ar: bool,
+    /// `On-*`.
+    pub actions: Actions,
+    /// Verification keys (cached).
+    pub keys: Box<dyn Fn(&str, &str) -> KeyResult + Send + Sync>,
+    /// What verification accepts.
+    pub policy: verify::Policy,
+    /// Largest message handled.
+    pub max_message: u64,
+    /// Log every signature and verification (`SyslogSuccess`).
+    pub log_success: bool,
+    /// Log why a message was not signed (`LogWhy`).
+    pub log_why: bool,
+    /// Fixed signing time (tests).
+    pub timestamp: Option<u64>,
+}
+
+/// Verification keys cached for a while: a daemon lives longer than DNS answers.
+struct KeyCache {
+    lookup: dkimpress::lookup::Chain,
+    ttl: Duration,
+    entries: Mutex<HashMap<(String, String), (Instant, KeyResult)>>,
+}
+
+impl KeyCache {
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, selector: &str, domain: &str) -> KeyResult {
+        let k = (selector.to_ascii_lowercase(), domain.to_ascii_lowercase());
+        if let Some((at, r)) = self.entries.lock().expect("key cache poisoned").get(&k) {
+            if at.elapsed() < self.ttl {
+                return r.clone();
+            }
+        }
+        let r = verify::fetch_key(&self.lookup, &k.0, &k.1);
+        if !matches!(r, Err((verify::DkimResult::TempError, _))) {
+            let mut e = self.entries.lock().expect("key cache poisoned");
+            if e.len() >= Self::MAX_ENTRIES {
+                e.clear();
+            }
+            e.insert(k, (Instant::now(), r.clone()));
+        }
+        r
+    }
+}
+
+/// The daemon-level settings: read once at start (a restart changes them).
+struct Daemon {
+    socket: String,
+    socket_mode: u32,
+    user: Option<(u32, u32)>,
+    pid_file: Option<PathBuf>,
+    log_to_stderr: bool,
+    max_connections: usize,
+}
+
+/// Reads the configuration file (if any) as the daemon does.
+fn daemon_conf(a: &MilterArgs) -> anyhow::Result<Option<conf::OpendkimConf>> {
+    Ok(match &a.k.config {
+        Some(p) => Some(conf::OpendkimConf::load_daemon(p)?),
+        None => None,
+    })
+}
+
+fn mode_of(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<(bool, bool)> {
+    let mode = a.mode.clone().or_else(|| c.and_then(|c| c.mode.clone())).unwrap_or_else(|| "sv".into());
+    if mode.is_empty() || !mode.chars().all(|ch| ch == 's' || ch == 'v') {
+        return Err(exit(sysexits::USAGE, format!("--mode {mode:?}: expected s, v or sv")));
+    }
+    Ok((mode.contains('s'), mode.contains('v')))
+}
+
+/// Loads the per-message settings: keys, tables, lists, actions.
+fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
+    let c = daemon_conf(a)?;
+    let (signs, verifies) = mode_of(a, c.as_ref())?;
+    let cfg_err = |e: String| exit(sysexits::CONFIG, e);
+    let sign = if signs {
+        // OpenDKIM signs simple/simple when the file does not say (opendkim.conf(5)).
+        let mut k = a.k.clone();
+        if k.canon.is_none() && c.as_ref().is_some_and(|c| c.canonicalization.is_none()) {
+            k.canon = Some(dkimpress::dkim::canon::Canonicalization {
+                header: dkimpress::dkim::canon::Canon::Simple,
+                body: dkimpress::dkim::canon::Canon::Simple,
+            });
+        }
+        Some(key_source(&k)?)
+    } else {
+        None
+    };
+    let dir = c.as_ref().map(|c| c.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
+    let internal = match a.internal_hosts.as_ref().or(c.as_ref().and_then(|c| c.internal_hosts.as_ref())) {
+        Some(spec) => InternalHosts::load(spec, &dir).map_err(cfg_err)?,
+        None => InternalHosts::default(),
+    };
+    let actions = Actions::from_conf(c.as_ref().map(|c| c.on.as_slice()).unwrap_or_default()).map_err(cfg_err)?;
+    let authserv_id = match a.authserv_id.clone().or_else(|| c.as_ref().and_then(|c| c.authserv_id.clone())) {
+        Some(id) => id,
+        None => hostname(),
+    };
+    if authserv_id.is_empty() || !authserv_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        return Err(exit(sysexits::CONFIG, format!("AuthservID {authserv_id:?}: expected a host name")));
+    }
+    let mut records = a.records.clone();
+    if records.dns_servers.is_empty() {
+        if let Some(ns) = c.as_ref().and_then(|c| c.nameservers.as_ref()) {
+            records.dns_servers = ns.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+    }
+    let cache =
+        KeyCache { lookup: key_lookup(&records)?, ttl: Duration::from_secs(300), entries: Mutex::new(HashMap::new()) };
+    let mut policy = verify::Policy::default();
+    if let Some(bits) = c.as_ref().and_then(|c| c.minimum_key_bits) {
+        policy.min_rsa_bits = bits;
+    }
+    Ok(Settings {
+        sign,
+        verify: verifies,
+        internal,
+        mta_names: c.as_ref().map(|c| c.mta.clone()).unwrap_or_default(),
+        authserv_id,
+        always_add_ar: c.as_ref().is_some_and(|c| c.always_add_ar),
+        actions,
+        keys: Box::new(move |s, d| cache.get(s, d)),
+        policy,
+        max_message: a.max_message_size.unwrap_or(pipeline::DEFAULT_MAX_MESSAGE),
+        log_success: a.k.verbose || c.as_ref().is_some_and(|c| c.syslog_success),
+        log_why: a.k.verbose || c.as_ref().is_some_and(|c| c.log_why),
+        timestamp: a.k.timestamp,
+    })
+}
+
+/// This host's name (for the authserv-id).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn daemon(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Daemon> {
+    let usage = |m: String| exit(sysexits::USAGE, m);
+    let socket = a
+        .socket
+        .clone()
+        .or_else(|| c.and_then(|c| c.socket.clone()))
+        .ok_or_else(|| usage("no socket: give --socket inet:8891@localhost (or Socket in --config)".into()))?;
+    let umask = c.and_then(|c| c.umask).unwrap_or(0o007);
+    let socket_mode = match &a.socket_mode {
+        Some(m) => u32::from_str_radix(m, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| usage(format!("--socket-mode {m:?}: expected an octal mode such as 660")))?,
+        None => 0o666 & !umask,
+    };
+    let user = match a.user.clone().or_else(|| c.and_then(|c| c.user_id.clone())) {
+        Some(spec) => {
+            let (u, g) = match spec.split_once(':') {
+                Some((u, g)) => (u.to_string(), Some(g.to_string())),
+                None => (spec, None),
+            };
+            let ids = dkimpress::arch::sys::lookup_user(&u, g.as_deref())
+                .map_err(|e| exit(sysexits::CONFIG, format!("UserID: {e}")))?;
+            Some(ids)
+        }
+        None => None,
+    };
+    let log_to_stderr =
+        a.log_stderr || c.and_then(|c| c.syslog) == Some(false) || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    Ok(Daemon {
+        socket,
+        socket_mode,
+        user,
+        pid_file: a.pid_file.clone().or_else(|| c.and_then(|c| c.pid_file.clone())),
+        log_to_stderr,
+        max_connections: a.max_connections as usize,
+    })
+}
+
+/// A bound socket.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// A socket spec of opendkim.conf: `inet:PORT@HOST`, `inet:PORT`, `inet6:PORT@HOST`,
+/// `unix:/path`, `local:/path` or a bare `/path`.
+enum SocketSpec {
+    Inet(Vec<SocketAddr>),
+    Unix(PathBuf),
+}
+
+fn parse_socket(spec: &str) -> Result<SocketSpec, String> {
+    let (kind, rest) = match spec.split_once(':') {
+        Some((k, r)) => (k.to_ascii_lowercase(), r),
+        None if spec.starts_with('/') => ("unix".into(), spec),
+        None => return Err(format!("socket {spec:?}: expected inet:PORT@HOST, inet6:PORT@HOST or unix:/path")),
+    };
+    match kind.as_str() {
+        "unix" | "local" => {
+            if rest.is_empty() {
+                return Err(format!("socket {spec:?}: no path"));
+            }
+            Ok(SocketSpec::Unix(PathBuf::from(rest)))
+        }
+        "inet" | "inet6" => {
+            let (port, host) = rest.split_once('@').unwrap_or((rest, if kind == "inet" { "0.0.0.0" } else { "::" }));
+            let port: u16 = port.parse().map_err(|_| format!("socket {spec:?}: port {port:?} is not a number"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let addrs: Vec<SocketAddr> = (host, port)
+                .to_socket_addrs()
+                .map_err(|e| format!("socket {spec:?}: {host}: {e}"))?
+                .filter(|a| if kind == "inet" { a.is_ipv4() } else { a.is_ipv6() })
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "socket {spec:?}: {host} has no {} address",
+                    if kind == "inet" { "IPv4" } else { "IPv6" }
+                ));
+            }
+            Ok(SocketSpec::Inet(addrs))
+        }
+        _ => Err(format!("socket {spec:?}: unknown kind {kind:?} (inet, inet6, unix)")),
+    }
+}
+
+fn bind(d: &Daemon) -> anyhow::Result<Listener> {
+    let spec = parse_socket(&d.socket).map_err(|e| exit(sysexits::CONFIG, e))?;
+    let unavailable = |e: std::io::Error| exit(sysexits::TEMPFAIL, format!("socket {}: {e}", d.socket));
+    match spec {
+        SocketSpec::Inet(addrs) => Ok(Listener::Tcp(TcpListener::bind(&addrs[..]).map_err(unavailable)?)),
+        SocketSpec::Unix(path) => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            // A stale socket from an earlier run is replaced; any other file is left alone.
+            if let Ok(m) = std::fs::symlink_metadata(&path) {
+                if !m.file_type().is_socket() {
+                    return Err(exit(
+                        sysexits::CANTCREAT,
+                        format!("socket {}: {} exists and is not a socket", d.socket, path.display()),
+                    ));
+                }
+                if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                    return Err(exit(
+                        sysexits::TEMPFAIL,
+                        format!("socket {}: another milter is listening there", d.socket),
+                    ));
+                }
+                std::fs::remove_file(&path).map_err(unavailable)?;
+            }
+            let old = dkimpress::arch::sys::set_umask(0o177);
+            let l = UnixListener::bind(&path);
+            dkimpress::arch::sys::set_umask(old);
+            let l = l.map_err(unavailable)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(d.socket_mode)).map_err(unavailable)?;
+            if let Some((uid, gid)) = d.user {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(unavailable)?;
+            }
+            Ok(Listener::Unix(l, path))
+        }
+    }
+}
+
+/// One accepted connection, either kind.
+trait Stream: std::io::Read + std::io::Write + Send {
+    fn set_timeout(&self, t: Duration);
+}
+impl Stream for std::net::TcpStream {
+    fn set_timeout(&self, t: Duration) {
+        let _ = self.set_read_timeout(Some(t));
+        let _ = self.set_write_timeout(Some(t));
+        let _ = self.set_nodelay(true);
+    }
+}
+impl Stream for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, t: Duration) {
+        let _ = self.set_read_timeout(Some(t));
+        let _ = self.set_write_timeout(Some(t));
+    }
+}
+
+/// How long a connection may sit silent (Postfix's own limits are 300 s per stage; an SMTP
+/// session may idle between messages).
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// Serves one MTA connection until it quits or goes away.
+fn serve(stream: &mut dyn Stream, settings: &Settings, log: &mut Logger) {
+    use session::{Next, Session};
+    stream.set_timeout(IDLE);
+    let mut s = Session::new(settings, log);
+    loop {
+        let (cmd, data) = match proto::read_packet(stream) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                s.debug(&format!("connection ended: {e}"));
+                return;
+            }
+        };
+        let next = match proto::parse(cmd, data) {
+            Ok(c) => {
+                let eob = matches!(c, proto::Command::EndOfBody(_));
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.handle(c))) {
+                    Ok(n) => n,
+                    // Never lose mail: a panic defers this message; the daemon goes on.
+                    Err(_) if eob => Next::Close(vec![proto::Response::ReplyCode(
+                        "451 4.7.1 Internal error, please try again later".into(),
+                    )]),
+                    Err(_) => Next::Close(vec![proto::Response::Tempfail]),
+                }
+            }
+            Err(e) => {
+                s.debug(&format!("protocol error: {e}; connection closed"));
+                return;
+            }
+        };
+        let (replies, close) = match next {
+            Next::Reply(r) => (r, false),
+            Next::Close(r) => (r, true),
+        };
+        if let Err(e) = proto::write_responses(stream, &replies) {
+            s.debug(&format!("connection ended: {e}"));
+            return;
+        }
+        if close {
+            return;
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) that we are ready, when started by it.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name) {
+            let _ = sock.send_to_addr(state.as_bytes(), &addr);
+        }
+    } else {
+        let _ = sock.send_to(state.as_bytes(), &path);
+    }
+}
+
+pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
+    let c = daemon_conf(&a)?;
+    let d = daemon(&a, c.as_ref())?;
+    let log = Logger::new(a.k.verbose, d.log_to_stderr);
+    if let Some(c) = &c {
+        // Keys OpenDKIM has that we do not implement: listed once at start-up.
+        let unused: Vec<&str> =
+            c.ignored.iter().map(|(_, k)| k.as_str()).filter(|k| !conf::MILTER_ONLY.contains(k)).collect();
+        if !unused.is_empty() {
+            log.warn(&format!("opendkim.conf keys without effect here: {}", unused.join(", ")));
+        }
+    }
+    // Check everything before taking the socket: a broken configuration fails at once.
+    load_settings(&a)?;
+    let listener = bind(&d)?;
+    if let Some(p) = &d.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| exit(sysexits::CANTCREAT, format!("{}: cannot write the pid file: {e}", p.display())))?;
+    }
+    if let Some((uid, gid)) = d.user {
+        if dkimpress::arch::sys::effective_uid() == 0 {
+            dkimpress::arch::sys::drop_privileges(uid, gid)
+                .map_err(|e| exit(sysexits::CONFIG, format!("UserID: cannot become {uid}:{gid}: {e}")))?;
+        } else if dkimpress::arch::sys::effective_uid() != uid {
+            log.warn("UserID given but not started as root: running as the current user");
+        }
+    }
+    // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
+    let settings = RwLock::new(Arc::new(load_settings(&a)?));
+    dkimpress::arch::sys::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| exit(sysexits::SOFTWARE, format!("signal handlers: {e}")))?;
+    log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(&a, c.as_ref())));
+    notify_systemd("READY=1");
+    let active = Arc::new(AtomicUsize::new(0));
+    let fd = match &listener {
+        Listener::Tcp(l) => {
+            l.set_nonblocking(true)?;
+            std::os::fd::AsFd::as_fd(l).try_clone_to_owned()?
+        }
+        Listener::Unix(l, _) => {
+            l.set_nonblocking(true)?;
+            std::os::fd::AsFd::as_fd(l).try_clone_to_owned()?
+        }
+    };
+    let stop = loop {
+        let sigs = dkimpress::arch::sys::take_signals();
+        if sigs & (1 << libc::SIGTERM | 1 << libc::SIGINT) != 0 {
+            break if sigs & (1 << libc::SIGINT) != 0 { "SIGINT" } else { "SIGTERM" };
+        }
+        if sigs & (1 << libc::SIGHUP | 1 << libc::SIGUSR1) != 0 {
+            match load_settings(&a) {
+                Ok(s) => {
+                    *settings.write().expect("settings lock") = Arc::new(s);
+                    log.info("configuration re-read");
+                }
+                Err(e) => log.error(&format!("configuration not re-read, the old one stays: {e:#}")),
+            }
+        }
+        if active.load(Ordering::SeqCst) >= d.max_connections {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match dkimpress::arch::sys::wait_readable(std::os::fd::AsFd::as_fd(&fd), 1000) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                log.error(&format!("waiting for connections: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        let stream: Box<dyn Stream> = match &listener {
+            Listener::Tcp(l) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    Box::new(s)
+                }
+                Err(_) => continue,
+            },
+            Listener::Unix(l, _) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    Box::new(s)
+                }
+                Err(_) => continue,
+            },
+        };
+        let current = settings.read().expect("settings lock").clone();
+        let active = active.clone();
+        let (verbose, to_stderr) = (a.k.verbose, d.log_to_stderr);
+        active.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new().name("milter-conn".into()).spawn(move || {
+            let mut stream = stream;
+            let mut log = Logger::new(verbose, to_stderr);
+            serve(&mut *stream, &current, &mut log);
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            log.error(&format!("cannot start a connection thread: {e}"));
+        }
+    };
+    log.info(&format!("{stop}: stopping; {} connection(s) open", active.load(Ordering::SeqCst)));
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(p) = &d.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    // Messages in flight get a moment to finish; the MTA handles the rest by its
+    // milter_default_action (a connection cut mid-message is never acknowledged).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mode_name(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> &'static str {
+    match mode_of(a, c) {
+        Ok((true, true)) => "sign and verify",
+        Ok((true, false)) => "sign",
+        _ => "verify",
+    }
+}

@@ -1,0 +1,470 @@
+//! One milter connection: the commands of the MTA in, the replies out. Collects the message
+//! as the MTA sends it (header fields, body chunks), and at the end of the message signs it
+//! (mail from our own clients) or verifies it (everyone else's), as opendkim(8) does. No I/O
+//! here: [`Session::handle`] turns a [`Command`] into the [`Response`]s to send.
+
+use super::proto::{action, step, Command, Response, VERSION};
+use super::{Action, Condition, Settings};
+use crate::cli::mta::Logger;
+use dkimpress::dkim::verify::{self, DkimResult, KeyResult, Reason, Verdict};
+use dkimpress::pipeline::MessageError;
+use dkimpress::select::SelectError;
+use std::collections::HashMap;
+
+/// The state of one connection.
+pub struct Session<'a> {
+    settings: &'a Settings,
+    log: &'a mut Logger,
+    /// Negotiated: values keep their leading space.
+    leadspc: bool,
+    /// Negotiated: no reply to each header field.
+    no_header_reply: bool,
+    /// Macros seen so far (connection and message), by name without braces.
+    macros: HashMap<String, String>,
+    /// The client's address ('4'/'6' families), empty for a local or unknown one.
+    client: String,
+    /// The message so far: header fields (CRLF line ends), the empty line, the body.
+    message: Vec<u8>,
+    /// Header fields as (name, value) for finding forged Authentication-Results.
+    ar_fields: Vec<Vec<u8>>,
+    /// The body has started (the empty line is in `message`).
+    in_body: bool,
+    /// The message grew past the size limit: it is passed on untouched.
+    too_large: bool,
+}
+
+/// What to do with the connection after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Send the replies and read on.
+    Reply(Vec<Response>),
+    /// Send the replies, then close.
+    Close(Vec<Response>),
+}
+
+impl<'a> Session<'a> {
+    /// Logs detail (with -v).
+    pub fn debug(&self, msg: &str) {
+        self.log.debug(msg);
+    }
+
+    /// A new connection.
+    pub fn new(settings: &'a Settings, log: &'a mut Logger) -> Session<'a> {
+        Session {
+            settings,
+            log,
+            leadspc: false,
+            no_header_reply: false,
+            macros: HashMap::new(),
+            client: String::new(),
+            message: vec![],
+            ar_fields: vec![],
+            in_body: false,
+            too_large: false,
+        }
+    }
+
+    /// Forgets the message (not its macros: those of MAIL arrive just before it).
+    fn clear_message(&mut self) {
+        self.message.clear();
+        self.ar_fields.clear();
+        self.in_body = false;
+        self.too_large = false;
+    }
+
+    /// Forgets the message and its macros (end of message, abort).
+    fn reset_message(&mut self) {
+        self.clear_message();
+        for m in ["i", "auth_authen", "auth_type", "auth_author", "mail_addr"] {
+            self.macros.remove(m);
+        }
+    }
+
+    /// Handles one command.
+    pub fn handle(&mut self, cmd: Command) -> Next {
+        use Next::Reply;
+        match cmd {
+            Command::OptNeg { version, actions, protocol } => {
+                if version < 2 {
+                    return Next::Close(vec![]);
+                }
+                // What we ask for, within what the MTA offers: add and delete fields; no HELO,
+                // RCPT, DATA or unknown commands; no reply per header field; leading spaces kept.
+                let want_actions = action::ADDHDRS | action::CHGHDRS | action::QUARANTINE;
+                let want_steps = step::NOHELO | step::NORCPT | step::NODATA | step::NOUNKNOWN;
+                let optional = step::NR_HDR | step::HDR_LEADSPC;
+                let steps = (want_steps & protocol) | (optional & protocol);
+                self.leadspc = steps & step::HDR_LEADSPC != 0;
+                self.no_header_reply = steps & step::NR_HDR != 0;
+                Reply(vec![Response::OptNeg {
+                    version: version.min(VERSION),
+                    actions: want_actions & actions,
+                    protocol: steps,
+                }])
+            }
+            Command::Macro { pairs, .. } => {
+                for (k, v) in pairs {
+                    self.macros.insert(k.trim_start_matches('{').trim_end_matches('}').to_string(), v);
+                }
+                Reply(vec![])
+            }
+            Command::Connect { family, address, .. } => {
+                self.client = match family {
+                    b'4' | b'6' => address,
+                    _ => String::new(),
+                };
+                Reply(vec![Response::Continue])
+            }
+            Command::Mail(_) => {
+                self.clear_message();
+                Reply(vec![Response::Continue])
+            }
+            Command::Helo(_) | Command::Rcpt(_) | Command::Data | Command::Unknown(_) => {
+                Reply(vec![Response::Continue])
+            }
+            Command::Header { name, value } => {
+                self.add_header(&name, &value);
+                Reply(if self.no_header_reply { vec![] } else { vec![Response::Continue] })
+            }
+            Command::EndOfHeader => {
+                self.push(b"\r\n");
+                self.in_body = true;
+                Reply(vec![Response::Continue])
+            }
+            Command::Body(chunk) => {
+                self.push(&chunk);
+                Reply(vec![Response::Continue])
+            }
+            Command::EndOfBody(chunk) => {
+                if !self.in_body {
+                    self.push(b"\r\n");
+                }
+                self.push(&chunk);
+                let r = self.end_of_message();
+                self.reset_message();
+                Reply(r)
+            }
+            Command::Abort => {
+                self.reset_message();
+                Reply(vec![])
+            }
+            Command::QuitNewConnection => {
+                self.reset_message();
+                self.macros.clear();
+                self.client.clear();
+                Reply(vec![])
+            }
+            Command::Quit => Next::Close(vec![]),
+        }
+    }
+
+    /// Appends to the message unless that passes the size limit.
+    fn push(&mut self, bytes: &[u8]) {
+        if self.too_large {
+            return;
+        }
+        if (self.message.len() + bytes.len()) as u64 > self.settings.max_message {
+            self.too_large = true;
+            self.message = vec![];
+            return;
+        }
+        self.message.extend_from_slice(bytes);
+    }
+
+    /// One header field as it will stand in the message: `Name:value` with the value's
+    /// leading space (or `Name: value` when the MTA strips it), folded lines ending in CRLF.
+    fn add_header(&mut self, name: &[u8], value: &[u8]) {
+        let mut f = Vec::with_capacity(name.len() + value.len() + 4);
+        f.extend_from_slice(name);
+        f.push(b':');
+        if !self.leadspc {
+            f.push(b' ');
+        }
+        // Folded lines come with LF (Postfix, Sendmail) or CRLF: make every line end CRLF.
+        let mut prev = 0u8;
+        for &b in value {
+            if b == b'\n' && prev != b'\r' {
+                f.push(b'\r');
+            }
+            f.push(b);
+            prev = b;
+        }
+        f.extend_from_slice(b"\r\n");
+        if name.eq_ignore_ascii_case(b"Authentication-Results") {
+            self.ar_fields.push(value.to_vec());
+        }
+        self.push(&f);
+    }
+
+    fn macro_value(&self, name: &str) -> &str {
+        self.macros.get(name).map(String::as_str).unwrap_or_default()
+    }
+
+    /// Whether this message is ours to sign (opendkim(8): an internal host, an authenticated
+    /// client, or a daemon named in `MTA`); `Err(why)` when it is not.
+    fn origin(&self) -> Result<&'static str, String> {
+        let s = self.settings;
+        if !self.macro_value("auth_authen").is_empty() {
+            return Ok("authenticated client");
+        }
+        let daemon = self.macro_value("daemon_name");
+        if !daemon.is_empty() && s.mta_names.iter().any(|m| m == daemon) {
+            return Ok("MTA daemon");
+        }
+        if self.client.is_empty() {
+            // A local socket or a client the MTA could not name: mail submitted on this host.
+            return Ok("local client");
+        }
+        if s.internal.contains(&self.client) {
+            return Ok("internal host");
+        }
+        Err(format!("client {} is not in InternalHosts and did not authenticate", self.client))
+    }
+
+    /// The decision at the end of a message.
+    fn end_of_message(&mut self) -> Vec<Response> {
+        let id = self.macro_value("i").to_string();
+        self.log.set_context(if id.is_empty() { "NOQUEUE" } else { &id });
+        if self.too_large {
+            self.log.warn(&format!(
+                "message larger than --max-message-size ({} octets): passed on unchecked",
+                self.settings.max_message
+            ));
+            return vec![Response::Accept];
+        }
+        let s = self.settings;
+        let origin = self.origin();
+        if s.sign.is_some() {
+            match &origin {
+                Ok(_) => match self.sign() {
+                    Signed::Done(r) => return r,
+                    Signed::NotOurs(why) => {
+                        if s.log_why {
+                            self.log.info(&format!("not signed: {why}"));
+                        }
+                    }
+                },
+                Err(why) => {
+                    if s.log_why {
+                        self.log.info(&format!("not signed: {why}"));
+                    }
+                }
+            }
+        }
+        if s.verify {
+            return self.verify();
+        }
+        vec![Response::Accept]
+    }
+
+    /// Signs the message. Mail that has no key of ours falls through to verification.
+    fn sign(&mut self) -> Signed {
+        let s = self.settings;
+        let Some(keys) = &s.sign else { return Signed::NotOurs("not signing".into()) };
+        let now = s.timestamp.unwrap_or_else(crate::cli::now_unix);
+        let msg = &self.message;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dkimpress::pipeline::sign_message_at(keys, None, now, msg)
+        }));
+        let fields = match result {
+            Ok(Ok(fields)) => fields,
+            Ok(Err(MessageError::Select(SelectError::NoKey(who)))) => {
+                return Signed::NotOurs(format!("no signing table match for {who}"))
+            }
+            Ok(Err(e)) if is_message_fault(&e) => return Signed::NotOurs(format!("cannot be signed: {e}")),
+            Ok(Err(e @ MessageError::Select(SelectError::Temporary(_)))) => {
+                return Signed::Done(self.act(Condition::InternalError, &format!("key store: {e}"), vec![]))
+            }
+            Ok(Err(e)) => return Signed::Done(self.act(Condition::SignatureError, &format!("signing: {e}"), vec![])),
+            Err(_) => {
+                return Signed::Done(self.act(Condition::InternalError, "internal error (panic) while signing", vec![]))
+            }
+        };
+        let mut out = vec![];
+        let parsed = split_fields(&fields);
+        // Each goes on top: the last one first, so that they end up in signing order.
+        for (name, value) in parsed.iter().rev() {
+            out.push(Response::InsertHeader { index: 0, name: name.clone(), value: self.milter_value(value) });
+        }
+        if s.log_success {
+            for (_, value) in &parsed {
+                let d = dkimpress::dkim::tags::value(value.as_bytes(), "d").unwrap_or_default();
+                let sel = dkimpress::dkim::tags::value(value.as_bytes(), "s").unwrap_or_default();
+                self.log.info(&format!("DKIM-Signature field added (s={sel}, d={d})"));
+            }
+        }
+        out.push(Response::Accept);
+        Signed::Done(out)
+    }
+
+    /// A value for SMFIR_INSHEADER/CHGHEADER: LF between folded lines (the MTA adds the CR, as
+    /// libmilter's smfi_insheader documents), the leading space only when the MTA keeps it.
+    fn milter_value(&self, value: &str) -> String {
+        let v = value.replace("\r\n", "\n");
+        if self.leadspc {
+            v
+        } else {
+            v.trim_start_matches([' ', '\t']).to_string()
+        }
+    }
+
+    /// Verifies the message, adds Authentication-Results and removes forged ones.
+    fn verify(&mut self) -> Vec<Response> {
+        let s = self.settings;
+        let now = s.timestamp.unwrap_or_else(crate::cli::now_unix);
+        let keys = |sel: &str, dom: &str| -> KeyResult { (s.keys)(sel, dom) };
+        let msg = &self.message;
+        let verdicts = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            verify::verify_slice(msg, &keys, now, &s.policy)
+        })) {
+            Ok(Ok(v)) => v,
+            // A header block we cannot read: a permanent error, reported; the mail goes on.
+            Ok(Err(e)) => vec![Verdict::new(DkimResult::PermError, Reason::Unparsable(e))],
+            Err(_) => return self.act(Condition::InternalError, "internal error (panic) while verifying", vec![]),
+        };
+        let mut edits = self.remove_forged_results();
+        let overall = verify::overall(&verdicts);
+        if !verdicts.is_empty() || s.always_add_ar {
+            let ar = verify::authentication_results(&s.authserv_id, &verdicts, "\r\n");
+            let value = ar.trim_end().trim_start_matches("Authentication-Results:");
+            let value = if self.leadspc { value.to_string() } else { value.trim_start().to_string() };
+            edits.push(Response::InsertHeader {
+                index: 0,
+                name: "Authentication-Results".into(),
+                value: value.replace("\r\n", "\n"),
+            });
+        }
+        for v in &verdicts {
+            let line = format!("s={} d={} dkim={}", v.selector, v.domain, v.result);
+            match (v.result, s.log_success) {
+                (DkimResult::Pass, true) => self.log.info(&format!("{line}: verified")),
+                (DkimResult::Pass, false) => {}
+                _ => self
+                    .log
+                    .info(&format!("{line}: {}", v.reason.as_ref().map(ToString::to_string).unwrap_or_default())),
+            }
+        }
+        let condition = match overall {
+            DkimResult::None => Condition::NoSignature,
+            DkimResult::Pass | DkimResult::Neutral | DkimResult::Policy => Condition::Default,
+            DkimResult::TempError => Condition::DnsError,
+            DkimResult::Fail => Condition::BadSignature,
+            DkimResult::PermError if verdicts.iter().any(|v| matches!(v.reason, Some(Reason::KeyNotFound(_)))) => {
+                Condition::KeyNotFound
+            }
+            DkimResult::PermError => Condition::BadSignature,
+        };
+        self.act(condition, &format!("dkim={overall}"), edits)
+    }
+
+    /// ChangeHeader deletions for Authentication-Results fields that claim our authserv-id
+    /// (RFC 8601 §5: a forged result must not reach the reader), last first so that each
+    /// index still names the same field.
+    fn remove_forged_results(&self) -> Vec<Response> {
+        let ours = self.settings.authserv_id.to_ascii_lowercase();
+        let mut out = vec![];
+        for (n, value) in self.ar_fields.iter().enumerate().rev() {
+            let text = String::from_utf8_lossy(value);
+            let id = text.trim_start().split([';', ' ', '\t', '\r', '\n']).next().unwrap_or_default();
+            if id.eq_ignore_ascii_case(&ours) {
+                out.push(Response::ChangeHeader {
+                    index: n as u32 + 1,
+                    name: "Authentication-Results".into(),
+                    value: String::new(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The replies for `condition` under the configured `On-*` action; `edits` are sent first
+    /// when the message goes on.
+    fn act(&mut self, condition: Condition, what: &str, mut edits: Vec<Response>) -> Vec<Response> {
+        let action = self.settings.actions.get(condition);
+        let note = format!("{what}: {} ({})", action.as_str(), condition.key());
+        match action {
+            Action::Accept => {
+                if condition != Condition::Default && condition != Condition::NoSignature {
+                    self.log.info(&note);
+                }
+                edits.push(Response::Accept);
+                edits
+            }
+            Action::Tempfail => {
+                self.log.error(&note);
+                vec![Response::ReplyCode("451 4.7.1 Please try again later".into())]
+            }
+            Action::Reject => {
+                self.log.warn(&note);
+                vec![Response::ReplyCode("550 5.7.1 DKIM check failed".into())]
+            }
+            Action::Discard => {
+                self.log.warn(&note);
+                vec![Response::Discard]
+            }
+            Action::Quarantine => {
+                self.log.warn(&note);
+                edits.push(Response::Quarantine(format!("dkimpress: {what}")));
+                edits.push(Response::Accept);
+                edits
+            }
+        }
+    }
+}
+
+/// The outcome of trying to sign.
+enum Signed {
+    /// The replies are decided.
+    Done(Vec<Response>),
+    /// Not ours to sign (why): verify it, if we verify.
+    NotOurs(String),
+}
+
+/// Errors that are the message's fault (no usable From, a broken header block): retrying
+/// cannot help, so the message goes on unsigned.
+fn is_message_fault(e: &MessageError) -> bool {
+    use dkimpress::dkim::sign::SignError;
+    matches!(
+        e,
+        MessageError::Select(SelectError::NoAddress(_)) | MessageError::Sign(SignError::Header(_) | SignError::NoFrom)
+    )
+}
+
+/// Splits `Name: value\r\n\tmore\r\nName2: ...` into (name, value) pairs; the value keeps its
+/// leading space and inner CRLFs, without the final CRLF.
+pub fn split_fields(fields: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(fields);
+    let mut out: Vec<(String, String)> = vec![];
+    for line in text.split_inclusive("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push_str(line);
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            out.push((name.to_string(), value.to_string()));
+        }
+    }
+    for f in &mut out {
+        if f.1.ends_with("\r\n") {
+            f.1.truncate(f.1.len() - 2);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_signature_fields() {
+        let f = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n\tb=abc\r\nDKIM-Signature: v=1; d=x\r\n";
+        assert_eq!(
+            split_fields(f),
+            [
+                ("DKIM-Signature".to_string(), " v=1; a=rsa-sha256;\r\n\tb=abc".to_string()),
+                ("DKIM-Signature".to_string(), " v=1; d=x".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,518 @@
+//! `dkimpress milter` against an MTA-side milter client written here from the protocol (as
+//! Postfix's milter8 speaks it: version 6, all steps offered, leading spaces kept, header
+//! values folded with LF, body in CRLF chunks of at most 65,535 octets). What the milter asks
+//! for is applied to the message, and the result is checked by dkimpy, not by us.
+
+use crate::util::{dkimpy_available, dkimpy_verify, testdata, testdata_messages, Dir};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `dkimpress milter`, stopped (SIGTERM) when dropped.
+struct Milter {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Milter {
+    fn start(dir: &Dir, args: &[&str]) -> Milter {
+        let socket = dir.join("milter.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_dkimpress"))
+            .current_dir(dir.path())
+            .arg("milter")
+            .arg("--socket")
+            .arg(format!("unix:{}", socket.display()))
+            .args(["--log-stderr", "--timestamp", "1700000000"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("milter.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let m = Milter { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&m.socket).is_err() {
+            assert!(Instant::now() < deadline, "milter did not start: {}", log(dir));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+    }
+
+    fn connect(&self) -> Mta {
+        let s = UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Mta { s }
+    }
+}
+
+impl Drop for Milter {
+    fn drop(&mut self) {
+        self.signal("-TERM");
+        let _ = self.child.wait();
+    }
+}
+
+fn log(dir: &Dir) -> String {
+    std::fs::read_to_string(dir.join("milter.log")).unwrap_or_default()
+}
+
+/// The MTA side of one connection.
+struct Mta {
+    s: UnixStream,
+}
+
+/// One reply of the milter.
+#[derive(Debug, Clone, PartialEq)]
+enum Reply {
+    Continue,
+    Accept,
+    Tempfail,
+    Discard,
+    Code(String),
+    Insert(u32, String, String),
+    Change(u32, String, String),
+    Negotiated(u32, u32, u32),
+    Other(u8),
+}
+
+fn cstrings(d: &[u8]) -> Vec<String> {
+    d.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
+impl Mta {
+    fn send(&mut self, cmd: u8, data: &[u8]) {
+        let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+        p.push(cmd);
+        p.extend_from_slice(data);
+        self.s.write_all(&p).unwrap();
+    }
+
+    fn reply(&mut self) -> Reply {
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).unwrap();
+        let mut d = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut d).unwrap();
+        let body = &d[1..];
+        let n = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+        match d[0] {
+            b'c' => Reply::Continue,
+            b'a' => Reply::Accept,
+            b't' => Reply::Tempfail,
+            b'd' => Reply::Discard,
+            b'y' => Reply::Code(cstrings(body)[0].clone()),
+            b'i' | b'm' => {
+                let s = cstrings(&body[4..]);
+                let (name, value) = (s[0].clone(), s[1].clone());
+                if d[0] == b'i' {
+                    Reply::Insert(n(0), name, value)
+                } else {
+                    Reply::Change(n(0), name, value)
+                }
+            }
+            b'O' => Reply::Negotiated(n(0), n(4), n(8)),
+            other => Reply::Other(other),
+        }
+    }
+
+    /// Negotiation as Postfix 3 offers it; returns the steps the milter chose.
+    fn negotiate(&mut self) -> u32 {
+        let mut d = 6u32.to_be_bytes().to_vec();
+        d.extend_from_slice(&0x1ffu32.to_be_bytes());
+        d.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
+        self.send(b'O', &d);
+        match self.reply() {
+            Reply::Negotiated(6, actions, steps) => {
+                assert!(actions & 1 != 0, "the milter must ask to add header fields");
+                steps
+            }
+            r => panic!("negotiation: {r:?}"),
+        }
+    }
+
+    fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
+        let mut d = vec![stage];
+        for (k, v) in pairs {
+            d.extend_from_slice(k.as_bytes());
+            d.push(0);
+            d.extend_from_slice(v.as_bytes());
+            d.push(0);
+        }
+        self.send(b'D', &d);
+    }
+
+    fn connect_from(&mut self, addr: &str) {
+        self.macros(b'C', &[("j", "mx.example.com"), ("{daemon_name}", "smtpd")]);
+        let mut d = b"client.example\0".to_vec();
+        d.push(if addr.contains(':') { b'6' } else { b'4' });
+        d.extend_from_slice(&25000u16.to_be_bytes());
+        d.extend_from_slice(addr.as_bytes());
+        d.push(0);
+        self.send(b'C', &d);
+        assert_eq!(self.reply(), Reply::Continue);
+    }
+
+    /// Sends one message (its stored bytes, LF or CRLF) the way an MTA does, and returns the
+    /// replies at its end. `steps` are the negotiated steps.
+    fn message(&mut self, msg: &[u8], steps: u32, auth: Option<&str>) -> Vec<Reply> {
+        let mut m = vec![("i", "4QueueID1")];
+        if let Some(a) = auth {
+            m.push(("{auth_authen}", a));
+        }
+        self.macros(b'M', &m);
+        self.send(b'M', b"<sender@example.com>\0");
+        assert_eq!(self.reply(), Reply::Continue);
+        let text = msg.to_vec();
+        let (head, body) = split_message(&text);
+        for (name, value) in head {
+            let mut d = name.clone();
+            d.push(0);
+            d.extend_from_slice(&value);
+            d.push(0);
+            self.send(b'L', &d);
+            if steps & (1 << 7) == 0 {
+                assert_eq!(self.reply(), Reply::Continue);
+            }
+        }
+        self.send(b'N', b"");
+        assert_eq!(self.reply(), Reply::Continue);
+        for chunk in body.chunks(65535) {
+            self.send(b'B', chunk);
+            assert_eq!(self.reply(), Reply::Continue);
+        }
+        self.send(b'E', b"");
+        let mut out = vec![];
+        loop {
+            let r = self.reply();
+            let last = !matches!(r, Reply::Insert(..) | Reply::Change(..) | Reply::Other(b'q'));
+            out.push(r);
+            if last {
+                return out;
+            }
+        }
+    }
+}
+
+/// Header fields as (name, value after the colon, LF between folded lines) and the body in
+/// CRLF, as an MTA holds them.
+fn split_message(msg: &[u8]) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>) {
+    let text = msg.to_vec();
+    let mut lines: Vec<Vec<u8>> = vec![];
+    let mut start = 0;
+    for (i, &b) in text.iter().enumerate() {
+        if b == b'\n' {
+            let mut l = text[start..i].to_vec();
+            if l.last() == Some(&b'\r') {
+                l.pop();
+            }
+            lines.push(l);
+            start = i + 1;
+        }
+    }
+    if start < text.len() {
+        lines.push(text[start..].to_vec());
+    }
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = vec![];
+    let mut i = 0;
+    while i < lines.len() && !lines[i].is_empty() {
+        let l = &lines[i];
+        if l[0] == b' ' || l[0] == b'\t' {
+            let last = fields.last_mut().unwrap();
+            last.1.push(b'\n');
+            last.1.extend_from_slice(l);
+        } else {
+            let colon = l.iter().position(|&b| b == b':').unwrap();
+            fields.push((l[..colon].to_vec(), l[colon + 1..].to_vec()));
+        }
+        i += 1;
+    }
+    let mut body = vec![];
+    for l in lines.iter().skip(i + 1) {
+        body.extend_from_slice(l);
+        body.extend_from_slice(b"\r\n");
+    }
+    (fields, body)
+}
+
+/// The message as delivered after the milter's edits (CRLF line ends).
+fn apply(msg: &[u8], replies: &[Reply]) -> Vec<u8> {
+    let (mut fields, body) = split_message(msg);
+    for r in replies {
+        match r {
+            Reply::Insert(i, name, value) => {
+                fields.insert(*i as usize, (name.as_bytes().to_vec(), value.as_bytes().to_vec()))
+            }
+            Reply::Change(i, name, value) => {
+                let pos = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.0.eq_ignore_ascii_case(name.as_bytes()))
+                    .nth(*i as usize - 1)
+                    .map(|(p, _)| p)
+                    .expect("change of a field that is not there");
+                if value.is_empty() {
+                    fields.remove(pos);
+                } else {
+                    fields[pos].1 = value.as_bytes().to_vec();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    for (n, v) in fields {
+        out.extend_from_slice(&n);
+        out.push(b':');
+        out.extend_from_slice(&String::from_utf8_lossy(&v).replace('\n', "\r\n").into_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    out
+}
+
+fn keys(dir: &Dir) -> PathBuf {
+    let d = dir.join("keys");
+    std::fs::create_dir_all(&d).unwrap();
+    for k in ["test", "test-ed"] {
+        let p = d.join(format!("{k}.private"));
+        std::fs::copy(testdata(&format!("keys/{k}.private")), &p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::copy(testdata(&format!("keys/{k}.txt")), d.join(format!("{k}.txt"))).unwrap();
+    }
+    d
+}
+
+/// An opendkim.conf signing example.com with the Ed25519 and RSA test keys, from the loopback.
+fn conf(dir: &Dir, extra: &str) -> PathBuf {
+    let k = keys(dir);
+    std::fs::write(
+        k.join("keytable"),
+        "ed example.com:test-ed:keys/test-ed.private\nrsa example.com:test:keys/test.private\n",
+    )
+    .unwrap();
+    std::fs::write(k.join("signingtable"), "*@example.com ed\n*@example.com rsa\n").unwrap();
+    dir.write(
+        "opendkim.conf",
+        format!(
+            "Syslog yes\nUMask 007\nKeyTable refile:keys/keytable\nSigningTable refile:keys/signingtable\n\
+             MultipleSignatures yes\nInternalHosts 127.0.0.1, 10.0.0.0/8\nAuthservID mx.example.com\n{extra}"
+        )
+        .as_bytes(),
+    )
+}
+
+/// The messages of testdata that an MTA would carry unchanged: not the ones whose header
+/// block an MTA rewrites (no separator, a name with a space before the colon).
+fn carried_messages() -> Vec<PathBuf> {
+    testdata_messages()
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            !n.starts_with("header-only-no-separator") && !n.starts_with("space-before-colon")
+        })
+        .collect()
+}
+
+fn write_all(dir: &Dir, name: &str, msgs: &[Vec<u8>]) -> Vec<PathBuf> {
+    msgs.iter().enumerate().map(|(n, m)| dir.write(&format!("{name}/{n}.eml"), m)).collect()
+}
+
+dktest!(
+    /// Mail from an internal host is signed with both keys (simple/simple, OpenDKIM's default)
+    /// and every delivered message passes dkimpy.
+    signs_internal_mail_dkimpy_verifies,
+    |dir| {
+        if !dkimpy_available() {
+            return;
+        }
+        let c = conf(&dir, "");
+        let m = Milter::start(&dir, &["--config", c.to_str().unwrap()]);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        assert!(steps & (1 << 20) != 0, "leading spaces must be asked for");
+        mta.connect_from("127.0.0.1");
+        let mut delivered = vec![];
+        for p in carried_messages() {
+            let msg = std::fs::read(&p).unwrap();
+            let r = mta.message(&msg, steps, None);
+            assert_eq!(r.last(), Some(&Reply::Accept), "{}: {r:?}", p.display());
+            let inserted = r.iter().filter(|r| matches!(r, Reply::Insert(0, n, _) if n == "DKIM-Signature")).count();
+            assert_eq!(inserted, 2, "{}: {r:?}\n{}", p.display(), log(&dir));
+            delivered.push(apply(&msg, &r));
+        }
+        assert!(String::from_utf8_lossy(&delivered[0]).contains("c=simple/simple"));
+        let files = write_all(&dir, "out", &delivered);
+        let (ok, text) = dkimpy_verify(&dir.join("keys"), &["--raw", "--expect-sigs", "2"], &files);
+        assert!(ok, "{text}");
+    }
+);
+
+dktest!(
+    /// A client that is not internal and did not authenticate is not signed for, even with a
+    /// From at our domain; an authenticated one is. Its mail is verified instead: a forged
+    /// Authentication-Results with our authserv-id is removed, ours added.
+    external_mail_is_verified_not_signed,
+    |dir| {
+        let c = conf(&dir, "");
+        // A message signed by us earlier, as it would arrive from outside.
+        let signed = dir
+            .cmd()
+            .args(["sign", "-d", "example.com", "-s", "test-ed", "-k", "keys/test-ed.private", "--timestamp", "1700000000"])
+            .arg(testdata("messages/plain-lf.eml"))
+            .ok();
+        let forged = [b"Authentication-Results: mx.example.com; dkim=pass header.d=bank.example\n".as_slice(), &signed]
+            .concat();
+        let zone = dir.join("keys/test-ed.txt");
+        let m = Milter::start(&dir, &["--config", c.to_str().unwrap(), "--dns-zone", zone.to_str().unwrap()]);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("192.0.2.7");
+        let r = mta.message(&forged, steps, None);
+        assert!(!r.iter().any(|r| matches!(r, Reply::Insert(_, n, _) if n == "DKIM-Signature")), "{r:?}");
+        assert!(r.contains(&Reply::Change(1, "Authentication-Results".into(), String::new())), "{r:?}");
+        let ar = r.iter().find_map(|r| match r {
+            Reply::Insert(0, n, v) if n == "Authentication-Results" => Some(v.clone()),
+            _ => None,
+        });
+        let ar = ar.unwrap_or_else(|| panic!("no Authentication-Results: {r:?}"));
+        assert!(ar.starts_with(" mx.example.com;") && ar.contains("dkim=pass"), "{ar}");
+        assert_eq!(r.last(), Some(&Reply::Accept));
+        // Unsigned mail from outside: no field added (AlwaysAddARHeader is off).
+        let r = mta.message(b"From: x@example.com\nSubject: s\n\nhi\n", steps, None);
+        assert_eq!(r, [Reply::Accept]);
+        // The same client, authenticated: signed.
+        let r = mta.message(b"From: x@example.com\nSubject: s\n\nhi\n", steps, Some("alice"));
+        assert!(r.iter().any(|r| matches!(r, Reply::Insert(0, n, _) if n == "DKIM-Signature")), "{r:?}");
+    }
+);
+
+dktest!(
+    /// A key that cannot be read defers the message (On-SignatureError's default, tempfail);
+    /// `On-SignatureError accept` passes it on unsigned. Nothing is lost either way.
+    broken_key_defers_then_accept_policy,
+    |dir| {
+        let k = keys(&dir);
+        std::fs::write(k.join("keytable"), "ed example.com:test-ed:keys/missing.private\n").unwrap();
+        std::fs::write(k.join("signingtable"), "*@example.com ed\n").unwrap();
+        let c = dir.write(
+            "opendkim.conf",
+            b"KeyTable refile:keys/keytable\nSigningTable refile:keys/signingtable\nMode s\n",
+        );
+        let msg = b"From: a@example.com\nSubject: s\n\nbody\n";
+        {
+            let m = Milter::start(&dir, &["--config", c.to_str().unwrap()]);
+            let mut mta = m.connect();
+            let steps = mta.negotiate();
+            mta.connect_from("127.0.0.1");
+            let r = mta.message(msg, steps, None);
+            assert!(matches!(&r[..], [Reply::Code(c)] if c.starts_with("451 4.7.1")), "{r:?}");
+        }
+        std::fs::write(&c, "KeyTable refile:keys/keytable\nSigningTable refile:keys/signingtable\nMode s\nOn-SignatureError accept\n")
+            .unwrap();
+        let m = Milter::start(&dir, &["--config", c.to_str().unwrap()]);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("127.0.0.1");
+        assert_eq!(mta.message(msg, steps, None), [Reply::Accept]);
+    }
+);
+
+dktest!(
+    /// The daemon survives clients that vanish mid-message or send garbage, serves many
+    /// connections at once, re-reads its configuration on SIGHUP, and removes its socket on
+    /// SIGTERM.
+    survives_disconnects_reloads_and_stops,
+    |dir| {
+        let c = conf(&dir, "");
+        let m = Milter::start(&dir, &["--config", c.to_str().unwrap()]);
+        // Gone after the header; gone after half a packet; a broken length.
+        {
+            let mut mta = m.connect();
+            let steps = mta.negotiate();
+            mta.connect_from("127.0.0.1");
+            mta.send(b'L', b"From\0 a@example.com\0");
+            if steps & (1 << 7) == 0 {
+                mta.reply();
+            }
+        }
+        {
+            let mut s = UnixStream::connect(&m.socket).unwrap();
+            s.write_all(&[0, 0, 0, 50, b'L', b'x']).unwrap();
+        }
+        {
+            let mut s = UnixStream::connect(&m.socket).unwrap();
+            s.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+            let mut buf = [0u8; 1];
+            assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "a broken packet closes the connection");
+        }
+        // Twenty connections at once, each signing.
+        let threads: Vec<_> = (0..20)
+            .map(|n| {
+                let socket = m.socket.clone();
+                std::thread::spawn(move || {
+                    let s = UnixStream::connect(&socket).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let mut mta = Mta { s };
+                    let steps = mta.negotiate();
+                    mta.connect_from("10.1.2.3");
+                    let msg = format!("From: u{n}@example.com\nSubject: {n}\n\nbody {n}\n");
+                    let r = mta.message(msg.as_bytes(), steps, None);
+                    r.iter().filter(|r| matches!(r, Reply::Insert(..))).count()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 2);
+        }
+        // Reload: only the Ed25519 key is left in the SigningTable.
+        std::fs::write(dir.join("keys/signingtable"), "*@example.com ed\n").unwrap();
+        m.signal("-HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log(&dir).contains("configuration re-read") {
+            assert!(Instant::now() < deadline, "no reload: {}", log(&dir));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("127.0.0.1");
+        let r = mta.message(b"From: a@example.com\n\nx\n", steps, None);
+        assert_eq!(r.iter().filter(|r| matches!(r, Reply::Insert(..))).count(), 1, "{r:?}");
+        // A broken configuration on reload keeps the old one.
+        std::fs::write(&c, "Frobnicate yes\n").unwrap();
+        m.signal("-HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !log(&dir).contains("the old one stays") {
+            assert!(Instant::now() < deadline, "{}", log(&dir));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = mta.message(b"From: a@example.com\n\nx\n", steps, None);
+        assert_eq!(r.iter().filter(|r| matches!(r, Reply::Insert(..))).count(), 1, "{r:?}");
+        drop(mta);
+        let socket = m.socket.clone();
+        drop(m);
+        assert!(!socket.exists(), "the socket is removed on SIGTERM");
+    }
+);
+
+dktest!(
+    /// Bad settings fail at start with a clear error and exit 78 (config) or 64 (usage).
+    refuses_bad_settings,
+    |dir| {
+        let out = dir.cmd().args(["milter", "-d", "example.com", "-s", "s", "-k", "nope.key"]).run();
+        assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no socket"));
+        let c = conf(&dir, "On-BadSignature shrug\n");
+        let out = dir.cmd().args(["milter", "--socket", "inet:0@127.0.0.1", "--config", c.to_str().unwrap()]).run();
+        assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("On-BadSignature"));
+        let out = dir.cmd().args(["milter", "--socket", "tcp:25", "--config", c.to_str().unwrap()]).run();
+        assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+);
