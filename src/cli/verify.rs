@@ -48,8 +48,8 @@ pub(crate) fn verdict_line(
     let mut line = format!("{}: {overall}", pipeline::sanitize(name));
     for v in verdicts {
         line.push_str(&format!(" | {} d={} s={} a={}", v.result, v.domain, v.selector, v.algorithm));
-        if !v.reason.is_empty() {
-            line.push_str(&format!(": {}", pipeline::sanitize(&v.reason)));
+        if let Some(reason) = &v.reason {
+            line.push_str(&format!(": {}", pipeline::sanitize(&reason.to_string())));
         }
         for n in &v.notes {
             line.push_str(&format!(" [{n}]"));
@@ -69,7 +69,8 @@ pub(crate) fn verdict_json(
     let sigs: Vec<serde_json::Value> = verdicts
         .iter()
         .map(|v| {
-            serde_json::json!({"result": v.result.as_str(), "reason": v.reason, "d": v.domain, "s": v.selector,
+            let reason = v.reason.as_ref().map(ToString::to_string).unwrap_or_default();
+            serde_json::json!({"result": v.result.as_str(), "reason": reason, "d": v.domain, "s": v.selector,
                 "a": v.algorithm, "i": v.identity, "notes": v.notes})
         })
         .collect();
@@ -105,7 +106,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let check = |msg: &[u8]| -> Vec<verify::Verdict> {
         match verify::verify_slice(msg, &keys, now, &policy) {
             Ok(v) => v,
-            Err(e) => vec![verify::Verdict::new(DkimResult::PermError, format!("message cannot be parsed: {e}"))],
+            Err(e) => vec![verify::Verdict::new(DkimResult::PermError, verify::Reason::Unparsable(e))],
         }
     };
 

@@ -59,13 +59,158 @@ impl std::fmt::Display for DkimResult {
     }
 }
 
+/// Why a signature did not pass, or was not checked: the `reason` of a [`Verdict`]. `Display`
+/// gives the text of the reports and of Authentication-Results `reason=` (RFC 8601 §2.7.1).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    /// The tag-list does not parse (RFC 6376 §3.2).
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// A tag RFC 6376 §3.5 requires is missing.
+    #[error("missing required tag {0}=")]
+    MissingTag(&'static str),
+    /// `v=` is not `1`.
+    #[error("incompatible version v={0}")]
+    Version(String),
+    /// `a=rsa-sha1`, which RFC 8301 §3.1 forbids, without `--allow-sha1`.
+    #[error("algorithm not allowed: rsa-sha1 (RFC 8301 §3.1; --allow-sha1 accepts it)")]
+    Sha1,
+    /// `a=` names an algorithm we do not verify.
+    #[error("algorithm not allowed: {0}")]
+    Algorithm(String),
+    /// A tag value that does not parse (the value is shown where it helps, else empty).
+    #[error("syntax error in tag {tag}={value}")]
+    TagSyntax {
+        /// The tag name.
+        tag: &'static str,
+        /// Its value, or empty.
+        value: String,
+    },
+    /// `b=` or `bh=` is not base64.
+    #[error("syntax error in tag {0}= (base64)")]
+    Base64(&'static str),
+    /// `h=` does not sign From (RFC 6376 §5.4).
+    #[error("h= lacks From (RFC 6376 §5.4)")]
+    NoFromInH,
+    /// `i=` is outside `d=` (RFC 6376 §3.5).
+    #[error("i={identity} is not in the domain d={domain} (RFC 6376 §3.5)")]
+    IdentityOutsideDomain {
+        /// `i=`, decoded.
+        identity: String,
+        /// `d=`.
+        domain: String,
+    },
+    /// `q=` lacks `dns/txt`.
+    #[error("unsupported query method q={0}")]
+    QueryMethod(String),
+    /// `x=` is before `t=` (RFC 6376 §3.5).
+    #[error("x= is before t= (RFC 6376 §3.5)")]
+    ExpiryBeforeTimestamp,
+    /// More signatures than [`Policy::max_signatures`]: this one was not checked.
+    #[error("more than {0} signatures: not checked")]
+    TooManySignatures(usize),
+    /// `x=` has passed (a PERMFAIL, RFC 6376 §6.1.1).
+    #[error("signature expired (x={0})")]
+    Expired(u64),
+    /// No key record at the name.
+    #[error("key not found ({0})")]
+    KeyNotFound(String),
+    /// The key lookup failed for now (a temperror).
+    #[error("key lookup failed ({name}): {error}")]
+    KeyLookup {
+        /// `selector._domainkey.domain`.
+        name: String,
+        /// What the resolver said.
+        error: String,
+    },
+    /// The key record is unusable.
+    #[error(transparent)]
+    KeyRecord(#[from] KeyRecordError),
+    /// The key is not of the type `a=` names.
+    #[error("key type does not match a= (key is not {})", .0.name())]
+    KeyTypeMismatch(KeyType),
+    /// An RSA key under [`Policy::min_rsa_bits`] (RFC 8301 §3.2).
+    #[error("RSA key of {0} bits is too short (RFC 8301 §3.2)")]
+    KeyTooShort(usize),
+    /// The key record's `h=` does not list the hash of `a=`.
+    #[error("key record h= does not allow {0}")]
+    HashNotAllowed(&'static str),
+    /// The key record has `t=s` and `i=` is in a subdomain.
+    #[error("key t=s forbids a subdomain in i=")]
+    SubdomainForbidden,
+    /// `l=` is longer than the body.
+    #[error("l={length} is longer than the body ({body} octets)")]
+    LengthBeyondBody {
+        /// `l=`.
+        length: u64,
+        /// The canonical body length.
+        body: u64,
+    },
+    /// The body hash differs from `bh=` (RFC 6376 §6.1.3).
+    #[error("body hash mismatch")]
+    BodyHash,
+    /// The signature over the header fields does not verify.
+    #[error("signature did not verify (header fields changed, or wrong key)")]
+    Signature,
+    /// The header block of the message does not parse.
+    #[error("message cannot be parsed: {0}")]
+    Unparsable(crate::dkim::header::HeaderError),
+    /// The message was not checked (too large, unreadable); the text says why.
+    #[error("not checked: {0}")]
+    NotChecked(String),
+    /// The verifier panicked on this message (a bug; the run goes on).
+    #[error("internal error (panic) while verifying; please report it")]
+    Panic,
+}
+
+/// Why a key record cannot be used (RFC 6376 §3.6.1, RFC 8463 §4): a permerror.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRecordError {
+    /// The tag-list does not parse.
+    #[error("key record syntax error: {0}")]
+    Syntax(String),
+    /// `v=` is not `DKIM1`.
+    #[error("key record has v={0} (expected DKIM1)")]
+    Version(String),
+    /// `v=` is present but not first.
+    #[error("key record v= is not the first tag (RFC 6376 §3.6.1)")]
+    VersionNotFirst,
+    /// No `p=`.
+    #[error("key record has no p= tag")]
+    NoKey,
+    /// An empty `p=`: the key was revoked.
+    #[error("key revoked (empty p=)")]
+    Revoked,
+    /// `p=` is not base64.
+    #[error("key record p= is not valid base64")]
+    Base64,
+    /// `s=` does not allow email.
+    #[error("key is not for email (s={0})")]
+    NotForEmail(String),
+    /// `k=rsa` and `p=` is not an RSA public key.
+    #[error("key record p= is not an RSA public key")]
+    NotRsa,
+    /// An RSA key that the crypto backend refuses.
+    #[error("key record p= is not a usable RSA public key")]
+    UnusableRsa,
+    /// An Ed25519 `p=` that is not 32 octets (RFC 8463 §4).
+    #[error("Ed25519 key must be 32 octets, p= has {0} (RFC 8463 §4)")]
+    Ed25519Length(usize),
+    /// An Ed25519 `p=` the crypto backend refuses.
+    #[error("key record p= is not an Ed25519 key")]
+    NotEd25519,
+    /// `k=` is neither `rsa` nor `ed25519`.
+    #[error("unknown key type k={0}")]
+    UnknownType(String),
+}
+
 /// The outcome of one DKIM-Signature field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// The result.
     pub result: DkimResult,
-    /// Why (empty on a plain pass).
-    pub reason: String,
+    /// Why (None on a plain pass).
+    pub reason: Option<Reason>,
     /// `d=` (may be empty when the field did not parse).
     pub domain: String,
     /// `s=`.
@@ -82,7 +227,7 @@ pub struct Verdict {
 
 impl Verdict {
     /// A verdict with only a result and a reason (the tags are filled in as they are read).
-    pub fn new(result: DkimResult, reason: impl Into<String>) -> Verdict {
+    pub fn new(result: DkimResult, reason: impl Into<Option<Reason>>) -> Verdict {
         Verdict {
             result,
             reason: reason.into(),
@@ -157,10 +302,10 @@ struct Signature<'a> {
 }
 
 /// A permanent error in a signature or key, with its reason.
-struct PermError(String);
+struct PermError(Reason);
 
-fn perm(reason: impl Into<String>) -> PermError {
-    PermError(reason.into())
+fn perm(reason: Reason) -> PermError {
+    PermError(reason)
 }
 
 fn get<'t>(tags: &'t [(String, Vec<u8>)], name: &str) -> Option<&'t [u8]> {
@@ -171,23 +316,21 @@ fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-fn number(tags: &[(String, Vec<u8>)], name: &str) -> Result<Option<u64>, PermError> {
+fn number(tags: &[(String, Vec<u8>)], name: &'static str) -> Result<Option<u64>, PermError> {
     match get(tags, name) {
         None => Ok(None),
         Some(v) => {
             // RFC 6376 §3.5: at most 12 digits for t= and x=, 76 for l=; we accept what fits u64.
             if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                return Err(perm(format!("syntax error in tag {name}=")));
+                return Err(perm(Reason::TagSyntax { tag: name, value: String::new() }));
             }
-            Ok(Some(text(v).parse().map_err(|_| perm(format!("syntax error in tag {name}=")))?))
+            Ok(Some(text(v).parse().map_err(|_| perm(Reason::TagSyntax { tag: name, value: String::new() }))?))
         }
     }
 }
 
-fn b64(v: &[u8], tag: &str) -> Result<Vec<u8>, PermError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(v)
-        .map_err(|_| perm(format!("syntax error in tag {tag}= (base64)")))
+fn b64(v: &[u8], tag: &'static str) -> Result<Vec<u8>, PermError> {
+    base64::engine::general_purpose::STANDARD.decode(v).map_err(|_| perm(Reason::Base64(tag)))
 }
 
 /// Decodes dkim-quoted-printable (RFC 6376 §2.11), used by `i=`.
@@ -213,7 +356,7 @@ fn parse_signature<'a>(
     policy: &Policy,
     partial: &mut Verdict,
 ) -> Result<Signature<'a>, PermError> {
-    let tags = tags::parse(field.value()).map_err(|e| perm(format!("syntax error: {e}")))?;
+    let tags = tags::parse(field.value()).map_err(|e| perm(Reason::Syntax(e)))?;
     // Fill what we can for the report before any check can fail.
     partial.domain = get(&tags, "d").map(text).unwrap_or_default();
     partial.selector = get(&tags, "s").map(text).unwrap_or_default();
@@ -221,60 +364,60 @@ fn parse_signature<'a>(
     partial.b_prefix = get(&tags, "b").map(|b| text(&b[..b.len().min(8)])).unwrap_or_default();
     for required in ["v", "a", "b", "bh", "d", "h", "s"] {
         if get(&tags, required).is_none() {
-            return Err(perm(format!("missing required tag {required}=")));
+            return Err(perm(Reason::MissingTag(required)));
         }
     }
     if get(&tags, "v") != Some(b"1") {
-        return Err(perm(format!("incompatible version v={}", text(get(&tags, "v").unwrap_or_default()))));
+        return Err(perm(Reason::Version(text(get(&tags, "v").unwrap_or_default()))));
     }
     let algorithm = partial.algorithm.to_ascii_lowercase();
     let (kind, hash) = match algorithm.as_str() {
         "rsa-sha256" => (KeyType::Rsa, Hash::Sha256),
         "ed25519-sha256" => (KeyType::Ed25519, Hash::Sha256),
         "rsa-sha1" if policy.allow_sha1 => (KeyType::Rsa, Hash::Sha1),
-        "rsa-sha1" => return Err(perm("algorithm not allowed: rsa-sha1 (RFC 8301 §3.1; --allow-sha1 accepts it)")),
-        other => return Err(perm(format!("algorithm not allowed: {other}"))),
+        "rsa-sha1" => return Err(perm(Reason::Sha1)),
+        other => return Err(perm(Reason::Algorithm(other.to_string()))),
     };
     let canon = match get(&tags, "c") {
         None => Canonicalization { header: Canon::Simple, body: Canon::Simple },
-        Some(c) => text(c).parse().map_err(|_| perm(format!("syntax error in tag c={}", text(c))))?,
+        Some(c) => text(c).parse().map_err(|_| perm(Reason::TagSyntax { tag: "c", value: text(c) }))?,
     };
     let domain = partial.domain.trim_end_matches('.').to_ascii_lowercase();
     if !tags::is_dns_name(&domain) {
-        return Err(perm(format!("syntax error in tag d={}", partial.domain)));
+        return Err(perm(Reason::TagSyntax { tag: "d", value: partial.domain.clone() }));
     }
     let selector = partial.selector.clone();
     if !tags::is_dns_name(&selector) {
-        return Err(perm(format!("syntax error in tag s={selector}")));
+        return Err(perm(Reason::TagSyntax { tag: "s", value: selector }));
     }
     let headers: Vec<String> =
         text(get(&tags, "h").unwrap_or_default()).split(':').map(|h| h.trim().to_ascii_lowercase()).collect();
     if headers.iter().any(|h| h.is_empty()) {
-        return Err(perm("syntax error in tag h="));
+        return Err(perm(Reason::TagSyntax { tag: "h", value: String::new() }));
     }
     if !headers.iter().any(|h| h == "from") {
-        return Err(perm("h= lacks From (RFC 6376 §5.4)"));
+        return Err(perm(Reason::NoFromInH));
     }
     let identity = match get(&tags, "i") {
         None => None,
         Some(i) => {
             let i = text(&qp_decode(i));
             if !tags::identity_in_domain(&i, &domain) {
-                return Err(perm(format!("i={i} is not in the domain d={domain} (RFC 6376 §3.5)")));
+                return Err(perm(Reason::IdentityOutsideDomain { identity: i, domain }));
             }
             Some(i)
         }
     };
     if let Some(q) = get(&tags, "q") {
         if !text(q).split(':').any(|m| m.eq_ignore_ascii_case("dns/txt")) {
-            return Err(perm(format!("unsupported query method q={}", text(q))));
+            return Err(perm(Reason::QueryMethod(text(q))));
         }
     }
     let timestamp = number(&tags, "t")?;
     let expiry = number(&tags, "x")?;
     if let (Some(t), Some(x)) = (timestamp, expiry) {
         if x < t {
-            return Err(perm("x= is before t= (RFC 6376 §3.5)"));
+            return Err(perm(Reason::ExpiryBeforeTimestamp));
         }
     }
     let length = number(&tags, "l")?;
@@ -319,26 +462,24 @@ impl PublicKeyData {
 
 /// Parses a key record (RFC 6376 §3.6.1; Ed25519 per RFC 8463 §4). Errors are the reasons of
 /// a permerror.
-pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, String> {
-    let tags = tags::parse(record).map_err(|e| format!("key record syntax error: {e}"))?;
+pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, KeyRecordError> {
+    let tags = tags::parse(record).map_err(KeyRecordError::Syntax)?;
     if let Some(v) = get(&tags, "v") {
         if v != b"DKIM1" {
-            return Err(format!("key record has v={} (expected DKIM1)", text(v)));
+            return Err(KeyRecordError::Version(text(v)));
         }
         if tags.first().map(|(n, _)| n.as_str()) != Some("v") {
-            return Err("key record v= is not the first tag (RFC 6376 §3.6.1)".into());
+            return Err(KeyRecordError::VersionNotFirst);
         }
     }
-    let p = get(&tags, "p").ok_or("key record has no p= tag")?;
+    let p = get(&tags, "p").ok_or(KeyRecordError::NoKey)?;
     if p.is_empty() {
-        return Err("key revoked (empty p=)".into());
+        return Err(KeyRecordError::Revoked);
     }
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(p)
-        .map_err(|_| "key record p= is not valid base64".to_string())?;
+    let der = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| KeyRecordError::Base64)?;
     if let Some(s) = get(&tags, "s") {
         if !text(s).split(':').any(|x| x == "*" || x.eq_ignore_ascii_case("email")) {
-            return Err(format!("key is not for email (s={})", text(s)));
+            return Err(KeyRecordError::NotForEmail(text(s)));
         }
     }
     let flags: Vec<String> =
@@ -349,14 +490,14 @@ pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, String> {
     let k = get(&tags, "k").map(text).unwrap_or_else(|| "rsa".into()).to_ascii_lowercase();
     let kind = match k.as_str() {
         "rsa" => {
-            let bits = rsa_bits(&der).ok_or("key record p= is not an RSA public key")?;
+            let bits = rsa_bits(&der).ok_or(KeyRecordError::NotRsa)?;
             let sha256 = aws_lc_rs::signature::ParsedPublicKey::new(
                 &aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
                 &der,
             )
             .ok();
             if sha256.is_none() && bits >= 1024 {
-                return Err("key record p= is not a usable RSA public key".into());
+                return Err(KeyRecordError::UnusableRsa);
             }
             return Ok(PublicKey {
                 kind: PublicKeyData::Rsa { der, sha256 },
@@ -368,14 +509,14 @@ pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, String> {
         }
         "ed25519" => {
             if der.len() != 32 {
-                return Err(format!("Ed25519 key must be 32 octets, p= has {} (RFC 8463 §4)", der.len()));
+                return Err(KeyRecordError::Ed25519Length(der.len()));
             }
             PublicKeyData::Ed25519(
                 aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ED25519, &der)
-                    .map_err(|_| "key record p= is not an Ed25519 key".to_string())?,
+                    .map_err(|_| KeyRecordError::NotEd25519)?,
             )
         }
-        other => return Err(format!("unknown key type k={other}")),
+        other => return Err(KeyRecordError::UnknownType(other.to_string())),
     };
     Ok(PublicKey {
         kind,
@@ -415,15 +556,15 @@ fn rsa_bits(der: &[u8]) -> Option<usize> {
 }
 
 /// Results of key lookups, shared by the signatures of a run.
-pub type KeyResult = Result<Arc<PublicKey>, (DkimResult, String)>;
+pub type KeyResult = Result<Arc<PublicKey>, (DkimResult, Reason)>;
 
 /// Looks up and parses the key for `selector._domainkey.domain`.
 pub fn fetch_key(lookup: &dyn KeyLookup, selector: &str, domain: &str) -> KeyResult {
     let name = format!("{selector}._domainkey.{domain}");
     match lookup.txt(&name) {
-        Err(LookupError::NotFound) => Err((DkimResult::PermError, format!("key not found ({name})"))),
-        Err(LookupError::Temporary(e)) => Err((DkimResult::TempError, format!("key lookup failed ({name}): {e}"))),
-        Ok(records) if records.is_empty() => Err((DkimResult::PermError, format!("key not found ({name})"))),
+        Err(LookupError::NotFound) => Err((DkimResult::PermError, Reason::KeyNotFound(name))),
+        Err(LookupError::Temporary(error)) => Err((DkimResult::TempError, Reason::KeyLookup { name, error })),
+        Ok(records) if records.is_empty() => Err((DkimResult::PermError, Reason::KeyNotFound(name))),
         Ok(records) => {
             // RFC 6376 §6.1.2: several records: use the first that parses.
             let mut first_err = None;
@@ -435,7 +576,7 @@ pub fn fetch_key(lookup: &dyn KeyLookup, selector: &str, domain: &str) -> KeyRes
                     }
                 }
             }
-            Err((DkimResult::PermError, first_err.unwrap_or_default()))
+            Err((DkimResult::PermError, first_err.map_or(Reason::KeyNotFound(name), Reason::KeyRecord)))
         }
     }
 }
@@ -533,9 +674,9 @@ pub fn verify_slice(
     let mut out = vec![];
     let mut scratch = Vec::with_capacity(2048);
     for (n, field) in parsed.fields.iter().filter(|f| f.is("dkim-signature")).enumerate() {
-        let mut v = Verdict::new(DkimResult::PermError, "");
+        let mut v = Verdict::new(DkimResult::PermError, None);
         if n >= policy.max_signatures {
-            v.reason = format!("more than {} signatures: not checked", policy.max_signatures);
+            v.reason = Some(Reason::TooManySignatures(policy.max_signatures));
             out.push(v);
             continue;
         }
@@ -543,7 +684,7 @@ pub fn verify_slice(
             Ok(()) => v.result = DkimResult::Pass,
             Err((r, reason)) => {
                 v.result = r;
-                v.reason = reason;
+                v.reason = Some(reason);
             }
         }
         out.push(v);
@@ -561,7 +702,7 @@ fn verify_one(
     bodies: &mut BodyCache,
     scratch: &mut Vec<u8>,
     v: &mut Verdict,
-) -> Result<(), (DkimResult, String)> {
+) -> Result<(), (DkimResult, Reason)> {
     let pe = |e: PermError| (DkimResult::PermError, e.0);
     let sig = parse_signature(field, policy, v).map_err(pe)?;
     v.domain = sig.domain.clone();
@@ -576,28 +717,28 @@ fn verify_one(
     // RFC 6376 §6.1.1 counts an expired signature among the PERMFAILs.
     if let Some(x) = sig.expiry {
         if x + policy.clock_skew < now {
-            return Err((DkimResult::PermError, format!("signature expired (x={x})")));
+            return Err((DkimResult::PermError, Reason::Expired(x)));
         }
     }
     let key = keys(&sig.selector, &sig.domain)?;
     if sig.kind != key.kind.key_type() {
-        return Err((DkimResult::PermError, format!("key type does not match a= (key is not {})", sig.kind.name())));
+        return Err((DkimResult::PermError, Reason::KeyTypeMismatch(sig.kind)));
     }
     if sig.kind == KeyType::Rsa && key.bits < policy.min_rsa_bits {
-        return Err((DkimResult::PermError, format!("RSA key of {} bits is too short (RFC 8301 §3.2)", key.bits)));
+        return Err((DkimResult::PermError, Reason::KeyTooShort(key.bits)));
     }
     let hash_name = match sig.hash {
         Hash::Sha1 => "sha1",
         Hash::Sha256 => "sha256",
     };
     if !key.hashes.is_empty() && !key.hashes.iter().any(|h| h == hash_name) {
-        return Err((DkimResult::PermError, format!("key record h= does not allow {hash_name}")));
+        return Err((DkimResult::PermError, Reason::HashNotAllowed(hash_name)));
     }
     if key.strict_domain {
         if let Some(i) = &sig.identity {
             let idom = i.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
             if idom != sig.domain {
-                return Err((DkimResult::PermError, "key t=s forbids a subdomain in i=".into()));
+                return Err((DkimResult::PermError, Reason::SubdomainForbidden));
             }
         }
     }
@@ -609,12 +750,12 @@ fn verify_one(
     let (bh, total) = bodies.get(sig.canon.body, sig.hash, sig.length, msg.body);
     if let Some(l) = sig.length {
         if l > total {
-            return Err((DkimResult::PermError, format!("l={l} is longer than the body ({total} octets)")));
+            return Err((DkimResult::PermError, Reason::LengthBeyondBody { length: l, body: total }));
         }
         v.notes.push(format!("l={l}: only the first {l} of {total} body octets are signed"));
     }
     if bh != sig.bh {
-        return Err((DkimResult::Fail, "body hash mismatch".into()));
+        return Err((DkimResult::Fail, Reason::BodyHash));
     }
 
     // Header hash: h= fields bottom-up, then this field without its b= value.
@@ -633,7 +774,7 @@ fn verify_one(
         }
     };
     if !ok {
-        return Err((DkimResult::Fail, "signature did not verify (header fields changed, or wrong key)".into()));
+        return Err((DkimResult::Fail, Reason::Signature));
     }
     Ok(())
 }
@@ -675,8 +816,9 @@ pub fn authentication_results(authserv_id: &str, verdicts: &[Verdict], le: &str)
     }
     for v in verdicts {
         out.push_str(&format!(";{le}\tdkim={}", v.result));
-        if !v.reason.is_empty() {
-            let reason: String = v.reason.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+        if let Some(reason) = &v.reason {
+            let reason: String =
+                reason.to_string().chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
             out.push_str(&format!(" reason=\"{reason}\""));
         }
         if !v.domain.is_empty() {
@@ -717,8 +859,22 @@ mod tests {
             ("v=DKIM1; s=web; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", "not for email"),
             ("v=DKIM1; h=sha1", "no p="),
         ] {
-            let e = parse_key_record(rec.as_bytes()).unwrap_err();
+            let e = parse_key_record(rec.as_bytes()).unwrap_err().to_string();
             assert!(e.contains(want), "{rec}: {e}");
+        }
+    }
+
+    #[test]
+    fn reasons_read_as_the_reports_always_showed_them() {
+        for (reason, want) in [
+            (Reason::TagSyntax { tag: "t", value: String::new() }, "syntax error in tag t="),
+            (Reason::TagSyntax { tag: "d", value: "-x".into() }, "syntax error in tag d=-x"),
+            (Reason::KeyTypeMismatch(KeyType::Ed25519), "key type does not match a= (key is not Ed25519)"),
+            (Reason::KeyRecord(KeyRecordError::Revoked), "key revoked (empty p=)"),
+            (Reason::LengthBeyondBody { length: 9, body: 2 }, "l=9 is longer than the body (2 octets)"),
+            (Reason::BodyHash, "body hash mismatch"),
+        ] {
+            assert_eq!(reason.to_string(), want);
         }
     }
 
@@ -731,7 +887,7 @@ mod tests {
 
     #[test]
     fn overall_result() {
-        let v = |r| Verdict::new(r, "");
+        let v = |r| Verdict::new(r, None);
         assert_eq!(overall(&[]), DkimResult::None);
         assert_eq!(overall(&[v(DkimResult::Fail), v(DkimResult::Pass)]), DkimResult::Pass);
         assert_eq!(overall(&[v(DkimResult::PermError), v(DkimResult::TempError)]), DkimResult::TempError);

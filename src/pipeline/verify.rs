@@ -4,7 +4,7 @@
 //! verdicts (text, JSON, counts) is the caller's `emit`.
 
 use super::*;
-use crate::dkim::verify::{DkimResult, Verdict};
+use crate::dkim::verify::{DkimResult, Reason, Verdict};
 
 /// One checked message, in input order.
 pub struct Checked<'a> {
@@ -38,12 +38,11 @@ pub fn verify_source(
         if m.len() as u64 > max_message {
             return vec![Verdict::new(
                 DkimResult::PermError,
-                format!("not checked: {}", too_large_reason(m.len() as u64, max_message)),
+                Reason::NotChecked(too_large_reason(m.len() as u64, max_message)),
             )];
         }
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(m))).unwrap_or_else(|_| {
-            vec![Verdict::new(DkimResult::PermError, "internal error (panic) while verifying; please report it")]
-        })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(m)))
+            .unwrap_or_else(|_| vec![Verdict::new(DkimResult::PermError, Reason::Panic)])
     };
     match source.kind {
         InputKind::Message => {
@@ -80,7 +79,7 @@ pub fn verify_source(
                 pool,
                 |_, item| match item {
                     Ok((m, _)) => guarded(m),
-                    Err(why) => vec![Verdict::new(DkimResult::PermError, format!("not checked: {why}"))],
+                    Err(why) => vec![Verdict::new(DkimResult::PermError, Reason::NotChecked(why.to_string()))],
                 },
                 |rel, verdicts| {
                     let name = source.path.join(rel).display().to_string();
