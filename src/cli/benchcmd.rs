@@ -37,7 +37,6 @@ pub(crate) struct BenchArgs {
 }
 
 pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    let usage = |m: String| exit(sysexits::USAGE, m);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads: Vec<usize> = match &a.threads {
         Some(l) => l
@@ -51,7 +50,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if threads.contains(&0) {
-        return Err(usage("--threads must be at least 1".into()));
+        return Err(usage("--threads must be at least 1"));
     }
     let keys = a
         .algorithms
@@ -63,7 +62,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let corpus = match &a.input {
-        Some(p) => std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?,
+        Some(p) => std::fs::read(p).map_err(|error| CliError::Input { path: p.clone(), error })?,
         None => dkimpress::corpus::generate(a.count, a.size, a.seed, a.attachments),
     };
     eprintln!(
@@ -81,7 +80,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         canon: a.canon,
         min: std::time::Duration::from_secs_f64(a.seconds.max(0.05)),
     };
-    let figs = crate::cli::bench::run(&opts).map_err(|e| exit(sysexits::DATAERR, e))?;
+    let figs = crate::cli::bench::run(&opts).map_err(CliError::Bench)?;
     if a.json {
         let v: Vec<serde_json::Value> = figs.iter().map(|f| f.to_json()).collect();
         println!("{}", serde_json::Value::Array(v));

@@ -59,15 +59,12 @@ pub(crate) fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
     if !a.force {
         for p in [&private, &txt] {
             if p.exists() {
-                return Err(exit(
-                    sysexits::CANTCREAT,
-                    format!("{}: already exists; keep it, or pass --force to replace it", p.display()),
-                ));
+                return Err(CliError::Exists(p.to_path_buf()).into());
             }
         }
     }
     if !a.directory.is_dir() {
-        return Err(exit(sysexits::CANTCREAT, format!("{}: no such directory (-D)", a.directory.display())));
+        return Err(CliError::NoDirectory { path: a.directory.clone(), flag: "-D" }.into());
     }
     let g = dkimpress::dkim::genkey::generate(kind, a.bits)?;
     let opts = RecordOptions {
@@ -79,7 +76,7 @@ pub(crate) fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
     };
     let value = dkimpress::dkim::genkey::record_value(&g.key, &opts);
     let record = dkimpress::dkim::genkey::zone_record(&a.selector, &domain, &value, a.append_domain);
-    let fail = |p: &Path, e: std::io::Error| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", p.display()));
+    let fail = |p: &Path, error: std::io::Error| CliError::Create { path: p.to_path_buf(), error };
     dkimpress::pipeline::io::write_atomic(&private, &[g.pem.as_bytes()], 0o600).map_err(|e| fail(&private, e))?;
     dkimpress::pipeline::io::write_atomic(&txt, &[record.as_bytes()], 0o644).map_err(|e| fail(&txt, e))?;
     // The keys are written; a stdout that fails (a full disk, /dev/full) is an error, not a panic.

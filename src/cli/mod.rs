@@ -216,7 +216,7 @@ impl InputArgs {
     /// The worker thread count: --threads, or all cores.
     fn threads(&self) -> anyhow::Result<usize> {
         match self.threads {
-            Some(0) => Err(exit(sysexits::USAGE, "--threads must be at least 1")),
+            Some(0) => Err(usage("--threads must be at least 1")),
             Some(n) => Ok(n),
             None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
         }
@@ -305,7 +305,71 @@ pub(crate) fn count(n: u64, noun: &str) -> String {
     }
 }
 
-/// An error with a chosen exit code, for cases no typed error covers.
+/// The command line's own errors: what went wrong in its terms, each kind given its exit code
+/// by [`exit_code`] and nowhere else (as rustls maps its errors to alerts in one place).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A flag or argument is wrong or missing; the message names it and the fix (64).
+    #[error("{0}")]
+    Usage(String),
+    /// A setting is wrong (a configuration file value, a resolver that cannot start) (78).
+    #[error("{0}")]
+    Config(String),
+    /// An input file cannot be read (66).
+    #[error("{}: {error}", .path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Reading stdin failed: the MTA may try again (75).
+    #[error("stdin: read failed: {0}")]
+    StdinRead(std::io::Error),
+    /// The message on stdin is larger than `--max-message-size` (65).
+    #[error("stdin: more than {max} octets: larger than the message size limit (--max-message-size)")]
+    StdinTooLarge {
+        /// The limit in octets.
+        max: u64,
+    },
+    /// A file we would create exists and `--force` was not given (73).
+    #[error("{}: already exists; keep it, or pass --force to replace it", .0.display())]
+    Exists(PathBuf),
+    /// The output directory does not exist (73).
+    #[error("{}: no such directory ({flag})", .path.display())]
+    NoDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// The flag that named it.
+        flag: &'static str,
+    },
+    /// A file cannot be created or written (73).
+    #[error("{}: cannot write: {error}", .path.display())]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Writing an output stream failed (a full disk, /dev/full) (74).
+    #[error("{what}: write failed: {error}")]
+    Write {
+        /// The output: `stdout` or a file name.
+        what: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The benchmark's corpus or keys do not work (65).
+    #[error("{0}")]
+    Bench(String),
+}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    CliError::Usage(message.into()).into()
+}
+
+/// An error with a code chosen where it happens: left for the milter's call sites (src/cli/milter),
+/// which are to move to [`CliError`] (issue 12). Everything else uses [`CliError`].
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Exit {
@@ -322,6 +386,17 @@ fn exit(code: u8, message: impl Into<String>) -> anyhow::Error {
 /// Maps an error to its exit code: the one place that does (STYLE.md).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<CliError>() {
+            return match e {
+                CliError::Usage(_) => sysexits::USAGE,
+                CliError::Config(_) => sysexits::CONFIG,
+                CliError::Input { .. } => sysexits::NOINPUT,
+                CliError::StdinRead(_) => sysexits::TEMPFAIL,
+                CliError::StdinTooLarge { .. } | CliError::Bench(_) => sysexits::DATAERR,
+                CliError::Exists(_) | CliError::NoDirectory { .. } | CliError::Create { .. } => sysexits::CANTCREAT,
+                CliError::Write { .. } => sysexits::IOERR,
+            };
+        }
         if let Some(e) = cause.downcast_ref::<Exit>() {
             return e.code;
         }
@@ -458,8 +533,7 @@ where
         Command::Man { dir } => {
             for (name, text) in man_pages()? {
                 let path = dir.join(&name);
-                std::fs::write(&path, text)
-                    .map_err(|e| exit(sysexits::CANTCREAT, format!("{}: cannot write: {e}", path.display())))?;
+                std::fs::write(&path, text).map_err(|error| CliError::Create { path: path.clone(), error })?;
                 eprintln!("dkimpress: wrote {}", path.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -470,7 +544,6 @@ where
 /// Builds the key source from flags, an opendkim.conf, or tables.
 fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
     use dkimpress::select::{KeySource, Tables, Template};
-    let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
     if let Some(t) = a.db_timeout {
         if !(t > 0.0 && t.is_finite()) {
             return Err(usage("--db-timeout must be a positive number of seconds"));
@@ -492,7 +565,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
     // Flags win over the file; the file over defaults.
     let canon = match (a.canon, conf.as_ref().and_then(|c| c.canonicalization.clone())) {
         (Some(c), _) => c,
-        (None, Some(c)) => c.parse().map_err(|e| exit(sysexits::CONFIG, format!("Canonicalization: {e}")))?,
+        (None, Some(c)) => c.parse().map_err(|e| CliError::Config(format!("Canonicalization: {e}")))?,
         (None, None) => Canonicalization::default(),
     };
     let headers = a
@@ -588,10 +661,9 @@ fn nth<'a>(values: &'a [String], n: usize, flag: &str, keys: usize) -> anyhow::R
     match values.len() {
         1 => Ok(&values[0]),
         len if len == keys => Ok(&values[n]),
-        len => Err(exit(
-            sysexits::USAGE,
-            format!("{flag} given {len} times for {keys} keys (-k): give it once for all keys, or once per key"),
-        )),
+        len => Err(usage(format!(
+            "{flag} given {len} times for {keys} keys (-k): give it once for all keys, or once per key"
+        ))),
     }
 }
 
@@ -612,14 +684,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Reads all of stdin, up to `max` octets (more is refused: 65).
 fn read_stdin(max: u64) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(64 * 1024);
-    std::io::Read::take(std::io::stdin().lock(), max + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| exit(sysexits::TEMPFAIL, format!("stdin: read failed: {e}")))?;
+    std::io::Read::take(std::io::stdin().lock(), max + 1).read_to_end(&mut buf).map_err(CliError::StdinRead)?;
     if buf.len() as u64 > max {
-        return Err(exit(
-            sysexits::DATAERR,
-            format!("stdin: more than {max} octets: larger than the message size limit (--max-message-size)"),
-        ));
+        return Err(CliError::StdinTooLarge { max }.into());
     }
     Ok(buf)
 }
@@ -632,7 +699,7 @@ fn write_failed(what: &str, e: std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::Interrupted && dkimpress::pipeline::io::interrupted() {
         return BulkError::Interrupted.into();
     }
-    exit(sysexits::IOERR, format!("{what}: write failed: {e}"))
+    CliError::Write { what: what.to_string(), error: e }.into()
 }
 
 /// Key record sources: zone files and key directories (offline), else DNS (or DNS as well when
@@ -641,7 +708,6 @@ fn key_lookup(r: &RecordArgs) -> anyhow::Result<dkimpress::lookup::Chain> {
     let (zones, key_dirs, servers, timeout) = (&r.zones, &r.key_dirs, &r.dns_servers, r.dns_timeout);
     use dkimpress::dkim::verify::KeyLookup;
     use dkimpress::lookup::{Chain, Dns, KeyDir, ZoneKeys};
-    let usage = |m: String| exit(sysexits::USAGE, m);
     let mut sources: Vec<Box<dyn KeyLookup + Send>> = vec![];
     if !zones.is_empty() {
         sources.push(Box::new(ZoneKeys::load(zones)?));
@@ -662,10 +728,10 @@ fn key_lookup(r: &RecordArgs) -> anyhow::Result<dkimpress::lookup::Chain> {
             addrs.push(addr);
         }
         if timeout.is_nan() || timeout <= 0.0 {
-            return Err(usage("--dns-timeout must be positive".into()));
+            return Err(usage("--dns-timeout must be positive"));
         }
         let dns = Dns::new(&addrs, std::time::Duration::from_secs_f64(timeout), 2)
-            .map_err(|e| exit(sysexits::CONFIG, format!("DNS resolver: {e}")))?;
+            .map_err(|e| CliError::Config(format!("DNS resolver: {e}")))?;
         sources.push(Box::new(dns));
     }
     Ok(Chain(sources))

@@ -55,17 +55,16 @@ pub(crate) struct SignConfig {
 impl SignConfig {
     pub(crate) fn from_args(a: SignArgs) -> anyhow::Result<SignConfig> {
         let keys = key_source(&a.k)?;
-        let usage = |m: String| exit(sysexits::USAGE, m);
         let input = if a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-") {
             if a.in_place {
-                return Err(usage("--in-place needs input files, not stdin".into()));
+                return Err(usage("--in-place needs input files, not stdin"));
             }
             SignInput::Stdin
         } else {
             let mut paths = vec![];
             for p in &a.inputs {
                 if p.as_os_str() == "-" {
-                    return Err(usage("stdin (-) cannot be mixed with other inputs".into()));
+                    return Err(usage("stdin (-) cannot be mixed with other inputs"));
                 }
                 if let Some(o) = &a.output {
                     if same_file(o, p) {
@@ -94,7 +93,7 @@ impl SignConfig {
                 paths.push(source);
             }
             if paths.len() > 1 && !a.in_place {
-                return Err(usage("several inputs need --in-place (or one run per input with -o)".into()));
+                return Err(usage("several inputs need --in-place (or one run per input with -o)"));
             }
             SignInput::Paths(paths)
         };
@@ -134,7 +133,7 @@ pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
             let data: &[u8] = match &src.spooled {
                 Some(m) => m,
                 None => {
-                    read = std::fs::read(p).map_err(|e| exit(sysexits::NOINPUT, format!("{}: {e}", p.display())))?;
+                    read = std::fs::read(p).map_err(|error| CliError::Input { path: p.clone(), error })?;
                     &read
                 }
             };

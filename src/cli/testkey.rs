@@ -48,7 +48,6 @@ pub(crate) fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), Stri
 
 pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     use dkimpress::dkim::verify::LookupError;
-    let usage = |m: &str| exit(sysexits::USAGE, m.to_string());
     // (label, domain, selector, key or the reason it cannot be loaded)
     type Tested = (String, String, String, Result<Arc<SigningKey>, String>);
     let mut keys: Vec<Tested> = vec![];
@@ -67,7 +66,7 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         let t = dkimpress::select::Tables::open(kt, "csl:", false, template.clone(), base)?;
         let names = t.key_names()?;
         if names.is_empty() {
-            return Err(exit(sysexits::CONFIG, format!("{}: no keys in the KeyTable", dkimpress::tables::redact(kt))));
+            return Err(CliError::Config(format!("{}: no keys in the KeyTable", dkimpress::tables::redact(kt))).into());
         }
         for name in names {
             match t.entry(&name) {

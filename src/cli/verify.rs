@@ -82,7 +82,6 @@ pub(crate) fn verdict_json(
 pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     use dkimpress::dkim::verify::{self, DkimResult, Policy};
     use dkimpress::lookup::KeyCache;
-    let usage = |m: String| exit(sysexits::USAGE, m);
     let lookup = key_lookup(&a.records)?;
     let cache = KeyCache::new(&lookup);
     let keys = |s: &str, d: &str| cache.get(s, d);
@@ -112,7 +111,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 
     let stdin_mode = a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-");
     if a.add_ar.is_some() && !stdin_mode {
-        return Err(usage("--add-ar is a filter: it reads one message on stdin".into()));
+        return Err(usage("--add-ar is a filter: it reads one message on stdin"));
     }
     let mut counts: std::collections::BTreeMap<DkimResult, u64> = Default::default();
     let mut failed = 0u64;
@@ -183,13 +182,10 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 /// we accept the token form only). A CR or LF would let the id inject header fields.
 pub(crate) fn check_authserv_id(id: &str) -> anyhow::Result<()> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-        return Err(exit(
-            sysexits::USAGE,
-            format!(
-                "--add-ar {:?}: the authserv-id must be a host name (letters, digits, '.', '-', '_')",
-                pipeline::sanitize(id)
-            ),
-        ));
+        return Err(usage(format!(
+            "--add-ar {:?}: the authserv-id must be a host name (letters, digits, '.', '-', '_')",
+            pipeline::sanitize(id)
+        )));
     }
     Ok(())
 }
