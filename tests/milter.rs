@@ -516,3 +516,49 @@ dktest!(
         assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
     }
 );
+
+dktest!(
+    /// libmilter's own client (miltertest, from OpenDKIM) drives the daemon: the DKIM-Signature
+    /// it receives, put on the message it sent, passes dkimpy. Needs the `miltertest` package
+    /// (scripts/test installs it when it can); skips loudly without it.
+    miltertest_client_gets_a_valid_signature,
+    |dir| {
+        let have = Command::new("miltertest").arg("-h").output().is_ok();
+        if !have {
+            if std::env::var("DKIMPRESS_REQUIRE_MILTERTEST").as_deref() == Ok("1") {
+                panic!("miltertest is required (DKIMPRESS_REQUIRE_MILTERTEST=1) but not installed");
+            }
+            eprintln!("\n!!! SKIPPED: miltertest not installed (apt-get install miltertest) !!!\n");
+            return;
+        }
+        if !dkimpy_available() {
+            return;
+        }
+        let c = conf(&dir, "");
+        std::fs::write(dir.join("keys/signingtable"), "*@example.com rsa\n").unwrap();
+        let m = Milter::start(&dir, &["--config", c.to_str().unwrap()]);
+        let script = crate::util::root().join("tests/miltertest/sign.lua");
+        let out = Command::new("miltertest")
+            .arg("-s")
+            .arg(&script)
+            .arg("-D")
+            .arg(format!("socket=unix:{}", m.socket.display()))
+            .args(["-D", "from=alice@example.com"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "miltertest: {text}{}\n{}", String::from_utf8_lossy(&out.stderr), log(&dir));
+        let sig = text.split("BEGIN-SIGNATURE\n").nth(1).and_then(|t| t.split("\nEND-SIGNATURE").next()).unwrap();
+        // The message as miltertest sent it, with the field put on top as an MTA would.
+        let leadspc = if sig.starts_with(' ') { "" } else { " " };
+        let msg = format!(
+            "DKIM-Signature:{leadspc}{}\r\nFrom: Alice <alice@example.com>\r\nTo: rcpt@example.net\r\n\
+             Subject: miltertest\r\n\twith a folded line\r\nDate: Tue, 01 Dec 2026 05:00:00 +0000\r\n\
+             Message-ID: <mt.1@example.com>\r\n\r\nHello from miltertest.\r\n\r\n-- \r\nAlice\r\n",
+            sig.replace('\n', "\r\n")
+        );
+        let f = dir.write("mt.eml", msg.as_bytes());
+        let (ok, text) = dkimpy_verify(&dir.join("keys"), &["--raw", "--expect-sigs", "1"], &[f]);
+        assert!(ok, "{text}");
+    }
+);

@@ -26,16 +26,8 @@ pub mod action {
 
 /// Protocol steps the filter does not want, or will not answer (SMFIP_*).
 pub mod step {
-    /// No HELO.
-    pub const NOHELO: u32 = 1 << 1;
-    /// No RCPT.
-    pub const NORCPT: u32 = 1 << 3;
     /// No reply to each header field.
     pub const NR_HDR: u32 = 1 << 7;
-    /// No unknown SMTP commands.
-    pub const NOUNKNOWN: u32 = 1 << 8;
-    /// No DATA.
-    pub const NODATA: u32 = 1 << 9;
     /// Header values keep their leading space (needed for `simple` header canonicalization:
     /// the bytes after the colon are signed as they are).
     pub const HDR_LEADSPC: u32 = 1 << 20;

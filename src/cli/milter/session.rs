@@ -88,12 +88,12 @@ impl<'a> Session<'a> {
                 if version < 2 {
                     return Next::Close(vec![]);
                 }
-                // What we ask for, within what the MTA offers: add and delete fields; no HELO,
-                // RCPT, DATA or unknown commands; no reply per header field; leading spaces kept.
+                // What we ask for, within what the MTA offers: add and delete fields; no reply
+                // per header field; leading spaces kept. Every step is still sent (HELO, RCPT,
+                // DATA cost one round trip each, and libmilter's own test client, miltertest,
+                // refuses to drive a filter that declines RCPT).
                 let want_actions = action::ADDHDRS | action::CHGHDRS | action::QUARANTINE;
-                let want_steps = step::NOHELO | step::NORCPT | step::NODATA | step::NOUNKNOWN;
-                let optional = step::NR_HDR | step::HDR_LEADSPC;
-                let steps = (want_steps & protocol) | (optional & protocol);
+                let steps = (step::NR_HDR | step::HDR_LEADSPC) & protocol;
                 self.leadspc = steps & step::HDR_LEADSPC != 0;
                 self.no_header_reply = steps & step::NR_HDR != 0;
                 Reply(vec![Response::OptNeg {
