@@ -98,3 +98,47 @@ dktest!(
         assert!(text.contains("OK") && text.contains("testing mode t=y") && text.contains("1024 bits"), "{text}");
     }
 );
+
+dktest!(
+    /// Issue 12: one flag name for a thing across commands: `--type` for the key type (bench
+    /// still reads `--algorithms`), `--report json` and `-q`/`-v` wherever there is a report.
+    flags_agree_across_commands,
+    |dir| {
+        assert!(dir.cmd().args(["genkey", "-d", "example.com", "-s", "quiet", "-q"]).ok().is_empty());
+        let out = dir.cmd().args(["genkey", "-d", "example.com", "-s", "loud", "-v", "--type", "ed25519"]).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("publish as TXT at loud._domainkey.example.com"), "{err}");
+        let testkey = |extra: &[&str]| {
+            dir.cmd()
+                .args(["testkey", "-d", "example.com", "-s", "quiet", "-k", "quiet.private", "--dns-zone", "quiet.txt"])
+                .args(extra)
+                .run()
+        };
+        let out = testkey(&["--report", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((v["result"].as_str(), v["name"].as_str()), (Some("ok"), Some("quiet._domainkey.example.com")));
+        assert!(v["record"].as_str().unwrap().starts_with("v=DKIM1; h=sha256; k=rsa; p="), "{v}");
+        assert!(testkey(&["-q"]).stdout.is_empty());
+        assert!(String::from_utf8_lossy(&testkey(&["-v"]).stdout).contains("\n  record: v=DKIM1;"));
+        let keys = crate::util::testdata("keys");
+        let signed = dir
+            .cmd()
+            .args(["sign", "-d", "example.com", "-s", "test-ed", "-k"])
+            .arg(keys.join("test-ed.private"))
+            .arg(crate::util::testdata("messages/plain-lf.eml"))
+            .ok();
+        let out = dir.cmd().args(["verify", "-v", "--dns-zone"]).arg(keys.join("test-ed.txt")).stdin(&signed).run();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("stdin: pass | pass d=example.com s=test-ed a=ed25519-sha256 i=@example.com"), "{text}");
+        for flag in ["--type", "--algorithms"] {
+            let out = dir
+                .cmd()
+                .args(["bench", "--count", "2", "--seconds", "0.01", "-j", "1", "-q", "--report", "json", flag, "ed25519"])
+                .run();
+            assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+            let figs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let names: Vec<&str> = figs.as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+            assert!(names.iter().any(|n| n.contains("Ed25519")) && !names.iter().any(|n| n.contains("RSA")), "{names:?}");
+        }
+    }
+);

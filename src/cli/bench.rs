@@ -91,6 +91,8 @@ pub struct BenchOptions {
     pub canon: dkimpress::dkim::canon::Canonicalization,
     /// Minimum time per measurement.
     pub min: Duration,
+    /// No progress lines on stderr.
+    pub quiet: bool,
 }
 
 /// Runs every measurement and returns the figures, printing progress lines to stderr.
@@ -105,6 +107,12 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
     let bytes = data.len() as f64;
     let mut figs = vec![];
     let mut push = |f: Figure| {
+        if o.quiet {
+            figs.push(f);
+            return;
+        }
+        // MB/s: 10^6 octets a second, as `openssl speed` counts (the block sizes in names are
+        // binary: "1 MiB" is 1048576 octets).
         eprintln!(
             "  {:<42} {:>2} thr {:>12.0}/s {:>10.1} MB/s{}",
             f.name,

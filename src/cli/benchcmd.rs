@@ -7,7 +7,7 @@ pub(crate) struct BenchArgs {
     /// Messages to generate.
     #[arg(long = "count", default_value_t = 3000)]
     pub(crate) count: usize,
-    /// Message sizes: 4k, 1m, lognormal:4k, ...
+    /// Message sizes: 4k, 1m, lognormal:4k, ... (k and m are 1024 and 1048576 octets).
     #[arg(long = "size", default_value = "4k")]
     pub(crate) size: dkimpress::corpus::SizeDist,
     /// Seed of the generator (same seed, same corpus).
@@ -22,18 +22,26 @@ pub(crate) struct BenchArgs {
     /// Thread counts, comma-separated [default: 1 and all cores].
     #[arg(short = 'j', long = "threads", value_name = "LIST")]
     pub(crate) threads: Option<String>,
-    /// Key types to sign and verify with: rsa, ed25519 (comma-separated).
-    #[arg(long = "algorithms", default_value = "rsa,ed25519")]
-    pub(crate) algorithms: String,
+    /// Key types to sign and verify with, comma-separated, in this order (genkey's --type).
+    #[arg(long = "type", alias = "algorithms", value_name = "TYPES", value_enum, value_delimiter = ',',
+          default_values_t = [KeyTypeArg::Rsa, KeyTypeArg::Ed25519])]
+    pub(crate) key_types: Vec<KeyTypeArg>,
     /// Canonicalization of the end-to-end runs (header/body).
     #[arg(short = 'c', long = "canonicalization", value_name = "H/B", default_value = "relaxed/relaxed")]
     pub(crate) canon: dkimpress::dkim::canon::Canonicalization,
     /// Minimum seconds per measurement.
     #[arg(long = "seconds", default_value_t = 1.0)]
     pub(crate) seconds: f64,
-    /// Print the figures as JSON on stdout.
-    #[arg(long = "json")]
+    /// Report: text (the figures on stderr as they are measured) or json (also an array of the
+    /// figures on stdout). Rates are in MB/s, 1 MB = 10^6 octets.
+    #[arg(long = "report", value_name = "FORMAT", value_enum, default_value_t = ReportFormat::Text)]
+    pub(crate) report: ReportFormat,
+    /// Same as --report json (the older spelling).
+    #[arg(long = "json", hide = true)]
     pub(crate) json: bool,
+    /// No figures on stderr (with --report json, only the JSON).
+    #[arg(short = 'q', long = "quiet")]
+    pub(crate) quiet: bool,
 }
 
 pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -52,36 +60,32 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     if threads.contains(&0) {
         return Err(usage("--threads must be at least 1"));
     }
-    let keys = a
-        .algorithms
-        .split(',')
-        .map(|k| match k.trim() {
-            "rsa" => Ok(KeyType::Rsa),
-            "ed25519" => Ok(KeyType::Ed25519),
-            other => Err(usage(format!("--algorithms: unknown {other:?}"))),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys: Vec<KeyType> = a.key_types.iter().map(|&k| k.into()).collect();
     let corpus = match &a.input {
         Some(p) => std::fs::read(p).map_err(|error| CliError::Input { path: p.clone(), error })?,
         None => dkimpress::corpus::generate(a.count, a.size, a.seed, a.attachments),
     };
-    eprintln!(
-        "dkimpress bench: {} bytes, {}; threads {threads:?}; {} cores",
-        corpus.len(),
-        a.input.as_ref().map_or(format!("{} generated messages, size {}, seed {}", a.count, a.size, a.seed), |p| p
-            .display()
-            .to_string()),
-        cores
-    );
+    if !a.quiet {
+        eprintln!(
+            "dkimpress bench: {} octets, {}; threads {threads:?}; {} cores; rates in MB/s (10^6 octets)",
+            corpus.len(),
+            a.input.as_ref().map_or(
+                format!("{}, size {}, seed {}", count(a.count as u64, "generated message"), a.size, a.seed),
+                |p| p.display().to_string()
+            ),
+            cores
+        );
+    }
     let opts = crate::cli::bench::BenchOptions {
         corpus,
         threads,
         keys,
         canon: a.canon,
         min: std::time::Duration::from_secs_f64(a.seconds.max(0.05)),
+        quiet: a.quiet,
     };
     let figs = crate::cli::bench::run(&opts).map_err(CliError::Bench)?;
-    if a.json {
+    if a.json || a.report == ReportFormat::Json {
         let v: Vec<serde_json::Value> = figs.iter().map(|f| f.to_json()).collect();
         println!("{}", serde_json::Value::Array(v));
     }

@@ -44,6 +44,12 @@ pub(crate) struct GenkeyArgs {
     /// Overwrite existing SELECTOR.private / SELECTOR.txt.
     #[arg(short = 'f', long = "force")]
     pub(crate) force: bool,
+    /// Write the files only: no record on stdout, no summary on stderr.
+    #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// Also say where to publish the record and how long it is.
+    #[arg(short = 'v', long = "verbose")]
+    pub(crate) verbose: bool,
     /// Print help.
     #[arg(long = "help", action = ArgAction::Help)]
     pub(crate) help: Option<bool>,
@@ -79,10 +85,22 @@ pub(crate) fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
     let fail = |p: &Path, error: std::io::Error| CliError::Create { path: p.to_path_buf(), error };
     dkimpress::pipeline::io::write_atomic(&private, &[g.pem.as_bytes()], 0o600).map_err(|e| fail(&private, e))?;
     dkimpress::pipeline::io::write_atomic(&txt, &[record.as_bytes()], 0o644).map_err(|e| fail(&txt, e))?;
+    if a.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
     // The keys are written; a stdout that fails (a full disk, /dev/full) is an error, not a panic.
     {
         let mut out = std::io::stdout().lock();
         out.write_all(record.as_bytes()).and_then(|_| out.flush()).map_err(|e| write_failed("stdout", e))?;
+    }
+    if a.verbose {
+        // RFC 1035 §3.3: a TXT character-string holds at most 255 octets.
+        eprintln!(
+            "dkimpress: publish as TXT at {}._domainkey.{domain}: {} octets, in {} strings of at most 255",
+            a.selector,
+            value.len(),
+            record.matches('"').count() / 2
+        );
     }
     eprintln!(
         "dkimpress: wrote {} ({} {} bits, mode 0600) and {}",

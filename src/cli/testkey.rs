@@ -22,6 +22,15 @@ pub(crate) struct TestkeyArgs {
     pub(crate) key_table: Option<String>,
     #[command(flatten)]
     pub(crate) records: RecordArgs,
+    /// Output: text (a line per key) or json (a JSON object per line).
+    #[arg(long = "report", value_name = "FORMAT", value_enum, default_value_t = ReportFormat::Text)]
+    pub(crate) report: ReportFormat,
+    /// Print only the keys that fail.
+    #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// Also print each key record checked.
+    #[arg(short = 'v', long = "verbose")]
+    pub(crate) verbose: bool,
 }
 
 /// Whether the public key in a key record value is the public half of `key`.
@@ -102,6 +111,8 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     let mut bad = 0;
     for (label, domain, selector, key) in &keys {
         let name = format!("{selector}._domainkey.{domain}");
+        // The verdict, and the record it is about.
+        let mut checked: Option<String> = None;
         let verdict = match key {
             Err(e) => Err(format!("cannot load the private key: {e}")),
             Ok(key) => match dkimpress::dkim::verify::KeyLookup::txt(&lookup, &name) {
@@ -110,6 +121,7 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
                 Ok(records) => {
                     let mut result = Err(format!("no TXT record at {name}"));
                     for r in &records {
+                        checked = Some(pipeline::sanitize(&String::from_utf8_lossy(r)));
                         result = record_matches(r, key).map(|()| {
                             format!("{} {} bits{}", key.key_type().as_str(), key.bits(), record_notes(r, key))
                         });
@@ -121,11 +133,24 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
                 }
             },
         };
-        match verdict {
-            Ok(what) => println!("{label}: OK ({name}, {what})"),
-            Err(why) => {
-                bad += 1;
-                println!("{label}: {why}");
+        if verdict.is_err() {
+            bad += 1;
+        }
+        let line = match (a.report, &verdict) {
+            (ReportFormat::Json, _) => serde_json::json!({
+                "key": label, "name": name, "result": if verdict.is_ok() { "ok" } else { "fail" },
+                "detail": verdict.as_ref().unwrap_or_else(|e| e), "record": checked,
+            })
+            .to_string(),
+            _ if a.quiet && verdict.is_ok() => continue,
+            (ReportFormat::Text, Ok(what)) => format!("{label}: OK ({name}, {what})"),
+            (ReportFormat::Text, Err(why)) => format!("{label}: {why}"),
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").map_err(|e| write_failed("stdout", e))?;
+        if a.verbose && a.report == ReportFormat::Text {
+            if let Some(r) = &checked {
+                writeln!(out, "  record: {r}").map_err(|e| write_failed("stdout", e))?;
             }
         }
     }

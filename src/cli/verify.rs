@@ -28,8 +28,11 @@ pub(crate) struct VerifyArgs {
     #[arg(long = "report", value_name = "FORMAT", value_enum, default_value_t = ReportFormat::Text)]
     pub(crate) report: ReportFormat,
     /// No summary line on stderr.
-    #[arg(short = 'q', long = "quiet")]
+    #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
     pub(crate) quiet: bool,
+    /// Text report: also each signature's i= (JSON always has it) and the time taken.
+    #[arg(short = 'v', long = "verbose")]
+    pub(crate) verbose: bool,
     /// Filter mode (stdin only): write the message to stdout with an Authentication-Results
     /// field (RFC 8601) for this authserv-id on top; exit 0 whatever the result.
     #[arg(long = "add-ar", value_name = "AUTHSERV-ID")]
@@ -44,10 +47,14 @@ pub(crate) fn verdict_line(
     name: &str,
     verdicts: &[dkimpress::dkim::verify::Verdict],
     overall: dkimpress::dkim::verify::DkimResult,
+    verbose: bool,
 ) -> String {
     let mut line = format!("{}: {overall}", pipeline::sanitize(name));
     for v in verdicts {
         line.push_str(&format!(" | {} d={} s={} a={}", v.result, v.domain, v.selector, v.algorithm));
+        if verbose && !v.identity.is_empty() {
+            line.push_str(&format!(" i={}", pipeline::sanitize(&v.identity)));
+        }
         if let Some(reason) = &v.reason {
             line.push_str(&format!(": {}", pipeline::sanitize(&reason.to_string())));
         }
@@ -109,6 +116,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    let started = std::time::Instant::now();
     let stdin_mode = a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-");
     if a.add_ar.is_some() && !stdin_mode {
         return Err(usage("--add-ar is a filter: it reads one message on stdin"));
@@ -123,7 +131,11 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             if !judge(vs) {
                 failed += 1;
             }
-            let line = if json { verdict_json(name, file, index, offset, vs, o) } else { verdict_line(name, vs, o) };
+            let line = if json {
+                verdict_json(name, file, index, offset, vs, o)
+            } else {
+                verdict_line(name, vs, o, a.verbose)
+            };
             writeln!(out, "{line}")
         };
 
@@ -168,7 +180,8 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let total: u64 = counts.values().sum();
     if !a.quiet {
         let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        eprintln!("dkimpress: {}: {}; {failed} not verified", count(total, "message"), parts.join(", "));
+        let took = if a.verbose { format!(" ({:.2} s)", started.elapsed().as_secs_f64()) } else { String::new() };
+        eprintln!("dkimpress: {}: {}; {failed} not verified{took}", count(total, "message"), parts.join(", "));
     }
     if total == 0 {
         // Success over nothing would hide an input that was not what it seemed (issue 11, item 1).
