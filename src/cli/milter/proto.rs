@@ -318,7 +318,8 @@ pub fn write_responses(w: &mut (impl Write + ?Sized), responses: &[Response]) ->
     w.flush()
 }
 
-/// Encodes a command as the MTA would send it (for tests and the benchmark client).
+/// Encodes a command as the MTA would send it (the tests' MTA side).
+#[cfg(test)]
 pub fn encode_command(cmd: u8, data: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(5 + data.len());
     p.extend_from_slice(&(data.len() as u32 + 1).to_be_bytes());
