@@ -387,6 +387,7 @@ dktest!(
         // Unsigned mail from outside: no field added (AlwaysAddARHeader is off).
         let r = mta.message(b"From: x@example.com\nSubject: s\n\nhi\n", steps, None);
         assert_eq!(r, [Reply::Accept]);
+        assert!(log(&dir).contains("external host 192.0.2.7 tried to send mail as example.com"), "{}", log(&dir));
         // The same client, authenticated: signed.
         let r = mta.message(b"From: x@example.com\nSubject: s\n\nhi\n", steps, Some("alice"));
         assert!(r.iter().any(|r| matches!(r, Reply::Insert(0, n, _) if n == "DKIM-Signature")), "{r:?}");

@@ -207,6 +207,9 @@ pub struct Settings {
     pub verify: bool,
     /// Clients whose mail is signed.
     pub internal: InternalHosts,
+    /// Outside clients allowed to send as our domains unsigned, without a warning
+    /// (`ExternalIgnoreList`).
+    pub external_ignore: Option<InternalHosts>,
     /// `{daemon_name}` values whose mail is signed (`MTA`).
     pub mta_names: Vec<String>,
     /// Our authserv-id.
@@ -307,6 +310,10 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
         Some(spec) => InternalHosts::load(spec, &dir).map_err(cfg_err)?,
         None => InternalHosts::default(),
     };
+    let external_ignore = match c.as_ref().and_then(|c| c.external_ignore_list.as_ref()) {
+        Some(spec) => Some(InternalHosts::load(spec, &dir).map_err(cfg_err)?),
+        None => None,
+    };
     let actions = Actions::from_conf(c.as_ref().map(|c| c.on.as_slice()).unwrap_or_default()).map_err(cfg_err)?;
     let authserv_id = match a.authserv_id.clone().or_else(|| c.as_ref().and_then(|c| c.authserv_id.clone())) {
         Some(id) => id,
@@ -331,6 +338,7 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
         sign,
         verify: verifies,
         internal,
+        external_ignore,
         mta_names: c.as_ref().map(|c| c.mta.clone()).unwrap_or_default(),
         authserv_id,
         always_add_ar: c.as_ref().is_some_and(|c| c.always_add_ar),

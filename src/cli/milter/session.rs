@@ -245,6 +245,7 @@ impl<'a> Session<'a> {
                     }
                 },
                 Err(why) => {
+                    self.warn_external_as_ours();
                     if s.log_why {
                         self.log.info(&format!("not signed: {why}"));
                     }
@@ -255,6 +256,22 @@ impl<'a> Session<'a> {
             return self.verify();
         }
         vec![Response::Accept]
+    }
+
+    /// An outside client sending mail whose From has a key of ours is worth a line in the log
+    /// (opendkim(8) logs it too), unless it is listed in ExternalIgnoreList.
+    fn warn_external_as_ours(&mut self) {
+        let s = self.settings;
+        let (Some(keys), false) = (&s.sign, self.client.is_empty()) else { return };
+        if s.external_ignore.as_ref().is_some_and(|l| l.contains(&self.client)) {
+            return;
+        }
+        let Ok(parsed) = dkimpress::dkim::header::Message::parse(&self.message) else { return };
+        if let Ok(signers) = keys.signers_for(&parsed, None) {
+            if let Some(d) = signers.first().map(|s| s.domain().to_string()) {
+                self.log.warn(&format!("external host {} tried to send mail as {d}", self.client));
+            }
+        }
     }
 
     /// Signs the message. Mail that has no key of ours falls through to verification.
