@@ -148,7 +148,12 @@ impl Mta {
     }
 
     fn connect_from(&mut self, addr: &str) {
-        self.macros(b'C', &[("j", "mx.example.com"), ("{daemon_name}", "smtpd")]);
+        self.connect_via(addr, "smtpd");
+    }
+
+    /// A client at `addr` that reached the MTA through the daemon called `daemon`.
+    fn connect_via(&mut self, addr: &str, daemon: &str) {
+        self.macros(b'C', &[("j", "mx.example.com"), ("{daemon_name}", daemon)]);
         let mut d = b"client.example\0".to_vec();
         d.push(if addr.contains(':') { b'6' } else { b'4' });
         d.extend_from_slice(&25000u16.to_be_bytes());
@@ -472,6 +477,10 @@ dktest!(
         for t in threads {
             assert_eq!(t.join().unwrap(), 2);
         }
+        // A connection open across the reload keeps working.
+        let mut before = m.connect();
+        let before_steps = before.negotiate();
+        before.connect_from("127.0.0.1");
         // Reload: only the Ed25519 key is left in the SigningTable.
         std::fs::write(dir.join("keys/signingtable"), "*@example.com ed\n").unwrap();
         m.signal("-HUP");
@@ -480,6 +489,8 @@ dktest!(
             assert!(Instant::now() < deadline, "no reload: {}", log(&dir));
             std::thread::sleep(Duration::from_millis(20));
         }
+        let r = before.message(b"From: a@example.com\n\nx\n", before_steps, None);
+        assert_eq!(r.last(), Some(&Reply::Accept), "the connection opened before the reload: {r:?}");
         let mut mta = m.connect();
         let steps = mta.negotiate();
         mta.connect_from("127.0.0.1");
@@ -495,7 +506,7 @@ dktest!(
         }
         let r = mta.message(b"From: a@example.com\n\nx\n", steps, None);
         assert_eq!(r.iter().filter(|r| matches!(r, Reply::Insert(..))).count(), 1, "{r:?}");
-        drop(mta);
+        drop((mta, before));
         let socket = m.socket.clone();
         drop(m);
         assert!(!socket.exists(), "the socket is removed on SIGTERM");
@@ -561,5 +572,38 @@ dktest!(
         let f = dir.write("mt.eml", msg.as_bytes());
         let (ok, text) = dkimpy_verify(&dir.join("keys"), &["--raw", "--expect-sigs", "1"], &[f]);
         assert!(ok, "{text}");
+    }
+);
+
+dktest!(
+    /// `MTA submission`: mail that reached the MTA through the daemon named `submission`
+    /// (`{daemon_name}`) is signed whatever its client; through `smtpd` it is not. Mode `v`
+    /// alone needs no keys and signs nothing.
+    mta_daemon_names_and_verify_only_mode,
+    |dir| {
+        let c = conf(&dir, "MTA submission\n");
+        let msg = b"From: a@example.com\nSubject: s\n\nbody\n";
+        {
+            let m = Milter::start(&dir, &["--config", c.to_str().unwrap()]);
+            let mut mta = m.connect();
+            let steps = mta.negotiate();
+            mta.connect_via("198.51.100.4", "submission");
+            let r = mta.message(msg, steps, None);
+            assert!(r.iter().any(|r| matches!(r, Reply::Insert(0, n, _) if n == "DKIM-Signature")), "{r:?}");
+            let mut mta = m.connect();
+            let steps = mta.negotiate();
+            mta.connect_via("198.51.100.4", "smtpd");
+            assert_eq!(mta.message(msg, steps, None), [Reply::Accept]);
+        }
+        let v = dir.write("verify.conf", b"Mode v\nAuthservID mx.example.com\nAlwaysAddARHeader yes\n");
+        let m = Milter::start(&dir, &["--config", v.to_str().unwrap()]);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("127.0.0.1");
+        let r = mta.message(msg, steps, None);
+        assert!(
+            matches!(&r[..], [Reply::Insert(0, n, v), Reply::Accept] if n == "Authentication-Results" && v.contains("dkim=none")),
+            "{r:?}"
+        );
     }
 );
