@@ -241,9 +241,26 @@ impl Tables {
         Ok(self.template.build(Arc::new(key), domain, selector)?)
     }
 
-    /// The signers for the author `local@domain`: first SigningTable match (all matches with
-    /// `MultipleSignatures`).
+    /// The signers for the author `local@domain` (`domain` in A-labels): first SigningTable
+    /// match (all matches with `MultipleSignatures`). A table may name an IDN domain either way:
+    /// when the A-label form matches nothing, its U-label form is tried (RFC 8616 §5).
     fn lookup(&self, local: &str, domain: &str) -> Result<Vec<Signer>, SelectError> {
+        let names = self.names_for(local, domain)?;
+        let names = match names.is_empty() && domain.split('.').any(|l| l.starts_with("xn--")) {
+            true => match idna::domain_to_unicode(domain) {
+                (unicode, Ok(())) if unicode != domain => self.names_for(local, &unicode)?,
+                _ => names,
+            },
+            false => names,
+        };
+        if names.is_empty() {
+            return Err(SelectError::NoKey(format!("{local}@{domain}")));
+        }
+        names.iter().map(|n| self.signer(n.trim())).collect()
+    }
+
+    /// The KeyTable names the SigningTable gives `local@domain`, as written.
+    fn names_for(&self, local: &str, domain: &str) -> Result<Vec<String>, SelectError> {
         let address = format!("{local}@{domain}");
         let names: Vec<String> = if self.signing_table.is_pattern() {
             let all = self.signing_table.all(&address).map_err(table_err)?;
@@ -264,10 +281,7 @@ impl Tables {
             }
             names
         };
-        if names.is_empty() {
-            return Err(SelectError::NoKey(address));
-        }
-        names.iter().map(|n| self.signer(n.trim())).collect()
+        Ok(names)
     }
 }
 
@@ -318,7 +332,8 @@ impl KeySource {
             KeySource::Fixed(_) => unreachable!("handled above"),
             KeySource::Domains { domains, subdomains, selector, key, template } => {
                 let hit = domains.iter().find(|d| {
-                    let d = d.to_ascii_lowercase();
+                    // The configured domain may be written as U-labels; the author's is A-labels.
+                    let d = crate::dkim::tags::to_a_labels(d).to_ascii_lowercase();
                     domain == d || (*subdomains && domain.ends_with(&format!(".{d}")))
                 });
                 match hit {

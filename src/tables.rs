@@ -244,6 +244,11 @@ pub fn author_address(value: &str) -> Result<(String, String), String> {
             }
         }
         let domain = addr[at + 1..].trim().trim_end_matches('.').to_ascii_lowercase();
+        // Keys are chosen by the A-label form of the author's domain (RFC 8616 §5, §3).
+        let domain = match crate::dkim::tags::to_a_labels(&domain) {
+            std::borrow::Cow::Owned(a) => a,
+            std::borrow::Cow::Borrowed(_) => domain,
+        };
         if local.is_empty() || !is_domain_name(&domain) {
             return Err(format!("{addr:?} is not an address"));
         }

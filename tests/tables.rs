@@ -256,3 +256,39 @@ dktest!(
         }
     }
 );
+
+dktest!(
+    /// Issue 12, RFC 8616: domains written as U-labels in -d, the KeyTable, the SigningTable or
+    /// From are signed as A-labels, and what is signed verifies under the A-label name.
+    idn_domains_sign_select_and_verify_as_a_labels,
+    |dir| {
+        let key = crate::util::testdata("keys/test.private");
+        std::fs::create_dir_all(dir.join("kd")).unwrap();
+        std::fs::copy(crate::util::testdata("keys/test.txt"), dir.join("kd/test._domainkey.xn--bcher-kva.example.txt"))
+            .unwrap();
+        let verify = |signed: &[u8]| {
+            let out = dir.cmd().args(["verify", "--key-dir", "kd"]).stdin(signed).run();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let msg = dir.write("idn.eml", "From: J\u{f6}rg <j@b\u{fc}cher.example>\nSubject: s\n\nbody\n".as_bytes());
+        let signed = dir.cmd().args(["sign", "-d", "b\u{fc}cher.example", "-s", "test", "-k"]).arg(&key).arg(&msg).ok();
+        assert!(String::from_utf8_lossy(&signed).contains("d=xn--bcher-kva.example;"));
+        assert!(verify(&signed).starts_with("stdin: pass | pass d=xn--bcher-kva.example s=test"));
+
+        dir.write("KeyTable", format!("k1 b\u{fc}cher.example:test:{}\n", key.display()).as_bytes());
+        dir.write("refile", "*@b\u{fc}cher.example k1\n".as_bytes());
+        dir.write("plain", "xn--bcher-kva.example k1\n".as_bytes());
+        // Either form in From, either form in the SigningTable.
+        for (from, table) in [
+            ("j@b\u{fc}cher.example", "refile:refile"),
+            ("j@xn--bcher-kva.example", "refile:refile"),
+            ("j@b\u{fc}cher.example", "plain"),
+        ] {
+            let m = dir.write("m.eml", format!("From: {from}\nSubject: s\n\nbody\n").as_bytes());
+            let signed = dir.cmd().args(["sign", "--key-table", "KeyTable", "--signing-table", table]).arg(&m).ok();
+            let text = String::from_utf8_lossy(&signed);
+            assert!(text.contains("d=xn--bcher-kva.example;"), "{from} {table}: {text}");
+            assert!(verify(&signed).starts_with("stdin: pass"), "{from} {table}");
+        }
+    }
+);

@@ -57,7 +57,8 @@ pub(crate) struct GenkeyArgs {
 
 pub(crate) fn cmd_genkey(a: GenkeyArgs) -> anyhow::Result<ExitCode> {
     let kind = KeyType::from(a.key_type);
-    let domain = a.domain.trim_end_matches('.').to_ascii_lowercase();
+    // The record is published under the A-label name (RFC 8616 §3).
+    let domain = dkimpress::dkim::tags::to_a_labels(a.domain.trim_end_matches('.')).to_ascii_lowercase();
     // The same checks a signer makes, before spending time on a key.
     dkimpress::dkim::sign::check_names(&domain, &a.selector)?;
     let private = a.directory.join(format!("{}.private", a.selector));

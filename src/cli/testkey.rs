@@ -95,12 +95,15 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
             crate::cli::conf::Signing::Single { domain, selector: s, key_file } => {
                 let key = SigningKey::from_path(key_file, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
                 for dom in split_list(domain) {
+                    let dom = dkimpress::dkim::tags::to_a_labels(&dom).to_ascii_lowercase();
                     keys.push((format!("{s}._domainkey.{dom}"), dom, s.clone(), key.clone()));
                 }
             }
         }
     }
     if let (Some(d), Some(s), Some(k)) = (&a.domain, &a.selector, &a.key) {
+        // Looked up under the A-label name (RFC 8616 §3).
+        let d = &dkimpress::dkim::tags::to_a_labels(d).to_ascii_lowercase();
         let key = SigningKey::from_path(k, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
         keys.push((format!("{s}._domainkey.{d}"), d.clone(), s.clone(), key));
     }

@@ -118,12 +118,15 @@ pub struct SignerBuilder {
 
 impl SignerBuilder {
     /// A signer with the defaults: relaxed/relaxed, the default header list, From oversigned.
+    /// A domain or selector given as U-labels is signed as its A-labels (RFC 8616 §5; see
+    /// [`crate::dkim::tags::to_a_labels`]).
     pub fn new(key: Arc<SigningKey>, domain: &str, selector: &str) -> SignerBuilder {
+        use crate::dkim::tags::to_a_labels;
         SignerBuilder {
             signer: Signer {
                 key,
-                domain: domain.trim_end_matches('.').to_ascii_lowercase(),
-                selector: selector.to_string(),
+                domain: to_a_labels(domain.trim_end_matches('.')).to_ascii_lowercase(),
+                selector: to_a_labels(selector).into_owned(),
                 canon: Canonicalization::default(),
                 signed: DEFAULT_SIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
                 oversigned: DEFAULT_OVERSIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
@@ -153,9 +156,9 @@ impl SignerBuilder {
         self
     }
 
-    /// The `i=` tag.
+    /// The `i=` tag (a domain given as U-labels is written as A-labels, as `d=`).
     pub fn identity(mut self, identity: Option<String>) -> Self {
-        self.signer.identity = identity;
+        self.signer.identity = identity.map(|i| crate::dkim::tags::identity_to_a_labels(&i).into_owned());
         self
     }
 

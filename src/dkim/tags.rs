@@ -105,6 +105,34 @@ pub fn is_dns_name(s: &str) -> bool {
         })
 }
 
+/// `name` (a domain or a selector) with its U-labels turned into A-labels (IDNA through UTS #46,
+/// the `idna` crate), so `bücher.example` becomes `xn--bcher-kva.example`; an ASCII name is
+/// returned as it is, and a name that is not a valid IDN too (the name rules then refuse it).
+///
+/// RFC 8616 §5 (the DKIM section; §4 is SPF) lets the `d=`, `i=` and `s=` of a signature in an
+/// internationalized header (RFC 6532) be U-labels, A-labels staying valid, and the hash covers
+/// the field as it is written. Keys are published in the DNS, where names are A-labels only
+/// (RFC 8616 §3), so every name we look up or compare is taken in its A-label form, and what we
+/// sign with is written as A-labels: valid in every message, EAI or not.
+pub fn to_a_labels(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.is_ascii() {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    match idna::domain_to_ascii(name) {
+        Ok(a) => std::borrow::Cow::Owned(a),
+        Err(_) => std::borrow::Cow::Borrowed(name),
+    }
+}
+
+/// An identity `local@domain` (`i=`, an author address) with its domain in A-labels (see
+/// [`to_a_labels`]); the local part is kept as it is.
+pub fn identity_to_a_labels(i: &str) -> std::borrow::Cow<'_, str> {
+    match i.rsplit_once('@') {
+        Some((local, d)) if !d.is_ascii() => std::borrow::Cow::Owned(format!("{local}@{}", to_a_labels(d))),
+        _ => std::borrow::Cow::Borrowed(i),
+    }
+}
+
 /// Whether the identity `i` (`local@domain`, local part optional) is in `domain` or one of
 /// its subdomains, as `i=` must be (RFC 6376 §3.5). `domain` is lower case, without a final dot.
 pub fn identity_in_domain(i: &str, domain: &str) -> bool {
@@ -120,6 +148,23 @@ pub fn identity_in_domain(i: &str, domain: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idn_names_become_a_labels() {
+        for (name, want) in [
+            ("bücher.example", "xn--bcher-kva.example"),
+            ("Bücher.Example", "xn--bcher-kva.example"),
+            ("mail.xn--bcher-kva.example", "mail.xn--bcher-kva.example"),
+            ("example.com", "example.com"),
+            ("sélecteur", "xn--slecteur-b1a"),
+        ] {
+            assert_eq!(to_a_labels(name), want, "{name}");
+        }
+        // What IDNA lets through, the name rules still judge.
+        assert!(!is_dns_name(&to_a_labels("bad\u{0}.ü")));
+        assert_eq!(identity_to_a_labels("jörg@bücher.example"), "jörg@xn--bcher-kva.example");
+        assert_eq!(identity_to_a_labels("@example.com"), "@example.com");
+    }
 
     #[test]
     fn parse_table() {

@@ -382,11 +382,13 @@ fn parse_signature<'a>(
         None => Canonicalization { header: Canon::Simple, body: Canon::Simple },
         Some(c) => text(c).parse().map_err(|_| perm(Reason::TagSyntax { tag: "c", value: text(c) }))?,
     };
-    let domain = partial.domain.trim_end_matches('.').to_ascii_lowercase();
+    // RFC 8616 §5: d= and s= may be U-labels in an internationalized header; the key is looked
+    // up, and i= compared, under the A-label name (the hash still covers the field as written).
+    let domain = tags::to_a_labels(partial.domain.trim_end_matches('.')).to_ascii_lowercase();
     if !tags::is_dns_name(&domain) {
         return Err(perm(Reason::TagSyntax { tag: "d", value: partial.domain.clone() }));
     }
-    let selector = partial.selector.clone();
+    let selector = tags::to_a_labels(&partial.selector).into_owned();
     if !tags::is_dns_name(&selector) {
         return Err(perm(Reason::TagSyntax { tag: "s", value: selector }));
     }
@@ -401,7 +403,7 @@ fn parse_signature<'a>(
     let identity = match get(&tags, "i") {
         None => None,
         Some(i) => {
-            let i = text(&qp_decode(i));
+            let i = tags::identity_to_a_labels(&text(&qp_decode(i))).into_owned();
             if !tags::identity_in_domain(&i, &domain) {
                 return Err(perm(Reason::IdentityOutsideDomain { identity: i, domain }));
             }
@@ -876,6 +878,43 @@ mod tests {
         ] {
             assert_eq!(reason.to_string(), want);
         }
+    }
+
+    /// RFC 8616 §5: in an internationalized header d= (and i=) may be U-labels. The hash covers
+    /// the field as written; the key is fetched under the A-label name, and i= is compared in
+    /// A-labels too.
+    #[test]
+    fn u_label_d_is_looked_up_as_its_a_label() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/keys/test-ed.private");
+        let key = crate::dkim::key::SigningKey::from_path(&path, false).unwrap().0;
+        let body = b"Hallo.\r\n";
+        let mut h = Hasher::new(Hash::Sha256);
+        canon::canonicalize_body(Canon::Relaxed, body, &mut h);
+        let bh = base64::engine::general_purpose::STANDARD.encode(h.finish());
+        let from = "From: J\u{f6}rg <j@b\u{fc}cher.example>\r\n";
+        let field = format!(
+            "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=b\u{fc}cher.example;\r\n\t\
+             i=j@mail.b\u{fc}cher.example; s=test-ed; h=from; bh={bh}; b="
+        );
+        let mut data = vec![];
+        canon::canonicalize_header(Canon::Relaxed, from.as_bytes(), &mut data);
+        canon::canonicalize_header_unterminated(Canon::Relaxed, field.as_bytes(), &mut data);
+        let b = base64::engine::general_purpose::STANDARD.encode(key.sign(&data).unwrap());
+        let msg = format!("{field}{b}\r\n{from}\r\n{}", String::from_utf8_lossy(body));
+        let record = format!(
+            "v=DKIM1; k=ed25519; p={}",
+            base64::engine::general_purpose::STANDARD.encode(key.public_key_record_bytes())
+        );
+        let asked = std::sync::Mutex::new(vec![]);
+        let keys = |s: &str, d: &str| -> KeyResult {
+            asked.lock().unwrap().push(format!("{s}._domainkey.{d}"));
+            Ok(Arc::new(parse_key_record(record.as_bytes()).unwrap()))
+        };
+        let vs = verify_slice(msg.as_bytes(), &keys, 0, &Policy::default()).unwrap();
+        assert_eq!(vs[0].result, DkimResult::Pass, "{:?}", vs[0].reason);
+        assert_eq!(vs[0].domain, "xn--bcher-kva.example");
+        assert_eq!(vs[0].identity, "j@mail.xn--bcher-kva.example");
+        assert_eq!(*asked.lock().unwrap(), ["test-ed._domainkey.xn--bcher-kva.example"]);
     }
 
     #[test]

@@ -94,8 +94,10 @@ pub(crate) fn own_signatures(signers: &[Signer], parsed: &Message) -> Vec<Range<
         .iter()
         .filter(|f| f.is("dkim-signature"))
         .filter(|f| {
-            crate::dkim::tags::value(f.value(), "d")
-                .is_some_and(|d| signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d)))
+            crate::dkim::tags::value(f.value(), "d").is_some_and(|d| {
+                let d = crate::dkim::tags::to_a_labels(&d);
+                signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d))
+            })
         })
         .map(|f| f.offset..f.offset + f.raw.len())
         .collect()
