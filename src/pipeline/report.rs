@@ -52,9 +52,13 @@ impl Progress {
             return Progress { bar: None };
         }
         let bar = indicatif::ProgressBar::new(total_bytes);
+        // Decimal units (MB = 10^6 octets), as the summary line and `bench` count; indicatif's
+        // plain {bytes} would show MiB next to a summary in MB (issue 12).
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg} {bytes_per_sec} ETA {eta}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {decimal_bytes}/{decimal_total_bytes} {msg} {decimal_bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template"),
         );
         // Warnings found during the run go above the bar, not through it.
         let for_warnings = bar.clone();
@@ -65,7 +69,7 @@ impl Progress {
     pub(crate) fn advance(&self, bytes: u64, messages: u64) {
         if let Some(b) = &self.bar {
             b.inc(bytes);
-            b.set_message(format!("{messages} msgs"));
+            b.set_message(if messages == 1 { "1 msg".to_string() } else { format!("{messages} msgs") });
         }
     }
 
