@@ -204,9 +204,12 @@ impl Mta {
     }
 }
 
+/// A header field: name, value.
+type Field = (Vec<u8>, Vec<u8>);
+
 /// Header fields as (name, value after the colon, LF between folded lines) and the body in
 /// CRLF, as an MTA holds them.
-fn split_message(msg: &[u8]) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>) {
+fn split_message(msg: &[u8]) -> (Vec<Field>, Vec<u8>) {
     let text = msg.to_vec();
     let mut lines: Vec<Vec<u8>> = vec![];
     let mut start = 0;
@@ -223,7 +226,7 @@ fn split_message(msg: &[u8]) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>) {
     if start < text.len() {
         lines.push(text[start..].to_vec());
     }
-    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = vec![];
+    let mut fields: Vec<Field> = vec![];
     let mut i = 0;
     while i < lines.len() && !lines[i].is_empty() {
         let l = &lines[i];

@@ -362,25 +362,16 @@ pub enum CliError {
     /// The benchmark's corpus or keys do not work (65).
     #[error("{0}")]
     Bench(String),
+    /// A resource is busy or unreachable for now (the milter's socket in use): try again (75).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The system refused something we need that no setting can fix (signal handlers) (70).
+    #[error("{0}")]
+    System(String),
 }
 
 fn usage(message: impl Into<String>) -> anyhow::Error {
     CliError::Usage(message.into()).into()
-}
-
-/// An error with a code chosen where it happens: left for the milter's call sites (src/cli/milter),
-/// which are to move to [`CliError`] (issue 12). Everything else uses [`CliError`].
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Exit {
-    /// sysexits code.
-    pub code: u8,
-    /// What happened, naming the file or flag.
-    pub message: String,
-}
-
-fn exit(code: u8, message: impl Into<String>) -> anyhow::Error {
-    Exit { code, message: message.into() }.into()
 }
 
 /// Maps an error to its exit code: the one place that does (STYLE.md).
@@ -395,10 +386,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 CliError::StdinTooLarge { .. } | CliError::Bench(_) => sysexits::DATAERR,
                 CliError::Exists(_) | CliError::NoDirectory { .. } | CliError::Create { .. } => sysexits::CANTCREAT,
                 CliError::Write { .. } => sysexits::IOERR,
+                CliError::Unavailable(_) => sysexits::TEMPFAIL,
+                CliError::System(_) => sysexits::SOFTWARE,
             };
-        }
-        if let Some(e) = cause.downcast_ref::<Exit>() {
-            return e.code;
         }
         if cause.is::<HeaderError>() {
             return sysexits::DATAERR;

@@ -199,6 +199,9 @@ impl Actions {
     }
 }
 
+/// The key of (selector, domain) for verification.
+pub type KeyFn = Box<dyn Fn(&str, &str) -> KeyResult + Send + Sync>;
+
 /// Everything a session needs, loaded once (and again on SIGHUP).
 pub struct Settings {
     /// The signatures, when the mode includes `s`.
@@ -219,7 +222,7 @@ pub struct Settings {
     /// `On-*`.
     pub actions: Actions,
     /// Verification keys (cached).
-    pub keys: Box<dyn Fn(&str, &str) -> KeyResult + Send + Sync>,
+    pub keys: KeyFn,
     /// What verification accepts.
     pub policy: verify::Policy,
     /// Largest message handled.
@@ -282,7 +285,7 @@ fn daemon_conf(a: &MilterArgs) -> anyhow::Result<Option<conf::OpendkimConf>> {
 fn mode_of(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<(bool, bool)> {
     let mode = a.mode.clone().or_else(|| c.and_then(|c| c.mode.clone())).unwrap_or_else(|| "sv".into());
     if mode.is_empty() || !mode.chars().all(|ch| ch == 's' || ch == 'v') {
-        return Err(exit(sysexits::USAGE, format!("--mode {mode:?}: expected s, v or sv")));
+        return Err(usage(format!("--mode {mode:?}: expected s, v or sv")));
     }
     Ok((mode.contains('s'), mode.contains('v')))
 }
@@ -291,7 +294,7 @@ fn mode_of(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<(bo
 fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
     let c = daemon_conf(a)?;
     let (signs, verifies) = mode_of(a, c.as_ref())?;
-    let cfg_err = |e: String| exit(sysexits::CONFIG, e);
+    let cfg_err = |e: String| anyhow::Error::from(CliError::Config(e));
     let sign = if signs {
         // OpenDKIM signs simple/simple when the file does not say (opendkim.conf(5)).
         let mut k = a.k.clone();
@@ -320,7 +323,7 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
         None => hostname(),
     };
     if authserv_id.is_empty() || !authserv_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-        return Err(exit(sysexits::CONFIG, format!("AuthservID {authserv_id:?}: expected a host name")));
+        return Err(CliError::Config(format!("AuthservID {authserv_id:?}: expected a host name")).into());
     }
     let mut records = a.records.clone();
     if records.dns_servers.is_empty() {
@@ -361,12 +364,11 @@ fn hostname() -> String {
 }
 
 fn daemon(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Daemon> {
-    let usage = |m: String| exit(sysexits::USAGE, m);
     let socket = a
         .socket
         .clone()
         .or_else(|| c.and_then(|c| c.socket.clone()))
-        .ok_or_else(|| usage("no socket: give --socket inet:8891@localhost (or Socket in --config)".into()))?;
+        .ok_or_else(|| usage("no socket: give --socket inet:8891@localhost (or Socket in --config)"))?;
     let umask = c.and_then(|c| c.umask).unwrap_or(0o007);
     let socket_mode = match &a.socket_mode {
         Some(m) => u32::from_str_radix(m, 8)
@@ -382,7 +384,7 @@ fn daemon(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Daem
                 None => (spec, None),
             };
             let ids = dkimpress::arch::sys::lookup_user(&u, g.as_deref())
-                .map_err(|e| exit(sysexits::CONFIG, format!("UserID: {e}")))?;
+                .map_err(|e| CliError::Config(format!("UserID: {e}")))?;
             Some(ids)
         }
         None => None,
@@ -447,8 +449,8 @@ fn parse_socket(spec: &str) -> Result<SocketSpec, String> {
 }
 
 fn bind(d: &Daemon) -> anyhow::Result<Listener> {
-    let spec = parse_socket(&d.socket).map_err(|e| exit(sysexits::CONFIG, e))?;
-    let unavailable = |e: std::io::Error| exit(sysexits::TEMPFAIL, format!("socket {}: {e}", d.socket));
+    let spec = parse_socket(&d.socket).map_err(CliError::Config)?;
+    let unavailable = |e: std::io::Error| CliError::Unavailable(format!("socket {}: {e}", d.socket));
     match spec {
         SocketSpec::Inet(addrs) => Ok(Listener::Tcp(TcpListener::bind(&addrs[..]).map_err(unavailable)?)),
         SocketSpec::Unix(path) => {
@@ -456,16 +458,18 @@ fn bind(d: &Daemon) -> anyhow::Result<Listener> {
             // A stale socket from an earlier run is replaced; any other file is left alone.
             if let Ok(m) = std::fs::symlink_metadata(&path) {
                 if !m.file_type().is_socket() {
-                    return Err(exit(
-                        sysexits::CANTCREAT,
-                        format!("socket {}: {} exists and is not a socket", d.socket, path.display()),
-                    ));
+                    return Err(CliError::Create {
+                        path: path.clone(),
+                        error: std::io::Error::other(format!("socket {}: exists and is not a socket", d.socket)),
+                    }
+                    .into());
                 }
                 if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                    return Err(exit(
-                        sysexits::TEMPFAIL,
-                        format!("socket {}: another milter is listening there", d.socket),
-                    ));
+                    return Err(CliError::Unavailable(format!(
+                        "socket {}: another milter is listening there",
+                        d.socket
+                    ))
+                    .into());
                 }
                 std::fs::remove_file(&path).map_err(unavailable)?;
             }
@@ -581,12 +585,12 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     let listener = bind(&d)?;
     if let Some(p) = &d.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
-            .map_err(|e| exit(sysexits::CANTCREAT, format!("{}: cannot write the pid file: {e}", p.display())))?;
+            .map_err(|error| CliError::Create { path: p.clone(), error })?;
     }
     if let Some((uid, gid)) = d.user {
         if dkimpress::arch::sys::effective_uid() == 0 {
             dkimpress::arch::sys::drop_privileges(uid, gid)
-                .map_err(|e| exit(sysexits::CONFIG, format!("UserID: cannot become {uid}:{gid}: {e}")))?;
+                .map_err(|e| CliError::Config(format!("UserID: cannot become {uid}:{gid}: {e}")))?;
         } else if dkimpress::arch::sys::effective_uid() != uid {
             log.warn("UserID given but not started as root: running as the current user");
         }
@@ -594,7 +598,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
     let settings = RwLock::new(Arc::new(load_settings(&a)?));
     dkimpress::arch::sys::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
-        .map_err(|e| exit(sysexits::SOFTWARE, format!("signal handlers: {e}")))?;
+        .map_err(|e| CliError::System(format!("signal handlers: {e}")))?;
     log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(&a, c.as_ref())));
     notify_systemd("READY=1");
     let active = Arc::new(AtomicUsize::new(0));
