@@ -72,6 +72,10 @@ pub enum EntryError {
     /// A table cannot be read (a file, a data set specification).
     #[error(transparent)]
     Table(Arc<TableError>),
+    /// A KeyTable entry with the domain `%` signs as each author's domain: it has no signer of
+    /// its own (testkey cannot check it).
+    #[error("KeyTable entry {0:?} has domain %: it signs as the author's domain, so it has no single record")]
+    PerAuthor(String),
 }
 
 /// Why a [`Template`] cannot make a signer for a key.
@@ -204,27 +208,52 @@ impl Tables {
         Ok((s.domain().to_string(), s.selector().to_string(), s.key().clone()))
     }
 
-    /// The signer of KeyTable entry `name`, built once.
+    /// The signer of KeyTable entry `name`, built once. An entry whose domain is `%` has no
+    /// domain of its own (it signs as each author's domain): for it, see [`Tables::lookup`].
     pub fn signer(&self, name: &str) -> Result<Signer, SelectError> {
-        if let Some(r) = self.signers.lock().expect("poisoned").get(name) {
+        self.signer_as(name, None, None)
+    }
+
+    /// The signer of KeyTable entry `name` for mail from `author_domain` (which replaces a `%`
+    /// domain, opendkim.conf(5) KeyTable), with `i=` `identity` (the SigningTable's optional
+    /// signer field); built once per combination.
+    fn signer_as(
+        &self,
+        name: &str,
+        author_domain: Option<&str>,
+        identity: Option<&str>,
+    ) -> Result<Signer, SelectError> {
+        let cache_key = format!("{name}\0{}\0{}", author_domain.unwrap_or_default(), identity.unwrap_or_default());
+        if let Some(r) = self.signers.lock().expect("poisoned").get(&cache_key) {
             return r.clone().map_err(SelectError::Config);
         }
         let value = self.key_table.get(name).map_err(table_err)?;
         let built = match value {
             None => Err(EntryError::UnknownKey(name.to_string())),
-            Some(v) => self.build(name, &v),
+            Some(v) => self.build(name, &v, author_domain, identity),
         };
-        self.signers.lock().expect("poisoned").insert(name.to_string(), built.clone());
+        self.signers.lock().expect("poisoned").insert(cache_key, built.clone());
         built.map_err(SelectError::Config)
     }
 
     /// A KeyTable value `domain:selector:keyfile-or-key-data`.
-    fn build(&self, name: &str, value: &str) -> Result<Signer, EntryError> {
+    fn build(
+        &self,
+        name: &str,
+        value: &str,
+        author_domain: Option<&str>,
+        identity: Option<&str>,
+    ) -> Result<Signer, EntryError> {
         let mut parts = value.splitn(3, ':');
         let (Some(domain), Some(selector), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(EntryError::Syntax(name.to_string()));
         };
         let (domain, selector, key) = (domain.trim(), selector.trim(), key.trim());
+        let domain = match (domain, author_domain) {
+            ("%", Some(author)) => author,
+            ("%", None) => return Err(EntryError::PerAuthor(name.to_string())),
+            (d, _) => d,
+        };
         let origin = format!("KeyTable entry {name}");
         let key = if key.starts_with("-----BEGIN")
             || (!key.starts_with('/') && !key.starts_with('.') && !self.base.join(key).exists())
@@ -238,7 +267,21 @@ impl Tables {
             }
             k
         };
-        Ok(self.template.build(Arc::new(key), domain, selector)?)
+        // The signer field becomes i= only when it lies in d= or below it; otherwise it is
+        // left out, as opendkim.conf(5) says of a signer that conflicts with the domain.
+        let identity = identity.filter(|i| {
+            crate::dkim::tags::identity_in_domain(
+                &crate::dkim::tags::identity_to_a_labels(i),
+                &crate::dkim::tags::to_a_labels(domain),
+            )
+        });
+        match identity {
+            Some(i) => {
+                let t = Template { identity: Some(i.to_string()), ..self.template.clone() };
+                Ok(t.build(Arc::new(key), domain, selector)?)
+            }
+            None => Ok(self.template.build(Arc::new(key), domain, selector)?),
+        }
     }
 
     /// The signers for the author `local@domain` (`domain` in A-labels): first SigningTable
@@ -256,7 +299,14 @@ impl Tables {
         if names.is_empty() {
             return Err(SelectError::NoKey(format!("{local}@{domain}")));
         }
-        names.iter().map(|n| self.signer(n.trim())).collect()
+        // A SigningTable value is `keyname[:signer]`: the signer is the i= (opendkim.conf(5)).
+        names
+            .iter()
+            .map(|v| match v.split_once(':') {
+                Some((n, signer)) => self.signer_as(n.trim(), Some(domain), Some(signer.trim())),
+                None => self.signer_as(v.trim(), Some(domain), None),
+            })
+            .collect()
     }
 
     /// The KeyTable names the SigningTable gives `local@domain`, as written.

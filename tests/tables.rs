@@ -292,3 +292,44 @@ dktest!(
         }
     }
 );
+
+dktest!(
+    /// OpenDKIM's `%` KeyTable domain (sign as the author's domain, one key for many domains)
+    /// and the SigningTable's signer field (`keyname:signer` -> `i=`; left out when it is not
+    /// in `d=`, as opendkim.conf(5) says). The `%` signatures verify against records published
+    /// at each domain.
+    percent_domain_and_signer_field,
+    |dir| {
+        let key = dir.genkey("shared", &["--type", "ed25519"]);
+        let kt = dir.write("keytable", format!("shared %:shared:{}\n", key.display()).as_bytes());
+        let st = dir.write(
+            "signingtable",
+            b"*@example.org shared:news@example.org\n*@example.net shared:someone@elsewhere.example\n*@example.com shared\n",
+        );
+        let run = |from: &str| {
+            dir.cmd()
+                .args(["sign", "--key-table", &format!("refile:{}", kt.display())])
+                .args(["--signing-table", &format!("refile:{}", st.display()), "--timestamp", "1700000000"])
+                .stdin(&msg(from))
+                .ok()
+        };
+        for (from, d, i) in [
+            ("a@example.org", "example.org", Some("news@example.org")),
+            ("b@example.net", "example.net", None),
+            ("c@example.com", "example.com", None),
+        ] {
+            let out = run(from);
+            assert_eq!(sigs(&out), [(d.to_string(), "shared".to_string())], "{from}");
+            let text = String::from_utf8_lossy(&out).replace("\n\t", " ");
+            assert_eq!(text.contains(" i="), i.is_some(), "{from}: {text}");
+            if let Some(i) = i {
+                assert!(text.contains(&format!(" i={i};")), "{text}");
+            }
+            // The record of the shared key, published at this domain.
+            let rec = std::fs::read_to_string(dir.join("shared.txt")).unwrap();
+            let zone = dir.write(&format!("{d}.zone"), format!("$ORIGIN {d}.\n{rec}").as_bytes());
+            let v = dir.cmd().args(["verify", "--dns-zone"]).arg(&zone).stdin(&out).run();
+            assert_eq!(v.status.code(), Some(0), "{from}: {}", String::from_utf8_lossy(&v.stdout));
+        }
+    }
+);
