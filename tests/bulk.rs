@@ -523,3 +523,113 @@ dktest!(
         assert!(saw_original > 0, "no kill landed before the rename: the test did not test");
     }
 );
+
+dktest!(
+    /// `--shard K/N` (issue 14): N separate runs, N = 1..7, over generated archives (LF and
+    /// CRLF, with quoted From lines) in every mbox flavour that can hold them, and over the
+    /// shared corpus's mboxes when present. The outputs concatenated in K order are byte for
+    /// byte the one-run output, the reported counts sum to the whole, and verify --shard sees
+    /// every message once. A maildir's shards, written to one directory, make the one-run tree.
+    shards_together_are_the_whole_run,
+    |dir| {
+        let k = key(&dir);
+        let mut inputs: Vec<(std::path::PathBuf, &str)> = vec![
+            (dir.write("lf.mbox", &gen_mbox(150, false)), "mboxrd"),
+            (dir.write("crlf.mbox", &gen_mbox(150, true)), "mboxrd"),
+            (dir.write("cl.mbox", &gen_mbox(60, false)), "mboxcl2"),
+        ];
+        if let Some(corpus) = crate::util::shared_corpus() {
+            let mut found: Vec<_> = walk(&corpus).into_iter().filter(|p| p.extension().is_some_and(|e| e == "mbox") && p.parent().is_some_and(|d| d.ends_with("mbox") || d.parent().is_some_and(|d| d.ends_with("mbox")))).collect();
+            found.sort();
+            inputs.extend(found.into_iter().take(3).map(|p| (p, "mboxrd")));
+        }
+        for (input, flavour) in &inputs {
+            let whole = dir.cmd().args(sign_args(&k)).args(["--mbox-format", flavour, "-o", "whole.mbox"]).arg(input).run();
+            let whole_code = whole.status.code();
+            let expected = std::fs::read(dir.join("whole.mbox")).unwrap();
+            let total = count_messages(&dir, input, flavour, None);
+            for n in 1..=7u32 {
+                let mut joined = vec![];
+                let mut counted = 0;
+                for s in 1..=n {
+                    let shard = format!("{s}/{n}");
+                    let out = dir
+                        .cmd()
+                        .args(sign_args(&k))
+                        .args(["--mbox-format", flavour, "--shard", &shard, "--report", "json", "-o", "part.mbox"])
+                        .arg(input)
+                        .run();
+                    assert!(
+                        out.status.code() == Some(0) || out.status.code() == whole_code,
+                        "{} shard {shard}: {}",
+                        input.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    counted += report(&out)["messages"].as_u64().unwrap();
+                    joined.extend(std::fs::read(dir.join("part.mbox")).unwrap());
+                }
+                assert!(joined == expected, "{} in {n} shards: not the one-run output", input.display());
+                assert_eq!(counted, total, "{} in {n} shards: counts", input.display());
+                let verified: u64 = (1..=n).map(|s| count_messages(&dir, input, flavour, Some(format!("{s}/{n}")))).sum();
+                assert_eq!(verified, total, "{}: verify --shard in {n}", input.display());
+            }
+        }
+        // A maildir: three shards into one output tree = the one-run tree.
+        let md = dir.join("md");
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        for i in 0..40 {
+            std::fs::write(md.join(format!("new/{i}.host:2,")), format!("From: a@example.com\nSubject: {i}\n\nbody {i}\n"))
+                .unwrap();
+        }
+        dir.cmd().args(sign_args(&k)).args(["-o", "md-whole"]).arg(&md).ok();
+        for s in 1..=3 {
+            dir.cmd().args(sign_args(&k)).args(["--shard", &format!("{s}/3"), "-o", "md-shards"]).arg(&md).ok();
+        }
+        for i in 0..40 {
+            let rel = format!("new/{i}.host:2,");
+            assert_eq!(
+                std::fs::read(dir.join("md-whole").join(&rel)).unwrap(),
+                std::fs::read(dir.join("md-shards").join(&rel)).unwrap(),
+                "{rel}"
+            );
+        }
+        // Usage errors: a bad spec, --in-place, stdin.
+        for args in [&["--shard", "0/3"][..], &["--shard", "4/3"], &["--shard", "x"]] {
+            let out = dir.cmd().args(sign_args(&k)).args(args).args(["-o", "x.mbox"]).arg(&inputs[0].0).run();
+            assert_eq!(out.status.code(), Some(64), "{args:?}");
+        }
+        let out = dir.cmd().args(sign_args(&k)).args(["--shard", "1/2", "--in-place"]).arg(&inputs[0].0).run();
+        assert_eq!(out.status.code(), Some(64));
+        let out = dir.cmd().args(sign_args(&k)).args(["--shard", "1/2"]).stdin(b"From: a@example.com\n\nx\n").run();
+        assert_eq!(out.status.code(), Some(64));
+    }
+);
+
+/// How many messages `verify` (with `--shard`) reports for `input`.
+fn count_messages(dir: &Dir, input: &std::path::Path, flavour: &str, shard: Option<String>) -> u64 {
+    let mut c = dir.cmd().args(["verify", "--report", "json", "--mbox-format", flavour, "--key-dir", "."]);
+    if let Some(s) = shard {
+        c = c.args(["--shard", &s]);
+    }
+    let out = c.arg(input).run();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')).count() as u64
+}
+
+/// Every file under `root`.
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -281,6 +281,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                 strip_own: false,
                 now: 1_800_000_000,
                 max_message: dkimpress::pipeline::DEFAULT_MAX_MESSAGE,
+                shard: None,
             };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| e.to_string())?;
             let mapped = Mapped::Owned(data.clone());
@@ -289,6 +290,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                 pipeline::map_mbox(
                     &mapped,
                     MboxFormat::Mboxrd,
+                    0..mapped.len(),
                     &pool,
                     |m| pipeline::sign_message(&opts, m).is_ok(),
                     |_, ok| {
@@ -325,6 +327,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                 pipeline::map_mbox(
                     &mapped,
                     MboxFormat::Mboxrd,
+                    0..mapped.len(),
                     &pool,
                     |m| pipeline::sign_message(&opts, m).map(|r| r.0).unwrap_or_default(),
                     |e, h| {
@@ -343,6 +346,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                     pipeline::map_mbox(
                         &signed_mapped,
                         MboxFormat::Mboxrd,
+                        0..signed_mapped.len(),
                         &pool,
                         |m| {
                             dkimpress::dkim::verify::verify_slice(m, &keys, 1_800_000_000, &policy)

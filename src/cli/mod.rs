@@ -189,6 +189,11 @@ struct InputArgs {
     /// Seconds to wait for the locks of an mbox signed --in-place (then exit 75).
     #[arg(long = "lock-timeout", value_name = "SECS", default_value_t = 30)]
     lock_timeout: u64,
+    /// Handle only share K of N (1 <= K <= N) of the inputs, for N independent runs on as many
+    /// machines: an mbox by message-aligned byte ranges, a directory by a hash of each file's
+    /// name. The N outputs concatenated in K order equal one run's output.
+    #[arg(long = "shard", value_name = "K/N")]
+    shard: Option<pipeline::Shard>,
 }
 
 /// A size in octets, with an optional K, M or G suffix (powers of 1024).
@@ -735,5 +740,6 @@ fn mta_options(k: &KeyArgs) -> anyhow::Result<BulkOptions> {
         strip_own: false,
         now: k.timestamp.unwrap_or_else(now_unix),
         max_message: pipeline::DEFAULT_MAX_MESSAGE,
+        shard: None,
     })
 }

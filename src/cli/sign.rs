@@ -55,7 +55,13 @@ pub(crate) struct SignConfig {
 impl SignConfig {
     pub(crate) fn from_args(a: SignArgs) -> anyhow::Result<SignConfig> {
         let keys = key_source(&a.k)?;
+        if a.input.shard.is_some() && a.in_place {
+            return Err(usage("--shard with --in-place would have N runs replace the same files: use -o"));
+        }
         let input = if a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-") {
+            if a.input.shard.is_some() {
+                return Err(usage("--shard splits archives (mbox, maildir, queue directory), not stdin"));
+            }
             if a.in_place {
                 return Err(usage("--in-place needs input files, not stdin"));
             }
@@ -107,6 +113,7 @@ impl SignConfig {
                 strip_own: a.strip_own,
                 now,
                 max_message: a.input.max_message(),
+                shard: a.input.shard,
             },
             lock_timeout: std::time::Duration::from_secs(a.input.lock_timeout),
             input,
@@ -125,6 +132,17 @@ pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
         SignInput::Stdin => {
             let buf = read_stdin(cfg.opts.max_message)?;
             sign_single(&cfg, "stdin", &buf, None)
+        }
+        // A lone message belongs to the first shard; the others write an empty output, so that
+        // the shards' outputs still add up to the one-run output.
+        SignInput::Paths(paths)
+            if paths.len() == 1 && paths[0].kind == InputKind::Message && cfg.opts.shard.is_some_and(|s| s.k != 1) =>
+        {
+            if let Some(o) = &cfg.output {
+                let out = dkimpress::pipeline::io::Output::open(o, &keep_for(&cfg, None), true)?;
+                out.commit().map_err(|e| write_failed(&o.display().to_string(), e))?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         SignInput::Paths(paths) if paths.len() == 1 && paths[0].kind == InputKind::Message => {
             let src = &paths[0];

@@ -171,9 +171,15 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         pipeline::io::install_interrupt_handler();
         for p in &a.inputs {
             let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
-            pipeline::verify_source(source, a.input.mbox_format, a.input.max_message(), &pool, &check, |c| {
-                report(&mut out, c.name, c.file, c.index, c.offset, &c.verdicts)
-            })?;
+            pipeline::verify_source(
+                source,
+                a.input.mbox_format,
+                a.input.shard,
+                a.input.max_message(),
+                &pool,
+                &check,
+                |c| report(&mut out, c.name, c.file, c.index, c.offset, &c.verdicts),
+            )?;
         }
     }
     out.flush().map_err(|e| write_failed("stdout", e))?;

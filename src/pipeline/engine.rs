@@ -15,8 +15,9 @@ pub(crate) const BATCH_BYTES: usize = 256 << 10;
 /// The writer hands mapped pages back to the kernel every this many bytes.
 pub(crate) const RELEASE_STEP: usize = 8 << 20;
 
-/// Runs `job` on every message of a mapped mbox on the pool, each message unquoted for `fmt`,
-/// and hands the results to `emit` in input order, on one writer thread.
+/// Runs `job` on every message of a mapped mbox whose `From ` line starts in `range` (all of
+/// them with `0..len`; see [`Shard`]) on the pool, each message unquoted for `fmt`, and hands
+/// the results to `emit` in input order, on one writer thread.
 ///
 /// Ordered parallel output without barriers (the gzp pattern): the splitter, on this thread,
 /// gives each batch of messages to the pool as a job with a one-shot result slot and queues
@@ -26,6 +27,7 @@ pub(crate) const RELEASE_STEP: usize = 8 << 20;
 pub fn map_mbox<R, J, E>(
     mapped: &crate::arch::sys::Mapped,
     fmt: MboxFormat,
+    range: std::ops::Range<usize>,
     pool: &rayon::ThreadPool,
     job: J,
     mut emit: E,
@@ -80,7 +82,7 @@ where
         });
         let mut result = Ok(());
         pool.in_place_scope(|scope| {
-            let mut split = mbox::Splitter::new(data, fmt).peekable();
+            let mut split = mbox::Splitter::range(data, fmt, range).peekable();
             while split.peek().is_some() {
                 if interrupted() {
                     result = Err(BulkError::Interrupted);

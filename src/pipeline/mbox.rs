@@ -122,6 +122,8 @@ const SCAN_AHEAD: usize = 32 << 10;
 pub struct Splitter<'a> {
     data: &'a [u8],
     pos: usize,
+    /// Messages whose `From ` line starts here or later are not ours (a shard's range).
+    end: usize,
     format: MboxFormat,
     finder: memchr::memmem::Finder<'static>,
 }
@@ -129,7 +131,33 @@ pub struct Splitter<'a> {
 impl<'a> Splitter<'a> {
     /// Starts at the first separator (after a BOM, if any).
     pub fn new(data: &'a [u8], format: MboxFormat) -> Splitter<'a> {
-        Splitter { data, pos: bom_len(data), format, finder: memchr::memmem::Finder::new(b"From ") }
+        Splitter::range(data, format, 0..data.len())
+    }
+
+    /// The messages whose `From ` line starts in `range` (see [`super::Shard`]): the same
+    /// messages, with the same bounds, as [`Splitter::new`] gives in that range.
+    pub fn range(data: &'a [u8], format: MboxFormat, range: std::ops::Range<usize>) -> Splitter<'a> {
+        let finder = memchr::memmem::Finder::new(b"From ");
+        let mut s = Splitter { data, pos: bom_len(data), end: range.end.min(data.len()), format, finder };
+        if range.start > s.pos {
+            if format.uses_content_length() {
+                // Content-Length may jump over separators: only a scan from the start knows
+                // where messages begin.
+                while s.pos < range.start {
+                    if s.next().is_none() {
+                        break;
+                    }
+                }
+                s.end = range.end.min(data.len());
+            } else {
+                // Any line starting with "From " is a separator (body lines are quoted).
+                s.pos = match memchr::memmem::find(&data[range.start - 1..], b"\nFrom ") {
+                    Some(i) => range.start + i,
+                    None => data.len(),
+                };
+            }
+        }
+        s
     }
 
     /// Start of the next separator line at or after `from` (which is a line start), or the end
@@ -212,7 +240,7 @@ impl Iterator for Splitter<'_> {
     type Item = MboxEntry;
 
     fn next(&mut self) -> Option<MboxEntry> {
-        if self.pos >= self.data.len() {
+        if self.pos >= self.data.len() || self.pos >= self.end {
             return None;
         }
         let start = self.pos;
@@ -361,6 +389,32 @@ mod tests {
                 let flags: Vec<bool> = got.iter().map(|e| e.quoted).collect();
                 assert_eq!(starts, want_starts, "shift {shift}");
                 assert_eq!(flags, want_quoted, "shift {shift}");
+            }
+        }
+    }
+
+    /// A shard's splitter gives exactly the messages whose From line starts in its range, with
+    /// the bounds the whole-file splitter gives them: cut anywhere, the two halves make the
+    /// whole (every flavour; Content-Length ones by their scan from the start).
+    #[test]
+    fn ranges_partition_the_messages() {
+        let data: &[u8] = b"From a@b Mon Jan  1 00:00:00 2024\nFrom: a@b\nContent-Length: 12\n\nbody\nFrom x\n\n\
+From c@d Mon Jan  1 00:00:00 2024\r\nSubject: s\r\n\r\n>From quoted\r\n\r\n\
+From e@f Mon Jan  1 00:00:00 2024\nX: y\n\nFromage\n\nFrom g@h x\n\nlast";
+        for f in [MboxFormat::Mboxrd, MboxFormat::Mboxo, MboxFormat::Mboxcl, MboxFormat::Mboxcl2] {
+            let whole: Vec<MboxEntry> = Splitter::new(data, f).collect();
+            for cut in 0..=data.len() {
+                let mut parts: Vec<MboxEntry> = Splitter::range(data, f, 0..cut).collect();
+                parts.extend(Splitter::range(data, f, cut..data.len()));
+                assert_eq!(parts, whole, "{f:?} cut at {cut}");
+            }
+            for n in 1..=7u32 {
+                let mut parts = vec![];
+                for k in 1..=n {
+                    let r = crate::pipeline::Shard { k, n }.byte_range(data.len());
+                    parts.extend(Splitter::range(data, f, r));
+                }
+                assert_eq!(parts, whole, "{f:?} in {n} shards");
             }
         }
     }

@@ -18,6 +18,8 @@ pub struct BulkOptions {
     pub now: u64,
     /// Largest message signed; larger ones are passed through and reported.
     pub max_message: u64,
+    /// This run's share of the inputs (`--shard K/N`), or all of them.
+    pub shard: Option<Shard>,
 }
 
 /// What happened to one message.
@@ -172,11 +174,16 @@ pub fn sign_mbox(
     let data: &[u8] = mapped;
     let shown = path.display().to_string();
     let out_err = |error| BulkError::Output { path: "output".to_string(), error };
-    out.write_all(&data[..mbox::bom_len(data)]).map_err(out_err)?;
+    let range = shard_range(opts.shard, data.len());
+    // A byte order mark belongs to the first shard's output.
+    if range.start == 0 {
+        out.write_all(&data[..mbox::bom_len(data)]).map_err(out_err)?;
+    }
     let mut index = 0u64;
     map_mbox(
         mapped,
         opts.mbox_format,
+        range,
         pool,
         |msg| process(opts, msg),
         |e, o| {
@@ -222,7 +229,10 @@ pub fn sign_dir(
     summary: &mut Summary,
     progress: &Progress,
 ) -> Result<(), BulkError> {
-    let entries = list_messages(dir, kind)?;
+    let mut entries = list_messages(dir, kind)?;
+    if let Some(shard) = opts.shard {
+        entries.retain(|e| shard.owns(&e.rel));
+    }
     if let DirOutput::To(out) = output {
         let mut parents: Vec<PathBuf> = entries.iter().filter_map(|f| f.rel.parent().map(|p| out.join(p))).collect();
         if kind == InputKind::Maildir {

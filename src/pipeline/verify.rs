@@ -27,6 +27,7 @@ pub struct Checked<'a> {
 pub fn verify_source(
     source: Source,
     fmt: MboxFormat,
+    shard: Option<Shard>,
     max_message: u64,
     pool: &rayon::ThreadPool,
     check: &(dyn Fn(&[u8]) -> Vec<Verdict> + Sync),
@@ -45,6 +46,8 @@ pub fn verify_source(
             .unwrap_or_else(|_| vec![Verdict::new(DkimResult::PermError, Reason::Panic)])
     };
     match source.kind {
+        // A lone message belongs to the first shard.
+        InputKind::Message if shard.is_some_and(|s| s.k != 1) => Ok(()),
         InputKind::Message => {
             let read;
             let data: &[u8] = match &source.spooled {
@@ -63,7 +66,8 @@ pub fn verify_source(
                 None => open_mbox(&source.path)?,
             };
             let mut index = 0u64;
-            map_mbox(&mapped, fmt, pool, guarded, |e, verdicts| {
+            let range = shard_range(shard, mapped.len());
+            map_mbox(&mapped, fmt, range, pool, guarded, |e, verdicts| {
                 index += 1;
                 let name = format!("{shown}#{index}");
                 let offset = e.from_line.start as u64;
@@ -71,7 +75,10 @@ pub fn verify_source(
             })
         }
         InputKind::Maildir | InputKind::QueueDir => {
-            let entries = list_messages(&source.path, source.kind)?;
+            let mut entries = list_messages(&source.path, source.kind)?;
+            if let Some(shard) = shard {
+                entries.retain(|e| shard.owns(&e.rel));
+            }
             map_dir(
                 &source.path,
                 &entries,
