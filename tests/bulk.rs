@@ -633,3 +633,93 @@ fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+dktest!(
+    /// The recipes in deploy/shard run here as far as their engines can: GNU parallel for real
+    /// (4 local jobs; skips loudly without `parallel`), the Slurm array script and the
+    /// Kubernetes Indexed Job's command with their environment variables set as the schedulers
+    /// set them, each joined with join.sh. Every way gives the one-run bytes and a summed report.
+    shard_recipes_give_the_one_run_output,
+    |dir| {
+        let k = key(&dir);
+        let input = dir.write("archive.mbox", &gen_mbox(120, false));
+        let conf = dir.write(
+            "opendkim.conf",
+            format!("Domain example.com\nSelector bulk\nKeyFile {k}\n").as_bytes(),
+        );
+        let base = ["sign", "--config", conf.to_str().unwrap(), "--timestamp", "1700000000", "-q", "-o", "whole.mbox"];
+        dir.cmd().args(base).arg(&input).ok();
+        let whole = std::fs::read(dir.join("whole.mbox")).unwrap();
+        let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_dkimpress")).parent().unwrap().to_path_buf();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let deploy = crate::util::root().join("deploy/shard");
+        let sh = |script: &str, args: &[&str], env: &[(&str, String)]| {
+            let out = std::process::Command::new("sh")
+                .arg(deploy.join(script))
+                .args(args)
+                .current_dir(dir.path())
+                .env("PATH", &path)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let summed = |text: &str| -> u64 {
+            let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            v["messages"].as_u64().unwrap()
+        };
+        // GNU parallel, 4 shards.
+        let have_parallel = std::process::Command::new("parallel").arg("--version").output().is_ok();
+        if have_parallel {
+            let report = sh(
+                "parallel.sh",
+                &["4", input.to_str().unwrap(), "par.mbox", "--config", conf.to_str().unwrap(), "--timestamp", "1700000000"],
+                &[],
+            );
+            assert_eq!(summed(&report), 120);
+            assert!(std::fs::read(dir.join("par.mbox")).unwrap() == whole, "parallel.sh: not the one-run output");
+        } else if std::env::var("DKIMPRESS_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("GNU parallel is required here (scripts/test installs it) but missing");
+        } else {
+            eprintln!("\n!!! SKIPPED: GNU parallel not installed: deploy/shard/parallel.sh NOT run !!!\n");
+        }
+        // Slurm: tasks 1..3 of an array of 3.
+        for task in 1..=3 {
+            sh(
+                "slurm-array.sh",
+                &[input.to_str().unwrap(), "slurm.mbox"],
+                &[
+                    ("SLURM_ARRAY_TASK_ID", task.to_string()),
+                    ("SLURM_ARRAY_TASK_COUNT", "3".into()),
+                    ("SLURM_CPUS_PER_TASK", "1".into()),
+                    ("DKIMPRESS_TIMESTAMP", "1700000000".into()),
+                    ("DKIMPRESS_CONFIG", conf.display().to_string()),
+                ],
+            );
+        }
+        assert_eq!(summed(&sh("join.sh", &["3", "slurm.mbox"], &[])), 120);
+        assert!(std::fs::read(dir.join("slurm.mbox")).unwrap() == whole, "slurm: not the one-run output");
+        // Kubernetes: the Indexed Job's command, its paths pointed here, indexes 0..4 of 5.
+        let manifest = std::fs::read_to_string(deploy.join("k8s-indexed-job.yaml")).unwrap();
+        let args = manifest.split("- >-\n").nth(1).unwrap().split("resources:").next().unwrap();
+        let command: String = args.split_whitespace().collect::<Vec<_>>().join(" ");
+        let command = command
+            .replace("/archive/", &format!("{}/", dir.path().display()))
+            .replace("/etc/opendkim/opendkim.conf", conf.to_str().unwrap());
+        for index in 0..5 {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &command])
+                .current_dir(dir.path())
+                .env("PATH", &path)
+                .env("JOB_COMPLETION_INDEX", index.to_string())
+                .env("SHARDS", "5")
+                .env("DKIMPRESS_TIMESTAMP", "1700000000")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "k8s index {index}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert_eq!(summed(&sh("join.sh", &["5", "signed.mbox"], &[])), 120);
+        assert!(std::fs::read(dir.join("signed.mbox")).unwrap() == whole, "k8s: not the one-run output");
+    }
+);
