@@ -610,3 +610,62 @@ dktest!(
         );
     }
 );
+
+dktest!(
+    /// Found in review: a mistyped On-* word is refused (not read by its first letter: "defer"
+    /// is not "discard"); the pid file is never written through a link; a full daemon closes a
+    /// new connection at once instead of leaving it hanging; PeerList clients are accepted
+    /// untouched; a local client is 127.0.0.1 and signed only while InternalHosts lists it.
+    review_hardening,
+    |dir| {
+        let c = conf(&dir, "On-BadSignature defer\n");
+        let out = dir.cmd().args(["milter", "--socket", "inet:0@127.0.0.1", "--config", c.to_str().unwrap()]).run();
+        assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
+        // The pid file: a link planted at its place is replaced, its target left alone.
+        let victim = dir.write("victim", b"precious\n");
+        std::os::unix::fs::symlink(&victim, dir.join("milter.pid")).unwrap();
+        let c = conf(&dir, "PeerList 192.0.2.99\n");
+        let pid = dir.join("milter.pid");
+        let m = Milter::start(
+            &dir,
+            &["--config", c.to_str().unwrap(), "--pid-file", pid.to_str().unwrap(), "--max-connections", "2"],
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+        assert!(std::fs::symlink_metadata(&pid).unwrap().file_type().is_file());
+        // PeerList: the connection is accepted as a whole.
+        let mut peer = m.connect();
+        peer.negotiate();
+        peer.macros(b'C', &[("{daemon_name}", "smtpd")]);
+        let mut d = b"relay\0".to_vec();
+        d.push(b'4');
+        d.extend_from_slice(&25u16.to_be_bytes());
+        d.extend_from_slice(b"192.0.2.99\0");
+        peer.send(b'C', &d);
+        assert_eq!(peer.reply(), Reply::Accept);
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(200));
+        // Two connections fill it; a third is closed at once.
+        let mut a = m.connect();
+        a.negotiate();
+        let mut b = m.connect();
+        b.negotiate();
+        let mut third = UnixStream::connect(&m.socket).unwrap();
+        third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 1];
+        assert_eq!(third.read(&mut buf).unwrap_or(0), 0);
+        assert!(started.elapsed() < Duration::from_secs(5), "the third connection was left waiting");
+        assert!(log(&dir).contains("a new one was refused"), "{}", log(&dir));
+        drop((a, b, m));
+        // InternalHosts without loopback: local mail is not ours.
+        let c = conf(&dir, "");
+        let text = std::fs::read_to_string(&c).unwrap().replace("InternalHosts 127.0.0.1, 10.0.0.0/8", "InternalHosts 10.0.0.0/8");
+        std::fs::write(&c, text).unwrap();
+        let m = Milter::start(&dir, &["--config", c.to_str().unwrap(), "--mode", "s"]);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.send(b'C', b"localhost\0L\0\0");
+        assert_eq!(mta.reply(), Reply::Continue);
+        assert_eq!(mta.message(b"From: a@example.com\n\nx\n", steps, None), [Reply::Accept]);
+    }
+);

@@ -307,3 +307,16 @@ pub fn effective_uid() -> u32 {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     unsafe { libc::geteuid() as u32 }
 }
+
+/// CPU seconds the calling thread has used (CLOCK_THREAD_CPUTIME_ID): how the pipeline measures
+/// its serial part, the coordinating threads (issue 14).
+#[cfg(unix)]
+pub fn thread_cpu_seconds() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return 0.0;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}

@@ -66,6 +66,8 @@ pub struct OpendkimConf {
     pub mta: Vec<String>,
     /// `Nameservers` (milter): resolvers for key lookups, comma-separated.
     pub nameservers: Option<String>,
+    /// `PeerList` (milter): clients whose connections are accepted untouched.
+    pub peer_list: Option<String>,
     /// Keys that were accepted but have no effect here, with their line numbers.
     pub ignored: Vec<(usize, String)>,
 }
@@ -147,7 +149,6 @@ const IGNORED: &[&str] = &[
     "MaximumSignedBytes",
     "MilterDebug",
     "NoHeaderB",
-    "PeerList",
     "Quarantine",
     "QueryCache",
     "RemoveARAll",
@@ -270,6 +271,8 @@ const USED: &[&str] = &[
     "On-NoSignature",
     "On-Security",
     "On-SignatureError",
+    "On-PolicyError",
+    "PeerList",
     "UserID",
     "PidFile",
     "UMask",
@@ -295,6 +298,8 @@ pub const MILTER_ONLY: &[&str] = &[
     "On-NoSignature",
     "On-Security",
     "On-SignatureError",
+    "On-PolicyError",
+    "PeerList",
     "UserID",
     "PidFile",
     "UMask",
@@ -438,6 +443,7 @@ impl OpendkimConf {
                 "AlwaysAddARHeader" => c.always_add_ar = flag(value)?,
                 "MTA" => c.mta = need(value)?.split(',').map(|s| s.trim().to_string()).collect(),
                 "Nameservers" => c.nameservers = Some(need(value)?),
+                "PeerList" => c.peer_list = Some(need(value)?),
                 k if k.starts_with("On-") => c.on.push((k["On-".len()..].to_string(), need(value)?)),
                 "Include" => {
                     if depth >= MAX_INCLUDE_DEPTH {

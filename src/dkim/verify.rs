@@ -816,26 +816,37 @@ pub fn authentication_results(authserv_id: &str, verdicts: &[Verdict], le: &str)
     if verdicts.is_empty() {
         out.push_str(&format!(";{le}\tdkim=none"));
     }
+    // Values from the message go in only when they are what their property can be (RFC 8601
+    // §2.3: a domain, a selector, an algorithm, base64): a hostile d= or b= must not break the
+    // quoting of our own field. Signatures past the verification cap are reported once.
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    let mut capped = false;
     for v in verdicts {
+        if matches!(v.reason, Some(Reason::TooManySignatures(_))) {
+            if capped {
+                continue;
+            }
+            capped = true;
+        }
         out.push_str(&format!(";{le}\tdkim={}", v.result));
         if let Some(reason) = &v.reason {
             let reason: String =
                 reason.to_string().chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
             out.push_str(&format!(" reason=\"{reason}\""));
         }
-        if !v.domain.is_empty() {
+        if token(&v.domain) {
             out.push_str(&format!("{le}\theader.d={}", v.domain));
         }
         if !v.identity.is_empty() && v.identity.is_ascii() && !v.identity.contains([' ', ';', '"']) {
             out.push_str(&format!(" header.i={}", v.identity));
         }
-        if !v.selector.is_empty() {
+        if token(&v.selector) {
             out.push_str(&format!(" header.s={}", v.selector));
         }
-        if !v.algorithm.is_empty() {
+        if token(&v.algorithm) {
             out.push_str(&format!(" header.a={}", v.algorithm));
         }
-        if !v.b_prefix.is_empty() {
+        if !v.b_prefix.is_empty() && v.b_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)) {
             out.push_str(&format!(" header.b=\"{}\"", v.b_prefix));
         }
     }
@@ -922,6 +933,21 @@ mod tests {
         assert_eq!(qp_decode(b"joe=40football.example.com"), b"joe@football.example.com");
         assert_eq!(qp_decode(b"a=3Db"), b"a=b");
         assert_eq!(qp_decode(b"plain=zz"), b"plain=zz");
+    }
+
+    /// Hostile tag values stay out of our Authentication-Results; past the cap, one entry.
+    #[test]
+    fn authentication_results_keep_their_quoting() {
+        let mut v = Verdict::new(DkimResult::Fail, Reason::Signature);
+        v.domain = "example.com".into();
+        v.selector = "x\"y(z".into();
+        v.b_prefix = "AA\"AA)dk".into();
+        v.algorithm = "rsa-sha256".into();
+        let capped = Verdict::new(DkimResult::PermError, Reason::TooManySignatures(16));
+        let ar = authentication_results("mx.example.com", &[v, capped.clone(), capped], "\r\n");
+        assert!(ar.contains("header.d=example.com") && ar.contains("header.a=rsa-sha256"), "{ar}");
+        assert!(!ar.contains("header.s=") && !ar.contains("header.b="), "{ar}");
+        assert_eq!(ar.matches("more than 16").count(), 1, "{ar}");
     }
 
     #[test]

@@ -15,6 +15,24 @@ pub(crate) const BATCH_BYTES: usize = 256 << 10;
 /// The writer hands mapped pages back to the kernel every this many bytes.
 pub(crate) const RELEASE_STEP: usize = 8 << 20;
 
+/// CPU seconds of the threads that see every message one after the other: the splitter (this
+/// thread: framing, batching, dispatch) and the writer (ordering, output). What they cost per
+/// GB bounds the rate any number of workers can reach (issue 14).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SerialCpu {
+    /// The splitting thread.
+    pub splitter: f64,
+    /// The ordered writer.
+    pub writer: f64,
+}
+
+impl SerialCpu {
+    /// Both.
+    pub fn total(&self) -> f64 {
+        self.splitter + self.writer
+    }
+}
+
 /// Runs `job` on every message of a mapped mbox whose `From ` line starts in `range` (all of
 /// them with `0..len`; see [`Shard`]) on the pool, each message unquoted for `fmt`, and hands
 /// the results to `emit` in input order, on one writer thread.
@@ -31,7 +49,7 @@ pub fn map_mbox<R, J, E>(
     pool: &rayon::ThreadPool,
     job: J,
     mut emit: E,
-) -> Result<(), BulkError>
+) -> Result<SerialCpu, BulkError>
 where
     R: Send,
     J: Fn(&[u8]) -> R + Sync,
@@ -51,7 +69,8 @@ where
     let writer_gone = &writer_gone;
     let job = &job;
     std::thread::scope(|s| {
-        let writer = s.spawn(move || -> Result<(), BulkError> {
+        let writer = s.spawn(move || -> Result<f64, BulkError> {
+            let cpu_start = crate::arch::sys::thread_cpu_seconds();
             struct Gone<'a>(&'a std::sync::atomic::AtomicBool);
             impl Drop for Gone<'_> {
                 fn drop(&mut self) {
@@ -78,10 +97,12 @@ where
                     }
                 }
             }
-            Ok(())
+            Ok(crate::arch::sys::thread_cpu_seconds() - cpu_start)
         });
         let mut result = Ok(());
+        let mut splitter_cpu = 0.0;
         pool.in_place_scope(|scope| {
+            let cpu_start = crate::arch::sys::thread_cpu_seconds();
             let mut split = mbox::Splitter::range(data, fmt, range).peekable();
             while split.peek().is_some() {
                 if interrupted() {
@@ -125,12 +146,14 @@ where
                     break; // the writer failed; its error is returned below
                 }
             }
+            splitter_cpu = crate::arch::sys::thread_cpu_seconds() - cpu_start;
         });
         drop(out_tx);
         let written = writer.join().unwrap_or_else(|_| {
             Err(BulkError::Input { path: "writer".into(), reason: "internal error: the writer thread failed".into() })
         });
-        written.and(result)
+        let writer_cpu = written?;
+        result.map(|()| SerialCpu { splitter: splitter_cpu, writer: writer_cpu })
     })
 }
 

@@ -38,6 +38,8 @@ pub struct Summary {
     pub bytes: u64,
     /// Why messages were passed through.
     pub problems: Vec<Problem>,
+    /// CPU of the serial threads over the mboxes (see [`SerialCpu`]).
+    pub serial_cpu: super::SerialCpu,
 }
 
 /// Progress shown on stderr while a run goes (only when stderr is a terminal).

@@ -180,7 +180,7 @@ pub fn sign_mbox(
         out.write_all(&data[..mbox::bom_len(data)]).map_err(out_err)?;
     }
     let mut index = 0u64;
-    map_mbox(
+    let cpu = map_mbox(
         mapped,
         opts.mbox_format,
         range,
@@ -205,6 +205,8 @@ pub fn sign_mbox(
             Ok(())
         },
     )?;
+    summary.serial_cpu.splitter += cpu.splitter;
+    summary.serial_cpu.writer += cpu.writer;
     out.flush().map_err(out_err)
 }
 

@@ -73,6 +73,7 @@ pub fn verify_source(
                 let offset = e.from_line.start as u64;
                 emit(Checked { name: &name, file: &shown, index, offset, verdicts }).map_err(out_err)
             })
+            .map(|_| ())
         }
         InputKind::Maildir | InputKind::QueueDir => {
             let mut entries = list_messages(&source.path, source.kind)?;

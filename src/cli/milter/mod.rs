@@ -78,13 +78,14 @@ pub enum Action {
 
 impl Action {
     fn parse(v: &str) -> Option<Action> {
-        // OpenDKIM reads the first letter; the full words are what people write.
-        Some(match v.trim().to_ascii_lowercase().chars().next()? {
-            'a' => Action::Accept,
-            't' => Action::Tempfail,
-            'r' => Action::Reject,
-            'd' => Action::Discard,
-            'q' => Action::Quarantine,
+        // The words opendkim compares with (case-insensitively), and their first letters: a
+        // typo must not turn into an action nobody chose ("defer" is not "discard").
+        Some(match v.trim().to_ascii_lowercase().as_str() {
+            "a" | "accept" => Action::Accept,
+            "t" | "tempfail" => Action::Tempfail,
+            "r" | "reject" => Action::Reject,
+            "d" | "discard" => Action::Discard,
+            "q" | "quarantine" => Action::Quarantine,
             _ => return None,
         })
     }
@@ -120,10 +121,12 @@ pub enum Condition {
     Security,
     /// A signature could not be made.
     SignatureError,
+    /// A policy check failed (OpenDKIM's ADSP-era condition: read, never raised here).
+    PolicyError,
 }
 
 impl Condition {
-    const ALL: [Condition; 8] = [
+    const ALL: [Condition; 9] = [
         Condition::Default,
         Condition::BadSignature,
         Condition::DnsError,
@@ -132,6 +135,7 @@ impl Condition {
         Condition::NoSignature,
         Condition::Security,
         Condition::SignatureError,
+        Condition::PolicyError,
     ];
 
     /// The opendkim.conf key.
@@ -145,6 +149,7 @@ impl Condition {
             Condition::NoSignature => "On-NoSignature",
             Condition::Security => "On-Security",
             Condition::SignatureError => "On-SignatureError",
+            Condition::PolicyError => "On-PolicyError",
         }
     }
 
@@ -213,6 +218,8 @@ pub struct Settings {
     /// Outside clients allowed to send as our domains unsigned, without a warning
     /// (`ExternalIgnoreList`).
     pub external_ignore: Option<InternalHosts>,
+    /// Clients whose connections are accepted untouched (`PeerList`).
+    pub peers: Option<InternalHosts>,
     /// `{daemon_name}` values whose mail is signed (`MTA`).
     pub mta_names: Vec<String>,
     /// Our authserv-id.
@@ -317,10 +324,15 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
         Some(spec) => Some(InternalHosts::load(spec, &dir).map_err(cfg_err)?),
         None => None,
     };
+    let peers = match c.as_ref().and_then(|c| c.peer_list.as_ref()) {
+        Some(spec) => Some(InternalHosts::load(spec, &dir).map_err(cfg_err)?),
+        None => None,
+    };
     let actions = Actions::from_conf(c.as_ref().map(|c| c.on.as_slice()).unwrap_or_default()).map_err(cfg_err)?;
+    // `AuthservID HOSTNAME` means this host's name (opendkim.conf(5)), as does no setting.
     let authserv_id = match a.authserv_id.clone().or_else(|| c.as_ref().and_then(|c| c.authserv_id.clone())) {
-        Some(id) => id,
-        None => hostname(),
+        Some(id) if id != "HOSTNAME" => id,
+        _ => hostname(),
     };
     if authserv_id.is_empty() || !authserv_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
         return Err(CliError::Config(format!("AuthservID {authserv_id:?}: expected a host name")).into());
@@ -342,6 +354,7 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
         verify: verifies,
         internal,
         external_ignore,
+        peers,
         mta_names: c.as_ref().map(|c| c.mta.clone()).unwrap_or_default(),
         authserv_id,
         always_add_ar: c.as_ref().is_some_and(|c| c.always_add_ar),
@@ -454,7 +467,7 @@ fn bind(d: &Daemon) -> anyhow::Result<Listener> {
     match spec {
         SocketSpec::Inet(addrs) => Ok(Listener::Tcp(TcpListener::bind(&addrs[..]).map_err(unavailable)?)),
         SocketSpec::Unix(path) => {
-            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            use std::os::unix::fs::FileTypeExt;
             // A stale socket from an earlier run is replaced; any other file is left alone.
             if let Ok(m) = std::fs::symlink_metadata(&path) {
                 if !m.file_type().is_socket() {
@@ -473,13 +486,14 @@ fn bind(d: &Daemon) -> anyhow::Result<Listener> {
                 }
                 std::fs::remove_file(&path).map_err(unavailable)?;
             }
-            let old = dkimpress::arch::sys::set_umask(0o177);
+            // The socket gets its mode from the umask at bind time (no chmod by path after it,
+            // which a link swapped in could redirect), and its owner by lchown.
+            let old = dkimpress::arch::sys::set_umask(0o777 & !d.socket_mode);
             let l = UnixListener::bind(&path);
             dkimpress::arch::sys::set_umask(old);
             let l = l.map_err(unavailable)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(d.socket_mode)).map_err(unavailable)?;
             if let Some((uid, gid)) = d.user {
-                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(unavailable)?;
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(unavailable)?;
             }
             Ok(Listener::Unix(l, path))
         }
@@ -504,15 +518,19 @@ impl Stream for std::os::unix::net::UnixStream {
     }
 }
 
-/// How long a connection may sit silent (Postfix's own limits are 300 s per stage; an SMTP
-/// session may idle between messages).
-const IDLE: Duration = Duration::from_secs(3600);
+/// How long a new connection may take to negotiate: an MTA does it at once; a client that
+/// connects and says nothing must not hold a connection slot.
+const NEGOTIATION: Duration = Duration::from_secs(30);
+/// How long a negotiated connection may sit silent (Postfix waits 300 s at most per SMTP
+/// command, and a session idles between messages no longer than that).
+const IDLE: Duration = Duration::from_secs(600);
 
 /// Serves one MTA connection until it quits or goes away.
 fn serve(stream: &mut dyn Stream, settings: &Settings, log: &mut Logger) {
     use session::{Next, Session};
-    stream.set_timeout(IDLE);
+    stream.set_timeout(NEGOTIATION);
     let mut s = Session::new(settings, log);
+    let mut negotiated = false;
     loop {
         let (cmd, data) = match proto::read_packet(stream) {
             Ok(Some(p)) => p,
@@ -522,6 +540,10 @@ fn serve(stream: &mut dyn Stream, settings: &Settings, log: &mut Logger) {
                 return;
             }
         };
+        if !negotiated && cmd == b'O' {
+            negotiated = true;
+            stream.set_timeout(IDLE);
+        }
         let next = match proto::parse(cmd, data) {
             Ok(c) => {
                 let eob = matches!(c, proto::Command::EndOfBody(_));
@@ -568,7 +590,26 @@ fn notify_systemd(state: &str) {
     }
 }
 
+/// Writes our pid to `p` as a new file: whatever was there (a stale pid file, or a symlink
+/// planted by the user we are about to become) is removed first, and the new file is created
+/// without following links, so that root never writes through someone else's link.
+fn write_pid_file(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => return Err(std::io::Error::other("is a directory")),
+        Ok(_) => std::fs::remove_file(p)?,
+        Err(_) => {}
+    }
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).custom_flags(libc::O_NOFOLLOW).open(p)?;
+    std::io::Write::write_all(&mut f, format!("{}\n", std::process::id()).as_bytes())
+}
+
 pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
+    // First of all: a SIGHUP or SIGTERM that comes early (a script reading the pid file) must
+    // not kill the daemon half set up; it is acted on once the loop runs.
+    dkimpress::arch::sys::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| CliError::System(format!("signal handlers: {e}")))?;
     let c = daemon_conf(&a)?;
     let d = daemon(&a, c.as_ref())?;
     let log = Logger::new(a.k.verbose, d.log_to_stderr);
@@ -584,8 +625,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     load_settings(&a)?;
     let listener = bind(&d)?;
     if let Some(p) = &d.pid_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .map_err(|error| CliError::Create { path: p.clone(), error })?;
+        write_pid_file(p).map_err(|error| CliError::Create { path: p.clone(), error })?;
     }
     if let Some((uid, gid)) = d.user {
         if dkimpress::arch::sys::effective_uid() == 0 {
@@ -597,8 +637,6 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     }
     // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
     let settings = RwLock::new(Arc::new(load_settings(&a)?));
-    dkimpress::arch::sys::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
-        .map_err(|e| CliError::System(format!("signal handlers: {e}")))?;
     log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(&a, c.as_ref())));
     notify_systemd("READY=1");
     let active = Arc::new(AtomicUsize::new(0));
@@ -626,10 +664,6 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => log.error(&format!("configuration not re-read, the old one stays: {e:#}")),
             }
         }
-        if active.load(Ordering::SeqCst) >= d.max_connections {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
         match dkimpress::arch::sys::wait_readable(std::os::fd::AsFd::as_fd(&fd), 1000) {
             Ok(true) => {}
             Ok(false) => continue,
@@ -655,17 +689,26 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
                 Err(_) => continue,
             },
         };
+        // Full: the connection is closed at once (the MTA applies milter_default_action to
+        // it) rather than left waiting, and said so.
+        if active.load(Ordering::SeqCst) >= d.max_connections {
+            log.warn(&format!("{} connections open (--max-connections): a new one was refused", d.max_connections));
+            drop(stream);
+            continue;
+        }
         let current = settings.read().expect("settings lock").clone();
         let active = active.clone();
         let (verbose, to_stderr) = (a.k.verbose, d.log_to_stderr);
         active.fetch_add(1, Ordering::SeqCst);
+        let in_thread = active.clone();
         let spawned = std::thread::Builder::new().name("milter-conn".into()).spawn(move || {
             let mut stream = stream;
             let mut log = Logger::new(verbose, to_stderr);
             serve(&mut *stream, &current, &mut log);
-            active.fetch_sub(1, Ordering::SeqCst);
+            in_thread.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::SeqCst);
             log.error(&format!("cannot start a connection thread: {e}"));
         }
     };

@@ -113,6 +113,12 @@ impl<'a> Session<'a> {
                     b'4' | b'6' => address,
                     _ => String::new(),
                 };
+                // PeerList: clients whose mail passes untouched (a content filter re-injecting
+                // mail that was already handled): accept the whole connection.
+                let shown = if self.client.is_empty() { "127.0.0.1" } else { self.client.as_str() };
+                if self.settings.peers.as_ref().is_some_and(|p| p.contains(shown)) {
+                    return Reply(vec![Response::Accept]);
+                }
                 Reply(vec![Response::Continue])
             }
             Command::Mail(_) => {
@@ -211,14 +217,13 @@ impl<'a> Session<'a> {
         if !daemon.is_empty() && s.mta_names.iter().any(|m| m == daemon) {
             return Ok("MTA daemon");
         }
-        if self.client.is_empty() {
-            // A local socket or a client the MTA could not name: mail submitted on this host.
-            return Ok("local client");
-        }
-        if s.internal.contains(&self.client) {
+        // A local socket or a client the MTA could not name is this host, 127.0.0.1, as the
+        // OpenDKIM family of milters takes it: signed only while InternalHosts lists it.
+        let client = if self.client.is_empty() { "127.0.0.1" } else { self.client.as_str() };
+        if s.internal.contains(client) {
             return Ok("internal host");
         }
-        Err(format!("client {} is not in InternalHosts and did not authenticate", self.client))
+        Err(format!("client {client} is not in InternalHosts and did not authenticate"))
     }
 
     /// The decision at the end of a message.
@@ -230,7 +235,10 @@ impl<'a> Session<'a> {
                 "message larger than --max-message-size ({} octets): passed on unchecked",
                 self.settings.max_message
             ));
-            return vec![Response::Accept];
+            // Unchecked, but a forged result with our id still goes.
+            let mut r = if self.settings.verify { self.remove_forged_results() } else { vec![] };
+            r.push(Response::Accept);
+            return r;
         }
         let s = self.settings;
         let origin = self.origin();
@@ -238,6 +246,12 @@ impl<'a> Session<'a> {
             match &origin {
                 Ok(_) => match self.sign() {
                     Signed::Done(r) => return r,
+                    // Our own client's message that cannot be signed (no usable From, a broken
+                    // header block) goes on unsigned; judging it as inbound mail could reject it.
+                    Signed::Unsignable(why) => {
+                        self.log.warn(&format!("not signed: {why}"));
+                        return vec![Response::Accept];
+                    }
                     Signed::NotOurs(why) => {
                         if s.log_why {
                             self.log.info(&format!("not signed: {why}"));
@@ -288,7 +302,7 @@ impl<'a> Session<'a> {
             Ok(Err(MessageError::Select(SelectError::NoKey(who)))) => {
                 return Signed::NotOurs(format!("no signing table match for {who}"))
             }
-            Ok(Err(e)) if is_message_fault(&e) => return Signed::NotOurs(format!("cannot be signed: {e}")),
+            Ok(Err(e)) if is_message_fault(&e) => return Signed::Unsignable(format!("cannot be signed: {e}")),
             Ok(Err(e @ MessageError::Select(SelectError::Temporary(_)))) => {
                 return Signed::Done(self.act(Condition::InternalError, &format!("key store: {e}"), vec![]))
             }
@@ -351,7 +365,7 @@ impl<'a> Session<'a> {
                 value: value.replace("\r\n", "\n"),
             });
         }
-        for v in &verdicts {
+        for v in verdicts.iter().filter(|v| !matches!(v.reason, Some(Reason::TooManySignatures(_)))).take(16) {
             let line = format!("s={} d={} dkim={}", v.selector, v.domain, v.result);
             match (v.result, s.log_success) {
                 (DkimResult::Pass, true) => self.log.info(&format!("{line}: verified")),
@@ -381,9 +395,7 @@ impl<'a> Session<'a> {
         let ours = self.settings.authserv_id.to_ascii_lowercase();
         let mut out = vec![];
         for (n, value) in self.ar_fields.iter().enumerate().rev() {
-            let text = String::from_utf8_lossy(value);
-            let id = text.trim_start().split([';', ' ', '\t', '\r', '\n']).next().unwrap_or_default();
-            if id.eq_ignore_ascii_case(&ours) {
+            if authserv_id(value).eq_ignore_ascii_case(ours.trim_end_matches('.')) {
                 out.push(Response::ChangeHeader {
                     index: n as u32 + 1,
                     name: "Authentication-Results".into(),
@@ -435,6 +447,47 @@ enum Signed {
     Done(Vec<Response>),
     /// Not ours to sign (why): verify it, if we verify.
     NotOurs(String),
+    /// Ours, but it cannot be signed (why): it goes on as it is.
+    Unsignable(String),
+}
+
+/// The authserv-id of an Authentication-Results value (RFC 8601 §2.2): after any comments
+/// and folding white space, unquoted if it is a quoted-string, without a final dot.
+pub fn authserv_id(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    let mut rest = text.as_ref();
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', '\r', '\n']);
+        if let Some(r) = rest.strip_prefix('(') {
+            // A comment, nested ones included.
+            let mut depth = 1;
+            let mut end = r.len();
+            let mut escaped = false;
+            for (i, c) in r.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            rest = &r[end.min(r.len())..];
+            continue;
+        }
+        break;
+    }
+    let id = match rest.strip_prefix('"') {
+        Some(q) => q.split('"').next().unwrap_or_default().replace('\\', ""),
+        None => rest.split([';', ' ', '\t', '\r', '\n', '(']).next().unwrap_or_default().to_string(),
+    };
+    id.trim_end_matches('.').to_string()
 }
 
 /// Errors that are the message's fault (no usable From, a broken header block): retrying
@@ -472,6 +525,20 @@ pub fn split_fields(fields: &[u8]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authserv_ids_as_rfc_8601_writes_them() {
+        for (v, want) in [
+            (" mx.example.com; dkim=pass", "mx.example.com"),
+            (" \"mx.example.com\"; dkim=pass", "mx.example.com"),
+            (" (forged (nested)) mx.example.com; dkim=pass", "mx.example.com"),
+            (" mx.example.com.; dkim=pass", "mx.example.com"),
+            ("\n\tmx.example.com 1; none", "mx.example.com"),
+            (" other.example; dkim=pass", "other.example"),
+        ] {
+            assert_eq!(authserv_id(v.as_bytes()), want, "{v:?}");
+        }
+    }
 
     #[test]
     fn splits_signature_fields() {
