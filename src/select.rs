@@ -209,7 +209,7 @@ impl Tables {
     }
 
     /// The signer of KeyTable entry `name`, built once. An entry whose domain is `%` has no
-    /// domain of its own (it signs as each author's domain): for it, see [`Tables::lookup`].
+    /// domain of its own (it signs as each author's domain): its signers come from [`KeySource::signers_for`].
     pub fn signer(&self, name: &str) -> Result<Signer, SelectError> {
         self.signer_as(name, None, None)
     }

@@ -32,13 +32,18 @@ pub struct Figure {
     pub limit: Option<f64>,
     /// per_second (or bytes) / limit.
     pub ratio: Option<f64>,
+    /// CPU seconds per GB of input spent on the threads that see every message in turn (the
+    /// splitter and the ordered writer): the serial part, which caps the rate on many cores at
+    /// 1 GB / this (issue 14). Only for the end-to-end pipeline rows.
+    pub serial_s_per_gb: Option<f64>,
 }
 
 impl Figure {
     /// The figure as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({"name": self.name, "threads": self.threads, "per_second": self.per_second,
-            "bytes_per_second": self.bytes_per_second, "limit": self.limit, "ratio": self.ratio})
+            "bytes_per_second": self.bytes_per_second, "limit": self.limit, "ratio": self.ratio,
+            "serial_cpu_seconds_per_gb": self.serial_s_per_gb})
     }
 }
 
@@ -120,6 +125,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
             f.per_second,
             f.bytes_per_second / 1e6,
             f.ratio.map_or(String::new(), |r| format!("  ratio {r:.2}"))
+                + &f.serial_s_per_gb.map_or(String::new(), |s| format!("  serial {s:.3} s/GB"))
         );
         figs.push(f);
     };
@@ -138,6 +144,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
         bytes_per_second: n as f64 * bytes / secs,
         limit: None,
         ratio: None,
+        serial_s_per_gb: None,
     });
 
     // Bodies, unquoted, for the hashing stages.
@@ -168,6 +175,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
         bytes_per_second: sha_rate,
         limit: None,
         ratio: None,
+        serial_s_per_gb: None,
     });
     for c in [Canon::Simple, Canon::Relaxed] {
         // Check: the fused hash equals hashing the canonical bytes.
@@ -192,6 +200,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
             bytes_per_second: rate,
             limit: Some(sha_rate),
             ratio: Some(rate / sha_rate),
+            serial_s_per_gb: None,
         });
     }
 
@@ -213,6 +222,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
             bytes_per_second: rate,
             limit: None,
             ratio: None,
+            serial_s_per_gb: None,
         });
         if t == 1 {
             continue; // measured above
@@ -241,6 +251,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
             bytes_per_second: rounds as f64 * body_bytes / secs,
             limit: Some(rate),
             ratio: Some(rounds as f64 * body_bytes / secs / rate),
+            serial_s_per_gb: None,
         });
     }
 
@@ -269,6 +280,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                 bytes_per_second: 0.0,
                 limit: None,
                 ratio: None,
+                serial_s_per_gb: None,
             });
             let signer = SignerBuilder::new(key.clone(), "example.com", "bench")
                 .canon(o.canon)
@@ -285,9 +297,10 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
             };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| e.to_string())?;
             let mapped = Mapped::Owned(data.clone());
+            let serial = std::cell::Cell::new(0.0f64);
             let run_once = || -> u64 {
                 let mut signed = 0u64;
-                pipeline::map_mbox(
+                let cpu = pipeline::map_mbox(
                     &mapped,
                     MboxFormat::Mboxrd,
                     0..mapped.len(),
@@ -299,6 +312,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                     },
                 )
                 .expect("pipeline");
+                serial.set(serial.get() + cpu.total());
                 assert_eq!(signed, count as u64, "every generated message signs");
                 1
             };
@@ -320,6 +334,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                 bytes_per_second: n as f64 * bytes / secs,
                 limit: lim,
                 ratio,
+                serial_s_per_gb: Some(serial.get() / (n as f64 * bytes / 1e9)),
             });
             if t == max_threads {
                 // Verify: sign once, then verify the signed archive.
@@ -371,6 +386,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                     bytes_per_second: n as f64 * signed_mapped.len() as f64 / secs,
                     limit: None,
                     ratio: None,
+                    serial_s_per_gb: None,
                 });
             }
         }

@@ -38,7 +38,7 @@ pub struct Summary {
     pub bytes: u64,
     /// Why messages were passed through.
     pub problems: Vec<Problem>,
-    /// CPU of the serial threads over the mboxes (see [`SerialCpu`]).
+    /// CPU of the serial threads over the mboxes (see [`super::SerialCpu`]).
     pub serial_cpu: super::SerialCpu,
 }
 
