@@ -242,7 +242,7 @@ const IGNORED: &[&str] = &[
     "MilterDebug",
 ];
 
-/// Keys we use (the rest of this list is handled below).
+/// Keys every command uses (with [`MILTER_ONLY`], the keys read here).
 const USED: &[&str] = &[
     "Domain",
     "Selector",
@@ -261,28 +261,6 @@ const USED: &[&str] = &[
     "RequireSafeKeys",
     "IncludeBodyLength",
     "InternalHosts",
-    "ExternalIgnoreList",
-    "Socket",
-    "On-Default",
-    "On-BadSignature",
-    "On-DNSError",
-    "On-InternalError",
-    "On-KeyNotFound",
-    "On-NoSignature",
-    "On-Security",
-    "On-SignatureError",
-    "On-PolicyError",
-    "PeerList",
-    "UserID",
-    "PidFile",
-    "UMask",
-    "Syslog",
-    "SyslogSuccess",
-    "LogWhy",
-    "AuthservID",
-    "AlwaysAddARHeader",
-    "MTA",
-    "Nameservers",
     "Include",
 ];
 
@@ -400,7 +378,7 @@ impl OpendkimConf {
                 Some((k, v)) => (k, v.trim()),
                 None => (line, ""),
             };
-            let known = USED.iter().chain(IGNORED).find(|k| k.eq_ignore_ascii_case(key));
+            let known = USED.iter().chain(MILTER_ONLY).chain(IGNORED).find(|k| k.eq_ignore_ascii_case(key));
             let Some(&key) = known else {
                 return Err(err(format!("unknown key {key:?} (not an opendkim.conf key)")));
             };
