@@ -55,6 +55,9 @@ where
     J: Fn(&[u8]) -> R + Sync,
     E: FnMut(&MboxEntry, R) -> Result<(), BulkError> + Send,
 {
+    if !fmt.uses_content_length() {
+        return map_mbox_framed_in_parallel(mapped, fmt, range, pool, job, emit);
+    }
     let data: &[u8] = mapped;
     // Jobs are batches of consecutive messages (up to BATCH_MESSAGES or BATCH_BYTES): one job,
     // one result slot and one wake-up per batch instead of per message, which matters for
@@ -145,6 +148,103 @@ where
                 if out_tx.send((batch, slot_rx)).is_err() {
                     break; // the writer failed; its error is returned below
                 }
+            }
+            splitter_cpu = crate::arch::sys::thread_cpu_seconds() - cpu_start;
+        });
+        drop(out_tx);
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(BulkError::Input { path: "writer".into(), reason: "internal error: the writer thread failed".into() })
+        });
+        let writer_cpu = written?;
+        result.map(|()| SerialCpu { splitter: splitter_cpu, writer: writer_cpu })
+    })
+}
+
+/// Smallest and largest byte range one worker frames and processes as one job.
+const CHUNK_MIN: usize = 256 << 10;
+const CHUNK_MAX: usize = 8 << 20;
+
+/// [`map_mbox`] for mboxrd and mboxo, where a separator is any line starting with `From `:
+/// the workers frame the messages themselves (issue 14). The range is cut into chunks; each
+/// job finds the messages whose `From ` line starts in its chunk ([`mbox::Splitter::range`])
+/// and runs `job` on them; the writer takes the chunks' results in order. This thread only
+/// hands out chunk bounds, so the serial part is the writer alone. Memory: at most
+/// `4 × threads` chunks of results in flight, the input being the map.
+fn map_mbox_framed_in_parallel<R, J, E>(
+    mapped: &crate::arch::sys::Mapped,
+    fmt: MboxFormat,
+    range: std::ops::Range<usize>,
+    pool: &rayon::ThreadPool,
+    job: J,
+    mut emit: E,
+) -> Result<SerialCpu, BulkError>
+where
+    R: Send,
+    J: Fn(&[u8]) -> R + Sync,
+    E: FnMut(&MboxEntry, R) -> Result<(), BulkError> + Send,
+{
+    let data: &[u8] = mapped;
+    let threads = pool.current_num_threads().max(1);
+    // Enough chunks to keep every worker busy and balanced, few enough to cost nothing.
+    let chunk = ((range.end - range.start) / (threads * 8)).clamp(CHUNK_MIN, CHUNK_MAX);
+    type Slot<R> = crossbeam_channel::Receiver<Vec<(MboxEntry, R)>>;
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<Slot<R>>(threads * 4);
+    let job = &job;
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<f64, BulkError> {
+            let cpu_start = crate::arch::sys::thread_cpu_seconds();
+            let mut released = 0usize;
+            for slot in out_rx {
+                let Ok(results) = slot.recv() else {
+                    return Err(BulkError::Input {
+                        path: "worker".into(),
+                        reason: "internal error: a worker thread failed; nothing was replaced".into(),
+                    });
+                };
+                for (e, r) in results {
+                    let end = e.data.end;
+                    emit(&e, r)?;
+                    if end - released >= RELEASE_STEP {
+                        mapped.release(released..end);
+                        released = end;
+                    }
+                }
+            }
+            Ok(crate::arch::sys::thread_cpu_seconds() - cpu_start)
+        });
+        let mut result = Ok(());
+        let mut splitter_cpu = 0.0;
+        pool.in_place_scope(|scope| {
+            let cpu_start = crate::arch::sys::thread_cpu_seconds();
+            let mut at = range.start;
+            while at < range.end {
+                if interrupted() {
+                    result = Err(BulkError::Interrupted);
+                    break;
+                }
+                let end = (at + chunk).min(range.end);
+                let (slot_tx, slot_rx) = crossbeam_channel::bounded(1);
+                let bounds = at..end;
+                scope.spawn(move |_| {
+                    let results: Vec<(MboxEntry, R)> = mbox::Splitter::range(data, fmt, bounds)
+                        .map(|e| {
+                            let r = if e.quoted {
+                                SCRATCH.with(|scratch| {
+                                    let mut scratch = scratch.borrow_mut();
+                                    job(mbox::unquote(fmt, &data[e.message.clone()], &mut scratch))
+                                })
+                            } else {
+                                job(&data[e.message.clone()])
+                            };
+                            (e, r)
+                        })
+                        .collect();
+                    let _ = slot_tx.send(results);
+                });
+                if out_tx.send(slot_rx).is_err() {
+                    break; // the writer failed; its error is returned below
+                }
+                at = end;
             }
             splitter_cpu = crate::arch::sys::thread_cpu_seconds() - cpu_start;
         });

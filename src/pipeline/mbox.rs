@@ -43,7 +43,7 @@ impl MboxFormat {
         }
     }
 
-    fn uses_content_length(self) -> bool {
+    pub(crate) fn uses_content_length(self) -> bool {
         matches!(self, MboxFormat::Mboxcl | MboxFormat::Mboxcl2)
     }
 }
@@ -150,10 +150,12 @@ impl<'a> Splitter<'a> {
                 }
                 s.end = range.end.min(data.len());
             } else {
-                // Any line starting with "From " is a separator (body lines are quoted).
-                s.pos = match memchr::memmem::find(&data[range.start - 1..], b"\nFrom ") {
-                    Some(i) => range.start + i,
-                    None => data.len(),
+                // Any line starting with "From " is a separator (body lines are quoted). Only
+                // this range is searched: a range inside one huge message costs its own length.
+                let window = &data[range.start - 1..(range.end + 5).min(data.len())];
+                s.pos = match memchr::memmem::find(window, b"\nFrom ") {
+                    Some(i) if range.start + i < range.end => range.start + i,
+                    _ => data.len(),
                 };
             }
         }
