@@ -42,6 +42,9 @@ pub(crate) struct BenchArgs {
     /// No figures on stderr (with --report json, only the JSON).
     #[arg(short = 'q', long = "quiet")]
     pub(crate) quiet: bool,
+    /// Framings of the end-to-end rows, comma-separated: parallel, serial (a row each).
+    #[arg(long = "framing", value_name = "LIST", value_delimiter = ',', default_value = "parallel", hide = true)]
+    pub(crate) framing: Vec<dkimpress::pipeline::Framing>,
 }
 
 pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -83,6 +86,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         canon: a.canon,
         min: std::time::Duration::from_secs_f64(a.seconds.max(0.05)),
         quiet: a.quiet,
+        framings: a.framing,
     };
     let figs = crate::cli::bench::run(&opts).map_err(CliError::Bench)?;
     if a.json || a.report == ReportFormat::Json {

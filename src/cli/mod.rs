@@ -194,6 +194,10 @@ struct InputArgs {
     /// name. The N outputs concatenated in K order equal one run's output.
     #[arg(long = "shard", value_name = "K/N")]
     shard: Option<pipeline::Shard>,
+    /// Who finds message boundaries in an mboxrd/mboxo file: parallel (each worker in its own
+    /// byte range, the default) or serial (one thread). For measurements; the output is the same.
+    #[arg(long = "framing", value_name = "HOW", default_value = "parallel", hide = true)]
+    framing: pipeline::Framing,
 }
 
 /// A size in octets, with an optional K, M or G suffix (powers of 1024).
@@ -741,5 +745,6 @@ fn mta_options(k: &KeyArgs) -> anyhow::Result<BulkOptions> {
         now: k.timestamp.unwrap_or_else(now_unix),
         max_message: pipeline::DEFAULT_MAX_MESSAGE,
         shard: None,
+        framing: pipeline::Framing::Parallel,
     })
 }

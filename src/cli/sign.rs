@@ -114,6 +114,7 @@ impl SignConfig {
                 now,
                 max_message: a.input.max_message(),
                 shard: a.input.shard,
+                framing: a.input.framing,
             },
             lock_timeout: std::time::Duration::from_secs(a.input.lock_timeout),
             input,
@@ -284,20 +285,16 @@ pub(crate) fn sign_mbox_to(
     let dest = if cfg.in_place { Some(path) } else { cfg.output.as_deref() };
     match dest {
         None => {
-            // Straight to fd 1 through our own buffer (std's Stdout is line-buffered and would
-            // copy every byte once more).
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, dkimpress::pipeline::io::stdout_raw());
+            // Straight to fd 1, unbuffered: sign_mbox writes each unit in one writev from the
+            // map (std's Stdout is line-buffered and would copy every byte once more).
+            let mut out = dkimpress::pipeline::io::stdout_raw();
             pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
         }
         Some(d) => {
             let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), error: e };
             let keep = keep_for(cfg, (!source.is_stream()).then_some(path));
             let mut f = dkimpress::pipeline::io::Output::open(d, &keep, true).map_err(BulkError::from)?;
-            {
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut f);
-                pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
-                out.flush().map_err(fail)?;
-            }
+            pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut f, summary, progress)?;
             match (f, &lock) {
                 (dkimpress::pipeline::io::Output::Atomic(mut a), Some(l)) => {
                     a.commit_checked(|| l.check_unchanged(path))

@@ -173,9 +173,12 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
             pipeline::verify_source(
                 source,
-                a.input.mbox_format,
-                a.input.shard,
-                a.input.max_message(),
+                pipeline::Reading {
+                    fmt: a.input.mbox_format,
+                    shard: a.input.shard,
+                    framing: a.input.framing,
+                    max_message: a.input.max_message(),
+                },
                 &pool,
                 &check,
                 |c| report(&mut out, c.name, c.file, c.index, c.offset, &c.verdicts),

@@ -190,6 +190,9 @@ impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.file().write(buf)
     }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.file().write_vectored(bufs)
+    }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file().flush()
     }
@@ -281,12 +284,37 @@ impl Write for Output {
             Output::Stream(f) => f.write(buf),
         }
     }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Output::Atomic(f) => f.write_vectored(bufs),
+            Output::Stream(f) => f.write_vectored(bufs),
+        }
+    }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Output::Atomic(f) => f.flush(),
             Output::Stream(f) => f.flush(),
         }
     }
+}
+
+/// Most slices one `writev` takes (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// Writes all of `parts` in as few `writev` calls as the kernel allows, straight from where the
+/// slices point (the map): no copy in user space. Empty slices are skipped; a short write goes
+/// on where it stopped.
+pub fn write_all_vectored(w: &mut dyn Write, mut parts: &mut [std::io::IoSlice<'_>]) -> std::io::Result<()> {
+    std::io::IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match w.write_vectored(&parts[..parts.len().min(IOV_MAX)]) {
+            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "failed to write whole buffer")),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// An I/O error's message without tempfile's ` at path "..."` note.

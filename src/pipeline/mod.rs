@@ -36,7 +36,6 @@ use crate::dkim::header::Message;
 use crate::dkim::sign::Signer;
 use mbox::{MboxEntry, MboxFormat};
 
-use rayon::prelude::*;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,8 @@ pub struct BulkOptions {
     pub max_message: u64,
     /// This run's share of the inputs (`--shard K/N`), or all of them.
     pub shard: Option<Shard>,
+    /// Who frames the messages of an mbox (`--framing`, hidden: for measurements).
+    pub framing: Framing,
 }
 
 /// What happened to one message.
@@ -135,7 +137,8 @@ pub fn write_without(w: &mut dyn Write, data: &[u8], drop: &[Range<usize>]) -> s
     w.write_all(&data[pos..])
 }
 
-/// Accounts for one message in `summary`, reporting a problem as it happens.
+/// Accounts for one message in `summary`, reporting a problem as it happens. The progress bar
+/// is the caller's (once per unit: it formats and locks).
 pub(crate) fn account(
     summary: &mut Summary,
     progress: &Progress,
@@ -156,12 +159,14 @@ pub(crate) fn account(
             summary.problems.push(p);
         }
     }
-    progress.advance(len, summary.messages);
 }
 
 /// Signs every message of the mapped mbox `mapped` (shown as `path`) into `out`: the output is
 /// the input with the new header fields inserted after each `From ` line (and own old
 /// signatures removed with `strip_own`), byte for byte otherwise.
+///
+/// `out` should be unbuffered: each unit of messages goes out in one vectored write straight
+/// from the map (the new header fields between the slices), with no copy in user space.
 pub fn sign_mbox(
     mapped: &crate::arch::sys::Mapped,
     path: &Path,
@@ -185,28 +190,45 @@ pub fn sign_mbox(
         opts.mbox_format,
         range,
         pool,
+        opts.framing,
         |msg| process(opts, msg),
-        |e, o| {
-            index += 1;
-            if let Outcome::Temporary(reason) = &o {
-                return Err(BulkError::Temporary { path: format!("{shown}#{index}"), reason: reason.clone() });
+        |results| {
+            if let Some(i) = results.iter().position(|(_, o)| matches!(o, Outcome::Temporary(_))) {
+                let Outcome::Temporary(reason) = &results[i].1 else { unreachable!() };
+                let at = index + 1 + i as u64;
+                return Err(BulkError::Temporary { path: format!("{shown}#{at}"), reason: reason.clone() });
             }
-            out.write_all(&data[e.from_line.clone()]).map_err(out_err)?;
-            let stored = &data[e.data.clone()];
-            match &o {
-                Outcome::Signed { headers, drop } => {
-                    out.write_all(headers).map_err(out_err)?;
-                    write_without(out, stored, drop).map_err(out_err)?;
+            // One allocation per unit (up to a few thousand slices), not per message.
+            let mut iov = Vec::with_capacity(results.len() * 3);
+            for (e, o) in &results {
+                iov.push(std::io::IoSlice::new(&data[e.from_line.clone()]));
+                let stored = &data[e.data.clone()];
+                match o {
+                    Outcome::Signed { headers, drop } => {
+                        iov.push(std::io::IoSlice::new(headers));
+                        let mut pos = 0;
+                        for r in drop {
+                            iov.push(std::io::IoSlice::new(&stored[pos..r.start]));
+                            pos = r.end;
+                        }
+                        iov.push(std::io::IoSlice::new(&stored[pos..]));
+                    }
+                    _ => iov.push(std::io::IoSlice::new(stored)),
                 }
-                _ => out.write_all(stored).map_err(out_err)?,
             }
-            let len = (e.data.end - e.from_line.start) as u64;
-            account(summary, progress, &o, &shown, index, e.from_line.start as u64, len);
+            io::write_all_vectored(out, &mut iov).map_err(out_err)?;
+            let mut bytes = 0;
+            for (e, o) in &results {
+                index += 1;
+                let len = (e.data.end - e.from_line.start) as u64;
+                account(summary, progress, o, &shown, index, e.from_line.start as u64, len);
+                bytes += len;
+            }
+            progress.advance(bytes, summary.messages);
             Ok(())
         },
     )?;
-    summary.serial_cpu.splitter += cpu.splitter;
-    summary.serial_cpu.writer += cpu.writer;
+    summary.serial_cpu += cpu;
     out.flush().map_err(out_err)
 }
 
@@ -247,7 +269,7 @@ pub fn sign_dir(
             std::fs::create_dir_all(&p).map_err(|error| BulkError::Output { path: p.display().to_string(), error })?;
         }
     }
-    map_dir(
+    let cpu = map_dir(
         dir,
         &entries,
         opts.max_message,
@@ -259,9 +281,12 @@ pub fn sign_dir(
                 return Err(BulkError::Temporary { path: dir.join(rel).display().to_string(), reason: reason.clone() });
             }
             account(summary, progress, &outcome, &dir.join(rel).display().to_string(), 1, 0, len);
+            progress.advance(len, summary.messages);
             Ok(())
         },
-    )
+    )?;
+    summary.serial_cpu += cpu;
+    Ok(())
 }
 
 pub(crate) fn sign_file(

@@ -20,19 +20,31 @@ pub struct Checked<'a> {
     pub verdicts: Vec<Verdict>,
 }
 
+/// How a verify run reads its sources.
+#[derive(Clone, Copy, Debug)]
+pub struct Reading {
+    /// The mbox flavour.
+    pub fmt: MboxFormat,
+    /// This run's share of the inputs (`--shard K/N`), or all of them.
+    pub shard: Option<Shard>,
+    /// Who frames the messages of an mbox.
+    pub framing: Framing,
+    /// Largest message checked; a larger one gets a permerror verdict.
+    pub max_message: u64,
+}
+
 /// Checks every message of `source`. `check` runs on the pool (a message larger than
-/// `max_message`, a directory entry that is not a message, or a panic in `check` gets one
+/// `reading.max_message`, a directory entry that is not a message, or a panic in `check` gets one
 /// `permerror` verdict saying why, and the run goes on); `emit` runs on this thread in input
 /// order.
 pub fn verify_source(
     source: Source,
-    fmt: MboxFormat,
-    shard: Option<Shard>,
-    max_message: u64,
+    reading: Reading,
     pool: &rayon::ThreadPool,
     check: &(dyn Fn(&[u8]) -> Vec<Verdict> + Sync),
     mut emit: impl FnMut(Checked<'_>) -> std::io::Result<()> + Send,
 ) -> Result<(), BulkError> {
+    let Reading { fmt, shard, framing, max_message } = reading;
     let shown = source.path.display().to_string();
     let out_err = |error| BulkError::Output { path: "stdout".into(), error };
     let guarded = |m: &[u8]| -> Vec<Verdict> {
@@ -67,11 +79,14 @@ pub fn verify_source(
             };
             let mut index = 0u64;
             let range = shard_range(shard, mapped.len());
-            map_mbox(&mapped, fmt, range, pool, guarded, |e, verdicts| {
-                index += 1;
-                let name = format!("{shown}#{index}");
-                let offset = e.from_line.start as u64;
-                emit(Checked { name: &name, file: &shown, index, offset, verdicts }).map_err(out_err)
+            map_mbox(&mapped, fmt, range, pool, framing, guarded, |results| {
+                for (e, verdicts) in results {
+                    index += 1;
+                    let name = format!("{shown}#{index}");
+                    let offset = e.from_line.start as u64;
+                    emit(Checked { name: &name, file: &shown, index, offset, verdicts }).map_err(out_err)?;
+                }
+                Ok(())
             })
             .map(|_| ())
         }
@@ -94,6 +109,7 @@ pub fn verify_source(
                     emit(Checked { name: &name, file: &name, index: 1, offset: 0, verdicts }).map_err(out_err)
                 },
             )
+            .map(|_| ())
         }
     }
 }
