@@ -310,7 +310,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                         0..mapped.len(),
                         &pool,
                         framing,
-                        |m| pipeline::sign_message(&opts, m).is_ok(),
+                        |m| pipeline::sign_stored(&opts, m).is_ok(),
                         |results| {
                             signed += results.iter().filter(|(_, ok)| *ok).count() as u64;
                             Ok(())
@@ -355,7 +355,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                     0..mapped.len(),
                     &pool,
                     pipeline::Framing::Parallel,
-                    |m| pipeline::sign_message(&opts, m).map(|r| r.0).unwrap_or_default(),
+                    |m| pipeline::sign_stored(&opts, m).map(|r| r.0).unwrap_or_default(),
                     |results| {
                         for (e, h) in results {
                             signed_archive.extend_from_slice(&data[e.from_line.clone()]);
@@ -378,7 +378,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
                         &pool,
                         pipeline::Framing::Parallel,
                         |m| {
-                            dkimpress::dkim::verify::verify_slice(m, &keys, 1_800_000_000, &policy)
+                            m.with_unquoted(|m| dkimpress::dkim::verify::verify_slice(m, &keys, 1_800_000_000, &policy))
                                 .map(|v| {
                                     dkimpress::dkim::verify::overall(&v) == dkimpress::dkim::verify::DkimResult::Pass
                                 })

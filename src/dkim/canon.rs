@@ -17,6 +17,7 @@
 
 use crate::arch::crlf;
 use crate::arch::sys::{PREFETCH_DISTANCE, PREFETCH_PIECE};
+use std::ops::Range;
 
 /// Where canonicalized bytes go: a hasher, a buffer, a counter.
 ///
@@ -159,6 +160,46 @@ pub fn canonicalize_body<S: Sink + ?Sized>(canon: Canon, body: &[u8], sink: &mut
     BUFFERS.set(Some(bufs));
 }
 
+/// [`canonicalize_body`] of a body stored in pieces: the body is `stored[pieces[0]]`,
+/// `stored[pieces[1]]`, ... one after the other. This is how an mbox stores a body with quoted
+/// `>From ` lines: each piece after the first starts right after a quoting `>` that is not part
+/// of the message, so the body is hashed from the map without an unquoted copy (issue 14,
+/// item 2).
+///
+/// The pieces must meet what makes them independent for both canonicalizations: every piece
+/// but the last ends with an LF (canonicalization rewrites line by line), and every piece but
+/// the first starts with a non-empty line (so no trailing empty lines end before the last
+/// piece). When they do not, the pieces are joined and canonicalized as one body.
+pub fn canonicalize_body_pieces<S: Sink + ?Sized>(canon: Canon, stored: &[u8], pieces: &[Range<usize>], sink: &mut S) {
+    let independent = pieces.iter().enumerate().all(|(i, r)| {
+        let p = &stored[r.clone()];
+        (i + 1 == pieces.len() || p.last() == Some(&b'\n'))
+            && (i == 0 || p.first().is_some_and(|&b| b != b'\n' && b != b'\r'))
+    });
+    let (Some(first), Some(last), true) = (pieces.first(), pieces.last(), independent) else {
+        let joined: Vec<u8> = pieces.iter().flat_map(|r| stored[r.clone()].iter().copied()).collect();
+        return canonicalize_body(canon, &joined, sink);
+    };
+    let mut bufs = BUFFERS.take().unwrap_or_else(Buffers::new);
+    {
+        let Buffers { stage, expand } = &mut *bufs;
+        let mut staged = Staged::new(sink, stage, &stored[first.start..last.end]);
+        for (i, r) in pieces.iter().enumerate() {
+            let piece = &stored[r.clone()];
+            match (canon, i + 1 == pieces.len()) {
+                (Canon::Simple, true) => body_simple(piece, &mut staged),
+                (Canon::Relaxed, true) => body_relaxed(piece, &mut staged, expand),
+                // Whole lines in the middle of the body: nothing trailing to remove, no line end
+                // to add.
+                (Canon::Simple, false) => simple_content(piece, &mut staged),
+                (Canon::Relaxed, false) => relaxed_content(piece, &mut staged, expand),
+            }
+        }
+        staged.flush();
+    }
+    BUFFERS.set(Some(bufs));
+}
+
 /// Size of the staging buffer.
 const STAGE: usize = 16 * 1024;
 /// Writes at least this long go to the sink without staging.
@@ -282,6 +323,16 @@ fn body_simple<S: Sink + ?Sized>(body: &[u8], sink: &mut Staged<'_, S>) {
         return;
     }
     let content = &body[..end];
+    simple_content(content, sink);
+    // `end` cuts right after the last line end of a non-empty line, or at the end of an
+    // unterminated last line, which then gets its CRLF here.
+    if content.last() != Some(&b'\n') {
+        sink.write(CRLF);
+    }
+}
+
+/// The simple form of `content`, as it is: CRLF line ends, nothing removed or added.
+fn simple_content<S: Sink + ?Sized>(content: &[u8], sink: &mut Staged<'_, S>) {
     // Check and hash a chunk at a time, prefetching the next: the check pulls the chunk into
     // the cache and the hasher reads it there, while the next one is on its way. A body that
     // comes cold from memory (a large mbox) is then read from memory once, and not by the
@@ -300,11 +351,6 @@ fn body_simple<S: Sink + ?Sized>(body: &[u8], sink: &mut Staged<'_, S>) {
         let end = (at + EXPAND_CHUNK).min(content.len());
         sink.expand(&content[at..end], octet_before(content, at));
         at = end;
-    }
-    // `end` cuts right after the last line end of a non-empty line, or at the end of an
-    // unterminated last line, which then gets its CRLF here.
-    if content.last() != Some(&b'\n') {
-        sink.write(CRLF);
     }
 }
 
@@ -356,6 +402,17 @@ fn body_relaxed<S: Sink + ?Sized>(
     if content.is_empty() {
         return;
     }
+    relaxed_content(content, sink, buf);
+    sink.write(CRLF);
+}
+
+/// The relaxed rewriting of `content` line by line, without removing trailing lines or adding
+/// a final line end.
+fn relaxed_content<S: Sink + ?Sized>(
+    content: &[u8],
+    sink: &mut Staged<'_, S>,
+    buf: &mut [u8; crlf::expanded_capacity(EXPAND_CHUNK)],
+) {
     // A chunk of whole lines at a time (relaxed rewriting never crosses a line end, so such
     // chunks are independent; trailing empty lines are already cut off above), prefetching the
     // next, as in `body_simple`.
@@ -371,7 +428,6 @@ fn body_relaxed<S: Sink + ?Sized>(
         }
         at = end;
     }
-    sink.write(CRLF);
 }
 
 /// Where a chunk of whole lines that starts at `at` (a line start) and should end near `limit`
@@ -900,6 +956,82 @@ mod tests {
         fn long_bodies_match_naive(input in long_bodies()) {
             for c in [Canon::Simple, Canon::Relaxed] {
                 prop_assert_eq!(body(c, &input), naive::body(c, &input));
+            }
+        }
+    }
+
+    /// A body as an mbox stores it: the lines of `body` with `quote` lines turned into
+    /// `>From ` lines (a quoting `>` before `From `). Returns the stored bytes, the pieces that
+    /// skip each quoting `>`, and the unquoted body.
+    fn quoted(body: &[u8], quote: &[bool]) -> (Vec<u8>, Vec<Range<usize>>, Vec<u8>) {
+        let (mut stored, mut pieces, mut unquoted) = (vec![], vec![], vec![]);
+        let mut piece_start = 0;
+        let lines = body.split_inclusive(|&b| b == b'\n');
+        for (line, &q) in lines.zip(quote.iter().chain(std::iter::repeat(&false))) {
+            if q {
+                pieces.push(piece_start..stored.len());
+                stored.push(b'>');
+                piece_start = stored.len();
+                stored.extend_from_slice(b"From ");
+                unquoted.extend_from_slice(b"From ");
+            }
+            stored.extend_from_slice(line);
+            unquoted.extend_from_slice(line);
+        }
+        if quote.get(body.split_inclusive(|&b| b == b'\n').count()) == Some(&true) {
+            // A quoted line after the last line of `body`.
+            pieces.push(piece_start..stored.len());
+            stored.push(b'>');
+            piece_start = stored.len();
+            stored.extend_from_slice(b"From x\n");
+            unquoted.extend_from_slice(b"From x\n");
+        }
+        pieces.push(piece_start..stored.len());
+        (stored, pieces, unquoted)
+    }
+
+    fn pieces_canon(c: Canon, stored: &[u8], pieces: &[Range<usize>]) -> Vec<u8> {
+        let mut out = vec![];
+        canonicalize_body_pieces(c, stored, pieces, &mut out);
+        out
+    }
+
+    /// Bodies hashed in pieces around quoting `>`s equal the unquoted body's canonical form:
+    /// quoted lines first, last, next to empty and whitespace-only lines, and pieces that break
+    /// the rules (joined instead).
+    #[test]
+    fn pieces_table() {
+        let bodies: &[&[u8]] = &[b"a\n\nb\n", b"\n\n", b"  \n\t\n", b"x \r\n\r\n \n", b"line\n", b"no end"];
+        for body in bodies {
+            let n = body.split_inclusive(|&b| b == b'\n').count() + 1;
+            for mask in 0u32..(1 << n) {
+                let quote: Vec<bool> = (0..n).map(|i| mask & (1 << i) != 0).collect();
+                let (stored, pieces, unquoted) = quoted(body, &quote);
+                for c in [Canon::Simple, Canon::Relaxed] {
+                    assert_eq!(
+                        pieces_canon(c, &stored, &pieces),
+                        naive::body(c, &unquoted),
+                        "{c:?} {:?} {quote:?}",
+                        String::from_utf8_lossy(body)
+                    );
+                }
+            }
+        }
+        // Pieces that are not independent: joined, same result.
+        let stored = b"a\n\n>\n\nb";
+        let pieces = [0..3, 4..7];
+        for c in [Canon::Simple, Canon::Relaxed] {
+            assert_eq!(pieces_canon(c, stored, &pieces), naive::body(c, b"a\n\n\n\nb"));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn quoted_pieces_match_naive(input in long_bodies(), quote in proptest::collection::vec(proptest::bool::weighted(0.1), 0..600)) {
+            let (stored, pieces, unquoted) = quoted(&input, &quote);
+            for c in [Canon::Simple, Canon::Relaxed] {
+                prop_assert_eq!(pieces_canon(c, &stored, &pieces), naive::body(c, &unquoted));
             }
         }
     }

@@ -254,10 +254,23 @@ struct BodyHash {
     length: u64,
 }
 
-fn body_hash(canon: Canon, body: &[u8]) -> BodyHash {
+/// A body to hash: in one slice, or in pieces of a stored message (see
+/// [`canon::canonicalize_body_pieces`]: an mbox body whose quoting `>`s are skipped).
+#[derive(Clone, Copy, Debug)]
+pub enum Body<'a> {
+    /// The body's octets.
+    Whole(&'a [u8]),
+    /// `stored[pieces[0]]`, `stored[pieces[1]]`, ... one after the other.
+    Pieces(&'a [u8], &'a [std::ops::Range<usize>]),
+}
+
+fn body_hash(canon: Canon, body: Body<'_>) -> BodyHash {
     let mut hasher = sha2::Sha256::new();
     let mut counter = CountingSink::new(&mut hasher);
-    canon::canonicalize_body(canon, body, &mut counter);
+    match body {
+        Body::Whole(b) => canon::canonicalize_body(canon, b, &mut counter),
+        Body::Pieces(stored, pieces) => canon::canonicalize_body_pieces(canon, stored, pieces, &mut counter),
+    }
     let length = counter.count;
     BodyHash { canon, hash: hasher.finalize().into(), length }
 }
@@ -271,6 +284,12 @@ pub fn sign_slice(signers: &[Signer], msg: &[u8], now: u64) -> Result<Vec<u8>, S
 
 /// [`sign_slice`] for a message already split into fields and body.
 pub fn sign_parsed(signers: &[Signer], parsed: &Message, now: u64) -> Result<Vec<u8>, SignError> {
+    sign_parsed_body(signers, parsed, Body::Whole(parsed.body), now)
+}
+
+/// [`sign_parsed`] with the body given apart: `parsed`'s header fields are signed, `body` is
+/// hashed (the pieces of an mbox body stored with quoted lines; `parsed.body` is not read).
+pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, now: u64) -> Result<Vec<u8>, SignError> {
     if !parsed.fields.iter().any(|f| f.is("from")) {
         return Err(SignError::NoFrom);
     }
@@ -281,7 +300,7 @@ pub fn sign_parsed(signers: &[Signer], parsed: &Message, now: u64) -> Result<Vec
         let bh = match hashes.iter().position(|h| h.canon == signer.canon.body) {
             Some(i) => &hashes[i],
             None => {
-                hashes.push(body_hash(signer.canon.body, parsed.body));
+                hashes.push(body_hash(signer.canon.body, body));
                 hashes.last().expect("just pushed")
             }
         };
@@ -576,7 +595,10 @@ uEzxBDAr518Z8VFbR41in3W4Y3yCDgQlLlcETrS+zYcL
 
         let b64 = &base64::engine::general_purpose::STANDARD;
         let m = Message::parse(MSG.as_bytes()).unwrap();
-        assert_eq!(b64.encode(body_hash(Canon::Relaxed, m.body).hash), "2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=");
+        assert_eq!(
+            b64.encode(body_hash(Canon::Relaxed, Body::Whole(m.body)).hash),
+            "2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8="
+        );
 
         // PKCS#8 v1 wrapping of the raw seed (RFC 8410 §7).
         let mut ed_der =

@@ -180,7 +180,8 @@ enum MboxUnit {
 }
 
 /// Runs `job` on every message of a mapped mbox whose `From ` line starts in `range` (all of
-/// them with `0..len`; see [`Shard`]) on the pool, each message unquoted for `fmt`, and hands
+/// them with `0..len`; see [`Shard`]) on the pool, each with its quoting for `fmt` found
+/// ([`mbox::Stored`]: the job may unquote or hash around it), and hands
 /// the results to `emit` on one writer thread, in input order, a unit's messages at a time.
 /// The writer releases the mapped pages behind it.
 ///
@@ -198,19 +199,21 @@ pub fn map_mbox<R, J, E>(
 ) -> Result<SerialCpu, BulkError>
 where
     R: Send,
-    J: Fn(&[u8]) -> R + Sync,
+    J: Fn(mbox::Stored<'_>) -> R + Sync,
     E: FnMut(Vec<(MboxEntry, R)>) -> Result<(), BulkError> + Send,
 {
     let data: &[u8] = mapped;
     let threads = pool.current_num_threads().max(1);
     let run = |e: MboxEntry| -> (MboxEntry, R) {
+        let bytes = &data[e.message.clone()];
         let r = if e.quoted {
-            SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                job(mbox::unquote(fmt, &data[e.message.clone()], &mut scratch))
+            QUOTES.with(|quotes| {
+                let mut quotes = quotes.borrow_mut();
+                mbox::quote_positions(fmt, bytes, &mut quotes);
+                job(mbox::Stored { bytes, quotes: &quotes })
             })
         } else {
-            job(&data[e.message.clone()])
+            job(mbox::Stored::plain(bytes))
         };
         (e, r)
     };
@@ -260,8 +263,8 @@ where
 }
 
 thread_local! {
-    /// Per-worker buffer for unquoting mbox messages.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-worker list of the quoting `>`s of an mbox message.
+    static QUOTES: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-worker buffer for directory entries.
     static FILE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -340,7 +343,7 @@ mod tests {
             0..data.len(),
             &pool,
             framing,
-            |m: &[u8]| m.to_vec(),
+            |m: mbox::Stored| m.with_unquoted(<[u8]>::to_vec),
             |results| {
                 got.extend(results);
                 Ok(())
@@ -388,7 +391,7 @@ mod tests {
                 0..data.len(),
                 &pool,
                 framing,
-                |m: &[u8]| m.len(),
+                |m: mbox::Stored| m.len(),
                 |_| Err(BulkError::Output { path: "x".into(), error: std::io::Error::other("disk full") }),
             );
             assert!(matches!(r, Err(BulkError::Output { .. })), "{framing:?}");

@@ -291,36 +291,102 @@ fn is_quoted(format: MboxFormat, line: &[u8]) -> bool {
     }
 }
 
+/// Offsets in `data` (a stored message) of the quoting `>`s: one per quoted line, which the
+/// message itself does not have. Empty when nothing is quoted.
+pub fn quote_positions(format: MboxFormat, data: &[u8], out: &mut Vec<usize>) {
+    out.clear();
+    if format == MboxFormat::Mboxcl2 {
+        return;
+    }
+    if !data.is_empty() && is_quoted(format, data) {
+        out.push(0);
+    }
+    out.extend(memchr::memmem::find_iter(data, b"\n>").map(|i| i + 1).filter(|&i| is_quoted(format, &data[i..])));
+}
+
 /// The message as it was before the mbox writer quoted it. Returns `data` itself when nothing
 /// is quoted (the common case, no copy), else fills `scratch` and returns it.
 pub fn unquote<'a>(format: MboxFormat, data: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
-    if format == MboxFormat::Mboxcl2 {
+    let mut quotes = vec![];
+    quote_positions(format, data, &mut quotes);
+    if quotes.is_empty() {
         return data;
     }
-    let quoted_at = |i: usize| is_quoted(format, &data[i..]);
-    let first = if !data.is_empty() && quoted_at(0) {
-        Some(0)
-    } else {
-        memchr::memmem::find_iter(data, b"\n>").map(|i| i + 1).find(|&i| quoted_at(i))
-    };
-    let Some(first) = first else { return data };
-    scratch.clear();
-    scratch.reserve(data.len());
-    // Copy whole runs between quoted lines; each quoted line loses its first '>'.
-    let mut copied = 0;
-    let mut at = first;
-    loop {
-        // Unquoting is the first pass over a message of a large mbox: prefetch ahead of it.
-        crate::arch::sys::in_prefetched_pieces(data, copied..at, |p| scratch.extend_from_slice(p));
-        copied = at + 1;
-        let next = memchr::memmem::find_iter(&data[at..], b"\n>").map(|i| at + i + 1).find(|&i| quoted_at(i));
-        match next {
-            Some(n) => at = n,
-            None => break,
-        }
-    }
-    crate::arch::sys::in_prefetched_pieces(data, copied..data.len(), |p| scratch.extend_from_slice(p));
+    copy_without(data, &quotes, scratch);
     scratch
+}
+
+/// `data` without the octets at `skip` (sorted), into `out`.
+fn copy_without(data: &[u8], skip: &[usize], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(data.len());
+    let mut copied = 0;
+    for &at in skip {
+        // Unquoting may be the first pass over a message of a large mbox: prefetch ahead of it.
+        crate::arch::sys::in_prefetched_pieces(data, copied..at, |p| out.extend_from_slice(p));
+        copied = at + 1;
+    }
+    crate::arch::sys::in_prefetched_pieces(data, copied..data.len(), |p| out.extend_from_slice(p));
+}
+
+/// A message as an mbox stores it: its octets, and where quoting put in a `>` that is not part
+/// of the message. Jobs that need the message in one slice take [`Stored::with_unquoted`]; the
+/// signer hashes the body in the pieces between the quotes ([`Stored::body_pieces`]) and copies
+/// nothing (issue 14, item 2).
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
+    /// The stored octets, quoting included.
+    pub bytes: &'a [u8],
+    /// Offsets in `bytes` of the quoting `>`s, ascending ([`quote_positions`]).
+    pub quotes: &'a [usize],
+}
+
+thread_local! {
+    /// Per-thread buffer for [`Stored::with_unquoted`].
+    static UNQUOTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl<'a> Stored<'a> {
+    /// A message stored as it is (a file of its own, a pipe, an mbox message without quoting).
+    pub fn plain(bytes: &'a [u8]) -> Stored<'a> {
+        Stored { bytes, quotes: &[] }
+    }
+
+    /// Octets of the message itself.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.quotes.len()
+    }
+
+    /// Whether the message is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` on the message itself: `bytes` when nothing is quoted, else a copy without the
+    /// quotes in a per-thread buffer. `f` must not call `with_unquoted` again.
+    pub fn with_unquoted<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        if self.quotes.is_empty() {
+            return f(self.bytes);
+        }
+        UNQUOTED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            copy_without(self.bytes, self.quotes, &mut buf);
+            f(&buf)
+        })
+    }
+
+    /// The ranges of `bytes` from `from` on between the quotes (`from` at or before the first
+    /// quote): the message's octets from `from` on, in pieces.
+    pub fn body_pieces(&self, from: usize) -> Vec<Range<usize>> {
+        let mut pieces = Vec::with_capacity(self.quotes.len() + 1);
+        let mut start = from;
+        for &q in self.quotes {
+            pieces.push(start..q);
+            start = q + 1;
+        }
+        pieces.push(start..self.bytes.len());
+        pieces
+    }
 }
 
 #[cfg(test)]

@@ -36,14 +36,14 @@ pub(crate) enum Outcome {
     Temporary(String),
 }
 
-/// Signs one message (already unquoted).
-pub(crate) fn process(opts: &BulkOptions, msg: &[u8]) -> Outcome {
+/// Signs one message.
+pub(crate) fn process(opts: &BulkOptions, msg: mbox::Stored<'_>) -> Outcome {
     if msg.len() as u64 > opts.max_message {
         return Outcome::Unsigned(too_large_reason(msg.len() as u64, opts.max_message));
     }
     // One message that makes the signer panic must not end the run: it is passed through and
     // reported like any other message that cannot be signed.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_message(opts, msg))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_stored(opts, msg))) {
         Ok(Ok((headers, drop))) => Outcome::Signed { headers, drop },
         Ok(Err(MessageError::Select(crate::select::SelectError::Temporary(why)))) => {
             Outcome::Temporary(why.to_string())
@@ -71,6 +71,28 @@ pub fn sign_message(opts: &BulkOptions, msg: &[u8]) -> Result<(Vec<u8>, Vec<Rang
     let parsed = Message::parse(msg).map_err(crate::dkim::sign::SignError::from)?;
     let signers = opts.keys.signers_for(&parsed, opts.sender.as_deref())?;
     let headers = crate::dkim::sign::sign_parsed(&signers, &parsed, opts.now)?;
+    let drop = if opts.strip_own { own_signatures(&signers, &parsed) } else { vec![] };
+    Ok((headers, drop))
+}
+
+/// [`sign_message`] for a message as an mbox stores it. The header block is parsed from the
+/// stored octets and the body hashed in the pieces between the quoting `>`s, so a message with
+/// quoted `>From ` lines is signed without an unquoted copy. Quoting is only ever in the body
+/// of a well-formed message; otherwise (a quoted line in the header block, a header block that
+/// does not parse) the message is unquoted and signed as a whole, with the same result.
+pub fn sign_stored(opts: &BulkOptions, msg: mbox::Stored<'_>) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let Some(&first_quote) = msg.quotes.first() else {
+        return sign_message(opts, msg.bytes);
+    };
+    let parsed = match Message::parse(msg.bytes) {
+        Ok(p) if first_quote >= p.body_offset => p,
+        _ => return msg.with_unquoted(|m| sign_message(opts, m)),
+    };
+    // The header block is the same stored and unquoted: offsets in it hold for both.
+    let signers = opts.keys.signers_for(&parsed, opts.sender.as_deref())?;
+    let pieces = msg.body_pieces(parsed.body_offset);
+    let body = crate::dkim::sign::Body::Pieces(msg.bytes, &pieces);
+    let headers = crate::dkim::sign::sign_parsed_body(&signers, &parsed, body, opts.now)?;
     let drop = if opts.strip_own { own_signatures(&signers, &parsed) } else { vec![] };
     Ok((headers, drop))
 }
@@ -314,7 +336,7 @@ pub(crate) fn sign_file(
             return Ok((Outcome::Unsigned(format!("{why}: {note}")), 0));
         }
     };
-    let outcome = process(opts, buf);
+    let outcome = process(opts, mbox::Stored::plain(buf));
     #[cfg(unix)]
     let keep = match output {
         // In place: the file stays its owner's, with its mode and its dates (the arrival date

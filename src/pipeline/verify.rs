@@ -79,15 +79,23 @@ pub fn verify_source(
             };
             let mut index = 0u64;
             let range = shard_range(shard, mapped.len());
-            map_mbox(&mapped, fmt, range, pool, framing, guarded, |results| {
-                for (e, verdicts) in results {
-                    index += 1;
-                    let name = format!("{shown}#{index}");
-                    let offset = e.from_line.start as u64;
-                    emit(Checked { name: &name, file: &shown, index, offset, verdicts }).map_err(out_err)?;
-                }
-                Ok(())
-            })
+            map_mbox(
+                &mapped,
+                fmt,
+                range,
+                pool,
+                framing,
+                |m| m.with_unquoted(guarded),
+                |results| {
+                    for (e, verdicts) in results {
+                        index += 1;
+                        let name = format!("{shown}#{index}");
+                        let offset = e.from_line.start as u64;
+                        emit(Checked { name: &name, file: &shown, index, offset, verdicts }).map_err(out_err)?;
+                    }
+                    Ok(())
+                },
+            )
             .map(|_| ())
         }
         InputKind::Maildir | InputKind::QueueDir => {
