@@ -7,6 +7,10 @@ use super::*;
 pub(crate) struct VerifyArgs {
     #[command(flatten)]
     pub(crate) records: RecordArgs,
+    /// At most N key lookups in flight at once, across all threads (N >= 1). Each key is looked
+    /// up once per run: threads that want a key already being looked up wait for that answer.
+    #[arg(long = "dns-concurrency", value_name = "N", default_value_t = dkimpress::lookup::DEFAULT_DNS_CONCURRENCY)]
+    pub(crate) dns_concurrency: usize,
     /// Accept rsa-sha1 signatures (RFC 8301 forbids them; for old archives).
     #[arg(long = "allow-sha1")]
     pub(crate) allow_sha1: bool,
@@ -89,8 +93,10 @@ pub(crate) fn verdict_json(
 pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     use dkimpress::dkim::verify::{self, DkimResult, Policy};
     use dkimpress::lookup::KeyCache;
+    let limit =
+        std::num::NonZeroUsize::new(a.dns_concurrency).ok_or_else(|| usage("--dns-concurrency must be at least 1"))?;
     let lookup = key_lookup(&a.records)?;
-    let cache = KeyCache::new(&lookup);
+    let cache = KeyCache::with_limit(&lookup, limit);
     let keys = |s: &str, d: &str| cache.get(s, d);
     let policy = Policy {
         allow_sha1: a.allow_sha1,

@@ -8,8 +8,9 @@
 use crate::dkim::verify::{self, KeyLookup, KeyResult, LookupError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Keys from DNS.
@@ -382,31 +383,157 @@ impl KeyLookup for Chain {
     }
 }
 
-/// Parsed keys per (selector, domain) for a run, shared by the worker threads.
+/// How many key lookups may be in flight at once across the threads of a [`KeyCache`] made by
+/// [`KeyCache::new`] (`verify --dns-concurrency`). Each lookup blocks its worker thread, so with
+/// fewer workers than this the limit never bites; it matters on 16-64 core machines at the start
+/// of a run, when every worker meets a new key at the same time. Sixteen queries in flight keep
+/// a resolver with a 20 ms round trip at some 800 lookups a second, far above what a run needs
+/// (each key is asked once), while a shared or remote resolver sees a burst of 16 rather than
+/// one query per core; the workers not waiting on a lookup go on verifying messages whose keys
+/// are cached.
+pub const DEFAULT_DNS_CONCURRENCY: usize = 16;
+
+/// Parsed keys per (selector, domain) for a run, shared by the worker threads (issue 14, item 4).
+///
+/// Single flight: the first thread to ask for a key looks it up and the others asking for the
+/// same key meanwhile wait for that answer, so a burst of workers meeting a new key sends one
+/// query, not one each. At most `limit` lookups are in flight at once. Temporary failures are
+/// handed to the waiters of their flight but not cached: a later message asks again.
 pub struct KeyCache<'a> {
     lookup: &'a dyn KeyLookup,
-    cache: Mutex<HashMap<(String, String), KeyResult>>,
+    /// One slot per key: answered, or being looked up. The lock is held only to find or insert
+    /// a slot, never during a lookup.
+    slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
+    permits: Semaphore,
+}
+
+/// The answer for one key, once its flight lands.
+#[derive(Default)]
+struct Slot {
+    answer: Mutex<Option<KeyResult>>,
+    landed: Condvar,
 }
 
 impl<'a> KeyCache<'a> {
-    /// An empty cache in front of `lookup`.
+    /// An empty cache in front of `lookup`, with at most [`DEFAULT_DNS_CONCURRENCY`] lookups in
+    /// flight.
     pub fn new(lookup: &'a dyn KeyLookup) -> KeyCache<'a> {
-        KeyCache { lookup, cache: Mutex::new(HashMap::new()) }
+        KeyCache::with_limit(lookup, NonZeroUsize::new(DEFAULT_DNS_CONCURRENCY).expect("non-zero"))
+    }
+
+    /// An empty cache in front of `lookup`, with at most `limit` lookups in flight at once.
+    pub fn with_limit(lookup: &'a dyn KeyLookup, limit: NonZeroUsize) -> KeyCache<'a> {
+        KeyCache { lookup, slots: Mutex::new(HashMap::new()), permits: Semaphore::new(limit.get()) }
     }
 
     /// The key of `selector._domainkey.domain`, looked up once. Temporary failures are not
-    /// cached (a later message may get an answer).
+    /// cached (a later message may get an answer), but the threads that waited for that lookup
+    /// all get it.
     pub fn get(&self, selector: &str, domain: &str) -> KeyResult {
         let k = (selector.to_ascii_lowercase(), domain.to_ascii_lowercase());
-        if let Some(r) = self.cache.lock().expect("key cache poisoned").get(&k) {
-            return r.clone();
+        let (slot, leader) = {
+            let mut slots = lock(&self.slots);
+            match slots.get(&k) {
+                Some(slot) => (Arc::clone(slot), false),
+                None => {
+                    let slot = Arc::new(Slot::default());
+                    slots.insert(k.clone(), Arc::clone(&slot));
+                    (slot, true)
+                }
+            }
+        };
+        if !leader {
+            let mut answer = lock(&slot.answer);
+            loop {
+                if let Some(r) = answer.as_ref() {
+                    return r.clone();
+                }
+                answer = slot.landed.wait(answer).unwrap_or_else(PoisonError::into_inner);
+            }
         }
-        let r = verify::fetch_key(self.lookup, &k.0, &k.1);
-        if !matches!(r, Err((verify::DkimResult::TempError, _))) {
-            self.cache.lock().expect("key cache poisoned").insert(k, r.clone());
-        }
+        let mut flight = Flight { cache: self, key: Some(k), slot };
+        let r = {
+            let _permit = self.permits.acquire();
+            let k = flight.key.as_ref().expect("key");
+            verify::fetch_key(self.lookup, &k.0, &k.1)
+        };
+        flight.land(r.clone());
         r
     }
+}
+
+/// The leader's side of a lookup. Landing publishes the answer to the waiters, and forgets the
+/// slot when the answer must not be cached. Dropped without landing (the lookup panicked), it
+/// lands a temporary error, so that the waiters do not wait forever.
+struct Flight<'c, 'a> {
+    cache: &'c KeyCache<'a>,
+    /// `None` once landed.
+    key: Option<(String, String)>,
+    slot: Arc<Slot>,
+}
+
+impl Flight<'_, '_> {
+    fn land(&mut self, r: KeyResult) {
+        let Some(k) = self.key.take() else { return };
+        if matches!(r, Err((verify::DkimResult::TempError, _))) {
+            // Forget the slot before publishing: whoever finds it in the map from now on starts a
+            // new flight, and whoever holds it already gets this answer.
+            let mut slots = lock(&self.cache.slots);
+            if slots.get(&k).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
+                slots.remove(&k);
+            }
+        }
+        *lock(&self.slot.answer) = Some(r);
+        self.slot.landed.notify_all();
+    }
+}
+
+impl Drop for Flight<'_, '_> {
+    fn drop(&mut self) {
+        if let Some((s, d)) = &self.key {
+            let name = format!("{s}._domainkey.{d}");
+            let error = "the key lookup panicked".to_string();
+            self.land(Err((verify::DkimResult::TempError, verify::Reason::KeyLookup { name, error })));
+        }
+    }
+}
+
+/// A counting semaphore: at most `n` permits out at once.
+struct Semaphore {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// One permit of a [`Semaphore`], given back when dropped.
+struct Permit<'s>(&'s Semaphore);
+
+impl Semaphore {
+    fn new(n: usize) -> Semaphore {
+        Semaphore { free: Mutex::new(n), freed: Condvar::new() }
+    }
+
+    /// Waits for a free permit and takes it.
+    fn acquire(&self) -> Permit<'_> {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// Locks `m`. No lock of this module is held while code that can panic runs (lookups run with
+/// none held), so a poisoned lock still holds consistent data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -434,6 +561,8 @@ mod tests {
     }
 
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Barrier;
 
     #[test]
     fn zone_files() {
@@ -451,5 +580,157 @@ mod tests {
         assert_eq!(z.txt("www.other.org"), Err(LookupError::NotFound));
         let e = ZoneKeys::default().add_zone("rel IN TXT \"x\"\n", "z").unwrap_err();
         assert!(e.to_string().starts_with("z:1: relative owner"), "{e}");
+    }
+
+    /// A slow key lookup that counts its calls and how many ran at once.
+    struct Fake {
+        /// The answer to every call.
+        answer: Result<Vec<Vec<u8>>, LookupError>,
+        calls: AtomicUsize,
+        /// (in flight now, most in flight at once).
+        in_flight: Mutex<(usize, usize)>,
+        /// Signalled when `in_flight` changes.
+        changed: Condvar,
+        /// Each call waits until this many calls have been in flight at once (so that a test of
+        /// the limit reaches it however the threads are scheduled).
+        hold_for: usize,
+        /// Calls wait until this is true.
+        gate: Mutex<bool>,
+        /// Signalled when `gate` opens.
+        opened: Condvar,
+    }
+
+    const ED25519_RECORD: &[u8] = b"v=DKIM1; k=ed25519; p=or4vCo+ZLTRVAPz6zvV2Kq3MDW16hn79uvzO02YNaU0=";
+
+    /// How long a test waits for a condition before it fails rather than hangs.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    impl Fake {
+        fn new(answer: Result<Vec<Vec<u8>>, LookupError>) -> Fake {
+            Fake {
+                answer,
+                calls: AtomicUsize::new(0),
+                in_flight: Mutex::new((0, 0)),
+                changed: Condvar::new(),
+                hold_for: 1,
+                gate: Mutex::new(true),
+                opened: Condvar::new(),
+            }
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+
+        fn most_at_once(&self) -> usize {
+            lock(&self.in_flight).1
+        }
+
+        fn open(&self) {
+            *lock(&self.gate) = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl KeyLookup for Fake {
+        fn txt(&self, _name: &str) -> Result<Vec<Vec<u8>>, LookupError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            {
+                let mut f = lock(&self.in_flight);
+                f.0 += 1;
+                f.1 = f.1.max(f.0);
+                self.changed.notify_all();
+                let (f, _) = self.changed.wait_timeout_while(f, PATIENCE, |f| f.1 < self.hold_for).unwrap();
+                drop(f);
+            }
+            let gate = lock(&self.gate);
+            drop(self.opened.wait_timeout_while(gate, PATIENCE, |open| !*open).unwrap());
+            // Long enough for the other threads of a test to ask while this call is in flight.
+            std::thread::sleep(Duration::from_millis(50));
+            lock(&self.in_flight).0 -= 1;
+            self.answer.clone()
+        }
+    }
+
+    /// Waits until `done` holds, failing the test after [`PATIENCE`].
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < PATIENCE, "gave up waiting until {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn key_cache_single_flight() {
+        let fake = Fake::new(Ok(vec![ED25519_RECORD.to_vec()]));
+        let cache = KeyCache::new(&fake);
+        let start = Barrier::new(8);
+        let keys: Vec<KeyResult> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        cache.get("Sel", "Example.com")
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(fake.calls(), 1);
+        let first = keys[0].as_ref().unwrap();
+        for k in &keys {
+            assert!(Arc::ptr_eq(first, k.as_ref().unwrap()), "every thread gets the one parsed key");
+        }
+        // Cached for later messages.
+        assert!(Arc::ptr_eq(first, cache.get("sel", "example.com").as_ref().unwrap()));
+        assert_eq!(fake.calls(), 1);
+    }
+
+    #[test]
+    fn key_cache_limits_lookups_in_flight() {
+        let fake = Fake { hold_for: 4, ..Fake::new(Ok(vec![ED25519_RECORD.to_vec()])) };
+        let cache = KeyCache::with_limit(&fake, NonZeroUsize::new(4).unwrap());
+        let start = Barrier::new(32);
+        std::thread::scope(|s| {
+            for i in 0..32 {
+                let (cache, start) = (&cache, &start);
+                s.spawn(move || {
+                    start.wait();
+                    assert!(cache.get(&format!("s{i}"), "example.com").is_ok());
+                });
+            }
+        });
+        assert_eq!(fake.calls(), 32);
+        assert_eq!(fake.most_at_once(), 4);
+    }
+
+    #[test]
+    fn key_cache_temporary_error_reaches_its_waiters_only() {
+        let fake = Fake { gate: Mutex::new(false), ..Fake::new(Err(LookupError::Temporary("SERVFAIL".into()))) };
+        let cache = KeyCache::new(&fake);
+        let key = ("sel".to_string(), "example.com".to_string());
+        let slot = || lock(&cache.slots).get(&key).cloned();
+        let answers: Vec<KeyResult> = std::thread::scope(|s| {
+            let leader = s.spawn(|| cache.get("sel", "example.com"));
+            wait_until("the leader's flight starts", || fake.calls() == 1);
+            let waiters: Vec<_> = (0..7).map(|_| s.spawn(|| cache.get("sel", "example.com"))).collect();
+            // The map, the leader and each waiter hold the slot: all seven joined the flight.
+            wait_until("seven waiters join", || slot().is_some_and(|sl| Arc::strong_count(&sl) == 2 + 7 + 1));
+            fake.open();
+            std::iter::once(leader).chain(waiters).map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(fake.calls(), 1, "one lookup for the flight");
+        let want = (
+            verify::DkimResult::TempError,
+            verify::Reason::KeyLookup { name: "sel._domainkey.example.com".into(), error: "SERVFAIL".into() },
+        );
+        assert_eq!(answers.len(), 8);
+        for a in &answers {
+            assert_eq!(a.as_ref().err(), Some(&want));
+        }
+        assert!(slot().is_none(), "a temporary error is not cached");
+        assert!(matches!(cache.get("sel", "example.com"), Err((verify::DkimResult::TempError, _))));
+        assert_eq!(fake.calls(), 2, "a later message asks again");
     }
 }
