@@ -110,23 +110,21 @@ where
     W: Fn(U) -> O + Sync,
     E: FnMut(O) -> Result<(), BulkError> + Send,
 {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let (out_tx, out_rx) = crossbeam_channel::bounded::<(crossbeam_channel::Receiver<O>, usize)>(max_units.max(1));
-    let queued_bytes = &AtomicUsize::new(0);
-    // Set when the writer stops early (an output error): the coordinator must not wait for it
-    // to drain the byte budget, which it never will.
-    let writer_gone = &AtomicBool::new(false);
+    let budget = &Budget::new(max_bytes);
     let work = &work;
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<f64, BulkError> {
             let cpu_start = crate::arch::sys::thread_cpu_seconds();
-            struct Gone<'a>(&'a AtomicBool);
+            // However the writer ends (an output error, a panic), the coordinator must not wait
+            // for it to drain the byte budget, which it never will.
+            struct Gone<'a>(&'a Budget);
             impl Drop for Gone<'_> {
                 fn drop(&mut self) {
-                    self.0.store(true, Ordering::SeqCst);
+                    self.0.close();
                 }
             }
-            let _gone = Gone(writer_gone);
+            let _gone = Gone(budget);
             for (slot, bytes) in out_rx {
                 let Ok(results) = slot.recv() else {
                     return Err(BulkError::Input {
@@ -135,7 +133,7 @@ where
                     });
                 };
                 emit(results)?;
-                queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                budget.give(bytes);
             }
             Ok(crate::arch::sys::thread_cpu_seconds() - cpu_start)
         });
@@ -149,10 +147,7 @@ where
                     break;
                 }
                 // Bytes in flight: wait for the writer when a run of huge units piles up.
-                while queued_bytes.load(Ordering::Relaxed) > max_bytes && !writer_gone.load(Ordering::SeqCst) {
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                }
-                queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+                budget.take(bytes);
                 let (slot_tx, slot_rx) = crossbeam_channel::bounded(1);
                 scope.spawn(move |_| {
                     let _ = slot_tx.send(work(unit));
@@ -170,6 +165,46 @@ where
         let writer_cpu = written?;
         result.map(|()| SerialCpu { splitter: coordinator_cpu, writer: writer_cpu })
     })
+}
+
+/// The input bytes in flight between the coordinator and the writer. The coordinator blocks
+/// (no polling: on a sandboxed kernel every wake-up costs microseconds of its CPU) while more
+/// than `max` are queued; the writer gives bytes back as it emits.
+struct Budget {
+    /// Bytes queued, and whether the writer has stopped.
+    state: std::sync::Mutex<(usize, bool)>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+impl Budget {
+    fn new(max: usize) -> Budget {
+        Budget { state: std::sync::Mutex::new((0, false)), freed: std::sync::Condvar::new(), max }
+    }
+
+    /// Waits until at most `max` bytes are queued (or the writer is gone), then queues `bytes`.
+    fn take(&self, bytes: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.0 > self.max && !s.1 {
+            s = self.freed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.0 += bytes;
+    }
+
+    /// `bytes` have been written.
+    fn give(&self, bytes: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 -= bytes;
+        if s.0 <= self.max {
+            self.freed.notify_one();
+        }
+    }
+
+    /// The writer stopped: nobody will give bytes back.
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.freed.notify_all();
+    }
 }
 
 /// What one mbox unit is: a batch of messages framed by the coordinator, or a byte range whose
@@ -206,7 +241,9 @@ where
     let threads = pool.current_num_threads().max(1);
     let run = |e: MboxEntry| -> (MboxEntry, R) {
         let bytes = &data[e.message.clone()];
-        let r = if e.quoted {
+        let r = if !e.quotes.is_empty() {
+            job(mbox::Stored { bytes, quotes: &e.quotes })
+        } else if e.quoted {
             QUOTES.with(|quotes| {
                 let mut quotes = quotes.borrow_mut();
                 mbox::quote_positions(fmt, bytes, &mut quotes);
@@ -369,8 +406,8 @@ mod tests {
                 assert!(got.len() == want.len(), "{fmt:?} {threads}: {} messages", got.len());
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
-                        (&g.0.from_line, &g.0.data, &g.0.message, g.0.quoted, &g.1)
-                            == (&w.0.from_line, &w.0.data, &w.0.message, w.0.quoted, &w.1),
+                        (&g.0.from_line, &g.0.data, &g.0.message, g.0.quoted, &g.0.quotes, &g.1)
+                            == (&w.0.from_line, &w.0.data, &w.0.message, w.0.quoted, &w.0.quotes, &w.1),
                         "{fmt:?}, {threads} threads: message {i} differs"
                     );
                 }

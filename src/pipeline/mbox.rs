@@ -87,6 +87,10 @@ pub struct MboxEntry {
     pub message: Range<usize>,
     /// Whether the message may hold quoted `>From ` lines (false: [`unquote`] can be skipped).
     pub quoted: bool,
+    /// Where the quoting `>`s are, relative to `message.start`, when the splitter's scan found
+    /// them ([`quote_positions`] gives the same); empty when none were found or the message was
+    /// not scanned (Content-Length), in which case `quoted` says whether to look.
+    pub quotes: Vec<usize>,
 }
 
 /// Length of a UTF-8 byte order mark at the start of `data` (0 or 3). A BOM is tolerated
@@ -163,9 +167,10 @@ impl<'a> Splitter<'a> {
     }
 
     /// Start of the next separator line at or after `from` (which is a line start), or the end
-    /// of the data; and whether a quoted `>+From ` line comes before it. One scan for `From `
-    /// finds both, so the workers need no second pass over messages without quoted lines.
-    fn next_separator(&self, from: usize) -> (usize, bool) {
+    /// of the data; and whether a quoted `>+From ` line comes before it, with the offsets
+    /// (from `from`) of the quoting `>`s in `quotes`. One scan for `From ` finds all of it, so
+    /// the workers need no second pass over a message, quoted or not.
+    fn next_separator(&self, from: usize, quotes: &mut Vec<usize>) -> (usize, bool) {
         let mut quoted = false;
         let mut at = from;
         let mut prefetched = from;
@@ -200,6 +205,9 @@ impl<'a> Splitter<'a> {
                 }
                 if q == 0 || self.data[q - 1] == b'\n' {
                     quoted = true;
+                    if q >= from && is_quoted(self.format, &self.data[q..]) {
+                        quotes.push(q - from);
+                    }
                 }
             }
             at = p + 1;
@@ -247,11 +255,12 @@ impl Iterator for Splitter<'_> {
         }
         let start = self.pos;
         let from_end = memchr::memchr(b'\n', &self.data[start..]).map_or(self.data.len(), |i| start + i + 1);
+        let mut quotes = Vec::new();
         let (end, quoted) = match self.format.uses_content_length().then(|| self.by_content_length(from_end)).flatten()
         {
             // Not scanned: let the unquoting look for itself.
             Some(end) => (end, true),
-            None => self.next_separator(from_end),
+            None => self.next_separator(from_end, &mut quotes),
         };
         // A From line with no line end at the end of the file: an empty message.
         let end = end.max(from_end);
@@ -275,7 +284,15 @@ impl Iterator for Splitter<'_> {
         } else {
             framing
         };
-        Some(MboxEntry { from_line: start..from_end, data: from_end..end, message: from_end..end - framing, quoted })
+        // Quotes in the framing empty line cannot be (it is empty); keep those of the message.
+        quotes.retain(|&q| from_end + q < end - framing);
+        Some(MboxEntry {
+            from_line: start..from_end,
+            data: from_end..end,
+            message: from_end..end - framing,
+            quoted,
+            quotes,
+        })
     }
 }
 
@@ -512,6 +529,28 @@ From e@f Mon Jan  1 00:00:00 2024\nX: y\n\nFromage\n\nFrom g@h x\n\nlast";
     fn not_an_mbox() {
         assert_eq!(check(b"Subject: x\n\nbody\n"), Err(MboxError::NoSeparator));
         assert_eq!(check(b"From a\rX: 1\r"), Err(MboxError::CrOnly));
+    }
+
+    /// The quotes the splitter's scan records are exactly those [`quote_positions`] finds, for
+    /// generated archives (quoted lines in about every message) and hand-made edge cases.
+    #[test]
+    fn splitter_records_the_quotes() {
+        let generated = crate::corpus::generate(300, crate::corpus::SizeDist::LogNormal(4096), 5, true);
+        let edges: &[u8] =
+            b"From a\n>From first\n\n>>From x\nmid >From no\n>Fro\n>From last\n\nFrom b\nX: 1\n\n>From\n";
+        for data in [&generated[..], edges] {
+            for fmt in [MboxFormat::Mboxrd, MboxFormat::Mboxo] {
+                let mut seen = 0;
+                for e in Splitter::new(data, fmt) {
+                    let mut want = vec![];
+                    quote_positions(fmt, &data[e.message.clone()], &mut want);
+                    assert_eq!(e.quotes, want, "{fmt:?} at {}", e.from_line.start);
+                    assert!(e.quoted || want.is_empty());
+                    seen += want.len();
+                }
+                assert!(seen > 0, "{fmt:?}: no quoted lines to check");
+            }
+        }
     }
 
     #[test]
