@@ -257,6 +257,12 @@ pub trait KeyLookup: Sync {
     fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, LookupError>;
 }
 
+impl<T: KeyLookup + ?Sized> KeyLookup for &T {
+    fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, LookupError> {
+        (**self).txt(name)
+    }
+}
+
 /// What the verifier accepts.
 #[derive(Clone, Debug)]
 pub struct Policy {

@@ -399,31 +399,52 @@ pub const DEFAULT_DNS_CONCURRENCY: usize = 16;
 /// same key meanwhile wait for that answer, so a burst of workers meeting a new key sends one
 /// query, not one each. At most `limit` lookups are in flight at once. Temporary failures are
 /// handed to the waiters of their flight but not cached: a later message asks again.
-pub struct KeyCache<'a> {
-    lookup: &'a dyn KeyLookup,
+///
+/// A bulk run keeps every answer for the run; a daemon (the milter) gives answers a lifetime
+/// and the cache a size bound ([`KeyCache::expiring`]).
+pub struct KeyCache<L> {
+    lookup: L,
     /// One slot per key: answered, or being looked up. The lock is held only to find or insert
     /// a slot, never during a lookup.
     slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
     permits: Semaphore,
+    /// How long an answer is good for (`None`: the whole run).
+    ttl: Option<Duration>,
+    /// Most keys kept; beyond it the cache starts afresh.
+    max_entries: usize,
 }
 
-/// The answer for one key, once its flight lands.
+/// The answer for one key, once its flight lands, and when it landed.
 #[derive(Default)]
 struct Slot {
-    answer: Mutex<Option<KeyResult>>,
+    answer: Mutex<Option<(std::time::Instant, KeyResult)>>,
     landed: Condvar,
 }
 
-impl<'a> KeyCache<'a> {
+impl<L: KeyLookup> KeyCache<L> {
     /// An empty cache in front of `lookup`, with at most [`DEFAULT_DNS_CONCURRENCY`] lookups in
     /// flight.
-    pub fn new(lookup: &'a dyn KeyLookup) -> KeyCache<'a> {
+    pub fn new(lookup: L) -> KeyCache<L> {
         KeyCache::with_limit(lookup, NonZeroUsize::new(DEFAULT_DNS_CONCURRENCY).expect("non-zero"))
     }
 
     /// An empty cache in front of `lookup`, with at most `limit` lookups in flight at once.
-    pub fn with_limit(lookup: &'a dyn KeyLookup, limit: NonZeroUsize) -> KeyCache<'a> {
-        KeyCache { lookup, slots: Mutex::new(HashMap::new()), permits: Semaphore::new(limit.get()) }
+    pub fn with_limit(lookup: L, limit: NonZeroUsize) -> KeyCache<L> {
+        KeyCache {
+            lookup,
+            slots: Mutex::new(HashMap::new()),
+            permits: Semaphore::new(limit.get()),
+            ttl: None,
+            max_entries: usize::MAX,
+        }
+    }
+
+    /// This cache with answers that expire after `ttl`, and at most `max_entries` keys (a full
+    /// cache is emptied, in-flight lookups still land for their waiters).
+    pub fn expiring(mut self, ttl: Duration, max_entries: usize) -> KeyCache<L> {
+        self.ttl = Some(ttl);
+        self.max_entries = max_entries.max(1);
+        self
     }
 
     /// The key of `selector._domainkey.domain`, looked up once. Temporary failures are not
@@ -433,9 +454,17 @@ impl<'a> KeyCache<'a> {
         let k = (selector.to_ascii_lowercase(), domain.to_ascii_lowercase());
         let (slot, leader) = {
             let mut slots = lock(&self.slots);
+            // An answer past its lifetime is asked again (map lock, then slot lock: the only
+            // place both are held, in this order).
+            let expired = |slot: &Slot| {
+                self.ttl.is_some_and(|ttl| lock(&slot.answer).as_ref().is_some_and(|(at, _)| at.elapsed() >= ttl))
+            };
             match slots.get(&k) {
-                Some(slot) => (Arc::clone(slot), false),
-                None => {
+                Some(slot) if !expired(slot) => (Arc::clone(slot), false),
+                _ => {
+                    if slots.len() >= self.max_entries {
+                        slots.clear();
+                    }
                     let slot = Arc::new(Slot::default());
                     slots.insert(k.clone(), Arc::clone(&slot));
                     (slot, true)
@@ -445,7 +474,7 @@ impl<'a> KeyCache<'a> {
         if !leader {
             let mut answer = lock(&slot.answer);
             loop {
-                if let Some(r) = answer.as_ref() {
+                if let Some((_, r)) = answer.as_ref() {
                     return r.clone();
                 }
                 answer = slot.landed.wait(answer).unwrap_or_else(PoisonError::into_inner);
@@ -455,7 +484,7 @@ impl<'a> KeyCache<'a> {
         let r = {
             let _permit = self.permits.acquire();
             let k = flight.key.as_ref().expect("key");
-            verify::fetch_key(self.lookup, &k.0, &k.1)
+            verify::fetch_key(&self.lookup, &k.0, &k.1)
         };
         flight.land(r.clone());
         r
@@ -465,14 +494,14 @@ impl<'a> KeyCache<'a> {
 /// The leader's side of a lookup. Landing publishes the answer to the waiters, and forgets the
 /// slot when the answer must not be cached. Dropped without landing (the lookup panicked), it
 /// lands a temporary error, so that the waiters do not wait forever.
-struct Flight<'c, 'a> {
-    cache: &'c KeyCache<'a>,
+struct Flight<'c, L> {
+    cache: &'c KeyCache<L>,
     /// `None` once landed.
     key: Option<(String, String)>,
     slot: Arc<Slot>,
 }
 
-impl Flight<'_, '_> {
+impl<L> Flight<'_, L> {
     fn land(&mut self, r: KeyResult) {
         let Some(k) = self.key.take() else { return };
         if matches!(r, Err((verify::DkimResult::TempError, _))) {
@@ -483,12 +512,12 @@ impl Flight<'_, '_> {
                 slots.remove(&k);
             }
         }
-        *lock(&self.slot.answer) = Some(r);
+        *lock(&self.slot.answer) = Some((std::time::Instant::now(), r));
         self.slot.landed.notify_all();
     }
 }
 
-impl Drop for Flight<'_, '_> {
+impl<L> Drop for Flight<'_, L> {
     fn drop(&mut self) {
         if let Some((s, d)) = &self.key {
             let name = format!("{s}._domainkey.{d}");
@@ -732,5 +761,26 @@ mod tests {
         assert!(slot().is_none(), "a temporary error is not cached");
         assert!(matches!(cache.get("sel", "example.com"), Err((verify::DkimResult::TempError, _))));
         assert_eq!(fake.calls(), 2, "a later message asks again");
+    }
+
+    /// A daemon's cache (the milter's): an answer is asked again after its lifetime, and a full
+    /// cache starts afresh.
+    #[test]
+    fn key_cache_expires_and_is_bounded() {
+        let fake = Fake::new(Ok(vec![ED25519_RECORD.to_vec()]));
+        let cache = KeyCache::new(&fake).expiring(Duration::from_millis(200), 2);
+        assert!(cache.get("a", "example.com").is_ok());
+        assert!(cache.get("A", "Example.COM").is_ok());
+        assert_eq!(fake.calls(), 1, "cached within its lifetime");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(cache.get("a", "example.com").is_ok());
+        assert_eq!(fake.calls(), 2, "asked again after it");
+        cache.get("b", "example.com").unwrap();
+        cache.get("c", "example.com").unwrap();
+        assert_eq!(fake.calls(), 4);
+        // The third key emptied the cache: "a" is asked again, "c" is still there.
+        cache.get("c", "example.com").unwrap();
+        cache.get("a", "example.com").unwrap();
+        assert_eq!(fake.calls(), 5);
     }
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
@@ -242,35 +242,6 @@ pub struct Settings {
     pub timestamp: Option<u64>,
 }
 
-/// Verification keys cached for a while: a daemon lives longer than DNS answers.
-struct KeyCache {
-    lookup: dkimpress::lookup::Chain,
-    ttl: Duration,
-    entries: Mutex<HashMap<(String, String), (Instant, KeyResult)>>,
-}
-
-impl KeyCache {
-    const MAX_ENTRIES: usize = 10_000;
-
-    fn get(&self, selector: &str, domain: &str) -> KeyResult {
-        let k = (selector.to_ascii_lowercase(), domain.to_ascii_lowercase());
-        if let Some((at, r)) = self.entries.lock().expect("key cache poisoned").get(&k) {
-            if at.elapsed() < self.ttl {
-                return r.clone();
-            }
-        }
-        let r = verify::fetch_key(&self.lookup, &k.0, &k.1);
-        if !matches!(r, Err((verify::DkimResult::TempError, _))) {
-            let mut e = self.entries.lock().expect("key cache poisoned");
-            if e.len() >= Self::MAX_ENTRIES {
-                e.clear();
-            }
-            e.insert(k, (Instant::now(), r.clone()));
-        }
-        r
-    }
-}
-
 /// The daemon-level settings: read once at start (a restart changes them).
 struct Daemon {
     socket: String,
@@ -343,8 +314,9 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
             records.dns_servers = ns.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         }
     }
-    let cache =
-        KeyCache { lookup: key_lookup(&records)?, ttl: Duration::from_secs(300), entries: Mutex::new(HashMap::new()) };
+    // A daemon lives longer than DNS answers: keys are asked again after five minutes. One
+    // lookup per key however many connections want it at once (lookup::KeyCache).
+    let cache = dkimpress::lookup::KeyCache::new(key_lookup(&records)?).expiring(Duration::from_secs(300), 10_000);
     let mut policy = verify::Policy::default();
     if let Some(bits) = c.as_ref().and_then(|c| c.minimum_key_bits) {
         policy.min_rsa_bits = bits;
