@@ -90,6 +90,18 @@ pub fn in_prefetched_pieces(data: &[u8], range: std::ops::Range<usize>, mut f: i
     }
 }
 
+/// Opens `path` to read without blocking on a FIFO and without following a symbolic link: a
+/// directory entry listed as a regular file may have been replaced since (a mail user's own
+/// maildir), and opening a FIFO would wait for a writer for ever. The caller checks that the
+/// open file is regular (`metadata().is_file()`).
+pub fn open_regular(path: &std::path::Path) -> std::io::Result<File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    o.open(path)
+}
+
 /// Maps `file` for one sequential pass.
 pub fn map(file: &File) -> std::io::Result<Mapped> {
     if file.metadata()?.len() == 0 {

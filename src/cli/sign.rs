@@ -294,7 +294,11 @@ pub(crate) fn sign_mbox_to(
             let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), error: e };
             let keep = keep_for(cfg, (!source.is_stream()).then_some(path));
             let mut f = dkimpress::pipeline::io::Output::open(d, &keep, true).map_err(BulkError::from)?;
-            pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut f, summary, progress)?;
+            pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut f, summary, progress).map_err(|e| match e {
+                // sign_mbox knows its output only as a stream: name it.
+                BulkError::Output { error, .. } => BulkError::Output { path: d.display().to_string(), error },
+                e => e,
+            })?;
             match (f, &lock) {
                 (dkimpress::pipeline::io::Output::Atomic(mut a), Some(l)) => {
                     a.commit_checked(|| l.check_unchanged(path))

@@ -177,7 +177,10 @@ pub fn canonicalize_body_pieces<S: Sink + ?Sized>(canon: Canon, stored: &[u8], p
             && (i == 0 || p.first().is_some_and(|&b| b != b'\n' && b != b'\r'))
     });
     let (Some(first), Some(last), true) = (pieces.first(), pieces.last(), independent) else {
-        let joined: Vec<u8> = pieces.iter().flat_map(|r| stored[r.clone()].iter().copied()).collect();
+        let mut joined = Vec::with_capacity(pieces.iter().map(|r| r.len()).sum());
+        for r in pieces {
+            joined.extend_from_slice(&stored[r.clone()]);
+        }
         return canonicalize_body(canon, &joined, sink);
     };
     let mut bufs = BUFFERS.take().unwrap_or_else(Buffers::new);

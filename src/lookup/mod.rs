@@ -412,6 +412,9 @@ pub struct KeyCache<L> {
     ttl: Option<Duration>,
     /// Most keys kept; beyond it the cache starts afresh.
     max_entries: usize,
+    /// How long a lookup may wait for a free place among those in flight (`None`: as long as
+    /// it takes); past it the answer is a temporary error.
+    permit_wait: Option<Duration>,
 }
 
 /// The answer for one key, once its flight lands, and when it landed.
@@ -436,7 +439,17 @@ impl<L: KeyLookup> KeyCache<L> {
             permits: Semaphore::new(limit.get()),
             ttl: None,
             max_entries: usize::MAX,
+            permit_wait: None,
         }
+    }
+
+    /// This cache with lookups that wait at most `wait` for a place among those in flight, and
+    /// answer a temporary error after it. A daemon serves many connections from one cache: a
+    /// message whose signatures name domains that never answer must not hold up the others'
+    /// lookups for longer than that.
+    pub fn waiting_at_most(mut self, wait: Duration) -> KeyCache<L> {
+        self.permit_wait = Some(wait);
+        self
     }
 
     /// This cache with answers that expire after `ttl`, and at most `max_entries` keys (a full
@@ -482,9 +495,17 @@ impl<L: KeyLookup> KeyCache<L> {
         }
         let mut flight = Flight { cache: self, key: Some(k), slot };
         let r = {
-            let _permit = self.permits.acquire();
             let k = flight.key.as_ref().expect("key");
-            verify::fetch_key(&self.lookup, &k.0, &k.1)
+            match self.permits.acquire(self.permit_wait) {
+                Some(_permit) => verify::fetch_key(&self.lookup, &k.0, &k.1),
+                None => Err((
+                    verify::DkimResult::TempError,
+                    verify::Reason::KeyLookup {
+                        name: format!("{}._domainkey.{}", k.0, k.1),
+                        error: "too many key lookups in flight; try again later".into(),
+                    },
+                )),
+            }
         };
         flight.land(r.clone());
         r
@@ -541,14 +562,25 @@ impl Semaphore {
         Semaphore { free: Mutex::new(n), freed: Condvar::new() }
     }
 
-    /// Waits for a free permit and takes it.
-    fn acquire(&self) -> Permit<'_> {
+    /// Waits for a free permit (at most `wait`, if given) and takes it; `None` when the wait
+    /// ran out.
+    fn acquire(&self, wait: Option<Duration>) -> Option<Permit<'_>> {
+        let deadline = wait.map(|w| std::time::Instant::now() + w);
         let mut free = lock(&self.free);
         while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(PoisonError::into_inner);
+            free = match deadline {
+                None => self.freed.wait(free).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.freed.wait_timeout(free, left).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
         }
         *free -= 1;
-        Permit(self)
+        Some(Permit(self))
     }
 }
 
@@ -761,6 +793,30 @@ mod tests {
         assert!(slot().is_none(), "a temporary error is not cached");
         assert!(matches!(cache.get("sel", "example.com"), Err((verify::DkimResult::TempError, _))));
         assert_eq!(fake.calls(), 2, "a later message asks again");
+    }
+
+    /// With a bound on the wait for a place in flight, a lookup stuck behind a hanging one gets
+    /// a temporary error in time (and it is not cached); once the place is free, it is answered.
+    #[test]
+    fn key_cache_bounded_wait_for_a_place() {
+        let fake = Fake { gate: Mutex::new(false), ..Fake::new(Ok(vec![ED25519_RECORD.to_vec()])) };
+        let cache =
+            KeyCache::with_limit(&fake, NonZeroUsize::new(1).unwrap()).waiting_at_most(Duration::from_millis(100));
+        std::thread::scope(|s| {
+            let stuck = s.spawn(|| cache.get("slow", "example.com"));
+            wait_until("the hanging lookup starts", || fake.calls() == 1);
+            let started = std::time::Instant::now();
+            let r = cache.get("other", "example.com");
+            let Err((verify::DkimResult::TempError, verify::Reason::KeyLookup { error, .. })) = r else {
+                panic!("{r:?}")
+            };
+            assert!(error.contains("too many key lookups"), "{error}");
+            assert!(started.elapsed() < PATIENCE);
+            fake.open();
+            assert!(stuck.join().unwrap().is_ok());
+        });
+        assert!(cache.get("other", "example.com").is_ok(), "asked again, answered");
+        assert_eq!(fake.calls(), 2);
     }
 
     /// A daemon's cache (the milter's): an answer is asked again after its lifetime, and a full

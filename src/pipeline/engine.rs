@@ -162,6 +162,11 @@ where
         let written = writer.join().unwrap_or_else(|_| {
             Err(BulkError::Input { path: "writer".into(), reason: "internal error: the writer thread failed".into() })
         });
+        // An interruption explains whatever else failed meanwhile (a file not renamed).
+        if result.is_err() || interrupted() {
+            result?;
+            return Err(BulkError::Interrupted);
+        }
         let writer_cpu = written?;
         result.map(|()| SerialCpu { splitter: coordinator_cpu, writer: writer_cpu })
     })
@@ -246,8 +251,15 @@ where
         } else if e.quoted {
             QUOTES.with(|quotes| {
                 let mut quotes = quotes.borrow_mut();
-                mbox::quote_positions(fmt, bytes, &mut quotes);
-                job(mbox::Stored { bytes, quotes: &quotes })
+                if mbox::quote_positions(fmt, bytes, &mut quotes, mbox::QUOTES_KEPT) {
+                    job(mbox::Stored { bytes, quotes: &quotes })
+                } else {
+                    // A message of mostly quoted lines: one unquoted copy costs less memory.
+                    UNQUOTED.with(|scratch| {
+                        let mut scratch = scratch.borrow_mut();
+                        job(mbox::Stored::plain(mbox::unquote(fmt, bytes, &mut scratch)))
+                    })
+                }
             })
         } else {
             job(mbox::Stored::plain(bytes))
@@ -300,6 +312,8 @@ where
 }
 
 thread_local! {
+    /// Per-worker copy of an mbox message with too many quoted lines to hash around.
+    static UNQUOTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-worker list of the quoting `>`s of an mbox message.
     static QUOTES: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-worker buffer for directory entries.
@@ -336,8 +350,13 @@ where
             let mut buf = buf.borrow_mut();
             buf.clear();
             let read = (|| {
-                let mut f = std::fs::File::open(dir.join(rel)).map_err(|e| format!("cannot read: {e}"))?;
+                let mut f = crate::arch::sys::open_regular(&dir.join(rel)).map_err(|e| format!("cannot read: {e}"))?;
                 let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
+                if !meta.is_file() {
+                    // Listed as a file, replaced since by a FIFO or device: reading it could
+                    // block for ever.
+                    return Err("not a regular file any more (replaced during the run)".to_string());
+                }
                 if meta.len() > max_message {
                     return Err(too_large_reason(meta.len(), max_message));
                 }
@@ -433,5 +452,35 @@ mod tests {
             );
             assert!(matches!(r, Err(BulkError::Output { .. })), "{framing:?}");
         }
+    }
+
+    /// A directory entry listed as a regular file and replaced by a FIFO (or a link) before it
+    /// is read is reported, not waited on for ever.
+    #[cfg(unix)]
+    #[test]
+    fn entry_replaced_by_a_fifo_does_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"From: a@example.com\n\nbody\n").unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(dir.path().join("b")).status().unwrap().success());
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("c")).unwrap();
+        let entries: Vec<DirEntry> =
+            ["a", "b", "c"].iter().map(|n| DirEntry { rel: PathBuf::from(n), odd: None }).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let mut got = vec![];
+        map_dir(
+            dir.path(),
+            &entries,
+            1 << 20,
+            &pool,
+            |_, item| item.map(|(m, _)| m.len()),
+            |rel, r| {
+                got.push((rel.to_path_buf(), r));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(got[0], (PathBuf::from("a"), Ok(26)));
+        assert!(matches!(&got[1].1, Err(why) if why.contains("not a regular file")), "{got:?}");
+        assert!(matches!(&got[2].1, Err(why) if why.contains("cannot read")), "{got:?}");
     }
 }

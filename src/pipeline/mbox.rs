@@ -88,8 +88,9 @@ pub struct MboxEntry {
     /// Whether the message may hold quoted `>From ` lines (false: [`unquote`] can be skipped).
     pub quoted: bool,
     /// Where the quoting `>`s are, relative to `message.start`, when the splitter's scan found
-    /// them ([`quote_positions`] gives the same); empty when none were found or the message was
-    /// not scanned (Content-Length), in which case `quoted` says whether to look.
+    /// them ([`quote_positions`] gives the same); empty when none were found, when there are more
+    /// than [`QUOTES_KEPT`], or when the message was not scanned (Content-Length): then `quoted`
+    /// says whether to look.
     pub quotes: Vec<usize>,
 }
 
@@ -205,7 +206,7 @@ impl<'a> Splitter<'a> {
                 }
                 if q == 0 || self.data[q - 1] == b'\n' {
                     quoted = true;
-                    if q >= from && is_quoted(self.format, &self.data[q..]) {
+                    if q >= from && quotes.len() <= QUOTES_KEPT && is_quoted(self.format, &self.data[q..]) {
                         quotes.push(q - from);
                     }
                 }
@@ -286,6 +287,10 @@ impl Iterator for Splitter<'_> {
         };
         // Quotes in the framing empty line cannot be (it is empty); keep those of the message.
         quotes.retain(|&q| from_end + q < end - framing);
+        if quotes.len() > QUOTES_KEPT {
+            // Too many to keep: `quoted` stays set, and the worker unquotes into a copy.
+            quotes = Vec::new();
+        }
         Some(MboxEntry {
             from_line: start..from_end,
             data: from_end..end,
@@ -308,37 +313,59 @@ fn is_quoted(format: MboxFormat, line: &[u8]) -> bool {
     }
 }
 
+/// Most quoting `>`s whose offsets are kept for one message. Each costs 24 octets while the
+/// message is signed (its offset and its piece) against the 7 of a `>From \n` line, so a
+/// hostile message of nothing but quoted lines would need several times its size; beyond this
+/// many the message is unquoted into one copy instead, as before issue 14.
+pub const QUOTES_KEPT: usize = 1024;
+
 /// Offsets in `data` (a stored message) of the quoting `>`s: one per quoted line, which the
-/// message itself does not have. Empty when nothing is quoted.
-pub fn quote_positions(format: MboxFormat, data: &[u8], out: &mut Vec<usize>) {
+/// message itself does not have. Empty when nothing is quoted. Returns false (and `out` empty)
+/// when there are more than `limit`.
+pub fn quote_positions(format: MboxFormat, data: &[u8], out: &mut Vec<usize>, limit: usize) -> bool {
     out.clear();
     if format == MboxFormat::Mboxcl2 {
-        return;
+        return true;
     }
     if !data.is_empty() && is_quoted(format, data) {
         out.push(0);
     }
-    out.extend(memchr::memmem::find_iter(data, b"\n>").map(|i| i + 1).filter(|&i| is_quoted(format, &data[i..])));
+    for i in memchr::memmem::find_iter(data, b"\n>").map(|i| i + 1).filter(|&i| is_quoted(format, &data[i..])) {
+        if out.len() == limit {
+            out.clear();
+            return false;
+        }
+        out.push(i);
+    }
+    true
 }
 
 /// The message as it was before the mbox writer quoted it. Returns `data` itself when nothing
 /// is quoted (the common case, no copy), else fills `scratch` and returns it.
 pub fn unquote<'a>(format: MboxFormat, data: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
-    let mut quotes = vec![];
-    quote_positions(format, data, &mut quotes);
-    if quotes.is_empty() {
+    if format == MboxFormat::Mboxcl2 {
         return data;
     }
-    copy_without(data, &quotes, scratch);
+    // The quotes are found and skipped as the copy goes: no list of them (a message may have
+    // millions).
+    let first = (!data.is_empty() && is_quoted(format, data)).then_some(0);
+    let mut quotes = first
+        .into_iter()
+        .chain(memchr::memmem::find_iter(data, b"\n>").map(|i| i + 1).filter(|&i| is_quoted(format, &data[i..])))
+        .peekable();
+    if quotes.peek().is_none() {
+        return data;
+    }
+    copy_without(data, quotes, scratch);
     scratch
 }
 
-/// `data` without the octets at `skip` (sorted), into `out`.
-fn copy_without(data: &[u8], skip: &[usize], out: &mut Vec<u8>) {
+/// `data` without the octets at `skip` (ascending), into `out`.
+fn copy_without(data: &[u8], skip: impl IntoIterator<Item = usize>, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(data.len());
     let mut copied = 0;
-    for &at in skip {
+    for at in skip {
         // Unquoting may be the first pass over a message of a large mbox: prefetch ahead of it.
         crate::arch::sys::in_prefetched_pieces(data, copied..at, |p| out.extend_from_slice(p));
         copied = at + 1;
@@ -387,7 +414,7 @@ impl<'a> Stored<'a> {
         }
         UNQUOTED.with(|buf| {
             let mut buf = buf.borrow_mut();
-            copy_without(self.bytes, self.quotes, &mut buf);
+            copy_without(self.bytes, self.quotes.iter().copied(), &mut buf);
             f(&buf)
         })
     }
@@ -398,7 +425,11 @@ impl<'a> Stored<'a> {
         let mut pieces = Vec::with_capacity(self.quotes.len() + 1);
         let mut start = from;
         for &q in self.quotes {
-            pieces.push(start..q);
+            // Nothing before a quoted first line: no empty piece (an empty first piece would
+            // make the pieces look dependent, and cost a copy).
+            if q > start || !pieces.is_empty() {
+                pieces.push(start..q);
+            }
             start = q + 1;
         }
         pieces.push(start..self.bytes.len());
@@ -543,7 +574,7 @@ From e@f Mon Jan  1 00:00:00 2024\nX: y\n\nFromage\n\nFrom g@h x\n\nlast";
                 let mut seen = 0;
                 for e in Splitter::new(data, fmt) {
                     let mut want = vec![];
-                    quote_positions(fmt, &data[e.message.clone()], &mut want);
+                    quote_positions(fmt, &data[e.message.clone()], &mut want, usize::MAX);
                     assert_eq!(e.quotes, want, "{fmt:?} at {}", e.from_line.start);
                     assert!(e.quoted || want.is_empty());
                     seen += want.len();

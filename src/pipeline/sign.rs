@@ -146,7 +146,11 @@ pub fn write_signed_file(
         write_without(&mut w, msg, drop).map_err(out_err)?;
         w.flush().map_err(out_err)?;
     }
-    f.commit().map_err(out_err)
+    f.commit().map_err(|error| match error.kind() {
+        // SIGINT/SIGTERM arrived before the rename: the run stops as interrupted (exit 130).
+        std::io::ErrorKind::Interrupted if interrupted() => BulkError::Interrupted,
+        _ => out_err(error),
+    })
 }
 
 /// Writes `data` without the `drop` ranges.

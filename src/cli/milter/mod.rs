@@ -316,7 +316,11 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
     }
     // A daemon lives longer than DNS answers: keys are asked again after five minutes. One
     // lookup per key however many connections want it at once (lookup::KeyCache).
-    let cache = dkimpress::lookup::KeyCache::new(key_lookup(&records)?).expiring(Duration::from_secs(300), 10_000);
+    // A place among the lookups in flight is waited for at most 5 s: one message naming
+    // domains whose DNS never answers must not stall every connection (answer: temperror).
+    let cache = dkimpress::lookup::KeyCache::new(key_lookup(&records)?)
+        .expiring(Duration::from_secs(300), 10_000)
+        .waiting_at_most(Duration::from_secs(5));
     let mut policy = verify::Policy::default();
     if let Some(bits) = c.as_ref().and_then(|c| c.minimum_key_bits) {
         policy.min_rsa_bits = bits;
