@@ -147,17 +147,8 @@ fn is_wsp(b: u8) -> bool {
 /// Writes the canonical form of `body` (everything after the empty line that ends the header
 /// block) into `sink`.
 pub fn canonicalize_body<S: Sink + ?Sized>(canon: Canon, body: &[u8], sink: &mut S) {
-    let mut bufs = BUFFERS.take().unwrap_or_else(Buffers::new);
-    {
-        let Buffers { stage, expand } = &mut *bufs;
-        let mut staged = Staged::new(sink, stage, body);
-        match canon {
-            Canon::Simple => body_simple(body, &mut staged),
-            Canon::Relaxed => body_relaxed(body, &mut staged, expand),
-        }
-        staged.flush();
-    }
-    BUFFERS.set(Some(bufs));
+    let whole = 0..body.len();
+    canonicalize_body_pieces(canon, body, std::slice::from_ref(&whole), sink);
 }
 
 /// [`canonicalize_body`] of a body stored in pieces: the body is `stored[pieces[0]]`,

@@ -245,25 +245,7 @@ where
     let data: &[u8] = mapped;
     let threads = pool.current_num_threads().max(1);
     let run = |e: MboxEntry| -> (MboxEntry, R) {
-        let bytes = &data[e.message.clone()];
-        let r = if !e.quotes.is_empty() {
-            job(mbox::Stored { bytes, quotes: &e.quotes })
-        } else if e.quoted {
-            QUOTES.with(|quotes| {
-                let mut quotes = quotes.borrow_mut();
-                if mbox::quote_positions(fmt, bytes, &mut quotes, mbox::QUOTES_KEPT) {
-                    job(mbox::Stored { bytes, quotes: &quotes })
-                } else {
-                    // A message of mostly quoted lines: one unquoted copy costs less memory.
-                    UNQUOTED.with(|scratch| {
-                        let mut scratch = scratch.borrow_mut();
-                        job(mbox::Stored::plain(mbox::unquote(fmt, bytes, &mut scratch)))
-                    })
-                }
-            })
-        } else {
-            job(mbox::Stored::plain(bytes))
-        };
+        let r = mbox::with_stored(fmt, data, &e, &job);
         (e, r)
     };
     let work = |unit: MboxUnit| -> Vec<(MboxEntry, R)> {
@@ -312,10 +294,6 @@ where
 }
 
 thread_local! {
-    /// Per-worker copy of an mbox message with too many quoted lines to hash around.
-    static UNQUOTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Per-worker list of the quoting `>`s of an mbox message.
-    static QUOTES: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-worker buffer for directory entries.
     static FILE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }

@@ -386,8 +386,32 @@ pub struct Stored<'a> {
 }
 
 thread_local! {
-    /// Per-thread buffer for [`Stored::with_unquoted`].
+    /// Per-thread buffer for unquoted copies ([`Stored::with_unquoted`], [`with_stored`]).
     static UNQUOTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread list of quotes found after the split ([`with_stored`]).
+    static QUOTES: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the message `entry` of `data` as stored, with its quotes: those the splitter
+/// recorded; else, when the message may be quoted (Content-Length framing, or more than the
+/// splitter keeps), found now; and when there are more than [`QUOTES_KEPT`], `f` gets one
+/// unquoted copy instead (plain), which costs less memory than a list of them. `f` must not
+/// call [`Stored::with_unquoted`] on a quoted message (the copy's buffer is in use).
+pub fn with_stored<T>(format: MboxFormat, data: &[u8], entry: &MboxEntry, f: impl FnOnce(Stored<'_>) -> T) -> T {
+    let bytes = &data[entry.message.clone()];
+    if !entry.quotes.is_empty() {
+        return f(Stored { bytes, quotes: &entry.quotes });
+    }
+    if !entry.quoted {
+        return f(Stored::plain(bytes));
+    }
+    QUOTES.with(|quotes| {
+        let mut quotes = quotes.borrow_mut();
+        if quote_positions(format, bytes, &mut quotes, QUOTES_KEPT) {
+            return f(Stored { bytes, quotes: &quotes });
+        }
+        UNQUOTED.with(|scratch| f(Stored::plain(unquote(format, bytes, &mut scratch.borrow_mut()))))
+    })
 }
 
 impl<'a> Stored<'a> {

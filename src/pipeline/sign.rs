@@ -155,12 +155,14 @@ pub fn write_signed_file(
 
 /// Writes `data` without the `drop` ranges.
 pub fn write_without(w: &mut dyn Write, data: &[u8], drop: &[Range<usize>]) -> std::io::Result<()> {
-    let mut pos = 0;
-    for r in drop {
-        w.write_all(&data[pos..r.start])?;
-        pos = r.end;
-    }
-    w.write_all(&data[pos..])
+    without(data, drop).try_for_each(|p| w.write_all(p))
+}
+
+/// The pieces of `data` around the `drop` ranges (ascending, inside `data`), in order.
+fn without<'a>(data: &'a [u8], drop: &'a [Range<usize>]) -> impl Iterator<Item = &'a [u8]> {
+    let starts = std::iter::once(0).chain(drop.iter().map(|r| r.end));
+    let ends = drop.iter().map(|r| r.start).chain(std::iter::once(data.len()));
+    starts.zip(ends).map(move |(s, e)| &data[s..e])
 }
 
 /// Accounts for one message in `summary`, reporting a problem as it happens. The progress bar
@@ -219,9 +221,11 @@ pub fn sign_mbox(
         opts.framing,
         |msg| process(opts, msg),
         |results| {
-            if let Some(i) = results.iter().position(|(_, o)| matches!(o, Outcome::Temporary(_))) {
-                let Outcome::Temporary(reason) = &results[i].1 else { unreachable!() };
-                let at = index + 1 + i as u64;
+            let temporary = results.iter().enumerate().find_map(|(i, (_, o))| match o {
+                Outcome::Temporary(reason) => Some((index + 1 + i as u64, reason)),
+                _ => None,
+            });
+            if let Some((at, reason)) = temporary {
                 return Err(BulkError::Temporary { path: format!("{shown}#{at}"), reason: reason.clone() });
             }
             // One allocation per unit (up to a few thousand slices), not per message.
@@ -232,12 +236,7 @@ pub fn sign_mbox(
                 match o {
                     Outcome::Signed { headers, drop } => {
                         iov.push(std::io::IoSlice::new(headers));
-                        let mut pos = 0;
-                        for r in drop {
-                            iov.push(std::io::IoSlice::new(&stored[pos..r.start]));
-                            pos = r.end;
-                        }
-                        iov.push(std::io::IoSlice::new(&stored[pos..]));
+                        iov.extend(without(stored, drop).map(std::io::IoSlice::new));
                     }
                     _ => iov.push(std::io::IoSlice::new(stored)),
                 }
