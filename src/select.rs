@@ -223,16 +223,28 @@ impl Tables {
         author_domain: Option<&str>,
         identity: Option<&str>,
     ) -> Result<Signer, SelectError> {
-        let cache_key = format!("{name}\0{}\0{}", author_domain.unwrap_or_default(), identity.unwrap_or_default());
+        // The KeyTable is asked every time (a database answers from its short cache), and the
+        // signer is built once per value: a selector changed in the database is used at once.
+        let value = self.key_table.get(name).map_err(table_err)?;
+        let cache_key = format!(
+            "{name}\0{}\0{}\0{}",
+            author_domain.unwrap_or_default(),
+            identity.unwrap_or_default(),
+            value.as_deref().unwrap_or("\0")
+        );
         if let Some(r) = self.signers.lock().expect("poisoned").get(&cache_key) {
             return r.clone().map_err(SelectError::Config);
         }
-        let value = self.key_table.get(name).map_err(table_err)?;
         let built = match value {
             None => Err(EntryError::UnknownKey(name.to_string())),
             Some(v) => self.build(name, &v, author_domain, identity),
         };
-        self.signers.lock().expect("poisoned").insert(cache_key, built.clone());
+        let mut signers = self.signers.lock().expect("poisoned");
+        // Bounded for a daemon whose database keeps changing.
+        if signers.len() >= 10_000 {
+            signers.clear();
+        }
+        signers.insert(cache_key, built.clone());
         built.map_err(SelectError::Config)
     }
 

@@ -288,18 +288,23 @@ pub fn signing_candidates(local: &str, domain: &str) -> Vec<String> {
 
 /// A PostgreSQL data set: `dsn:pgsql://[user[:password]@][port+]host/database/table=T?keycol=K?datacol=A,B,C[?filter=F]`
 /// (opendkim(8)). `host` may be a socket directory, written with its slashes encoded
-/// (`=2Fvar=2Frun=2Fpostgresql`): values in the DSN encode `:/@+?=` as `=XX`. Lookups are
-/// cached for the run.
+/// (`=2Fvar=2Frun=2Fpostgresql`): values in the DSN encode `:/@+?=` as `=XX`.
+///
+/// The database is the source of truth, as with opendkim, which queries it per message: an
+/// answer (found or not found) is reused for at most the cache time ([`set_db_cache`],
+/// default 5 s, 0 for none), so a row added or changed is used within seconds, without a
+/// reload.
 pub struct PgSet {
     shown: String,
     config: postgres::Config,
     query: String,
     all_query: String,
-    client: Arc<Mutex<Option<postgres::Client>>>,
-    cache: Mutex<HashMap<String, Option<String>>>,
+    client: Mutex<Arc<Mutex<Option<postgres::Client>>>>,
+    cache: Mutex<HashMap<String, (std::time::Instant, Option<String>)>>,
     /// Set when a query got no answer in time: the connection is abandoned (its thread may
-    /// stay blocked) and later lookups fail at once.
-    hung: std::sync::atomic::AtomicBool,
+    /// stay blocked), and lookups fail at once until this time, when a new connection is
+    /// tried (at most one blocked thread per timeout period).
+    hung_until: Mutex<Option<std::time::Instant>>,
 }
 
 /// How long a PostgreSQL connection or query may take before the lookup fails as temporary
@@ -313,6 +318,18 @@ pub fn set_db_timeout(t: std::time::Duration) {
 
 fn db_timeout() -> std::time::Duration {
     std::time::Duration::from_millis(DB_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// How long a PostgreSQL answer is reused (milliseconds); `--db-cache` sets it.
+static DB_CACHE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(5_000);
+
+/// Sets how long an answer of every PostgreSQL data set is reused (zero: never).
+pub fn set_db_cache(t: std::time::Duration) {
+    DB_CACHE_MS.store(t.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn db_cache() -> std::time::Duration {
+    std::time::Duration::from_millis(DB_CACHE_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 impl std::fmt::Debug for PgSet {
@@ -435,9 +452,9 @@ impl PgSet {
             config,
             query,
             all_query,
-            client: Arc::new(Mutex::new(None)),
+            client: Mutex::new(Arc::new(Mutex::new(None))),
             cache: Mutex::new(HashMap::new()),
-            hung: std::sync::atomic::AtomicBool::new(false),
+            hung_until: Mutex::new(None),
         })
     }
 
@@ -449,15 +466,31 @@ impl PgSet {
     }
 
     fn get(&self, key: &str) -> Result<Option<String>, TableError> {
-        if let Some(v) = self.cache.lock().expect("cache poisoned").get(key) {
-            return Ok(v.clone());
+        let ttl = db_cache();
+        let now = std::time::Instant::now();
+        if !ttl.is_zero() {
+            if let Some((at, v)) = self.cache.lock().expect("cache poisoned").get(key) {
+                if now.duration_since(*at) < ttl {
+                    return Ok(v.clone());
+                }
+            }
         }
         let (q, k) = (self.query.clone(), key.to_string());
         let rows = self.run(move |c| c.query(q.as_str(), &[&k]))?;
         let value = rows.first().map(|row| {
             (0..row.len()).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect::<Vec<_>>().join(":")
         });
-        self.cache.lock().expect("cache poisoned").insert(key.to_string(), value.clone());
+        if !ttl.is_zero() {
+            let mut cache = self.cache.lock().expect("cache poisoned");
+            // Bounded: a daemon asks about many addresses; stale answers go first.
+            if cache.len() >= 10_000 {
+                cache.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+                if cache.len() >= 10_000 {
+                    cache.clear();
+                }
+            }
+            cache.insert(key.to_string(), (now, value.clone()));
+        }
         Ok(value)
     }
 
@@ -471,11 +504,22 @@ impl PgSet {
     ) -> Result<T, TableError> {
         let timeout = db_timeout();
         let fail = |reason: String| TableError::Database { spec: self.shown.clone(), reason };
-        if self.hung.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(fail(format!("no answer within {:.1} s earlier in this run", timeout.as_secs_f64())));
+        {
+            let mut hung = self.hung_until.lock().unwrap_or_else(|e| e.into_inner());
+            match *hung {
+                Some(until) if std::time::Instant::now() < until => {
+                    return Err(fail(format!("no answer within {:.1} s a moment ago", timeout.as_secs_f64())));
+                }
+                Some(_) => {
+                    // Try again on a new connection; the old one stays with its blocked thread.
+                    *hung = None;
+                    *self.client.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Mutex::new(None));
+                }
+                None => {}
+            }
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let client = self.client.clone();
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let config = self.config.clone();
         std::thread::Builder::new()
             .name("dkimpress-db".into())
@@ -500,7 +544,7 @@ impl PgSet {
         match rx.recv_timeout(timeout) {
             Ok(r) => r.map_err(fail),
             Err(_) => {
-                self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+                *self.hung_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now() + timeout);
                 Err(fail(format!("no answer within {:.1} s (--db-timeout)", timeout.as_secs_f64())))
             }
         }

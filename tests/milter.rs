@@ -153,8 +153,18 @@ impl Mta {
 
     /// A client at `addr` that reached the MTA through the daemon called `daemon`.
     fn connect_via(&mut self, addr: &str, daemon: &str) {
-        self.macros(b'C', &[("j", "mx.example.com"), ("{daemon_name}", daemon)]);
-        let mut d = b"client.example\0".to_vec();
+        self.connect_full("client.example", addr, "mx.example.com", daemon);
+    }
+
+    /// A client the MTA (whose name is `j`) names `host`, at `addr`, through smtpd.
+    fn connect_named(&mut self, host: &str, addr: &str, j: &str) {
+        self.connect_full(host, addr, j, "smtpd")
+    }
+
+    fn connect_full(&mut self, host: &str, addr: &str, j: &str, daemon: &str) {
+        self.macros(b'C', &[("j", j), ("{daemon_name}", daemon)]);
+        let mut d = host.as_bytes().to_vec();
+        d.push(0);
         d.push(if addr.contains(':') { b'6' } else { b'4' });
         d.extend_from_slice(&25000u16.to_be_bytes());
         d.extend_from_slice(addr.as_bytes());
@@ -667,5 +677,207 @@ dktest!(
         mta.send(b'C', b"localhost\0L\0\0");
         assert_eq!(mta.reply(), Reply::Continue);
         assert_eq!(mta.message(b"From: a@example.com\n\nx\n", steps, None), [Reply::Accept]);
+    }
+);
+
+/// The ArchWiki's opendkim.conf and TrustedHosts, taken literally (paths made relative).
+fn wiki_conf(dir: &Dir, extra: &str) -> PathBuf {
+    let k = keys(dir);
+    std::fs::write(k.join("KeyTable"), "test._domainkey.example1.com example1.com:test:keys/test.private\n").unwrap();
+    std::fs::write(k.join("SigningTable"), "*@example1.com test._domainkey.example1.com\n").unwrap();
+    std::fs::write(k.join("TrustedHosts"), "127.0.0.1\n::1\nlocalhost\nhostname.example1.com\nexample1.com\n").unwrap();
+    dir.write(
+        "opendkim.conf",
+        format!(
+            "Syslog yes\nUMask 002\nSocket inet:8891@localhost\nKeyTable refile:keys/KeyTable\n\
+             SigningTable refile:keys/SigningTable\nExternalIgnoreList refile:keys/TrustedHosts\n\
+             InternalHosts refile:keys/TrustedHosts\nSyslogSuccess yes\nLogWhy yes\n{extra}"
+        )
+        .as_bytes(),
+    )
+}
+
+fn has_sig(r: &[Reply]) -> bool {
+    r.iter().any(|r| matches!(r, Reply::Insert(0, n, _) if n == "DKIM-Signature"))
+}
+
+fn removes_ar(r: &[Reply]) -> bool {
+    r.contains(&Reply::Change(1, "Authentication-Results".into(), String::new()))
+}
+
+dktest!(
+    /// The wiki's `InternalHosts refile:/etc/opendkim/TrustedHosts` with host names: a relay the
+    /// MTA names hostname.example1.com is signed for (as opendkim signs it), one it names
+    /// otherwise is not; with no AuthservID the MTA's name (`j`) is our authserv-id, and a
+    /// forged result under it goes from inbound and from signed mail alike. KeepAuthResults
+    /// keeps them.
+    wiki_trusted_host_names_and_mta_authserv_id,
+    |dir| {
+        let c = wiki_conf(&dir, "");
+        let record = std::fs::read_to_string(dir.join("keys/test.txt")).unwrap();
+        let zone = dir.write("example1.zone", format!("$ORIGIN example1.com.\n{record}").as_bytes());
+        let m = Milter::start(&dir, &["-x", c.to_str().unwrap(), "--dns-zone", zone.to_str().unwrap()]);
+        let forged = b"Authentication-Results: mail.example1.com; dkim=pass header.d=bank.example\n\
+                       From: a@example1.com\nSubject: s\n\nbody\n";
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_named("hostname.example1.com", "192.0.2.50", "mail.example1.com");
+        let r = mta.message(forged, steps, None);
+        assert!(has_sig(&r), "a trusted host name is signed for: {r:?}\n{}", log(&dir));
+        assert!(removes_ar(&r), "a forged result is removed from signed mail too: {r:?}");
+        let signed = apply(forged, &r);
+        drop(mta);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_named("other.example1.com", "192.0.2.51", "mail.example1.com");
+        let r = mta.message(forged, steps, None);
+        assert!(!has_sig(&r), "{r:?}");
+        assert!(removes_ar(&r), "{r:?}");
+        assert!(log(&dir).contains("other.example1.com [192.0.2.51] not internal"), "{}", log(&dir));
+        // Our signed message arriving from outside gets our result under the MTA's name.
+        let inbound = signed[signed.windows(15).position(|w| w == b"DKIM-Signature:").unwrap()..].to_vec();
+        let r = mta.message(&inbound, steps, None);
+        let ar = r.iter().find_map(|r| match r {
+            Reply::Insert(0, n, v) if n == "Authentication-Results" => Some(v.clone()),
+            _ => None,
+        });
+        assert!(ar.as_deref().is_some_and(|a| a.starts_with(" mail.example1.com;") && a.contains("dkim=pass")), "{r:?}");
+        assert!(log(&dir).contains("DKIM verification successful (s=test, d=example1.com)"), "{}", log(&dir));
+        // Unknown names ([addr]) are asked by address: the loopback is trusted.
+        drop(mta);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_named("[127.0.0.1]", "127.0.0.1", "mail.example1.com");
+        assert!(has_sig(&mta.message(forged, steps, None)));
+        drop((mta, m));
+        let c = wiki_conf(&dir, "KeepAuthResults yes\n");
+        let m = Milter::start(&dir, &["-x", c.to_str().unwrap(), "--dns-zone", zone.to_str().unwrap()]);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_named("other.example1.com", "192.0.2.51", "mail.example1.com");
+        assert!(!removes_ar(&mta.message(forged, steps, None)));
+    }
+);
+
+dktest!(
+    /// Debian's stock /etc/opendkim.conf has no keys (and the default Mode sv): opendkim runs
+    /// with it and verifies; so do we, saying once that nothing will be signed. `-n` checks a
+    /// file: 0 when it can run, 78 naming the file and line of a bad host list entry.
+    stock_conf_without_keys_verifies_and_check_flag,
+    |dir| {
+        let c = dir.write(
+            "opendkim.conf",
+            b"Syslog yes\nSyslogSuccess yes\nCanonicalization relaxed/simple\nOversignHeaders From\n\
+              UserID root\nUMask 007\nSocket local:/run/opendkim/opendkim.sock\nPidFile /run/opendkim/opendkim.pid\n\
+              TrustAnchorFile /usr/share/dns/root.key\n",
+        );
+        let out = dir.cmd().args(["milter", "-n", "-x", c.to_str().unwrap()]).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("nothing will be signed") && err.contains("TrustAnchorFile"), "{err}");
+        let k = keys(&dir);
+        let pid = dir.join("milter.pid");
+        let m = Milter::start(
+            &dir,
+            &["-x", c.to_str().unwrap(), "-P", pid.to_str().unwrap(), "--dns-zone", k.join("test.txt").to_str().unwrap()],
+        );
+        assert!(log(&dir).contains("nothing will be signed"), "{}", log(&dir));
+        assert!(log(&dir).contains(&format!("dkimpress v{} starting", env!("CARGO_PKG_VERSION"))), "{}", log(&dir));
+        let signed = dir
+            .cmd()
+            .args(["sign", "-d", "example.com", "-s", "test", "-k", "keys/test.private"])
+            .arg(testdata("messages/plain-lf.eml"))
+            .ok();
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("127.0.0.1");
+        let r = mta.message(&signed, steps, None);
+        assert!(
+            r.iter().any(|r| matches!(r, Reply::Insert(0, n, v) if n == "Authentication-Results" && v.contains("dkim=pass"))),
+            "{r:?}\n{}",
+            log(&dir)
+        );
+        drop((mta, m));
+        // -n with a bad entry in a host list: 78, file and line.
+        let c = wiki_conf(&dir, "");
+        std::fs::write(dir.join("keys/TrustedHosts"), "127.0.0.1\n10.0.0.0/40\n").unwrap();
+        let out = dir.cmd().args(["milter", "-n", "-x", c.to_str().unwrap()]).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert!(err.contains("TrustedHosts:2: InternalHosts"), "{err}");
+        // Wildcards in a plain file never match: refused, not silently ignored.
+        let text = std::fs::read_to_string(&c).unwrap().replace("refile:keys/TrustedHosts", "keys/TrustedHosts2");
+        std::fs::write(&c, text.replace("InternalHosts keys/", "InternalHosts ./keys/").replace("ExternalIgnoreList keys/", "ExternalIgnoreList ./keys/")).unwrap();
+        std::fs::write(dir.join("keys/TrustedHosts2"), "*.example1.com\n").unwrap();
+        let out = dir.cmd().args(["milter", "-n", "-x", c.to_str().unwrap()]).run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert!(err.contains("TrustedHosts2:1") && err.contains("refile"), "{err}");
+        // -V prints the version.
+        let out = dir.cmd().args(["milter", "-V"]).run();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    }
+);
+
+dktest!(
+    /// Keys in PostgreSQL are live, as with opendkim (which queries per message): a selector
+    /// changed in the database between two messages signs the second with the new one, and a
+    /// domain added after a message found no key is signed for at once (--db-cache 0), all
+    /// without a reload.
+    milter_database_keys_are_live,
+    |dir| {
+        let Some(pg) = crate::pg::PgServer::start() else { return };
+        let k = keys(&dir);
+        pg.sql("postgres", "CREATE DATABASE mail");
+        pg.sql(
+            "mail",
+            "CREATE TABLE dkim (id text PRIMARY KEY, domain text, selector text, key text);\
+             CREATE TABLE signing (pattern text, key_id text);",
+        );
+        let rsa = std::fs::read_to_string(k.join("test.private")).unwrap();
+        let ed = std::fs::read_to_string(k.join("test-ed.private")).unwrap();
+        pg.sql("mail", &format!("INSERT INTO dkim VALUES ('k1', 'example.com', 'test', '{rsa}')"));
+        pg.sql("mail", "INSERT INTO signing VALUES ('example.com', 'k1')");
+        let host = pg.dsn_host();
+        let c = dir.write(
+            "opendkim.conf",
+            format!(
+                "KeyTable dsn:pgsql://dkim@{host}/mail/table=dkim?keycol=id?datacol=domain,selector,key\n\
+                 SigningTable dsn:pgsql://dkim@{host}/mail/table=signing?keycol=pattern?datacol=key_id\n\
+                 InternalHosts dsn:pgsql://dkim@{host}/mail/table=signing?keycol=pattern?datacol=key_id\n\
+                 AuthservID mx.example.com\n"
+            )
+            .as_bytes(),
+        );
+        // The host list in the database: the loopback is internal.
+        pg.sql("mail", "INSERT INTO signing VALUES ('127.0.0.1', '')");
+        let m = Milter::start(&dir, &["-x", c.to_str().unwrap(), "--db-cache", "0"]);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("127.0.0.1");
+        let sel = |r: &[Reply]| {
+            r.iter()
+                .find_map(|r| match r {
+                    Reply::Insert(0, n, v) if n == "DKIM-Signature" => {
+                        v.split(';').find_map(|t| t.trim().strip_prefix("s=").map(str::to_string))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        let msg = b"From: a@example.com\nSubject: s\n\nbody\n";
+        assert_eq!(sel(&mta.message(msg, steps, None)), "test", "{}", log(&dir));
+        pg.sql("mail", &format!("UPDATE dkim SET selector = 'test-ed', key = '{ed}' WHERE id = 'k1'"));
+        assert_eq!(sel(&mta.message(msg, steps, None)), "test-ed", "{}", log(&dir));
+        let other = b"From: b@example.org\nSubject: s\n\nbody\n";
+        assert_eq!(sel(&mta.message(other, steps, None)), "");
+        pg.sql("mail", &format!("INSERT INTO dkim VALUES ('k2', 'example.org', 'test', '{rsa}'); INSERT INTO signing VALUES ('example.org', 'k2')"));
+        assert_eq!(sel(&mta.message(other, steps, None)), "test", "{}", log(&dir));
+        // A client the database does not list is not signed for.
+        drop(mta);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("192.0.2.1");
+        assert_eq!(sel(&mta.message(msg, steps, None)), "");
     }
 );

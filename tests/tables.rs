@@ -148,7 +148,7 @@ dktest!(
         let out = dir.cmd().args(["sign", "-v", "--config", "opendkim.conf"]).stdin(&msg("a@lists.example.com")).run();
         assert_eq!(out.status.code(), Some(0));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("opendkim.conf:2: Syslog is for the milter daemon; ignored"), "{err}");
+        assert!(err.contains("opendkim.conf:2: Syslog is read by `dkimpress milter` only; ignored here"), "{err}");
         let text = String::from_utf8_lossy(&out.stdout).replace("\n\t", " ");
         assert!(text.contains("c=relaxed/simple;") && text.contains("d=example.com;"), "{text}");
         assert!(text.contains("h=from:from:subject:subject:to;"), "{text}");

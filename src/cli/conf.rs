@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 /// The signing-related settings of an opendkim.conf.
 #[derive(Debug, Default, Clone)]
 pub struct OpendkimConf {
+    /// The file read.
+    pub path: PathBuf,
     /// Where the file is (relative paths inside it are taken from its directory).
     pub dir: PathBuf,
     /// What signs: KeyTable + SigningTable, or Domain + Selector + KeyFile (checked at load:
@@ -60,6 +62,9 @@ pub struct OpendkimConf {
     pub log_why: bool,
     /// `AuthservID` (milter): the authserv-id of Authentication-Results.
     pub authserv_id: Option<String>,
+    /// `KeepAuthResults` (milter): leave Authentication-Results fields that claim our
+    /// authserv-id in the message (by default they are removed as forged).
+    pub keep_auth_results: bool,
     /// `AlwaysAddARHeader` (milter): add `dkim=none` to unsigned inbound mail too.
     pub always_add_ar: bool,
     /// `MTA` (milter): `{daemon_name}` values whose mail is signed whatever the client.
@@ -68,8 +73,12 @@ pub struct OpendkimConf {
     pub nameservers: Option<String>,
     /// `PeerList` (milter): clients whose connections are accepted untouched.
     pub peer_list: Option<String>,
-    /// Keys that were accepted but have no effect here, with their line numbers.
+    /// opendkim keys that were accepted but have no effect in dkimpress, with their line
+    /// numbers.
     pub ignored: Vec<(usize, String)>,
+    /// Keys only the milter daemon reads (no effect on `sign`, `filter`, ...), with their line
+    /// numbers.
+    pub milter_keys: Vec<(usize, String)>,
 }
 
 /// The keys an opendkim.conf signs with.
@@ -82,6 +91,9 @@ pub enum Signing {
         /// `SigningTable`.
         signing_table: String,
     },
+    /// No keys: the file verifies only (Debian's stock opendkim.conf); the milter signs
+    /// nothing, the other commands refuse it.
+    Nothing,
     /// `Domain` (a data set spec or a comma list), `Selector`, `KeyFile`.
     Single {
         /// `Domain`.
@@ -94,9 +106,8 @@ pub enum Signing {
 }
 
 impl Default for Signing {
-    /// Only the value [`OpendkimConf::load`] starts from and always replaces.
     fn default() -> Signing {
-        Signing::Tables { key_table: String::new(), signing_table: String::new() }
+        Signing::Nothing
     }
 }
 
@@ -140,7 +151,6 @@ const IGNORED: &[&str] = &[
     "EnableCoredumps",
     "FixCRLF",
     "IgnoreMalformedMail",
-    "KeepAuthResults",
     "KeepTemporaryFiles",
     "LogResults",
     "MacroList",
@@ -286,6 +296,7 @@ pub const MILTER_ONLY: &[&str] = &[
     "LogWhy",
     "AuthservID",
     "AlwaysAddARHeader",
+    "KeepAuthResults",
     "MTA",
     "Nameservers",
 ];
@@ -312,11 +323,26 @@ impl OpendkimConf {
     /// SigningTable, or Domain, Selector and KeyFile) and its `Mode` must include `s`.
     pub fn load(path: &Path) -> Result<OpendkimConf, ConfError> {
         let shown = path.display().to_string();
-        let (mut c, raw_keys) = Self::parse(path)?;
-        let whole = |reason: &str| ConfError { path: shown.clone(), line: 0, reason: reason.into() };
+        let (c, raw_keys) = Self::parse(path)?;
         if c.mode.as_deref().is_some_and(|m| !m.contains('s')) {
+            let whole = |reason: &str| ConfError { path: shown.clone(), line: 0, reason: reason.into() };
             return Err(whole("Mode has no 's': this configuration does not sign"));
         }
+        let c = Self::with_keys(c, raw_keys, &shown)?;
+        if matches!(c.signing, Signing::Nothing) {
+            return Err(ConfError {
+                path: shown,
+                line: 0,
+                reason: "nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile".into(),
+            });
+        }
+        Ok(c)
+    }
+
+    /// `c` with what it signs with checked: both tables, or all three single-key settings, or
+    /// none at all ([`Signing::Nothing`]).
+    fn with_keys(mut c: OpendkimConf, raw_keys: RawKeys, shown: &str) -> Result<OpendkimConf, ConfError> {
+        let whole = |reason: &str| ConfError { path: shown.to_string(), line: 0, reason: reason.into() };
         c.signing = match raw_keys {
             RawKeys { key_table: Some(key_table), signing_table: Some(signing_table), .. } => {
                 Signing::Tables { key_table, signing_table }
@@ -327,9 +353,10 @@ impl OpendkimConf {
             RawKeys { domain: Some(domain), selector: Some(selector), key_file: Some(key_file), .. } => {
                 Signing::Single { domain, selector, key_file }
             }
+            RawKeys { domain: None, selector: None, key_file: None, .. } => Signing::Nothing,
             _ => {
                 return Err(whole(
-                    "nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile",
+                    "Domain, Selector and KeyFile go together: give all three, or KeyTable and SigningTable",
                 ))
             }
         };
@@ -337,20 +364,17 @@ impl OpendkimConf {
     }
 
     /// Reads `path` for the milter daemon: every key is checked as in [`load`](Self::load), but
-    /// keys to sign with are only required when `Mode` includes `s` (OpenDKIM's default mode is
-    /// `sv`). A verify-only file leaves `signing` at its placeholder; the daemon then signs
-    /// nothing.
+    /// a file without keys is accepted ([`Signing::Nothing`]): opendkim runs with Debian's
+    /// stock file, which only verifies. Read once.
     pub fn load_daemon(path: &Path) -> Result<OpendkimConf, ConfError> {
-        let (c, _) = Self::parse(path)?;
-        if c.mode.as_deref().unwrap_or("sv").contains('s') {
-            return Self::load(path);
-        }
-        Ok(c)
+        let (c, raw_keys) = Self::parse(path)?;
+        Self::with_keys(c, raw_keys, &path.display().to_string())
     }
 
     /// The lines of `path` and of the files it includes, as settings.
     fn parse(path: &Path) -> Result<(OpendkimConf, RawKeys), ConfError> {
         let mut c = OpendkimConf {
+            path: path.to_path_buf(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
             ..OpendkimConf::default()
         };
@@ -419,6 +443,7 @@ impl OpendkimConf {
                 "LogWhy" => c.log_why = flag(value)?,
                 "AuthservID" => c.authserv_id = Some(need(value)?),
                 "AlwaysAddARHeader" => c.always_add_ar = flag(value)?,
+                "KeepAuthResults" => c.keep_auth_results = flag(value)?,
                 "MTA" => c.mta = need(value)?.split(',').map(|s| s.trim().to_string()).collect(),
                 "Nameservers" => c.nameservers = Some(need(value)?),
                 "PeerList" => c.peer_list = Some(need(value)?),
@@ -442,7 +467,7 @@ impl OpendkimConf {
             }
             // Read for the milter daemon, without effect on the other commands: listed with them.
             if MILTER_ONLY.contains(&key) {
-                c.ignored.push((line_no, key.to_string()));
+                c.milter_keys.push((line_no, key.to_string()));
             }
         }
         Ok(())
@@ -468,7 +493,8 @@ mod tests {
         assert_eq!(domain, "example.com");
         assert_eq!(*key_file, dir.path().join("keys/mail.private"));
         assert!(c.subdomains);
-        assert_eq!(c.ignored.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["Syslog", "UMask", "Socket"]);
+        assert_eq!(c.milter_keys.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["Syslog", "UMask", "Socket"]);
+        assert!(c.ignored.is_empty());
         assert_eq!(c.socket.as_deref(), Some("inet:8891@localhost"));
         assert_eq!(c.umask, Some(0o002));
         assert_eq!(c.syslog, Some(true));
@@ -483,7 +509,8 @@ mod tests {
             ("Domain a\nSelector s\nKeyFile k\nFrobnicate yes\n", ":4: unknown key \"Frobnicate\""),
             ("Domain a\nSelector s\nKeyFile k\nSubDomains maybe\n", ":4: SubDomains takes yes or no"),
             ("KeyTable file:k\n", "go together"),
-            ("Domain a\n", "nothing to sign with"),
+            ("Domain a\n", "go together"),
+            ("Syslog yes\n", "nothing to sign with"),
             ("Domain a\nSelector s\nKeyFile k\nMode v\n", "does not sign"),
         ] {
             std::fs::write(&p, text).unwrap();

@@ -9,6 +9,7 @@ mod benchcmd;
 pub mod conf;
 mod filter;
 mod genkey;
+pub mod hosts;
 mod milter;
 pub mod mta;
 mod sendmail;
@@ -165,6 +166,10 @@ struct KeyArgs {
     /// [default: 10].
     #[arg(long = "db-timeout", value_name = "SECS")]
     db_timeout: Option<f64>,
+    /// Seconds an answer of a PostgreSQL data set (KeyTable, SigningTable, host lists) is
+    /// reused, found or not; 0 asks the database for every message [default: 5].
+    #[arg(long = "db-cache", value_name = "SECS")]
+    db_cache: Option<f64>,
     /// Fixed signing time (Unix seconds), for reproducible output in tests.
     #[arg(long = "timestamp", value_name = "UNIX", hide = true)]
     timestamp: Option<u64>,
@@ -541,7 +546,39 @@ where
 }
 
 /// Builds the key source from flags, an opendkim.conf, or tables.
+/// The commands other than the milter: `--config` is read here, and with `-v` its keys
+/// without effect on this command are listed.
 fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
+    let conf = match &a.config {
+        Some(p) => {
+            let c = crate::cli::conf::OpendkimConf::load(p)?;
+            if a.verbose {
+                for (line, key) in &c.milter_keys {
+                    eprintln!(
+                        "dkimpress: {}:{line}: {key} is read by `dkimpress milter` only; ignored here",
+                        p.display()
+                    );
+                }
+                for (line, key) in &c.ignored {
+                    eprintln!(
+                        "dkimpress: {}:{line}: {key}: an opendkim key without effect in dkimpress; ignored",
+                        p.display()
+                    );
+                }
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    key_source_with(a, conf.as_ref())
+}
+
+/// The key source from flags and the configuration file already read (`conf`): every command
+/// reads one file the same way, so `sign --config F` signs as `milter -x F` does.
+fn key_source_with(
+    a: &KeyArgs,
+    conf: Option<&crate::cli::conf::OpendkimConf>,
+) -> anyhow::Result<dkimpress::select::KeySource> {
     use dkimpress::select::{KeySource, Tables, Template};
     if let Some(t) = a.db_timeout {
         if !(t > 0.0 && t.is_finite()) {
@@ -549,50 +586,51 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
         }
         dkimpress::tables::set_db_timeout(std::time::Duration::from_secs_f64(t));
     }
-    let conf = match &a.config {
-        Some(p) => {
-            let c = crate::cli::conf::OpendkimConf::load(p)?;
-            if a.verbose {
-                for (line, key) in &c.ignored {
-                    eprintln!("dkimpress: {}:{line}: {key} is for the milter daemon; ignored", p.display());
-                }
-            }
-            Some(c)
+    if let Some(ttl) = a.db_cache {
+        if !(ttl >= 0.0 && ttl.is_finite()) {
+            return Err(usage("--db-cache must be zero or a positive number of seconds"));
         }
-        None => None,
-    };
-    // Flags win over the file; the file over defaults.
-    let canon = match (a.canon, conf.as_ref().and_then(|c| c.canonicalization.clone())) {
+        dkimpress::tables::set_db_cache(std::time::Duration::from_secs_f64(ttl));
+    }
+    // Flags win over the file; the file over defaults. A file that does not say signs
+    // simple/simple, opendkim's default (opendkim.conf(5) Canonicalization); flags alone sign
+    // relaxed/relaxed.
+    let canon = match (a.canon, conf.and_then(|c| c.canonicalization.clone())) {
         (Some(c), _) => c,
         (None, Some(c)) => c.parse().map_err(|e| CliError::Config(format!("Canonicalization: {e}")))?,
+        (None, None) if conf.is_some() => Canonicalization {
+            header: dkimpress::dkim::canon::Canon::Simple,
+            body: dkimpress::dkim::canon::Canon::Simple,
+        },
         (None, None) => Canonicalization::default(),
     };
-    let headers = a
-        .headers
-        .as_deref()
-        .map(split_list)
-        .or_else(|| conf.as_ref().and_then(|c| c.sign_headers.as_deref().map(split_list)));
+    let headers =
+        a.headers.as_deref().map(split_list).or_else(|| conf.and_then(|c| c.sign_headers.as_deref().map(split_list)));
     let oversign = split_list(
-        &a.oversign
-            .clone()
-            .or_else(|| conf.as_ref().and_then(|c| c.oversign_headers.clone()))
-            .unwrap_or_else(|| "from".into()),
+        &a.oversign.clone().or_else(|| conf.and_then(|c| c.oversign_headers.clone())).unwrap_or_else(|| "from".into()),
     );
     let template = Template {
         canon,
         headers,
         oversign,
-        body_length: a.body_length || conf.as_ref().is_some_and(|c| c.body_length),
-        expire: a.expire.or_else(|| conf.as_ref().and_then(|c| c.signature_ttl)),
-        algorithm: a.algorithm.clone().or_else(|| conf.as_ref().and_then(|c| c.signature_algorithm.clone())),
+        body_length: a.body_length || conf.is_some_and(|c| c.body_length),
+        expire: a.expire.or_else(|| conf.and_then(|c| c.signature_ttl)),
+        algorithm: a.algorithm.clone().or_else(|| conf.and_then(|c| c.signature_algorithm.clone())),
         // MinimumKeyBits is a verification setting in OpenDKIM (opendkim.conf(5)): it does not
         // refuse our own signing keys (which would defer all mail). RFC 8301's 1024 applies.
         min_bits: dkimpress::dkim::key::MIN_RSA_BITS,
-        strict_keys: a.strict_keys || conf.as_ref().is_some_and(|c| c.require_safe_keys),
+        strict_keys: a.strict_keys || conf.is_some_and(|c| c.require_safe_keys),
         identity: None,
     };
-    if let Some(c) = &conf {
+    if let Some(c) = conf {
         let (spec, selector, key_file) = match &c.signing {
+            conf::Signing::Nothing => {
+                return Err(CliError::Config(format!(
+                    "{}: nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile",
+                    c.path.display()
+                ))
+                .into())
+            }
             conf::Signing::Tables { key_table, signing_table } => {
                 let multiple = c.multiple_signatures || a.multiple_signatures;
                 let t = Tables::open(key_table, signing_table, multiple, template, &c.dir)?;

@@ -14,8 +14,6 @@ use dkimpress::pipeline::{self, BulkOptions, MessageError};
 use dkimpress::select::SelectError;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, Read, Write};
-use std::net::IpAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -531,121 +529,8 @@ pub fn sendmail(
     }
 }
 
-/// OpenDKIM `InternalHosts`: the clients whose mail is ours to sign. Entries are IP addresses
-/// and CIDR blocks (IPv6 bare or in brackets), `!` before an entry excludes it (exclusions
-/// win), and host names are compared as text with the client address only (we are not told
-/// the client's name, and do not look it up).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InternalHosts {
-    entries: Vec<(bool, HostPattern)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HostPattern {
-    Net(IpAddr, u8),
-    Name(String),
-}
-
-impl Default for InternalHosts {
-    /// 127.0.0.1 and ::1, the loopback addresses.
-    fn default() -> Self {
-        InternalHosts::parse_list("127.0.0.1, ::1").expect("valid")
-    }
-}
-
-impl InternalHosts {
-    /// Entries separated by commas, blanks or line ends; `#` starts a comment.
-    pub fn parse_list(text: &str) -> Result<InternalHosts, String> {
-        let mut entries = Vec::new();
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or_default();
-            for word in line.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()) {
-                let (negated, word) = match word.strip_prefix('!') {
-                    Some(w) => (true, w),
-                    None => (false, word),
-                };
-                entries.push((negated, HostPattern::parse(word)?));
-            }
-        }
-        Ok(InternalHosts { entries })
-    }
-
-    /// An OpenDKIM data set: `file:PATH` or a path starting with `/` (relative `file:` paths
-    /// from `base`), `csl:LIST`, or else a list.
-    pub fn load(spec: &str, base: &Path) -> Result<InternalHosts, String> {
-        let file = spec.strip_prefix("file:").or_else(|| spec.starts_with('/').then_some(spec));
-        match file {
-            Some(path) => {
-                let path = base.join(path);
-                let text =
-                    std::fs::read_to_string(&path).map_err(|e| format!("InternalHosts {}: {e}", path.display()))?;
-                InternalHosts::parse_list(&text).map_err(|e| format!("InternalHosts {}: {e}", path.display()))
-            }
-            None => InternalHosts::parse_list(spec.strip_prefix("csl:").unwrap_or(spec))
-                .map_err(|e| format!("InternalHosts: {e}")),
-        }
-    }
-
-    /// Whether `client` (a Postfix `${client_address}`) is one of ours.
-    pub fn contains(&self, client: &str) -> bool {
-        let text = client.trim();
-        let bare = text.trim_start_matches('[').trim_end_matches(']');
-        let bare = bare.strip_prefix("IPv6:").or_else(|| bare.strip_prefix("ipv6:")).unwrap_or(bare);
-        let bare = bare.split('%').next().unwrap_or_default();
-        let ip = bare.parse::<IpAddr>().ok().map(|ip| match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        });
-        let matches = |p: &HostPattern| match (p, ip) {
-            (HostPattern::Net(net, bits), Some(ip)) => in_net(ip, *net, *bits),
-            (HostPattern::Name(name), _) => name.eq_ignore_ascii_case(text),
-            _ => false,
-        };
-        !self.entries.iter().any(|(neg, p)| *neg && matches(p))
-            && self.entries.iter().any(|(neg, p)| !neg && matches(p))
-    }
-}
-
-impl HostPattern {
-    fn parse(word: &str) -> Result<HostPattern, String> {
-        let (addr, bits) = match word.split_once('/') {
-            Some((a, b)) => (a, Some(b)),
-            None => (word, None),
-        };
-        let addr = addr.trim_start_matches('[').trim_end_matches(']');
-        let Ok(ip) = addr.parse::<IpAddr>() else {
-            if bits.is_some() {
-                return Err(format!("{word:?} is not an address/prefix-length block"));
-            }
-            return Ok(HostPattern::Name(word.to_string()));
-        };
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let bits = match bits {
-            None => max,
-            Some(b) => b
-                .parse::<u8>()
-                .ok()
-                .filter(|b| *b <= max)
-                .ok_or_else(|| format!("{word:?}: the prefix length must be 0 to {max}"))?,
-        };
-        Ok(HostPattern::Net(ip, bits))
-    }
-}
-
-/// Whether `ip` is in `net`/`bits`.
-fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
-}
+/// OpenDKIM `InternalHosts` (and the other host lists): see [`crate::cli::hosts`].
+pub use crate::cli::hosts::HostList as InternalHosts;
 
 /// Whether mail from this origin is ours to sign: submitted locally (no client address, as
 /// pipe(8) expands `${client_address}` for mail from pickup), by an authenticated client, or
@@ -667,6 +552,7 @@ pub fn untrusted_origin(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn args(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()

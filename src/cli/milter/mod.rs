@@ -17,15 +17,38 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+/// Where opendkim(8) reads its configuration when not told (and so do we).
+pub const DEFAULT_CONF: &str = "/etc/opendkim.conf";
+
+// opendkim's own flags where they make sense: -x FILE (the configuration: here `-x` is not
+// sign's --expire), -p SOCKET, -P PIDFILE, -u USER[:GROUP], -n, -f, -l, -v, -V.
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("expire", |a| a.short(None)),
+    mut_arg("config", |a| a.short('x').help(
+        "The opendkim.conf to read (opendkim's -x) [default: /etc/opendkim.conf when it exists and no \
+         key options are given]"
+    )),
+)]
 pub(crate) struct MilterArgs {
     #[command(flatten)]
     k: KeyArgs,
     #[command(flatten)]
     records: RecordArgs,
+    /// Check the configuration (the file, its data sets, keys and socket) and exit: 0 when it
+    /// can run, 78 with every problem found (opendkim's -n).
+    #[arg(short = 'n', long = "check-config")]
+    check: bool,
+    /// Stay in the foreground (accepted for opendkim's -f: dkimpress never forks; run it under
+    /// systemd or another supervisor).
+    #[arg(short = 'f', long = "foreground")]
+    foreground: bool,
+    /// Log to syslog (facility mail) even when stderr is a terminal (opendkim's -l).
+    #[arg(short = 'l', long = "syslog", conflicts_with = "log_stderr")]
+    syslog: bool,
     /// Where to listen: inet:PORT@HOST, inet6:PORT@HOST, inet:PORT (all addresses), or
-    /// unix:/path (local:/path) [default: Socket of --config].
-    #[arg(long = "socket", value_name = "SPEC")]
+    /// unix:/path (local:/path) [default: Socket of the configuration].
+    #[arg(short = 'p', long = "socket", value_name = "SPEC")]
     socket: Option<String>,
     /// Permissions of a unix: socket (octal) [default: 0660 less UMask].
     #[arg(long = "socket-mode", value_name = "OCTAL")]
@@ -37,21 +60,22 @@ pub(crate) struct MilterArgs {
     /// --config, else 127.0.0.1, ::1].
     #[arg(long = "internal-hosts", value_name = "LIST|FILE")]
     internal_hosts: Option<String>,
-    /// The authserv-id of Authentication-Results [default: AuthservID of --config, else the
-    /// host name].
+    /// The authserv-id of Authentication-Results [default: AuthservID of the configuration,
+    /// else the MTA's name (its `j` macro, Postfix's $myhostname), else this host's name].
     #[arg(long = "authserv-id", value_name = "ID")]
     authserv_id: Option<String>,
     /// Become this user (and its group, or USER:GROUP) after opening the socket [default:
     /// UserID of --config].
-    #[arg(long = "user", value_name = "USER[:GROUP]")]
+    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
     user: Option<String>,
     /// Write the process id here [default: PidFile of --config].
-    #[arg(long = "pid-file", value_name = "FILE")]
+    #[arg(short = 'P', long = "pid-file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
     /// Log to stderr instead of syslog (facility mail).
     #[arg(long = "log-stderr")]
     log_stderr: bool,
-    /// Most MTA connections served at once (more wait to be accepted).
+    /// Most MTA connections served at once; a connection beyond them is closed at once (the
+    /// MTA then applies its milter_default_action).
     #[arg(long = "max-connections", value_name = "N", default_value_t = 512,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
@@ -222,8 +246,10 @@ pub struct Settings {
     pub peers: Option<InternalHosts>,
     /// `{daemon_name}` values whose mail is signed (`MTA`).
     pub mta_names: Vec<String>,
-    /// Our authserv-id.
-    pub authserv_id: String,
+    /// Our authserv-id when configured (`AuthservID`); `None`: the MTA's name per connection.
+    pub authserv_id: Option<String>,
+    /// Leave Authentication-Results that claim our authserv-id in place (`KeepAuthResults`).
+    pub keep_auth_results: bool,
     /// Add Authentication-Results to unsigned mail too.
     pub always_add_ar: bool,
     /// `On-*`.
@@ -252,10 +278,20 @@ struct Daemon {
     max_connections: usize,
 }
 
-/// Reads the configuration file (if any) as the daemon does.
+/// The configuration file the daemon reads: `-x`/`--config`, else /etc/opendkim.conf when it
+/// exists and no key options say what to sign with (opendkim(8) reads it unless told).
+fn conf_path(a: &MilterArgs) -> Option<PathBuf> {
+    if a.k.config.is_some() {
+        return a.k.config.clone();
+    }
+    let flags_sign = !a.k.keys.is_empty() || a.k.key_table.is_some();
+    (!flags_sign && Path::new(DEFAULT_CONF).exists()).then(|| PathBuf::from(DEFAULT_CONF))
+}
+
+/// Reads the configuration file (if any) as the daemon does: once per start or reload.
 fn daemon_conf(a: &MilterArgs) -> anyhow::Result<Option<conf::OpendkimConf>> {
-    Ok(match &a.k.config {
-        Some(p) => Some(conf::OpendkimConf::load_daemon(p)?),
+    Ok(match conf_path(a) {
+        Some(p) => Some(conf::OpendkimConf::load_daemon(&p)?),
         None => None,
     })
 }
@@ -268,49 +304,49 @@ fn mode_of(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<(bo
     Ok((mode.contains('s'), mode.contains('v')))
 }
 
-/// Loads the per-message settings: keys, tables, lists, actions.
-fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
-    let c = daemon_conf(a)?;
-    let (signs, verifies) = mode_of(a, c.as_ref())?;
+/// Whether the milter signs at all: the mode says so and there are keys. A configuration
+/// without keys (Debian's stock opendkim.conf) verifies only, as opendkim does with it.
+fn has_keys(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> bool {
+    match c {
+        Some(c) => !matches!(c.signing, conf::Signing::Nothing),
+        None => !a.k.keys.is_empty() || a.k.key_table.is_some(),
+    }
+}
+
+/// Loads the per-message settings from the configuration read once (`c`): keys, tables,
+/// lists, actions.
+fn load_settings(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Settings> {
+    let (signs, verifies) = mode_of(a, c)?;
     let cfg_err = |e: String| anyhow::Error::from(CliError::Config(e));
-    let sign = if signs {
-        // OpenDKIM signs simple/simple when the file does not say (opendkim.conf(5)).
-        let mut k = a.k.clone();
-        if k.canon.is_none() && c.as_ref().is_some_and(|c| c.canonicalization.is_none()) {
-            k.canon = Some(dkimpress::dkim::canon::Canonicalization {
-                header: dkimpress::dkim::canon::Canon::Simple,
-                body: dkimpress::dkim::canon::Canon::Simple,
-            });
-        }
-        Some(key_source(&k)?)
-    } else {
-        None
-    };
-    let dir = c.as_ref().map(|c| c.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
-    let internal = match a.internal_hosts.as_ref().or(c.as_ref().and_then(|c| c.internal_hosts.as_ref())) {
-        Some(spec) => InternalHosts::load(spec, &dir).map_err(cfg_err)?,
+    let sign = if signs && has_keys(a, c) { Some(key_source_with(&a.k, c)?) } else { None };
+    let dir = c.map(|c| c.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
+    let internal = match a.internal_hosts.as_ref().or(c.and_then(|c| c.internal_hosts.as_ref())) {
+        Some(spec) => InternalHosts::load_named("InternalHosts", spec, &dir).map_err(cfg_err)?,
         None => InternalHosts::default(),
     };
-    let external_ignore = match c.as_ref().and_then(|c| c.external_ignore_list.as_ref()) {
-        Some(spec) => Some(InternalHosts::load(spec, &dir).map_err(cfg_err)?),
+    let external_ignore = match c.and_then(|c| c.external_ignore_list.as_ref()) {
+        Some(spec) => Some(InternalHosts::load_named("ExternalIgnoreList", spec, &dir).map_err(cfg_err)?),
         None => None,
     };
-    let peers = match c.as_ref().and_then(|c| c.peer_list.as_ref()) {
-        Some(spec) => Some(InternalHosts::load(spec, &dir).map_err(cfg_err)?),
+    let peers = match c.and_then(|c| c.peer_list.as_ref()) {
+        Some(spec) => Some(InternalHosts::load_named("PeerList", spec, &dir).map_err(cfg_err)?),
         None => None,
     };
-    let actions = Actions::from_conf(c.as_ref().map(|c| c.on.as_slice()).unwrap_or_default()).map_err(cfg_err)?;
-    // `AuthservID HOSTNAME` means this host's name (opendkim.conf(5)), as does no setting.
-    let authserv_id = match a.authserv_id.clone().or_else(|| c.as_ref().and_then(|c| c.authserv_id.clone())) {
-        Some(id) if id != "HOSTNAME" => id,
-        _ => hostname(),
+    let actions = Actions::from_conf(c.map(|c| c.on.as_slice()).unwrap_or_default()).map_err(cfg_err)?;
+    // `AuthservID HOSTNAME` means this host's name (opendkim.conf(5)); no setting means the
+    // MTA's name, per connection (Session::authserv_id).
+    let authserv_id = match a.authserv_id.clone().or_else(|| c.and_then(|c| c.authserv_id.clone())) {
+        Some(id) if id == "HOSTNAME" => Some(hostname()),
+        other => other,
     };
-    if authserv_id.is_empty() || !authserv_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-        return Err(CliError::Config(format!("AuthservID {authserv_id:?}: expected a host name")).into());
+    if let Some(id) = &authserv_id {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            return Err(CliError::Config(format!("AuthservID {id:?}: expected a host name")).into());
+        }
     }
     let mut records = a.records.clone();
     if records.dns_servers.is_empty() {
-        if let Some(ns) = c.as_ref().and_then(|c| c.nameservers.as_ref()) {
+        if let Some(ns) = c.and_then(|c| c.nameservers.as_ref()) {
             records.dns_servers = ns.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         }
     }
@@ -322,7 +358,7 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
         .expiring(Duration::from_secs(300), 10_000)
         .waiting_at_most(Duration::from_secs(5));
     let mut policy = verify::Policy::default();
-    if let Some(bits) = c.as_ref().and_then(|c| c.minimum_key_bits) {
+    if let Some(bits) = c.and_then(|c| c.minimum_key_bits) {
         policy.min_rsa_bits = bits;
     }
     Ok(Settings {
@@ -331,21 +367,22 @@ fn load_settings(a: &MilterArgs) -> anyhow::Result<Settings> {
         internal,
         external_ignore,
         peers,
-        mta_names: c.as_ref().map(|c| c.mta.clone()).unwrap_or_default(),
+        mta_names: c.map(|c| c.mta.clone()).unwrap_or_default(),
         authserv_id,
-        always_add_ar: c.as_ref().is_some_and(|c| c.always_add_ar),
+        keep_auth_results: c.is_some_and(|c| c.keep_auth_results),
+        always_add_ar: c.is_some_and(|c| c.always_add_ar),
         actions,
         keys: Box::new(move |s, d| cache.get(s, d)),
         policy,
         max_message: a.max_message_size.unwrap_or(pipeline::DEFAULT_MAX_MESSAGE),
-        log_success: a.k.verbose || c.as_ref().is_some_and(|c| c.syslog_success),
-        log_why: a.k.verbose || c.as_ref().is_some_and(|c| c.log_why),
+        log_success: a.k.verbose || c.is_some_and(|c| c.syslog_success),
+        log_why: a.k.verbose || c.is_some_and(|c| c.log_why),
         timestamp: a.k.timestamp,
     })
 }
 
 /// This host's name (for the authserv-id).
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
@@ -378,8 +415,10 @@ fn daemon(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Daem
         }
         None => None,
     };
-    let log_to_stderr =
-        a.log_stderr || c.and_then(|c| c.syslog) == Some(false) || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log_to_stderr = !a.syslog
+        && (a.log_stderr
+            || c.and_then(|c| c.syslog) == Some(false)
+            || std::io::IsTerminal::is_terminal(&std::io::stderr()));
     Ok(Daemon {
         socket,
         socket_mode,
@@ -584,21 +623,24 @@ fn write_pid_file(p: &Path) -> std::io::Result<()> {
 pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     // First of all: a SIGHUP or SIGTERM that comes early (a script reading the pid file) must
     // not kill the daemon half set up; it is acted on once the loop runs.
+    if a.check {
+        return check_config(&a);
+    }
     dkimpress::arch::sys::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
         .map_err(|e| CliError::System(format!("signal handlers: {e}")))?;
     let c = daemon_conf(&a)?;
     let d = daemon(&a, c.as_ref())?;
     let log = Logger::new(a.k.verbose, d.log_to_stderr);
+    let shown_conf = match conf_path(&a) {
+        Some(p) => format!("configuration {}", p.display()),
+        None => "no configuration file".to_string(),
+    };
+    log.info(&format!("dkimpress v{} starting ({shown_conf})", env!("CARGO_PKG_VERSION")));
     if let Some(c) = &c {
-        // Keys OpenDKIM has that we do not implement: listed once at start-up.
-        let unused: Vec<&str> =
-            c.ignored.iter().map(|(_, k)| k.as_str()).filter(|k| !conf::MILTER_ONLY.contains(k)).collect();
-        if !unused.is_empty() {
-            log.warn(&format!("opendkim.conf keys without effect here: {}", unused.join(", ")));
-        }
+        log_unused_keys(&log, c);
     }
     // Check everything before taking the socket: a broken configuration fails at once.
-    load_settings(&a)?;
+    load_settings(&a, c.as_ref())?;
     let listener = bind(&d)?;
     if let Some(p) = &d.pid_file {
         write_pid_file(p).map_err(|error| CliError::Create { path: p.clone(), error })?;
@@ -612,8 +654,11 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
-    let settings = RwLock::new(Arc::new(load_settings(&a)?));
+    let settings = RwLock::new(Arc::new(load_settings(&a, c.as_ref())?));
     log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(&a, c.as_ref())));
+    if mode_of(&a, c.as_ref()).is_ok_and(|(s, _)| s) && !has_keys(&a, c.as_ref()) {
+        log.warn("no keys configured (KeyTable/SigningTable or Domain/Selector/KeyFile): nothing will be signed");
+    }
     notify_systemd("READY=1");
     let active = Arc::new(AtomicUsize::new(0));
     let fd = match &listener {
@@ -632,7 +677,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
             break if sigs & (1 << libc::SIGINT) != 0 { "SIGINT" } else { "SIGTERM" };
         }
         if sigs & (1 << libc::SIGHUP | 1 << libc::SIGUSR1) != 0 {
-            match load_settings(&a) {
+            match daemon_conf(&a).and_then(|c| load_settings(&a, c.as_ref())) {
                 Ok(s) => {
                     *settings.write().expect("settings lock") = Arc::new(s);
                     log.info("configuration re-read");
@@ -701,6 +746,55 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs, once, the keys of the file that have no effect here (opendkim has them, we do not).
+fn log_unused_keys(log: &Logger, c: &conf::OpendkimConf) {
+    let mut unused: Vec<&str> = c.ignored.iter().map(|(_, k)| k.as_str()).collect();
+    unused.dedup();
+    if !unused.is_empty() {
+        log.warn(&format!("opendkim.conf keys without effect here: {}", unused.join(", ")));
+    }
+}
+
+/// `-n`: reads the configuration and everything it names as a start would, without taking the
+/// socket; prints every problem found. 0 when the daemon can start, 78 otherwise.
+fn check_config(a: &MilterArgs) -> anyhow::Result<ExitCode> {
+    let path = conf_path(a);
+    let shown = path.as_ref().map_or("(no configuration file)".to_string(), |p| p.display().to_string());
+    let c = match daemon_conf(a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dkimpress: {e:#}");
+            return Ok(ExitCode::from(sysexits::CONFIG));
+        }
+    };
+    let mut problems = vec![];
+    if let Err(e) = daemon(a, c.as_ref()).and_then(|d| parse_socket(&d.socket).map_err(|e| CliError::Config(e).into()))
+    {
+        problems.push(format!("{e:#}"));
+    }
+    if let Err(e) = load_settings(a, c.as_ref()) {
+        problems.push(format!("{e:#}"));
+    }
+    for p in &problems {
+        eprintln!("dkimpress: {shown}: {p}");
+    }
+    if !problems.is_empty() {
+        return Ok(ExitCode::from(sysexits::CONFIG));
+    }
+    if let Some(c) = &c {
+        for (line, key) in &c.ignored {
+            eprintln!("dkimpress: {}:{line}: {key}: an opendkim key without effect here; ignored", c.path.display());
+        }
+    }
+    let signs = mode_of(a, c.as_ref()).is_ok_and(|(s, _)| s) && has_keys(a, c.as_ref());
+    eprintln!(
+        "dkimpress: {shown}: configuration OK ({} mode{})",
+        mode_name(a, c.as_ref()),
+        if signs { "" } else { "; no keys, nothing will be signed" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,6 +23,11 @@ pub struct Session<'a> {
     macros: HashMap<String, String>,
     /// The client's address ('4'/'6' families), empty for a local or unknown one.
     client: String,
+    /// The client's host name as the MTA gave it (`[addr]` when it has none).
+    client_host: String,
+    /// The address the host lists are asked about: 127.0.0.1 for a local or unknown client,
+    /// as opendkim takes it.
+    client_ip: Option<std::net::IpAddr>,
     /// The message so far: header fields (CRLF line ends), the empty line, the body.
     message: Vec<u8>,
     /// Header fields as (name, value) for finding forged Authentication-Results.
@@ -57,6 +62,8 @@ impl<'a> Session<'a> {
             no_header_reply: false,
             macros: HashMap::new(),
             client: String::new(),
+            client_host: String::new(),
+            client_ip: None,
             message: vec![],
             ar_fields: vec![],
             in_body: false,
@@ -108,16 +115,23 @@ impl<'a> Session<'a> {
                 }
                 Reply(vec![])
             }
-            Command::Connect { family, address, .. } => {
+            Command::Connect { hostname, family, address, .. } => {
                 self.client = match family {
                     b'4' | b'6' => address,
                     _ => String::new(),
                 };
+                self.client_host = hostname;
+                let local = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+                self.client_ip = Some(crate::cli::hosts::split_client(&self.client).1.unwrap_or(local));
                 // PeerList: clients whose mail passes untouched (a content filter re-injecting
-                // mail that was already handled): accept the whole connection.
-                let shown = if self.client.is_empty() { "127.0.0.1" } else { self.client.as_str() };
-                if self.settings.peers.as_ref().is_some_and(|p| p.contains(shown)) {
-                    return Reply(vec![Response::Accept]);
+                // mail that was already handled): accept the whole connection. A list that
+                // cannot be asked names no one: the mail is handled as usual.
+                if let Some(peers) = &self.settings.peers {
+                    match peers.check(Some(&self.client_host), self.client_ip) {
+                        Ok(true) => return Reply(vec![Response::Accept]),
+                        Ok(false) => {}
+                        Err(e) => self.log.warn(&format!("PeerList: {e}; the connection is handled as usual")),
+                    }
                 }
                 Reply(vec![Response::Continue])
             }
@@ -158,6 +172,8 @@ impl<'a> Session<'a> {
                 self.reset_message();
                 self.macros.clear();
                 self.client.clear();
+                self.client_host.clear();
+                self.client_ip = None;
                 Reply(vec![])
             }
             Command::Quit => Next::Close(vec![]),
@@ -207,23 +223,41 @@ impl<'a> Session<'a> {
     }
 
     /// Whether this message is ours to sign (opendkim(8): an internal host, an authenticated
-    /// client, or a daemon named in `MTA`); `Err(why)` when it is not.
-    fn origin(&self) -> Result<&'static str, String> {
+    /// client, or a daemon named in `MTA`).
+    fn origin(&self) -> Origin {
         let s = self.settings;
         if !self.macro_value("auth_authen").is_empty() {
-            return Ok("authenticated client");
+            return Origin::Ours("authenticated client");
         }
         let daemon = self.macro_value("daemon_name");
         if !daemon.is_empty() && s.mta_names.iter().any(|m| m == daemon) {
-            return Ok("MTA daemon");
+            return Origin::Ours("MTA daemon");
         }
-        // A local socket or a client the MTA could not name is this host, 127.0.0.1, as the
-        // OpenDKIM family of milters takes it: signed only while InternalHosts lists it.
-        let client = if self.client.is_empty() { "127.0.0.1" } else { self.client.as_str() };
-        if s.internal.contains(client) {
-            return Ok("internal host");
+        // The client's host name, then its address; a local socket or a client the MTA could
+        // not name is this host, 127.0.0.1, as opendkim takes it.
+        match s.internal.check(Some(&self.client_host), self.client_ip) {
+            Ok(true) => Origin::Ours("internal host"),
+            Ok(false) => {
+                let client = if self.client.is_empty() { "127.0.0.1" } else { self.client.as_str() };
+                let host: String = self.client_host.chars().filter(|c| !c.is_control()).take(100).collect();
+                Origin::Outside(format!("{host} [{client}] not internal"))
+            }
+            Err(e) => Origin::Unknown(format!("InternalHosts: {e}")),
         }
-        Err(format!("client {client} is not in InternalHosts and did not authenticate"))
+    }
+
+    /// The authserv-id of this connection's Authentication-Results: `AuthservID`, else the
+    /// MTA's name (the `j` macro, Postfix's $myhostname), else this host's name
+    /// (opendkim.conf(5) AuthservID).
+    fn authserv_id(&self) -> String {
+        if let Some(id) = &self.settings.authserv_id {
+            return id.clone();
+        }
+        let j = self.macro_value("j").trim().trim_end_matches('.');
+        if !j.is_empty() && j.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            return j.to_string();
+        }
+        super::hostname()
     }
 
     /// The decision at the end of a message.
@@ -236,7 +270,7 @@ impl<'a> Session<'a> {
                 self.settings.max_message
             ));
             // Unchecked, but a forged result with our id still goes.
-            let mut r = if self.settings.verify { self.remove_forged_results() } else { vec![] };
+            let mut r = self.remove_forged_results();
             r.push(Response::Accept);
             return r;
         }
@@ -244,13 +278,22 @@ impl<'a> Session<'a> {
         let origin = self.origin();
         if s.sign.is_some() {
             match &origin {
-                Ok(_) => match self.sign() {
+                Origin::Unknown(why) => {
+                    let why = why.clone();
+                    return self.act(Condition::InternalError, &why, vec![]);
+                }
+                Origin::Ours(who) => match {
+                    self.log.debug(&format!("{who}: signing"));
+                    self.sign()
+                } {
                     Signed::Done(r) => return r,
                     // Our own client's message that cannot be signed (no usable From, a broken
                     // header block) goes on unsigned; judging it as inbound mail could reject it.
                     Signed::Unsignable(why) => {
                         self.log.warn(&format!("not signed: {why}"));
-                        return vec![Response::Accept];
+                        let mut r = self.remove_forged_results();
+                        r.push(Response::Accept);
+                        return r;
                     }
                     Signed::NotOurs(why) => {
                         if s.log_why {
@@ -258,7 +301,7 @@ impl<'a> Session<'a> {
                         }
                     }
                 },
-                Err(why) => {
+                Origin::Outside(why) => {
                     self.warn_external_as_ours();
                     if s.log_why {
                         self.log.info(&format!("not signed: {why}"));
@@ -269,7 +312,9 @@ impl<'a> Session<'a> {
         if s.verify {
             return self.verify();
         }
-        vec![Response::Accept]
+        let mut r = self.remove_forged_results();
+        r.push(Response::Accept);
+        r
     }
 
     /// An outside client sending mail whose From has a key of ours is worth a line in the log
@@ -277,7 +322,8 @@ impl<'a> Session<'a> {
     fn warn_external_as_ours(&mut self) {
         let s = self.settings;
         let (Some(keys), false) = (&s.sign, self.client.is_empty()) else { return };
-        if s.external_ignore.as_ref().is_some_and(|l| l.contains(&self.client)) {
+        if s.external_ignore.as_ref().is_some_and(|l| l.check(Some(&self.client_host), self.client_ip).unwrap_or(false))
+        {
             return;
         }
         let Ok(parsed) = dkimpress::dkim::header::Message::parse(&self.message) else { return };
@@ -311,7 +357,9 @@ impl<'a> Session<'a> {
                 return Signed::Done(self.act(Condition::InternalError, "internal error (panic) while signing", vec![]))
             }
         };
-        let mut out = vec![];
+        // A result an authenticated user planted under our id goes from signed mail too: it
+        // would reach local recipients as ours.
+        let mut out = self.remove_forged_results();
         let parsed = split_fields(&fields);
         // Each goes on top: the last one first, so that they end up in signing order.
         for (name, value) in parsed.iter().rev() {
@@ -356,7 +404,7 @@ impl<'a> Session<'a> {
         let mut edits = self.remove_forged_results();
         let overall = verify::overall(&verdicts);
         if !verdicts.is_empty() || s.always_add_ar {
-            let ar = verify::authentication_results(&s.authserv_id, &verdicts, "\r\n");
+            let ar = verify::authentication_results(&self.authserv_id(), &verdicts, "\r\n");
             let value = ar.trim_end().trim_start_matches("Authentication-Results:");
             let value = if self.leadspc { value.to_string() } else { value.trim_start().to_string() };
             edits.push(Response::InsertHeader {
@@ -365,14 +413,24 @@ impl<'a> Session<'a> {
                 value: value.replace("\r\n", "\n"),
             });
         }
+        // The words of opendkim's log lines, which log-watch rules look for.
+        if verdicts.is_empty() && s.log_why {
+            self.log.info("no signature data");
+        }
         for v in verdicts.iter().filter(|v| !matches!(v.reason, Some(Reason::TooManySignatures(_)))).take(16) {
-            let line = format!("s={} d={} dkim={}", v.selector, v.domain, v.result);
+            let at = format!("(s={}, d={})", v.selector, v.domain);
             match (v.result, s.log_success) {
-                (DkimResult::Pass, true) => self.log.info(&format!("{line}: verified")),
+                (DkimResult::Pass, true) => self.log.info(&format!("DKIM verification successful {at}")),
                 (DkimResult::Pass, false) => {}
-                _ => self
-                    .log
-                    .info(&format!("{line}: {}", v.reason.as_ref().map(ToString::to_string).unwrap_or_default())),
+                (DkimResult::Fail, _) => self.log.info(&format!(
+                    "bad signature data {at}: dkim=fail: {}",
+                    v.reason.as_ref().map(ToString::to_string).unwrap_or_default()
+                )),
+                _ => self.log.info(&format!(
+                    "{at} dkim={}: {}",
+                    v.result,
+                    v.reason.as_ref().map(ToString::to_string).unwrap_or_default()
+                )),
             }
         }
         let condition = match overall {
@@ -392,8 +450,11 @@ impl<'a> Session<'a> {
     /// (RFC 8601 §5: a forged result must not reach the reader), last first so that each
     /// index still names the same field.
     fn remove_forged_results(&self) -> Vec<Response> {
-        let ours = self.settings.authserv_id.to_ascii_lowercase();
         let mut out = vec![];
+        if self.settings.keep_auth_results {
+            return out;
+        }
+        let ours = self.authserv_id().to_ascii_lowercase();
         for (n, value) in self.ar_fields.iter().enumerate().rev() {
             if authserv_id(value).eq_ignore_ascii_case(ours.trim_end_matches('.')) {
                 out.push(Response::ChangeHeader {
@@ -439,6 +500,16 @@ impl<'a> Session<'a> {
             }
         }
     }
+}
+
+/// Whose message this is.
+enum Origin {
+    /// Ours to sign (why).
+    Ours(&'static str),
+    /// From outside (why not ours).
+    Outside(String),
+    /// Cannot be told now (a host list in a database that does not answer).
+    Unknown(String),
 }
 
 /// The outcome of trying to sign.
