@@ -8,6 +8,7 @@ mod bulk;
 mod dnsserver;
 mod genkey;
 mod interop;
+mod man;
 mod milter;
 mod mta;
 mod pg;

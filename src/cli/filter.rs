@@ -9,7 +9,7 @@ pub(crate) struct FilterArgs {
     pub(crate) k: KeyArgs,
     /// When signing fails (key store down, broken key): tempfail (exit 75, Postfix retries) or
     /// pass (re-inject unsigned and log).
-    #[arg(long = "on-error", value_name = "ACTION", default_value = "tempfail")]
+    #[arg(long = "on-error", value_name = "ACTION", default_value = "tempfail", value_parser = crate::cli::man::ON_ERROR)]
     pub(crate) on_error: crate::cli::mta::OnError,
     /// Log to stderr instead of syslog (facility mail).
     #[arg(long = "log-stderr")]

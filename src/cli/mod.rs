@@ -10,6 +10,7 @@ pub mod conf;
 mod filter;
 mod genkey;
 pub mod hosts;
+mod man;
 mod milter;
 pub mod mta;
 mod sendmail;
@@ -80,6 +81,18 @@ enum Command {
     /// Postfix pipe filter: sign the message on stdin and re-inject it through the command
     /// after `--` (e.g. /usr/sbin/sendmail -G -i -f ${sender} -- ${recipient}).
     Filter(FilterArgs),
+    /// Sendmail wrapper for locally submitted mail: sign it, then run the real sendmail with the
+    /// same arguments (also as a link named sendmail). See dkimpress-sendmail(1).
+    ///
+    /// Its own options come before sendmail's: --config FILE (default: DKIMPRESS_CONFIG, else
+    /// /etc/dkimpress/dkimpress.conf), --sendmail-path PATH (DKIMPRESS_SENDMAIL, else
+    /// /usr/sbin/sendmail), --on-error pass|tempfail (DKIMPRESS_ON_ERROR, else pass), --verbose.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Sendmail {
+        /// The wrapper's options, then sendmail's options and recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Milter daemon for Postfix and Sendmail, a drop-in for opendkim(8): reads the same
     /// opendkim.conf (Socket, Mode, KeyTable/SigningTable, InternalHosts, On-*, ...), signs
     /// mail from internal hosts and authenticated clients, verifies the rest.
@@ -178,11 +191,12 @@ struct KeyArgs {
 /// How inputs are read: shared by `sign` and `verify`.
 #[derive(Args, Debug)]
 struct InputArgs {
-    /// Input kind: auto (default), mbox, maildir, queue (directory of one-message files), message.
-    #[arg(long = "format", value_name = "KIND")]
+    /// Input kind [default: detected per input: a directory with cur/ or new/ is a maildir,
+    /// another directory a queue, a file starting with "From " an mbox, else one message].
+    #[arg(long = "format", value_name = "KIND", value_parser = man::INPUT_KINDS)]
     format: Option<InputKind>,
-    /// mbox flavour: mboxrd (default), mboxo, mboxcl, mboxcl2.
-    #[arg(long = "mbox-format", value_name = "FLAVOUR", default_value = "mboxrd")]
+    /// mbox flavour (see mbox(5)).
+    #[arg(long = "mbox-format", value_name = "FLAVOUR", default_value = "mboxrd", value_parser = man::MBOX_FORMATS)]
     mbox_format: MboxFormat,
     /// Worker threads (default: all cores).
     #[arg(short = 'j', long = "threads", value_name = "N")]
@@ -201,7 +215,7 @@ struct InputArgs {
     shard: Option<pipeline::Shard>,
     /// Who finds message boundaries in an mboxrd/mboxo file: parallel (each worker in its own
     /// byte range, the default) or serial (one thread). For measurements; the output is the same.
-    #[arg(long = "framing", value_name = "HOW", default_value = "parallel", hide = true)]
+    #[arg(long = "framing", value_name = "HOW", default_value = "parallel", hide = true, value_parser = man::FRAMINGS)]
     framing: pipeline::Framing,
 }
 
@@ -289,25 +303,6 @@ impl From<KeyTypeArg> for KeyType {
             KeyTypeArg::Ed25519 => KeyType::Ed25519,
         }
     }
-}
-
-/// The man pages, generated from the clap definitions: `dkimpress.1` and one
-/// `dkimpress-COMMAND.1` per command, as (file name, roff text).
-pub(crate) fn man_pages() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let cmd = <Cli as clap::CommandFactory>::command();
-    let mut pages = vec![];
-    let mut top = vec![];
-    clap_mangen::Man::new(cmd.clone()).render(&mut top)?;
-    pages.push(("dkimpress.1".to_string(), top));
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("dkimpress-{}", sub.get_name());
-        let mut page = vec![];
-        // clap names are &'static without its `string` feature; a few bytes, once.
-        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
-        clap_mangen::Man::new(sub.clone().name(leaked)).render(&mut page)?;
-        pages.push((format!("{name}.1"), page));
-    }
-    Ok(pages)
 }
 
 /// `1 message`, `2 messages`.
@@ -534,8 +529,11 @@ where
             out.write_all(&text).and_then(|()| out.flush()).map_err(|e| write_failed("stdout", e))?;
             Ok(ExitCode::SUCCESS)
         }
+        // Not reached: `sendmail` is dispatched above, before clap (its arguments are sendmail's,
+        // not ours); the variant lists it in --help, the completions and the man pages.
+        Command::Sendmail { args } => Ok(cmd_sendmail(std::ffi::OsStr::new("sendmail"), args)),
         Command::Man { dir } => {
-            for (name, text) in man_pages()? {
+            for (name, text) in man::man_pages()? {
                 let path = dir.join(&name);
                 std::fs::write(&path, text).map_err(|error| CliError::Create { path: path.clone(), error })?;
                 eprintln!("dkimpress: wrote {}", path.display());
