@@ -348,3 +348,44 @@ dktest!(
         assert!(String::from_utf8_lossy(&out).starts_with("Authentication-Results: mx;\r\n\tdkim=none\r\n"));
     }
 );
+
+dktest!(
+    /// Issue 19: `testkey --config` asks the file's `Nameservers` (as opendkim-testkey does,
+    /// and our milter), not /etc/resolv.conf; `--dns-server` wins over it, `--dns-zone` keeps
+    /// the check offline, and a wrong entry is named as the file's (78). It ignored the key.
+    testkey_asks_the_config_nameservers,
+    |dir| {
+        let o = dir.cmd().args(["genkey", "-d", "example.com", "-s", "ed", "--type", "ed25519"]).run();
+        assert!(o.status.success());
+        let txt = std::fs::read_to_string(dir.join("ed.txt")).unwrap();
+        let value: String = txt.split('"').skip(1).step_by(2).collect();
+        let mut records = HashMap::new();
+        records.insert("ed._domainkey.example.com".to_string(), Answer::Txt(vec![value.into_bytes()]));
+        let server = DnsServer::start(records, 60);
+        let conf = |ns: &str| {
+            let text = format!("Domain example.com\nSelector ed\nKeyFile ed.private\nNameservers {ns}\n");
+            dir.write("opendkim.conf", text.as_bytes())
+        };
+        let testkey = |extra: &[&str]| {
+            dir.cmd().args(["testkey", "--config", "opendkim.conf", "--dns-timeout", "1"]).args(extra).run()
+        };
+        conf(&format!("{}, 192.0.2.1", server.addr));
+        let out = testkey(&[]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("ed._domainkey.example.com: OK"), "{text}");
+        // An empty zone and no --dns-server: offline, the file's servers are not asked.
+        dir.write("empty.zone", b"");
+        let out = testkey(&["--dns-zone", "empty.zone"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("no TXT record"));
+        // --dns-server wins over the file.
+        conf("192.0.2.1");
+        let out = testkey(&["--dns-server", &server.addr.to_string()]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+        conf("ns.example.net");
+        let out = testkey(&[]);
+        assert_eq!(out.status.code(), Some(78));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("opendkim.conf: Nameservers \"ns.example.net\""));
+    }
+);

@@ -88,16 +88,25 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     if let Some(kt) = &a.key_table {
         add_table(kt, Path::new("."))?;
     }
+    let mut records = a.records.clone();
     if let Some(p) = &a.config {
         let c = crate::cli::conf::OpendkimConf::load(p)?;
-        match &c.signing {
-            crate::cli::conf::Signing::Tables { key_table, .. } => add_table(key_table, &c.dir)?,
-            crate::cli::conf::Signing::Single { domain, selector: s, key_file } => {
-                let key = SigningKey::from_path(key_file, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
-                for dom in split_list(domain) {
-                    let dom = dkimpress::dkim::tags::to_a_labels(&dom).to_ascii_lowercase();
-                    keys.push((format!("{s}._domainkey.{dom}"), dom, s.clone(), key.clone()));
-                }
+        // The file's Nameservers, as opendkim-testkey reads them (and our milter), unless the
+        // command line names servers or asks for offline records only (issue 19).
+        if records.dns_servers.is_empty() && records.zones.is_empty() && records.key_dirs.is_empty() {
+            if let Some(list) = &c.nameservers {
+                records.dns_servers = nameservers(p, list)?;
+            }
+        }
+        // `load` refuses a file that names no keys: it is tables or a single key.
+        use crate::cli::conf::Signing;
+        if let Signing::Tables { key_table, .. } = &c.signing {
+            add_table(key_table, &c.dir)?;
+        } else if let Signing::Single { domain, selector: s, key_file } = &c.signing {
+            let key = SigningKey::from_path(key_file, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
+            for dom in split_list(domain) {
+                let dom = dkimpress::dkim::tags::to_a_labels(&dom).to_ascii_lowercase();
+                keys.push((format!("{s}._domainkey.{dom}"), dom, s.clone(), key.clone()));
             }
         }
     }
@@ -110,7 +119,7 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     if keys.is_empty() {
         return Err(usage("nothing to test: give -d -s -k, --key-table, or --config"));
     }
-    let lookup = key_lookup(&a.records)?;
+    let lookup = key_lookup(&records)?;
     let mut bad = 0;
     for (label, domain, selector, key) in &keys {
         let name = format!("{selector}._domainkey.{domain}");
@@ -158,6 +167,24 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The servers of an opendkim.conf `Nameservers` list (comma-separated IP addresses, as
+/// opendkim.conf(5) has them; `IP:PORT` is accepted too), checked here so that a wrong entry is
+/// named as the file's, not as a `--dns-server` flag nobody gave.
+fn nameservers(conf: &Path, list: &str) -> anyhow::Result<Vec<String>> {
+    let servers: Vec<String> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    for s in &servers {
+        if s.parse::<std::net::SocketAddr>().is_err() && s.parse::<std::net::IpAddr>().is_err() {
+            return Err(CliError::Config(format!(
+                "{}: Nameservers {:?}: expected IP addresses (or IP:PORT), comma-separated",
+                conf.display(),
+                pipeline::sanitize(s)
+            ))
+            .into());
+        }
+    }
+    Ok(servers)
 }
 
 /// What deserves a look in a record that matches: testing mode, a short RSA key, no `h=`
