@@ -728,3 +728,109 @@ dktest!(
         assert!(std::fs::read(dir.join("signed.mbox")).unwrap() == whole, "k8s: not the one-run output");
     }
 );
+
+dktest!(
+    /// Issue 19: a message whose author has no key (list mail, other domains) is a normal
+    /// outcome: written unchanged, counted (`no_key`), and the run exits 0, so `set -e` cron
+    /// jobs go on; 65 stays for messages that cannot be signed, and `--require-signed` makes
+    /// a missing key count too. `-q` drops the per-message line of a message without a key
+    /// (never an error's); the JSON report keeps them all. It exited 65 on list mail.
+    messages_without_a_key_are_counted_not_failed,
+    |dir| {
+        let k = key(&dir);
+        dir.write("kt", format!("k example.com:bulk:{k}\n").as_bytes());
+        dir.write("st", b"example.com k\n");
+        let base = ["sign", "--key-table", "kt", "--signing-table", "st", "--timestamp", "1700000000"];
+        let ours = b"From: a@example.com\nSubject: ours\n\none\n".to_vec();
+        let list = b"From: b@lists.example.org\nSubject: list mail\n\ntwo\n".to_vec();
+        let bad = b"no header here\n".to_vec();
+        let mbox = |msgs: &[&[u8]]| -> Vec<u8> {
+            let mut m = vec![];
+            for msg in msgs {
+                m.extend_from_slice(b"From x Sat Nov 21 10:00:00 2026\n");
+                m.extend_from_slice(msg);
+                m.push(b'\n');
+            }
+            m
+        };
+        let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+        let input = dir.write("in.mbox", &mbox(&[&ours, &list]));
+
+        // JSON: counted apart, listed with no_key; the line on stderr without -q; exit 0.
+        let out = dir.cmd().args(base).args(["--report", "json", "-o", "out.mbox"]).arg(&input).run();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let r = report(&out);
+        assert_eq!(
+            (r["messages"].as_u64(), r["signed"].as_u64(), r["passed_through"].as_u64(), r["no_key"].as_u64()),
+            (Some(2), Some(1), Some(1), Some(1)),
+            "{r}"
+        );
+        assert_eq!(r["problems"][0]["no_key"], serde_json::json!(true), "{r}");
+        assert_eq!(r["problems"][0]["index"].as_u64(), Some(2), "{r}");
+        assert!(r["problems"][0]["reason"].as_str().unwrap().contains("no signing key for b@lists.example.org"), "{r}");
+        assert!(stderr(&out).contains("in.mbox#2 (byte offset"), "{}", stderr(&out));
+        let signed = std::fs::read(dir.join("out.mbox")).unwrap();
+        assert_eq!(strip_added(&signed, "s=bulk;"), std::fs::read(&input).unwrap());
+        assert_eq!(signed.windows(16).filter(|w| w == b"DKIM-Signature: ").count(), 1);
+
+        // -q: no line for it, and the JSON still lists it.
+        let out = dir.cmd().args(base).args(["-q", "--report", "json", "-o", "out.mbox"]).arg(&input).run();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "");
+        assert_eq!(report(&out)["problems"].as_array().map(Vec::len), Some(1));
+
+        // The text summary says how many lacked a key.
+        let out = dir.cmd().args(base).args(["-o", "out.mbox"]).arg(&input).run();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            stderr(&out).contains("2 messages: 1 signed, 1 passed through unsigned (1 without a key, 0 could not be signed)"),
+            "{}",
+            stderr(&out)
+        );
+
+        // --require-signed: the strict code.
+        let out = dir.cmd().args(base).args(["-q", "--require-signed", "-o", "out.mbox"]).arg(&input).run();
+        assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+
+        // A message that cannot be signed is still 65, and its line is shown under -q.
+        let input3 = dir.write("in3.mbox", &mbox(&[&ours, &list, &bad]));
+        let out = dir.cmd().args(base).args(["-q", "--report", "json", "-o", "out3.mbox"]).arg(&input3).run();
+        assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+        let r = report(&out);
+        assert_eq!((r["passed_through"].as_u64(), r["no_key"].as_u64()), (Some(2), Some(1)), "{r}");
+        assert!(stderr(&out).contains("in3.mbox#3 (byte offset"), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("no signing key"), "{}", stderr(&out));
+
+        // A queue directory: copied unchanged, exit 0.
+        dir.write("q/a.eml", &ours);
+        dir.write("q/b.eml", &list);
+        let out = dir.cmd().args(base).args(["-q", "-o", "qout", "q"]).run();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "");
+        assert_eq!(std::fs::read(dir.join("qout/b.eml")).unwrap(), list);
+        assert!(std::fs::read(dir.join("qout/a.eml")).unwrap().starts_with(b"DKIM-Signature: "));
+
+        // Several message files in place: left alone, exit 0.
+        let x = dir.write("x.eml", &ours);
+        let y = dir.write("y.eml", &list);
+        let out = dir.cmd().args(base).args(["-q", "--in-place"]).args([&x, &y]).run();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "");
+        assert_eq!(std::fs::read(&y).unwrap(), list);
+        assert!(std::fs::read(&x).unwrap().starts_with(b"DKIM-Signature: "));
+        let out = dir.cmd().args(base).args(["-q", "--in-place", "--require-signed"]).args([&x, &y]).run();
+        assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+
+        // One message on stdin: unchanged and exit 0 (as OpenDKIM passes it), a note unless -q;
+        // with --require-signed nothing is written and the exit is 65.
+        let out = dir.cmd().args(base).stdin(&list).run();
+        assert_eq!((out.status.code(), &out.stdout), (Some(0), &list));
+        assert!(stderr(&out).contains("stdin: no signing key for b@lists.example.org"), "{}", stderr(&out));
+        let out = dir.cmd().args(base).arg("-q").stdin(&list).run();
+        assert_eq!((out.status.code(), &out.stdout, stderr(&out)), (Some(0), &list, String::new()));
+        let out = dir.cmd().args(base).arg("--require-signed").stdin(&list).run();
+        assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        assert!(stderr(&out).contains("--require-signed"), "{}", stderr(&out));
+    }
+);

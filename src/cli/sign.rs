@@ -23,9 +23,14 @@ pub(crate) struct SignArgs {
     /// Final report format for archives: text (stderr) or json.
     #[arg(long = "report", value_name = "FORMAT", value_enum, default_value_t = ReportFormat::Text)]
     pub(crate) report: ReportFormat,
-    /// No progress bar and no text summary.
+    /// No progress bar, no text summary, and no line for a message left unsigned because no
+    /// key is configured for its author (errors are still shown; --report json lists all).
     #[arg(short = 'q', long = "quiet")]
     pub(crate) quiet: bool,
+    /// A message left unsigned because no key is configured for its author (no SigningTable
+    /// match, a domain not in Domain) makes the exit status 65; by default that is exit 0.
+    #[arg(long = "require-signed")]
+    pub(crate) require_signed: bool,
     /// Messages to sign: mbox files, maildirs, queue directories or message files; none or -
     /// for one message on stdin.
     #[arg(value_name = "INPUT")]
@@ -50,6 +55,8 @@ pub(crate) struct SignConfig {
     pub(crate) threads: usize,
     pub(crate) report_json: bool,
     pub(crate) quiet: bool,
+    /// `--require-signed`: no key for a message is a failure (65), not a normal outcome.
+    pub(crate) require_signed: bool,
 }
 
 impl SignConfig {
@@ -123,6 +130,7 @@ impl SignConfig {
             threads,
             report_json: a.report == ReportFormat::Json,
             quiet: a.quiet,
+            require_signed: a.require_signed,
         })
     }
 }
@@ -166,14 +174,23 @@ pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
 pub(crate) fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let (headers, drop) = match pipeline::sign_message(&cfg.opts, msg) {
         Ok(r) => r,
-        // No key for this author: not an error; the message goes on unsigned (as OpenDKIM).
-        Err(pipeline::MessageError::Select(dkimpress::select::SelectError::NoKey(who))) => {
-            eprintln!(
-                "dkimpress: {}: no signing key for {}: passed through unsigned",
-                pipeline::sanitize(name),
-                pipeline::sanitize(&who)
-            );
+        // No key for this author: not an error; the message goes on unsigned (as OpenDKIM),
+        // unless --require-signed asks for every message to be signed (then nothing is
+        // written, as for any other message we cannot sign: exit 65).
+        Err(pipeline::MessageError::Select(dkimpress::select::SelectError::NoKey(who))) if !cfg.require_signed => {
+            if !cfg.quiet {
+                eprintln!(
+                    "dkimpress: {}: no signing key for {}: passed through unsigned",
+                    pipeline::sanitize(name),
+                    pipeline::sanitize(&who)
+                );
+            }
             (vec![], vec![])
+        }
+        Err(e) if e.is_no_key() => {
+            return Err(
+                anyhow::Error::new(e).context(format!("{}: not signed (--require-signed)", pipeline::sanitize(name)))
+            )
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot sign", pipeline::sanitize(name)))),
     };
@@ -219,7 +236,7 @@ pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> any
         .context("cannot start worker threads")?;
     let show = !cfg.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let total: u64 = if show { paths.iter().map(|s| input_bytes(&s.path, s.kind)).sum() } else { 0 };
-    let progress = Progress::new(show, total);
+    let progress = Progress::new(show, total).quiet_no_key(cfg.quiet);
     let mut summary = Summary::default();
     let started = std::time::Instant::now();
     for source in paths {
@@ -233,7 +250,7 @@ pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> any
                 };
                 pipeline::sign_dir(path, *kind, &cfg.opts, &pool, &out, &mut summary, &progress).map_err(Into::into)
             }
-            InputKind::Message => sign_message_file_in_place(cfg, path, &mut summary),
+            InputKind::Message => sign_message_file_in_place(cfg, path, &mut summary, &progress),
         };
         if let Err(e) = result {
             progress.finish();
@@ -243,7 +260,19 @@ pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> any
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
     report(cfg, &summary, secs);
-    Ok(if summary.passed > 0 { ExitCode::from(sysexits::DATAERR) } else { ExitCode::SUCCESS })
+    Ok(ExitCode::from(bulk_exit(&summary, cfg.require_signed)))
+}
+
+/// The exit status of a bulk run that went to its end: 65 when a message could not be signed,
+/// 0 when every message was signed or only lacked a key (list mail, other domains: a normal
+/// outcome, issue 19), unless `require_signed` makes those count too.
+pub(crate) fn bulk_exit(s: &Summary, require_signed: bool) -> u8 {
+    let failed = s.passed - s.no_key;
+    if failed > 0 || (require_signed && s.no_key > 0) {
+        sysexits::DATAERR
+    } else {
+        0
+    }
 }
 
 /// Input size for the progress bar.
@@ -322,7 +351,12 @@ pub(crate) fn sign_mbox_to(
 
 /// A one-message file among several inputs (--in-place): signed and replaced, or left alone
 /// and reported.
-pub(crate) fn sign_message_file_in_place(cfg: &SignConfig, path: &Path, summary: &mut Summary) -> anyhow::Result<()> {
+pub(crate) fn sign_message_file_in_place(
+    cfg: &SignConfig,
+    path: &Path,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let data = std::fs::read(path)
         .map_err(|e| BulkError::Input { path: path.display().to_string(), reason: e.to_string() })?;
     summary.messages += 1;
@@ -333,9 +367,12 @@ pub(crate) fn sign_message_file_in_place(cfg: &SignConfig, path: &Path, summary:
             summary.signed += 1;
         }
         Err(e) => {
+            let no_key = e.is_no_key();
             summary.passed += 1;
-            let p = pipeline::Problem { file: path.display().to_string(), index: 1, offset: 0, reason: e.to_string() };
-            eprintln!("dkimpress: left unsigned: {p}");
+            summary.no_key += u64::from(no_key);
+            let file = path.display().to_string();
+            let p = pipeline::Problem { file, index: 1, offset: 0, reason: e.to_string(), no_key };
+            progress.problem(&p);
             summary.problems.push(p);
         }
     }
@@ -350,10 +387,13 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) {
         let problems: Vec<serde_json::Value> = s
             .problems
             .iter()
-            .map(|p| serde_json::json!({"file": p.file, "index": p.index, "offset": p.offset, "reason": p.reason}))
+            .map(|p| {
+                serde_json::json!({"file": p.file, "index": p.index, "offset": p.offset, "reason": p.reason,
+                    "no_key": p.no_key})
+            })
             .collect();
         let v = serde_json::json!({
-            "messages": s.messages, "signed": s.signed, "passed_through": s.passed,
+            "messages": s.messages, "signed": s.signed, "passed_through": s.passed, "no_key": s.no_key,
             "bytes": s.bytes, "seconds": secs, "messages_per_second": rate,
             "threads": cfg.threads, "problems": problems,
             // The serial part (issue 14): CPU of the splitter and the ordered writer.
@@ -367,8 +407,13 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) {
             eprintln!("{v}");
         }
     } else if !cfg.quiet {
+        // Which of the messages passed through lacked only a key (a normal outcome).
+        let why = match s.passed {
+            0 => String::new(),
+            _ => format!(" ({} without a key, {} could not be signed)", s.no_key, s.passed - s.no_key),
+        };
         eprintln!(
-            "dkimpress: {}: {} signed, {} passed through unsigned; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
+            "dkimpress: {}: {} signed, {} passed through unsigned{why}; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
             count(s.messages, "message"),
             s.signed,
             s.passed,

@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn problem_display_strips_control_characters() {
-        let p = Problem { file: "a.mbox".into(), index: 3, offset: 120, reason: "bad\x1b[31m".into() };
+        let p = Problem { file: "a.mbox".into(), index: 3, offset: 120, reason: "bad\x1b[31m".into(), no_key: false };
         assert_eq!(p.to_string(), "a.mbox#3 (byte offset 120): bad?[31m");
     }
 }

@@ -12,6 +12,9 @@ pub struct Problem {
     pub offset: u64,
     /// Why it was not signed.
     pub reason: String,
+    /// Whether the reason is only that no key is configured for its author: a normal outcome
+    /// (list mail, other domains), not a failure (issue 19).
+    pub no_key: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -32,8 +35,11 @@ pub struct Summary {
     pub messages: u64,
     /// Messages written with new signatures.
     pub signed: u64,
-    /// Messages written unchanged (see `problems`).
+    /// Messages written unchanged (see `problems`), those without a key included.
     pub passed: u64,
+    /// Of `passed`, the messages whose author has no key configured (issue 19): a normal
+    /// outcome, which alone does not make the run fail.
+    pub no_key: u64,
     /// Input bytes.
     pub bytes: u64,
     /// Why messages were passed through.
@@ -42,16 +48,19 @@ pub struct Summary {
     pub serial_cpu: super::SerialCpu,
 }
 
-/// Progress shown on stderr while a run goes (only when stderr is a terminal).
+/// Progress shown on stderr while a run goes (only when stderr is a terminal), and the line
+/// for each message left unsigned.
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// No line for a message left unsigned only for lack of a key (`sign -q`, issue 19).
+    quiet_no_key: bool,
 }
 
 impl Progress {
     /// A bar over `total_bytes` when `show`, else nothing.
     pub fn new(show: bool, total_bytes: u64) -> Progress {
         if !show {
-            return Progress { bar: None };
+            return Progress { bar: None, quiet_no_key: false };
         }
         let bar = indicatif::ProgressBar::new(total_bytes);
         // Decimal units (MB = 10^6 octets), as the summary line and `bench` count; indicatif's
@@ -65,7 +74,21 @@ impl Progress {
         // Warnings found during the run go above the bar, not through it.
         let for_warnings = bar.clone();
         crate::warnings::set_sink(Some(Box::new(move |line| for_warnings.println(line))));
-        Progress { bar: Some(bar) }
+        Progress { bar: Some(bar), quiet_no_key: false }
+    }
+
+    /// Whether to leave out the line for each message left unsigned only for lack of a key;
+    /// the other problems are always shown, and the summary counts every one.
+    pub fn quiet_no_key(mut self, quiet: bool) -> Progress {
+        self.quiet_no_key = quiet;
+        self
+    }
+
+    /// Shows the line for a message left unsigned (unless it is one `quiet_no_key` hides).
+    pub fn problem(&self, p: &Problem) {
+        if !(p.no_key && self.quiet_no_key) {
+            self.println(&format!("dkimpress: left unsigned: {p}"));
+        }
     }
 
     pub(crate) fn advance(&self, bytes: u64, messages: u64) {

@@ -30,7 +30,11 @@ pub(crate) enum Outcome {
         headers: Vec<u8>,
         drop: Vec<Range<usize>>,
     },
+    /// Left unsigned: the message cannot be signed (the reason).
     Unsigned(String),
+    /// Left unsigned because no key is configured for its author (the reason): written
+    /// unchanged like `Unsigned`, but a normal outcome for list mail, not a failure (issue 19).
+    NoKey(String),
     /// The key store cannot be reached: the run stops (exit 75) without replacing anything,
     /// since passing the rest through unsigned would need a second run that double-signs.
     Temporary(String),
@@ -48,6 +52,7 @@ pub(crate) fn process(opts: &BulkOptions, msg: mbox::Stored<'_>) -> Outcome {
         Ok(Err(MessageError::Select(crate::select::SelectError::Temporary(why)))) => {
             Outcome::Temporary(why.to_string())
         }
+        Ok(Err(e)) if e.is_no_key() => Outcome::NoKey(e.to_string()),
         Ok(Err(e)) => Outcome::Unsigned(e.to_string()),
         Err(_) => Outcome::Unsigned("internal error (panic) while signing; please report it".into()),
     }
@@ -63,6 +68,14 @@ pub enum MessageError {
     /// broken table entry, or a key store that cannot be reached.
     #[error(transparent)]
     Select(#[from] crate::select::SelectError),
+}
+
+impl MessageError {
+    /// Whether the only reason is that no key is configured for the author: the message goes
+    /// on unsigned, as OpenDKIM passes it, and that is not a failure (issue 19).
+    pub fn is_no_key(&self) -> bool {
+        matches!(self, MessageError::Select(crate::select::SelectError::NoKey(_)))
+    }
 }
 
 /// Signs one message: the header fields to add on top, and the byte ranges of old own
@@ -180,10 +193,12 @@ pub(crate) fn account(
     summary.bytes += len;
     match outcome {
         Outcome::Signed { .. } => summary.signed += 1,
-        Outcome::Unsigned(reason) | Outcome::Temporary(reason) => {
+        Outcome::Unsigned(reason) | Outcome::NoKey(reason) | Outcome::Temporary(reason) => {
+            let no_key = matches!(outcome, Outcome::NoKey(_));
             summary.passed += 1;
-            let p = Problem { file: file.to_string(), index, offset, reason: reason.clone() };
-            progress.println(&format!("dkimpress: left unsigned: {p}"));
+            summary.no_key += u64::from(no_key);
+            let p = Problem { file: file.to_string(), index, offset, reason: reason.clone(), no_key };
+            progress.problem(&p);
             summary.problems.push(p);
         }
     }
@@ -353,7 +368,7 @@ pub(crate) fn sign_file(
     };
     let res = match (&outcome, output) {
         (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, &keep, headers, buf, drop),
-        (Outcome::Unsigned(_), DirOutput::To(_)) => write_signed_file(&dest, &keep, &[], buf, &[]),
+        (Outcome::Unsigned(_) | Outcome::NoKey(_), DirOutput::To(_)) => write_signed_file(&dest, &keep, &[], buf, &[]),
         (_, DirOutput::InPlace) | (Outcome::Temporary(_), _) => Ok(()),
     };
     res?;
