@@ -13,8 +13,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             if cli::is_broken_pipe(&err) {
-                // The reader went away: say so in one line; the message was not delivered.
-                eprintln!("dkimpress: output closed early (broken pipe)");
+                // The reader went away (`| head`): exit 74, quietly, as ripgrep does; the
+                // reader chose to stop, and a line about it would be noise (issue 19).
                 return ExitCode::from(cli::sysexits::IOERR);
             }
             // Never a line of key material, whatever the error quotes (issue 11, item 16).

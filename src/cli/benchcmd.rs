@@ -91,7 +91,11 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let figs = crate::cli::bench::run(&opts).map_err(CliError::Bench)?;
     if a.json || a.report == ReportFormat::Json {
         let v: Vec<serde_json::Value> = figs.iter().map(|f| f.to_json()).collect();
-        println!("{}", serde_json::Value::Array(v));
+        // Not println!, which panics on a closed pipe (issue 19): a failed write is exit 74.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::Value::Array(v))
+            .and_then(|()| out.flush())
+            .map_err(|e| write_failed("stdout", e))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -474,9 +474,14 @@ fn select_code(e: &dkimpress::select::SelectError) -> u8 {
     }
 }
 
-/// Whether the error is a closed output pipe (the reader went away).
+/// Whether the error is a closed output pipe (the reader went away), also when a bulk run
+/// carries it in [`BulkError::Output`] (issue 19: `sign ... | head` exits 74 quietly).
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    let is_epipe = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+    err.chain().any(|c| match c.downcast_ref::<BulkError>() {
+        Some(BulkError::Output { error, .. }) => is_epipe(error),
+        _ => c.downcast_ref::<std::io::Error>().is_some_and(is_epipe),
+    })
 }
 
 /// Parses `args` and runs the command.

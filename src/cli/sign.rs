@@ -259,7 +259,7 @@ pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> any
     }
     progress.finish();
     let secs = started.elapsed().as_secs_f64();
-    report(cfg, &summary, secs);
+    report(cfg, &summary, secs)?;
     Ok(ExitCode::from(bulk_exit(&summary, cfg.require_signed)))
 }
 
@@ -380,8 +380,9 @@ pub(crate) fn sign_message_file_in_place(
 }
 
 /// The final summary: a text line on stderr, or JSON (on stdout, or on stderr when stdout
-/// carries the signed mail).
-pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) {
+/// carries the signed mail). A stdout that fails is an error (a closed pipe: exit 74), not a
+/// panic as `println!` would make it.
+pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) -> anyhow::Result<()> {
     let rate = if secs > 0.0 { s.messages as f64 / secs } else { 0.0 };
     if cfg.report_json {
         let problems: Vec<serde_json::Value> = s
@@ -402,7 +403,8 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) {
         });
         let to_stdout = cfg.in_place || cfg.output.is_some();
         if to_stdout {
-            println!("{v}");
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{v}").and_then(|()| out.flush()).map_err(|e| write_failed("stdout", e))?;
         } else {
             eprintln!("{v}");
         }
@@ -423,4 +425,5 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) {
             cfg.threads
         );
     }
+    Ok(())
 }
