@@ -1,6 +1,6 @@
 //! A small authoritative DNS server on 127.0.0.1 for tests: TXT answers (cut into strings of
 //! at most `chunk` octets, to exercise multi-string records), NXDOMAIN, SERVFAIL, and silence
-//! (a timeout). Enough of RFC 1035 for one question per query; nothing leaves loopback.
+//! (a timeout), for exact names or `*.zone`. Enough of RFC 1035 for one question per query; nothing leaves loopback.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -71,7 +71,14 @@ fn answer(q: &[u8], records: &HashMap<String, Answer>, chunk: usize) -> Option<V
     let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
     let question_end = i + 4;
     let name = labels.join(".");
-    let (rcode, txts) = match records.get(&name) {
+    // `*.zone` answers for every name under the zone (a black hole for a whole domain).
+    let wild = || {
+        records
+            .iter()
+            .find(|(k, _)| k.strip_prefix('*').is_some_and(|z| z.starts_with('.') && name.ends_with(z)))
+            .map(|(_, v)| v)
+    };
+    let (rcode, txts) = match records.get(&name).or_else(wild) {
         Some(Answer::Timeout) => return None,
         Some(Answer::ServFail) => (2u16, vec![]),
         Some(Answer::NxDomain) | None => (3, vec![]),

@@ -82,7 +82,7 @@ pub struct OpendkimConf {
 }
 
 /// The keys an opendkim.conf signs with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Signing {
     /// `KeyTable` and `SigningTable` data set specs.
     Tables {
@@ -93,6 +93,7 @@ pub enum Signing {
     },
     /// No keys: the file verifies only (Debian's stock opendkim.conf); the milter signs
     /// nothing, the other commands refuse it.
+    #[default]
     Nothing,
     /// `Domain` (a data set spec or a comma list), `Selector`, `KeyFile`.
     Single {
@@ -103,12 +104,6 @@ pub enum Signing {
         /// `KeyFile`, relative to the file's directory.
         key_file: PathBuf,
     },
-}
-
-impl Default for Signing {
-    fn default() -> Signing {
-        Signing::Nothing
-    }
 }
 
 /// Domain, Selector, KeyFile, KeyTable and SigningTable as read, before they are checked.

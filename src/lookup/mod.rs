@@ -14,8 +14,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Keys from DNS.
+///
+/// hickory's blocking `Resolver` runs every lookup under one mutex: a lookup that waits for a
+/// timeout would hold up every other thread's. Here each calling thread drives its own lookup
+/// (`block_on` of a multi-thread runtime runs the future on the caller), and the runtime's two
+/// threads only drive the sockets and timers, so lookups wait for their own answers only.
 pub struct Dns {
-    resolver: hickory_resolver::Resolver,
+    runtime: tokio::runtime::Runtime,
+    resolver: hickory_resolver::TokioAsyncResolver,
 }
 
 impl Dns {
@@ -41,7 +47,16 @@ impl Dns {
         opts.cache_size = 0; // our own cache holds parsed keys
                              // 2048-bit and larger keys do not fit a 512-byte answer; TCP is the fallback.
         opts.edns0 = true;
-        Ok(Dns { resolver: hickory_resolver::Resolver::new(config, opts)? })
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dkimpress-dns")
+            .enable_all()
+            .build()?;
+        let resolver = {
+            let _entered = runtime.enter();
+            hickory_resolver::TokioAsyncResolver::tokio(config, opts)
+        };
+        Ok(Dns { runtime, resolver })
     }
 }
 
@@ -49,7 +64,7 @@ impl KeyLookup for Dns {
     fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, LookupError> {
         use hickory_resolver::error::ResolveErrorKind;
         use hickory_resolver::proto::op::ResponseCode;
-        match self.resolver.txt_lookup(format!("{name}.")) {
+        match self.runtime.block_on(self.resolver.txt_lookup(format!("{name}."))) {
             // A TXT record of several strings is one value: concatenate (RFC 6376 §3.6.2.2).
             Ok(answer) => {
                 Ok(answer.iter().map(|txt| txt.txt_data().iter().flat_map(|s| s.iter().copied()).collect()).collect())
@@ -415,6 +430,85 @@ pub struct KeyCache<L> {
     /// How long a lookup may wait for a free place among those in flight (`None`: as long as
     /// it takes); past it the answer is a temporary error.
     permit_wait: Option<Duration>,
+    /// Shares of the places for a daemon ([`KeyCache::fair`]); `None` for a bulk run.
+    fair: Option<Fairness>,
+}
+
+/// How a daemon shares its lookup places among strangers, so that a domain whose DNS never
+/// answers, or a client that sends many messages naming such domains, cannot take them all
+/// (one sender's slowness must not defer another's mail).
+struct Fairness {
+    /// Lookups in flight per site (the registrable part of d=, see [`site_of`]).
+    per_site: KeyedLimit,
+    /// Lookups in flight per party (the milter's client address).
+    per_party: KeyedLimit,
+    /// Sites whose last lookup failed slowly (a timeout), until when they are not asked.
+    dead: Mutex<HashMap<String, std::time::Instant>>,
+    /// How long a slow failure is remembered.
+    dead_for: Duration,
+}
+
+/// At most `limit` holders per key at once.
+struct KeyedLimit {
+    held: Mutex<HashMap<String, usize>>,
+    freed: Condvar,
+    limit: usize,
+}
+
+/// One place of a [`KeyedLimit`], given back when dropped.
+struct KeyedPermit<'s> {
+    of: &'s KeyedLimit,
+    key: String,
+}
+
+impl KeyedLimit {
+    fn new(limit: usize) -> KeyedLimit {
+        KeyedLimit { held: Mutex::new(HashMap::new()), freed: Condvar::new(), limit: limit.max(1) }
+    }
+
+    /// Waits until `deadline` (if any) for a place under `key`.
+    fn acquire(&self, key: &str, deadline: Option<std::time::Instant>) -> Option<KeyedPermit<'_>> {
+        let mut held = lock(&self.held);
+        while held.get(key).copied().unwrap_or(0) >= self.limit {
+            held = match deadline {
+                None => self.freed.wait(held).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.freed.wait_timeout(held, left).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
+        }
+        *held.entry(key.to_string()).or_insert(0) += 1;
+        Some(KeyedPermit { of: self, key: key.to_string() })
+    }
+}
+
+impl Drop for KeyedPermit<'_> {
+    fn drop(&mut self) {
+        let mut held = lock(&self.of.held);
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+        drop(held);
+        self.of.freed.notify_all();
+    }
+}
+
+/// The part of a domain one operator's DNS answers for: its last two labels, or three under
+/// the common two-level public suffixes (`example.co.uk`). A heuristic without the public
+/// suffix list: at worst a site is taken too wide and shares its places with a neighbour.
+pub fn site_of(domain: &str) -> String {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = d.split('.').collect();
+    let n = labels.len();
+    let take = if n >= 3 && labels[n - 1].len() == 2 && labels[n - 2].len() <= 3 { 3 } else { 2 };
+    labels[n.saturating_sub(take)..].join(".")
 }
 
 /// The answer for one key, once its flight lands, and when it landed.
@@ -440,7 +534,26 @@ impl<L: KeyLookup> KeyCache<L> {
             ttl: None,
             max_entries: usize::MAX,
             permit_wait: None,
+            fair: None,
         }
+    }
+
+    /// This cache with places shared fairly, for a daemon that serves strangers: at most
+    /// `per_site` lookups in flight under one site ([`site_of`] the d= domain), at most
+    /// `per_party` for one party (the milter's client address, given to [`get_for`]); and a
+    /// site whose lookup failed slowly (a timeout) is answered a temporary error at once for
+    /// `dead_for`, without asking. Waits for these places end at the
+    /// [`waiting_at_most`](KeyCache::waiting_at_most) limit too.
+    ///
+    /// [`get_for`]: KeyCache::get_for
+    pub fn fair(mut self, per_site: usize, per_party: usize, dead_for: Duration) -> KeyCache<L> {
+        self.fair = Some(Fairness {
+            per_site: KeyedLimit::new(per_site),
+            per_party: KeyedLimit::new(per_party),
+            dead: Mutex::new(HashMap::new()),
+            dead_for,
+        });
+        self
     }
 
     /// This cache with lookups that wait at most `wait` for a place among those in flight, and
@@ -464,6 +577,12 @@ impl<L: KeyLookup> KeyCache<L> {
     /// cached (a later message may get an answer), but the threads that waited for that lookup
     /// all get it.
     pub fn get(&self, selector: &str, domain: &str) -> KeyResult {
+        self.get_for(selector, domain, "")
+    }
+
+    /// [`get`](KeyCache::get) on behalf of `party` (whose share of the places it takes, with
+    /// [`fair`](KeyCache::fair)).
+    pub fn get_for(&self, selector: &str, domain: &str, party: &str) -> KeyResult {
         let k = (selector.to_ascii_lowercase(), domain.to_ascii_lowercase());
         let (slot, leader) = {
             let mut slots = lock(&self.slots);
@@ -496,18 +615,58 @@ impl<L: KeyLookup> KeyCache<L> {
         let mut flight = Flight { cache: self, key: Some(k), slot };
         let r = {
             let k = flight.key.as_ref().expect("key");
-            match self.permits.acquire(self.permit_wait) {
-                Some(_permit) => verify::fetch_key(&self.lookup, &k.0, &k.1),
-                None => Err((
-                    verify::DkimResult::TempError,
-                    verify::Reason::KeyLookup {
-                        name: format!("{}._domainkey.{}", k.0, k.1),
-                        error: "too many key lookups in flight; try again later".into(),
-                    },
-                )),
-            }
+            self.lead(&k.0, &k.1, party)
         };
         flight.land(r.clone());
+        r
+    }
+
+    /// The leader's lookup: within the shares of [`fair`](KeyCache::fair), then within the
+    /// places in flight.
+    fn lead(&self, selector: &str, domain: &str, party: &str) -> KeyResult {
+        let name = || format!("{selector}._domainkey.{domain}");
+        let busy =
+            |error: String| Err((verify::DkimResult::TempError, verify::Reason::KeyLookup { name: name(), error }));
+        let deadline = self.permit_wait.map(|w| std::time::Instant::now() + w);
+        let Some(fair) = &self.fair else {
+            return match self.permits.acquire(self.permit_wait) {
+                Some(_permit) => verify::fetch_key(&self.lookup, selector, domain),
+                None => busy("too many key lookups in flight; try again later".into()),
+            };
+        };
+        let site = site_of(domain);
+        if let Some(until) = lock(&fair.dead).get(&site).copied() {
+            if std::time::Instant::now() < until {
+                return busy(format!("DNS for {site} timed out moments ago; not asked again yet"));
+            }
+        }
+        let Some(_site) = fair.per_site.acquire(&site, deadline) else {
+            return busy(format!("too many key lookups in flight for {site}; try again later"));
+        };
+        let _party = match party {
+            "" => None,
+            p => match fair.per_party.acquire(p, deadline) {
+                Some(permit) => Some(permit),
+                None => return busy("this client has too many key lookups in flight; try again later".into()),
+            },
+        };
+        let Some(_permit) =
+            self.permits.acquire(deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())))
+        else {
+            return busy("too many key lookups in flight; try again later".into());
+        };
+        let started = std::time::Instant::now();
+        let r = verify::fetch_key(&self.lookup, selector, domain);
+        // A slow failure (a timeout, not a quick SERVFAIL) marks the site: its next lookups
+        // answer at once instead of holding places for as long again.
+        if matches!(r, Err((verify::DkimResult::TempError, _))) && started.elapsed() >= Duration::from_millis(900) {
+            let mut dead = lock(&fair.dead);
+            let now = std::time::Instant::now();
+            if dead.len() >= 10_000 {
+                dead.retain(|_, until| *until > now);
+            }
+            dead.insert(site, now + fair.dead_for);
+        }
         r
     }
 }

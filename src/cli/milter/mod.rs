@@ -228,8 +228,22 @@ impl Actions {
     }
 }
 
-/// The key of (selector, domain) for verification.
-pub type KeyFn = Box<dyn Fn(&str, &str) -> KeyResult + Send + Sync>;
+/// The key of (selector, domain) for verification, looked up on behalf of a party (the SMTP
+/// client's address; empty for a local one), whose fair share of the lookups it takes.
+pub type KeyFn = Box<dyn Fn(&str, &str, &str) -> KeyResult + Send + Sync>;
+
+/// Places for key lookups in flight, daemon-wide.
+pub const LOOKUPS_IN_FLIGHT: usize = 128;
+/// Of those, at most this many for names under one site (a domain whose DNS does not answer).
+pub const LOOKUPS_PER_SITE: usize = 4;
+/// And at most this many for one SMTP client address.
+pub const LOOKUPS_PER_CLIENT: usize = 8;
+/// A site whose lookup timed out is not asked again for this long (its lookups answer
+/// temperror at once).
+pub const DEAD_SITE_MEMORY: Duration = Duration::from_secs(30);
+/// The most time the key lookups of one message may take in all, well under Postfix's
+/// milter_content_timeout (300 s): past it the remaining signatures are temperror.
+pub const LOOKUP_BUDGET: Duration = Duration::from_secs(20);
 
 /// Everything a session needs, loaded once (and again on SIGHUP).
 pub struct Settings {
@@ -352,11 +366,14 @@ fn load_settings(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Resu
     }
     // A daemon lives longer than DNS answers: keys are asked again after five minutes. One
     // lookup per key however many connections want it at once (lookup::KeyCache).
-    // A place among the lookups in flight is waited for at most 5 s: one message naming
-    // domains whose DNS never answers must not stall every connection (answer: temperror).
-    let cache = dkimpress::lookup::KeyCache::new(key_lookup(&records)?)
+    // A place among the lookups in flight is waited for at most 5 s, and places are shared:
+    // per site, per client, and a site that timed out is not asked again for a while, so
+    // that messages naming domains whose DNS never answers cannot stall everyone's lookups.
+    let limit = std::num::NonZeroUsize::new(LOOKUPS_IN_FLIGHT).expect("non-zero");
+    let cache = dkimpress::lookup::KeyCache::with_limit(key_lookup(&records)?, limit)
         .expiring(Duration::from_secs(300), 10_000)
-        .waiting_at_most(Duration::from_secs(5));
+        .waiting_at_most(Duration::from_secs(5))
+        .fair(LOOKUPS_PER_SITE, LOOKUPS_PER_CLIENT, DEAD_SITE_MEMORY);
     let mut policy = verify::Policy::default();
     if let Some(bits) = c.and_then(|c| c.minimum_key_bits) {
         policy.min_rsa_bits = bits;
@@ -372,7 +389,7 @@ fn load_settings(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Resu
         keep_auth_results: c.is_some_and(|c| c.keep_auth_results),
         always_add_ar: c.is_some_and(|c| c.always_add_ar),
         actions,
-        keys: Box::new(move |s, d| cache.get(s, d)),
+        keys: Box::new(move |s, d, party| cache.get_for(s, d, party)),
         policy,
         max_message: a.max_message_size.unwrap_or(pipeline::DEFAULT_MAX_MESSAGE),
         log_success: a.k.verbose || c.is_some_and(|c| c.syslog_success),

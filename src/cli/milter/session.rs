@@ -282,10 +282,7 @@ impl<'a> Session<'a> {
                     let why = why.clone();
                     return self.act(Condition::InternalError, &why, vec![]);
                 }
-                Origin::Ours(who) => match {
-                    self.log.debug(&format!("{who}: signing"));
-                    self.sign()
-                } {
+                Origin::Ours(who) => match self.sign_for(who) {
                     Signed::Done(r) => return r,
                     // Our own client's message that cannot be signed (no usable From, a broken
                     // header block) goes on unsigned; judging it as inbound mail could reject it.
@@ -332,6 +329,12 @@ impl<'a> Session<'a> {
                 self.log.warn(&format!("external host {} tried to send mail as {d}", self.client));
             }
         }
+    }
+
+    /// Signs the message of an origin of ours (`who`, for the log).
+    fn sign_for(&mut self, who: &str) -> Signed {
+        self.log.debug(&format!("{who}: signing"));
+        self.sign()
     }
 
     /// Signs the message. Mail that has no key of ours falls through to verification.
@@ -391,7 +394,17 @@ impl<'a> Session<'a> {
     fn verify(&mut self) -> Vec<Response> {
         let s = self.settings;
         let now = s.timestamp.unwrap_or_else(crate::cli::now_unix);
-        let keys = |sel: &str, dom: &str| -> KeyResult { (s.keys)(sel, dom) };
+        // One budget for all the lookups of this message, and the client's share of places.
+        let deadline = std::time::Instant::now() + super::LOOKUP_BUDGET;
+        let party = self.client.as_str();
+        let keys = |sel: &str, dom: &str| -> KeyResult {
+            if std::time::Instant::now() >= deadline {
+                let name = format!("{sel}._domainkey.{dom}");
+                let error = format!("key lookups of this message took more than {} s", super::LOOKUP_BUDGET.as_secs());
+                return Err((DkimResult::TempError, Reason::KeyLookup { name, error }));
+            }
+            (s.keys)(sel, dom, party)
+        };
         let msg = &self.message;
         let verdicts = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             verify::verify_slice(msg, &keys, now, &s.policy)
