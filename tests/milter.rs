@@ -654,18 +654,22 @@ dktest!(
         assert_eq!(peer.reply(), Reply::Accept);
         drop(peer);
         std::thread::sleep(Duration::from_millis(200));
-        // Two connections fill it; a third is closed at once.
+        // Two connections, each in the middle of a message, fill it; a third is closed at once.
         let mut a = m.connect();
         a.negotiate();
+        a.send(b'M', b"<a@example.com>\0");
+        assert_eq!(a.reply(), Reply::Continue);
         let mut b = m.connect();
         b.negotiate();
+        b.send(b'M', b"<b@example.com>\0");
+        assert_eq!(b.reply(), Reply::Continue);
         let mut third = UnixStream::connect(&m.socket).unwrap();
         third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let started = Instant::now();
         let mut buf = [0u8; 1];
         assert_eq!(third.read(&mut buf).unwrap_or(0), 0);
         assert!(started.elapsed() < Duration::from_secs(5), "the third connection was left waiting");
-        assert!(log(&dir).contains("a new one was refused"), "{}", log(&dir));
+        assert!(log(&dir).contains("was refused"), "{}", log(&dir));
         drop((a, b, m));
         // InternalHosts without loopback: local mail is not ours.
         let c = conf(&dir, "");
@@ -946,5 +950,45 @@ dktest!(
             a.join().unwrap();
         }
         assert!(sent.load(Ordering::SeqCst) >= 20, "the attackers did not get through: {}", log(&dir));
+    }
+);
+
+dktest!(
+    /// Idle connections must not lock the MTA out: with every place held by clients that never
+    /// negotiate, or that negotiate and then sit idle, the MTA's new connection still gets in
+    /// (the one doing least is closed, and that is logged) and its message is signed. A
+    /// connection that says nothing is closed after 5 s on its own.
+    idle_connections_do_not_lock_the_mta_out,
+    |dir| {
+        let c = conf(&dir, "");
+        let m = Milter::start(&dir, &["-x", c.to_str().unwrap(), "--max-connections", "4"]);
+        let msg = b"From: a@example.com\nSubject: s\n\nbody\n";
+        let silent: Vec<UnixStream> = (0..4).map(|_| UnixStream::connect(&m.socket).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("127.0.0.1");
+        assert!(has_sig(&mta.message(msg, steps, None)), "{}", log(&dir));
+        assert!(log(&dir).contains("closed a silent (never negotiated) connection"), "{}", log(&dir));
+        // Negotiated but idle attackers: the same.
+        let mut idle = vec![];
+        for _ in 0..4 {
+            let mut x = m.connect();
+            x.negotiate();
+            idle.push(x);
+        }
+        let mut mta2 = m.connect();
+        let steps = mta2.negotiate();
+        mta2.connect_from("127.0.0.1");
+        assert!(has_sig(&mta2.message(msg, steps, None)), "{}", log(&dir));
+        assert!(log(&dir).contains("negotiated but unused"), "{}", log(&dir));
+        // A connection that never negotiates is closed after the negotiation time.
+        let mut lone = UnixStream::connect(&m.socket).unwrap();
+        lone.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 1];
+        assert_eq!(lone.read(&mut buf).unwrap_or(0), 0);
+        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+        drop((silent, idle));
     }
 );

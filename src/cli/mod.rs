@@ -514,7 +514,13 @@ where
                 _ if is_filter => sysexits::TEMPFAIL,
                 _ => sysexits::USAGE,
             };
-            let _ = e.print();
+            // Help and version go to stdout: a reader that went away is 74, quietly, as for
+            // every command's output.
+            if let Err(err) = e.print() {
+                if err.kind() == std::io::ErrorKind::BrokenPipe && code == 0 {
+                    return Err(anyhow::Error::new(err));
+                }
+            }
             return Ok(ExitCode::from(code));
         }
     };

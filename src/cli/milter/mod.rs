@@ -4,6 +4,7 @@
 //! ([`session`]). One thread per MTA connection; settings (keys, tables, lists) are loaded once
 //! and re-read on SIGHUP or SIGUSR1 without dropping connections; SIGTERM/SIGINT stop it.
 
+pub mod admit;
 pub mod proto;
 pub mod session;
 
@@ -13,7 +14,6 @@ use dkimpress::dkim::verify::{self, KeyResult};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,11 @@ pub(crate) struct MilterArgs {
     #[arg(long = "max-connections", value_name = "N", default_value_t = 512,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+    /// Most connections from one peer address (inet sockets) [default: half of
+    /// --max-connections]; beyond it the peer's least active connection is closed.
+    #[arg(long = "max-connections-per-peer", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_per_peer: Option<u64>,
     /// Largest message signed or verified (octets; K, M, G suffixes); a larger one is passed
     /// on untouched and logged [default: 512M].
     #[arg(long = "max-message-size", value_name = "SIZE", value_parser = parse_size)]
@@ -290,6 +295,7 @@ struct Daemon {
     pid_file: Option<PathBuf>,
     log_to_stderr: bool,
     max_connections: usize,
+    max_per_peer: usize,
 }
 
 /// The configuration file the daemon reads: `-x`/`--config`, else /etc/opendkim.conf when it
@@ -443,6 +449,7 @@ fn daemon(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Daem
         pid_file: a.pid_file.clone().or_else(|| c.and_then(|c| c.pid_file.clone())),
         log_to_stderr,
         max_connections: a.max_connections as usize,
+        max_per_peer: a.max_per_peer.map_or((a.max_connections as usize / 2).max(1), |n| n as usize),
     })
 }
 
@@ -552,13 +559,14 @@ impl Stream for std::os::unix::net::UnixStream {
 
 /// How long a new connection may take to negotiate: an MTA does it at once; a client that
 /// connects and says nothing must not hold a connection slot.
-const NEGOTIATION: Duration = Duration::from_secs(30);
+const NEGOTIATION: Duration = Duration::from_secs(5);
 /// How long a negotiated connection may sit silent (Postfix waits 300 s at most per SMTP
 /// command, and a session idles between messages no longer than that).
 const IDLE: Duration = Duration::from_secs(600);
 
 /// Serves one MTA connection until it quits or goes away.
-fn serve(stream: &mut dyn Stream, settings: &Settings, log: &mut Logger) {
+fn serve(stream: &mut dyn Stream, settings: &Settings, log: &mut Logger, state: &admit::ConnState) {
+    use admit::Phase;
     use session::{Next, Session};
     stream.set_timeout(NEGOTIATION);
     let mut s = Session::new(settings, log);
@@ -575,6 +583,15 @@ fn serve(stream: &mut dyn Stream, settings: &Settings, log: &mut Logger) {
         if !negotiated && cmd == b'O' {
             negotiated = true;
             stream.set_timeout(IDLE);
+        }
+        // What the connection does, for admission: a message in progress is never closed to
+        // make room.
+        match cmd {
+            b'O' | b'K' => state.set(Phase::Negotiated),
+            b'C' | b'E' | b'A' => state.set(Phase::Idle),
+            b'M' => state.set(Phase::Busy),
+            _ if !negotiated => state.set(Phase::Negotiating),
+            _ => {}
         }
         let next = match proto::parse(cmd, data) {
             Ok(c) => {
@@ -603,6 +620,9 @@ fn serve(stream: &mut dyn Stream, settings: &Settings, log: &mut Logger) {
         }
         if close {
             return;
+        }
+        if matches!(cmd, b'E' | b'A') {
+            state.set(Phase::Idle);
         }
     }
 }
@@ -677,7 +697,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
         log.warn("no keys configured (KeyTable/SigningTable or Domain/Selector/KeyFile): nothing will be signed");
     }
     notify_systemd("READY=1");
-    let active = Arc::new(AtomicUsize::new(0));
+    let admission = admit::Admission::new(d.max_connections, d.max_per_peer);
     let fd = match &listener {
         Listener::Tcp(l) => {
             l.set_nonblocking(true)?;
@@ -711,46 +731,74 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         }
-        let stream: Box<dyn Stream> = match &listener {
-            Listener::Tcp(l) => match l.accept() {
-                Ok((s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    Box::new(s)
-                }
-                Err(_) => continue,
-            },
-            Listener::Unix(l, _) => match l.accept() {
-                Ok((s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    Box::new(s)
-                }
-                Err(_) => continue,
-            },
-        };
-        // Full: the connection is closed at once (the MTA applies milter_default_action to
-        // it) rather than left waiting, and said so.
-        if active.load(Ordering::SeqCst) >= d.max_connections {
-            log.warn(&format!("{} connections open (--max-connections): a new one was refused", d.max_connections));
-            drop(stream);
-            continue;
+        let (stream, peer, shutdown): (Box<dyn Stream>, Option<std::net::IpAddr>, Box<dyn Fn() + Send>) =
+            match &listener {
+                Listener::Tcp(l) => match l.accept() {
+                    Ok((s, addr)) => {
+                        let _ = s.set_nonblocking(false);
+                        let Ok(handle) = s.try_clone() else { continue };
+                        let close = move || {
+                            let _ = handle.shutdown(std::net::Shutdown::Both);
+                        };
+                        (Box::new(s), Some(addr.ip()), Box::new(close))
+                    }
+                    Err(_) => continue,
+                },
+                Listener::Unix(l, _) => match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let Ok(handle) = s.try_clone() else { continue };
+                        let close = move || {
+                            let _ = handle.shutdown(std::net::Shutdown::Both);
+                        };
+                        (Box::new(s), None, Box::new(close))
+                    }
+                    Err(_) => continue,
+                },
+            };
+        // Full: the connection doing least makes room (never one in the middle of a
+        // message); when every place holds a message, the new one is closed at once (the MTA
+        // applies milter_default_action to it) rather than left waiting. Said in the log.
+        let shown_peer = peer.map_or("a unix socket client".to_string(), |p| p.to_string());
+        let (ticket, outcome) = admission.admit(peer, shutdown);
+        match outcome {
+            admit::Outcome::Admitted => {}
+            admit::Outcome::Evicted(phase, victim) => log.warn(&format!(
+                "connection places full (--max-connections {}, --max-connections-per-peer {}): closed a {} \
+                 connection{} to admit one from {shown_peer}",
+                d.max_connections,
+                d.max_per_peer,
+                match phase {
+                    admit::Phase::Negotiating => "silent (never negotiated)",
+                    admit::Phase::Negotiated => "negotiated but unused",
+                    _ => "idle",
+                },
+                victim.map(|v| format!(" from {v}")).unwrap_or_default()
+            )),
+            admit::Outcome::Refused => {
+                log.warn(&format!(
+                    "{} connections open, each with a message in progress (--max-connections, \
+                     --max-connections-per-peer): a new one from {shown_peer} was refused",
+                    admission.open()
+                ));
+                drop(stream);
+                continue;
+            }
         }
+        let Some(ticket) = ticket else { continue };
         let current = settings.read().expect("settings lock").clone();
-        let active = active.clone();
         let (verbose, to_stderr) = (a.k.verbose, d.log_to_stderr);
-        active.fetch_add(1, Ordering::SeqCst);
-        let in_thread = active.clone();
         let spawned = std::thread::Builder::new().name("milter-conn".into()).spawn(move || {
             let mut stream = stream;
             let mut log = Logger::new(verbose, to_stderr);
-            serve(&mut *stream, &current, &mut log);
-            in_thread.fetch_sub(1, Ordering::SeqCst);
+            serve(&mut *stream, &current, &mut log, &ticket.state);
+            drop(ticket);
         });
         if let Err(e) = spawned {
-            active.fetch_sub(1, Ordering::SeqCst);
             log.error(&format!("cannot start a connection thread: {e}"));
         }
     };
-    log.info(&format!("{stop}: stopping; {} connection(s) open", active.load(Ordering::SeqCst)));
+    log.info(&format!("{stop}: stopping; {} connection(s) open", admission.open()));
     if let Listener::Unix(_, path) = &listener {
         let _ = std::fs::remove_file(path);
     }
@@ -760,7 +808,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     // Messages in flight get a moment to finish; the MTA handles the rest by its
     // milter_default_action (a connection cut mid-message is never acknowledged).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while admission.open() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(ExitCode::SUCCESS)
