@@ -73,7 +73,7 @@ fn stderr(out: &Output) -> String {
 
 dktest!(
     /// filter: 0 when re-injected (signed, arguments untouched); the re-injection command's
-    /// status when it fails; 75 when it cannot run or the key cannot be read; unsigned with 0 when there is no key for the domain or no
+    /// sysexits status when it fails (other statuses 75); 75 when it cannot run or the key cannot be read; unsigned with 0 when there is no key for the domain or no
     /// message; --on-error pass re-injects unsigned.
     filter_exit_codes,
     |dir| {
@@ -88,9 +88,10 @@ dktest!(
         assert_eq!(std::fs::read_to_string(dir.join("args")).unwrap(), "-G\n-i\n-f\na@example.com\n--\nrcpt@example.org\n-odd-arg\n");
         assert!(String::from_utf8_lossy(&out.stderr).contains("message-id=<m1@example.com>: signed"));
 
-        // Re-injection fails: its own status (issue 11 item 12).
+        // Re-injection fails: its own status (issue 11 item 12) when it is a sysexits code,
+        // else 75 (issue 20 item 5: pipe(8) would bounce on 1).
         let out = dir.cmd().args(base).args([&k, "--", "sh", "-c", "cat >/dev/null; exit 1"]).stdin(MSG).run();
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(75));
         // Re-injection command missing: 75.
         let out = dir.cmd().args(base).args([&k, "--", "/nonexistent/sendmail"]).stdin(MSG).run();
         assert_eq!(out.status.code(), Some(75));
@@ -381,6 +382,38 @@ dktest!(
             assert_eq!(out.status.code(), Some(0), "{conf}: {}", stderr(&out));
             assert_eq!(std::fs::read(dir.join("stdin")).unwrap(), MSG);
             assert!(stderr(&out).contains(conf.as_str()) && stderr(&out).contains("passed on unsigned"), "{}", stderr(&out));
+        }
+    }
+);
+
+dktest!(
+    /// Issue 20 item 5: a re-injection status outside sysexits.h (1, 255) would make Postfix
+    /// pipe(8) bounce the message (it maps unknown codes to 5.3.0); it becomes 75 (deferred) and
+    /// the original status is logged. Sysexits codes (67, 75) pass unchanged; a signal is 75.
+    /// The same from filter and from the wrapper.
+    reinjection_status_outside_sysexits_defers,
+    |dir| {
+        wrapper_setup(&dir);
+        let k = dir.join("k.private").display().to_string();
+        let fake = script(&dir, "reinject", "cat > /dev/null\n[ \"$FAKE_EXIT\" = kill ] && kill -KILL $$\nexit $FAKE_EXIT\n");
+        for (exit, want, logged) in [
+            ("1", 75, "exited with status 1 (not a sysexits.h code, which Postfix would bounce); exit 75"),
+            ("255", 75, "exited with status 255 (not a sysexits.h code, which Postfix would bounce); exit 75"),
+            ("67", 67, "exited with status 67 (EX_NOUSER)"),
+            ("75", 75, "exited with status 75 (EX_TEMPFAIL)"),
+            ("kill", 75, "killed by signal 9"),
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_dkimpress"))
+                .args(["filter", "--log-stderr", "-d", "example.com", "-s", "test-ed", "-k", &k, "--", &fake, "-i", "--", "x@example.org"])
+                .env("FAKE_EXIT", exit)
+                .stdin(std::fs::File::open(dir.write("in.eml", MSG)).unwrap())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(want), "filter, re-injection {exit}: {}", stderr(&out));
+            assert!(stderr(&out).contains(logged), "filter, re-injection {exit}: {}", stderr(&out));
+            let out = wrapper(&dir, None, &fake, &["x@example.org"], MSG, &[("FAKE_EXIT", exit)]);
+            assert_eq!(out.status.code(), Some(want), "wrapper, real sendmail {exit}: {}", stderr(&out));
+            assert!(stderr(&out).contains(logged), "wrapper, real sendmail {exit}: {}", stderr(&out));
         }
     }
 );

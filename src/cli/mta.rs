@@ -3,7 +3,7 @@
 //!
 //! Owns: reading a command line and a message the way Postfix sendmail(1) does, re-injecting
 //! through a command under a time limit, exit codes as Postfix pipe(8) reads them (0 delivered,
-//! the re-injection command's own status, 75 try again), which clients' mail is ours to sign
+//! the re-injection command's own sysexits status, 75 try again), which clients' mail is ours to sign
 //! (OpenDKIM InternalHosts), the pass-through policy when signing fails, and logging to syslog
 //! (facility mail) or stderr. Signing is [`dkimpress::pipeline`]'s `sign_message`; argv and the
 //! environment are read by `cli`. Mail is never dropped: every path ends in a re-injection, in
@@ -137,16 +137,23 @@ pub enum Outcome {
 
 impl Outcome {
     /// The exit code for Postfix pipe(8) or sendmail's caller. The command's own status passes
-    /// through, as in the example filter of Postfix FILTER_README (`exit $?`): 75 and 71 defer,
-    /// 67, 69, 77, ... bounce, the command knows which. Whatever leaves the message's fate
-    /// unknown (a signal, the time limit, a command that cannot start or did not read it all)
-    /// is 75, so that Postfix keeps the message and retries.
+    /// through when it is a sysexits.h code, as in the example filter of Postfix FILTER_README
+    /// (`exit $?`): 75 and 71 defer, 67, 69, 77, ... bounce, the command knows which. Any other
+    /// status (1, 255, ...) says nothing about the message, and pipe(8) would bounce it
+    /// (5.3.0), so it is 75 (issue 20 item 5). Whatever leaves the message's fate unknown (a
+    /// signal, the time limit, a command that cannot start or did not read it all) is 75 too,
+    /// so that Postfix keeps the message and retries.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Exited(code) => *code,
+            Outcome::Exited(code) if *code == 0 || is_sysexit(*code) => *code,
             _ => EX_TEMPFAIL,
         }
     }
+}
+
+/// Whether `code` is one of sysexits.h's (64 EX_USAGE to 78 EX_CONFIG).
+fn is_sysexit(code: u8) -> bool {
+    (64..=78).contains(&code)
 }
 
 impl std::fmt::Display for Outcome {
@@ -346,6 +353,10 @@ fn report_reinjection(prog: &str, outcome: &Outcome, log: &Logger) -> u8 {
     let code = outcome.exit_code();
     match (outcome, code) {
         (Outcome::Exited(0), _) => log.debug(&format!("re-injected through {prog}")),
+        (Outcome::Exited(status), EX_TEMPFAIL) if *status != EX_TEMPFAIL => log.error(&format!(
+            "re-injection through {prog} failed: {outcome} (not a sysexits.h code, which Postfix would \
+             bounce); exit 75 (deferred)"
+        )),
         (_, EX_TEMPFAIL) => log.error(&format!("re-injection through {prog} failed: {outcome}; exit 75 (deferred)")),
         _ => log.error(&format!("re-injection through {prog} failed: {outcome}; its status {code} is passed on")),
     }
@@ -495,7 +506,7 @@ pub fn exec_real(real: &OsStr, arg0: Option<&OsStr>, args: &[OsString], log: &Lo
 
 /// The sendmail wrapper: sign (unless the mode submits no message) and hand over to the real
 /// sendmail with the same arguments. `plan` as for [`filter`]. Returns the exit code (the real
-/// sendmail's, when it ran).
+/// sendmail's sysexits status, when it ran).
 pub fn sendmail(
     plan: Result<&BulkOptions, String>,
     real: &OsStr,
@@ -523,10 +534,7 @@ pub fn sendmail(
         Err(code) => return code,
     };
     let outcome = run_with_input(Command::new(real).args(&args.args), vec![headers, msg], settings.timeout);
-    match &outcome {
-        Outcome::Exited(_) => outcome.exit_code(),
-        _ => report_reinjection(&real.to_string_lossy(), &outcome, log),
-    }
+    report_reinjection(&real.to_string_lossy(), &outcome, log)
 }
 
 /// OpenDKIM `InternalHosts` (and the other host lists): see [`crate::cli::hosts`].
@@ -639,7 +647,10 @@ mod tests {
             (sh("cat > /dev/null; exit 67"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(67), 67),
             (sh("cat > /dev/null; exit 69"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(69), 69),
             (sh("cat > /dev/null; exit 75"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(75), 75),
-            (sh("exit 1"), big(), DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(1), 1),
+            // Issue 20 item 5: a status outside sysexits.h would bounce; it defers.
+            (sh("exit 1"), big(), DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(1), 75),
+            (sh("cat > /dev/null; exit 255"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(255), 75),
+            (sh("cat > /dev/null; exit 78"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(78), 78),
             (sh("kill -TERM $$"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Signaled(15), 75),
             // Issue 11 item 11: a command that hangs, or never reads, is killed at the limit.
             (args(&["sleep", "100"]), big(), short, Outcome::TimedOut(short), 75),
