@@ -28,6 +28,10 @@ pub(crate) struct FilterArgs {
     /// [default: InternalHosts of --config, else 127.0.0.1, ::1].
     #[arg(long = "internal-hosts", value_name = "LIST|FILE")]
     pub(crate) internal_hosts: Option<String>,
+    /// Largest message signed (octets; K, M, G suffixes); a larger one is deferred (exit 75),
+    /// or with --on-error pass re-injected unsigned [default: 512M].
+    #[arg(long = "max-message-size", value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_message_size: Option<u64>,
     /// Kill the re-injection command after this many seconds, and exit 75.
     #[arg(long = "reinject-timeout", value_name = "SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -41,7 +45,12 @@ pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
     use crate::cli::mta::{MtaSettings, OnError, EX_TEMPFAIL};
     let to_stderr = a.log_stderr || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut log = crate::cli::mta::Logger::new(a.k.verbose, to_stderr);
-    let settings = MtaSettings { on_error: a.on_error, timeout: std::time::Duration::from_secs(a.reinject_timeout) };
+    let settings = MtaSettings {
+        on_error: a.on_error,
+        timeout: std::time::Duration::from_secs(a.reinject_timeout),
+        max_message: a.max_message_size.unwrap_or(pipeline::DEFAULT_MAX_MESSAGE),
+        max_message_name: "--max-message-size",
+    };
     // A configuration that cannot load defers mail (the admin fixes it, Postfix retries),
     // unless the admin asked for pass-through.
     let config_error = |e: String, log: &crate::cli::mta::Logger| match a.on_error {

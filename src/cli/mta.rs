@@ -1,19 +1,21 @@
 //! MTA integration: the Postfix pipe filter (`dkimpress filter ... -- sendmail -G -i -f ...`)
 //! and the sendmail wrapper (`dkimpress sendmail ...`, or a symlink named `sendmail`).
 //!
-//! Owns: reading a command line and a message the way Postfix sendmail(1) does, re-injecting
-//! through a command under a time limit, exit codes as Postfix pipe(8) reads them (0 delivered,
-//! the re-injection command's own sysexits status, 75 try again), which clients' mail is ours to sign
-//! (OpenDKIM InternalHosts), the pass-through policy when signing fails, and logging to syslog
-//! (facility mail) or stderr. Signing is [`dkimpress::pipeline`]'s `sign_message`; argv and the
-//! environment are read by `cli`. Mail is never dropped: every path ends in a re-injection, in
-//! the re-injection command's status, or in exit 75.
+//! Owns: reading a command line and a message the way Postfix sendmail(1) does, in bounded
+//! memory (a large message is spooled to an unlinked temporary file and streamed on),
+//! re-injecting through a command under a time limit, exit codes as Postfix pipe(8) reads them
+//! (0 delivered, the re-injection command's own sysexits status, 75 try again), which clients'
+//! mail is ours to sign (OpenDKIM InternalHosts), the pass-through policy when signing fails or
+//! a message is over the size cap, and logging to syslog (facility mail) or stderr. Signing is
+//! [`dkimpress::pipeline`]'s `sign_message`; argv and the environment are read by `cli`. Mail is
+//! never dropped: every path ends in a re-injection, in the re-injection command's status, or
+//! in exit 75.
 
 use dkimpress::dkim::sign::SignError;
 use dkimpress::pipeline::{self, BulkOptions, MessageError};
 use dkimpress::select::SelectError;
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read, Seek as _, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -133,6 +135,10 @@ pub enum Outcome {
     NotStarted(String),
     /// It exited 0 without reading the whole message.
     Unread(String),
+    /// Our own input failed before the end of the message (only a message streamed on from
+    /// stdin, over the size cap): the command was killed before it could see an end of file
+    /// and take a cut message.
+    InputFailed(String),
 }
 
 impl Outcome {
@@ -164,6 +170,7 @@ impl std::fmt::Display for Outcome {
             Outcome::TimedOut(t) => write!(f, "still running after {} s; killed", t.as_secs()),
             Outcome::NotStarted(e) => write!(f, "cannot be run: {e}"),
             Outcome::Unread(e) => write!(f, "exited 0 without reading the whole message ({e})"),
+            Outcome::InputFailed(e) => write!(f, "killed: our input failed before the end of the message ({e})"),
         }
     }
 }
@@ -190,11 +197,75 @@ fn sysexit_name(code: u8) -> &'static str {
     }
 }
 
+/// One part of what a re-injection command reads on its stdin.
+pub enum Piece {
+    /// Octets in memory (the added header fields).
+    Bytes(Vec<u8>),
+    /// The message as read (or its first part, when [`Piece::Rest`] follows).
+    Spool(Spool),
+    /// The rest of our input, copied as it comes: a message over the size cap, handed on
+    /// unsigned without being kept anywhere.
+    Rest(Box<dyn Read + Send>),
+}
+
+impl From<Vec<u8>> for Piece {
+    fn from(bytes: Vec<u8>) -> Piece {
+        Piece::Bytes(bytes)
+    }
+}
+
+/// Why a copy stopped: the side that failed.
+#[derive(Debug)]
+enum Feed {
+    /// Reading the source (our stdin, the spool file) failed.
+    Read(std::io::Error),
+    /// Writing failed (the command closed its stdin, the spool's disk is full).
+    Write(std::io::Error),
+}
+
+/// Copies `src` to `dst` through `buf`; the number of octets copied.
+fn pump(src: &mut dyn Read, dst: &mut dyn Write, buf: &mut [u8]) -> Result<u64, Feed> {
+    let mut total = 0;
+    loop {
+        let n = match src.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Feed::Read(e)),
+        };
+        dst.write_all(&buf[..n]).map_err(Feed::Write)?;
+        total += n as u64;
+    }
+}
+
+/// Writes `pieces` to `dst` in order, a spool file from its start.
+fn feed(pieces: Vec<Piece>, dst: &mut dyn Write) -> Result<(), Feed> {
+    let mut buf = vec![0; COPY_BUFFER];
+    for piece in pieces {
+        match piece {
+            Piece::Bytes(b) | Piece::Spool(Spool::Memory(b)) => dst.write_all(&b).map_err(Feed::Write)?,
+            Piece::Spool(Spool::File(mut f)) => {
+                f.rewind().map_err(Feed::Read)?;
+                pump(&mut f, dst, &mut buf)?;
+            }
+            Piece::Rest(mut r) => {
+                pump(&mut r, dst, &mut buf)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The buffer of a copy to the re-injection command or into the spool.
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// Runs `cmd` with `data` on its stdin, for at most `timeout`.
 ///
 /// A writer thread feeds stdin, so a command that never reads cannot block us (issue 11): we
-/// wait for its exit, not for the pipe, and kill it at the time limit.
-pub fn run_with_input(cmd: &mut Command, data: Vec<Vec<u8>>, timeout: Duration) -> Outcome {
+/// wait for its exit, not for the pipe, and kill it at the time limit. When a source fails
+/// before its end (our stdin, streamed on), the command is killed before its stdin is closed,
+/// so that it never takes a cut message as whole.
+pub fn run_with_input(cmd: &mut Command, data: Vec<Piece>, timeout: Duration) -> Outcome {
     use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
     cmd.stdin(Stdio::piped());
     // Its own process group, so that a timeout kills what it started too.
@@ -204,11 +275,15 @@ pub fn run_with_input(cmd: &mut Command, data: Vec<Vec<u8>>, timeout: Duration) 
         Err(e) => return Outcome::NotStarted(e.to_string()),
     };
     let mut stdin = child.stdin.take().expect("stdin is piped");
+    let pid = child.id();
     let (tx, written) = std::sync::mpsc::channel();
     // Detached: if it stays blocked on a pipe that someone holds and never reads, we still
     // return (and exit); the thread does not outlive the process.
     std::thread::spawn(move || {
-        let r = data.iter().try_for_each(|d| stdin.write_all(d));
+        let r = feed(data, &mut stdin);
+        if let Err(Feed::Read(_)) = r {
+            dkimpress::arch::sys::kill_process_group(pid);
+        }
         drop(stdin);
         let _ = tx.send(r);
     });
@@ -240,7 +315,8 @@ pub fn run_with_input(cmd: &mut Command, data: Vec<Vec<u8>>, timeout: Duration) 
         }
     };
     match (status.code(), written) {
-        (Some(0), Err(e)) => Outcome::Unread(e.to_string()),
+        (_, Err(Feed::Read(e))) => Outcome::InputFailed(e.to_string()),
+        (Some(0), Err(Feed::Write(e))) => Outcome::Unread(e.to_string()),
         (Some(code), _) => Outcome::Exited(code as u8),
         (None, _) => Outcome::Signaled(status.signal().unwrap_or(0)),
     }
@@ -255,7 +331,7 @@ fn kill_child(child: &mut std::process::Child) {
 }
 
 /// Runs the re-injection `command` (program and arguments) with the message on its stdin.
-pub fn reinject(command: &[OsString], data: Vec<Vec<u8>>, timeout: Duration) -> Outcome {
+pub fn reinject(command: &[OsString], data: Vec<Piece>, timeout: Duration) -> Outcome {
     let Some((prog, args)) = command.split_first() else {
         return Outcome::NotStarted("no re-injection command after --".into());
     };
@@ -293,29 +369,201 @@ fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger)
     }
 }
 
-/// The header fields to put on `msg` in the MTA paths: signed with `Ok(options)`, none with
-/// `Err(reason)` (logged at `unsigned`'s level, the message goes on unsigned); `Err(75)` when
-/// it must be deferred. Sets the Message-ID as log context first.
-fn headers_for(
+/// Messages up to this size are read into memory; a larger one is spooled to an unlinked
+/// temporary file (issue 20 item 3), so that what the MTA paths hold in memory stays about
+/// this size whatever the message's.
+pub const IN_MEMORY: usize = 1 << 20;
+
+/// A message as read: in memory, or spooled.
+pub enum Spool {
+    /// In memory (at most [`IN_MEMORY`] octets, and one more when more follows).
+    Memory(Vec<u8>),
+    /// In an unlinked temporary file of our own ($TMPDIR, else /tmp; mode 0600), from its start.
+    File(std::fs::File),
+}
+
+/// Why [`read_message`] stopped before the end of the message.
+#[derive(Debug)]
+pub enum Unread {
+    /// The message is longer than the limit it was read with.
+    OverLimit,
+    /// It is longer than [`IN_MEMORY`] and no temporary file can be created to spool it.
+    NoSpool(std::io::Error),
+}
+
+/// A message read by [`read_message`]: all of it, or its start and why the rest is left in the
+/// input.
+pub struct Received {
+    /// What was read.
+    pub spool: Spool,
+    /// `Some`: the input holds more of the message.
+    pub unread: Option<Unread>,
+}
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Reading the input failed.
+    #[error("reading the message failed: {0}")]
+    Input(std::io::Error),
+    /// Writing the spool file failed (a full disk).
+    #[error("writing the message to a temporary file in {} failed: {error}", .dir.display())]
+    Spool {
+        /// The temporary directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+}
+
+/// Reads a message from `input`, up to `limit` octets: into memory up to [`IN_MEMORY`], else
+/// into a spool file. Over `limit`, the first `limit + 1` octets are kept and the rest is left
+/// in `input` (`Unread::OverLimit`). Memory used: [`IN_MEMORY`] and a copy buffer.
+pub fn read_message(input: &mut dyn Read, limit: u64) -> Result<Received, ReadError> {
+    let first = limit.min(IN_MEMORY as u64) + 1;
+    let mut head = Vec::with_capacity(64 * 1024);
+    input.take(first).read_to_end(&mut head).map_err(ReadError::Input)?;
+    let read = head.len() as u64;
+    if read < first || read > limit {
+        let unread = (read > limit).then_some(Unread::OverLimit);
+        return Ok(Received { spool: Spool::Memory(head), unread });
+    }
+    let mut file = match tempfile::tempfile() {
+        Ok(f) => f,
+        Err(e) => return Ok(Received { spool: Spool::Memory(head), unread: Some(Unread::NoSpool(e)) }),
+    };
+    let spool_err = |error| ReadError::Spool { dir: std::env::temp_dir(), error };
+    file.write_all(&head).map_err(spool_err)?;
+    drop(head);
+    let mut buf = vec![0; COPY_BUFFER];
+    let copied = match pump(&mut input.take(limit + 1 - read), &mut file, &mut buf) {
+        Ok(n) => n,
+        Err(Feed::Read(e)) => return Err(ReadError::Input(e)),
+        Err(Feed::Write(e)) => return Err(spool_err(e)),
+    };
+    let unread = (read + copied > limit).then_some(Unread::OverLimit);
+    Ok(Received { spool: Spool::File(file), unread })
+}
+
+/// Runs `f` on the octets of `spool`. A spooled message is mapped, and its pages leave our
+/// resident set as `f` reads them (see [`with_pages_released`]).
+fn with_message<T>(spool: &Spool, f: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
+    match spool {
+        Spool::Memory(m) => Ok(f(m)),
+        Spool::File(file) => {
+            // arch::sys::map's one hazard, another process changing the file while it is
+            // mapped, cannot happen here: the file is ours, unlinked, and never written again.
+            let map = dkimpress::arch::sys::map(file)?;
+            Ok(with_pages_released(&map, f))
+        }
+    }
+}
+
+/// How often the pages of a mapped spool are dropped from the resident set while it is read.
+const RELEASE_EVERY: Duration = Duration::from_millis(10);
+
+/// Runs `f` on `map` while a second thread drops the map's pages from our resident set every
+/// [`RELEASE_EVERY`]. The signer reads the message once from start to end in one call, with no
+/// point at which to release what it has finished with; without this, every page it touched
+/// would count in our RSS until the end (a 300 MB message: 300 MB). Dropped pages stay in the
+/// page cache, and a page read again is mapped again from the same file ([`Mapped::release`]),
+/// so `f` sees the same octets; the resident set stays at what is read in one interval.
+///
+/// [`Mapped::release`]: dkimpress::arch::sys::Mapped::release
+fn with_pages_released<T>(map: &dkimpress::arch::sys::Mapped, f: impl FnOnce(&[u8]) -> T) -> T {
+    use std::sync::{Condvar, Mutex};
+    /// Tells the releasing thread to stop, also when `f` panics (the scope waits for it).
+    struct Stop<'a>(&'a (Mutex<bool>, Condvar));
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            *self.0 .0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.0 .1.notify_all();
+        }
+    }
+    let stop = (Mutex::new(false), Condvar::new());
+    std::thread::scope(|s| {
+        s.spawn(|| loop {
+            let done = stop.0.lock().unwrap_or_else(|e| e.into_inner());
+            let (done, _) = stop.1.wait_timeout(done, RELEASE_EVERY).unwrap_or_else(|e| e.into_inner());
+            if *done {
+                return;
+            }
+            drop(done);
+            map.release(0..map.len());
+        });
+        let _stop = Stop(&stop);
+        f(map)
+    })
+}
+
+/// Reads the message from `input` and makes what the re-injection command gets: the added
+/// header fields (signed with `Ok(options)`), then the message, read from memory or the spool;
+/// or the exit code when it must be deferred. `Err(reason)` as `plan`: the message goes on
+/// unsigned, logged at `unsigned`'s level, streamed without being read whole. Over the size
+/// cap, `over_cap` says whether the message is deferred or goes on unsigned (streamed on,
+/// never held whole).
+fn prepare(
     plan: Result<&BulkOptions, String>,
-    msg: &[u8],
+    mut input: Box<dyn Read + Send>,
     settings: &MtaSettings,
     log: &mut Logger,
     unsigned: fn(&Logger, &str),
-) -> Result<Vec<u8>, u8> {
-    if let Some(id) = message_id(msg) {
+    over_cap: OnError,
+) -> Result<Vec<Piece>, u8> {
+    // Mail we do not sign needs no more than the start, for the log context.
+    let limit = if plan.is_ok() { settings.max_message } else { IN_MEMORY as u64 };
+    let got = match read_message(&mut *input, limit) {
+        Ok(r) => r,
+        Err(e) => {
+            log.error(&format!("{e}; deferred"));
+            return Err(EX_TEMPFAIL);
+        }
+    };
+    if let Ok(Some(id)) = with_message(&got.spool, message_id) {
         log.set_message_id(&id);
     }
-    match plan {
-        Ok(opts) => sign_for_mta(opts, msg, settings.on_error, log).map_err(|e| {
-            log.error(&e);
-            EX_TEMPFAIL
-        }),
-        Err(reason) => {
+    let as_read = |got: Received| match got.unread {
+        None => vec![Piece::Spool(got.spool)],
+        Some(_) => vec![Piece::Spool(got.spool), Piece::Rest(input)],
+    };
+    let opts = match (plan, &got.unread) {
+        (Err(reason), _) => {
             unsigned(log, &format!("{reason}; passed on unsigned"));
-            Ok(vec![])
+            return Ok(as_read(got));
         }
-    }
+        (Ok(_), Some(why)) => {
+            let why = match why {
+                Unread::OverLimit => {
+                    format!("message larger than {} octets ({})", settings.max_message, settings.max_message_name)
+                }
+                Unread::NoSpool(e) => {
+                    format!(
+                        "cannot create a temporary file in {} to hold the message: {e}",
+                        std::env::temp_dir().display()
+                    )
+                }
+            };
+            if over_cap == OnError::Tempfail {
+                log.error(&format!("{why}; deferred"));
+                return Err(EX_TEMPFAIL);
+            }
+            log.error(&format!("{why}; passed on unsigned"));
+            return Ok(as_read(got));
+        }
+        (Ok(opts), None) => opts,
+    };
+    let headers = match with_message(&got.spool, |msg| sign_for_mta(opts, msg, settings.on_error, log)) {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            log.error(&e);
+            return Err(EX_TEMPFAIL);
+        }
+        Err(e) => {
+            log.error(&format!("cannot map the spooled message: {e}; deferred"));
+            return Err(EX_TEMPFAIL);
+        }
+    };
+    Ok(vec![Piece::Bytes(headers), Piece::Spool(got.spool)])
 }
 
 /// How `filter` and the wrapper treat one message.
@@ -324,27 +572,28 @@ pub struct MtaSettings {
     pub on_error: OnError,
     /// Time limit of the re-injection command.
     pub timeout: Duration,
+    /// Largest message signed (octets).
+    pub max_message: u64,
+    /// Where that limit is set, for log lines (`--max-message-size`).
+    pub max_message_name: &'static str,
 }
 
 /// The Postfix pipe filter: read stdin, sign (with `Ok(options)`; `Err(reason)` passes the
-/// message on unsigned and logs the reason), re-inject through `command`. Returns the exit code.
+/// message on unsigned and logs the reason), re-inject through `command`. Over the size cap
+/// the message is deferred, or with `--on-error pass` re-injected unsigned. Returns the exit
+/// code.
 pub fn filter(
     plan: Result<&BulkOptions, String>,
     command: &[OsString],
     settings: &MtaSettings,
     log: &mut Logger,
 ) -> u8 {
-    let mut msg = Vec::with_capacity(64 * 1024);
-    if let Err(e) = std::io::stdin().lock().read_to_end(&mut msg) {
-        log.error(&format!("reading the message failed: {e}; deferred"));
-        return EX_TEMPFAIL;
-    }
-    let headers = match headers_for(plan, &msg, settings, log, Logger::info) {
-        Ok(h) => h,
+    let pieces = match prepare(plan, Box::new(std::io::stdin()), settings, log, Logger::info, settings.on_error) {
+        Ok(p) => p,
         Err(code) => return code,
     };
     let prog = command.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let outcome = reinject(command, vec![headers, msg], settings.timeout);
+    let outcome = reinject(command, pieces, settings.timeout);
     report_reinjection(&prog, &outcome, log)
 }
 
@@ -470,25 +719,61 @@ pub fn parse_sendmail_args(args: Vec<OsString>) -> SendmailArgs {
     out
 }
 
-/// Reads a message from `input` as sendmail does: to end of file, or (without `-i`) up to a
-/// line holding only `.`, reading no further.
-pub fn read_sendmail_input(input: &mut dyn BufRead, ignore_dots: bool) -> std::io::Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(64 * 1024);
-    if ignore_dots {
-        input.read_to_end(&mut data)?;
-        return Ok(data);
+/// A message in `R` as sendmail reads it: to end of file, or (without `-i`) up to a line
+/// holding only `.`, reading no further. Lines are taken at most [`LINE_PIECE`] octets at a
+/// time, so that a line without an end is not held whole.
+pub struct SendmailInput<R> {
+    inner: R,
+    ignore_dots: bool,
+    /// The next octet read starts a line.
+    at_line_start: bool,
+    /// The dot line, or the end of the input, has been seen.
+    ended: bool,
+    /// Read, not handed out yet: `piece[at..]`.
+    piece: Vec<u8>,
+    at: usize,
+}
+
+/// How much of a line [`SendmailInput`] holds at a time.
+const LINE_PIECE: u64 = 64 * 1024;
+
+impl<R: BufRead> SendmailInput<R> {
+    /// The message in `inner`; `ignore_dots`: `-i`, a lone `.` is data.
+    pub fn new(inner: R, ignore_dots: bool) -> Self {
+        SendmailInput { inner, ignore_dots, at_line_start: true, ended: false, piece: vec![], at: 0 }
     }
-    loop {
-        let start = data.len();
-        if input.read_until(b'\n', &mut data)? == 0 {
-            break;
+}
+
+impl<R: BufRead> Read for SendmailInput<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.ignore_dots {
+            return self.inner.read(out);
         }
-        if matches!(&data[start..], b".\n" | b".\r\n" | b".") {
-            data.truncate(start);
-            break;
+        while self.at == self.piece.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            self.piece.clear();
+            self.at = 0;
+            if (&mut self.inner).take(LINE_PIECE).read_until(b'\n', &mut self.piece)? == 0 {
+                self.ended = true;
+                return Ok(0);
+            }
+            let starts_line = self.at_line_start;
+            self.at_line_start = self.piece.ends_with(b"\n");
+            // A lone "." with no line end is the last octet of the input (a piece ends early
+            // only there or at an LF).
+            if starts_line && matches!(&self.piece[..], b".\n" | b".\r\n" | b".") {
+                self.piece.clear();
+                self.ended = true;
+                return Ok(0);
+            }
         }
+        let n = out.len().min(self.piece.len() - self.at);
+        out[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
-    Ok(data)
 }
 
 /// Replaces this process with the real sendmail, `arg0` as its name (Postfix sendmail picks
@@ -505,8 +790,8 @@ pub fn exec_real(real: &OsStr, arg0: Option<&OsStr>, args: &[OsString], log: &Lo
 }
 
 /// The sendmail wrapper: sign (unless the mode submits no message) and hand over to the real
-/// sendmail with the same arguments. `plan` as for [`filter`]. Returns the exit code (the real
-/// sendmail's sysexits status, when it ran).
+/// sendmail with the same arguments. `plan` as for [`filter`]; a message over the size cap goes
+/// on unsigned. Returns the exit code (the real sendmail's sysexits status, when it ran).
 pub fn sendmail(
     plan: Result<&BulkOptions, String>,
     real: &OsStr,
@@ -522,18 +807,13 @@ pub fn sendmail(
         }
         SendmailMode::Other => return exec_real(real, None, &args.args, log),
     }
-    let msg = match read_sendmail_input(&mut std::io::stdin().lock(), args.ignore_dots) {
-        Ok(m) => m,
-        Err(e) => {
-            log.error(&format!("reading the message failed: {e}"));
-            return EX_TEMPFAIL;
-        }
-    };
-    let headers = match headers_for(plan, &msg, settings, log, Logger::warn) {
-        Ok(h) => h,
+    // Over the size cap the message goes on unsigned: local submission must go through.
+    let input = SendmailInput::new(std::io::BufReader::with_capacity(COPY_BUFFER, std::io::stdin()), args.ignore_dots);
+    let pieces = match prepare(plan, Box::new(input), settings, log, Logger::warn, OnError::Pass) {
+        Ok(p) => p,
         Err(code) => return code,
     };
-    let outcome = run_with_input(Command::new(real).args(&args.args), vec![headers, msg], settings.timeout);
+    let outcome = run_with_input(Command::new(real).args(&args.args), pieces, settings.timeout);
     report_reinjection(&real.to_string_lossy(), &outcome, log)
 }
 
@@ -627,9 +907,56 @@ mod tests {
             (b"A: b\n\n.x\n. \n", false, b"A: b\n\n.x\n. \n", b""),
         ] {
             let mut r = input;
-            let got = read_sendmail_input(&mut r, dots).unwrap();
+            let mut got = vec![];
+            SendmailInput::new(&mut r, dots).read_to_end(&mut got).unwrap();
             assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
             assert_eq!(r, rest, "reads nothing after the dot line");
+        }
+        // A line longer than what is held at a time, and a dot line after it.
+        let long = [&b"A: b\n\n"[..], &[b'x'; 200_000], b"\n.\nafter\n"].concat();
+        let mut got = vec![];
+        SendmailInput::new(&long[..], false).read_to_end(&mut got).unwrap();
+        assert_eq!(got, long[..long.len() - b".\nafter\n".len()]);
+        // A dot at the start of a piece that does not start a line is data.
+        let cut = [&b"A: b\n\n"[..], &[b'x'; LINE_PIECE as usize - 1], b"y.\n", b".\n"].concat();
+        let mut got = vec![];
+        SendmailInput::new(&cut[..], false).read_to_end(&mut got).unwrap();
+        assert_eq!(got, cut[..cut.len() - 2]);
+    }
+
+    /// Issue 20 item 3: small messages stay in memory, larger ones are spooled, and over the
+    /// limit the first `limit + 1` octets are read and the rest is left in the input.
+    #[test]
+    fn read_message_spools_and_stops_at_the_limit() {
+        let big = IN_MEMORY + 5;
+        for (len, limit, spooled, over) in [
+            (0, 100, false, false),
+            (100, 100, false, false),
+            (101, 100, false, true),
+            (IN_MEMORY, u64::MAX, false, false),
+            (big, big as u64, true, false),
+            (big, big as u64 - 1, true, true),
+            (3 * IN_MEMORY, 2 * IN_MEMORY as u64, true, true),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut input = &data[..];
+            let got = read_message(&mut input, limit).unwrap();
+            let kept = match got.spool {
+                Spool::Memory(m) => {
+                    assert!(!spooled, "{len} {limit}: in memory");
+                    m
+                }
+                Spool::File(mut f) => {
+                    assert!(spooled, "{len} {limit}: spooled");
+                    let mut m = vec![];
+                    f.rewind().unwrap();
+                    f.read_to_end(&mut m).unwrap();
+                    m
+                }
+            };
+            assert_eq!(matches!(got.unread, Some(Unread::OverLimit)), over, "{len} {limit}");
+            let n = if over { limit as usize + 1 } else { len };
+            assert!(kept == data[..n] && input == &data[n..], "{len} {limit}: kept {}", kept.len());
         }
     }
 
@@ -671,9 +998,32 @@ mod tests {
                 75,
             ),
         ] {
-            let got = reinject(&command, data, timeout);
+            let got = reinject(&command, data.into_iter().map(Piece::from).collect(), timeout);
             assert_eq!((&got, got.exit_code()), (&want, code), "{command:?}");
         }
+    }
+
+    /// Our input failing in the middle of a message streamed on: the command is killed before
+    /// it sees an end of file, so it never takes the cut message; 75.
+    #[test]
+    fn failed_input_kills_before_the_end() {
+        struct Failing(bool);
+        impl Read for Failing {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                if std::mem::replace(&mut self.0, true) {
+                    return Err(std::io::Error::other("gone"));
+                }
+                b[0] = b'x';
+                Ok(1)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let took = dir.path().join("took");
+        let pieces = vec![Piece::Bytes(b"A: b\n\n".to_vec()), Piece::Rest(Box::new(Failing(false)))];
+        let got =
+            reinject(&sh(&format!("cat > /dev/null && touch {}", took.display())), pieces, DEFAULT_REINJECT_TIMEOUT);
+        assert_eq!((&got, got.exit_code()), (&Outcome::InputFailed("gone".into()), 75));
+        assert!(!took.exists(), "the command saw no end of file");
     }
 
     #[test]

@@ -5,14 +5,16 @@ use super::*;
 
 /// `dkimpress sendmail [--config FILE] [--sendmail-path PATH] [--on-error ACTION] SENDMAIL-ARGS...`
 /// (or a symlink named sendmail, mailq or newaliases: `name`). Settings also come from
-/// DKIMPRESS_CONFIG, DKIMPRESS_SENDMAIL, DKIMPRESS_ON_ERROR and DKIMPRESS_REINJECT_TIMEOUT,
-/// because a program calling sendmail passes only sendmail's arguments.
+/// DKIMPRESS_CONFIG, DKIMPRESS_SENDMAIL, DKIMPRESS_ON_ERROR, DKIMPRESS_REINJECT_TIMEOUT and
+/// DKIMPRESS_MAX_MESSAGE_SIZE, because a program calling sendmail passes only sendmail's
+/// arguments.
 pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsString>) -> ExitCode {
     use crate::cli::mta::{MtaSettings, OnError, SendmailMode, EX_TEMPFAIL};
     let mut config = std::env::var_os("DKIMPRESS_CONFIG").unwrap_or_else(|| DEFAULT_WRAPPER_CONFIG.into());
     let mut real = std::env::var_os("DKIMPRESS_SENDMAIL").unwrap_or_else(|| DEFAULT_REAL_SENDMAIL.into());
     let mut on_error = std::env::var("DKIMPRESS_ON_ERROR").ok().and_then(|v| v.parse().ok()).unwrap_or(OnError::Pass);
     let timeout = std::env::var("DKIMPRESS_REINJECT_TIMEOUT").ok();
+    let max_message = std::env::var("DKIMPRESS_MAX_MESSAGE_SIZE").ok();
     let mut verbose = false;
     // Our own options only before sendmail's, and not under the names mailq/newaliases.
     loop {
@@ -49,6 +51,14 @@ pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsStr
                 timeout.unwrap_or_default()
             ));
             crate::cli::mta::DEFAULT_REINJECT_TIMEOUT
+        }
+    };
+    let max_message = match max_message.as_deref().map(parse_size) {
+        None => pipeline::DEFAULT_MAX_MESSAGE,
+        Some(Ok(size)) => size,
+        Some(Err(e)) => {
+            log.warn(&format!("DKIMPRESS_MAX_MESSAGE_SIZE: {e}; using 512M"));
+            pipeline::DEFAULT_MAX_MESSAGE
         }
     };
     // Never hand the message to ourselves (a symlink loop would recurse forever).
@@ -89,7 +99,7 @@ pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsStr
             }
         }
     };
-    let settings = MtaSettings { on_error, timeout };
+    let settings = MtaSettings { on_error, timeout, max_message, max_message_name: "DKIMPRESS_MAX_MESSAGE_SIZE" };
     let mut log_ref = std::panic::AssertUnwindSafe(&mut log);
     let plan = std::panic::AssertUnwindSafe(plan.as_ref().map_err(Clone::clone));
     let real = &real;
