@@ -992,3 +992,60 @@ dktest!(
         drop((silent, idle));
     }
 );
+
+dktest!(
+    /// The memory of messages in progress has a daemon-wide bound (--max-buffered): while one
+    /// connection holds most of it, an internal client's large message is deferred (451: it
+    /// waits, it never goes out unsigned) and an outside client's goes on unchecked; once the
+    /// first message ends, the memory is back and large messages are handled again.
+    buffered_memory_has_a_daemon_wide_bound,
+    |dir| {
+        let c = conf(&dir, "");
+        let m = Milter::start(&dir, &["-x", c.to_str().unwrap(), "--max-buffered", "1M"]);
+        let body = "x".repeat(76) + "\r\n";
+        let big = format!("From: a@example.com\nSubject: big\n\n{}", body.repeat(8_000)).into_bytes();
+        // A holds 600 KB of a message in progress.
+        let mut a = m.connect();
+        let steps = a.negotiate();
+        a.connect_from("127.0.0.1");
+        a.send(b'M', b"<a@example.com>\0");
+        assert_eq!(a.reply(), Reply::Continue);
+        for (n, v) in [("From", " a@example.com"), ("Subject", " held")] {
+            a.send(b'L', format!("{n}\0{v}\0").as_bytes());
+            if steps & (1 << 7) == 0 {
+                assert_eq!(a.reply(), Reply::Continue);
+            }
+        }
+        a.send(b'N', b"");
+        assert_eq!(a.reply(), Reply::Continue);
+        let held = body.repeat(7_800);
+        for chunk in held.as_bytes().chunks(65535) {
+            a.send(b'B', chunk);
+            assert_eq!(a.reply(), Reply::Continue);
+        }
+        let mut b = m.connect();
+        let steps_b = b.negotiate();
+        b.connect_from("127.0.0.1");
+        let r = b.message(&big, steps_b, None);
+        assert_eq!(r, [Reply::Code("451 4.3.2 Please try again later".into())], "{}", log(&dir));
+        let mut o = m.connect();
+        let steps_o = o.negotiate();
+        o.connect_from("192.0.2.7");
+        assert_eq!(o.message(&big, steps_o, None), [Reply::Accept]);
+        assert!(log(&dir).contains("--max-buffered): passed on unchecked"), "{}", log(&dir));
+        // A ends its message: signed; the memory is free again for B.
+        a.send(b'E', b"");
+        let mut ra = vec![];
+        loop {
+            let r = a.reply();
+            let last = !matches!(r, Reply::Insert(..) | Reply::Change(..));
+            ra.push(r);
+            if last {
+                break;
+            }
+        }
+        assert!(has_sig(&ra), "{ra:?}");
+        let rb = b.message(&big, steps_b, None);
+        assert!(has_sig(&rb), "{rb:?} {}", log(&dir));
+    }
+);

@@ -160,6 +160,43 @@ impl Admission {
     }
 }
 
+/// The memory all connections may hold for messages in progress, together: each message's
+/// buffer is reserved here as it grows, and given back when the message ends. A message that
+/// would pass the limit is not held (the session decides what that means for it).
+pub struct MemoryBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` octets.
+    pub fn new(limit: u64) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget { used: AtomicU64::new(0), limit })
+    }
+
+    /// Takes `n` octets if they fit.
+    pub fn reserve(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(n).filter(|t| *t <= self.limit))
+            .is_ok()
+    }
+
+    /// Gives `n` octets back.
+    pub fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Octets held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +237,17 @@ mod tests {
         assert_eq!(o, Outcome::Refused);
         assert!(!busy_closed.load(Ordering::SeqCst));
         drop((busy, idle, t, t2));
+    }
+
+    #[test]
+    fn memory_budget_is_shared() {
+        let b = MemoryBudget::new(100);
+        assert!(b.reserve(60));
+        assert!(!b.reserve(41));
+        assert!(b.reserve(40));
+        b.release(60);
+        assert_eq!(b.used(), 40);
+        assert!(b.reserve(60));
     }
 
     #[test]

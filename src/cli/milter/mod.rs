@@ -84,6 +84,11 @@ pub(crate) struct MilterArgs {
     #[arg(long = "max-connections-per-peer", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_per_peer: Option<u64>,
+    /// Memory all connections together may hold for messages in progress (octets; K, M, G);
+    /// a message that does not fit is deferred when it is ours to sign, passed on unchecked
+    /// otherwise, and logged [default: 1G].
+    #[arg(long = "max-buffered", value_name = "SIZE", value_parser = parse_size)]
+    max_buffered: Option<u64>,
     /// Largest message signed or verified (octets; K, M, G suffixes); a larger one is passed
     /// on untouched and logged [default: 512M].
     #[arg(long = "max-message-size", value_name = "SIZE", value_parser = parse_size)]
@@ -279,6 +284,8 @@ pub struct Settings {
     pub policy: verify::Policy,
     /// Largest message handled.
     pub max_message: u64,
+    /// The memory all connections may hold for messages in progress (kept across reloads).
+    pub budget: Arc<admit::MemoryBudget>,
     /// Log every signature and verification (`SyslogSuccess`).
     pub log_success: bool,
     /// Log why a message was not signed (`LogWhy`).
@@ -335,7 +342,11 @@ fn has_keys(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> bool {
 
 /// Loads the per-message settings from the configuration read once (`c`): keys, tables,
 /// lists, actions.
-fn load_settings(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Settings> {
+fn load_settings(
+    a: &MilterArgs,
+    c: Option<&conf::OpendkimConf>,
+    budget: Arc<admit::MemoryBudget>,
+) -> anyhow::Result<Settings> {
     let (signs, verifies) = mode_of(a, c)?;
     let cfg_err = |e: String| anyhow::Error::from(CliError::Config(e));
     let sign = if signs && has_keys(a, c) { Some(key_source_with(&a.k, c)?) } else { None };
@@ -398,6 +409,7 @@ fn load_settings(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Resu
         keys: Box::new(move |s, d, party| cache.get_for(s, d, party)),
         policy,
         max_message: a.max_message_size.unwrap_or(pipeline::DEFAULT_MAX_MESSAGE),
+        budget,
         log_success: a.k.verbose || c.is_some_and(|c| c.syslog_success),
         log_why: a.k.verbose || c.is_some_and(|c| c.log_why),
         timestamp: a.k.timestamp,
@@ -677,7 +689,8 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
         log_unused_keys(&log, c);
     }
     // Check everything before taking the socket: a broken configuration fails at once.
-    load_settings(&a, c.as_ref())?;
+    let budget = admit::MemoryBudget::new(a.max_buffered.unwrap_or(1 << 30));
+    load_settings(&a, c.as_ref(), budget.clone())?;
     let listener = bind(&d)?;
     if let Some(p) = &d.pid_file {
         write_pid_file(p).map_err(|error| CliError::Create { path: p.clone(), error })?;
@@ -691,7 +704,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
-    let settings = RwLock::new(Arc::new(load_settings(&a, c.as_ref())?));
+    let settings = RwLock::new(Arc::new(load_settings(&a, c.as_ref(), budget.clone())?));
     log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(&a, c.as_ref())));
     if mode_of(&a, c.as_ref()).is_ok_and(|(s, _)| s) && !has_keys(&a, c.as_ref()) {
         log.warn("no keys configured (KeyTable/SigningTable or Domain/Selector/KeyFile): nothing will be signed");
@@ -714,7 +727,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
             break if sigs & (1 << libc::SIGINT) != 0 { "SIGINT" } else { "SIGTERM" };
         }
         if sigs & (1 << libc::SIGHUP | 1 << libc::SIGUSR1) != 0 {
-            match daemon_conf(&a).and_then(|c| load_settings(&a, c.as_ref())) {
+            match daemon_conf(&a).and_then(|c| load_settings(&a, c.as_ref(), budget.clone())) {
                 Ok(s) => {
                     *settings.write().expect("settings lock") = Arc::new(s);
                     log.info("configuration re-read");
@@ -840,7 +853,7 @@ fn check_config(a: &MilterArgs) -> anyhow::Result<ExitCode> {
     {
         problems.push(format!("{e:#}"));
     }
-    if let Err(e) = load_settings(a, c.as_ref()) {
+    if let Err(e) = load_settings(a, c.as_ref(), admit::MemoryBudget::new(1 << 30)) {
         problems.push(format!("{e:#}"));
     }
     for p in &problems {

@@ -36,6 +36,16 @@ pub struct Session<'a> {
     in_body: bool,
     /// The message grew past the size limit: it is passed on untouched.
     too_large: bool,
+    /// Octets of the daemon-wide budget this connection holds (the message buffer's capacity).
+    reserved: u64,
+    /// The daemon-wide budget could not hold this message.
+    over_budget: bool,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.settings.budget.release(self.reserved);
+    }
 }
 
 /// What to do with the connection after a command.
@@ -68,6 +78,8 @@ impl<'a> Session<'a> {
             ar_fields: vec![],
             in_body: false,
             too_large: false,
+            reserved: 0,
+            over_budget: false,
         }
     }
 
@@ -77,6 +89,10 @@ impl<'a> Session<'a> {
         self.ar_fields.clear();
         self.in_body = false;
         self.too_large = false;
+        self.over_budget = false;
+        self.message = vec![];
+        self.settings.budget.release(self.reserved);
+        self.reserved = 0;
     }
 
     /// Forgets the message and its macros (end of message, abort).
@@ -181,16 +197,41 @@ impl<'a> Session<'a> {
     }
 
     /// Appends to the message unless that passes the size limit.
+    /// The buffer's growth is taken from the daemon-wide budget first.
     fn push(&mut self, bytes: &[u8]) {
-        if self.too_large {
+        if self.too_large || self.over_budget {
             return;
         }
-        if (self.message.len() + bytes.len()) as u64 > self.settings.max_message {
+        let need = self.message.len() + bytes.len();
+        if need as u64 > self.settings.max_message {
             self.too_large = true;
-            self.message = vec![];
+            self.drop_buffer();
             return;
+        }
+        if need > self.message.capacity() {
+            // Doubling, or just what is needed when the budget cannot take the double.
+            let doubled = need.max(self.message.capacity() * 2).max(4096).min(self.settings.max_message as usize);
+            let Some(cap) = [doubled, need].into_iter().find(|&cap| {
+                let more = cap as u64 - self.reserved.min(cap as u64);
+                self.settings.budget.reserve(more) && {
+                    self.reserved += more;
+                    true
+                }
+            }) else {
+                self.over_budget = true;
+                self.drop_buffer();
+                return;
+            };
+            self.message.reserve_exact(cap - self.message.len());
         }
         self.message.extend_from_slice(bytes);
+    }
+
+    /// Frees the message buffer and its share of the budget.
+    fn drop_buffer(&mut self) {
+        self.message = vec![];
+        self.settings.budget.release(self.reserved);
+        self.reserved = 0;
     }
 
     /// One header field as it will stand in the message: `Name:value` with the value's
@@ -264,6 +305,24 @@ impl<'a> Session<'a> {
     fn end_of_message(&mut self) -> Vec<Response> {
         let id = self.macro_value("i").to_string();
         self.log.set_context(if id.is_empty() { "NOQUEUE" } else { &id });
+        if self.over_budget {
+            let b = &self.settings.budget;
+            let what = format!(
+                "the milter's memory for messages in progress is full ({} of {} octets, --max-buffered)",
+                b.used(),
+                b.limit()
+            );
+            // Our own mail waits for memory (the MTA retries; nothing goes out unsigned);
+            // inbound mail goes on unchecked, its forged results still removed.
+            if matches!(self.origin(), Origin::Ours(_)) && self.settings.sign.is_some() {
+                self.log.warn(&format!("{what}: deferred"));
+                return vec![Response::ReplyCode("451 4.3.2 Please try again later".into())];
+            }
+            self.log.warn(&format!("{what}: passed on unchecked"));
+            let mut r = self.remove_forged_results();
+            r.push(Response::Accept);
+            return r;
+        }
         if self.too_large {
             self.log.warn(&format!(
                 "message larger than --max-message-size ({} octets): passed on unchecked",
