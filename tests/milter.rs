@@ -1049,3 +1049,188 @@ dktest!(
         assert!(has_sig(&rb), "{rb:?} {}", log(&dir));
     }
 );
+
+/// Peak resident memory of a process (VmHWM, KiB).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+dktest!(
+    /// Load and soak (issue 20, item 7): for 20 s the milter serves legitimate clients (one
+    /// internal client signing, one outside sender whose mail must verify) while attackers
+    /// send black-holed signatures, hold silent connections, send 24 MB bodies, garbage
+    /// packets, and vanish mid-message, and the daemon is reloaded (SIGHUP) every 2 s. No
+    /// legitimate message may be deferred or lost, every signature added passes dkimpy, peak
+    /// RSS stays under 256 MB (--max-buffered 64M), and the daemon answers afterwards. The
+    /// figures are printed (benches/REPORT.md quotes them).
+    soak_mixed_load_with_attackers,
+    |dir| {
+        use crate::dnsserver::{Answer, DnsServer};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let c = conf(&dir, "");
+        let value = record_value(&std::fs::read_to_string(dir.join("keys/test.txt")).unwrap());
+        let mut records = std::collections::HashMap::new();
+        records.insert("test._domainkey.example.com".to_string(), Answer::Txt(vec![value]));
+        records.insert("*.hole.example".to_string(), Answer::Timeout);
+        let dns = DnsServer::start(records, 255);
+        let server = dns.addr.to_string();
+        let m = Milter::start(
+            &dir,
+            &["-x", c.to_str().unwrap(), "--dns-server", &server, "--dns-timeout", "1", "--max-buffered", "64M", "--max-connections", "64"],
+        );
+        let pid = m.child.id();
+        let legit_in = dir
+            .cmd()
+            .args(["sign", "-d", "example.com", "-s", "test", "-k", "keys/test.private"])
+            .arg(testdata("messages/plain-lf.eml"))
+            .ok();
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacks = Arc::new(AtomicUsize::new(0));
+        let socket = m.socket.clone();
+        let mut handles = vec![];
+        let spawn_attacker = |kind: usize, stop: Arc<AtomicBool>, attacks: Arc<AtomicUsize>, socket: PathBuf, bad: Vec<u8>| {
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let Ok(s) = UnixStream::connect(&socket) else { continue };
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let mut mta = Mta { s };
+                    match kind {
+                        // Black-holed signatures, a new domain each time.
+                        0 => {
+                            let steps = mta.negotiate();
+                            mta.connect_from("192.0.2.66");
+                            let msg = String::from_utf8_lossy(&bad).replace("d=example.com", &format!("d=s{n}.hole.example"));
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mta.message(msg.as_bytes(), steps, None)));
+                        }
+                        // Silent: connect, say nothing.
+                        1 => std::thread::sleep(Duration::from_millis(500)),
+                        // A 24 MB body, then gone.
+                        2 => {
+                            let steps = mta.negotiate();
+                            mta.connect_from("192.0.2.67");
+                            mta.send(b'M', b"<x@example.net>\0");
+                            let _ = mta.reply();
+                            mta.send(b'L', b"From\0 x@example.net\0");
+                            if steps & (1 << 7) == 0 {
+                                let _ = mta.reply();
+                            }
+                            mta.send(b'N', b"");
+                            let _ = mta.reply();
+                            let chunk = vec![b'y'; 65535];
+                            for _ in 0..384 {
+                                mta.send(b'B', &chunk);
+                                if mta.s.read(&mut [0u8; 5]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        // Garbage packets, and a vanishing mid-message.
+                        _ => {
+                            if n.is_multiple_of(2) {
+                                let _ = mta.s.write_all(&[0xff, 0xff, 0xff, 0xff, b'Z', 1, 2, 3]);
+                            } else {
+                                let steps = mta.negotiate();
+                                mta.connect_from("192.0.2.68");
+                                mta.send(b'M', b"<x@example.net>\0");
+                                let _ = mta.reply();
+                                let _ = steps;
+                            }
+                        }
+                    }
+                    attacks.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        for kind in [0, 0, 0, 0, 1, 1, 2, 2, 3, 3] {
+            handles.push(spawn_attacker(kind, stop.clone(), attacks.clone(), socket.clone(), legit_in.clone()));
+        }
+        // The reloads.
+        let reloader = {
+            let (stop, pid) = (stop.clone(), pid);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_secs(2));
+                    let _ = Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+                }
+            })
+        };
+        // The legitimate clients.
+        let latencies = Arc::new(Mutex::new(vec![]));
+        let signed = Arc::new(Mutex::new(vec![]));
+        let failures = Arc::new(Mutex::new(vec![]));
+        let mut legit = vec![];
+        for who in ["internal", "outside"] {
+            let (stop, latencies, signed, failures, socket, legit_in) =
+                (stop.clone(), latencies.clone(), signed.clone(), failures.clone(), socket.clone(), legit_in.clone());
+            legit.push(std::thread::spawn(move || {
+                let s = UnixStream::connect(&socket).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut mta = Mta { s };
+                let steps = mta.negotiate();
+                mta.connect_from(if who == "internal" { "127.0.0.1" } else { "198.51.100.7" });
+                let plain = b"From: Alice <alice@example.com>\nTo: b@example.net\nSubject: soak\n\nHello.\n".to_vec();
+                while !stop.load(Ordering::SeqCst) {
+                    let msg = if who == "internal" { plain.clone() } else { legit_in.clone() };
+                    let started = Instant::now();
+                    let r = mta.message(&msg, steps, None);
+                    latencies.lock().unwrap().push(started.elapsed());
+                    let ok = if who == "internal" {
+                        has_sig(&r) && r.last() == Some(&Reply::Accept)
+                    } else {
+                        r.iter().any(|r| matches!(r, Reply::Insert(0, h, v) if h == "Authentication-Results" && v.contains("dkim=pass")))
+                    };
+                    if !ok {
+                        failures.lock().unwrap().push(format!("{who}: {r:?}"));
+                    } else if who == "internal" {
+                        signed.lock().unwrap().push(apply(&msg, &r));
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(20));
+        stop.store(true, Ordering::SeqCst);
+        for h in legit {
+            h.join().unwrap();
+        }
+        reloader.join().unwrap();
+        for h in handles {
+            let _ = h.join();
+        }
+        let failures = failures.lock().unwrap().clone();
+        assert!(failures.is_empty(), "{} legitimate messages failed, first: {}\n{}", failures.len(), failures[0], log(&dir));
+        let mut lat = latencies.lock().unwrap().clone();
+        lat.sort();
+        let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+        let rss = peak_rss_kib(pid);
+        let signed = signed.lock().unwrap().clone();
+        eprintln!(
+            "soak: {} legitimate messages ({} signed), {} attacks, p50 {:?}, p99 {:?}, peak RSS {} MiB",
+            lat.len(),
+            signed.len(),
+            attacks.load(Ordering::SeqCst),
+            lat[lat.len() / 2],
+            p99,
+            rss / 1024
+        );
+        assert!(lat.len() >= 100, "too few legitimate messages got through: {}", lat.len());
+        assert!(rss < 256 * 1024, "peak RSS {} MiB", rss / 1024);
+        // The daemon still answers.
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("127.0.0.1");
+        assert!(has_sig(&mta.message(b"From: a@example.com\n\nafter\n", steps, None)));
+        if dkimpy_available() {
+            let sample: Vec<Vec<u8>> = signed.iter().step_by((signed.len() / 50).max(1)).cloned().collect();
+            let files = write_all(&dir, "soak", &sample);
+            let (ok, text) = dkimpy_verify(&dir.join("keys"), &["--raw", "--expect-sigs", "2"], &files);
+            assert!(ok, "{text}");
+        }
+    }
+);

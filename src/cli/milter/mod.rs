@@ -551,6 +551,10 @@ fn bind(d: &Daemon) -> anyhow::Result<Listener> {
     }
 }
 
+/// An accepted connection: the stream, its peer address (inet), and how to shut it down from
+/// another thread (admission's eviction).
+type Accepted = (Box<dyn Stream>, Option<std::net::IpAddr>, Box<dyn Fn() + Send>);
+
 /// One accepted connection, either kind.
 trait Stream: std::io::Read + std::io::Write + Send {
     fn set_timeout(&self, t: Duration);
@@ -675,6 +679,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     if a.check {
         return check_config(&a);
     }
+    dkimpress::arch::sys::return_large_allocations();
     dkimpress::arch::sys::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
         .map_err(|e| CliError::System(format!("signal handlers: {e}")))?;
     let c = daemon_conf(&a)?;
@@ -744,31 +749,30 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         }
-        let (stream, peer, shutdown): (Box<dyn Stream>, Option<std::net::IpAddr>, Box<dyn Fn() + Send>) =
-            match &listener {
-                Listener::Tcp(l) => match l.accept() {
-                    Ok((s, addr)) => {
-                        let _ = s.set_nonblocking(false);
-                        let Ok(handle) = s.try_clone() else { continue };
-                        let close = move || {
-                            let _ = handle.shutdown(std::net::Shutdown::Both);
-                        };
-                        (Box::new(s), Some(addr.ip()), Box::new(close))
-                    }
-                    Err(_) => continue,
-                },
-                Listener::Unix(l, _) => match l.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let Ok(handle) = s.try_clone() else { continue };
-                        let close = move || {
-                            let _ = handle.shutdown(std::net::Shutdown::Both);
-                        };
-                        (Box::new(s), None, Box::new(close))
-                    }
-                    Err(_) => continue,
-                },
-            };
+        let (stream, peer, shutdown): Accepted = match &listener {
+            Listener::Tcp(l) => match l.accept() {
+                Ok((s, addr)) => {
+                    let _ = s.set_nonblocking(false);
+                    let Ok(handle) = s.try_clone() else { continue };
+                    let close = move || {
+                        let _ = handle.shutdown(std::net::Shutdown::Both);
+                    };
+                    (Box::new(s), Some(addr.ip()), Box::new(close))
+                }
+                Err(_) => continue,
+            },
+            Listener::Unix(l, _) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let Ok(handle) = s.try_clone() else { continue };
+                    let close = move || {
+                        let _ = handle.shutdown(std::net::Shutdown::Both);
+                    };
+                    (Box::new(s), None, Box::new(close))
+                }
+                Err(_) => continue,
+            },
+        };
         // Full: the connection doing least makes room (never one in the middle of a
         // message); when every place holds a message, the new one is closed at once (the MTA
         // applies milter_default_action to it) rather than left waiting. Said in the log.
