@@ -822,12 +822,17 @@ fn exit_status_section(page: &str, codes: &[(u8, &str)]) -> String {
     }
     if page == "dkimpress-filter" {
         s += &roff(
-            ".TP\n.I other\nThe re-injection command's own non-zero status, passed on as it is (as the \
-             example filter of Postfix FILTER_README does): the command knows whether retrying can help.\n",
+            ".TP\n.I other\nThe re-injection command's own non-zero status when it is a sysexits.h code \
+             (64 to 78), passed on as it is: the command knows whether retrying can help. Any other \
+             status (1, 255) or death by a signal becomes 75, and the original status is logged: \
+             pipe(8) would bounce it.\n",
         );
     }
     if page == "dkimpress-sendmail" {
-        s += &roff(".TP\n.I other\nThe real sendmail's own non-zero status, passed on as it is.\n");
+        s += &roff(
+            ".TP\n.I other\nThe real sendmail's own non-zero status when it is a sysexits.h code (64 to 78); \
+             any other status, or death by a signal, becomes 75 (logged with the original status).\n",
+        );
     }
     s
 }
@@ -946,6 +951,11 @@ pass or tempfail (\fB--on-error\fR).
 .TP
 .B DKIMPRESS_REINJECT_TIMEOUT
 Seconds the real sendmail may take before it is killed and the wrapper exits 75 (default 300).
+.TP
+.B DKIMPRESS_MAX_MESSAGE_SIZE
+Largest message signed (octets; K, M, G suffixes; default 512M). A larger one is handed to the
+real sendmail whole and unsigned, with a log line: local mail is never lost. Up to 1 MiB of a
+message is held in memory; more is spooled to an unlinked file in $TMPDIR (else /tmp).
 .TP
 .B DKIMPRESS_LOG
 stderr: log to standard error instead of syslog (facility mail). Logs go to standard error
