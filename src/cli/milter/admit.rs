@@ -119,15 +119,12 @@ impl Admission {
     /// Finds a place for a connection from `peer` (`None`: a unix socket), closing the one
     /// doing least if needed. `shutdown` closes the new connection's socket if it is evicted
     /// later.
-    pub fn admit(
-        self: &Arc<Self>,
-        peer: Option<IpAddr>,
-        shutdown: Box<dyn Fn() + Send>,
-    ) -> (Option<Ticket>, Outcome) {
+    pub fn admit(self: &Arc<Self>, peer: Option<IpAddr>, shutdown: Box<dyn Fn() + Send>) -> (Option<Ticket>, Outcome) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let live = |e: &&Entry| !e.evicted;
         let total = table.values().filter(live).count();
-        let of_peer = |t: &HashMap<u64, Entry>| t.values().filter(live).filter(|e| peer.is_some() && e.peer == peer).count();
+        let of_peer =
+            |t: &HashMap<u64, Entry>| t.values().filter(live).filter(|e| peer.is_some() && e.peer == peer).count();
         let mut outcome = Outcome::Admitted;
         // The peer's own share first, then the daemon's: evict within the peer's connections
         // when the peer is at its limit, else among all.
