@@ -232,19 +232,38 @@ dktest!(
     }
 );
 
+/// A PID that no process has any more: a child that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
 dktest!(
     /// Item 4: an mbox whose dot-lock another program holds is not touched: exit 75 after
-    /// --lock-timeout, the other program's lock is left in place.
+    /// --lock-timeout, the other program's lock is left in place. Held means: it names a live
+    /// process of this host, or it names none (Postfix, procmail) or another host's process
+    /// and is fresh. Issue 20, item 4: one naming a process that is gone is broken.
     in_place_mbox_honours_dotlock,
     |dir| {
         let data = mbox(3);
         let mb = dir.write("a.mbox", &data);
-        dir.write("a.mbox.lock", b"4242\n");
+        let dead = dead_pid();
+        for lock in [format!("{}\n", std::process::id()), String::new(), format!("{dead}:elsewhere.example\n")] {
+            dir.write("a.mbox.lock", lock.as_bytes());
+            let out =
+                dir.cmd().args(["sign", "-q", "--in-place", "--lock-timeout", "1"]).args(key_args(&dir)).arg(&mb).run();
+            assert_eq!(out.status.code(), Some(75), "{lock:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains("a.mbox.lock"), "{}", stderr(&out));
+            assert_eq!(std::fs::read(&mb).unwrap(), data);
+            assert_eq!(std::fs::read(dir.join("a.mbox.lock")).unwrap(), lock.as_bytes());
+        }
+        dir.write("a.mbox.lock", format!("{dead}\n").as_bytes());
         let out = dir.cmd().args(["sign", "-q", "--in-place", "--lock-timeout", "1"]).args(key_args(&dir)).arg(&mb).run();
-        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
-        assert!(stderr(&out).contains("a.mbox.lock"), "{}", stderr(&out));
-        assert_eq!(std::fs::read(&mb).unwrap(), data);
-        assert_eq!(std::fs::read(dir.join("a.mbox.lock")).unwrap(), b"4242\n");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("process {dead} is not running")), "{}", stderr(&out));
+        assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
     }
 );
 
@@ -366,6 +385,68 @@ dktest!(
         drop(stdin);
         assert_eq!(status.code(), Some(130));
         assert!(!dir.join("out.eml").exists());
+    }
+);
+
+dktest!(
+    /// Issue 20, item 4: `sign --in-place` killed with SIGKILL (the OOM killer, systemd's final
+    /// kill) leaves its dot-lock, naming a dead process, and its temporary file. Every later run
+    /// exited 75 until someone removed the lock by hand. Now the next run breaks the stale lock,
+    /// removes the dead run's temporary file (and nothing else), says so, and signs: exit 0,
+    /// every message verified by dkimpy.
+    in_place_after_sigkill_recovers,
+    |dir| {
+        let data = mbox(3000);
+        let mb = dir.write("a.mbox", &data);
+        let mut child = Command::new(bin())
+            .current_dir(dir.path())
+            .args(["sign", "-q", "--in-place", "-j", "1"])
+            .args(key_args(&dir))
+            .arg(&mb)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_tmp(dir.path(), &mut child), "the run never started writing");
+        assert!(Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap().success());
+        child.wait().unwrap();
+        assert_eq!(std::fs::read(&mb).unwrap(), data, "the original is whole");
+        let lock = std::fs::read_to_string(dir.join("a.mbox.lock")).expect("the killed run's dot-lock");
+        assert!(lock.starts_with(&format!("{}:", child.id())), "{lock:?}");
+        let left = leftovers(dir.path());
+        let tmp = left.iter().find(|n| n.ends_with(".tmp")).expect("the killed run's temporary file").clone();
+        // .dkimpress-PID-HOST-RANDOM.tmp: files of a live process of this host, of another
+        // host, of an older dkimpress (fresh), and files that only look like ours stay.
+        let host = tmp.split('-').nth(2).unwrap().to_string();
+        let keep = [
+            format!(".dkimpress-{}-{host}-Live01.tmp", std::process::id()),
+            format!(".dkimpress-{}-other.host-Abc123.tmp", child.id()),
+            ".dkimpress-Ab3dE9.tmp".to_string(),
+            ".dkimpress-notes.txt".to_string(),
+            format!(".dkimpress-{}-{host}-Abc123.tmp.bak", child.id()),
+            "other.tmp".to_string(),
+        ];
+        for k in &keep {
+            dir.write(k, b"not ours to remove");
+        }
+
+        let out = dir.cmd().args(["sign", "-q", "--in-place", "--lock-timeout", "5"]).args(key_args(&dir)).arg(&mb).run();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("a.mbox.lock: removed a stale dot-lock"), "{err}");
+        assert!(err.contains(&format!("process {} is not running on this host", child.id())), "{err}");
+        assert!(err.contains(&format!("{tmp}: removed a temporary file left by a run that was killed")), "{err}");
+        assert!(!dir.join(&tmp).exists() && !dir.join("a.mbox.lock").exists());
+        for k in &keep {
+            assert_eq!(std::fs::read(dir.join(k)).unwrap(), b"not ours to remove", "{k}");
+        }
+        let signed = std::fs::read(&mb).unwrap();
+        assert_eq!(signed.windows(16).filter(|w| w == b"DKIM-Signature: ").count(), 3000);
+        assert_eq!(util::strip_added(&signed, "s=test;"), data);
+        if util::dkimpy_available() {
+            let (ok, rep) =
+                util::dkimpy_verify(&util::testdata("keys"), &["--mbox", "--expect-sigs", "1"], std::slice::from_ref(&mb));
+            assert!(ok && rep.matches(" pass ").count() == 3000, "{rep}");
+        }
     }
 );
 

@@ -1,6 +1,7 @@
 //! System calls the standard library does not wrap, each behind a safe function: memory maps
-//! of inputs (with `madvise`), CPU prefetch hints, fcntl record locks, and killing a process
-//! group. The only `unsafe` outside the line-end kernels.
+//! of inputs (with `madvise`), CPU prefetch hints, fcntl record locks, killing a process
+//! group, asking whether a process exists and this host's name. The only `unsafe` outside the
+//! line-end kernels.
 
 use std::fs::File;
 
