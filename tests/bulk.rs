@@ -419,6 +419,35 @@ From c Sat Nov 21 10:00:00 2026\nFrom: c@example.com\n\nthree\n";
 );
 
 dktest!(
+    /// Issue 20, item 6: messages whose header fields hold control characters (a From ending in
+    /// a vertical tab, a form feed in a folded Subject) pass through unsigned and unchanged,
+    /// each reported with its place and reason; the others are signed; exit 65.
+    mbox_header_control_characters_reported_and_kept,
+    |dir| {
+        let k = key(&dir);
+        let mbox = b"From a Sat Nov 21 10:00:00 2026\nFrom: a@example.com\n\none\n\n\
+From b Sat Nov 21 10:00:00 2026\nFrom: b@example.com\x0b\nTo: x@example.org\n\ntwo\n\n\
+From c Sat Nov 21 10:00:00 2026\nFrom: c@example.com\nSubject: s\n fold\x0c\n\nthree\n\n\
+From d Sat Nov 21 10:00:00 2026\nFrom: d@example.com\nSubject: caf\xc3\xa9\n\nfour \x0b\x0c\n";
+        let input = dir.write("m.mbox", mbox);
+        let out = dir.cmd().args(sign_args(&k)).args(["--report", "json", "-o", "o.mbox"]).args([&input]).run();
+        assert_eq!(out.status.code(), Some(65), "{}", String::from_utf8_lossy(&out.stderr));
+        let r = report(&out);
+        assert_eq!((r["messages"].as_u64(), r["signed"].as_u64(), r["passed_through"].as_u64()), (Some(4), Some(2), Some(2)));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in [
+            "m.mbox#2 (byte offset 58): line 1: the From header field holds the control character 0x0B (vertical tab)",
+            "m.mbox#3 (byte offset 135): line 3: the Subject header field holds the control character 0x0C (form feed)",
+        ] {
+            assert!(err.contains(want), "{err}");
+        }
+        let written = std::fs::read(dir.join("o.mbox")).unwrap();
+        assert_eq!(written.windows(16).filter(|w| w == b"DKIM-Signature: ").count(), 2);
+        assert_eq!(strip_added(&written, "s=bulk;"), mbox);
+    }
+);
+
+dktest!(
     /// --strip-own removes our old signatures (key rotation) and keeps other domains'.
     strip_own_keeps_other_domains,
     |dir| {

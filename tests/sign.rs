@@ -69,6 +69,8 @@ exit_codes_and_nothing_half_printed, |dir| {
         (vec![&rsa], b"To: bob@example.org\n\nbody\n", 65, "no From header field"),
         (vec![&rsa], b"From: a@example.com\nbroken line\n\nbody\n", 65, "line 2: not a header field"),
         (vec![&rsa], b"\xEF\xBB\xBFFrom: a@example.com\n\nx\n", 65, "byte order mark"),
+        // Issue 20, item 6.
+        (vec![&rsa], b"To: b@example.org\nFrom: a@example.com\x0b\n\nx\n", 65, "line 2: the From header field holds the control character 0x0B (vertical tab)"),
         (vec!["missing.pem"], MSG, 78, "missing.pem: cannot read key file"),
         (vec!["short.pem"], MSG, 78, "RSA key of 512 bits is too short"),
         (vec![&rsa, "-c", "nofws"], MSG, 64, "unknown canonicalization"),

@@ -38,6 +38,107 @@ pub enum HeaderError {
         /// 1-based line number.
         line: usize,
     },
+    /// A header field holds a control character: a C0 control other than HTAB (a CR only as
+    /// part of a line end), or DEL. RFC 5322 §2.2 and §3.2 allow neither in a field, and
+    /// verifiers disagree on a signature over one (dkimpy and libopendkim refuse it, Mail::DKIM
+    /// accepts it), so the signer refuses the message (issue 20, item 6). Found by
+    /// [`Message::check_field_octets`], not by [`Message::parse`]: a verifier still reads such
+    /// a message.
+    #[error(
+        "line {line}: the {field} header field holds {}, which RFC 5322 §2.2 does not allow in a header field (verifiers disagree on a signature over it)",
+        control_name(*.octet)
+    )]
+    ControlCharacter {
+        /// 1-based line number.
+        line: usize,
+        /// The field's name (at most 64 characters of it).
+        field: String,
+        /// The octet.
+        octet: u8,
+    },
+}
+
+/// How an error names a control character.
+fn control_name(octet: u8) -> String {
+    let name = match octet {
+        0x00 => "NUL",
+        0x07 => "bell",
+        0x08 => "backspace",
+        0x0B => "vertical tab",
+        0x0C => "form feed",
+        0x0D => "carriage return not followed by line feed",
+        0x1B => "escape",
+        0x7F => "DEL",
+        _ => "",
+    };
+    if name.is_empty() {
+        format!("the control character 0x{octet:02X}")
+    } else {
+        format!("the control character 0x{octet:02X} ({name})")
+    }
+}
+
+/// Octets a header field may not hold (RFC 5322 §2.2, §3.2: field bodies are printable
+/// characters, SP and HTAB, folded with line ends; RFC 6532 adds the 8-bit octets of UTF-8,
+/// which stay allowed): the C0 controls but HTAB and LF, and DEL. LF ends a line (the parser
+/// splits there); CR is flagged here and let through when an LF follows it.
+static FORBIDDEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b != b'\t' as usize && b != b'\n' as usize;
+        b += 1;
+    }
+    t[0x7F] = true;
+    t
+};
+
+/// Whether `raw[i]` is an octet a header field may not hold (a CR before an LF is a line end).
+fn is_forbidden_at(raw: &[u8], i: usize) -> bool {
+    FORBIDDEN[usize::from(raw[i])] && !(raw[i] == b'\r' && raw.get(i + 1) == Some(&b'\n'))
+}
+
+/// The high bit of each octet of `w` that is a C0 control other than HTAB and LF, or DEL
+/// (CR included: the caller lets a CRLF through). Exact per octet: no operation carries
+/// from one octet into the next (the low seven bits are added to at most 0x7F).
+fn control_mask(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    // Below 0x20: high bit clear, and the low seven bits do not reach 0x20.
+    let below_space = !(((w & LOW) + ONES * 0x60) | w) & HIGH;
+    let equal = |octet: u8| {
+        let y = w ^ (ONES * u64::from(octet));
+        !(((y & LOW) + LOW) | y) & HIGH
+    };
+    (below_space & !equal(b'\t') & !equal(b'\n')) | equal(0x7F)
+}
+
+/// Offset in `raw` of the first octet a header field may not hold. 32 octets at a time, as
+/// four words the compiler can put side by side in vector registers (a block of mail text has
+/// none, and line ends and folding tabs do not count); the rest one octet at a time through
+/// [`FORBIDDEN`].
+fn first_forbidden(raw: &[u8]) -> Option<usize> {
+    let mut blocks = raw.chunks_exact(32);
+    for (k, block) in blocks.by_ref().enumerate() {
+        let word = |n: usize| u64::from_le_bytes(block[n * 8..n * 8 + 8].try_into().expect("eight octets"));
+        let masks = [control_mask(word(0)), control_mask(word(1)), control_mask(word(2)), control_mask(word(3))];
+        if masks.iter().fold(0, |a, m| a | m) == 0 {
+            continue;
+        }
+        for (n, &m) in masks.iter().enumerate() {
+            let mut mask = m;
+            while mask != 0 {
+                let i = k * 32 + n * 8 + (mask.trailing_zeros() / 8) as usize;
+                if is_forbidden_at(raw, i) {
+                    return Some(i);
+                }
+                mask &= mask - 1; // the CR of a CRLF
+            }
+        }
+    }
+    let tail = raw.len() - blocks.remainder().len();
+    (tail..raw.len()).find(|&i| is_forbidden_at(raw, i))
 }
 
 /// Above this product of field count and `h=` length, [`Message::select`] indexes the fields
@@ -84,6 +185,8 @@ impl Field<'_> {
 pub struct Message<'a> {
     /// The header fields, top to bottom.
     pub fields: Vec<Field<'a>>,
+    /// The header block: every field, up to (not including) the empty line that ends it.
+    pub header: &'a [u8],
     /// The body: after the empty line that ends the header block; empty when there is no such
     /// line (RFC 5322 §3.5: the body is optional).
     pub body: &'a [u8],
@@ -172,7 +275,7 @@ impl<'a> Message<'a> {
             }
             fields.push(Field { name: &msg[start..name_end], raw: &msg[start..fields_end], offset: start });
         }
-        Ok(Message { fields, body: &msg[body_offset..], body_offset, crlf })
+        Ok(Message { fields, header: &msg[..fields_end], body: &msg[body_offset..], body_offset, crlf })
     }
 
     /// The fields named by an `h=` list, in list order: the n-th occurrence of a name takes
@@ -238,6 +341,24 @@ impl<'a> Message<'a> {
                 self.fields.iter().rev().filter(|f| f.is(name)).nth(n - 1)
             })
             .collect()
+    }
+
+    /// Fails at the first header field that holds a control character
+    /// ([`HeaderError::ControlCharacter`]: C0 controls other than HTAB, a CR not followed by
+    /// LF, DEL), which a signer must not sign (issue 20, item 6). Looks at the header block
+    /// only, never the body; 8-bit octets (UTF-8 header fields, RFC 6532) are allowed.
+    pub fn check_field_octets(&self) -> Result<(), HeaderError> {
+        // One scan of the whole block (the fields are contiguous in it, from offset 0).
+        let Some(i) = first_forbidden(self.header) else { return Ok(()) };
+        // Rare, so found only now: the field and the line.
+        let f = self.fields.iter().rev().find(|f| f.offset <= i).expect("the block starts with a field");
+        let line = 1 + memchr::memchr_iter(b'\n', &self.header[..i]).count();
+        let name = &f.name[..f.name.len().min(64)];
+        Err(HeaderError::ControlCharacter {
+            line,
+            field: String::from_utf8_lossy(name).into_owned(),
+            octet: self.header[i],
+        })
     }
 
     /// The line end this message uses, for a header we add.
@@ -349,6 +470,65 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(Message::parse(input).unwrap_err(), *want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    /// Issue 20, item 6: control characters in any header field are found, with their line
+    /// and field; HTAB, line ends (LF or CRLF) and 8-bit UTF-8 are not; nor is the body.
+    #[test]
+    fn control_characters_in_fields() {
+        let cc =
+            |line, field: &str, octet| Err(HeaderError::ControlCharacter { line, field: field.to_string(), octet });
+        let cases: &[(&[u8], Result<(), HeaderError>)] = &[
+            (b"From: a@example.com\x0b\nTo: b\n\nbody", cc(1, "From", 0x0B)),
+            (b"To: b\r\nFrom: a\x0c@example.com\r\n\r\n", cc(2, "From", 0x0C)),
+            (b"To: b\nSubject: x\n folded \x00 here\nFrom: a\n\n", cc(3, "Subject", 0x00)),
+            (b"From: a\nX-Esc: \x1b[31mred\n\n", cc(2, "X-Esc", 0x1B)),
+            (b"From: a\x7f\n\n", cc(1, "From", 0x7F)),
+            (b"From: a\rb\n\n", cc(1, "From", 0x0D)),
+            (b"From: a\nTo: b\r", cc(2, "To", 0x0D)),
+            (b"From: a\x01b\n\n", cc(1, "From", 0x01)),
+            (b"From: a\x1f\n\n", cc(1, "From", 0x1F)),
+            // Allowed: HTAB, LF and CRLF line ends, folding, 8-bit UTF-8 (RFC 6532, C1 controls
+            // included: U+0085 is two 8-bit octets), controls in the body, no final line end.
+            (b"From:\ta@example.com\t\nSubject: x\r\n\ty\r\n\r\n\x0b\x0c\x00\x7f", Ok(())),
+            ("From: J\u{fc}rgen <j@b\u{fc}cher.example>\nSubject: \u{2603}\u{85}\n\n".as_bytes(), Ok(())),
+            (b"From: a\xff\x80\n\n", Ok(())),
+            (b"From: a", Ok(())),
+        ];
+        for (input, want) in cases {
+            let m = Message::parse(input).unwrap();
+            assert_eq!(m.check_field_octets(), *want, "{:?}", String::from_utf8_lossy(input));
+        }
+        let e = Message::parse(b"From: a\x0b\n\n").unwrap().check_field_octets().unwrap_err();
+        assert!(
+            e.to_string().starts_with("line 1: the From header field holds the control character 0x0B (vertical tab)"),
+            "{e}"
+        );
+    }
+
+    /// The block-at-a-time scan finds exactly what an octet-at-a-time scan finds: every octet
+    /// value at every position of every length up to 70, over backgrounds of plain text and of
+    /// text full of the controls that are allowed (HTAB, LF, CRLF), alone or after a CR.
+    #[test]
+    fn first_forbidden_equals_naive() {
+        let naive = |raw: &[u8]| (0..raw.len()).find(|&i| is_forbidden_at(raw, i));
+        for background in [&b"abcdefghijklmnopqrstuvwxyz0123456789"[..], b"a\tb\r\n\tc\n d\xc3\xa9\r\n"] {
+            let text: Vec<u8> = background.iter().copied().cycle().take(70).collect();
+            for len in 0..70 {
+                assert_eq!(first_forbidden(&text[..len]), naive(&text[..len]));
+                for pos in 0..len {
+                    for b in 0..=255u8 {
+                        let mut raw = text[..len].to_vec();
+                        raw[pos] = b;
+                        assert_eq!(first_forbidden(&raw), naive(&raw), "{raw:?}");
+                        if pos > 0 {
+                            raw[pos - 1] = b'\r';
+                            assert_eq!(first_forbidden(&raw), naive(&raw), "{raw:?}");
+                        }
+                    }
+                }
+            }
         }
     }
 }

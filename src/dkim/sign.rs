@@ -52,7 +52,8 @@ const LINE_LIMIT: usize = 76;
 /// Why a message could not be signed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    /// The header block cannot be parsed.
+    /// The header block cannot be parsed, or a field holds a control character (see
+    /// [`HeaderError::ControlCharacter`]).
     #[error(transparent)]
     Header(#[from] HeaderError),
     /// There is no From field, which RFC 6376 §5.4 requires to be signed.
@@ -293,6 +294,9 @@ pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, no
     if !parsed.fields.iter().any(|f| f.is("from")) {
         return Err(SignError::NoFrom);
     }
+    // A control character in a header field (issue 20, item 6): RFC 5322 §2.2 forbids it and
+    // verifiers disagree on it, so a signature over it would fail at some receivers.
+    parsed.check_field_octets()?;
     let mut hashes: Vec<BodyHash> = Vec::with_capacity(2);
     let mut out = Vec::with_capacity(512 * signers.len());
     let mut scratch = Vec::with_capacity(2048);
