@@ -891,6 +891,19 @@ fn record_value(zone_text: &str) -> Vec<u8> {
     zone_text.split('"').skip(1).step_by(2).collect::<String>().into_bytes()
 }
 
+/// A DNS server on loopback that serves the test key of example.com and never answers for any
+/// name under hole.example; and its address.
+fn black_hole_dns(dir: &Dir) -> (crate::dnsserver::DnsServer, String) {
+    use crate::dnsserver::{Answer, DnsServer};
+    let value = record_value(&std::fs::read_to_string(dir.join("keys/test.txt")).unwrap());
+    let mut records = std::collections::HashMap::new();
+    records.insert("test._domainkey.example.com".to_string(), Answer::Txt(vec![value]));
+    records.insert("*.hole.example".to_string(), Answer::Timeout);
+    let dns = DnsServer::start(records, 255);
+    let server = dns.addr.to_string();
+    (dns, server)
+}
+
 dktest!(
     /// DNS black holes must not defer other senders' mail: 20 connections from 4 addresses keep
     /// sending messages whose signatures name domains whose DNS never answers (a new domain per
@@ -898,16 +911,10 @@ dktest!(
     /// (not a 451) within 3 s.
     black_holed_dns_does_not_defer_other_senders,
     |dir| {
-        use crate::dnsserver::{Answer, DnsServer};
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::Arc;
         let c = conf(&dir, "Mode v\n");
-        let value = record_value(&std::fs::read_to_string(dir.join("keys/test.txt")).unwrap());
-        let mut records = std::collections::HashMap::new();
-        records.insert("test._domainkey.example.com".to_string(), Answer::Txt(vec![value]));
-        records.insert("*.hole.example".to_string(), Answer::Timeout);
-        let dns = DnsServer::start(records, 255);
-        let server = dns.addr.to_string();
+        let (_dns, server) = black_hole_dns(&dir);
         let m = Milter::start(&dir, &["-x", c.to_str().unwrap(), "--dns-server", &server, "--dns-timeout", "1"]);
         let legit = dir
             .cmd()
@@ -1069,16 +1076,10 @@ dktest!(
     /// figures are printed (benches/REPORT.md quotes them).
     soak_mixed_load_with_attackers,
     |dir| {
-        use crate::dnsserver::{Answer, DnsServer};
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::{Arc, Mutex};
         let c = conf(&dir, "");
-        let value = record_value(&std::fs::read_to_string(dir.join("keys/test.txt")).unwrap());
-        let mut records = std::collections::HashMap::new();
-        records.insert("test._domainkey.example.com".to_string(), Answer::Txt(vec![value]));
-        records.insert("*.hole.example".to_string(), Answer::Timeout);
-        let dns = DnsServer::start(records, 255);
-        let server = dns.addr.to_string();
+        let (_dns, server) = black_hole_dns(&dir);
         let m = Milter::start(
             &dir,
             &["-x", c.to_str().unwrap(), "--dns-server", &server, "--dns-timeout", "1", "--max-buffered", "64M", "--max-connections", "64"],

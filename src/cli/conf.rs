@@ -129,7 +129,7 @@ pub struct ConfError {
 }
 
 /// Keys of opendkim.conf that only the milter daemon or verification uses: accepted, ignored.
-const IGNORED: &[&str] = &[
+pub(crate) const IGNORED: &[&str] = &[
     "AuthservIDWithJobID",
     "AutoRestart",
     "AutoRestartCount",
@@ -248,7 +248,7 @@ const IGNORED: &[&str] = &[
 ];
 
 /// Keys every command uses (with [`MILTER_ONLY`], the keys read here).
-const USED: &[&str] = &[
+pub(crate) const USED: &[&str] = &[
     "Domain",
     "Selector",
     "KeyFile",
