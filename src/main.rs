@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Err(err) => {
             if cli::is_broken_pipe(&err) {
                 // The reader went away (`| head`): exit 74, quietly, as ripgrep does; the
-                // reader chose to stop, and a line about it would be noise (issue 19).
+                // reader chose to stop, and a line about it would be noise.
                 return ExitCode::from(cli::sysexits::IOERR);
             }
             // Never a line of key material, whatever the error quotes (issue 11, item 16).

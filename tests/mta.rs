@@ -258,6 +258,31 @@ dktest!(
     }
 );
 
+/// `filter` signing MSG with the test Ed25519 key `k`, re-injecting through `fake`, which exits
+/// with `exit` (FAKE_EXIT).
+fn filter_through(dir: &Dir, k: &str, fake: &str, exit: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dkimpress"))
+        .args([
+            "filter",
+            "--log-stderr",
+            "-d",
+            "example.com",
+            "-s",
+            "test-ed",
+            "-k",
+            k,
+            "--",
+            fake,
+            "-i",
+            "--",
+            "x@example.org",
+        ])
+        .env("FAKE_EXIT", exit)
+        .stdin(std::fs::File::open(dir.write("in.eml", MSG)).unwrap())
+        .output()
+        .unwrap()
+}
+
 dktest!(
     /// Issue 11 item 12: the re-injection command's status reaches Postfix as it is (67 bounces,
     /// 75 defers), from filter and from the wrapper; a signal is 75.
@@ -266,12 +291,7 @@ dktest!(
         let fake = wrapper_setup(&dir);
         let k = dir.join("k.private").display().to_string();
         for (exit, want) in [("0", 0), ("67", 67), ("69", 69), ("75", 75), ("77", 77)] {
-            let out = Command::new(env!("CARGO_BIN_EXE_dkimpress"))
-                .args(["filter", "--log-stderr", "-d", "example.com", "-s", "test-ed", "-k", &k, "--", &fake, "-i", "--", "x@example.org"])
-                .env("FAKE_EXIT", exit)
-                .stdin(std::fs::File::open(dir.write("in.eml", MSG)).unwrap())
-                .output()
-                .unwrap();
+            let out = filter_through(&dir, &k, &fake, exit);
             assert_eq!(out.status.code(), Some(want), "filter, fake exits {exit}: {}", stderr(&out));
             assert!(received(&dir).starts_with("DKIM-Signature: "));
             let out = wrapper(&dir, None, &fake, &["x@example.org"], MSG, &[("FAKE_EXIT", exit)]);
@@ -403,12 +423,7 @@ dktest!(
             ("75", 75, "exited with status 75 (EX_TEMPFAIL)"),
             ("kill", 75, "killed by signal 9"),
         ] {
-            let out = Command::new(env!("CARGO_BIN_EXE_dkimpress"))
-                .args(["filter", "--log-stderr", "-d", "example.com", "-s", "test-ed", "-k", &k, "--", &fake, "-i", "--", "x@example.org"])
-                .env("FAKE_EXIT", exit)
-                .stdin(std::fs::File::open(dir.write("in.eml", MSG)).unwrap())
-                .output()
-                .unwrap();
+            let out = filter_through(&dir, &k, &fake, exit);
             assert_eq!(out.status.code(), Some(want), "filter, re-injection {exit}: {}", stderr(&out));
             assert!(stderr(&out).contains(logged), "filter, re-injection {exit}: {}", stderr(&out));
             let out = wrapper(&dir, None, &fake, &["x@example.org"], MSG, &[("FAKE_EXIT", exit)]);

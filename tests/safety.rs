@@ -317,6 +317,20 @@ fn wait_for_tmp(dir: &Path, child: &mut std::process::Child) -> bool {
     false
 }
 
+/// `sign --in-place` of `mb` on one thread, once it has started writing its temporary file.
+fn in_place_started(dir: &Dir, mb: &Path, stderr: Stdio) -> std::process::Child {
+    let mut child = Command::new(bin())
+        .current_dir(dir.path())
+        .args(["sign", "-q", "--in-place", "-j", "1"])
+        .args(key_args(dir))
+        .arg(mb)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    assert!(wait_for_tmp(dir.path(), &mut child), "the run never started writing");
+    child
+}
+
 dktest!(
     /// Item 4: mail appended during an in-place run by a writer that ignores every lock is not
     /// lost: the run fails with 75 and leaves the file as the writer left it.
@@ -325,15 +339,7 @@ dktest!(
         let data = mbox(3000);
         let mb = dir.write("a.mbox", &data);
         let late = b"From late@example.com Sat Nov 21 10:00:00 2026\nFrom: late@example.com\nSubject: late\n\nnew mail\n\n";
-        let mut child = Command::new(bin())
-            .current_dir(dir.path())
-            .args(["sign", "-q", "--in-place", "-j", "1"])
-            .args(key_args(&dir))
-            .arg(&mb)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        assert!(wait_for_tmp(dir.path(), &mut child), "the run never started writing");
+        let child = in_place_started(&dir, &mb, Stdio::piped());
         std::fs::OpenOptions::new().append(true).open(&mb).unwrap().write_all(late).unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
@@ -352,15 +358,7 @@ dktest!(
     |dir| {
         let data = mbox(3000);
         let mb = dir.write("a.mbox", &data);
-        let mut child = Command::new(bin())
-            .current_dir(dir.path())
-            .args(["sign", "-q", "--in-place", "-j", "1"])
-            .args(key_args(&dir))
-            .arg(&mb)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        assert!(wait_for_tmp(dir.path(), &mut child), "the run never started writing");
+        let child = in_place_started(&dir, &mb, Stdio::piped());
         assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
@@ -389,7 +387,7 @@ dktest!(
 );
 
 dktest!(
-    /// Issue 20, item 4: `sign --in-place` killed with SIGKILL (the OOM killer, systemd's final
+    /// `sign --in-place` killed with SIGKILL (the OOM killer, systemd's final
     /// kill) leaves its dot-lock, naming a dead process, and its temporary file. Every later run
     /// exited 75 until someone removed the lock by hand. Now the next run breaks the stale lock,
     /// removes the dead run's temporary file (and nothing else), says so, and signs: exit 0,
@@ -398,15 +396,7 @@ dktest!(
     |dir| {
         let data = mbox(3000);
         let mb = dir.write("a.mbox", &data);
-        let mut child = Command::new(bin())
-            .current_dir(dir.path())
-            .args(["sign", "-q", "--in-place", "-j", "1"])
-            .args(key_args(&dir))
-            .arg(&mb)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(wait_for_tmp(dir.path(), &mut child), "the run never started writing");
+        let mut child = in_place_started(&dir, &mb, Stdio::null());
         assert!(Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap().success());
         child.wait().unwrap();
         assert_eq!(std::fs::read(&mb).unwrap(), data, "the original is whole");

@@ -337,7 +337,7 @@ pub fn thread_cpu_seconds() -> f64 {
 /// Whether process `pid` exists on this host, as kill(pid, 0) tells: `Some(true)` when it does
 /// (also when it belongs to another user: EPERM), `Some(false)` when there is no such process
 /// (ESRCH), `None` when it cannot be told (pid 0, negative or out of range: never asked, as
-/// kill would then address a process group). Used to judge the PID in a dot-lock (issue 20).
+/// kill would then address a process group). Used to judge the PID in a dot-lock.
 #[cfg(unix)]
 pub fn process_exists(pid: u64) -> Option<bool> {
     let pid = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;

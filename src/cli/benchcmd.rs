@@ -91,7 +91,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let figs = crate::cli::bench::run(&opts).map_err(CliError::Bench)?;
     if a.json || a.report == ReportFormat::Json {
         let v: Vec<serde_json::Value> = figs.iter().map(|f| f.to_json()).collect();
-        // Not println!, which panics on a closed pipe (issue 19): a failed write is exit 74.
+        // Not println!, which panics on a closed pipe: a failed write is exit 74.
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", serde_json::Value::Array(v))
             .and_then(|()| out.flush())

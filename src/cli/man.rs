@@ -6,7 +6,7 @@
 //! status, examples), the hand-written page of the sendmail wrapper (which is parsed before
 //! clap), and [`Choices`]. It does not own what it describes: `conf.rs` reads opendkim.conf,
 //! the commands decide defaults, [`super::exit_code`] the exit codes. The tests at the bottom
-//! keep the key table here in step with `conf.rs` (issue 19).
+//! keep the key table here in step with `conf.rs`.
 
 use super::sysexits;
 use clap::builder::{PossibleValue, TypedValueParser};
@@ -944,7 +944,7 @@ mod tests {
         keys.iter().map(|k| k.key).collect()
     }
 
-    /// Issue 19: the page lists every key conf.rs reads, in the list that says who reads it,
+    /// The page lists every key conf.rs reads, in the list that says who reads it,
     /// and every key it accepts without effect: a key added there fails here until documented.
     #[test]
     fn conf_keys_match_conf_rs() {

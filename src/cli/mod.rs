@@ -475,7 +475,7 @@ fn select_code(e: &dkimpress::select::SelectError) -> u8 {
 }
 
 /// Whether the error is a closed output pipe (the reader went away), also when a bulk run
-/// carries it in [`BulkError::Output`] (issue 19: `sign ... | head` exits 74 quietly).
+/// carries it in [`BulkError::Output`] (`sign ... | head` exits 74 quietly).
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     let is_epipe = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
     err.chain().any(|c| match c.downcast_ref::<BulkError>() {

@@ -146,7 +146,7 @@ impl Outcome {
     /// through when it is a sysexits.h code, as in the example filter of Postfix FILTER_README
     /// (`exit $?`): 75 and 71 defer, 67, 69, 77, ... bounce, the command knows which. Any other
     /// status (1, 255, ...) says nothing about the message, and pipe(8) would bounce it
-    /// (5.3.0), so it is 75 (issue 20 item 5). Whatever leaves the message's fate unknown (a
+    /// (5.3.0), so it is 75. Whatever leaves the message's fate unknown (a
     /// signal, the time limit, a command that cannot start or did not read it all) is 75 too,
     /// so that Postfix keeps the message and retries.
     pub fn exit_code(&self) -> u8 {
@@ -370,7 +370,7 @@ fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger)
 }
 
 /// Messages up to this size are read into memory; a larger one is spooled to an unlinked
-/// temporary file (issue 20 item 3), so that what the MTA paths hold in memory stays about
+/// temporary file, so that what the MTA paths hold in memory stays about
 /// this size whatever the message's.
 pub const IN_MEMORY: usize = 1 << 20;
 
@@ -923,7 +923,7 @@ mod tests {
         assert_eq!(got, cut[..cut.len() - 2]);
     }
 
-    /// Issue 20 item 3: small messages stay in memory, larger ones are spooled, and over the
+    /// Small messages stay in memory, larger ones are spooled, and over the
     /// limit the first `limit + 1` octets are read and the rest is left in the input.
     #[test]
     fn read_message_spools_and_stops_at_the_limit() {
@@ -973,7 +973,7 @@ mod tests {
             (sh("cat > /dev/null; exit 67"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(67), 67),
             (sh("cat > /dev/null; exit 69"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(69), 69),
             (sh("cat > /dev/null; exit 75"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(75), 75),
-            // Issue 20 item 5: a status outside sysexits.h would bounce; it defers.
+            // A status outside sysexits.h would bounce; it defers.
             (sh("exit 1"), big(), DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(1), 75),
             (sh("cat > /dev/null; exit 255"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(255), 75),
             (sh("cat > /dev/null; exit 78"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(78), 78),

@@ -265,7 +265,7 @@ pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> any
 
 /// The exit status of a bulk run that went to its end: 65 when a message could not be signed,
 /// 0 when every message was signed or only lacked a key (list mail, other domains: a normal
-/// outcome, issue 19), unless `require_signed` makes those count too.
+/// outcome), unless `require_signed` makes those count too.
 pub(crate) fn bulk_exit(s: &Summary, require_signed: bool) -> u8 {
     let failed = s.passed - s.no_key;
     if failed > 0 || (require_signed && s.no_key > 0) {

@@ -92,7 +92,7 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = &a.config {
         let c = crate::cli::conf::OpendkimConf::load(p)?;
         // The file's Nameservers, as opendkim-testkey reads them (and our milter), unless the
-        // command line names servers or asks for offline records only (issue 19).
+        // command line names servers or asks for offline records only.
         if records.dns_servers.is_empty() && records.zones.is_empty() && records.key_dirs.is_empty() {
             if let Some(list) = &c.nameservers {
                 records.dns_servers = nameservers(p, list)?;

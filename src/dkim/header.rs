@@ -41,7 +41,7 @@ pub enum HeaderError {
     /// A header field holds a control character: a C0 control other than HTAB (a CR only as
     /// part of a line end), or DEL. RFC 5322 §2.2 and §3.2 allow neither in a field, and
     /// verifiers disagree on a signature over one (dkimpy and libopendkim refuse it, Mail::DKIM
-    /// accepts it), so the signer refuses the message (issue 20, item 6). Found by
+    /// accepts it), so the signer refuses the message. Found by
     /// [`Message::check_field_octets`], not by [`Message::parse`]: a verifier still reads such
     /// a message.
     #[error(
@@ -345,7 +345,7 @@ impl<'a> Message<'a> {
 
     /// Fails at the first header field that holds a control character
     /// ([`HeaderError::ControlCharacter`]: C0 controls other than HTAB, a CR not followed by
-    /// LF, DEL), which a signer must not sign (issue 20, item 6). Looks at the header block
+    /// LF, DEL), which a signer must not sign. Looks at the header block
     /// only, never the body; 8-bit octets (UTF-8 header fields, RFC 6532) are allowed.
     pub fn check_field_octets(&self) -> Result<(), HeaderError> {
         // One scan of the whole block (the fields are contiguous in it, from offset 0).
@@ -473,7 +473,7 @@ mod tests {
         }
     }
 
-    /// Issue 20, item 6: control characters in any header field are found, with their line
+    /// Control characters in any header field are found, with their line
     /// and field; HTAB, line ends (LF or CRLF) and 8-bit UTF-8 are not; nor is the body.
     #[test]
     fn control_characters_in_fields() {

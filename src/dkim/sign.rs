@@ -294,7 +294,7 @@ pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, no
     if !parsed.fields.iter().any(|f| f.is("from")) {
         return Err(SignError::NoFrom);
     }
-    // A control character in a header field (issue 20, item 6): RFC 5322 §2.2 forbids it and
+    // A control character in a header field: RFC 5322 §2.2 forbids it and
     // verifiers disagree on it, so a signature over it would fail at some receivers.
     parsed.check_field_octets()?;
     let mut hashes: Vec<BodyHash> = Vec::with_capacity(2);

@@ -422,7 +422,8 @@ pub struct KeyCache<L> {
     /// One slot per key: answered, or being looked up. The lock is held only to find or insert
     /// a slot, never during a lookup.
     slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
-    permits: Semaphore,
+    /// The places for lookups in flight (one key, "": a counting semaphore).
+    permits: KeyedLimit,
     /// How long an answer is good for (`None`: the whole run).
     ttl: Option<Duration>,
     /// Most keys kept; beyond it the cache starts afresh.
@@ -530,7 +531,7 @@ impl<L: KeyLookup> KeyCache<L> {
         KeyCache {
             lookup,
             slots: Mutex::new(HashMap::new()),
-            permits: Semaphore::new(limit.get()),
+            permits: KeyedLimit::new(limit.get()),
             ttl: None,
             max_entries: usize::MAX,
             permit_wait: None,
@@ -629,7 +630,7 @@ impl<L: KeyLookup> KeyCache<L> {
             |error: String| Err((verify::DkimResult::TempError, verify::Reason::KeyLookup { name: name(), error }));
         let deadline = self.permit_wait.map(|w| std::time::Instant::now() + w);
         let Some(fair) = &self.fair else {
-            return match self.permits.acquire(self.permit_wait) {
+            return match self.permits.acquire("", deadline) {
                 Some(_permit) => verify::fetch_key(&self.lookup, selector, domain),
                 None => busy("too many key lookups in flight; try again later".into()),
             };
@@ -650,9 +651,7 @@ impl<L: KeyLookup> KeyCache<L> {
                 None => return busy("this client has too many key lookups in flight; try again later".into()),
             },
         };
-        let Some(_permit) =
-            self.permits.acquire(deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())))
-        else {
+        let Some(_permit) = self.permits.acquire("", deadline) else {
             return busy("too many key lookups in flight; try again later".into());
         };
         let started = std::time::Instant::now();
@@ -704,49 +703,6 @@ impl<L> Drop for Flight<'_, L> {
             let error = "the key lookup panicked".to_string();
             self.land(Err((verify::DkimResult::TempError, verify::Reason::KeyLookup { name, error })));
         }
-    }
-}
-
-/// A counting semaphore: at most `n` permits out at once.
-struct Semaphore {
-    free: Mutex<usize>,
-    freed: Condvar,
-}
-
-/// One permit of a [`Semaphore`], given back when dropped.
-struct Permit<'s>(&'s Semaphore);
-
-impl Semaphore {
-    fn new(n: usize) -> Semaphore {
-        Semaphore { free: Mutex::new(n), freed: Condvar::new() }
-    }
-
-    /// Waits for a free permit (at most `wait`, if given) and takes it; `None` when the wait
-    /// ran out.
-    fn acquire(&self, wait: Option<Duration>) -> Option<Permit<'_>> {
-        let deadline = wait.map(|w| std::time::Instant::now() + w);
-        let mut free = lock(&self.free);
-        while *free == 0 {
-            free = match deadline {
-                None => self.freed.wait(free).unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let left = d.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    self.freed.wait_timeout(free, left).unwrap_or_else(PoisonError::into_inner).0
-                }
-            };
-        }
-        *free -= 1;
-        Some(Permit(self))
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        *lock(&self.0.free) += 1;
-        self.0.freed.notify_one();
     }
 }
 

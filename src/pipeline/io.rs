@@ -395,7 +395,7 @@ fn tmp_prefix() -> String {
 enum TmpMaker<'a> {
     /// `.dkimpress-PID-HOST-RANDOM.tmp`.
     Process(u64, &'a str),
-    /// `.dkimpress-RANDOM.tmp`: dkimpress before issue 20, which did not record its process.
+    /// `.dkimpress-RANDOM.tmp`: older dkimpress, which did not record its process.
     Unknown,
 }
 
@@ -435,7 +435,7 @@ pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(500)
 const LOCK_TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The process a dot-lock names: `PID` (liblockfile, old dkimpress) or `PID:HOST` (dkimpress
-/// since issue 20, Dovecot); `(None, None)` for an empty lock (Postfix, procmail) or anything
+/// now, Dovecot); `(None, None)` for an empty lock (Postfix, procmail) or anything
 /// else.
 fn lock_holder(content: &[u8]) -> (Option<u64>, Option<&str>) {
     let text = std::str::from_utf8(content).unwrap_or("").trim();
@@ -674,7 +674,7 @@ impl Drop for Toucher {
 ///
 /// A killed run (SIGKILL: the OOM killer, systemd's final kill) cannot remove its dot-lock and
 /// temporary file; the next run breaks such a stale lock and removes those files, as the mail
-/// tools do (issue 20, item 4; see [`MboxLock::acquire`]). fcntl locks and flocks die with
+/// tools do (see [`MboxLock::acquire`]). fcntl locks and flocks die with
 /// their process and need nothing.
 ///
 /// The file must be mapped through [`MboxLock::file`]: fcntl locks belong to the process and

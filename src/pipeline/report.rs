@@ -13,7 +13,7 @@ pub struct Problem {
     /// Why it was not signed.
     pub reason: String,
     /// Whether the reason is only that no key is configured for its author: a normal outcome
-    /// (list mail, other domains), not a failure (issue 19).
+    /// (list mail, other domains), not a failure.
     pub no_key: bool,
 }
 
@@ -37,7 +37,7 @@ pub struct Summary {
     pub signed: u64,
     /// Messages written unchanged (see `problems`), those without a key included.
     pub passed: u64,
-    /// Of `passed`, the messages whose author has no key configured (issue 19): a normal
+    /// Of `passed`, the messages whose author has no key configured: a normal
     /// outcome, which alone does not make the run fail.
     pub no_key: u64,
     /// Input bytes.
@@ -52,7 +52,7 @@ pub struct Summary {
 /// for each message left unsigned.
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    /// No line for a message left unsigned only for lack of a key (`sign -q`, issue 19).
+    /// No line for a message left unsigned only for lack of a key (`sign -q`).
     quiet_no_key: bool,
 }
 

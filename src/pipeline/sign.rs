@@ -33,7 +33,7 @@ pub(crate) enum Outcome {
     /// Left unsigned: the message cannot be signed (the reason).
     Unsigned(String),
     /// Left unsigned because no key is configured for its author (the reason): written
-    /// unchanged like `Unsigned`, but a normal outcome for list mail, not a failure (issue 19).
+    /// unchanged like `Unsigned`, but a normal outcome for list mail, not a failure.
     NoKey(String),
     /// The key store cannot be reached: the run stops (exit 75) without replacing anything,
     /// since passing the rest through unsigned would need a second run that double-signs.
@@ -72,7 +72,7 @@ pub enum MessageError {
 
 impl MessageError {
     /// Whether the only reason is that no key is configured for the author: the message goes
-    /// on unsigned, as OpenDKIM passes it, and that is not a failure (issue 19).
+    /// on unsigned, as OpenDKIM passes it, and that is not a failure.
     pub fn is_no_key(&self) -> bool {
         matches!(self, MessageError::Select(crate::select::SelectError::NoKey(_)))
     }
