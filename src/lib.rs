@@ -15,8 +15,10 @@
 //! - [`arch`]: CPU-specific kernels; [`corpus`]: generated benchmark archives; [`warnings`]:
 //!   where warnings go (the library never prints).
 //!
-//! All `unsafe` code is in [`arch`] (the line-end kernels, prefetching, memory maps, locks,
-//! signals), each block with a `// SAFETY:` note.
+//! `unsafe` code is allowed in two modules only, each block with a `// SAFETY:` note: [`arch`]
+//! (the line-end kernels, prefetching) and [`pipeline::os`] (memory maps, locks and the other
+//! system calls of the pipeline). The binary's own system calls (the milter's users, privileges
+//! and signals) are in its `cli::os`.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -8,7 +8,9 @@
 //! word-at-a-time fallback, and a byte-at-a-time oracle in the tests that both are checked
 //! against. The public functions pick the kernel at run time.
 //!
-//! This module and [`crate::pipeline::io`] hold the crate's `unsafe`.
+//! The `unsafe` here is the AVX2 kernels and the calls into them, each with a `// SAFETY:` note;
+//! the crate's other `unsafe` (prefetch hints, memory maps, locks) is in [`super::prefetch`] and
+//! `pipeline::os`.
 
 /// Whether `b` holds an LF not preceded by CR. `before` is the octet before `b` (anything but
 /// CR when `b` starts the text).

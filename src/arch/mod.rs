@@ -1,7 +1,10 @@
-//! CPU- and OS-specific code: the AVX2 line-end kernels with their portable fallbacks
-//! ([`crlf`]), and the system calls the pipeline needs that the standard library does not
-//! wrap ([`sys`]: memory maps, prefetching, fcntl locks, process groups). All of the crate's
-//! `unsafe` lives here; everything else is safe Rust.
+//! CPU-specific code: the AVX2 line-end kernels with their portable fallbacks ([`crlf`]) and
+//! the CPU's prefetch hints ([`prefetch`]). System calls are not here: the pipeline's are in
+//! [`crate::pipeline::os`], the commands' in the binary.
 
 pub mod crlf;
-pub mod sys;
+pub mod prefetch;
+
+/// The old name of [`prefetch`], still spelled out in full at one call in `dkim::canon`; goes
+/// when that call names `prefetch::prefetch`.
+pub(crate) use self::prefetch as sys;

@@ -5,11 +5,11 @@
 //! header blocks), the stage timers, and the report (text or JSON). Each measurement checks
 //! its result (a benchmark of wrong output measures nothing).
 
-use dkimpress::arch::sys::Mapped;
 use dkimpress::dkim::canon::{self, Canon};
 use dkimpress::dkim::key::KeyType;
 use dkimpress::dkim::sign::SignerBuilder;
 use dkimpress::pipeline::mbox::{self, MboxFormat};
+use dkimpress::pipeline::os::Mapped;
 use dkimpress::pipeline::{self, BulkOptions};
 use dkimpress::select::KeySource;
 use sha2::Digest as _;
@@ -80,7 +80,7 @@ fn parallel(threads: usize, min: Duration, f: impl Fn() -> u64 + Sync) -> f64 {
 /// hashing at the rate memory allows when `b` is not in the cache (see `canon`'s `Staged`).
 fn sha256_streaming(b: &[u8]) -> impl AsRef<[u8]> {
     let mut h = sha2::Sha256::new();
-    dkimpress::arch::sys::in_prefetched_pieces(b, 0..b.len(), |p| h.update(p));
+    dkimpress::arch::prefetch::in_prefetched_pieces(b, 0..b.len(), |p| h.update(p));
     h.finalize()
 }
 

@@ -13,6 +13,8 @@ pub mod hosts;
 mod man;
 mod milter;
 pub mod mta;
+#[allow(unsafe_code)]
+mod os;
 mod sendmail;
 mod sign;
 mod testkey;

@@ -282,7 +282,7 @@ pub fn run_with_input(cmd: &mut Command, data: Vec<Piece>, timeout: Duration) ->
     std::thread::spawn(move || {
         let r = feed(data, &mut stdin);
         if let Err(Feed::Read(_)) = r {
-            dkimpress::arch::sys::kill_process_group(pid);
+            crate::cli::os::kill_process_group(pid);
         }
         drop(stdin);
         let _ = tx.send(r);
@@ -325,7 +325,7 @@ pub fn run_with_input(cmd: &mut Command, data: Vec<Piece>, timeout: Duration) ->
 /// Kills the command and every process of its group (it runs in a group of its own), and
 /// reaps it.
 fn kill_child(child: &mut std::process::Child) {
-    dkimpress::arch::sys::kill_process_group(child.id());
+    crate::cli::os::kill_process_group(child.id());
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -451,9 +451,9 @@ fn with_message<T>(spool: &Spool, f: impl FnOnce(&[u8]) -> T) -> std::io::Result
     match spool {
         Spool::Memory(m) => Ok(f(m)),
         Spool::File(file) => {
-            // arch::sys::map's one hazard, another process changing the file while it is
+            // pipeline::os::map's one hazard, another process changing the file while it is
             // mapped, cannot happen here: the file is ours, unlinked, and never written again.
-            let map = dkimpress::arch::sys::map(file)?;
+            let map = dkimpress::pipeline::os::map(file)?;
             Ok(with_pages_released(&map, f))
         }
     }
@@ -469,8 +469,8 @@ const RELEASE_EVERY: Duration = Duration::from_millis(10);
 /// page cache, and a page read again is mapped again from the same file ([`Mapped::release`]),
 /// so `f` sees the same octets; the resident set stays at what is read in one interval.
 ///
-/// [`Mapped::release`]: dkimpress::arch::sys::Mapped::release
-fn with_pages_released<T>(map: &dkimpress::arch::sys::Mapped, f: impl FnOnce(&[u8]) -> T) -> T {
+/// [`Mapped::release`]: dkimpress::pipeline::os::Mapped::release
+fn with_pages_released<T>(map: &dkimpress::pipeline::os::Mapped, f: impl FnOnce(&[u8]) -> T) -> T {
     use std::sync::{Condvar, Mutex};
     /// Tells the releasing thread to stop, also when `f` panics (the scope waits for it).
     struct Stop<'a>(&'a (Mutex<bool>, Condvar));

@@ -300,7 +300,7 @@ pub(crate) fn sign_mbox_to(
         None
     };
     let mapped_here;
-    let mapped: &dkimpress::arch::sys::Mapped = match (&source.spooled, &lock) {
+    let mapped: &dkimpress::pipeline::os::Mapped = match (&source.spooled, &lock) {
         (Some(m), _) => m,
         (None, Some(l)) => {
             mapped_here = pipeline::map_mbox_file(l.file(), path)?;

@@ -16,7 +16,7 @@
 //!   pick. A lone CR is not whitespace (WSP is SP and HTAB only, RFC 5234 B.1).
 
 use crate::arch::crlf;
-use crate::arch::sys::{PREFETCH_DISTANCE, PREFETCH_PIECE};
+use crate::arch::prefetch::{PREFETCH_DISTANCE, PREFETCH_PIECE};
 use std::ops::Range;
 
 /// Where canonicalized bytes go: a hasher, a buffer, a counter.

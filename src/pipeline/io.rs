@@ -3,7 +3,7 @@
 //! devices and FIFOs written as streams, the locks of an mbox rewritten in place (and the
 //! breaking of stale ones that killed runs left, with their temporary files), and the
 //! interruption handler that cleans up after SIGINT/SIGTERM. Memory maps and the other system
-//! calls are in [`crate::arch::sys`].
+//! calls are in [`super::os`].
 
 use std::fs::File;
 use std::io::Write;
@@ -99,7 +99,7 @@ pub const INTERRUPTED_EXIT: i32 = 130;
 /// itself, which first removes every registered temporary file and dot-lock (issue 11, item
 /// 13). Either way no original is replaced by partial output.
 pub fn install_interrupt_handler() {
-    crate::arch::sys::keeping_ignored_sighup(install_handler);
+    super::os::keeping_ignored_sighup(install_handler);
 }
 
 fn install_handler() {
@@ -369,7 +369,7 @@ const TMP_SUFFIX: &str = ".tmp";
 /// This host's name, read once.
 fn host() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HOST.get_or_init(crate::arch::sys::host_name)
+    HOST.get_or_init(super::os::host_name)
 }
 
 /// This host's name as it goes into a file name: letters, digits, `.` and `_` kept, anything
@@ -551,8 +551,7 @@ fn judge_dotlock(dot: &Path) -> Option<(File, String)> {
     let mut content = Vec::with_capacity(80);
     std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, 256), &mut content).ok()?;
     let age = age_of(changed_at(&meta), parent_dir(dot));
-    let reason =
-        stale_lock_reason(&content, age, (u64::from(std::process::id()), host()), crate::arch::sys::process_exists)?;
+    let reason = stale_lock_reason(&content, age, (u64::from(std::process::id()), host()), super::os::process_exists)?;
     Some((f, reason))
 }
 
@@ -599,7 +598,7 @@ fn remove_dead_runs_files(dir: &Path) -> Vec<String> {
         }
         let dead = match maker {
             TmpMaker::Process(pid, tag) if tag == host_tag() && pid != me => {
-                crate::arch::sys::process_exists(pid) == Some(false)
+                super::os::process_exists(pid) == Some(false)
             }
             _ => false,
         };
@@ -786,7 +785,7 @@ impl MboxLock {
         let mut lock = MboxLock { file, dotlock: Some(dot), dot_file: Some(dot_file), toucher, seen: (0, None, 0) };
         // 2. fcntl write lock on the whole file.
         loop {
-            match crate::arch::sys::fcntl_write_lock(&lock.file) {
+            match super::os::fcntl_write_lock(&lock.file) {
                 Ok(true) => break,
                 Ok(false) if wait() => {}
                 Ok(false) => {

@@ -183,7 +183,7 @@ impl<'a> Splitter<'a> {
             let wend = (at + SCAN_WINDOW).min(self.data.len());
             let want = (wend + SCAN_AHEAD).min(self.data.len());
             if want > prefetched {
-                crate::arch::sys::prefetch(&self.data[prefetched.max(want.saturating_sub(SCAN_WINDOW))..want]);
+                crate::arch::prefetch::prefetch(&self.data[prefetched.max(want.saturating_sub(SCAN_WINDOW))..want]);
                 prefetched = want;
             }
             let Some(i) = self.finder.find(&self.data[at..wend]) else {
@@ -367,10 +367,10 @@ fn copy_without(data: &[u8], skip: impl IntoIterator<Item = usize>, out: &mut Ve
     let mut copied = 0;
     for at in skip {
         // Unquoting may be the first pass over a message of a large mbox: prefetch ahead of it.
-        crate::arch::sys::in_prefetched_pieces(data, copied..at, |p| out.extend_from_slice(p));
+        crate::arch::prefetch::in_prefetched_pieces(data, copied..at, |p| out.extend_from_slice(p));
         copied = at + 1;
     }
-    crate::arch::sys::in_prefetched_pieces(data, copied..data.len(), |p| out.extend_from_slice(p));
+    crate::arch::prefetch::in_prefetched_pieces(data, copied..data.len(), |p| out.extend_from_slice(p));
 }
 
 /// A message as an mbox stores it: its octets, and where quoting put in a `>` that is not part

@@ -21,6 +21,8 @@ mod engine;
 mod input;
 pub mod io;
 pub mod mbox;
+#[allow(unsafe_code)]
+pub mod os;
 mod report;
 mod sign;
 mod verify;

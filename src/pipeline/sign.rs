@@ -211,7 +211,7 @@ pub(crate) fn account(
 /// `out` should be unbuffered: each unit of messages goes out in one vectored write straight
 /// from the map (the new header fields between the slices), with no copy in user space.
 pub fn sign_mbox(
-    mapped: &crate::arch::sys::Mapped,
+    mapped: &super::os::Mapped,
     path: &Path,
     opts: &BulkOptions,
     pool: &rayon::ThreadPool,

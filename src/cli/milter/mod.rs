@@ -444,8 +444,8 @@ fn daemon(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Daem
                 Some((u, g)) => (u.to_string(), Some(g.to_string())),
                 None => (spec, None),
             };
-            let ids = dkimpress::arch::sys::lookup_user(&u, g.as_deref())
-                .map_err(|e| CliError::Config(format!("UserID: {e}")))?;
+            let ids =
+                crate::cli::os::lookup_user(&u, g.as_deref()).map_err(|e| CliError::Config(format!("UserID: {e}")))?;
             Some(ids)
         }
         None => None,
@@ -539,9 +539,9 @@ fn bind(d: &Daemon) -> anyhow::Result<Listener> {
             }
             // The socket gets its mode from the umask at bind time (no chmod by path after it,
             // which a link swapped in could redirect), and its owner by lchown.
-            let old = dkimpress::arch::sys::set_umask(0o777 & !d.socket_mode);
+            let old = crate::cli::os::set_umask(0o777 & !d.socket_mode);
             let l = UnixListener::bind(&path);
-            dkimpress::arch::sys::set_umask(old);
+            crate::cli::os::set_umask(old);
             let l = l.map_err(unavailable)?;
             if let Some((uid, gid)) = d.user {
                 std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(unavailable)?;
@@ -679,8 +679,8 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     if a.check {
         return check_config(&a);
     }
-    dkimpress::arch::sys::return_large_allocations();
-    dkimpress::arch::sys::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
+    crate::cli::os::return_large_allocations();
+    crate::cli::os::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
         .map_err(|e| CliError::System(format!("signal handlers: {e}")))?;
     let c = daemon_conf(&a)?;
     let d = daemon(&a, c.as_ref())?;
@@ -701,10 +701,10 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
         write_pid_file(p).map_err(|error| CliError::Create { path: p.clone(), error })?;
     }
     if let Some((uid, gid)) = d.user {
-        if dkimpress::arch::sys::effective_uid() == 0 {
-            dkimpress::arch::sys::drop_privileges(uid, gid)
+        if crate::cli::os::effective_uid() == 0 {
+            crate::cli::os::drop_privileges(uid, gid)
                 .map_err(|e| CliError::Config(format!("UserID: cannot become {uid}:{gid}: {e}")))?;
-        } else if dkimpress::arch::sys::effective_uid() != uid {
+        } else if crate::cli::os::effective_uid() != uid {
             log.warn("UserID given but not started as root: running as the current user");
         }
     }
@@ -727,7 +727,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let stop = loop {
-        let sigs = dkimpress::arch::sys::take_signals();
+        let sigs = crate::cli::os::take_signals();
         if sigs & (1 << libc::SIGTERM | 1 << libc::SIGINT) != 0 {
             break if sigs & (1 << libc::SIGINT) != 0 { "SIGINT" } else { "SIGTERM" };
         }
@@ -740,7 +740,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => log.error(&format!("configuration not re-read, the old one stays: {e:#}")),
             }
         }
-        match dkimpress::arch::sys::wait_readable(std::os::fd::AsFd::as_fd(&fd), 1000) {
+        match crate::cli::os::wait_readable(std::os::fd::AsFd::as_fd(&fd), 1000) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
