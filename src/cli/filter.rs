@@ -42,7 +42,7 @@ pub(crate) struct FilterArgs {
 }
 
 pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
-    use crate::cli::mta::{MtaSettings, OnError, EX_TEMPFAIL};
+    use crate::cli::mta::{MtaSettings, OnError};
     let to_stderr = a.log_stderr || std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut log = crate::cli::mta::Logger::new(a.k.verbose, to_stderr);
     let settings = MtaSettings {
@@ -56,7 +56,7 @@ pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
     let config_error = |e: String, log: &crate::cli::mta::Logger| match a.on_error {
         OnError::Tempfail => {
             log.error(&format!("configuration: {e}; deferred"));
-            Err(ExitCode::from(EX_TEMPFAIL))
+            Err(ExitCode::from(sysexits::TEMPFAIL))
         }
         OnError::Pass => {
             log.error(&format!("configuration: {e}; passing mail on unsigned"));
@@ -94,10 +94,10 @@ pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
             crate::cli::mta::filter(plan.0, command, settings, &mut log_ref)
         }) {
             Ok(c) => c,
-            Err(_) => EX_TEMPFAIL,
+            Err(_) => sysexits::TEMPFAIL,
         }
     };
-    if code == EX_TEMPFAIL {
+    if code == sysexits::TEMPFAIL {
         log.debug("exit 75: Postfix will retry");
     }
     Ok(ExitCode::from(code))

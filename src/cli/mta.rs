@@ -11,6 +11,7 @@
 //! never dropped: every path ends in a re-injection, in the re-injection command's status, or
 //! in exit 75.
 
+use crate::cli::sysexits::TEMPFAIL;
 use dkimpress::dkim::sign::SignError;
 use dkimpress::pipeline::{self, BulkOptions, MessageError};
 use dkimpress::select::SelectError;
@@ -18,9 +19,6 @@ use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, Read, Seek as _, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Exit code that makes Postfix (and sendmail callers) retry later.
-pub const EX_TEMPFAIL: u8 = 75;
 
 /// What to do when a message cannot be signed (mirrors Postfix `milter_default_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +150,7 @@ impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Exited(code) if *code == 0 || is_sysexit(*code) => *code,
-            _ => EX_TEMPFAIL,
+            _ => TEMPFAIL,
         }
     }
 }
@@ -516,7 +514,7 @@ fn prepare(
         Ok(r) => r,
         Err(e) => {
             log.error(&format!("{e}; deferred"));
-            return Err(EX_TEMPFAIL);
+            return Err(TEMPFAIL);
         }
     };
     if let Ok(Some(id)) = with_message(&got.spool, message_id) {
@@ -545,7 +543,7 @@ fn prepare(
             };
             if over_cap == OnError::Tempfail {
                 log.error(&format!("{why}; deferred"));
-                return Err(EX_TEMPFAIL);
+                return Err(TEMPFAIL);
             }
             log.error(&format!("{why}; passed on unsigned"));
             return Ok(as_read(got));
@@ -556,11 +554,11 @@ fn prepare(
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             log.error(&e);
-            return Err(EX_TEMPFAIL);
+            return Err(TEMPFAIL);
         }
         Err(e) => {
             log.error(&format!("cannot map the spooled message: {e}; deferred"));
-            return Err(EX_TEMPFAIL);
+            return Err(TEMPFAIL);
         }
     };
     Ok(vec![Piece::Bytes(headers), Piece::Spool(got.spool)])
@@ -602,11 +600,11 @@ fn report_reinjection(prog: &str, outcome: &Outcome, log: &Logger) -> u8 {
     let code = outcome.exit_code();
     match (outcome, code) {
         (Outcome::Exited(0), _) => log.debug(&format!("re-injected through {prog}")),
-        (Outcome::Exited(status), EX_TEMPFAIL) if *status != EX_TEMPFAIL => log.error(&format!(
+        (Outcome::Exited(status), TEMPFAIL) if *status != TEMPFAIL => log.error(&format!(
             "re-injection through {prog} failed: {outcome} (not a sysexits.h code, which Postfix would \
              bounce); exit 75 (deferred)"
         )),
-        (_, EX_TEMPFAIL) => log.error(&format!("re-injection through {prog} failed: {outcome}; exit 75 (deferred)")),
+        (_, TEMPFAIL) => log.error(&format!("re-injection through {prog} failed: {outcome}; exit 75 (deferred)")),
         _ => log.error(&format!("re-injection through {prog} failed: {outcome}; its status {code} is passed on")),
     }
     code
@@ -786,7 +784,7 @@ pub fn exec_real(real: &OsStr, arg0: Option<&OsStr>, args: &[OsString], log: &Lo
     }
     let e = cmd.args(args).exec();
     log.error(&format!("cannot run the real sendmail {}: {e}", real.to_string_lossy()));
-    EX_TEMPFAIL
+    TEMPFAIL
 }
 
 /// The sendmail wrapper: sign (unless the mode submits no message) and hand over to the real
@@ -972,29 +970,47 @@ mod tests {
             // Issue 11 item 12: the command's status passes through.
             (sh("cat > /dev/null; exit 67"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(67), 67),
             (sh("cat > /dev/null; exit 69"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(69), 69),
-            (sh("cat > /dev/null; exit 75"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(75), 75),
+            (
+                sh("cat > /dev/null; exit 75"),
+                vec![b"x".to_vec()],
+                DEFAULT_REINJECT_TIMEOUT,
+                Outcome::Exited(75),
+                TEMPFAIL,
+            ),
             // A status outside sysexits.h would bounce; it defers.
-            (sh("exit 1"), big(), DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(1), 75),
-            (sh("cat > /dev/null; exit 255"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(255), 75),
+            (sh("exit 1"), big(), DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(1), TEMPFAIL),
+            (
+                sh("cat > /dev/null; exit 255"),
+                vec![b"x".to_vec()],
+                DEFAULT_REINJECT_TIMEOUT,
+                Outcome::Exited(255),
+                TEMPFAIL,
+            ),
             (sh("cat > /dev/null; exit 78"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(78), 78),
-            (sh("kill -TERM $$"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Signaled(15), 75),
+            (sh("kill -TERM $$"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Signaled(15), TEMPFAIL),
             // Issue 11 item 11: a command that hangs, or never reads, is killed at the limit.
-            (args(&["sleep", "100"]), big(), short, Outcome::TimedOut(short), 75),
-            (sh("exec 3<&0; sleep 100 <&3 & exit 0"), big(), short, Outcome::TimedOut(short), 75),
-            (args(&["true"]), big(), DEFAULT_REINJECT_TIMEOUT, Outcome::Unread("Broken pipe (os error 32)".into()), 75),
+            (args(&["sleep", "100"]), big(), short, Outcome::TimedOut(short), TEMPFAIL),
+            (sh("exec 3<&0; sleep 100 <&3 & exit 0"), big(), short, Outcome::TimedOut(short), TEMPFAIL),
+            (
+                args(&["true"]),
+                big(),
+                DEFAULT_REINJECT_TIMEOUT,
+                Outcome::Unread("Broken pipe (os error 32)".into()),
+                TEMPFAIL,
+            ),
             (
                 args(&["/nonexistent/sendmail"]),
                 big(),
                 DEFAULT_REINJECT_TIMEOUT,
                 Outcome::NotStarted("No such file or directory (os error 2)".into()),
-                75,
+                TEMPFAIL,
             ),
             (
                 vec![],
                 big(),
                 DEFAULT_REINJECT_TIMEOUT,
                 Outcome::NotStarted("no re-injection command after --".into()),
-                75,
+                TEMPFAIL,
             ),
         ] {
             let got = reinject(&command, data.into_iter().map(Piece::from).collect(), timeout);
@@ -1021,7 +1037,7 @@ mod tests {
         let pieces = vec![Piece::Bytes(b"A: b\n\n".to_vec()), Piece::Rest(Box::new(Failing(false)))];
         let got =
             reinject(&sh(&format!("cat > /dev/null && touch {}", took.display())), pieces, DEFAULT_REINJECT_TIMEOUT);
-        assert_eq!((&got, got.exit_code()), (&Outcome::InputFailed("gone".into()), 75));
+        assert_eq!((&got, got.exit_code()), (&Outcome::InputFailed("gone".into()), TEMPFAIL));
         assert!(!took.exists(), "the command saw no end of file");
     }
 

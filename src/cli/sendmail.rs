@@ -9,7 +9,7 @@ use super::*;
 /// DKIMPRESS_MAX_MESSAGE_SIZE, because a program calling sendmail passes only sendmail's
 /// arguments.
 pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsString>) -> ExitCode {
-    use crate::cli::mta::{MtaSettings, OnError, SendmailMode, EX_TEMPFAIL};
+    use crate::cli::mta::{MtaSettings, OnError, SendmailMode};
     let mut config = std::env::var_os("DKIMPRESS_CONFIG").unwrap_or_else(|| DEFAULT_WRAPPER_CONFIG.into());
     let mut real = std::env::var_os("DKIMPRESS_SENDMAIL").unwrap_or_else(|| DEFAULT_REAL_SENDMAIL.into());
     let mut on_error = std::env::var("DKIMPRESS_ON_ERROR").ok().and_then(|v| v.parse().ok()).unwrap_or(OnError::Pass);
@@ -69,7 +69,7 @@ pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsStr
             "DKIMPRESS_SENDMAIL ({}) is dkimpress itself; set it to the real sendmail; deferred",
             real.to_string_lossy()
         ));
-        return ExitCode::from(EX_TEMPFAIL);
+        return ExitCode::from(sysexits::TEMPFAIL);
     }
     if name != "sendmail" {
         return ExitCode::from(crate::cli::mta::exec_real(&real, Some(name), &args, &log));
@@ -93,7 +93,7 @@ pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsStr
                 };
                 if on_error == OnError::Tempfail {
                     log.error(&format!("configuration: {e}; deferred (DKIMPRESS_ON_ERROR=tempfail)"));
-                    return ExitCode::from(EX_TEMPFAIL);
+                    return ExitCode::from(sysexits::TEMPFAIL);
                 }
                 Err(format!("configuration: {e}"))
             }
@@ -108,7 +108,7 @@ pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsStr
         crate::cli::mta::sendmail(plan.0, real, parsed, &settings, &mut log_ref)
     }) {
         Ok(c) => ExitCode::from(c),
-        Err(_) => ExitCode::from(EX_TEMPFAIL),
+        Err(_) => ExitCode::from(sysexits::TEMPFAIL),
     }
 }
 
