@@ -44,7 +44,7 @@ pub(crate) struct FilterArgs {
 pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
     use crate::cli::mta::{MtaSettings, OnError};
     let to_stderr = a.log_stderr || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut log = crate::cli::mta::Logger::new(a.k.verbose, to_stderr);
+    let mut log = crate::cli::log::Logger::new(a.k.verbose, to_stderr);
     let settings = MtaSettings {
         on_error: a.on_error,
         timeout: std::time::Duration::from_secs(a.reinject_timeout),
@@ -53,7 +53,7 @@ pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
     };
     // A configuration that cannot load defers mail (the admin fixes it, Postfix retries),
     // unless the admin asked for pass-through.
-    let config_error = |e: String, log: &crate::cli::mta::Logger| match a.on_error {
+    let config_error = |e: String, log: &crate::cli::log::Logger| match a.on_error {
         OnError::Tempfail => {
             log.error(&format!("configuration: {e}; deferred"));
             Err(ExitCode::from(sysexits::TEMPFAIL))

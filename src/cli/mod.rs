@@ -10,6 +10,7 @@ pub mod conf;
 mod filter;
 mod genkey;
 pub mod hosts;
+mod log;
 mod man;
 mod milter;
 pub mod mta;

@@ -41,7 +41,7 @@ pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsStr
     }
     let to_stderr = std::env::var("DKIMPRESS_LOG").is_ok_and(|v| v == "stderr")
         || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut log = crate::cli::mta::Logger::new(verbose, to_stderr);
+    let mut log = crate::cli::log::Logger::new(verbose, to_stderr);
     let timeout = match timeout.as_deref().map(str::parse::<u64>) {
         None => crate::cli::mta::DEFAULT_REINJECT_TIMEOUT,
         Some(Ok(secs)) if secs > 0 => std::time::Duration::from_secs(secs),

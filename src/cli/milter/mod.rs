@@ -9,7 +9,8 @@ pub mod proto;
 pub mod session;
 
 use super::*;
-use crate::cli::mta::{InternalHosts, Logger};
+use crate::cli::log::Logger;
+use crate::cli::mta::InternalHosts;
 use dkimpress::dkim::verify::{self, KeyResult};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};

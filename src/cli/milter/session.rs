@@ -5,7 +5,7 @@
 
 use super::proto::{action, step, Command, Response, VERSION};
 use super::{Action, Condition, Settings};
-use crate::cli::mta::Logger;
+use crate::cli::log::Logger;
 use dkimpress::dkim::verify::{self, DkimResult, KeyResult, Reason, Verdict};
 use dkimpress::pipeline::MessageError;
 use dkimpress::select::SelectError;
