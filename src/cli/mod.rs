@@ -4,8 +4,7 @@
 //!
 //! Exit codes (sysexits.h) are decided in one place, [`exit_code`].
 
-pub mod bench;
-mod benchcmd;
+mod bench;
 pub mod conf;
 mod filter;
 mod genkey;
@@ -21,7 +20,7 @@ mod sign;
 mod testkey;
 mod verify;
 
-use benchcmd::{cmd_bench, BenchArgs};
+use bench::{cmd_bench, BenchArgs};
 use filter::{cmd_filter, FilterArgs};
 use genkey::{cmd_genkey, GenkeyArgs};
 use milter::{cmd_milter, MilterArgs};

@@ -1,4 +1,7 @@
-//! `dkimpress bench` arguments; the harness is [`super::bench`].
+//! `dkimpress bench`: its arguments, the corpus it measures (generated or read) and the
+//! report; the measurements are [`harness`].
+
+mod harness;
 
 use super::*;
 
@@ -79,7 +82,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             cores
         );
     }
-    let opts = crate::cli::bench::BenchOptions {
+    let opts = harness::BenchOptions {
         corpus,
         threads,
         keys,
@@ -88,7 +91,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         quiet: a.quiet,
         framings: a.framing,
     };
-    let figs = crate::cli::bench::run(&opts).map_err(CliError::Bench)?;
+    let figs = harness::run(&opts).map_err(CliError::Bench)?;
     if a.json || a.report == ReportFormat::Json {
         let v: Vec<serde_json::Value> = figs.iter().map(|f| f.to_json()).collect();
         // Not println!, which panics on a closed pipe: a failed write is exit 74.
