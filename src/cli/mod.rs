@@ -463,7 +463,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 fn sign_code(e: &SignError) -> u8 {
     match e {
         SignError::Header(_) | SignError::NoFrom => sysexits::DATAERR,
-        SignError::Key(_) => sysexits::SOFTWARE,
+        SignError::Key(_) | SignError::BodyNotHashed(_) => sysexits::SOFTWARE,
     }
 }
 

@@ -194,6 +194,25 @@ pub fn canonicalize_body_pieces<S: Sink + ?Sized>(canon: Canon, stored: &[u8], p
     BUFFERS.set(Some(bufs));
 }
 
+/// The canonical form of `piece`, a part of a body that starts and ends with an octet of
+/// content (not a line-end character; in relaxed, not whitespace either), so that nothing in
+/// it is trailing or depends on what comes before or after: lines rewritten, nothing removed
+/// or added at its ends. Used by [`crate::dkim::bodyhash::StreamCanonicalizer`] for the bulk of
+/// each chunk.
+pub(crate) fn canonicalize_body_middle<S: Sink + ?Sized>(canon: Canon, piece: &[u8], sink: &mut S) {
+    let mut bufs = BUFFERS.take().unwrap_or_else(Buffers::new);
+    {
+        let Buffers { stage, expand } = &mut *bufs;
+        let mut staged = Staged::new(sink, stage, piece);
+        match canon {
+            Canon::Simple => simple_content(piece, &mut staged),
+            Canon::Relaxed => relaxed_content(piece, &mut staged, expand),
+        }
+        staged.flush();
+    }
+    BUFFERS.set(Some(bufs));
+}
+
 /// Size of the staging buffer.
 const STAGE: usize = 16 * 1024;
 /// Writes at least this long go to the sink without staging.

@@ -5,6 +5,7 @@
 //! returns the header fields to put on top of it. The clock is passed in (`now`), never read
 //! here, so that golden tests are exact. This module does not read files or write output.
 
+use crate::dkim::bodyhash::{BodySpec, HashedBody};
 use crate::dkim::canon::{self, Canon, Canonicalization, CountingSink};
 use crate::dkim::header::{HeaderError, Message};
 use crate::dkim::key::{KeyError, KeyType, SigningKey};
@@ -62,6 +63,9 @@ pub enum SignError {
     /// The crypto backend failed.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// [`Body::Hashed`] lacks the hash a signer needs (a caller's error).
+    #[error("the {0} body hash was not computed")]
+    BodyNotHashed(&'static str),
 }
 
 /// Settings for a [`Signer`] that are wrong together.
@@ -263,17 +267,25 @@ pub enum Body<'a> {
     Whole(&'a [u8]),
     /// `stored[pieces[0]]`, `stored[pieces[1]]`, ... one after the other.
     Pieces(&'a [u8], &'a [std::ops::Range<usize>]),
+    /// Not held: hashed as it streamed past, with [`BodySpec::signing`] of each body
+    /// canonicalization the signers use.
+    Hashed(&'a HashedBody),
 }
 
-fn body_hash(canon: Canon, body: Body<'_>) -> BodyHash {
+fn body_hash(canon: Canon, body: Body<'_>) -> Result<BodyHash, SignError> {
     let mut hasher = sha2::Sha256::new();
     let mut counter = CountingSink::new(&mut hasher);
     match body {
         Body::Whole(b) => canon::canonicalize_body(canon, b, &mut counter),
         Body::Pieces(stored, pieces) => canon::canonicalize_body_pieces(canon, stored, pieces, &mut counter),
+        Body::Hashed(h) => {
+            let d = h.get(BodySpec::signing(canon)).ok_or(SignError::BodyNotHashed(canon.as_str()))?;
+            let hash = d.digest.as_slice().try_into().map_err(|_| SignError::BodyNotHashed(canon.as_str()))?;
+            return Ok(BodyHash { canon, hash, length: d.total });
+        }
     }
     let length = counter.count;
-    BodyHash { canon, hash: hasher.finalize().into(), length }
+    Ok(BodyHash { canon, hash: hasher.finalize().into(), length })
 }
 
 /// Signs the message `msg` with each signer and returns the DKIM-Signature fields to add on
@@ -304,7 +316,7 @@ pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, no
         let bh = match hashes.iter().position(|h| h.canon == signer.canon.body) {
             Some(i) => &hashes[i],
             None => {
-                hashes.push(body_hash(signer.canon.body, body));
+                hashes.push(body_hash(signer.canon.body, body)?);
                 hashes.last().expect("just pushed")
             }
         };
@@ -600,7 +612,7 @@ uEzxBDAr518Z8VFbR41in3W4Y3yCDgQlLlcETrS+zYcL
         let b64 = &base64::engine::general_purpose::STANDARD;
         let m = Message::parse(MSG.as_bytes()).unwrap();
         assert_eq!(
-            b64.encode(body_hash(Canon::Relaxed, Body::Whole(m.body)).hash),
+            b64.encode(body_hash(Canon::Relaxed, Body::Whole(m.body)).unwrap().hash),
             "2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8="
         );
 

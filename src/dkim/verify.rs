@@ -6,7 +6,8 @@
 //! (DNS, zone files and key directories live in [`crate::lookup`]); the clock is an argument. Pure:
 //! no files, no threads.
 
-use crate::dkim::canon::{self, Canon, Canonicalization, Sink};
+use crate::dkim::bodyhash::{self, BodyDigest, BodySpec, Hash, HashedBody};
+use crate::dkim::canon::{self, Canon, Canonicalization};
 use crate::dkim::header::{Field, Message};
 use crate::dkim::key::KeyType;
 use crate::dkim::tags;
@@ -281,13 +282,6 @@ impl Default for Policy {
     fn default() -> Self {
         Policy { allow_sha1: false, min_rsa_bits: 1024, clock_skew: DEFAULT_CLOCK_SKEW, max_signatures: 16 }
     }
-}
-
-/// Hash algorithms of `a=`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Hash {
-    Sha1,
-    Sha256,
 }
 
 /// A parsed DKIM-Signature field.
@@ -589,84 +583,48 @@ pub fn fetch_key(lookup: &dyn KeyLookup, selector: &str, domain: &str) -> KeyRes
     }
 }
 
-/// A sink feeding either SHA-1 or SHA-256.
-enum Hasher {
-    Sha1(sha1::Sha1),
-    Sha256(sha2::Sha256),
+/// Where the body hashes of one message come from: its body, each hash computed when first
+/// needed, or the hashes computed while it streamed past.
+enum Bodies<'a> {
+    Bytes(&'a [u8], Vec<BodyDigest>),
+    Hashed(&'a HashedBody),
 }
 
-impl Hasher {
-    fn new(h: Hash) -> Hasher {
-        match h {
-            Hash::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
-            Hash::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
-        }
-    }
-
-    fn finish(self) -> Vec<u8> {
+impl Bodies<'_> {
+    /// The body hash of `spec` and the full canonical length; `None` when the body was
+    /// hashed as it streamed and `spec` was not among the hashes computed.
+    fn get(&mut self, spec: BodySpec) -> Option<(Vec<u8>, u64)> {
         match self {
-            Hasher::Sha1(h) => h.finalize().to_vec(),
-            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Bodies::Hashed(h) => h.get(spec).map(|d| (d.digest.clone(), d.total)),
+            Bodies::Bytes(body, done) => {
+                let d = match done.iter().find(|d| d.spec == spec) {
+                    Some(d) => d,
+                    None => {
+                        done.push(bodyhash::hash_body(spec, body));
+                        done.last().expect("just pushed")
+                    }
+                };
+                Some((d.digest.clone(), d.total))
+            }
         }
     }
 }
 
-impl Sink for Hasher {
-    fn write(&mut self, bytes: &[u8]) {
-        match self {
-            Hasher::Sha1(h) => sha1::Digest::update(h, bytes),
-            Hasher::Sha256(h) => sha2::Digest::update(h, bytes),
+/// The body hashes that verifying `msg` needs (one per distinct canonicalization, hash and
+/// `l=` among its first [`Policy::max_signatures`] DKIM-Signature fields that parse): what a
+/// caller that streams the body computes with [`bodyhash::BodyHashes`] for [`verify_hashed`].
+pub fn wanted_body_hashes(msg: &Message, policy: &Policy) -> Vec<BodySpec> {
+    let mut out: Vec<BodySpec> = Vec::new();
+    for field in msg.fields.iter().filter(|f| f.is("dkim-signature")).take(policy.max_signatures) {
+        let mut v = Verdict::new(DkimResult::PermError, None);
+        if let Ok(sig) = parse_signature(field, policy, &mut v) {
+            let spec = BodySpec { canon: sig.canon.body, hash: sig.hash, limit: sig.length };
+            if !out.contains(&spec) {
+                out.push(spec);
+            }
         }
     }
-}
-
-/// A sink that stops after `limit` octets (the `l=` tag) and counts what it was offered.
-struct Limited<'a> {
-    inner: &'a mut Hasher,
-    left: u64,
-    offered: u64,
-}
-
-impl Sink for Limited<'_> {
-    fn write(&mut self, bytes: &[u8]) {
-        self.offered += bytes.len() as u64;
-        let take = (bytes.len() as u64).min(self.left) as usize;
-        if take > 0 {
-            self.inner.write(&bytes[..take]);
-            self.left -= take as u64;
-        }
-    }
-}
-
-/// Body hashes already computed for a message, per (canonicalization, hash, length limit).
-#[derive(Default)]
-pub struct BodyCache {
-    entries: Vec<BodyEntry>,
-}
-
-/// One computed body hash: (canonicalization, hash, l=) -> (digest, full canonical length).
-struct BodyEntry {
-    canon: Canon,
-    hash: Hash,
-    limit: Option<u64>,
-    digest: Vec<u8>,
-    total: u64,
-}
-
-impl BodyCache {
-    /// The body hash and the full canonical length.
-    fn get(&mut self, canon: Canon, hash: Hash, limit: Option<u64>, body: &[u8]) -> (Vec<u8>, u64) {
-        if let Some(e) = self.entries.iter().find(|e| e.canon == canon && e.hash == hash && e.limit == limit) {
-            return (e.digest.clone(), e.total);
-        }
-        let mut h = Hasher::new(hash);
-        let mut lim = Limited { inner: &mut h, left: limit.unwrap_or(u64::MAX), offered: 0 };
-        canon::canonicalize_body(canon, body, &mut lim);
-        let total = lim.offered;
-        let digest = h.finish();
-        self.entries.push(BodyEntry { canon, hash, limit, digest: digest.clone(), total });
-        (digest, total)
-    }
+    out
 }
 
 /// Verifies every DKIM-Signature of `msg` (top to bottom). `now` is the Unix time; `keys`
@@ -678,7 +636,29 @@ pub fn verify_slice(
     policy: &Policy,
 ) -> Result<Vec<Verdict>, crate::dkim::header::HeaderError> {
     let parsed = Message::parse(msg)?;
-    let mut bodies = BodyCache::default();
+    Ok(verify_parsed(&parsed, &mut Bodies::Bytes(parsed.body, Vec::new()), keys, now, policy))
+}
+
+/// [`verify_slice`] for a message whose body was hashed as it streamed past: `header` holds
+/// its header fields (its body, if any, is not read), `body` the hashes
+/// [`wanted_body_hashes`] named.
+pub fn verify_hashed(
+    header: &Message,
+    body: &HashedBody,
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> Vec<Verdict> {
+    verify_parsed(header, &mut Bodies::Hashed(body), keys, now, policy)
+}
+
+fn verify_parsed(
+    parsed: &Message,
+    bodies: &mut Bodies<'_>,
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> Vec<Verdict> {
     let mut out = vec![];
     let mut scratch = Vec::with_capacity(2048);
     for (n, field) in parsed.fields.iter().filter(|f| f.is("dkim-signature")).enumerate() {
@@ -688,7 +668,7 @@ pub fn verify_slice(
             out.push(v);
             continue;
         }
-        match verify_one(&parsed, field, keys, now, policy, &mut bodies, &mut scratch, &mut v) {
+        match verify_one(parsed, field, keys, now, policy, bodies, &mut scratch, &mut v) {
             Ok(()) => v.result = DkimResult::Pass,
             Err((r, reason)) => {
                 v.result = r;
@@ -697,7 +677,7 @@ pub fn verify_slice(
         }
         out.push(v);
     }
-    Ok(out)
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -707,7 +687,7 @@ fn verify_one(
     keys: &dyn Fn(&str, &str) -> KeyResult,
     now: u64,
     policy: &Policy,
-    bodies: &mut BodyCache,
+    bodies: &mut Bodies<'_>,
     scratch: &mut Vec<u8>,
     v: &mut Verdict,
 ) -> Result<(), (DkimResult, Reason)> {
@@ -755,7 +735,10 @@ fn verify_one(
     }
 
     // Body hash (RFC 6376 §6.1.3), with l= if present.
-    let (bh, total) = bodies.get(sig.canon.body, sig.hash, sig.length, msg.body);
+    let spec = BodySpec { canon: sig.canon.body, hash: sig.hash, limit: sig.length };
+    let (bh, total) = bodies
+        .get(spec)
+        .ok_or_else(|| (DkimResult::TempError, Reason::NotChecked("the body hash was not computed".into())))?;
     if let Some(l) = sig.length {
         if l > total {
             return Err((DkimResult::PermError, Reason::LengthBeyondBody { length: l, body: total }));
@@ -905,9 +888,8 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/keys/test-ed.private");
         let key = crate::dkim::key::SigningKey::from_path(&path, false).unwrap().0;
         let body = b"Hallo.\r\n";
-        let mut h = Hasher::new(Hash::Sha256);
-        canon::canonicalize_body(Canon::Relaxed, body, &mut h);
-        let bh = base64::engine::general_purpose::STANDARD.encode(h.finish());
+        let bh = bodyhash::hash_body(BodySpec::signing(Canon::Relaxed), body).digest;
+        let bh = base64::engine::general_purpose::STANDARD.encode(bh);
         let from = "From: J\u{f6}rg <j@b\u{fc}cher.example>\r\n";
         let field = format!(
             "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=b\u{fc}cher.example;\r\n\t\

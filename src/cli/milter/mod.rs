@@ -85,9 +85,10 @@ pub(crate) struct MilterArgs {
     #[arg(long = "max-connections-per-peer", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_per_peer: Option<u64>,
-    /// Memory all connections together may hold for messages in progress (octets; K, M, G);
-    /// a message that does not fit is deferred when it is ours to sign, passed on unchecked
-    /// otherwise, and logged [default: 1G].
+    /// Memory all connections together may hold for the header blocks of messages in progress
+    /// (octets; K, M, G; bodies are hashed as they arrive, not held); a message that does not
+    /// fit is deferred when it is ours to sign, passed on unchecked otherwise, and logged
+    /// [default: 1G].
     #[arg(long = "max-buffered", value_name = "SIZE", value_parser = parse_size)]
     max_buffered: Option<u64>,
     /// Largest message signed or verified (octets; K, M, G suffixes); a larger one is passed

@@ -1,14 +1,20 @@
-//! One milter connection: the commands of the MTA in, the replies out. Collects the message
-//! as the MTA sends it (header fields, body chunks), and at the end of the message signs it
-//! (mail from our own clients) or verifies it (everyone else's), as opendkim(8) does. No I/O
-//! here: [`Session::handle`] turns a [`Command`] into the [`Response`]s to send.
+//! One milter connection: the commands of the MTA in, the replies out. Collects the header
+//! fields as the MTA sends them; at the end of the header block decides whose message it is
+//! and which body hashes it needs, hashes the body chunks as they arrive (the body is never
+//! held), and at the end of the message signs it (mail from our own clients) or verifies it
+//! (everyone else's), as opendkim(8) does. No I/O here: [`Session::handle`] turns a
+//! [`Command`] into the [`Response`]s to send.
 
 use super::proto::{action, step, Command, Response, VERSION};
 use super::{Action, Condition, Settings};
 use crate::cli::log::Logger;
+use dkimpress::dkim::bodyhash::{BodyHashes, BodySpec, HashedBody};
+use dkimpress::dkim::header::Message;
+use dkimpress::dkim::sign::Signer;
 use dkimpress::dkim::verify::{self, DkimResult, KeyResult, Reason, Verdict};
 use dkimpress::pipeline::MessageError;
 use dkimpress::select::SelectError;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The state of one connection.
@@ -28,15 +34,21 @@ pub struct Session<'a> {
     /// The address the host lists are asked about: 127.0.0.1 for a local or unknown client,
     /// as opendkim takes it.
     client_ip: Option<std::net::IpAddr>,
-    /// The message so far: header fields (CRLF line ends), the empty line, the body.
+    /// The header block so far: header fields (CRLF line ends), then the empty line.
     message: Vec<u8>,
     /// Header fields as (name, value) for finding forged Authentication-Results.
     ar_fields: Vec<Vec<u8>>,
     /// The body has started (the empty line is in `message`).
     in_body: bool,
+    /// Octets of the message so far (header block and body).
+    size: u64,
+    /// What the end of the header block decided (whose message, which keys).
+    plan: Option<Plan<'a>>,
+    /// The body hashes the plan needs, fed each body chunk.
+    hashes: Option<BodyHashes>,
     /// The message grew past the size limit: it is passed on untouched.
     too_large: bool,
-    /// Octets of the daemon-wide budget this connection holds (the message buffer's capacity).
+    /// Octets of the daemon-wide budget this connection holds (the header buffer's capacity).
     reserved: u64,
     /// The daemon-wide budget could not hold this message.
     over_budget: bool,
@@ -77,6 +89,9 @@ impl<'a> Session<'a> {
             message: vec![],
             ar_fields: vec![],
             in_body: false,
+            size: 0,
+            plan: None,
+            hashes: None,
             too_large: false,
             reserved: 0,
             over_budget: false,
@@ -88,6 +103,9 @@ impl<'a> Session<'a> {
         self.message.clear();
         self.ar_fields.clear();
         self.in_body = false;
+        self.size = 0;
+        self.plan = None;
+        self.hashes = None;
         self.too_large = false;
         self.over_budget = false;
         self.message = vec![];
@@ -163,19 +181,18 @@ impl<'a> Session<'a> {
                 Reply(if self.no_header_reply { vec![] } else { vec![Response::Continue] })
             }
             Command::EndOfHeader => {
-                self.push(b"\r\n");
-                self.in_body = true;
+                self.start_body();
                 Reply(vec![Response::Continue])
             }
             Command::Body(chunk) => {
-                self.push(&chunk);
+                self.body_chunk(&chunk);
                 Reply(vec![Response::Continue])
             }
             Command::EndOfBody(chunk) => {
                 if !self.in_body {
-                    self.push(b"\r\n");
+                    self.start_body();
                 }
-                self.push(&chunk);
+                self.body_chunk(&chunk);
                 let r = self.end_of_message();
                 self.reset_message();
                 Reply(r)
@@ -196,18 +213,28 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Appends to the message unless that passes the size limit.
+    /// Counts `len` more octets of the message; past the size limit the message is dropped
+    /// and passed on unchecked. Whether to go on.
+    fn grow(&mut self, len: usize) -> bool {
+        if self.too_large || self.over_budget {
+            return false;
+        }
+        self.size += len as u64;
+        if self.size > self.settings.max_message {
+            self.too_large = true;
+            self.drop_buffer();
+            return false;
+        }
+        true
+    }
+
+    /// Appends to the header block unless that passes the size limit.
     /// The buffer's growth is taken from the daemon-wide budget first.
     fn push(&mut self, bytes: &[u8]) {
-        if self.too_large || self.over_budget {
+        if !self.grow(bytes.len()) {
             return;
         }
         let need = self.message.len() + bytes.len();
-        if need as u64 > self.settings.max_message {
-            self.too_large = true;
-            self.drop_buffer();
-            return;
-        }
         if need > self.message.capacity() {
             // Doubling, or just what is needed when the budget cannot take the double.
             let doubled = need.max(self.message.capacity() * 2).max(4096).min(self.settings.max_message as usize);
@@ -227,8 +254,61 @@ impl<'a> Session<'a> {
         self.message.extend_from_slice(bytes);
     }
 
-    /// Frees the message buffer and its share of the budget.
+    /// One chunk of the body: hashed, not kept.
+    fn body_chunk(&mut self, chunk: &[u8]) {
+        if self.grow(chunk.len()) {
+            if let Some(h) = &mut self.hashes {
+                h.update(chunk);
+            }
+        }
+    }
+
+    /// The header block has ended: decides whose message this is and, for our own, which
+    /// keys sign it, and starts the body hashes that signing or verifying will need.
+    fn start_body(&mut self) {
+        self.push(b"\r\n");
+        self.in_body = true;
+        if self.too_large || self.over_budget {
+            return;
+        }
+        let s: &'a Settings = self.settings;
+        let origin = self.origin();
+        let plan = match (&s.sign, origin) {
+            (None, _) => Plan::Verify(None),
+            (Some(_), Origin::Unknown(why)) => Plan::Fail(Condition::InternalError, why),
+            (Some(_), Origin::Outside(why)) => Plan::Outside(why),
+            (Some(keys), Origin::Ours(who)) => {
+                self.log.debug(&format!("{who}: signing"));
+                let message = &self.message;
+                let selected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let parsed = Message::parse(message).map_err(dkimpress::dkim::sign::SignError::from)?;
+                    keys.signers_for(&parsed, None).map_err(MessageError::from)
+                }));
+                match selected {
+                    Ok(Ok(signers)) => Plan::Sign(signers),
+                    Ok(Err(MessageError::Select(SelectError::NoKey(who)))) => {
+                        Plan::Verify(Some(format!("no signing table match for {who}")))
+                    }
+                    Ok(Err(e)) => failed_signing(&e),
+                    Err(_) => Plan::Fail(Condition::InternalError, "internal error (panic) while choosing keys".into()),
+                }
+            }
+        };
+        let specs: Vec<BodySpec> = match &plan {
+            Plan::Sign(signers) => signers.iter().map(|k| BodySpec::signing(k.canonicalization().body)).collect(),
+            Plan::Verify(_) | Plan::Outside(_) if s.verify => match Message::parse(&self.message) {
+                Ok(parsed) => verify::wanted_body_hashes(&parsed, &s.policy),
+                Err(_) => vec![],
+            },
+            _ => vec![],
+        };
+        self.hashes = Some(BodyHashes::new(specs));
+        self.plan = Some(plan);
+    }
+
+    /// Frees the header buffer, the body hashes and the buffer's share of the budget.
     fn drop_buffer(&mut self) {
+        self.hashes = None;
         self.message = vec![];
         self.settings.budget.release(self.reserved);
         self.reserved = 0;
@@ -334,39 +414,35 @@ impl<'a> Session<'a> {
             return r;
         }
         let s = self.settings;
-        let origin = self.origin();
-        if s.sign.is_some() {
-            match &origin {
-                Origin::Unknown(why) => {
-                    let why = why.clone();
-                    return self.act(Condition::InternalError, &why, vec![]);
+        let hashed = self.hashes.take().map(BodyHashes::finish).unwrap_or_default();
+        let plan =
+            self.plan.take().unwrap_or_else(|| Plan::Fail(Condition::InternalError, "message without a plan".into()));
+        match plan {
+            Plan::Fail(condition, why) => return self.act(condition, &why, vec![]),
+            Plan::Sign(signers) => return self.sign(&signers, &hashed),
+            // Our own client's message that cannot be signed (no usable From, a broken header
+            // block) goes on unsigned; judging it as inbound mail could reject it.
+            Plan::Unsignable(why) => {
+                self.log.warn(&format!("not signed: {why}"));
+                let mut r = self.remove_forged_results();
+                r.push(Response::Accept);
+                return r;
+            }
+            Plan::Verify(None) => {}
+            Plan::Verify(Some(why)) => {
+                if s.log_why {
+                    self.log.info(&format!("not signed: {why}"));
                 }
-                Origin::Ours(who) => match self.sign_for(who) {
-                    Signed::Done(r) => return r,
-                    // Our own client's message that cannot be signed (no usable From, a broken
-                    // header block) goes on unsigned; judging it as inbound mail could reject it.
-                    Signed::Unsignable(why) => {
-                        self.log.warn(&format!("not signed: {why}"));
-                        let mut r = self.remove_forged_results();
-                        r.push(Response::Accept);
-                        return r;
-                    }
-                    Signed::NotOurs(why) => {
-                        if s.log_why {
-                            self.log.info(&format!("not signed: {why}"));
-                        }
-                    }
-                },
-                Origin::Outside(why) => {
-                    self.warn_external_as_ours();
-                    if s.log_why {
-                        self.log.info(&format!("not signed: {why}"));
-                    }
+            }
+            Plan::Outside(why) => {
+                self.warn_external_as_ours();
+                if s.log_why {
+                    self.log.info(&format!("not signed: {why}"));
                 }
             }
         }
         if s.verify {
-            return self.verify();
+            return self.verify(&hashed);
         }
         let mut r = self.remove_forged_results();
         r.push(Response::Accept);
@@ -390,34 +466,30 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Signs the message of an origin of ours (`who`, for the log).
-    fn sign_for(&mut self, who: &str) -> Signed {
-        self.log.debug(&format!("{who}: signing"));
-        self.sign()
-    }
-
-    /// Signs the message. Mail that has no key of ours falls through to verification.
-    fn sign(&mut self) -> Signed {
+    /// Signs the message with the signers chosen at the end of its header block; `hashed`
+    /// holds their body hashes.
+    fn sign(&mut self, signers: &[Signer], hashed: &HashedBody) -> Vec<Response> {
         let s = self.settings;
-        let Some(keys) = &s.sign else { return Signed::NotOurs("not signing".into()) };
         let now = s.timestamp.unwrap_or_else(crate::cli::now_unix);
         let msg = &self.message;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            dkimpress::pipeline::sign_message_at(keys, None, now, msg)
+            let parsed = Message::parse(msg).map_err(dkimpress::dkim::sign::SignError::from)?;
+            dkimpress::dkim::sign::sign_parsed_body(signers, &parsed, dkimpress::dkim::sign::Body::Hashed(hashed), now)
+                .map_err(MessageError::from)
         }));
         let fields = match result {
             Ok(Ok(fields)) => fields,
-            Ok(Err(MessageError::Select(SelectError::NoKey(who)))) => {
-                return Signed::NotOurs(format!("no signing table match for {who}"))
-            }
-            Ok(Err(e)) if is_message_fault(&e) => return Signed::Unsignable(format!("cannot be signed: {e}")),
-            Ok(Err(e @ MessageError::Select(SelectError::Temporary(_)))) => {
-                return Signed::Done(self.act(Condition::InternalError, &format!("key store: {e}"), vec![]))
-            }
-            Ok(Err(e)) => return Signed::Done(self.act(Condition::SignatureError, &format!("signing: {e}"), vec![])),
-            Err(_) => {
-                return Signed::Done(self.act(Condition::InternalError, "internal error (panic) while signing", vec![]))
-            }
+            Ok(Err(e)) => match failed_signing(&e) {
+                Plan::Fail(condition, why) => return self.act(condition, &why, vec![]),
+                Plan::Unsignable(why) => {
+                    self.log.warn(&format!("not signed: {why}"));
+                    let mut r = self.remove_forged_results();
+                    r.push(Response::Accept);
+                    return r;
+                }
+                _ => unreachable!("failed_signing gives a failure"),
+            },
+            Err(_) => return self.act(Condition::InternalError, "internal error (panic) while signing", vec![]),
         };
         // A result an authenticated user planted under our id goes from signed mail too: it
         // would reach local recipients as ours.
@@ -435,7 +507,7 @@ impl<'a> Session<'a> {
             }
         }
         out.push(Response::Accept);
-        Signed::Done(out)
+        out
     }
 
     /// A value for SMFIR_INSHEADER/CHGHEADER: LF between folded lines (the MTA adds the CR, as
@@ -449,8 +521,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Verifies the message, adds Authentication-Results and removes forged ones.
-    fn verify(&mut self) -> Vec<Response> {
+    /// Verifies the message (its body hashed into `hashed`), adds Authentication-Results and
+    /// removes forged ones.
+    fn verify(&mut self, hashed: &HashedBody) -> Vec<Response> {
         let s = self.settings;
         let now = s.timestamp.unwrap_or_else(crate::cli::now_unix);
         // One budget for all the lookups of this message, and the client's share of places.
@@ -466,7 +539,7 @@ impl<'a> Session<'a> {
         };
         let msg = &self.message;
         let verdicts = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            verify::verify_slice(msg, &keys, now, &s.policy)
+            Message::parse(msg).map(|parsed| verify::verify_hashed(&parsed, hashed, &keys, now, &s.policy))
         })) {
             Ok(Ok(v)) => v,
             // A header block we cannot read: a permanent error, reported; the mail goes on.
@@ -584,14 +657,30 @@ enum Origin {
     Unknown(String),
 }
 
-/// The outcome of trying to sign.
-enum Signed {
-    /// The replies are decided.
-    Done(Vec<Response>),
-    /// Not ours to sign (why): verify it, if we verify.
-    NotOurs(String),
+/// What the end of the header block decided for the message.
+enum Plan<'a> {
+    /// Ours: sign it with these.
+    Sign(Cow<'a, [Signer]>),
+    /// Not ours to sign (why, when we sign at all): verify it, if we verify.
+    Verify(Option<String>),
+    /// From a client that is not ours (why): verify it, if we verify, and note in the log
+    /// when it claims one of our domains.
+    Outside(String),
     /// Ours, but it cannot be signed (why): it goes on as it is.
     Unsignable(String),
+    /// Cannot be handled now or at all: the `On-*` action of the condition decides.
+    Fail(Condition, String),
+}
+
+/// What a failure to choose keys or to sign means for the message.
+fn failed_signing<'a>(e: &MessageError) -> Plan<'a> {
+    match e {
+        e if is_message_fault(e) => Plan::Unsignable(format!("cannot be signed: {e}")),
+        e @ MessageError::Select(SelectError::Temporary(_)) => {
+            Plan::Fail(Condition::InternalError, format!("key store: {e}"))
+        }
+        e => Plan::Fail(Condition::SignatureError, format!("signing: {e}")),
+    }
 }
 
 /// The authserv-id of an Authentication-Results value (RFC 8601 §2.2): after any comments

@@ -1,0 +1,428 @@
+//! Body hashes (RFC 6376 §3.7, the `bh=` tag), computed over a body held in memory or as it
+//! arrives in chunks.
+//!
+//! A daemon that sees a message piece by piece (the milter gets the body in chunks of up to
+//! 64 KiB) need not keep the body: [`BodyHashes`] canonicalizes and hashes each chunk as it
+//! comes, for every (canonicalization, hash, `l=`) the message's signatures need, and holds a
+//! few counters between chunks whatever the body's size. [`StreamCanonicalizer`] is the
+//! canonicalizer behind it; its output is exactly [`canon::canonicalize_body`]'s over the
+//! chunks joined, however the body is cut.
+
+use crate::dkim::canon::{self, Canon, Sink};
+use sha2::Digest as _;
+
+/// A hash algorithm of `a=` (RFC 6376 §3.3; SHA-1 only where the verification policy allows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hash {
+    /// SHA-1 (`rsa-sha1`, obsolete per RFC 8301 §3.1).
+    Sha1,
+    /// SHA-256.
+    Sha256,
+}
+
+/// Which body hash: the body canonicalization, the hash, and the `l=` limit if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodySpec {
+    /// The body canonicalization.
+    pub canon: Canon,
+    /// The hash algorithm.
+    pub hash: Hash,
+    /// Only this many canonical octets are hashed (`l=`).
+    pub limit: Option<u64>,
+}
+
+impl BodySpec {
+    /// SHA-256 over the whole body, as we sign.
+    pub fn signing(canon: Canon) -> BodySpec {
+        BodySpec { canon, hash: Hash::Sha256, limit: None }
+    }
+}
+
+/// One computed body hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyDigest {
+    /// What was hashed.
+    pub spec: BodySpec,
+    /// The digest of the first `limit` canonical octets (all of them without a limit).
+    pub digest: Vec<u8>,
+    /// The length of the whole canonical body (also past the limit).
+    pub total: u64,
+}
+
+/// The body hashes of one message, computed while its body streamed past: what
+/// [`crate::dkim::sign::Body::Hashed`] and [`crate::dkim::verify::verify_hashed`] take instead
+/// of the body.
+#[derive(Clone, Debug, Default)]
+pub struct HashedBody {
+    digests: Vec<BodyDigest>,
+}
+
+impl HashedBody {
+    /// The hash of `spec`, if it was computed.
+    pub fn get(&self, spec: BodySpec) -> Option<&BodyDigest> {
+        self.digests.iter().find(|d| d.spec == spec)
+    }
+}
+
+/// A sink feeding either SHA-1 or SHA-256.
+pub(crate) enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    pub(crate) fn new(h: Hash) -> Hasher {
+        match h {
+            Hash::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
+            Hash::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+impl Sink for Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha1(h) => sha1::Digest::update(h, bytes),
+            Hasher::Sha256(h) => sha2::Digest::update(h, bytes),
+        }
+    }
+}
+
+/// A hasher that stops after `l=` octets and counts all it was offered.
+struct Limited {
+    inner: Hasher,
+    left: u64,
+    offered: u64,
+}
+
+impl Limited {
+    fn new(spec: BodySpec) -> Limited {
+        Limited { inner: Hasher::new(spec.hash), left: spec.limit.unwrap_or(u64::MAX), offered: 0 }
+    }
+}
+
+impl Sink for Limited {
+    fn write(&mut self, bytes: &[u8]) {
+        self.offered += bytes.len() as u64;
+        let take = (bytes.len() as u64).min(self.left) as usize;
+        if take > 0 {
+            self.inner.write(&bytes[..take]);
+            self.left -= take as u64;
+        }
+    }
+}
+
+/// The hash of `spec` over a body held in memory.
+pub fn hash_body(spec: BodySpec, body: &[u8]) -> BodyDigest {
+    let mut h = Limited::new(spec);
+    canon::canonicalize_body(spec.canon, body, &mut h);
+    BodyDigest { spec, total: h.offered, digest: h.inner.finish() }
+}
+
+/// Body hashes computed chunk by chunk. Memory: a few dozen octets per wanted hash, whatever
+/// the body's size.
+pub struct BodyHashes {
+    streams: Vec<(BodySpec, StreamCanonicalizer, Limited)>,
+}
+
+impl BodyHashes {
+    /// Hashes for each of `specs` (each computed once, however often it is named).
+    pub fn new(specs: impl IntoIterator<Item = BodySpec>) -> BodyHashes {
+        let mut streams: Vec<(BodySpec, StreamCanonicalizer, Limited)> = Vec::new();
+        for spec in specs {
+            if !streams.iter().any(|(s, ..)| *s == spec) {
+                streams.push((spec, StreamCanonicalizer::new(spec.canon), Limited::new(spec)));
+            }
+        }
+        BodyHashes { streams }
+    }
+
+    /// The next chunk of the body.
+    pub fn update(&mut self, chunk: &[u8]) {
+        for (_, c, h) in &mut self.streams {
+            c.update(chunk, h);
+        }
+    }
+
+    /// The body has ended: the hashes.
+    pub fn finish(self) -> HashedBody {
+        let digests = self
+            .streams
+            .into_iter()
+            .map(|(spec, c, mut h)| {
+                c.finish(&mut h);
+                BodyDigest { spec, total: h.offered, digest: h.inner.finish() }
+            })
+            .collect();
+        HashedBody { digests }
+    }
+}
+
+const CRLF: &[u8] = b"\r\n";
+
+/// 64 CRLFs, for writing pending empty lines a block at a time.
+const LINES: [u8; 128] = {
+    let mut a = [b'\n'; 128];
+    let mut i = 0;
+    while i < a.len() {
+        a[i] = b'\r';
+        i += 2;
+    }
+    a
+};
+
+/// Body canonicalization (RFC 6376 §3.4.3, §3.4.4) of a body given in chunks, with the rules of
+/// [`canon`] for stray line-end characters.
+///
+/// Each chunk is cut into three parts. From its first "content" octet to its last one (an
+/// octet that is not a line-end character, nor whitespace in relaxed) goes to the fast
+/// canonicalizer of [`canon`] in one piece: such a piece neither ends in trailing lines nor
+/// in whitespace whose fate depends on what follows. The octets before and after it (line
+/// ends, whitespace, CRs) go one at a time through a small state machine that remembers only
+/// counts and flags: how many empty lines are pending (emitted only if content follows, as
+/// trailing empty lines are removed), whether whitespace is pending (one SP if content
+/// follows on the line, else nothing), whether a CR is pending (a line end if LF follows,
+/// else an ordinary octet).
+pub struct StreamCanonicalizer {
+    canon: Canon,
+    /// A CR whose meaning depends on the next octet.
+    cr: bool,
+    /// Relaxed: whitespace seen since the last content octet of the line.
+    wsp: bool,
+    /// Empty lines (and, in relaxed, whitespace-only lines) not yet emitted.
+    empties: u64,
+    /// The current line has content.
+    line_content: bool,
+    /// Some content was emitted.
+    any: bool,
+}
+
+impl StreamCanonicalizer {
+    /// A canonicalizer at the start of a body.
+    pub fn new(canon: Canon) -> StreamCanonicalizer {
+        StreamCanonicalizer { canon, cr: false, wsp: false, empties: 0, line_content: false, any: false }
+    }
+
+    fn is_content(&self, b: u8) -> bool {
+        match self.canon {
+            Canon::Simple => b != b'\r' && b != b'\n',
+            Canon::Relaxed => !matches!(b, b'\r' | b'\n' | b' ' | b'\t'),
+        }
+    }
+
+    /// Canonicalizes the next chunk into `sink`.
+    pub fn update<S: Sink + ?Sized>(&mut self, chunk: &[u8], sink: &mut S) {
+        let Some(first) = chunk.iter().position(|&b| self.is_content(b)) else {
+            for &b in chunk {
+                self.edge(b, sink);
+            }
+            return;
+        };
+        let last = chunk.iter().rposition(|&b| self.is_content(b)).expect("a content octet is at `first`");
+        for &b in &chunk[..first] {
+            self.edge(b, sink);
+        }
+        self.before_content(sink);
+        canon::canonicalize_body_middle(self.canon, &chunk[first..=last], sink);
+        self.line_content = true;
+        self.any = true;
+        for &b in &chunk[last + 1..] {
+            self.edge(b, sink);
+        }
+    }
+
+    /// The body has ended: writes what its end adds.
+    pub fn finish<S: Sink + ?Sized>(mut self, sink: &mut S) {
+        if self.cr {
+            // A CR at the very end is an ordinary octet of an unterminated last line.
+            self.lone_cr(sink);
+        }
+        if self.line_content {
+            // An unterminated last line gets its line end; whitespace after its content goes.
+            sink.write(CRLF);
+        } else if self.canon == Canon::Simple && !self.any {
+            // Simple: an empty body is one CRLF (RFC 6376 §3.4.3). Relaxed: it stays empty.
+            sink.write(CRLF);
+        }
+    }
+
+    /// One octet that is not content: CR, LF, or (relaxed) SP or HTAB.
+    fn edge<S: Sink + ?Sized>(&mut self, b: u8, sink: &mut S) {
+        match b {
+            b'\n' => {
+                // A line end, CRLF or bare LF; whitespace before it goes (relaxed).
+                self.cr = false;
+                self.wsp = false;
+                if self.line_content {
+                    // The end of a line with content is never a trailing line's: it stays.
+                    sink.write(CRLF);
+                    self.line_content = false;
+                } else {
+                    self.empties += 1;
+                }
+            }
+            b'\r' => {
+                if self.cr {
+                    self.lone_cr(sink);
+                }
+                self.cr = true;
+            }
+            _ => {
+                if self.cr {
+                    self.lone_cr(sink);
+                }
+                self.wsp = true;
+            }
+        }
+    }
+
+    /// The pending CR was not followed by LF: it is an ordinary octet, content of its line.
+    fn lone_cr<S: Sink + ?Sized>(&mut self, sink: &mut S) {
+        self.cr = false;
+        self.before_content(sink);
+        sink.write(b"\r");
+        self.line_content = true;
+        self.any = true;
+    }
+
+    /// Content follows: the pending empty lines and whitespace were not trailing.
+    fn before_content<S: Sink + ?Sized>(&mut self, sink: &mut S) {
+        if self.cr {
+            self.lone_cr(sink);
+        }
+        while self.empties > 0 {
+            let n = self.empties.min((LINES.len() / 2) as u64) as usize;
+            sink.write(&LINES[..2 * n]);
+            self.empties -= n as u64;
+        }
+        if self.wsp {
+            sink.write(b" ");
+            self.wsp = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn whole(c: Canon, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![];
+        canon::canonicalize_body(c, body, &mut out);
+        out
+    }
+
+    /// The body fed in the chunks that `cuts` (ascending offsets) make.
+    fn streamed(c: Canon, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = vec![];
+        let mut s = StreamCanonicalizer::new(c);
+        let mut at = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+            let cut = cut.clamp(at, body.len());
+            s.update(&body[at..cut], &mut out);
+            at = cut;
+        }
+        s.finish(&mut out);
+        out
+    }
+
+    /// Every body of up to 6 octets over content, SP, HTAB, CR and LF, cut at each offset and
+    /// fed an octet at a time: the same as canonicalizing it whole.
+    #[test]
+    fn every_short_body_every_cut() {
+        const ALPHABET: &[u8] = b"a \t\r\n";
+        for len in 0..=6u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                let body: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = ALPHABET[n % ALPHABET.len()];
+                        n /= ALPHABET.len();
+                        b
+                    })
+                    .collect();
+                let bytewise: Vec<usize> = (1..body.len()).collect();
+                for c in [Canon::Simple, Canon::Relaxed] {
+                    let want = whole(c, &body);
+                    assert_eq!(streamed(c, &body, &bytewise), want, "{c:?} {body:?} octet by octet");
+                    for cut in 0..=body.len() {
+                        assert_eq!(streamed(c, &body, &[cut]), want, "{c:?} {body:?} cut at {cut}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A megabyte of nothing but line ends and whitespace takes no memory and still counts:
+    /// the pending lines are emitted when content follows.
+    #[test]
+    fn long_runs_of_empty_lines() {
+        let mut body = b"a\r\n".to_vec();
+        body.extend(std::iter::repeat_n(&b" \r\n"[..], 300_000).flatten());
+        body.extend_from_slice(b"b\r\n");
+        body.extend(std::iter::repeat_n(&b"\r\n"[..], 300_000).flatten());
+        let cuts: Vec<usize> = (1..body.len()).step_by(65_536).collect();
+        for c in [Canon::Simple, Canon::Relaxed] {
+            assert_eq!(streamed(c, &body, &cuts), whole(c, &body), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn body_hashes_match_hashing_the_whole_body() {
+        let body = b"Hello\tworld  \r\n\r\nsecond line\nthird\r\n\r\n\r\n";
+        let specs = [
+            BodySpec::signing(Canon::Simple),
+            BodySpec::signing(Canon::Relaxed),
+            BodySpec { canon: Canon::Relaxed, hash: Hash::Sha1, limit: Some(7) },
+            BodySpec { canon: Canon::Simple, hash: Hash::Sha256, limit: Some(0) },
+            BodySpec::signing(Canon::Simple),
+        ];
+        let mut h = BodyHashes::new(specs);
+        assert_eq!(h.streams.len(), 4, "each spec is computed once");
+        for chunk in body.chunks(5) {
+            h.update(chunk);
+        }
+        let hashed = h.finish();
+        for spec in specs {
+            assert_eq!(hashed.get(spec), Some(&hash_body(spec, body)), "{spec:?}");
+        }
+        assert_eq!(hashed.get(BodySpec { canon: Canon::Relaxed, hash: Hash::Sha1, limit: None }), None);
+    }
+
+    /// Mail-like bodies: long lines, bare LFs and CRLFs, whitespace of every kind.
+    fn bodies() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            8 => Just(&b"word"[..]),
+            4 => Just(&b" "[..]),
+            1 => Just(&b"  "[..]),
+            1 => Just(&b"\t"[..]),
+            1 => Just(&b"\r"[..]),
+            1 => Just(&b"\n"[..]),
+            1 => Just(&b"\r\n"[..]),
+            1 => Just(&[b'y'; 20_000][..]),
+        ];
+        proptest::collection::vec(token, 0..3000).prop_map(|t| t.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn any_chunking_matches_the_whole_body(
+            body in bodies(),
+            cuts in proptest::collection::vec(0usize..100_000, 0..40),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            for c in [Canon::Simple, Canon::Relaxed] {
+                prop_assert_eq!(streamed(c, &body, &cuts), whole(c, &body));
+            }
+        }
+    }
+}
