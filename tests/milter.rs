@@ -1367,3 +1367,52 @@ dktest!(
         }
     }
 );
+
+dktest!(
+    /// Inbound mail with signatures of several body canonicalizations and an `l=` is verified
+    /// from body hashes computed as the chunks arrived: text appended after the signed length
+    /// fails only the signatures without `l=`.
+    streamed_verification_keeps_l_and_both_canonicalizations,
+    |dir| {
+        let c = conf(&dir, "");
+        let zone = dir.write(
+            "keys/zone",
+            &[std::fs::read(dir.join("keys/test.txt")).unwrap(), std::fs::read(dir.join("keys/test-ed.txt")).unwrap()]
+                .concat(),
+        );
+        let body = "Hello  there,\t\nline two \n\n\n";
+        let mut msg = format!("From: a@example.com\nSubject: canonicalizations\n\n{body}").into_bytes();
+        for (canon, sel, key, extra) in [
+            ("relaxed/relaxed", "test", "keys/test.private", None),
+            ("simple/simple", "test-ed", "keys/test-ed.private", None),
+            ("relaxed/relaxed", "test-ed", "keys/test-ed.private", Some("--body-length")),
+        ] {
+            let path = dir.write("in.eml", &msg);
+            msg = dir
+                .cmd()
+                .args(["sign", "-c", canon, "-d", "example.com", "-s", sel, "-k", key, "--timestamp", "1700000000"])
+                .args(extra)
+                .arg(&path)
+                .ok();
+        }
+        let m = Milter::start(&dir, &["-x", c.to_str().unwrap(), "--dns-zone", zone.to_str().unwrap()]);
+        let ar = |msg: &[u8]| -> String {
+            let mut mta = m.connect();
+            let steps = mta.negotiate();
+            mta.connect_from("192.0.2.7");
+            let r = mta.message(msg, steps, None);
+            r.iter()
+                .find_map(|r| match r {
+                    Reply::Insert(0, n, v) if n == "Authentication-Results" => Some(v.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no Authentication-Results: {r:?}"))
+        };
+        let whole = ar(&msg);
+        assert_eq!(whole.matches("dkim=pass").count(), 3, "{whole}");
+        let appended = [&msg[..], b"appended in transit\n"].concat();
+        let a = ar(&appended);
+        assert_eq!(a.matches("dkim=pass").count(), 1, "{a}");
+        assert_eq!(a.matches("dkim=fail").count(), 2, "{a}");
+    }
+);
