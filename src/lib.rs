@@ -12,8 +12,8 @@
 //! - [`select`] and [`tables`]: which signatures a message gets (fixed keys, OpenDKIM
 //!   Domain/KeyFile, KeyTable/SigningTable data sets including PostgreSQL).
 //! - [`lookup`]: where verification keys come from (DNS, zone files, key directories).
-//! - [`arch`]: CPU-specific kernels; [`corpus`]: generated benchmark archives; [`warnings`]:
-//!   where warnings go (the library never prints).
+//! - [`arch`]: CPU-specific kernels; [`warnings`]: where warnings go (the library never
+//!   prints).
 //!
 //! `unsafe` code is allowed in two modules only, each block with a `// SAFETY:` note: [`arch`]
 //! (the line-end kernels, prefetching) and [`pipeline::os`] (memory maps, locks and the other
@@ -25,6 +25,9 @@
 
 #[allow(unsafe_code)]
 pub mod arch;
+/// Generated benchmark archives, for `dkimpress bench` and `benches/`: a test fixture, not part
+/// of the library's interface.
+#[doc(hidden)]
 pub mod corpus;
 pub mod dkim;
 pub mod lookup;

@@ -1,7 +1,7 @@
 //! System calls of the commands that the standard library does not wrap, each behind a safe
 //! function: the milter daemon's (users, privileges, umask, caught signals, waiting on its
-//! socket, the allocator's threshold) and the re-injection child's process group (filter,
-//! sendmail wrapper).
+//! socket, the allocator's threshold), the re-injection child's process group (filter,
+//! sendmail wrapper), and standard output as a file without std's line buffer (sign, verify).
 //!
 //! Does not own the pipeline's OS calls (memory maps, locks): `dkimpress::pipeline::os`.
 
@@ -161,4 +161,20 @@ pub(crate) fn return_large_allocations() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
+}
+
+/// Standard output as an unbuffered `File` (fd 1), for large sequential output.
+#[cfg(unix)]
+pub(crate) fn stdout_raw() -> impl std::io::Write + Send {
+    use std::os::fd::AsFd as _;
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)) as Box<dyn std::io::Write + Send>,
+        Err(_) => Box::new(std::io::stdout()),
+    }
+}
+
+/// Standard output (non-Unix: std's own).
+#[cfg(not(unix))]
+pub(crate) fn stdout_raw() -> impl std::io::Write + Send {
+    std::io::stdout()
 }

@@ -316,7 +316,7 @@ pub(crate) fn sign_mbox_to(
         None => {
             // Straight to fd 1, unbuffered: sign_mbox writes each unit in one writev from the
             // map (std's Stdout is line-buffered and would copy every byte once more).
-            let mut out = dkimpress::pipeline::io::stdout_raw();
+            let mut out = crate::cli::os::stdout_raw();
             pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
         }
         Some(d) => {

@@ -129,7 +129,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     let mut counts: std::collections::BTreeMap<DkimResult, u64> = Default::default();
     let mut failed = 0u64;
-    let mut out = std::io::BufWriter::new(dkimpress::pipeline::io::stdout_raw());
+    let mut out = std::io::BufWriter::new(crate::cli::os::stdout_raw());
     let mut report =
         |out: &mut dyn std::io::Write, name: &str, file: &str, index: u64, offset: u64, vs: &[verify::Verdict]| {
             let o = verify::overall(vs);

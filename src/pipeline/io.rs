@@ -345,22 +345,6 @@ pub fn write_atomic(dest: &Path, parts: &[&[u8]], mode: u32) -> std::io::Result<
     f.commit()
 }
 
-/// Standard output as an unbuffered `File` (fd 1), for large sequential output.
-#[cfg(unix)]
-pub fn stdout_raw() -> impl Write + Send {
-    use std::os::fd::AsFd as _;
-    match std::io::stdout().as_fd().try_clone_to_owned() {
-        Ok(fd) => Box::new(File::from(fd)) as Box<dyn Write + Send>,
-        Err(_) => Box::new(std::io::stdout()),
-    }
-}
-
-/// Standard output (non-Unix: std's own).
-#[cfg(not(unix))]
-pub fn stdout_raw() -> impl Write + Send {
-    std::io::stdout()
-}
-
 /// Start of every temporary file name of ours.
 const TMP_START: &str = ".dkimpress-";
 /// End of every temporary file name of ours.
