@@ -411,6 +411,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return match e {
                 pipeline::MessageError::Sign(e) => sign_code(e),
                 pipeline::MessageError::Select(s) => select_code(s),
+                pipeline::MessageError::Panic(_) => sysexits::SOFTWARE,
             };
         }
         if let Some(s) = cause.downcast_ref::<dkimpress::select::SelectError>() {

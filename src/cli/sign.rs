@@ -172,17 +172,17 @@ pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
 
 /// Pipe mode and single message files: the message is signed or nothing is written.
 pub(crate) fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (headers, drop) = match pipeline::sign_message(&cfg.opts, msg) {
+    let (headers, drop) = match pipeline::guarded("signing", || pipeline::sign_message(&cfg.opts, msg)) {
         Ok(r) => r,
         // No key for this author: not an error; the message goes on unsigned (as OpenDKIM),
         // unless --require-signed asks for every message to be signed (then nothing is
         // written, as for any other message we cannot sign: exit 65).
-        Err(pipeline::MessageError::Select(dkimpress::select::SelectError::NoKey(who))) if !cfg.require_signed => {
+        Err(e) if e.is_no_key() && !cfg.require_signed => {
             if !cfg.quiet {
                 eprintln!(
-                    "dkimpress: {}: no signing key for {}: passed through unsigned",
+                    "dkimpress: {}: {}: passed through unsigned",
                     pipeline::sanitize(name),
-                    pipeline::sanitize(&who)
+                    pipeline::sanitize(&e.to_string())
                 );
             }
             (vec![], vec![])
@@ -250,7 +250,9 @@ pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> any
                 };
                 pipeline::sign_dir(path, *kind, &cfg.opts, &pool, &out, &mut summary, &progress).map_err(Into::into)
             }
-            InputKind::Message => sign_message_file_in_place(cfg, path, &mut summary, &progress),
+            InputKind::Message => {
+                pipeline::sign_file_in_place(path, &cfg.opts, &pool, &mut summary, &progress).map_err(Into::into)
+            }
         };
         if let Err(e) = result {
             progress.finish();
@@ -346,36 +348,6 @@ pub(crate) fn sign_mbox_to(
         }
     }
     drop(lock);
-    Ok(())
-}
-
-/// A one-message file among several inputs (--in-place): signed and replaced, or left alone
-/// and reported.
-pub(crate) fn sign_message_file_in_place(
-    cfg: &SignConfig,
-    path: &Path,
-    summary: &mut Summary,
-    progress: &Progress,
-) -> anyhow::Result<()> {
-    let data = std::fs::read(path)
-        .map_err(|e| BulkError::Input { path: path.display().to_string(), reason: e.to_string() })?;
-    summary.messages += 1;
-    summary.bytes += data.len() as u64;
-    match pipeline::sign_message(&cfg.opts, &data) {
-        Ok((headers, drop)) => {
-            pipeline::write_signed_file(path, &keep_for(cfg, Some(path)), &headers, &data, &drop)?;
-            summary.signed += 1;
-        }
-        Err(e) => {
-            let no_key = e.is_no_key();
-            summary.passed += 1;
-            summary.no_key += u64::from(no_key);
-            let file = path.display().to_string();
-            let p = pipeline::Problem { file, index: 1, offset: 0, reason: e.to_string(), no_key };
-            progress.problem(&p);
-            summary.problems.push(p);
-        }
-    }
     Ok(())
 }
 

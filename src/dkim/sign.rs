@@ -303,6 +303,46 @@ pub fn sign_parsed(signers: &[Signer], parsed: &Message, now: u64) -> Result<Vec
 /// [`sign_parsed`] with the body given apart: `parsed`'s header fields are signed, `body` is
 /// hashed (the pieces of an mbox body stored with quoted lines; `parsed.body` is not read).
 pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, now: u64) -> Result<Vec<u8>, SignError> {
+    let fields = sign_fields(signers, parsed, body, now)?;
+    let mut out = Vec::with_capacity(fields.iter().map(|f| f.0.len()).sum());
+    for field in &fields {
+        if parsed.crlf {
+            out.extend_from_slice(field.0.as_bytes());
+        } else {
+            // The field is built with CRLF (its wire form); store it as the message stores lines.
+            out.extend(field.0.bytes().filter(|&b| b != b'\r'));
+        }
+    }
+    Ok(out)
+}
+
+/// A DKIM-Signature field we made, in its wire form: folded with CRLF TAB, ending in CRLF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureField(String);
+
+impl SignatureField {
+    /// The field name.
+    pub const NAME: &'static str = "DKIM-Signature";
+
+    /// The value: after the colon (from its leading space), without the final CRLF; folded
+    /// lines are joined by CRLF TAB.
+    pub fn value(&self) -> &str {
+        &self.0[Self::NAME.len() + 1..self.0.len() - 2]
+    }
+
+    /// The whole field as it goes on the wire.
+    pub fn wire(&self) -> &str {
+        &self.0
+    }
+}
+
+/// [`sign_parsed_body`] giving each signer's field apart, in signer order.
+pub fn sign_fields(
+    signers: &[Signer],
+    parsed: &Message,
+    body: Body<'_>,
+    now: u64,
+) -> Result<Vec<SignatureField>, SignError> {
     if !parsed.fields.iter().any(|f| f.is("from")) {
         return Err(SignError::NoFrom);
     }
@@ -310,7 +350,7 @@ pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, no
     // verifiers disagree on it, so a signature over it would fail at some receivers.
     parsed.check_field_octets()?;
     let mut hashes: Vec<BodyHash> = Vec::with_capacity(2);
-    let mut out = Vec::with_capacity(512 * signers.len());
+    let mut out = Vec::with_capacity(signers.len());
     let mut scratch = Vec::with_capacity(2048);
     for signer in signers {
         let bh = match hashes.iter().position(|h| h.canon == signer.canon.body) {
@@ -320,13 +360,7 @@ pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, no
                 hashes.last().expect("just pushed")
             }
         };
-        let field = signature_field(signer, parsed, bh, now, &mut scratch)?;
-        if parsed.crlf {
-            out.extend_from_slice(&field);
-        } else {
-            // The field is built with CRLF (its wire form); store it as the message stores lines.
-            out.extend(field.iter().copied().filter(|&b| b != b'\r'));
-        }
+        out.push(SignatureField(signature_field(signer, parsed, bh, now, &mut scratch)?));
     }
     Ok(out)
 }
@@ -367,7 +401,7 @@ fn signature_field(
     bh: &BodyHash,
     now: u64,
     scratch: &mut Vec<u8>,
-) -> Result<Vec<u8>, SignError> {
+) -> Result<String, SignError> {
     let b64 = &base64::engine::general_purpose::STANDARD;
     let h = header_list(signer, msg);
 
@@ -409,7 +443,7 @@ fn signature_field(
     let n = b64.encode_slice(&sig, &mut sig64).expect("room for an RSA-8192 signature");
     f.chunked(std::str::from_utf8(&sig64[..n]).expect("base64 is ASCII"));
     f.text.push_str("\r\n");
-    Ok(f.text.into_bytes())
+    Ok(f.text)
 }
 
 /// Writes `tag=value;` items separated by spaces, folding (CRLF TAB) before an item that

@@ -47,14 +47,13 @@ pub(crate) fn process(opts: &BulkOptions, msg: mbox::Stored<'_>) -> Outcome {
     }
     // One message that makes the signer panic must not end the run: it is passed through and
     // reported like any other message that cannot be signed.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_stored(opts, msg))) {
-        Ok(Ok((headers, drop))) => Outcome::Signed { headers, drop },
-        Ok(Err(MessageError::Select(crate::select::SelectError::Temporary(why)))) => {
-            Outcome::Temporary(why.to_string())
-        }
-        Ok(Err(e)) if e.is_no_key() => Outcome::NoKey(e.to_string()),
-        Ok(Err(e)) => Outcome::Unsigned(e.to_string()),
-        Err(_) => Outcome::Unsigned("internal error (panic) while signing; please report it".into()),
+    match guarded("signing", || sign_stored(opts, msg)) {
+        Ok((headers, drop)) => Outcome::Signed { headers, drop },
+        Err(e) => match e.disposition() {
+            Disposition::NoKey => Outcome::NoKey(e.to_string()),
+            Disposition::Temporary => Outcome::Temporary(e.to_string()),
+            Disposition::Unsignable | Disposition::Broken => Outcome::Unsigned(e.to_string()),
+        },
     }
 }
 
@@ -68,14 +67,56 @@ pub enum MessageError {
     /// broken table entry, or a key store that cannot be reached.
     #[error(transparent)]
     Select(#[from] crate::select::SelectError),
+    /// The signer panicked (a bug) while doing what is named.
+    #[error("internal error (panic) while {0}; please report it")]
+    Panic(&'static str),
+}
+
+/// What a message that was not signed means, in every mode. Each mode answers each
+/// disposition its own way (an exit code, a milter reply, passed through and reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// No key is configured for its author: it goes on unsigned, as OpenDKIM passes it; not a
+    /// failure.
+    NoKey,
+    /// The message itself cannot be signed (a header block that does not parse, no From, no
+    /// usable author address, a control character in a field): retrying cannot help, so it
+    /// goes on unsigned rather than being lost.
+    Unsignable,
+    /// The key store cannot be reached now: a retry later can sign it.
+    Temporary,
+    /// Our side is broken (a key or table entry that cannot be used, the crypto backend, a
+    /// panic): the operator must act.
+    Broken,
 }
 
 impl MessageError {
-    /// Whether the only reason is that no key is configured for the author: the message goes
-    /// on unsigned, as OpenDKIM passes it, and that is not a failure.
-    pub fn is_no_key(&self) -> bool {
-        matches!(self, MessageError::Select(crate::select::SelectError::NoKey(_)))
+    /// What this failure means for the message.
+    pub fn disposition(&self) -> Disposition {
+        use crate::dkim::sign::SignError;
+        use crate::select::SelectError;
+        match self {
+            MessageError::Select(SelectError::NoKey(_)) => Disposition::NoKey,
+            MessageError::Select(SelectError::NoAddress(_))
+            | MessageError::Sign(SignError::Header(_) | SignError::NoFrom) => Disposition::Unsignable,
+            MessageError::Select(SelectError::Temporary(_)) => Disposition::Temporary,
+            MessageError::Select(SelectError::Config(_))
+            | MessageError::Sign(SignError::Key(_) | SignError::BodyNotHashed(_))
+            | MessageError::Panic(_) => Disposition::Broken,
+        }
     }
+
+    /// Whether the only reason is that no key is configured for the author.
+    pub fn is_no_key(&self) -> bool {
+        self.disposition() == Disposition::NoKey
+    }
+}
+
+/// Runs `f`, one step of signing named by `what`, turning a panic into
+/// [`MessageError::Panic`]: one message that trips a bug must not take down a bulk run or a
+/// daemon connection.
+pub fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T, MessageError>) -> Result<T, MessageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(MessageError::Panic(what)))
 }
 
 /// Signs one message: the header fields to add on top, and the byte ranges of old own
@@ -211,7 +252,7 @@ pub(crate) fn account(
 /// `out` should be unbuffered: each unit of messages goes out in one vectored write straight
 /// from the map (the new header fields between the slices), with no copy in user space.
 pub fn sign_mbox(
-    mapped: &super::os::Mapped,
+    mapped: &Mapped,
     path: &Path,
     opts: &BulkOptions,
     pool: &rayon::ThreadPool,
@@ -313,9 +354,39 @@ pub fn sign_dir(
             std::fs::create_dir_all(&p).map_err(|error| BulkError::Output { path: p.display().to_string(), error })?;
         }
     }
+    sign_entries(dir, &entries, opts, pool, output, summary, progress)
+}
+
+/// Signs one message file, replaced atomically with its owner, mode and dates kept, or left as
+/// it is and reported (too large, not a regular file, not signable): one entry of
+/// [`sign_dir`]'s kind.
+pub fn sign_file_in_place(
+    path: &Path,
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(BulkError::Input { path: path.display().to_string(), reason: "not a file name".into() });
+    };
+    let entry = DirEntry { rel: PathBuf::from(name), odd: None };
+    sign_entries(dir, std::slice::from_ref(&entry), opts, pool, &DirOutput::InPlace, summary, progress)
+}
+
+/// Signs the listed message files of `dir` into `output`.
+fn sign_entries(
+    dir: &Path,
+    entries: &[DirEntry],
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    output: &DirOutput,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
     let cpu = map_dir(
         dir,
-        &entries,
+        entries,
         opts.max_message,
         pool,
         |rel, item| sign_file(dir, rel, opts, output, item),

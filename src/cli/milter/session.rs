@@ -10,10 +10,9 @@ use super::{Action, Condition, Settings};
 use crate::cli::log::Logger;
 use dkimpress::dkim::bodyhash::{BodyHashes, BodySpec, HashedBody};
 use dkimpress::dkim::header::Message;
-use dkimpress::dkim::sign::Signer;
+use dkimpress::dkim::sign::{self, SignError, SignatureField, Signer};
 use dkimpress::dkim::verify::{self, DkimResult, KeyResult, Reason, Verdict};
-use dkimpress::pipeline::MessageError;
-use dkimpress::select::SelectError;
+use dkimpress::pipeline::{self, Disposition, MessageError};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -280,18 +279,11 @@ impl<'a> Session<'a> {
             (Some(keys), Origin::Ours(who)) => {
                 self.log.debug(&format!("{who}: signing"));
                 let message = &self.message;
-                let selected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let parsed = Message::parse(message).map_err(dkimpress::dkim::sign::SignError::from)?;
-                    keys.signers_for(&parsed, None).map_err(MessageError::from)
-                }));
-                match selected {
-                    Ok(Ok(signers)) => Plan::Sign(signers),
-                    Ok(Err(MessageError::Select(SelectError::NoKey(who)))) => {
-                        Plan::Verify(Some(format!("no signing table match for {who}")))
-                    }
-                    Ok(Err(e)) => failed_signing(&e),
-                    Err(_) => Plan::Fail(Condition::InternalError, "internal error (panic) while choosing keys".into()),
-                }
+                let selected = pipeline::guarded("choosing keys", || {
+                    let parsed = Message::parse(message).map_err(SignError::from)?;
+                    Ok(keys.signers_for(&parsed, None)?)
+                });
+                selected.map_or_else(|e| not_signed(&e), Plan::Sign)
             }
         };
         let specs: Vec<BodySpec> = match &plan {
@@ -413,13 +405,23 @@ impl<'a> Session<'a> {
             r.push(Response::Accept);
             return r;
         }
-        let s = self.settings;
         let hashed = self.hashes.take().map(BodyHashes::finish).unwrap_or_default();
         let plan =
             self.plan.take().unwrap_or_else(|| Plan::Fail(Condition::InternalError, "message without a plan".into()));
+        self.carry_out(plan, &hashed)
+    }
+
+    /// The replies for the message under `plan`; `hashed` holds its body hashes.
+    fn carry_out(&mut self, plan: Plan<'_>, hashed: &HashedBody) -> Vec<Response> {
+        let s = self.settings;
         match plan {
             Plan::Fail(condition, why) => return self.act(condition, &why, vec![]),
-            Plan::Sign(signers) => return self.sign(&signers, &hashed),
+            Plan::Sign(signers) => {
+                return match self.sign(&signers, hashed) {
+                    Ok(r) => r,
+                    Err(e) => self.carry_out(not_signed(&e), hashed),
+                }
+            }
             // Our own client's message that cannot be signed (no usable From, a broken header
             // block) goes on unsigned; judging it as inbound mail could reject it.
             Plan::Unsignable(why) => {
@@ -442,7 +444,7 @@ impl<'a> Session<'a> {
             }
         }
         if s.verify {
-            return self.verify(&hashed);
+            return self.verify(hashed);
         }
         let mut r = self.remove_forged_results();
         r.push(Response::Accept);
@@ -468,46 +470,30 @@ impl<'a> Session<'a> {
 
     /// Signs the message with the signers chosen at the end of its header block; `hashed`
     /// holds their body hashes.
-    fn sign(&mut self, signers: &[Signer], hashed: &HashedBody) -> Vec<Response> {
+    fn sign(&mut self, signers: &[Signer], hashed: &HashedBody) -> Result<Vec<Response>, MessageError> {
         let s = self.settings;
         let now = s.timestamp.unwrap_or_else(crate::cli::now_unix);
         let msg = &self.message;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let parsed = Message::parse(msg).map_err(dkimpress::dkim::sign::SignError::from)?;
-            dkimpress::dkim::sign::sign_parsed_body(signers, &parsed, dkimpress::dkim::sign::Body::Hashed(hashed), now)
-                .map_err(MessageError::from)
-        }));
-        let fields = match result {
-            Ok(Ok(fields)) => fields,
-            Ok(Err(e)) => match failed_signing(&e) {
-                Plan::Fail(condition, why) => return self.act(condition, &why, vec![]),
-                Plan::Unsignable(why) => {
-                    self.log.warn(&format!("not signed: {why}"));
-                    let mut r = self.remove_forged_results();
-                    r.push(Response::Accept);
-                    return r;
-                }
-                _ => unreachable!("failed_signing gives a failure"),
-            },
-            Err(_) => return self.act(Condition::InternalError, "internal error (panic) while signing", vec![]),
-        };
+        let fields = pipeline::guarded("signing", || {
+            let parsed = Message::parse(msg).map_err(SignError::from)?;
+            Ok(sign::sign_fields(signers, &parsed, sign::Body::Hashed(hashed), now)?)
+        })?;
         // A result an authenticated user planted under our id goes from signed mail too: it
         // would reach local recipients as ours.
         let mut out = self.remove_forged_results();
-        let parsed = split_fields(&fields);
         // Each goes on top: the last one first, so that they end up in signing order.
-        for (name, value) in parsed.iter().rev() {
-            out.push(Response::InsertHeader { index: 0, name: name.clone(), value: self.milter_value(value) });
+        for field in fields.iter().rev() {
+            let value = self.milter_value(field.value());
+            out.push(Response::InsertHeader { index: 0, name: SignatureField::NAME.into(), value });
         }
         if s.log_success {
-            for (_, value) in &parsed {
-                let d = dkimpress::dkim::tags::value(value.as_bytes(), "d").unwrap_or_default();
-                let sel = dkimpress::dkim::tags::value(value.as_bytes(), "s").unwrap_or_default();
+            for signer in signers {
+                let (sel, d) = (signer.selector(), signer.domain());
                 self.log.info(&format!("DKIM-Signature field added (s={sel}, d={d})"));
             }
         }
         out.push(Response::Accept);
-        out
+        Ok(out)
     }
 
     /// A value for SMFIR_INSHEADER/CHGHEADER: LF between folded lines (the MTA adds the CR, as
@@ -672,14 +658,14 @@ enum Plan<'a> {
     Fail(Condition, String),
 }
 
-/// What a failure to choose keys or to sign means for the message.
-fn failed_signing<'a>(e: &MessageError) -> Plan<'a> {
-    match e {
-        e if is_message_fault(e) => Plan::Unsignable(format!("cannot be signed: {e}")),
-        e @ MessageError::Select(SelectError::Temporary(_)) => {
-            Plan::Fail(Condition::InternalError, format!("key store: {e}"))
-        }
-        e => Plan::Fail(Condition::SignatureError, format!("signing: {e}")),
+/// The milter's answer to each [`Disposition`] of a message of ours that was not signed.
+fn not_signed<'a>(e: &MessageError) -> Plan<'a> {
+    match e.disposition() {
+        // Not ours after all: verified like inbound mail.
+        Disposition::NoKey => Plan::Verify(Some(e.to_string())),
+        Disposition::Unsignable => Plan::Unsignable(format!("cannot be signed: {e}")),
+        Disposition::Temporary => Plan::Fail(Condition::InternalError, format!("key store: {e}")),
+        Disposition::Broken => Plan::Fail(Condition::SignatureError, format!("signing: {e}")),
     }
 }
 
@@ -722,38 +708,6 @@ pub fn authserv_id(value: &[u8]) -> String {
     id.trim_end_matches('.').to_string()
 }
 
-/// Errors that are the message's fault (no usable From, a broken header block): retrying
-/// cannot help, so the message goes on unsigned.
-fn is_message_fault(e: &MessageError) -> bool {
-    use dkimpress::dkim::sign::SignError;
-    matches!(
-        e,
-        MessageError::Select(SelectError::NoAddress(_)) | MessageError::Sign(SignError::Header(_) | SignError::NoFrom)
-    )
-}
-
-/// Splits `Name: value\r\n\tmore\r\nName2: ...` into (name, value) pairs; the value keeps its
-/// leading space and inner CRLFs, without the final CRLF.
-pub fn split_fields(fields: &[u8]) -> Vec<(String, String)> {
-    let text = String::from_utf8_lossy(fields);
-    let mut out: Vec<(String, String)> = vec![];
-    for line in text.split_inclusive("\r\n") {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.1.push_str(line);
-            }
-        } else if let Some((name, value)) = line.split_once(':') {
-            out.push((name.to_string(), value.to_string()));
-        }
-    }
-    for f in &mut out {
-        if f.1.ends_with("\r\n") {
-            f.1.truncate(f.1.len() - 2);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,17 +724,5 @@ mod tests {
         ] {
             assert_eq!(authserv_id(v.as_bytes()), want, "{v:?}");
         }
-    }
-
-    #[test]
-    fn splits_signature_fields() {
-        let f = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n\tb=abc\r\nDKIM-Signature: v=1; d=x\r\n";
-        assert_eq!(
-            split_fields(f),
-            [
-                ("DKIM-Signature".to_string(), " v=1; a=rsa-sha256;\r\n\tb=abc".to_string()),
-                ("DKIM-Signature".to_string(), " v=1; d=x".to_string())
-            ]
-        );
     }
 }

@@ -21,9 +21,7 @@ pub use sendmail_args::{parse_sendmail_args, SendmailArgs, SendmailMode};
 
 use crate::cli::log::Logger;
 use crate::cli::sysexits::TEMPFAIL;
-use dkimpress::dkim::sign::SignError;
-use dkimpress::pipeline::{self, BulkOptions, MessageError};
-use dkimpress::select::SelectError;
+use dkimpress::pipeline::{self, BulkOptions, Disposition};
 use reinject::{reinject, report_reinjection, run_with_input, Piece};
 use sendmail_args::SendmailInput;
 use spool::{read_message, with_message, Received, Unread, COPY_BUFFER, IN_MEMORY};
@@ -62,30 +60,29 @@ fn message_id(msg: &[u8]) -> Option<String> {
 /// Signs `msg` for the MTA paths: the header fields to add (empty = pass on unsigned), or an
 /// error meaning "defer".
 fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger) -> Result<Vec<u8>, String> {
-    match pipeline::sign_message(opts, msg) {
+    match pipeline::guarded("signing", || pipeline::sign_message(opts, msg)) {
         Ok((headers, _)) => {
             log.info("signed");
             Ok(headers)
         }
-        Err(MessageError::Select(SelectError::NoKey(who))) => {
-            log.info(&format!("no signing key for {who}; passed on unsigned"));
-            Ok(vec![])
-        }
-        // A message that is not one can never be signed: retrying cannot help, and losing or
-        // bouncing mail is worse than passing it on unsigned.
-        Err(
-            e @ (MessageError::Sign(SignError::Header(_) | SignError::NoFrom)
-            | MessageError::Select(SelectError::NoAddress(_))),
-        ) => {
-            log.warn(&format!("cannot sign ({e}); passed on unsigned"));
-            Ok(vec![])
-        }
-        Err(e) => match on_error {
-            OnError::Pass => {
+        Err(e) => match (e.disposition(), on_error) {
+            (Disposition::NoKey, _) => {
+                log.info(&format!("{e}; passed on unsigned"));
+                Ok(vec![])
+            }
+            // A message that is not one can never be signed: retrying cannot help, and losing
+            // or bouncing mail is worse than passing it on unsigned.
+            (Disposition::Unsignable, _) => {
+                log.warn(&format!("cannot sign ({e}); passed on unsigned"));
+                Ok(vec![])
+            }
+            (Disposition::Temporary | Disposition::Broken, OnError::Pass) => {
                 log.error(&format!("cannot sign ({e}); passed on unsigned (--on-error pass)"));
                 Ok(vec![])
             }
-            OnError::Tempfail => Err(format!("cannot sign ({e}); deferred")),
+            (Disposition::Temporary | Disposition::Broken, OnError::Tempfail) => {
+                Err(format!("cannot sign ({e}); deferred"))
+            }
         },
     }
 }
