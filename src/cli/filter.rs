@@ -1,7 +1,12 @@
 //! `dkimpress filter`: the Postfix pipe(8) filter command: who may be signed for (InternalHosts,
 //! SASL), then sign and re-inject (see [`super::mta`]).
 
-use super::*;
+use crate::cli::parse_size;
+use crate::cli::{mta_options, sysexits, KeyArgs};
+use clap::Args;
+use dkimpress::pipeline;
+use std::path::Path;
+use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub(crate) struct FilterArgs {

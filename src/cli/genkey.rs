@@ -1,6 +1,13 @@
 //! `dkimpress genkey`: a key pair and its DNS TXT record, like opendkim-genkey.
 
-use super::*;
+use crate::cli::{write_failed, CliError, KeyTypeArg};
+use clap::ArgAction;
+use clap::Args;
+use dkimpress::dkim::genkey::RecordOptions;
+use dkimpress::dkim::key::KeyType;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub(crate) struct GenkeyArgs {

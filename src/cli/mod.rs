@@ -29,15 +29,13 @@ use sign::{cmd_sign, SignArgs, SignConfig};
 use testkey::{cmd_testkey, TestkeyArgs};
 use verify::{cmd_verify, VerifyArgs};
 
-use anyhow::Context as _;
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use dkimpress::dkim::canon::Canonicalization;
-use dkimpress::dkim::genkey::RecordOptions;
 use dkimpress::dkim::header::HeaderError;
 use dkimpress::dkim::key::{KeyError, KeyType, SigningKey};
 use dkimpress::dkim::sign::{SignError, SignerConfigError};
 use dkimpress::pipeline::mbox::MboxFormat;
-use dkimpress::pipeline::{self, BulkError, BulkOptions, DirOutput, InputKind, Progress, Summary};
+use dkimpress::pipeline::{self, BulkError, BulkOptions, InputKind};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

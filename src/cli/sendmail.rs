@@ -1,7 +1,10 @@
 //! `dkimpress sendmail` (or a link named sendmail, mailq, newaliases): the wrapper for locally
 //! submitted mail (see [`super::mta`]).
 
-use super::*;
+use crate::cli::{mta_options, parse_size, sysexits, KeyArgs};
+use dkimpress::pipeline;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// `dkimpress sendmail [--config FILE] [--sendmail-path PATH] [--on-error ACTION] SENDMAIL-ARGS...`
 /// (or a symlink named sendmail, mailq or newaliases: `name`). Settings also come from

@@ -1,7 +1,16 @@
 //! `dkimpress sign`: arguments to one checked [`SignConfig`], then one message (stdin or a file) or
 //! whole archives through the pipeline, to stdout, a file, a device or in place.
 
-use super::*;
+use crate::cli::{
+    count, key_source, now_unix, read_stdin, same_file, sysexits, usage, write_failed, CliError, InputArgs, KeyArgs,
+    ReportFormat,
+};
+use anyhow::Context as _;
+use clap::Args;
+use dkimpress::pipeline::{self, BulkError, BulkOptions, DirOutput, InputKind, Progress, Summary};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub(crate) struct SignArgs {

@@ -1,7 +1,15 @@
 //! `dkimpress testkey`: every configured key against its DNS (or zone file) record, like opendkim-
 //! testkey.
 
-use super::*;
+use crate::cli::{key_lookup, split_list, usage, write_failed, CliError, RecordArgs, ReportFormat};
+use clap::Args;
+use dkimpress::dkim::canon::Canonicalization;
+use dkimpress::dkim::key::{KeyType, SigningKey};
+use dkimpress::pipeline;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub(crate) struct TestkeyArgs {

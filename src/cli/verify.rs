@@ -1,7 +1,15 @@
 //! `dkimpress verify`: messages, mboxes, maildirs and queue directories checked in parallel, one
 //! line (or JSON object) per message; `--add-ar` as a filter.
 
-use super::*;
+use crate::cli::{
+    count, key_lookup, now_unix, read_stdin, usage, write_failed, InputArgs, RecordArgs, ReportFormat, Require,
+};
+use anyhow::Context as _;
+use clap::Args;
+use dkimpress::pipeline;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub(crate) struct VerifyArgs {

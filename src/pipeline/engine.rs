@@ -6,7 +6,11 @@
 //! One engine ([`ordered`]) runs all of them; [`map_mbox`] and [`map_dir`] only say what a
 //! unit is and how its results are handed on.
 
-use super::*;
+use super::input::{too_large_reason, DirEntry};
+use super::mbox::{self, MboxEntry, MboxFormat};
+use super::os::{self, Mapped};
+use super::{interrupted, BulkError};
+use std::path::Path;
 
 /// Most messages between the splitter and the writer (serial framing).
 pub const IN_FLIGHT: usize = 4096;
@@ -115,7 +119,7 @@ where
     let work = &work;
     std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<f64, BulkError> {
-            let cpu_start = super::os::thread_cpu_seconds();
+            let cpu_start = os::thread_cpu_seconds();
             // However the writer ends (an output error, a panic), the coordinator must not wait
             // for it to drain the byte budget, which it never will.
             struct Gone<'a>(&'a Budget);
@@ -135,12 +139,12 @@ where
                 emit(results)?;
                 budget.give(bytes);
             }
-            Ok(super::os::thread_cpu_seconds() - cpu_start)
+            Ok(os::thread_cpu_seconds() - cpu_start)
         });
         let mut result = Ok(());
         let mut coordinator_cpu = 0.0;
         pool.in_place_scope(|scope| {
-            let cpu_start = super::os::thread_cpu_seconds();
+            let cpu_start = os::thread_cpu_seconds();
             for (unit, bytes) in units {
                 if interrupted() {
                     result = Err(BulkError::Interrupted);
@@ -156,7 +160,7 @@ where
                     break; // the writer failed; its error is returned below
                 }
             }
-            coordinator_cpu = super::os::thread_cpu_seconds() - cpu_start;
+            coordinator_cpu = os::thread_cpu_seconds() - cpu_start;
         });
         drop(out_tx);
         let written = writer.join().unwrap_or_else(|_| {
@@ -229,7 +233,7 @@ enum MboxUnit {
 /// hands out chunk bounds, and the serial part is the writer alone. The output is the same
 /// either way and for any number of threads.
 pub fn map_mbox<R, J, E>(
-    mapped: &super::os::Mapped,
+    mapped: &Mapped,
     fmt: MboxFormat,
     range: std::ops::Range<usize>,
     pool: &rayon::ThreadPool,
@@ -328,7 +332,7 @@ where
             let mut buf = buf.borrow_mut();
             buf.clear();
             let read = (|| {
-                let mut f = super::os::open_regular(&dir.join(rel)).map_err(|e| format!("cannot read: {e}"))?;
+                let mut f = os::open_regular(&dir.join(rel)).map_err(|e| format!("cannot read: {e}"))?;
                 let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
                 if !meta.is_file() {
                     // Listed as a file, replaced since by a FIFO or device: reading it could
@@ -365,10 +369,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// Every message, its bounds and its job's result, in the order `emit` got them.
     fn run(data: &[u8], fmt: MboxFormat, framing: Framing, threads: usize) -> Vec<(MboxEntry, Vec<u8>)> {
-        let mapped = super::os::Mapped::Owned(data.to_vec());
+        let mapped = Mapped::Owned(data.to_vec());
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let mut got = vec![];
         map_mbox(
@@ -416,7 +421,7 @@ mod tests {
     #[test]
     fn writer_error_stops_the_run() {
         let data = crate::corpus::generate(600, crate::corpus::SizeDist::Fixed(4096), 3, false);
-        let mapped = super::os::Mapped::Owned(data.clone());
+        let mapped = Mapped::Owned(data.clone());
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         for framing in [Framing::Serial, Framing::Parallel] {
             let r = map_mbox(

@@ -2,7 +2,11 @@
 //! pipes and devices read once and spooled, mboxes mapped and checked, directory entries listed
 //! with the ones that are not regular files named.
 
-use super::*;
+use super::mbox;
+use super::os::{self, Mapped};
+use super::{input_err, BulkError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 /// What an input path holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +92,7 @@ pub struct Source {
     pub kind: InputKind,
     /// The contents of a non-seekable input, read at open and, for an mbox, checked (None: a
     /// regular file or directory, read when its turn comes).
-    pub spooled: Option<super::os::Mapped>,
+    pub spooled: Option<Mapped>,
 }
 
 impl Source {
@@ -137,7 +141,7 @@ pub fn open_source(path: &Path, forced: Option<InputKind>, max_message: u64) -> 
                 .and_then(|()| std::io::copy(&mut f, &mut spool))
                 .and_then(|_| spool.flush());
             copied.map_err(|e| input_err(path, format!("reading into the spool file failed: {e}")))?;
-            check_mbox(super::os::map(&spool).map_err(|e| input_err(path, e))?, path)?
+            check_mbox(os::map(&spool).map_err(|e| input_err(path, e))?, path)?
         }
         _ => {
             let mut data = head[..n].to_vec();
@@ -146,7 +150,7 @@ pub fn open_source(path: &Path, forced: Option<InputKind>, max_message: u64) -> 
             if data.len() as u64 > max_message {
                 return Err(too_large(path, data.len() as u64, max_message));
             }
-            super::os::Mapped::Owned(data)
+            Mapped::Owned(data)
         }
     };
     Ok(source(kind, Some(spooled)))
@@ -166,19 +170,19 @@ pub fn too_large_reason(len: u64, max: u64) -> String {
 pub const DEFAULT_MAX_MESSAGE: u64 = 512 << 20;
 
 /// Maps the mbox at `path` for one pass and checks that it is one.
-pub fn open_mbox(path: &Path) -> Result<super::os::Mapped, BulkError> {
+pub fn open_mbox(path: &Path) -> Result<Mapped, BulkError> {
     let file = std::fs::File::open(path).map_err(|e| input_err(path, e))?;
     map_mbox_file(&file, path)
 }
 
 /// Maps an open mbox file (one that is locked: see [`io::MboxLock`]) and checks it.
-pub fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<super::os::Mapped, BulkError> {
-    let mapped = super::os::map(file).map_err(|e| input_err(path, e))?;
+pub fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<Mapped, BulkError> {
+    let mapped = os::map(file).map_err(|e| input_err(path, e))?;
     check_mbox(mapped, path)
 }
 
 /// Checks that mapped (or spooled) bytes are an mbox.
-pub fn check_mbox(mapped: super::os::Mapped, path: &Path) -> Result<super::os::Mapped, BulkError> {
+pub fn check_mbox(mapped: Mapped, path: &Path) -> Result<Mapped, BulkError> {
     mbox::check(&mapped).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })?;
     Ok(mapped)
 }

@@ -5,6 +5,7 @@
 //! interruption handler that cleans up after SIGINT/SIGTERM. Memory maps and the other system
 //! calls are in [`super::os`].
 
+use super::os;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -99,7 +100,7 @@ pub const INTERRUPTED_EXIT: i32 = 130;
 /// itself, which first removes every registered temporary file and dot-lock (issue 11, item
 /// 13). Either way no original is replaced by partial output.
 pub fn install_interrupt_handler() {
-    super::os::keeping_ignored_sighup(install_handler);
+    os::keeping_ignored_sighup(install_handler);
 }
 
 fn install_handler() {
@@ -353,7 +354,7 @@ const TMP_SUFFIX: &str = ".tmp";
 /// This host's name, read once.
 fn host() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HOST.get_or_init(super::os::host_name)
+    HOST.get_or_init(os::host_name)
 }
 
 /// This host's name as it goes into a file name: letters, digits, `.` and `_` kept, anything
@@ -535,7 +536,7 @@ fn judge_dotlock(dot: &Path) -> Option<(File, String)> {
     let mut content = Vec::with_capacity(80);
     std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, 256), &mut content).ok()?;
     let age = age_of(changed_at(&meta), parent_dir(dot));
-    let reason = stale_lock_reason(&content, age, (u64::from(std::process::id()), host()), super::os::process_exists)?;
+    let reason = stale_lock_reason(&content, age, (u64::from(std::process::id()), host()), os::process_exists)?;
     Some((f, reason))
 }
 
@@ -581,9 +582,7 @@ fn remove_dead_runs_files(dir: &Path) -> Vec<String> {
             continue; // ours, in progress
         }
         let dead = match maker {
-            TmpMaker::Process(pid, tag) if tag == host_tag() && pid != me => {
-                super::os::process_exists(pid) == Some(false)
-            }
+            TmpMaker::Process(pid, tag) if tag == host_tag() && pid != me => os::process_exists(pid) == Some(false),
             _ => false,
         };
         let reason = match maker {
@@ -769,7 +768,7 @@ impl MboxLock {
         let mut lock = MboxLock { file, dotlock: Some(dot), dot_file: Some(dot_file), toucher, seen: (0, None, 0) };
         // 2. fcntl write lock on the whole file.
         loop {
-            match super::os::fcntl_write_lock(&lock.file) {
+            match os::fcntl_write_lock(&lock.file) {
                 Ok(true) => break,
                 Ok(false) if wait() => {}
                 Ok(false) => {

@@ -33,14 +33,7 @@ pub use report::*;
 pub use sign::*;
 pub use verify::*;
 
-use crate::dkim::header::Message;
-
-use crate::dkim::sign::Signer;
-use mbox::{MboxEntry, MboxFormat};
-
-use std::io::{BufWriter, Write};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub(crate) use io::interrupted;
 

@@ -2,7 +2,18 @@
 //! signed through the engine into their outputs, messages that cannot be signed passed through
 //! and reported.
 
-use super::*;
+use super::engine::{map_dir, map_mbox, Framing, Item};
+use super::input::{list_messages, shard_range, too_large_reason, DirEntry, InputKind, Shard};
+use super::io;
+use super::mbox::{self, MboxFormat};
+use super::os::Mapped;
+use super::report::{Problem, Progress, Summary};
+use super::{interrupted, BulkError};
+use crate::dkim::header::Message;
+use crate::dkim::sign::Signer;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 /// Settings of a bulk run.
 pub struct BulkOptions {

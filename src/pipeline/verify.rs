@@ -3,7 +3,10 @@
 //! message is checked (keys, policy, clock) is the caller's `check`; what is done with the
 //! verdicts (text, JSON, counts) is the caller's `emit`.
 
-use super::*;
+use super::engine::{map_dir, map_mbox, Framing};
+use super::input::{list_messages, open_mbox, shard_range, too_large_reason, InputKind, Shard, Source};
+use super::mbox::MboxFormat;
+use super::{input_err, BulkError};
 use crate::dkim::verify::{DkimResult, Reason, Verdict};
 
 /// One checked message, in input order.

@@ -1,9 +1,14 @@
 //! `dkimpress bench`: its arguments, the corpus it measures (generated or read) and the
 //! report; the measurements are [`harness`].
 
-mod harness;
+use crate::cli::{count, usage, write_failed, CliError, KeyTypeArg, ReportFormat};
+use clap::Args;
+use dkimpress::dkim::key::KeyType;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use super::*;
+mod harness;
 
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {

@@ -8,14 +8,18 @@ pub mod admit;
 pub mod proto;
 pub mod session;
 
-use super::*;
 use crate::cli::log::Logger;
 use crate::cli::mta::InternalHosts;
+use crate::cli::{conf, key_lookup, key_source_with, parse_size, sysexits, usage, CliError, KeyArgs, RecordArgs};
+use clap::Args;
 use dkimpress::dkim::verify::{self, KeyResult};
+use dkimpress::pipeline;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
-use std::sync::RwLock;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Where opendkim(8) reads its configuration when not told (and so do we).
