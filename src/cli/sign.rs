@@ -278,7 +278,7 @@ pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> any
 /// 0 when every message was signed or only lacked a key (list mail, other domains: a normal
 /// outcome), unless `require_signed` makes those count too.
 pub(crate) fn bulk_exit(s: &Summary, require_signed: bool) -> u8 {
-    let failed = s.passed - s.no_key;
+    let failed = s.passed_through - s.no_key;
     if failed > 0 || (require_signed && s.no_key > 0) {
         sysexits::DATAERR
     } else {
@@ -375,7 +375,7 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) -> anyhow::Result
             })
             .collect();
         let v = serde_json::json!({
-            "messages": s.messages, "signed": s.signed, "passed_through": s.passed, "no_key": s.no_key,
+            "messages": s.messages, "signed": s.signed, "passed_through": s.passed_through, "no_key": s.no_key,
             "bytes": s.bytes, "seconds": secs, "messages_per_second": rate,
             "threads": cfg.threads, "problems": problems,
             // The serial part (issue 14): CPU of the splitter and the ordered writer.
@@ -391,15 +391,15 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) -> anyhow::Result
         }
     } else if !cfg.quiet {
         // Which of the messages passed through lacked only a key (a normal outcome).
-        let why = match s.passed {
+        let why = match s.passed_through {
             0 => String::new(),
-            _ => format!(" ({} without a key, {} could not be signed)", s.no_key, s.passed - s.no_key),
+            _ => format!(" ({} without a key, {} could not be signed)", s.no_key, s.passed_through - s.no_key),
         };
         eprintln!(
             "dkimpress: {}: {} signed, {} passed through unsigned{why}; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
             count(s.messages, "message"),
             s.signed,
-            s.passed,
+            s.passed_through,
             s.bytes as f64 / 1e6,
             secs,
             rate,

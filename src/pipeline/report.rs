@@ -36,8 +36,8 @@ pub struct Summary {
     /// Messages written with new signatures.
     pub signed: u64,
     /// Messages written unchanged (see `problems`), those without a key included.
-    pub passed: u64,
-    /// Of `passed`, the messages whose author has no key configured: a normal
+    pub passed_through: u64,
+    /// Of `passed_through`, the messages whose author has no key configured: a normal
     /// outcome, which alone does not make the run fail.
     pub no_key: u64,
     /// Input bytes.

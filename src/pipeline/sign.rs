@@ -247,7 +247,7 @@ pub(crate) fn account(
         Outcome::Signed { .. } => summary.signed += 1,
         Outcome::Unsigned(reason) | Outcome::NoKey(reason) | Outcome::Temporary(reason) => {
             let no_key = matches!(outcome, Outcome::NoKey(_));
-            summary.passed += 1;
+            summary.passed_through += 1;
             summary.no_key += u64::from(no_key);
             let p = Problem { file: file.to_string(), index, offset, reason: reason.clone(), no_key };
             progress.problem(&p);
