@@ -17,7 +17,7 @@ fn main() -> ExitCode {
                 // reader chose to stop, and a line about it would be noise.
                 return ExitCode::from(cli::sysexits::IOERR);
             }
-            // Never a line of key material, whatever the error quotes (issue 11, item 16).
+            // Never a line of key material, whatever the error quotes.
             let text = format!("{err:#}");
             eprintln!("dkimpress: {}", dkimpress::dkim::key::redact_key_material(&text));
             ExitCode::from(cli::exit_code(&err))

@@ -68,8 +68,8 @@ pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
             Ok(format!("configuration error ({e}), --on-error pass"))
         }
     };
-    // Only our own clients' mail is signed (issue 11 item 8): the public MX must not sign
-    // spoofed inbound mail with a From at our domains.
+    // Only our own clients' mail is signed: the public MX must not sign spoofed inbound mail
+    // with a From at our domains.
     let untrusted = crate::cli::mta::untrusted_origin(
         a.client_address.as_deref().unwrap_or_default(),
         a.sasl_username.as_deref().unwrap_or_default(),

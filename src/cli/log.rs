@@ -39,7 +39,7 @@ impl Logger {
     }
 
     fn emit(&self, severity: u8, msg: &str) {
-        // No key material in the log, whatever an error quotes (issue 11, item 16).
+        // No key material in the log, whatever an error quotes.
         let msg = dkimpress::dkim::key::redact_key_material(msg);
         let msg: String = msg.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
         let line = format!("{}: {msg}", self.context);

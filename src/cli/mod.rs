@@ -738,7 +738,8 @@ fn read_stdin(max: u64) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// A failed write: 74, or a quiet exit for a closed pipe (see `main`).
+/// A failed write: exit 74 with a message. A closed pipe stays a bare `io::Error`, so that
+/// `main` exits 74 without one (the reader chose to stop).
 fn write_failed(what: &str, e: std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         return anyhow::Error::new(e);

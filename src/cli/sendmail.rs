@@ -79,8 +79,8 @@ pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsStr
     }
     let parsed = crate::cli::mta::parse_sendmail_args(args);
     // Key choice is by From; the envelope sender (-f) only when there is no From. A
-    // configuration that is missing or cannot be read is an error like any other (issue 11
-    // item 17): deferred with tempfail, passed on unsigned (and logged) with pass.
+    // configuration that is missing or cannot be read is an error like any other: deferred
+    // with tempfail, passed on unsigned (and logged) with pass.
     let plan = if parsed.mode != SendmailMode::Enqueue {
         Err(String::new())
     } else {

@@ -378,7 +378,7 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) -> anyhow::Result
             "messages": s.messages, "signed": s.signed, "passed_through": s.passed_through, "no_key": s.no_key,
             "bytes": s.bytes, "seconds": secs, "messages_per_second": rate,
             "threads": cfg.threads, "problems": problems,
-            // The serial part (issue 14): CPU of the splitter and the ordered writer.
+            // The serial part: CPU of the splitter and the ordered writer.
             "serial_cpu_seconds": {"splitter": s.serial_cpu.splitter, "writer": s.serial_cpu.writer},
             "serial_cpu_seconds_per_gb": if s.bytes > 0 { s.serial_cpu.total() / (s.bytes as f64 / 1e9) } else { 0.0 },
         });

@@ -207,7 +207,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("dkimpress: {}: {}; {failed} not verified{took}", count(total, "message"), parts.join(", "));
     }
     if total == 0 {
-        // Success over nothing would hide an input that was not what it seemed (issue 11, item 1).
+        // Success over nothing would hide an input that was not what it seemed.
         eprintln!("dkimpress: no messages found in the input: nothing verified");
         return Ok(ExitCode::from(1));
     }

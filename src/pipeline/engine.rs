@@ -30,7 +30,7 @@ const CHUNK_MAX: usize = 8 << 20;
 
 /// CPU seconds of the threads that see every message one after the other: the coordinating
 /// thread (serial framing, batching, dispatch) and the writer (ordering, output). What they
-/// cost per GB bounds the rate any number of workers can reach (issue 14).
+/// cost per GB bounds the rate any number of workers can reach.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SerialCpu {
     /// The coordinating (splitting) thread.

@@ -102,7 +102,7 @@ impl Source {
     }
 }
 
-/// Opens `path` for a run (issue 11, items 1 and 15). Regular files and directories are only
+/// Opens `path` for a run. Regular files and directories are only
 /// classified. A pipe, FIFO or device (`/dev/stdin`, `<(cat a.mbox)`) can be read once, so it
 /// is read now and its kind told from the bytes read: one message is held in memory up to
 /// `max_message` octets (more is an error, so `/dev/zero` ends), an mbox is spooled to an
@@ -200,7 +200,7 @@ pub struct DirEntry {
 /// The entries of a maildir (`cur/`, `new/`) or queue directory, as paths relative to `dir`,
 /// sorted so that runs are repeatable. Dot files and `tmp/` are skipped (they are not
 /// messages); every other entry is listed, regular files or not, so that none is dropped
-/// without a word (issue 11, item 6).
+/// without a word.
 pub fn list_messages(dir: &Path, kind: InputKind) -> Result<Vec<DirEntry>, BulkError> {
     let subdirs: Vec<PathBuf> = match kind {
         InputKind::Maildir => ["cur", "new"].iter().map(PathBuf::from).filter(|s| dir.join(s).is_dir()).collect(),
@@ -249,7 +249,7 @@ pub(crate) fn odd_kind(ft: &std::fs::FileType) -> Option<&'static str> {
 
 /// One of N independent runs over the same inputs (`--shard K/N`, K from 1): together the N
 /// runs handle every message exactly once, and their outputs concatenated in K order equal one
-/// run's output (issue 14).
+/// run's output.
 ///
 /// - An mbox is cut into N byte ranges of equal size; a message belongs to the range its
 ///   `From ` line starts in. For mboxrd and mboxo a run reads only its range (and the rest of

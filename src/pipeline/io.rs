@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// What an output file keeps besides its bytes: permission bits always; with `--in-place`
 /// also the owner, group and access/modification times of the file it replaces, so that a
-/// mailbox stays its user's and a maildir message keeps its arrival date (issue 11, item 3).
+/// mailbox stays its user's and a maildir message keeps its arrival date.
 #[derive(Clone, Debug)]
 pub struct Keep {
     mode: u32,
@@ -97,8 +97,8 @@ pub const INTERRUPTED_EXIT: i32 = 130;
 /// Makes SIGINT, SIGTERM and SIGHUP (unless ignored, as under `nohup`) stop the run: the flag is raised at once, so bulk runs
 /// unwind between batches (dropping temporary files, releasing locks) and exit 130; a run
 /// blocked elsewhere (reading a pipe) is ended after a grace of two seconds by the handler
-/// itself, which first removes every registered temporary file and dot-lock (issue 11, item
-/// 13). Either way no original is replaced by partial output.
+/// itself, which first removes every registered temporary file and dot-lock. Either way no
+/// original is replaced by partial output.
 pub fn install_interrupt_handler() {
     os::keeping_ignored_sighup(install_handler);
 }
@@ -202,7 +202,7 @@ impl Write for AtomicFile {
     }
 }
 
-/// Where a named output goes (issue 11, item 2): a new or regular file is replaced atomically;
+/// Where a named output goes: a new or regular file is replaced atomically;
 /// a device, FIFO or socket is written as a stream (`-o /dev/null` must stay a device); a
 /// symbolic link is refused, so that a link planted where output is expected cannot send it
 /// elsewhere, nor be replaced by a regular file.
@@ -648,7 +648,7 @@ impl Drop for Toucher {
 }
 
 /// The locks an mbox is rewritten under (`--in-place`), as mail delivery agents and readers
-/// honour them (issue 11, item 4): a dot-lock `FILE.lock` (procmail, Postfix local(8),
+/// honour them: a dot-lock `FILE.lock` (procmail, Postfix local(8),
 /// mutt), an fcntl write lock (Dovecot, mutt, Postfix) and an flock (Postfix, some LDAs) on
 /// the file, all held until the new file has replaced the old one. The size, modification
 /// time and inode seen after locking are checked again right before the rename, so mail that

@@ -316,7 +316,7 @@ fn is_quoted(format: MboxFormat, line: &[u8]) -> bool {
 /// Most quoting `>`s whose offsets are kept for one message. Each costs 24 octets while the
 /// message is signed (its offset and its piece) against the 7 of a `>From \n` line, so a
 /// hostile message of nothing but quoted lines would need several times its size; beyond this
-/// many the message is unquoted into one copy instead, as before issue 14.
+/// many the message is unquoted into one copy instead.
 pub const QUOTES_KEPT: usize = 1024;
 
 /// Offsets in `data` (a stored message) of the quoting `>`s: one per quoted line, which the
@@ -376,7 +376,7 @@ fn copy_without(data: &[u8], skip: impl IntoIterator<Item = usize>, out: &mut Ve
 /// A message as an mbox stores it: its octets, and where quoting put in a `>` that is not part
 /// of the message. Jobs that need the message in one slice take [`Stored::with_unquoted`]; the
 /// signer hashes the body in the pieces between the quotes ([`Stored::body_pieces`]) and copies
-/// nothing (issue 14, item 2).
+/// nothing.
 #[derive(Clone, Copy, Debug)]
 pub struct Stored<'a> {
     /// The stored octets, quoting included.

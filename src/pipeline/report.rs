@@ -64,7 +64,7 @@ impl Progress {
         }
         let bar = indicatif::ProgressBar::new(total_bytes);
         // Decimal units (MB = 10^6 octets), as the summary line and `bench` count; indicatif's
-        // plain {bytes} would show MiB next to a summary in MB (issue 12).
+        // plain {bytes} would show MiB next to a summary in MB.
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{bar:30} {decimal_bytes}/{decimal_total_bytes} {msg} {decimal_bytes_per_sec} ETA {eta}",

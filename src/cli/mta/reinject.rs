@@ -130,7 +130,7 @@ fn feed(pieces: Vec<Piece>, dst: &mut dyn Write) -> Result<(), Feed> {
 
 /// Runs `cmd` with `data` on its stdin, for at most `timeout`.
 ///
-/// A writer thread feeds stdin, so a command that never reads cannot block us (issue 11): we
+/// A writer thread feeds stdin, so a command that never reads cannot block us: we
 /// wait for its exit, not for the pipe, and kill it at the time limit. When a source fails
 /// before its end (our stdin, streamed on), the command is killed before its stdin is closed,
 /// so that it never takes a cut message as whole.
@@ -253,7 +253,7 @@ mod tests {
         let short = Duration::from_millis(300);
         for (command, data, timeout, want, code) in [
             (sh("cat > /dev/null"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(0), 0),
-            // Issue 11 item 12: the command's status passes through.
+            // The command's status passes through.
             (sh("cat > /dev/null; exit 67"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(67), 67),
             (sh("cat > /dev/null; exit 69"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(69), 69),
             (
@@ -274,7 +274,7 @@ mod tests {
             ),
             (sh("cat > /dev/null; exit 78"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Exited(78), 78),
             (sh("kill -TERM $$"), vec![b"x".to_vec()], DEFAULT_REINJECT_TIMEOUT, Outcome::Signaled(15), TEMPFAIL),
-            // Issue 11 item 11: a command that hangs, or never reads, is killed at the limit.
+            // A command that hangs, or never reads, is killed at the limit.
             (args(&["sleep", "100"]), big(), short, Outcome::TimedOut(short), TEMPFAIL),
             (sh("exec 3<&0; sleep 100 <&3 & exit 0"), big(), short, Outcome::TimedOut(short), TEMPFAIL),
             (

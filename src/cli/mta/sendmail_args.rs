@@ -184,7 +184,7 @@ mod tests {
         for (a, dots, mode, sender) in [
             (&["-i", "-f", "a@b", "--", "x@y"][..], true, Enqueue, Some("a@b")),
             (&["-oi", "-t"][..], true, Enqueue, None),
-            // Issue 11 item 5: grouped flags and a separate -o value.
+            // Grouped flags and a separate -o value.
             (&["-ti"][..], true, Enqueue, None),
             (&["-it", "x@y"][..], true, Enqueue, None),
             (&["-o", "i", "x@y"][..], true, Enqueue, None),
