@@ -46,7 +46,7 @@ pub enum AddressError {
         /// What is wrong with it.
         why: String,
     },
-    /// Several From fields name different domains (issue 11, item 7).
+    /// Several From fields name different domains.
     #[error("several From fields with different domains ({0}, {1})")]
     DifferentDomains(String, String),
     /// The header has no From field.
@@ -186,10 +186,11 @@ impl Tables {
         multiple: bool,
         template: Template,
         base: &Path,
+        db: crate::tables::DbSettings,
     ) -> Result<Tables, TableError> {
         Ok(Tables {
-            key_table: DataSet::open(key_table, base)?,
-            signing_table: DataSet::open(signing_table, base)?,
+            key_table: DataSet::open(key_table, base, db)?,
+            signing_table: DataSet::open(signing_table, base, db)?,
             multiple,
             template,
             base: base.to_path_buf(),
@@ -372,7 +373,7 @@ impl KeySource {
             None => {
                 // Every From field must name the same domain: RFC 5322 allows one From field,
                 // and a second one (which some readers show instead) must not ride on a
-                // signature chosen by the first (issue 11, item 7).
+                // signature chosen by the first.
                 let mut author: Option<(String, String)> = None;
                 for from in msg.fields.iter().filter(|f| f.is("from")) {
                     let value = String::from_utf8_lossy(from.value()).into_owned();

@@ -53,7 +53,7 @@ pub enum DataSet {
 impl DataSet {
     /// Opens a data set spec (`refile:/path`, `file:/path`, `/path`, `csl:a,b`,
     /// `dsn:pgsql://...`). Relative paths are taken from `base`.
-    pub fn open(spec: &str, base: &Path) -> Result<DataSet, TableError> {
+    pub fn open(spec: &str, base: &Path, db: DbSettings) -> Result<DataSet, TableError> {
         let spec = spec.trim();
         if let Some(rest) = spec.strip_prefix("refile:") {
             return Ok(DataSet::Refile(read_pairs(&base.join(rest))?));
@@ -67,7 +67,7 @@ impl DataSet {
             ));
         }
         if spec.starts_with("dsn:") {
-            return Ok(DataSet::Pg(Box::new(PgSet::open(spec)?)));
+            return Ok(DataSet::Pg(Box::new(PgSet::open(spec, db)?)));
         }
         if spec.contains(':') && !Path::new(spec).exists() {
             return Err(TableError::Spec {
@@ -102,7 +102,7 @@ impl DataSet {
 
     /// The keys of a list-like set (for `Domain csl:...` or a file of domains). A database
     /// that cannot be asked is an error, never an empty list: "no keys" would pass mail on
-    /// unsigned with exit 0 where Postfix must defer (issue 11, item 12).
+    /// unsigned with exit 0 where Postfix must defer.
     pub fn keys(&self) -> Result<Vec<String>, TableError> {
         match self {
             DataSet::File(p) | DataSet::Refile(p) => Ok(p.iter().map(|(k, _)| k.clone()).collect()),
@@ -208,7 +208,7 @@ fn read_pairs(path: &Path) -> Result<Vec<(String, String)>, TableError> {
 /// Parsed by mail-parser (Stalwart's maintained RFC 5322 parser: display names, quoted strings
 /// with escapes, comments, groups, encoded words), not by hand: a hand-written scanner once
 /// took `"x \" <ceo@example.org>" <attacker@evil.test>` for ceo@example.org and signed
-/// forged mail with our key (issue 11, item 7). A value with several addresses is accepted only
+/// forged mail with our key. A value with several addresses is accepted only
 /// when they all share one domain (the key is chosen by domain); otherwise it is refused, since
 /// signing for one of several authors would lend our name to the others (RFC 6376 §8.15 on
 /// multiple From addresses).
@@ -291,7 +291,7 @@ pub fn signing_candidates(local: &str, domain: &str) -> Vec<String> {
 /// (`=2Fvar=2Frun=2Fpostgresql`): values in the DSN encode `:/@+?=` as `=XX`.
 ///
 /// The database is the source of truth, as with opendkim, which queries it per message: an
-/// answer (found or not found) is reused for at most the cache time ([`set_db_cache`],
+/// answer (found or not found) is reused for at most the cache time ([`DbSettings::cache`],
 /// default 5 s, 0 for none), so a row added or changed is used within seconds, without a
 /// reload.
 pub struct PgSet {
@@ -305,31 +305,23 @@ pub struct PgSet {
     /// stay blocked), and lookups fail at once until this time, when a new connection is
     /// tried (at most one blocked thread per timeout period).
     hung_until: Mutex<Option<std::time::Instant>>,
+    db: DbSettings,
 }
 
-/// How long a PostgreSQL connection or query may take before the lookup fails as temporary
-/// (exit 75: Postfix defers). Milliseconds; `--db-timeout` sets it.
-static DB_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10_000);
-
-/// Sets the database timeout of every PostgreSQL data set (connect and each query).
-pub fn set_db_timeout(t: std::time::Duration) {
-    DB_TIMEOUT_MS.store(t.as_millis().max(1) as u64, std::sync::atomic::Ordering::Relaxed);
+/// How a PostgreSQL data set waits and remembers (`--db-timeout`, `--db-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DbSettings {
+    /// How long a connection or a query may take before the lookup fails as temporary (exit
+    /// 75: Postfix defers). Default 10 s.
+    pub timeout: std::time::Duration,
+    /// How long an answer, found or not, is reused (zero: never). Default 5 s.
+    pub cache: std::time::Duration,
 }
 
-fn db_timeout() -> std::time::Duration {
-    std::time::Duration::from_millis(DB_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
-}
-
-/// How long a PostgreSQL answer is reused (milliseconds); `--db-cache` sets it.
-static DB_CACHE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(5_000);
-
-/// Sets how long an answer of every PostgreSQL data set is reused (zero: never).
-pub fn set_db_cache(t: std::time::Duration) {
-    DB_CACHE_MS.store(t.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
-}
-
-fn db_cache() -> std::time::Duration {
-    std::time::Duration::from_millis(DB_CACHE_MS.load(std::sync::atomic::Ordering::Relaxed))
+impl Default for DbSettings {
+    fn default() -> Self {
+        DbSettings { timeout: std::time::Duration::from_secs(10), cache: std::time::Duration::from_secs(5) }
+    }
 }
 
 impl std::fmt::Debug for PgSet {
@@ -368,7 +360,7 @@ fn ident(s: &str, what: &str, shown: &str) -> Result<String, TableError> {
 
 impl PgSet {
     /// Parses the DSN (no connection yet: the first lookup connects).
-    pub fn open(spec: &str) -> Result<PgSet, TableError> {
+    pub fn open(spec: &str, db: DbSettings) -> Result<PgSet, TableError> {
         let rest = spec.strip_prefix("dsn:").unwrap_or(spec);
         let (scheme, rest) = rest
             .split_once("://")
@@ -418,7 +410,7 @@ impl PgSet {
             config.port(p.parse().map_err(|_| err("port before '+' is not a number"))?);
         }
         config.dbname(&dsn_decode(database));
-        config.connect_timeout(db_timeout());
+        config.connect_timeout(db.timeout);
         let mut table = None;
         let mut keycol = None;
         let mut datacols = None;
@@ -455,6 +447,7 @@ impl PgSet {
             client: Mutex::new(Arc::new(Mutex::new(None))),
             cache: Mutex::new(HashMap::new()),
             hung_until: Mutex::new(None),
+            db,
         })
     }
 
@@ -466,7 +459,7 @@ impl PgSet {
     }
 
     fn get(&self, key: &str) -> Result<Option<String>, TableError> {
-        let ttl = db_cache();
+        let ttl = self.db.cache;
         let now = std::time::Instant::now();
         if !ttl.is_zero() {
             if let Some((at, v)) = self.cache.lock().expect("cache poisoned").get(key) {
@@ -496,13 +489,13 @@ impl PgSet {
 
     /// Runs `query` on the connection (connecting first if needed) on a helper thread, and
     /// waits at most the database timeout for it: a server that accepts connections but never
-    /// answers must not hang a filter until Postfix's command_time_limit bounces the mail
-    /// (issue 11, item 11). On timeout the connection is abandoned.
+    /// answers must not hang a filter until Postfix's command_time_limit bounces the mail.
+    /// On timeout the connection is abandoned.
     fn run<T: Send + 'static>(
         &self,
         query: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send + 'static,
     ) -> Result<T, TableError> {
-        let timeout = db_timeout();
+        let timeout = self.db.timeout;
         let fail = |reason: String| TableError::Database { spec: self.shown.clone(), reason };
         {
             let mut hung = self.hung_until.lock().unwrap_or_else(|e| e.into_inner());
@@ -605,7 +598,7 @@ mod tests {
             ("\"quoted local\"@example.com", Some(("quoted local", "example.com"))),
             ("undisclosed-recipients:;", None),
             ("no address", None),
-            // Regression (issue 11, item 7): an escaped quote inside the display name.
+            // Regression: an escaped quote inside the display name.
             ("\"x \\\" <ceo@example.org>\" <attacker@evil.test>", Some(("attacker", "evil.test"))),
             ("\"x \\\" <ceo@example.org>\"\r\n <attacker@evil.test>", Some(("attacker", "evil.test"))),
             ("(<ceo@example.org>) attacker@evil.test", Some(("attacker", "evil.test"))),
@@ -633,7 +626,7 @@ mod tests {
     #[test]
     fn dsn_parsing_and_redaction() {
         let spec = "dsn:pgsql://dkim:s=40cret@5433+=2Fvar=2Frun=2Fpostgresql/maildb/table=dkim_key_table?keycol=identifier?datacol=domain,selector,key";
-        let pg = PgSet::open(spec).unwrap();
+        let pg = PgSet::open(spec, DbSettings::default()).unwrap();
         assert!(!pg.shown.contains("cret"));
         assert_eq!(pg.config.get_password(), Some(&b"s@cret"[..]));
         assert_eq!(pg.config.get_ports(), [5433]);
@@ -644,7 +637,9 @@ mod tests {
             redact("dsn:pgsql://u:pw@h/db/table=t?keycol=k?datacol=d"),
             "dsn:pgsql://u:****@h/db/table=t?keycol=k?datacol=d"
         );
-        let e = PgSet::open("dsn:pgsql://u:pw@h/db/table=t;drop?keycol=k?datacol=d").unwrap_err().to_string();
+        let e = PgSet::open("dsn:pgsql://u:pw@h/db/table=t;drop?keycol=k?datacol=d", DbSettings::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a plain SQL identifier") && !e.contains(":pw@"), "{e}");
     }
 

@@ -112,14 +112,15 @@ pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
 /// (relative file paths from the config's directory), else loopback.
 pub(crate) fn internal_hosts(a: &FilterArgs) -> Result<crate::cli::mta::InternalHosts, String> {
     use crate::cli::mta::InternalHosts;
+    let db = crate::cli::db_settings(&a.k).map_err(|e| e.to_string())?;
     if let Some(spec) = &a.internal_hosts {
-        return InternalHosts::load(spec, Path::new("."));
+        return InternalHosts::load(spec, Path::new("."), db);
     }
     match &a.k.config {
         Some(path) => {
             let conf = crate::cli::conf::OpendkimConf::load(path).map_err(|e| e.to_string())?;
             match &conf.internal_hosts {
-                Some(spec) => InternalHosts::load(spec, &conf.dir),
+                Some(spec) => InternalHosts::load(spec, &conf.dir, db),
                 None => Ok(InternalHosts::default()),
             }
         }

@@ -18,7 +18,7 @@
 //! `*` matches any run of characters (`*.example.com`). Entries we cannot read are errors
 //! naming the file and line, never a silent no-match.
 
-use dkimpress::tables::{wildcard, DataSet};
+use dkimpress::tables::{wildcard, DataSet, DbSettings};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -70,17 +70,17 @@ impl HostList {
     }
 
     /// [`load_named`](HostList::load_named) for `InternalHosts`.
-    pub fn load(spec: &str, base: &Path) -> Result<HostList, String> {
-        HostList::load_named("InternalHosts", spec, base)
+    pub fn load(spec: &str, base: &Path, db: DbSettings) -> Result<HostList, String> {
+        HostList::load_named("InternalHosts", spec, base, db)
     }
 
     /// An OpenDKIM data set named by `key` (for messages): a path (relative ones from `base`),
     /// `file:PATH`, `refile:PATH`, `csl:LIST`, `dsn:pgsql://...`, or else a list (opendkim(8)
     /// DATA SETS: a value that is not a path nor typed is a comma-separated list).
-    pub fn load_named(key: &str, spec: &str, base: &Path) -> Result<HostList, String> {
+    pub fn load_named(key: &str, spec: &str, base: &Path, db: DbSettings) -> Result<HostList, String> {
         let spec = spec.trim();
         if spec.starts_with("dsn:") {
-            let set = DataSet::open(spec, base).map_err(|e| format!("{key}: {e}"))?;
+            let set = DataSet::open(spec, base, db).map_err(|e| format!("{key}: {e}"))?;
             return Ok(HostList { set: Set::Db(Box::new(set)) });
         }
         let (path, patterns) = if let Some(p) = spec.strip_prefix("refile:") {
@@ -311,6 +311,7 @@ mod tests {
             "InternalHosts",
             "10.0.0.0/8, !10.1.0.0/16 [2001:db8::]/32,mail.example.com",
             Path::new("/"),
+            DbSettings::default(),
         )
         .unwrap();
         let default = HostList::default();
@@ -334,9 +335,9 @@ mod tests {
             assert!(HostList::parse_list(bad).is_err(), "{bad}");
         }
         assert!(!HostList::parse_list("# none\n\n").unwrap().contains("127.0.0.1"));
-        assert!(HostList::load_named("X", "csl:0.0.0.0/0", Path::new("/")).unwrap().contains("192.0.2.1"));
-        assert!(HostList::load_named("X", "csl:10.9.8.7/8", Path::new("/")).unwrap().contains("10.200.0.1"));
-        assert!(HostList::load_named("X", "db:/etc/x.db", Path::new("/")).unwrap_err().contains("type db:"));
+        assert!(HostList::load_named("X", "csl:0.0.0.0/0", Path::new("/"), DbSettings::default()).unwrap().contains("192.0.2.1"));
+        assert!(HostList::load_named("X", "csl:10.9.8.7/8", Path::new("/"), DbSettings::default()).unwrap().contains("10.200.0.1"));
+        assert!(HostList::load_named("X", "db:/etc/x.db", Path::new("/"), DbSettings::default()).unwrap_err().contains("type db:"));
     }
 
     #[test]
@@ -372,7 +373,7 @@ mod tests {
         let hosts = "127.0.0.1\n::1\nlocalhost\nhostname.example1.com\nexample1.com\n";
         std::fs::write(dir.path().join("TrustedHosts"), hosts).unwrap();
         for spec in ["refile:TrustedHosts", "file:TrustedHosts", "./TrustedHosts"] {
-            let l = HostList::load_named("InternalHosts", spec, dir.path()).unwrap();
+            let l = HostList::load_named("InternalHosts", spec, dir.path(), DbSettings::default()).unwrap();
             assert!(l.check(Some("hostname.example1.com"), ip("192.0.2.1")).unwrap(), "{spec}");
             assert!(l.check(Some("localhost"), None).unwrap(), "{spec}");
             assert!(l.check(Some("[127.0.0.1]"), ip("127.0.0.1")).unwrap(), "{spec}");
@@ -380,21 +381,21 @@ mod tests {
             assert!(!l.check(Some("other.example1.com"), ip("192.0.2.1")).unwrap(), "{spec}");
         }
         let abs = dir.path().join("TrustedHosts").display().to_string();
-        assert!(HostList::load_named("InternalHosts", &abs, Path::new("/nonexistent")).unwrap().contains("localhost"));
+        assert!(HostList::load_named("InternalHosts", &abs, Path::new("/nonexistent"), DbSettings::default()).unwrap().contains("localhost"));
         std::fs::write(dir.path().join("wild"), "*.example.com\n192.168.*\n!*.bad.example.com\n").unwrap();
-        let l = HostList::load_named("InternalHosts", "refile:wild", dir.path()).unwrap();
+        let l = HostList::load_named("InternalHosts", "refile:wild", dir.path(), DbSettings::default()).unwrap();
         assert!(l.check(Some("mx.example.com"), None).unwrap());
         assert!(!l.check(Some("mx.bad.example.com"), None).unwrap());
         assert!(l.check(None, ip("192.168.4.5")).unwrap());
         assert!(!l.check(None, ip("192.169.4.5")).unwrap());
         // An entry that cannot match is refused with its file and line.
         std::fs::write(dir.path().join("bad"), "127.0.0.1\n\n*.example.com\n").unwrap();
-        let e = HostList::load_named("InternalHosts", "file:bad", dir.path()).unwrap_err();
+        let e = HostList::load_named("InternalHosts", "file:bad", dir.path(), DbSettings::default()).unwrap_err();
         assert!(e.contains("bad:3: InternalHosts") && e.contains("refile"), "{e}");
         std::fs::write(dir.path().join("bad"), "# c\n10.0.0.0/40\n").unwrap();
-        let e = HostList::load_named("ExternalIgnoreList", "refile:bad", dir.path()).unwrap_err();
+        let e = HostList::load_named("ExternalIgnoreList", "refile:bad", dir.path(), DbSettings::default()).unwrap_err();
         assert!(e.contains("bad:2: ExternalIgnoreList"), "{e}");
-        let e = HostList::load_named("PeerList", "refile:missing", dir.path()).unwrap_err();
+        let e = HostList::load_named("PeerList", "refile:missing", dir.path(), DbSettings::default()).unwrap_err();
         assert!(e.contains("PeerList") && e.contains("missing"), "{e}");
     }
 }

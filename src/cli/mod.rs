@@ -583,6 +583,24 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
     key_source_with(a, conf.as_ref())
 }
 
+/// How PostgreSQL data sets wait and remember, from `--db-timeout` and `--db-cache`.
+fn db_settings(a: &KeyArgs) -> anyhow::Result<dkimpress::tables::DbSettings> {
+    let mut db = dkimpress::tables::DbSettings::default();
+    if let Some(t) = a.db_timeout {
+        if !(t > 0.0 && t.is_finite()) {
+            return Err(usage("--db-timeout must be a positive number of seconds"));
+        }
+        db.timeout = std::time::Duration::from_secs_f64(t).max(std::time::Duration::from_millis(1));
+    }
+    if let Some(ttl) = a.db_cache {
+        if !(ttl >= 0.0 && ttl.is_finite()) {
+            return Err(usage("--db-cache must be zero or a positive number of seconds"));
+        }
+        db.cache = std::time::Duration::from_secs_f64(ttl);
+    }
+    Ok(db)
+}
+
 /// The key source from flags and the configuration file already read (`conf`): every command
 /// reads one file the same way, so `sign --config F` signs as `milter -x F` does.
 fn key_source_with(
@@ -590,18 +608,7 @@ fn key_source_with(
     conf: Option<&crate::cli::conf::OpendkimConf>,
 ) -> anyhow::Result<dkimpress::select::KeySource> {
     use dkimpress::select::{KeySource, Tables, Template};
-    if let Some(t) = a.db_timeout {
-        if !(t > 0.0 && t.is_finite()) {
-            return Err(usage("--db-timeout must be a positive number of seconds"));
-        }
-        dkimpress::tables::set_db_timeout(std::time::Duration::from_secs_f64(t));
-    }
-    if let Some(ttl) = a.db_cache {
-        if !(ttl >= 0.0 && ttl.is_finite()) {
-            return Err(usage("--db-cache must be zero or a positive number of seconds"));
-        }
-        dkimpress::tables::set_db_cache(std::time::Duration::from_secs_f64(ttl));
-    }
+    let db = db_settings(a)?;
     // Flags win over the file; the file over defaults. A file that does not say signs
     // simple/simple, opendkim's default (opendkim.conf(5) Canonicalization); flags alone sign
     // relaxed/relaxed.
@@ -643,7 +650,7 @@ fn key_source_with(
             }
             conf::Signing::Tables { key_table, signing_table } => {
                 let multiple = c.multiple_signatures || a.multiple_signatures;
-                let t = Tables::open(key_table, signing_table, multiple, template, &c.dir)?;
+                let t = Tables::open(key_table, signing_table, multiple, template, &c.dir, db)?;
                 return Ok(KeySource::Tables(Box::new(t)));
             }
             conf::Signing::Single { domain, selector, key_file } => (domain.clone(), selector.clone(), key_file),
@@ -653,7 +660,7 @@ fn key_source_with(
             dkimpress::warnings::warn(&w.to_string());
         }
         let domains = if spec.contains(':') || std::path::Path::new(&spec).exists() {
-            dkimpress::tables::DataSet::open(&spec, &c.dir)?.keys()?
+            dkimpress::tables::DataSet::open(&spec, &c.dir, db)?.keys()?
         } else {
             split_list(&spec)
         };
@@ -664,7 +671,7 @@ fn key_source_with(
         return Ok(KeySource::Domains { domains, subdomains: c.subdomains, selector, key: Arc::new(key), template });
     }
     if let (Some(kt), Some(st)) = (&a.key_table, &a.signing_table) {
-        let t = Tables::open(kt, st, a.multiple_signatures, template, std::path::Path::new("."))?;
+        let t = Tables::open(kt, st, a.multiple_signatures, template, std::path::Path::new("."), db)?;
         return Ok(KeySource::Tables(Box::new(t)));
     }
     if a.keys.is_empty() {

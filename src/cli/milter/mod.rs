@@ -357,16 +357,17 @@ fn load_settings(
     let cfg_err = |e: String| anyhow::Error::from(CliError::Config(e));
     let sign = if signs && has_keys(a, c) { Some(key_source_with(&a.k, c)?) } else { None };
     let dir = c.map(|c| c.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
+    let db = crate::cli::db_settings(&a.k)?;
     let internal = match a.internal_hosts.as_ref().or(c.and_then(|c| c.internal_hosts.as_ref())) {
-        Some(spec) => InternalHosts::load_named("InternalHosts", spec, &dir).map_err(cfg_err)?,
+        Some(spec) => InternalHosts::load_named("InternalHosts", spec, &dir, db).map_err(cfg_err)?,
         None => InternalHosts::default(),
     };
     let external_ignore = match c.and_then(|c| c.external_ignore_list.as_ref()) {
-        Some(spec) => Some(InternalHosts::load_named("ExternalIgnoreList", spec, &dir).map_err(cfg_err)?),
+        Some(spec) => Some(InternalHosts::load_named("ExternalIgnoreList", spec, &dir, db).map_err(cfg_err)?),
         None => None,
     };
     let peers = match c.and_then(|c| c.peer_list.as_ref()) {
-        Some(spec) => Some(InternalHosts::load_named("PeerList", spec, &dir).map_err(cfg_err)?),
+        Some(spec) => Some(InternalHosts::load_named("PeerList", spec, &dir, db).map_err(cfg_err)?),
         None => None,
     };
     let actions = Actions::from_conf(c.map(|c| c.on.as_slice()).unwrap_or_default()).map_err(cfg_err)?;
