@@ -224,7 +224,7 @@ enum MboxUnit {
 }
 
 /// Runs `job` on every message of a mapped mbox whose `From ` line starts in `range` (all of
-/// them with `0..len`; see [`Shard`]) on the pool, each with its quoting for `fmt` found
+/// them with `0..len`; see [`Shard`](super::Shard)) on the pool, each with its quoting for `fmt` found
 /// ([`mbox::Stored`]: the job may unquote or hash around it), and hands
 /// the results to `emit` on one writer thread, in input order, a unit's messages at a time.
 /// The writer releases the mapped pages behind it.

@@ -175,7 +175,7 @@ pub fn open_mbox(path: &Path) -> Result<Mapped, BulkError> {
     map_mbox_file(&file, path)
 }
 
-/// Maps an open mbox file (one that is locked: see [`io::MboxLock`]) and checks it.
+/// Maps an open mbox file (one that is locked: see [`super::io::MboxLock`]) and checks it.
 pub fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<Mapped, BulkError> {
     let mapped = os::map(file).map_err(|e| input_err(path, e))?;
     check_mbox(mapped, path)
