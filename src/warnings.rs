@@ -21,7 +21,7 @@ pub fn set_sink(sink: Option<Sink>) {
 /// Reports `msg` once (a repeat of the same text is dropped).
 pub fn warn(msg: &str) {
     let clean = crate::dkim::key::redact_key_material(msg);
-    let clean: String = clean.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    let clean = crate::pipeline::sanitize(&clean);
     let mut st = state().lock().unwrap_or_else(|e| e.into_inner());
     if st.1.contains(&clean) {
         return;

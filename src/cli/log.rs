@@ -29,19 +29,19 @@ impl Logger {
 
     /// Sets the context of later lines (the milter: the MTA's queue ID).
     pub fn set_context(&mut self, context: &str) {
-        self.context = context.chars().filter(|c| !c.is_control()).take(100).collect();
+        self.context = dkimpress::pipeline::sanitize_at_most(context, 100);
     }
 
     /// Adds the Message-ID to the context of later lines.
     pub fn set_message_id(&mut self, id: &str) {
-        let id: String = id.chars().filter(|c| !c.is_control()).take(200).collect();
+        let id = dkimpress::pipeline::sanitize_at_most(id, 200);
         self.context = format!("{}: message-id={}", self.context.split(':').next().unwrap_or_default(), id.trim());
     }
 
     fn emit(&self, severity: u8, msg: &str) {
         // No key material in the log, whatever an error quotes.
         let msg = dkimpress::dkim::key::redact_key_material(msg);
-        let msg: String = msg.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let msg = dkimpress::pipeline::sanitize(&msg);
         let line = format!("{}: {msg}", self.context);
         match &self.sock {
             // RFC 3164 framing; facility mail (2).

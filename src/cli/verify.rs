@@ -167,7 +167,11 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             let forged: Vec<std::ops::Range<usize>> = parsed
                 .iter()
                 .flat_map(|m| m.fields.iter())
-                .filter(|f| f.is("authentication-results") && ar_authserv_id(f.value()).eq_ignore_ascii_case(id))
+                .filter(|f| {
+                    f.is("authentication-results")
+                        && dkimpress::dkim::verify::authserv_id_of(f.value())
+                            .eq_ignore_ascii_case(id.trim_end_matches('.'))
+                })
                 .map(|f| f.offset..f.offset + f.raw.len())
                 .collect();
             let ar = verify::authentication_results(id, &vs, le);
@@ -217,33 +221,11 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 /// Checks an `--add-ar` authserv-id: a domain-like token (RFC 8601 §2.2 `authserv-id = value`;
 /// we accept the token form only). A CR or LF would let the id inject header fields.
 pub(crate) fn check_authserv_id(id: &str) -> anyhow::Result<()> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+    if !dkimpress::dkim::verify::is_authserv_id(id) {
         return Err(usage(format!(
             "--add-ar {:?}: the authserv-id must be a host name (letters, digits, '.', '-', '_')",
             pipeline::sanitize(id)
         )));
     }
     Ok(())
-}
-
-/// The authserv-id of an Authentication-Results value: the first token after comments and
-/// whitespace (RFC 8601 §2.2), or an empty string.
-pub(crate) fn ar_authserv_id(value: &[u8]) -> String {
-    let mut i = 0;
-    let mut depth = 0;
-    while i < value.len() {
-        match value[i] {
-            b'(' => depth += 1,
-            b')' if depth > 0 => depth -= 1,
-            b'\\' if depth > 0 => i += 1,
-            b' ' | b'\t' | b'\r' | b'\n' => {}
-            _ if depth > 0 => {}
-            _ => break,
-        }
-        i += 1;
-    }
-    let rest = &value[i.min(value.len())..];
-    let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
-    let end = rest.iter().position(|&b| b";\" \t\r\n(".contains(&b)).unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end]).into_owned()
 }

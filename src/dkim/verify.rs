@@ -785,6 +785,51 @@ fn rsa_verify_legacy(der: &[u8], hash: Hash, data: &[u8], sig: &[u8]) -> bool {
     }
 }
 
+/// The authserv-id of an Authentication-Results value (RFC 8601 §2.2): after any comments
+/// and folding white space, unquoted if it is a quoted-string, without a final dot.
+pub fn authserv_id_of(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    let mut rest = text.as_ref();
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', '\r', '\n']);
+        if let Some(r) = rest.strip_prefix('(') {
+            // A comment, nested ones included.
+            let mut depth = 1;
+            let mut end = r.len();
+            let mut escaped = false;
+            for (i, c) in r.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            rest = &r[end.min(r.len())..];
+            continue;
+        }
+        break;
+    }
+    let id = match rest.strip_prefix('"') {
+        Some(q) => q.split('"').next().unwrap_or_default().replace('\\', ""),
+        None => rest.split([';', ' ', '\t', '\r', '\n', '(']).next().unwrap_or_default().to_string(),
+    };
+    id.trim_end_matches('.').to_string()
+}
+
+/// Whether `id` can stand as our authserv-id: a host name (letters, digits, `.`, `-`, `_`),
+/// the token form of RFC 8601 §2.2. A CR or LF would let it inject header fields.
+pub fn is_authserv_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
 /// The overall result of a message: pass if any signature passed, else the most telling
 /// failure (fail > temperror > permerror > neutral), none without signatures.
 pub fn overall(verdicts: &[Verdict]) -> DkimResult {
@@ -846,6 +891,20 @@ pub fn authentication_results(authserv_id: &str, verdicts: &[Verdict], le: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authserv_ids_as_rfc_8601_writes_them() {
+        for (v, want) in [
+            (" mx.example.com; dkim=pass", "mx.example.com"),
+            (" \"mx.example.com\"; dkim=pass", "mx.example.com"),
+            (" (forged (nested)) mx.example.com; dkim=pass", "mx.example.com"),
+            (" mx.example.com.; dkim=pass", "mx.example.com"),
+            ("\n\tmx.example.com 1; none", "mx.example.com"),
+            (" other.example; dkim=pass", "other.example"),
+        ] {
+            assert_eq!(authserv_id_of(v.as_bytes()), want, "{v:?}");
+        }
+    }
 
     #[test]
     fn key_records() {

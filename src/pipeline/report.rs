@@ -23,9 +23,16 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Control characters in untrusted text (file names, parse errors) become `?` before printing.
+/// Control characters in untrusted text (file names, parse errors, log lines) become `?`
+/// before printing: the one rule for every report and log.
 pub fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// [`sanitize`] of at most the first `max` characters of `s` (names a client chose: a host
+/// name, a Message-ID).
+pub fn sanitize_at_most(s: &str, max: usize) -> String {
+    s.chars().take(max).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 /// Counts of a run.

@@ -309,21 +309,18 @@ impl<'a> Session<'a> {
     /// One header field as it will stand in the message: `Name:value` with the value's
     /// leading space (or `Name: value` when the MTA strips it), folded lines ending in CRLF.
     fn add_header(&mut self, name: &[u8], value: &[u8]) {
-        let mut f = Vec::with_capacity(name.len() + value.len() + 4);
+        use dkimpress::arch::crlf;
+        let mut f = Vec::with_capacity(name.len() + crlf::expanded_capacity(value.len()) + 4);
         f.extend_from_slice(name);
         f.push(b':');
         if !self.leadspc {
             f.push(b' ');
         }
         // Folded lines come with LF (Postfix, Sendmail) or CRLF: make every line end CRLF.
-        let mut prev = 0u8;
-        for &b in value {
-            if b == b'\n' && prev != b'\r' {
-                f.push(b'\r');
-            }
-            f.push(b);
-            prev = b;
-        }
+        let start = f.len();
+        f.resize(start + crlf::expanded_capacity(value.len()), 0);
+        let n = crlf::to_crlf(value, b':', &mut f[start..]);
+        f.truncate(start + n);
         f.extend_from_slice(b"\r\n");
         if name.eq_ignore_ascii_case(b"Authentication-Results") {
             self.ar_fields.push(value.to_vec());
@@ -352,7 +349,7 @@ impl<'a> Session<'a> {
             Ok(true) => Origin::Ours("internal host"),
             Ok(false) => {
                 let client = if self.client.is_empty() { "127.0.0.1" } else { self.client.as_str() };
-                let host: String = self.client_host.chars().filter(|c| !c.is_control()).take(100).collect();
+                let host = pipeline::sanitize_at_most(&self.client_host, 100);
                 Origin::Outside(format!("{host} [{client}] not internal"))
             }
             Err(e) => Origin::Unknown(format!("InternalHosts: {e}")),
@@ -367,7 +364,7 @@ impl<'a> Session<'a> {
             return id.clone();
         }
         let j = self.macro_value("j").trim().trim_end_matches('.');
-        if !j.is_empty() && j.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        if verify::is_authserv_id(j) {
             return j.to_string();
         }
         super::hostname()
@@ -587,7 +584,7 @@ impl<'a> Session<'a> {
         }
         let ours = self.authserv_id().to_ascii_lowercase();
         for (n, value) in self.ar_fields.iter().enumerate().rev() {
-            if authserv_id(value).eq_ignore_ascii_case(ours.trim_end_matches('.')) {
+            if verify::authserv_id_of(value).eq_ignore_ascii_case(ours.trim_end_matches('.')) {
                 out.push(Response::ChangeHeader {
                     index: n as u32 + 1,
                     name: "Authentication-Results".into(),
@@ -666,63 +663,5 @@ fn not_signed<'a>(e: &MessageError) -> Plan<'a> {
         Disposition::Unsignable => Plan::Unsignable(format!("cannot be signed: {e}")),
         Disposition::Temporary => Plan::Fail(Condition::InternalError, format!("key store: {e}")),
         Disposition::Broken => Plan::Fail(Condition::SignatureError, format!("signing: {e}")),
-    }
-}
-
-/// The authserv-id of an Authentication-Results value (RFC 8601 §2.2): after any comments
-/// and folding white space, unquoted if it is a quoted-string, without a final dot.
-pub fn authserv_id(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
-    let mut rest = text.as_ref();
-    loop {
-        rest = rest.trim_start_matches([' ', '\t', '\r', '\n']);
-        if let Some(r) = rest.strip_prefix('(') {
-            // A comment, nested ones included.
-            let mut depth = 1;
-            let mut end = r.len();
-            let mut escaped = false;
-            for (i, c) in r.char_indices() {
-                match c {
-                    _ if escaped => escaped = false,
-                    '\\' => escaped = true,
-                    '(' => depth += 1,
-                    ')' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            end = i + 1;
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            rest = &r[end.min(r.len())..];
-            continue;
-        }
-        break;
-    }
-    let id = match rest.strip_prefix('"') {
-        Some(q) => q.split('"').next().unwrap_or_default().replace('\\', ""),
-        None => rest.split([';', ' ', '\t', '\r', '\n', '(']).next().unwrap_or_default().to_string(),
-    };
-    id.trim_end_matches('.').to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authserv_ids_as_rfc_8601_writes_them() {
-        for (v, want) in [
-            (" mx.example.com; dkim=pass", "mx.example.com"),
-            (" \"mx.example.com\"; dkim=pass", "mx.example.com"),
-            (" (forged (nested)) mx.example.com; dkim=pass", "mx.example.com"),
-            (" mx.example.com.; dkim=pass", "mx.example.com"),
-            ("\n\tmx.example.com 1; none", "mx.example.com"),
-            (" other.example; dkim=pass", "other.example"),
-        ] {
-            assert_eq!(authserv_id(v.as_bytes()), want, "{v:?}");
-        }
     }
 }

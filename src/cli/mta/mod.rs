@@ -232,7 +232,7 @@ pub fn untrusted_origin(
     if client.is_empty() || !sasl_username.trim().is_empty() || hosts()?.contains(client) {
         return Ok(None);
     }
-    let shown: String = client.chars().filter(|c| !c.is_control()).take(100).collect();
+    let shown = pipeline::sanitize_at_most(client, 100);
     Ok(Some(format!("client {shown} is not in InternalHosts and did not authenticate")))
 }
 
