@@ -335,9 +335,15 @@ mod tests {
             assert!(HostList::parse_list(bad).is_err(), "{bad}");
         }
         assert!(!HostList::parse_list("# none\n\n").unwrap().contains("127.0.0.1"));
-        assert!(HostList::load_named("X", "csl:0.0.0.0/0", Path::new("/"), DbSettings::default()).unwrap().contains("192.0.2.1"));
-        assert!(HostList::load_named("X", "csl:10.9.8.7/8", Path::new("/"), DbSettings::default()).unwrap().contains("10.200.0.1"));
-        assert!(HostList::load_named("X", "db:/etc/x.db", Path::new("/"), DbSettings::default()).unwrap_err().contains("type db:"));
+        assert!(HostList::load_named("X", "csl:0.0.0.0/0", Path::new("/"), DbSettings::default())
+            .unwrap()
+            .contains("192.0.2.1"));
+        assert!(HostList::load_named("X", "csl:10.9.8.7/8", Path::new("/"), DbSettings::default())
+            .unwrap()
+            .contains("10.200.0.1"));
+        assert!(HostList::load_named("X", "db:/etc/x.db", Path::new("/"), DbSettings::default())
+            .unwrap_err()
+            .contains("type db:"));
     }
 
     #[test]
@@ -381,7 +387,9 @@ mod tests {
             assert!(!l.check(Some("other.example1.com"), ip("192.0.2.1")).unwrap(), "{spec}");
         }
         let abs = dir.path().join("TrustedHosts").display().to_string();
-        assert!(HostList::load_named("InternalHosts", &abs, Path::new("/nonexistent"), DbSettings::default()).unwrap().contains("localhost"));
+        assert!(HostList::load_named("InternalHosts", &abs, Path::new("/nonexistent"), DbSettings::default())
+            .unwrap()
+            .contains("localhost"));
         std::fs::write(dir.path().join("wild"), "*.example.com\n192.168.*\n!*.bad.example.com\n").unwrap();
         let l = HostList::load_named("InternalHosts", "refile:wild", dir.path(), DbSettings::default()).unwrap();
         assert!(l.check(Some("mx.example.com"), None).unwrap());
@@ -393,7 +401,8 @@ mod tests {
         let e = HostList::load_named("InternalHosts", "file:bad", dir.path(), DbSettings::default()).unwrap_err();
         assert!(e.contains("bad:3: InternalHosts") && e.contains("refile"), "{e}");
         std::fs::write(dir.path().join("bad"), "# c\n10.0.0.0/40\n").unwrap();
-        let e = HostList::load_named("ExternalIgnoreList", "refile:bad", dir.path(), DbSettings::default()).unwrap_err();
+        let e =
+            HostList::load_named("ExternalIgnoreList", "refile:bad", dir.path(), DbSettings::default()).unwrap_err();
         assert!(e.contains("bad:2: ExternalIgnoreList"), "{e}");
         let e = HostList::load_named("PeerList", "refile:missing", dir.path(), DbSettings::default()).unwrap_err();
         assert!(e.contains("PeerList") && e.contains("missing"), "{e}");
