@@ -35,7 +35,7 @@ use dkimpress::dkim::header::HeaderError;
 use dkimpress::dkim::key::{KeyError, KeyType, SigningKey};
 use dkimpress::dkim::sign::{SignError, SignerConfigError};
 use dkimpress::pipeline::mbox::MboxFormat;
-use dkimpress::pipeline::{self, BulkError, BulkOptions, InputKind};
+use dkimpress::pipeline::{self, BulkError, InputKind, SignPolicy};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -792,15 +792,12 @@ fn key_lookup(r: &RecordArgs) -> anyhow::Result<dkimpress::lookup::Chain> {
     Ok(Chain(sources))
 }
 
-fn mta_options(k: &KeyArgs) -> anyhow::Result<BulkOptions> {
-    Ok(BulkOptions {
+fn mta_options(k: &KeyArgs) -> anyhow::Result<SignPolicy> {
+    Ok(SignPolicy {
         keys: key_source(k)?,
         sender: k.sender.clone(),
-        mbox_format: MboxFormat::default(),
         strip_own: false,
         now: k.timestamp.unwrap_or_else(now_unix),
         max_message: pipeline::DEFAULT_MAX_MESSAGE,
-        shard: None,
-        framing: pipeline::Framing::Parallel,
     })
 }

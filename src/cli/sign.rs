@@ -7,7 +7,7 @@ use crate::cli::{
 };
 use anyhow::Context as _;
 use clap::Args;
-use dkimpress::pipeline::{self, BulkError, BulkOptions, DirOutput, InputKind, Progress, Summary};
+use dkimpress::pipeline::{self, BulkError, BulkOptions, DirOutput, InputKind, Progress, SignPolicy, Summary};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -123,12 +123,14 @@ impl SignConfig {
         let now = a.k.timestamp.unwrap_or_else(now_unix);
         Ok(SignConfig {
             opts: BulkOptions {
-                keys,
-                sender: a.k.sender.clone(),
+                policy: SignPolicy {
+                    keys,
+                    sender: a.k.sender.clone(),
+                    strip_own: a.strip_own,
+                    now,
+                    max_message: a.input.max_message(),
+                },
                 mbox_format: a.input.mbox_format,
-                strip_own: a.strip_own,
-                now,
-                max_message: a.input.max_message(),
                 shard: a.input.shard,
                 framing: a.input.framing,
             },
@@ -148,7 +150,7 @@ pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
     dkimpress::pipeline::io::install_interrupt_handler();
     match &cfg.input {
         SignInput::Stdin => {
-            let buf = read_stdin(cfg.opts.max_message)?;
+            let buf = read_stdin(cfg.opts.policy.max_message)?;
             sign_single(&cfg, "stdin", &buf, None)
         }
         // A lone message belongs to the first shard; the others write an empty output, so that
@@ -181,7 +183,7 @@ pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
 
 /// Pipe mode and single message files: the message is signed or nothing is written.
 pub(crate) fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (headers, drop) = match pipeline::guarded("signing", || pipeline::sign_message(&cfg.opts, msg)) {
+    let (headers, drop) = match pipeline::guarded("signing", || pipeline::sign_message(&cfg.opts.policy, msg)) {
         Ok(r) => r,
         // No key for this author: not an error; the message goes on unsigned (as OpenDKIM),
         // unless --require-signed asks for every message to be signed (then nothing is

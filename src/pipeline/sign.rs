@@ -15,20 +15,27 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-/// Settings of a bulk run.
-pub struct BulkOptions {
+/// How each message is signed, in every mode: which keys, chosen by what, at what time, and
+/// what else changes.
+pub struct SignPolicy {
     /// Which signatures each message gets.
     pub keys: crate::select::KeySource,
     /// The envelope sender that chooses the key instead of From (`--sender`).
     pub sender: Option<String>,
-    /// The mbox flavour.
-    pub mbox_format: MboxFormat,
     /// Remove existing DKIM-Signature fields whose `d=` is one of our domains.
     pub strip_own: bool,
     /// Unix time for `t=`.
     pub now: u64,
     /// Largest message signed; larger ones are passed through and reported.
     pub max_message: u64,
+}
+
+/// Settings of a bulk run: the policy of each message, and how the inputs are read.
+pub struct BulkOptions {
+    /// How each message is signed.
+    pub policy: SignPolicy,
+    /// The mbox flavour.
+    pub mbox_format: MboxFormat,
     /// This run's share of the inputs (`--shard K/N`), or all of them.
     pub shard: Option<Shard>,
     /// Who frames the messages of an mbox (`--framing`, hidden: for measurements).
@@ -52,13 +59,13 @@ pub(crate) enum Outcome {
 }
 
 /// Signs one message.
-pub(crate) fn process(opts: &BulkOptions, msg: mbox::Stored<'_>) -> Outcome {
-    if msg.len() as u64 > opts.max_message {
-        return Outcome::Unsigned(too_large_reason(msg.len() as u64, opts.max_message));
+pub(crate) fn process(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Outcome {
+    if msg.len() as u64 > policy.max_message {
+        return Outcome::Unsigned(too_large_reason(msg.len() as u64, policy.max_message));
     }
     // One message that makes the signer panic must not end the run: it is passed through and
     // reported like any other message that cannot be signed.
-    match guarded("signing", || sign_stored(opts, msg)) {
+    match guarded("signing", || sign_stored(policy, msg)) {
         Ok((headers, drop)) => Outcome::Signed { headers, drop },
         Err(e) => match e.disposition() {
             Disposition::NoKey => Outcome::NoKey(e.to_string()),
@@ -132,11 +139,24 @@ pub fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T, MessageError
 
 /// Signs one message: the header fields to add on top, and the byte ranges of old own
 /// signatures to remove (empty unless `strip_own`).
-pub fn sign_message(opts: &BulkOptions, msg: &[u8]) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+pub fn sign_message(policy: &SignPolicy, msg: &[u8]) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
     let parsed = Message::parse(msg).map_err(crate::dkim::sign::SignError::from)?;
-    let signers = opts.keys.signers_for(&parsed, opts.sender.as_deref())?;
-    let headers = crate::dkim::sign::sign_parsed(&signers, &parsed, opts.now)?;
-    let drop = if opts.strip_own { own_signatures(&signers, &parsed) } else { vec![] };
+    sign_parsed_message(policy, &parsed, crate::dkim::sign::Body::Whole(parsed.body))
+}
+
+/// The signing step every bulk and pipe mode shares: the keys `policy` chooses for `parsed`,
+/// its header fields signed and `body` hashed; the new fields in the message's line ending,
+/// and the old own signatures to remove (with `strip_own`). The milter takes the same steps
+/// apart, choosing the keys when the header block ends and signing when the body has streamed
+/// past.
+pub fn sign_parsed_message(
+    policy: &SignPolicy,
+    parsed: &Message,
+    body: crate::dkim::sign::Body<'_>,
+) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let signers = policy.keys.signers_for(parsed, policy.sender.as_deref())?;
+    let headers = crate::dkim::sign::sign_parsed_body(&signers, parsed, body, policy.now)?;
+    let drop = if policy.strip_own { own_signatures(&signers, parsed) } else { vec![] };
     Ok((headers, drop))
 }
 
@@ -145,35 +165,17 @@ pub fn sign_message(opts: &BulkOptions, msg: &[u8]) -> Result<(Vec<u8>, Vec<Rang
 /// quoted `>From ` lines is signed without an unquoted copy. Quoting is only ever in the body
 /// of a well-formed message; otherwise (a quoted line in the header block, a header block that
 /// does not parse) the message is unquoted and signed as a whole, with the same result.
-pub fn sign_stored(opts: &BulkOptions, msg: mbox::Stored<'_>) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+pub fn sign_stored(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
     let Some(&first_quote) = msg.quotes.first() else {
-        return sign_message(opts, msg.bytes);
+        return sign_message(policy, msg.bytes);
     };
     let parsed = match Message::parse(msg.bytes) {
         Ok(p) if first_quote >= p.body_offset => p,
-        _ => return msg.with_unquoted(|m| sign_message(opts, m)),
+        _ => return msg.with_unquoted(|m| sign_message(policy, m)),
     };
     // The header block is the same stored and unquoted: offsets in it hold for both.
-    let signers = opts.keys.signers_for(&parsed, opts.sender.as_deref())?;
     let pieces = msg.body_pieces(parsed.body_offset);
-    let body = crate::dkim::sign::Body::Pieces(msg.bytes, &pieces);
-    let headers = crate::dkim::sign::sign_parsed_body(&signers, &parsed, body, opts.now)?;
-    let drop = if opts.strip_own { own_signatures(&signers, &parsed) } else { vec![] };
-    Ok((headers, drop))
-}
-
-/// Signs one message at Unix time `now` with the signatures `keys` chooses for it (by `sender`
-/// when given, else by From): the header fields to add on top. The milter's entry point, where
-/// each message has its own time and there is no bulk run.
-pub fn sign_message_at(
-    keys: &crate::select::KeySource,
-    sender: Option<&str>,
-    now: u64,
-    msg: &[u8],
-) -> Result<Vec<u8>, MessageError> {
-    let parsed = Message::parse(msg).map_err(crate::dkim::sign::SignError::from)?;
-    let signers = keys.signers_for(&parsed, sender)?;
-    Ok(crate::dkim::sign::sign_parsed(&signers, &parsed, now)?)
+    sign_parsed_message(policy, &parsed, crate::dkim::sign::Body::Pieces(msg.bytes, &pieces))
 }
 
 /// Byte ranges of DKIM-Signature fields whose `d=` is a domain one of `signers` signs for
@@ -286,7 +288,7 @@ pub fn sign_mbox(
         range,
         pool,
         opts.framing,
-        |msg| process(opts, msg),
+        |msg| process(&opts.policy, msg),
         |results| {
             let temporary = results.iter().enumerate().find_map(|(i, (_, o))| match o {
                 Outcome::Temporary(reason) => Some((index + 1 + i as u64, reason)),
@@ -398,7 +400,7 @@ fn sign_entries(
     let cpu = map_dir(
         dir,
         entries,
-        opts.max_message,
+        opts.policy.max_message,
         pool,
         |rel, item| sign_file(dir, rel, opts, output, item),
         |rel, r| {
@@ -440,7 +442,7 @@ pub(crate) fn sign_file(
             return Ok((Outcome::Unsigned(format!("{why}: {note}")), 0));
         }
     };
-    let outcome = process(opts, mbox::Stored::plain(buf));
+    let outcome = process(&opts.policy, mbox::Stored::plain(buf));
     #[cfg(unix)]
     let keep = match output {
         // In place: the file stays its owner's, with its mode and its dates (the arrival date

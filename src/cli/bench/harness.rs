@@ -338,12 +338,14 @@ fn measure_key_type(
             .build()
             .map_err(|e| e.to_string())?;
         let opts = BulkOptions {
-            keys: KeySource::Fixed(vec![signer]),
-            sender: None,
+            policy: pipeline::SignPolicy {
+                keys: KeySource::Fixed(vec![signer]),
+                sender: None,
+                strip_own: false,
+                now: 1_800_000_000,
+                max_message: dkimpress::pipeline::DEFAULT_MAX_MESSAGE,
+            },
             mbox_format: MboxFormat::Mboxrd,
-            strip_own: false,
-            now: 1_800_000_000,
-            max_message: dkimpress::pipeline::DEFAULT_MAX_MESSAGE,
             shard: None,
             framing: pipeline::Framing::Parallel,
         };
@@ -408,7 +410,7 @@ fn end_to_end_sign(
             0..mapped.len(),
             pool,
             framing,
-            |m| pipeline::sign_stored(opts, m).is_ok(),
+            |m| pipeline::sign_stored(&opts.policy, m).is_ok(),
             |results| {
                 signed += results.iter().filter(|(_, ok)| *ok).count() as u64;
                 Ok(())
@@ -431,7 +433,7 @@ fn signed_archive(opts: &BulkOptions, mapped: &Mapped, pool: &rayon::ThreadPool)
         0..mapped.len(),
         pool,
         pipeline::Framing::Parallel,
-        |m| pipeline::sign_stored(opts, m).map(|r| r.0).unwrap_or_default(),
+        |m| pipeline::sign_stored(&opts.policy, m).map(|r| r.0).unwrap_or_default(),
         |results| {
             for (e, h) in results {
                 out.extend_from_slice(&mapped[e.from_line.clone()]);

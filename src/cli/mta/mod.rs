@@ -21,7 +21,7 @@ pub use sendmail_args::{parse_sendmail_args, SendmailArgs, SendmailMode};
 
 use crate::cli::log::Logger;
 use crate::cli::sysexits::TEMPFAIL;
-use dkimpress::pipeline::{self, BulkOptions, Disposition};
+use dkimpress::pipeline::{self, Disposition, SignPolicy};
 use reinject::{reinject, report_reinjection, run_with_input, Piece};
 use sendmail_args::SendmailInput;
 use spool::{read_message, with_message, Received, Unread, COPY_BUFFER, IN_MEMORY};
@@ -59,7 +59,7 @@ fn message_id(msg: &[u8]) -> Option<String> {
 
 /// Signs `msg` for the MTA paths: the header fields to add (empty = pass on unsigned), or an
 /// error meaning "defer".
-fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger) -> Result<Vec<u8>, String> {
+fn sign_for_mta(opts: &SignPolicy, msg: &[u8], on_error: OnError, log: &Logger) -> Result<Vec<u8>, String> {
     match pipeline::guarded("signing", || pipeline::sign_message(opts, msg)) {
         Ok((headers, _)) => {
             log.info("signed");
@@ -94,7 +94,7 @@ fn sign_for_mta(opts: &BulkOptions, msg: &[u8], on_error: OnError, log: &Logger)
 /// cap, `over_cap` says whether the message is deferred or goes on unsigned (streamed on,
 /// never held whole).
 fn prepare(
-    plan: Result<&BulkOptions, String>,
+    plan: Result<&SignPolicy, String>,
     mut input: Box<dyn Read + Send>,
     settings: &MtaSettings,
     log: &mut Logger,
@@ -173,12 +173,7 @@ pub struct MtaSettings {
 /// message on unsigned and logs the reason), re-inject through `command`. Over the size cap
 /// the message is deferred, or with `--on-error pass` re-injected unsigned. Returns the exit
 /// code.
-pub fn filter(
-    plan: Result<&BulkOptions, String>,
-    command: &[OsString],
-    settings: &MtaSettings,
-    log: &mut Logger,
-) -> u8 {
+pub fn filter(plan: Result<&SignPolicy, String>, command: &[OsString], settings: &MtaSettings, log: &mut Logger) -> u8 {
     let pieces = match prepare(plan, Box::new(std::io::stdin()), settings, log, Logger::info, settings.on_error) {
         Ok(p) => p,
         Err(code) => return code,
@@ -192,7 +187,7 @@ pub fn filter(
 /// sendmail with the same arguments. `plan` as for [`filter`]; a message over the size cap goes
 /// on unsigned. Returns the exit code (the real sendmail's sysexits status, when it ran).
 pub fn sendmail(
-    plan: Result<&BulkOptions, String>,
+    plan: Result<&SignPolicy, String>,
     real: &OsStr,
     args: SendmailArgs,
     settings: &MtaSettings,
