@@ -5,6 +5,3 @@
 pub mod crlf;
 pub mod prefetch;
 
-/// The old name of [`prefetch`], still spelled out in full at one call in `dkim::canon`; goes
-/// when that call names `prefetch::prefetch`.
-pub(crate) use self::prefetch as sys;

@@ -154,8 +154,7 @@ pub fn canonicalize_body<S: Sink + ?Sized>(canon: Canon, body: &[u8], sink: &mut
 /// [`canonicalize_body`] of a body stored in pieces: the body is `stored[pieces[0]]`,
 /// `stored[pieces[1]]`, ... one after the other. This is how an mbox stores a body with quoted
 /// `>From ` lines: each piece after the first starts right after a quoting `>` that is not part
-/// of the message, so the body is hashed from the map without an unquoted copy (issue 14,
-/// item 2).
+/// of the message, so the body is hashed from the map without an unquoted copy.
 ///
 /// The pieces must meet what makes them independent for both canonicalizations: every piece
 /// but the last ends with an LF (canonicalization rewrites line by line), and every piece but
@@ -263,7 +262,7 @@ struct Staged<'a, S: Sink + ?Sized> {
 fn emit_prefetching<S: Sink + ?Sized>(sink: &mut S, ahead: &mut &[u8], bytes: &[u8]) {
     for piece in bytes.chunks(PREFETCH_PIECE) {
         let (now, later) = ahead.split_at(piece.len().min(ahead.len()));
-        crate::arch::sys::prefetch(now);
+        crate::arch::prefetch::prefetch(now);
         *ahead = later;
         sink.write(piece);
     }

@@ -119,8 +119,7 @@ impl std::fmt::Debug for SigningKey {
 /// `[key material not shown]`: PEM blocks (and lone PEM armour lines) and runs of 40 or more
 /// base64 characters mixing upper case, lower case and digits (a DER key in base64, a PEM body
 /// line, a bare Ed25519 seed). Every error and log line passes through it before it is shown,
-/// because configuration values (a key pasted where a path belongs) end up in messages
-/// (issue 11, item 16).
+/// because configuration values (a key pasted where a path belongs) end up in messages.
 pub fn redact_key_material(text: &str) -> std::borrow::Cow<'_, str> {
     const SHOWN: &str = "[key material not shown]";
     let b = text.as_bytes();
@@ -176,7 +175,7 @@ impl SigningKey {
     /// readable by group or others. With `strict`, such a file is refused; otherwise the
     /// problem is returned as a warning beside the key.
     pub fn from_path(path: &Path, strict: bool) -> Result<(SigningKey, Option<KeyError>), KeyError> {
-        // A key pasted where a path belongs must not come back in an error (issue 11, item 16).
+        // A key pasted where a path belongs must not come back in an error.
         let shown = redact_key_material(&path.display().to_string()).into_owned();
         let data = std::fs::read(path).map_err(|error| KeyError::Read { path: shown.clone(), error })?;
         let warning = check_permissions(path);
@@ -360,7 +359,7 @@ pub(crate) mod tests_support {
 #[cfg(test)]
 mod tests {
 
-    /// Regression (issue 11, item 16): no key format survives in an error or log line.
+    /// No key format survives in an error or log line.
     #[test]
     fn key_material_is_redacted() {
         let rsa = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/keys/test.private")).unwrap();
