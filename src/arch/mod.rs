@@ -4,4 +4,3 @@
 
 pub mod crlf;
 pub mod prefetch;
-
