@@ -396,26 +396,11 @@ mod tests {
         assert_eq!(hashed.get(BodySpec { canon: Canon::Relaxed, hash: Hash::Sha1, limit: None }), None);
     }
 
-    /// Mail-like bodies: long lines, bare LFs and CRLFs, whitespace of every kind.
-    fn bodies() -> impl Strategy<Value = Vec<u8>> {
-        let token = prop_oneof![
-            8 => Just(&b"word"[..]),
-            4 => Just(&b" "[..]),
-            1 => Just(&b"  "[..]),
-            1 => Just(&b"\t"[..]),
-            1 => Just(&b"\r"[..]),
-            1 => Just(&b"\n"[..]),
-            1 => Just(&b"\r\n"[..]),
-            1 => Just(&[b'y'; 20_000][..]),
-        ];
-        proptest::collection::vec(token, 0..3000).prop_map(|t| t.concat())
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
         fn any_chunking_matches_the_whole_body(
-            body in bodies(),
+            body in crate::dkim::canon::tests::long_bodies(),
             cuts in proptest::collection::vec(0usize..100_000, 0..40),
         ) {
             let mut cuts = cuts;

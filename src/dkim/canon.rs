@@ -785,7 +785,7 @@ pub mod naive {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -941,7 +941,7 @@ mod tests {
 
     /// Mail-like bodies of many lines, mostly LF-terminated (as mbox files store them), some
     /// longer than the expansion chunk, with whitespace of every kind around the line ends.
-    fn long_bodies() -> impl Strategy<Value = Vec<u8>> {
+    pub(crate) fn long_bodies() -> impl Strategy<Value = Vec<u8>> {
         let token = prop_oneof![
             8 => Just(&b"word"[..]),
             4 => Just(&b" "[..]),
