@@ -2,7 +2,7 @@
 //! SASL), then sign and re-inject (see [`super::mta`]).
 
 use crate::cli::parse_size;
-use crate::cli::{mta_options, sysexits, KeyArgs};
+use crate::cli::{mta_options, read_conf, sysexits, KeyArgs};
 use clap::Args;
 use dkimpress::pipeline;
 use std::path::Path;
@@ -70,14 +70,18 @@ pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
     };
     // Only our own clients' mail is signed: the public MX must not sign spoofed inbound mail
     // with a From at our domains.
+    // The configuration file is read once, when it is first needed, for both the host list
+    // and the keys.
+    let conf = std::cell::OnceCell::new();
+    let conf = || conf.get_or_init(|| read_conf(&a.k).map_err(|e| format!("{e:#}"))).as_ref().map_err(Clone::clone);
     let untrusted = crate::cli::mta::untrusted_origin(
         a.client_address.as_deref().unwrap_or_default(),
         a.sasl_username.as_deref().unwrap_or_default(),
-        || internal_hosts(&a),
+        || internal_hosts(&a, conf()?.as_ref()),
     );
     let plan = match untrusted {
         Ok(Some(reason)) => Err(reason),
-        Ok(None) => match mta_options(&a.k) {
+        Ok(None) => match conf().map_err(anyhow::Error::msg).and_then(|c| mta_options(&a.k, c.as_ref())) {
             Ok(o) => Ok(o),
             Err(e) => match config_error(format!("{e:#}"), &log) {
                 Ok(reason) => Err(reason),
@@ -108,22 +112,19 @@ pub(crate) fn cmd_filter(a: FilterArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// The InternalHosts list of `filter`: --internal-hosts, else the config's InternalHosts
-/// (relative file paths from the config's directory), else loopback.
-pub(crate) fn internal_hosts(a: &FilterArgs) -> Result<crate::cli::mta::InternalHosts, String> {
+/// The InternalHosts list of `filter`: --internal-hosts, else the InternalHosts of the
+/// configuration file `conf` (relative file paths from its directory), else loopback.
+pub(crate) fn internal_hosts(
+    a: &FilterArgs,
+    conf: Option<&crate::cli::conf::OpendkimConf>,
+) -> Result<crate::cli::mta::InternalHosts, String> {
     use crate::cli::mta::InternalHosts;
     let db = crate::cli::db_settings(&a.k).map_err(|e| e.to_string())?;
     if let Some(spec) = &a.internal_hosts {
         return InternalHosts::load(spec, Path::new("."), db);
     }
-    match &a.k.config {
-        Some(path) => {
-            let conf = crate::cli::conf::OpendkimConf::load(path).map_err(|e| e.to_string())?;
-            match &conf.internal_hosts {
-                Some(spec) => InternalHosts::load(spec, &conf.dir, db),
-                None => Ok(InternalHosts::default()),
-            }
-        }
+    match conf.and_then(|c| c.internal_hosts.as_ref().map(|spec| (spec, &c.dir))) {
+        Some((spec, dir)) => InternalHosts::load(spec, dir, db),
         None => Ok(InternalHosts::default()),
     }
 }

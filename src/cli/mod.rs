@@ -559,7 +559,13 @@ where
 /// The commands other than the milter: `--config` is read here, and with `-v` its keys
 /// without effect on this command are listed.
 fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
-    let conf = match &a.config {
+    key_source_with(a, read_conf(a)?.as_ref())
+}
+
+/// The `--config` file of a command other than the milter, read once; with `-v` its keys
+/// without effect on this command are listed.
+fn read_conf(a: &KeyArgs) -> anyhow::Result<Option<crate::cli::conf::OpendkimConf>> {
+    Ok(match &a.config {
         Some(p) => {
             let c = crate::cli::conf::OpendkimConf::load(p)?;
             if a.verbose {
@@ -579,8 +585,7 @@ fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
             Some(c)
         }
         None => None,
-    };
-    key_source_with(a, conf.as_ref())
+    })
 }
 
 /// How PostgreSQL data sets wait and remember, from `--db-timeout` and `--db-cache`.
@@ -792,9 +797,11 @@ fn key_lookup(r: &RecordArgs) -> anyhow::Result<dkimpress::lookup::Chain> {
     Ok(Chain(sources))
 }
 
-fn mta_options(k: &KeyArgs) -> anyhow::Result<SignPolicy> {
+/// The signing policy of `filter` and the wrapper, from flags and the configuration file
+/// already read (`conf`).
+fn mta_options(k: &KeyArgs, conf: Option<&crate::cli::conf::OpendkimConf>) -> anyhow::Result<SignPolicy> {
     Ok(SignPolicy {
-        keys: key_source(k)?,
+        keys: key_source_with(k, conf)?,
         sender: k.sender.clone(),
         strip_own: false,
         now: k.timestamp.unwrap_or_else(now_unix),

@@ -1,7 +1,7 @@
 //! `dkimpress sendmail` (or a link named sendmail, mailq, newaliases): the wrapper for locally
 //! submitted mail (see [`super::mta`]).
 
-use crate::cli::{mta_options, parse_size, sysexits, KeyArgs};
+use crate::cli::{mta_options, parse_size, read_conf, sysexits, KeyArgs};
 use dkimpress::pipeline;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,7 +85,7 @@ pub(crate) fn cmd_sendmail(name: &std::ffi::OsStr, mut args: Vec<std::ffi::OsStr
         Err(String::new())
     } else {
         let k = KeyArgs { config: Some(PathBuf::from(&config)), verbose, ..KeyArgs::default() };
-        match mta_options(&k) {
+        match read_conf(&k).and_then(|c| mta_options(&k, c.as_ref())) {
             Ok(o) => Ok(o),
             Err(e) => {
                 let e = format!("{e:#}");
