@@ -65,6 +65,7 @@ impl HashedBody {
 }
 
 /// A sink feeding either SHA-1 or SHA-256.
+#[derive(Clone)]
 pub(crate) enum Hasher {
     Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),
@@ -126,41 +127,124 @@ pub fn hash_body(spec: BodySpec, body: &[u8]) -> BodyDigest {
     BodyDigest { spec, total: h.offered, digest: h.inner.finish() }
 }
 
-/// Body hashes computed chunk by chunk. Memory: a few dozen octets per wanted hash, whatever
-/// the body's size.
+/// Body hashes computed chunk by chunk. Each body canonicalization is computed once, and each
+/// (canonicalization, hash) is one running digest: the digest at each `l=` is a copy of the
+/// running state taken as the canonical stream passes that length. However many signatures
+/// and `l=` values a message names, its body is canonicalized at most twice and hashed at most
+/// four times (simple and relaxed, SHA-1 and SHA-256). Memory: a few hundred octets per wanted
+/// hash, whatever the body's size.
 pub struct BodyHashes {
-    streams: Vec<(BodySpec, StreamCanonicalizer, Limited)>,
+    groups: Vec<Group>,
+    specs: Vec<BodySpec>,
+}
+
+/// The hashes of one body canonicalization.
+struct Group {
+    canon: Canon,
+    canonicalizer: StreamCanonicalizer,
+    digests: Vec<Running>,
+}
+
+/// One running digest of a canonical stream, with the digests at the `l=` lengths asked for.
+struct Running {
+    hash: Hash,
+    hasher: Hasher,
+    offered: u64,
+    /// `l=` lengths, ascending, each with its digest once the stream has passed it.
+    limits: Vec<(u64, Option<Vec<u8>>)>,
+}
+
+impl Running {
+    /// The digest of the first `limit` octets (all of them with `None`) after the end.
+    fn digest(&self, limit: Option<u64>) -> Vec<u8> {
+        let taken = limit.and_then(|l| self.limits.iter().find(|(m, _)| *m == l)).and_then(|(_, d)| d.clone());
+        taken.unwrap_or_else(|| self.hasher.clone().finish())
+    }
+}
+
+impl Sink for Running {
+    fn write(&mut self, mut bytes: &[u8]) {
+        for (limit, digest) in self.limits.iter_mut().filter(|(_, d)| d.is_none()) {
+            let end = self.offered + bytes.len() as u64;
+            if *limit > end {
+                break;
+            }
+            let take = (*limit - self.offered) as usize;
+            self.hasher.write(&bytes[..take]);
+            self.offered += take as u64;
+            bytes = &bytes[take..];
+            *digest = Some(self.hasher.clone().finish());
+        }
+        self.hasher.write(bytes);
+        self.offered += bytes.len() as u64;
+    }
+}
+
+/// Writes the canonical stream of a group to each of its running digests.
+struct FanOut<'a>(&'a mut [Running]);
+
+impl Sink for FanOut<'_> {
+    fn write(&mut self, bytes: &[u8]) {
+        for r in self.0.iter_mut() {
+            r.write(bytes);
+        }
+    }
 }
 
 impl BodyHashes {
     /// Hashes for each of `specs` (each computed once, however often it is named).
     pub fn new(specs: impl IntoIterator<Item = BodySpec>) -> BodyHashes {
-        let mut streams: Vec<(BodySpec, StreamCanonicalizer, Limited)> = Vec::new();
-        for spec in specs {
-            if !streams.iter().any(|(s, ..)| *s == spec) {
-                streams.push((spec, StreamCanonicalizer::new(spec.canon), Limited::new(spec)));
+        let specs: Vec<BodySpec> = specs.into_iter().collect();
+        let mut groups: Vec<Group> = Vec::new();
+        for spec in &specs {
+            let g = match groups.iter().position(|g| g.canon == spec.canon) {
+                Some(i) => &mut groups[i],
+                None => {
+                    let canonicalizer = StreamCanonicalizer::new(spec.canon);
+                    groups.push(Group { canon: spec.canon, canonicalizer, digests: vec![] });
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            let r = match g.digests.iter().position(|r| r.hash == spec.hash) {
+                Some(i) => &mut g.digests[i],
+                None => {
+                    let hasher = Hasher::new(spec.hash);
+                    g.digests.push(Running { hash: spec.hash, hasher, offered: 0, limits: vec![] });
+                    g.digests.last_mut().expect("just pushed")
+                }
+            };
+            if let Some(l) = spec.limit {
+                if let Err(at) = r.limits.binary_search_by_key(&l, |(m, _)| *m) {
+                    r.limits.insert(at, (l, None));
+                }
             }
         }
-        BodyHashes { streams }
+        BodyHashes { groups, specs }
     }
 
     /// The next chunk of the body.
     pub fn update(&mut self, chunk: &[u8]) {
-        for (_, c, h) in &mut self.streams {
-            c.update(chunk, h);
+        for g in &mut self.groups {
+            g.canonicalizer.update(chunk, &mut FanOut(&mut g.digests));
         }
     }
 
     /// The body has ended: the hashes.
     pub fn finish(self) -> HashedBody {
-        let digests = self
-            .streams
-            .into_iter()
-            .map(|(spec, c, mut h)| {
-                c.finish(&mut h);
-                BodyDigest { spec, total: h.offered, digest: h.inner.finish() }
-            })
-            .collect();
+        let mut groups = self.groups;
+        for g in &mut groups {
+            let c = std::mem::replace(&mut g.canonicalizer, StreamCanonicalizer::new(g.canon));
+            c.finish(&mut FanOut(&mut g.digests));
+        }
+        let mut digests: Vec<BodyDigest> = Vec::with_capacity(self.specs.len());
+        for spec in self.specs {
+            if digests.iter().any(|d| d.spec == spec) {
+                continue;
+            }
+            let g = groups.iter().find(|g| g.canon == spec.canon).expect("a group per canonicalization");
+            let r = g.digests.iter().find(|r| r.hash == spec.hash).expect("a digest per hash");
+            digests.push(BodyDigest { spec, digest: r.digest(spec.limit), total: r.offered });
+        }
         HashedBody { digests }
     }
 }
@@ -383,9 +467,14 @@ mod tests {
             BodySpec { canon: Canon::Relaxed, hash: Hash::Sha1, limit: Some(7) },
             BodySpec { canon: Canon::Simple, hash: Hash::Sha256, limit: Some(0) },
             BodySpec::signing(Canon::Simple),
+            BodySpec { canon: Canon::Relaxed, hash: Hash::Sha256, limit: Some(3) },
+            BodySpec { canon: Canon::Relaxed, hash: Hash::Sha256, limit: Some(22) },
+            BodySpec { canon: Canon::Relaxed, hash: Hash::Sha256, limit: Some(10_000) },
+            BodySpec { canon: Canon::Simple, hash: Hash::Sha256, limit: Some(5) },
         ];
         let mut h = BodyHashes::new(specs);
-        assert_eq!(h.streams.len(), 4, "each spec is computed once");
+        assert_eq!(h.groups.len(), 2, "one canonicalization each");
+        assert_eq!(h.groups.iter().map(|g| g.digests.len()).sum::<usize>(), 3, "one running digest per hash");
         for chunk in body.chunks(5) {
             h.update(chunk);
         }
@@ -407,6 +496,34 @@ mod tests {
             cuts.sort_unstable();
             for c in [Canon::Simple, Canon::Relaxed] {
                 prop_assert_eq!(streamed(c, &body, &cuts), whole(c, &body));
+            }
+        }
+
+        #[test]
+        fn any_chunking_and_limits_match_hash_body(
+            body in crate::dkim::canon::tests::long_bodies(),
+            cuts in proptest::collection::vec(0usize..100_000, 0..20),
+            limits in proptest::collection::vec(0u64..150_000, 0..5),
+        ) {
+            let mut specs = vec![];
+            for canon in [Canon::Simple, Canon::Relaxed] {
+                for hash in [Hash::Sha1, Hash::Sha256] {
+                    specs.push(BodySpec { canon, hash, limit: None });
+                    specs.extend(limits.iter().map(|&l| BodySpec { canon, hash, limit: Some(l) }));
+                }
+            }
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut h = BodyHashes::new(specs.clone());
+            let mut at = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+                let cut = cut.clamp(at, body.len());
+                h.update(&body[at..cut]);
+                at = cut;
+            }
+            let hashed = h.finish();
+            for spec in specs {
+                prop_assert_eq!(hashed.get(spec), Some(&hash_body(spec, &body)));
             }
         }
     }
