@@ -1416,3 +1416,44 @@ dktest!(
         assert_eq!(a.matches("dkim=fail").count(), 2, "{a}");
     }
 );
+
+dktest!(
+    /// An MTA that sends body chunks without the end-of-header step still gets a signature
+    /// over the body it sent (the body starts with the first chunk), which dkimpy verifies.
+    body_without_end_of_header_is_hashed,
+    |dir| {
+        let c = conf(&dir, "");
+        let m = Milter::start(&dir, &["-x", c.to_str().unwrap()]);
+        let mut mta = m.connect();
+        let steps = mta.negotiate();
+        mta.connect_from("127.0.0.1");
+        mta.send(b'M', b"<a@example.com>\0");
+        assert_eq!(mta.reply(), Reply::Continue);
+        let head = b"From: a@example.com\nSubject: no end of header\n\n".to_vec();
+        for (name, value) in split_message(&head).0 {
+            mta.send(b'L', &[&name[..], b"\0", &value, b"\0"].concat());
+            if steps & (1 << 7) == 0 {
+                assert_eq!(mta.reply(), Reply::Continue);
+            }
+        }
+        mta.send(b'B', b"hello world\r\n");
+        assert_eq!(mta.reply(), Reply::Continue);
+        mta.send(b'E', b"");
+        let mut r = vec![];
+        loop {
+            let x = mta.reply();
+            let last = !matches!(x, Reply::Insert(..) | Reply::Change(..));
+            r.push(x);
+            if last {
+                break;
+            }
+        }
+        assert!(has_sig(&r), "{r:?}");
+        if dkimpy_available() {
+            let delivered = [apply(&head, &r), b"hello world\r\n".to_vec()].concat();
+            let files = write_all(&dir, "out", &[delivered]);
+            let (ok, text) = dkimpy_verify(&dir.join("keys"), &["--raw", "--expect-sigs", "2"], &files);
+            assert!(ok, "{text}");
+        }
+    }
+);

@@ -184,6 +184,10 @@ impl<'a> Session<'a> {
                 Reply(vec![Response::Continue])
             }
             Command::Body(chunk) => {
+                // An MTA that skips the end-of-header step: the body starts here.
+                if !self.in_body {
+                    self.start_body();
+                }
                 self.body_chunk(&chunk);
                 Reply(vec![Response::Continue])
             }
@@ -662,6 +666,9 @@ fn not_signed<'a>(e: &MessageError) -> Plan<'a> {
         Disposition::NoKey => Plan::Verify(Some(e.to_string())),
         Disposition::Unsignable => Plan::Unsignable(format!("cannot be signed: {e}")),
         Disposition::Temporary => Plan::Fail(Condition::InternalError, format!("key store: {e}")),
+        Disposition::Broken if matches!(e, MessageError::Panic(_)) => {
+            Plan::Fail(Condition::InternalError, e.to_string())
+        }
         Disposition::Broken => Plan::Fail(Condition::SignatureError, format!("signing: {e}")),
     }
 }
