@@ -1,0 +1,376 @@
+//! The milter's settings: opendkim.conf and flags read once per start (the daemon's socket,
+//! user, PID file) or per reload (keys, host lists, On-* actions, verification policy) into
+//! checked, typed values.
+
+use super::{admit, hostname, MilterArgs, DEFAULT_CONF};
+use crate::cli::mta::InternalHosts;
+use crate::cli::{conf, key_lookup, key_source_with, usage, CliError};
+use dkimpress::dkim::verify::{self, KeyResult};
+use dkimpress::pipeline;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `On-*` can say (opendkim.conf(5)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Deliver.
+    Accept,
+    /// 451: the MTA tells the client to retry.
+    Tempfail,
+    /// 550.
+    Reject,
+    /// Accept and drop.
+    Discard,
+    /// Hold in the MTA's quarantine (Postfix: the hold queue).
+    Quarantine,
+}
+
+impl Action {
+    fn parse(v: &str) -> Option<Action> {
+        // The words opendkim compares with (case-insensitively), and their first letters: a
+        // typo must not turn into an action nobody chose ("defer" is not "discard").
+        Some(match v.trim().to_ascii_lowercase().as_str() {
+            "a" | "accept" => Action::Accept,
+            "t" | "tempfail" => Action::Tempfail,
+            "r" | "reject" => Action::Reject,
+            "d" | "discard" => Action::Discard,
+            "q" | "quarantine" => Action::Quarantine,
+            _ => return None,
+        })
+    }
+
+    /// The word, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Tempfail => "tempfail",
+            Action::Reject => "reject",
+            Action::Discard => "discard",
+            Action::Quarantine => "quarantine",
+        }
+    }
+}
+
+/// The conditions `On-*` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Condition {
+    /// Everything else (a pass).
+    Default,
+    /// A signature did not verify.
+    BadSignature,
+    /// A key could not be fetched now.
+    DnsError,
+    /// Our own failure (key store down, a panic).
+    InternalError,
+    /// The signing key's record does not exist.
+    KeyNotFound,
+    /// Inbound mail without a signature.
+    NoSignature,
+    /// Something looked hostile.
+    Security,
+    /// A signature could not be made.
+    SignatureError,
+    /// A policy check failed (OpenDKIM's ADSP-era condition: read, never raised here).
+    PolicyError,
+}
+
+impl Condition {
+    const ALL: [Condition; 9] = [
+        Condition::Default,
+        Condition::BadSignature,
+        Condition::DnsError,
+        Condition::InternalError,
+        Condition::KeyNotFound,
+        Condition::NoSignature,
+        Condition::Security,
+        Condition::SignatureError,
+        Condition::PolicyError,
+    ];
+
+    /// The opendkim.conf key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Condition::Default => "On-Default",
+            Condition::BadSignature => "On-BadSignature",
+            Condition::DnsError => "On-DNSError",
+            Condition::InternalError => "On-InternalError",
+            Condition::KeyNotFound => "On-KeyNotFound",
+            Condition::NoSignature => "On-NoSignature",
+            Condition::Security => "On-Security",
+            Condition::SignatureError => "On-SignatureError",
+            Condition::PolicyError => "On-PolicyError",
+        }
+    }
+
+    /// OpenDKIM's defaults: failures we cause or cannot judge now defer (nothing is lost), the
+    /// results of verification are only reported.
+    fn default_action(self) -> Action {
+        match self {
+            Condition::DnsError | Condition::InternalError | Condition::Security | Condition::SignatureError => {
+                Action::Tempfail
+            }
+            _ => Action::Accept,
+        }
+    }
+}
+
+/// The action per condition.
+#[derive(Debug, Clone)]
+pub struct Actions(HashMap<Condition, Action>);
+
+impl Actions {
+    /// From the `On-*` lines: `On-Default` first sets every condition the file does not name.
+    fn from_conf(lines: &[(String, String)]) -> Result<Actions, String> {
+        let mut m: HashMap<Condition, Action> = Condition::ALL.iter().map(|c| (*c, c.default_action())).collect();
+        let find = |name: &str| Condition::ALL.into_iter().find(|c| c.key()[3..].eq_ignore_ascii_case(name));
+        let mut named = vec![];
+        let mut default = None;
+        for (name, value) in lines {
+            let c = find(name).ok_or_else(|| format!("On-{name}: not a condition"))?;
+            let a = Action::parse(value).ok_or_else(|| {
+                format!("On-{name} {value:?}: expected accept, tempfail, reject, discard or quarantine")
+            })?;
+            if c == Condition::Default {
+                default = Some(a);
+            } else {
+                named.push((c, a));
+            }
+        }
+        if let Some(a) = default {
+            for c in Condition::ALL {
+                m.insert(c, a);
+            }
+        }
+        for (c, a) in named {
+            m.insert(c, a);
+        }
+        Ok(Actions(m))
+    }
+
+    /// The action for `c`.
+    pub fn get(&self, c: Condition) -> Action {
+        self.0.get(&c).copied().unwrap_or(c.default_action())
+    }
+}
+
+/// The key of (selector, domain) for verification, looked up on behalf of a party (the SMTP
+/// client's address; empty for a local one), whose fair share of the lookups it takes.
+pub type KeyFn = Box<dyn Fn(&str, &str, &str) -> KeyResult + Send + Sync>;
+
+/// Places for key lookups in flight, daemon-wide.
+pub const LOOKUPS_IN_FLIGHT: usize = 128;
+/// Of those, at most this many for names under one site (a domain whose DNS does not answer).
+pub const LOOKUPS_PER_SITE: usize = 4;
+/// And at most this many for one SMTP client address.
+pub const LOOKUPS_PER_CLIENT: usize = 8;
+/// A site whose lookup timed out is not asked again for this long (its lookups answer
+/// temperror at once).
+pub const DEAD_SITE_MEMORY: Duration = Duration::from_secs(30);
+/// The most time the key lookups of one message may take in all, well under Postfix's
+/// milter_content_timeout (300 s): past it the remaining signatures are temperror.
+pub const LOOKUP_BUDGET: Duration = Duration::from_secs(20);
+
+/// Everything a session needs, loaded once (and again on SIGHUP).
+pub struct Settings {
+    /// The signatures, when the mode includes `s`.
+    pub sign: Option<dkimpress::select::KeySource>,
+    /// Mode includes `v`.
+    pub verify: bool,
+    /// Clients whose mail is signed.
+    pub internal: InternalHosts,
+    /// Outside clients allowed to send as our domains unsigned, without a warning
+    /// (`ExternalIgnoreList`).
+    pub external_ignore: Option<InternalHosts>,
+    /// Clients whose connections are accepted untouched (`PeerList`).
+    pub peers: Option<InternalHosts>,
+    /// `{daemon_name}` values whose mail is signed (`MTA`).
+    pub mta_names: Vec<String>,
+    /// Our authserv-id when configured (`AuthservID`); `None`: the MTA's name per connection.
+    pub authserv_id: Option<String>,
+    /// Leave Authentication-Results that claim our authserv-id in place (`KeepAuthResults`).
+    pub keep_auth_results: bool,
+    /// Add Authentication-Results to unsigned mail too.
+    pub always_add_ar: bool,
+    /// `On-*`.
+    pub actions: Actions,
+    /// Verification keys (cached).
+    pub keys: KeyFn,
+    /// What verification accepts.
+    pub policy: verify::Policy,
+    /// Largest message handled.
+    pub max_message: u64,
+    /// The memory all connections may hold for messages in progress (kept across reloads).
+    pub budget: Arc<admit::MemoryBudget>,
+    /// Log every signature and verification (`SyslogSuccess`).
+    pub log_success: bool,
+    /// Log why a message was not signed (`LogWhy`).
+    pub log_why: bool,
+    /// Fixed signing time (tests).
+    pub timestamp: Option<u64>,
+}
+
+/// The daemon-level settings: read once at start (a restart changes them).
+pub(super) struct Daemon {
+    pub(super) socket: String,
+    pub(super) socket_mode: u32,
+    pub(super) user: Option<(u32, u32)>,
+    pub(super) pid_file: Option<PathBuf>,
+    pub(super) log_to_stderr: bool,
+    pub(super) max_connections: usize,
+    pub(super) max_per_peer: usize,
+}
+
+/// The configuration file the daemon reads: `-x`/`--config`, else /etc/opendkim.conf when it
+/// exists and no key options say what to sign with (opendkim(8) reads it unless told).
+pub(super) fn conf_path(a: &MilterArgs) -> Option<PathBuf> {
+    if a.k.config.is_some() {
+        return a.k.config.clone();
+    }
+    let flags_sign = !a.k.keys.is_empty() || a.k.key_table.is_some();
+    (!flags_sign && Path::new(DEFAULT_CONF).exists()).then(|| PathBuf::from(DEFAULT_CONF))
+}
+
+/// Reads the configuration file (if any) as the daemon does: once per start or reload.
+pub(super) fn daemon_conf(a: &MilterArgs) -> anyhow::Result<Option<conf::OpendkimConf>> {
+    Ok(match conf_path(a) {
+        Some(p) => Some(conf::OpendkimConf::load_daemon(&p)?),
+        None => None,
+    })
+}
+
+pub(super) fn mode_of(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<(bool, bool)> {
+    let mode = a.mode.clone().or_else(|| c.and_then(|c| c.mode.clone())).unwrap_or_else(|| "sv".into());
+    if mode.is_empty() || !mode.chars().all(|ch| ch == 's' || ch == 'v') {
+        return Err(usage(format!("--mode {mode:?}: expected s, v or sv")));
+    }
+    Ok((mode.contains('s'), mode.contains('v')))
+}
+
+/// Whether the milter signs at all: the mode says so and there are keys. A configuration
+/// without keys (Debian's stock opendkim.conf) verifies only, as opendkim does with it.
+pub(super) fn has_keys(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> bool {
+    match c {
+        Some(c) => !matches!(c.signing, conf::Signing::Nothing),
+        None => !a.k.keys.is_empty() || a.k.key_table.is_some(),
+    }
+}
+
+/// Loads the per-message settings from the configuration read once (`c`): keys, tables,
+/// lists, actions.
+pub(super) fn load_settings(
+    a: &MilterArgs,
+    c: Option<&conf::OpendkimConf>,
+    budget: Arc<admit::MemoryBudget>,
+) -> anyhow::Result<Settings> {
+    let (signs, verifies) = mode_of(a, c)?;
+    let cfg_err = |e: String| anyhow::Error::from(CliError::Config(e));
+    let sign = if signs && has_keys(a, c) { Some(key_source_with(&a.k, c)?) } else { None };
+    let dir = c.map(|c| c.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
+    let db = crate::cli::db_settings(&a.k)?;
+    let internal = match a.internal_hosts.as_ref().or(c.and_then(|c| c.internal_hosts.as_ref())) {
+        Some(spec) => InternalHosts::load_named("InternalHosts", spec, &dir, db).map_err(cfg_err)?,
+        None => InternalHosts::default(),
+    };
+    let external_ignore = match c.and_then(|c| c.external_ignore_list.as_ref()) {
+        Some(spec) => Some(InternalHosts::load_named("ExternalIgnoreList", spec, &dir, db).map_err(cfg_err)?),
+        None => None,
+    };
+    let peers = match c.and_then(|c| c.peer_list.as_ref()) {
+        Some(spec) => Some(InternalHosts::load_named("PeerList", spec, &dir, db).map_err(cfg_err)?),
+        None => None,
+    };
+    let actions = Actions::from_conf(c.map(|c| c.on.as_slice()).unwrap_or_default()).map_err(cfg_err)?;
+    // `AuthservID HOSTNAME` means this host's name (opendkim.conf(5)); no setting means the
+    // MTA's name, per connection (Session::authserv_id).
+    let authserv_id = match a.authserv_id.clone().or_else(|| c.and_then(|c| c.authserv_id.clone())) {
+        Some(id) if id == "HOSTNAME" => Some(hostname()),
+        other => other,
+    };
+    if let Some(id) = &authserv_id {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            return Err(CliError::Config(format!("AuthservID {id:?}: expected a host name")).into());
+        }
+    }
+    let mut records = a.records.clone();
+    if records.dns_servers.is_empty() {
+        if let Some(ns) = c.and_then(|c| c.nameservers.as_ref()) {
+            records.dns_servers = ns.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+    }
+    // A daemon lives longer than DNS answers: keys are asked again after five minutes. One
+    // lookup per key however many connections want it at once (lookup::KeyCache).
+    // A place among the lookups in flight is waited for at most 5 s, and places are shared:
+    // per site, per client, and a site that timed out is not asked again for a while, so
+    // that messages naming domains whose DNS never answers cannot stall everyone's lookups.
+    let limit = std::num::NonZeroUsize::new(LOOKUPS_IN_FLIGHT).expect("non-zero");
+    let cache = dkimpress::lookup::KeyCache::with_limit(key_lookup(&records)?, limit)
+        .expiring(Duration::from_secs(300), 10_000)
+        .waiting_at_most(Duration::from_secs(5))
+        .fair(LOOKUPS_PER_SITE, LOOKUPS_PER_CLIENT, DEAD_SITE_MEMORY);
+    let mut policy = verify::Policy::default();
+    if let Some(bits) = c.and_then(|c| c.minimum_key_bits) {
+        policy.min_rsa_bits = bits;
+    }
+    Ok(Settings {
+        sign,
+        verify: verifies,
+        internal,
+        external_ignore,
+        peers,
+        mta_names: c.map(|c| c.mta.clone()).unwrap_or_default(),
+        authserv_id,
+        keep_auth_results: c.is_some_and(|c| c.keep_auth_results),
+        always_add_ar: c.is_some_and(|c| c.always_add_ar),
+        actions,
+        keys: Box::new(move |s, d, party| cache.get_for(s, d, party)),
+        policy,
+        max_message: a.max_message_size.unwrap_or(pipeline::DEFAULT_MAX_MESSAGE),
+        budget,
+        log_success: a.k.verbose || c.is_some_and(|c| c.syslog_success),
+        log_why: a.k.verbose || c.is_some_and(|c| c.log_why),
+        timestamp: a.k.timestamp,
+    })
+}
+
+pub(super) fn daemon(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Daemon> {
+    let socket = a
+        .socket
+        .clone()
+        .or_else(|| c.and_then(|c| c.socket.clone()))
+        .ok_or_else(|| usage("no socket: give --socket inet:8891@localhost (or Socket in --config)"))?;
+    let umask = c.and_then(|c| c.umask).unwrap_or(0o007);
+    let socket_mode = match &a.socket_mode {
+        Some(m) => u32::from_str_radix(m, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| usage(format!("--socket-mode {m:?}: expected an octal mode such as 660")))?,
+        None => 0o666 & !umask,
+    };
+    let user = match a.user.clone().or_else(|| c.and_then(|c| c.user_id.clone())) {
+        Some(spec) => {
+            let (u, g) = match spec.split_once(':') {
+                Some((u, g)) => (u.to_string(), Some(g.to_string())),
+                None => (spec, None),
+            };
+            let ids =
+                crate::cli::os::lookup_user(&u, g.as_deref()).map_err(|e| CliError::Config(format!("UserID: {e}")))?;
+            Some(ids)
+        }
+        None => None,
+    };
+    let log_to_stderr = !a.syslog
+        && (a.log_stderr
+            || c.and_then(|c| c.syslog) == Some(false)
+            || std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    Ok(Daemon {
+        socket,
+        socket_mode,
+        user,
+        pid_file: a.pid_file.clone().or_else(|| c.and_then(|c| c.pid_file.clone())),
+        log_to_stderr,
+        max_connections: a.max_connections as usize,
+        max_per_peer: a.max_per_peer.map_or((a.max_connections as usize / 2).max(1), |n| n as usize),
+    })
+}
