@@ -1,8 +1,9 @@
 //! `dkimpress filter`: the Postfix pipe(8) filter command: who may be signed for (InternalHosts,
 //! SASL), then sign and re-inject (see [`super::mta`]).
 
-use crate::cli::parse_size;
-use crate::cli::{mta_options, read_conf, sysexits, KeyArgs};
+use crate::cli::args::{parse_size, KeyArgs};
+use crate::cli::keys::{db_settings, mta_options, read_conf};
+use crate::cli::sysexits;
 use clap::Args;
 use dkimpress::pipeline;
 use std::path::Path;
@@ -119,7 +120,7 @@ pub(crate) fn internal_hosts(
     conf: Option<&crate::cli::conf::OpendkimConf>,
 ) -> Result<crate::cli::mta::InternalHosts, String> {
     use crate::cli::mta::InternalHosts;
-    let db = crate::cli::db_settings(&a.k).map_err(|e| e.to_string())?;
+    let db = db_settings(&a.k).map_err(|e| e.to_string())?;
     if let Some(spec) = &a.internal_hosts {
         return InternalHosts::load(spec, Path::new("."), db);
     }

@@ -1,6 +1,7 @@
 //! `dkimpress genkey`: a key pair and its DNS TXT record, like opendkim-genkey.
 
-use crate::cli::{write_failed, CliError, KeyTypeArg};
+use crate::cli::args::KeyTypeArg;
+use crate::cli::error::{write_failed, CliError};
 use clap::ArgAction;
 use clap::Args;
 use dkimpress::dkim::genkey::RecordOptions;

@@ -1,7 +1,9 @@
 //! `dkimpress sendmail` (or a link named sendmail, mailq, newaliases): the wrapper for locally
 //! submitted mail (see [`super::mta`]).
 
-use crate::cli::{mta_options, parse_size, read_conf, sysexits, KeyArgs};
+use crate::cli::args::{parse_size, KeyArgs};
+use crate::cli::keys::{mta_options, read_conf};
+use crate::cli::sysexits;
 use dkimpress::pipeline;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,7 +1,9 @@
 //! `dkimpress testkey`: every configured key against its DNS (or zone file) record, like opendkim-
 //! testkey.
 
-use crate::cli::{key_lookup, split_list, usage, write_failed, CliError, RecordArgs, ReportFormat};
+use crate::cli::args::{RecordArgs, ReportFormat};
+use crate::cli::error::{usage, write_failed, CliError};
+use crate::cli::keys::{key_lookup, split_list};
 use clap::Args;
 use dkimpress::dkim::canon::Canonicalization;
 use dkimpress::dkim::key::{KeyType, SigningKey};

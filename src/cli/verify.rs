@@ -1,9 +1,10 @@
 //! `dkimpress verify`: messages, mboxes, maildirs and queue directories checked in parallel, one
 //! line (or JSON object) per message; `--add-ar` as a filter.
 
-use crate::cli::{
-    count, key_lookup, now_unix, read_stdin, usage, write_failed, InputArgs, RecordArgs, ReportFormat, Require,
-};
+use crate::cli::args::{InputArgs, RecordArgs, ReportFormat, Require};
+use crate::cli::error::{usage, write_failed};
+use crate::cli::keys::key_lookup;
+use crate::cli::{count, now_unix, read_stdin};
 use anyhow::Context as _;
 use clap::Args;
 use dkimpress::pipeline;

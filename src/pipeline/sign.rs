@@ -1,24 +1,34 @@
-//! The sign driver: [`sign_path`] signs every message of a source (an mbox, a maildir or
-//! queue directory, a message file, a pipe read at open) through the engine into its
-//! [`Destination`] (a stream, a file or directory, or the input itself, replaced atomically
-//! under the mbox locks); messages that cannot be signed are passed through and reported.
-//! [`write_message`] writes one message signed elsewhere to the same destinations.
+//! The sign driver: one message signed ([`sign_message`]), whole mboxes and directories
+//! signed through the engine into their outputs, messages that cannot be signed passed through
+//! and reported.
 
 use super::engine::{map_dir, map_mbox, Framing, Item};
-use super::input::{
-    list_messages, map_mbox_file, open_mbox, shard_range, too_large_reason, DirEntry, InputKind, Shard, Source,
-};
+use super::input::{list_messages, shard_range, too_large_reason, DirEntry, InputKind, Shard};
 use super::io;
-use super::lock::MboxLock;
 use super::mbox::{self, MboxFormat};
-use super::message::{guarded, sign_stored, without, write_without, Disposition, SignPolicy};
 use super::os::Mapped;
 use super::report::{Problem, Progress, Summary};
-use super::{input_err, interrupted, BulkError};
+use super::{interrupted, BulkError};
+use crate::dkim::header::Message;
+use crate::dkim::sign::Signer;
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+
+/// How each message is signed, in every mode: which keys, chosen by what, at what time, and
+/// what else changes.
+pub struct SignPolicy {
+    /// Which signatures each message gets.
+    pub keys: crate::select::KeySource,
+    /// The envelope sender that chooses the key instead of From (`--sender`).
+    pub sender: Option<String>,
+    /// Remove existing DKIM-Signature fields whose `d=` is one of our domains.
+    pub strip_own: bool,
+    /// Unix time for `t=`.
+    pub now: u64,
+    /// Largest message signed; larger ones are passed through and reported.
+    pub max_message: u64,
+}
 
 /// Settings of a bulk run: the policy of each message, and how the inputs are read.
 pub struct BulkOptions {
@@ -65,185 +75,137 @@ pub(crate) fn process(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Outcome {
     }
 }
 
-/// Where a sign run writes.
-pub enum Destination<'a> {
-    /// A stream the caller opened, such as stdout, named `name` in errors. Give it unbuffered:
-    /// an mbox goes out in one vectored write per unit straight from the map. Not for a
-    /// directory input.
-    Stream {
-        /// The stream.
-        out: &'a mut (dyn Write + Send),
-        /// Its name in errors (`stdout`).
-        name: &'a str,
-    },
-    /// A file for a message or an mbox, created or replaced atomically with the permission bits
-    /// of the input (a device or FIFO is written as a stream, a symbolic link refused); a
-    /// directory for a maildir or queue directory, whose messages keep their file names.
-    To(&'a Path),
-    /// Each input replaced atomically, keeping its owner, mode and dates; an mbox under the
-    /// locks mail delivery honours ([`MboxLock`]), each waited for at most `lock_timeout`.
-    InPlace {
-        /// How long to wait for each lock of an mbox.
-        lock_timeout: Duration,
-    },
+/// Why one message was not signed: the message itself, the choice of its keys, or signing.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The message cannot be signed (its header block, no From) or the backend failed.
+    #[error(transparent)]
+    Sign(#[from] crate::dkim::sign::SignError),
+    /// No key could be chosen: none configured for the author, no usable From address, a
+    /// broken table entry, or a key store that cannot be reached.
+    #[error(transparent)]
+    Select(#[from] crate::select::SelectError),
+    /// The signer panicked (a bug) while doing what is named.
+    #[error("internal error (panic) while {0}; please report it")]
+    Panic(&'static str),
 }
 
-/// Signs every message of `source` into `dest`, in input order. A message that cannot be
-/// signed is passed through unchanged and reported in `summary` (and on `progress`); what stops
-/// the run is a [`BulkError`]: an input or output that fails, an interruption, a key store that
-/// cannot be reached, an mbox whose locks are held or that changed under them. Nothing is
-/// replaced unless the whole input was signed.
-pub fn sign_path(
-    source: &Source,
-    dest: &mut Destination<'_>,
-    opts: &BulkOptions,
-    pool: &rayon::ThreadPool,
-    summary: &mut Summary,
-    progress: &Progress,
-) -> Result<(), BulkError> {
-    let path = source.path.as_path();
-    match (source.kind, dest) {
-        (InputKind::Mbox, dest) => sign_mbox_source(source, dest, opts, pool, summary, progress),
-        (kind @ (InputKind::Maildir | InputKind::QueueDir), Destination::To(out)) => {
-            sign_dir(path, kind, opts, pool, &DirOutput::To(out.to_path_buf()), summary, progress)
+/// What a message that was not signed means, in every mode. Each mode answers each
+/// disposition its own way (an exit code, a milter reply, passed through and reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// No key is configured for its author: it goes on unsigned, as OpenDKIM passes it; not a
+    /// failure.
+    NoKey,
+    /// The message itself cannot be signed (a header block that does not parse, no From, no
+    /// usable author address, a control character in a field): retrying cannot help, so it
+    /// goes on unsigned rather than being lost.
+    Unsignable,
+    /// The key store cannot be reached now: a retry later can sign it.
+    Temporary,
+    /// Our side is broken (a key or table entry that cannot be used, the crypto backend, a
+    /// panic): the operator must act.
+    Broken,
+}
+
+impl MessageError {
+    /// What this failure means for the message.
+    pub fn disposition(&self) -> Disposition {
+        use crate::dkim::sign::SignError;
+        use crate::select::SelectError;
+        match self {
+            MessageError::Select(SelectError::NoKey(_)) => Disposition::NoKey,
+            MessageError::Select(SelectError::NoAddress(_))
+            | MessageError::Sign(SignError::Header(_) | SignError::NoFrom) => Disposition::Unsignable,
+            MessageError::Select(SelectError::Temporary(_)) => Disposition::Temporary,
+            MessageError::Select(SelectError::Config(_))
+            | MessageError::Sign(SignError::Key(_) | SignError::BodyNotHashed(_))
+            | MessageError::Panic(_) => Disposition::Broken,
         }
-        (kind @ (InputKind::Maildir | InputKind::QueueDir), Destination::InPlace { .. }) => {
-            sign_dir(path, kind, opts, pool, &DirOutput::InPlace, summary, progress)
-        }
-        (InputKind::Maildir | InputKind::QueueDir, Destination::Stream { .. }) => {
-            Err(input_err(path, "a directory is signed into a directory or in place, not into a stream"))
-        }
-        (InputKind::Message, Destination::InPlace { .. }) if !source.is_stream() => {
-            sign_file_in_place(path, opts, pool, summary, progress)
-        }
-        (InputKind::Message, dest) => {
-            // A lone message belongs to the first shard; the others write an empty output, so
-            // that the shards' outputs still add up to the one-run output.
-            if opts.shard.is_some_and(|s| s.k != 1) {
-                return write_message(dest, Some(source), &[], &[], &[]);
-            }
-            let msg = source.read_message()?;
-            let outcome = process(&opts.policy, mbox::Stored::plain(&msg));
-            let shown = path.display().to_string();
-            if let Outcome::Temporary(reason) = &outcome {
-                return Err(BulkError::Temporary { path: shown, reason: reason.clone() });
-            }
-            match &outcome {
-                Outcome::Signed { headers, drop } => write_message(dest, Some(source), headers, &msg, drop)?,
-                _ => write_message(dest, Some(source), &[], &msg, &[])?,
-            }
-            account(summary, progress, &outcome, &shown, 1, 0, msg.len() as u64);
-            progress.advance(msg.len() as u64, summary.messages);
-            Ok(())
-        }
+    }
+
+    /// Whether the only reason is that no key is configured for the author.
+    pub fn is_no_key(&self) -> bool {
+        self.disposition() == Disposition::NoKey
     }
 }
 
-/// Writes one message, `headers` + `msg` minus `drop`, to `dest`; `input` is where it was read
-/// from (needed for [`Destination::InPlace`], whose file it replaces keeping its owner, mode
-/// and dates; a file named by [`Destination::To`] takes its permission bits). Nothing is
-/// written to a file unless all of it is.
-pub fn write_message(
-    dest: &mut Destination<'_>,
-    input: Option<&Source>,
-    headers: &[u8],
-    msg: &[u8],
-    drop: &[Range<usize>],
-) -> Result<(), BulkError> {
-    match dest {
-        Destination::Stream { out, name } => out
-            .write_all(headers)
-            .and_then(|()| write_without(*out, msg, drop))
-            .and_then(|()| out.flush())
-            .map_err(|error| BulkError::Output { path: name.to_string(), error }),
-        Destination::To(p) => write_signed_file(p, &keep_for(false, input), true, headers, msg, drop),
-        Destination::InPlace { .. } => match input {
-            Some(src) if !src.is_stream() => {
-                write_signed_file(&src.path, &keep_for(true, input), true, headers, msg, drop)
-            }
-            _ => Err(BulkError::Output {
-                path: input.map_or_else(|| "stdin".into(), |s| s.path.display().to_string()),
-                error: std::io::Error::other("a pipe or device cannot be replaced in place"),
-            }),
-        },
-    }
+/// Runs `f`, one step of signing named by `what`, turning a panic into
+/// [`MessageError::Panic`]: one message that trips a bug must not take down a bulk run or a
+/// daemon connection.
+pub fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T, MessageError>) -> Result<T, MessageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(MessageError::Panic(what)))
 }
 
-/// What a new output file takes over from the input it was signed from: in place everything
-/// (owner, group, mode, times); else the permission bits of a regular file; else 0644.
-fn keep_for(in_place: bool, input: Option<&Source>) -> io::Keep {
-    let meta = input.filter(|s| !s.is_stream()).map(|s| std::fs::metadata(&s.path));
-    match meta {
-        Some(Ok(m)) if in_place => io::Keep::all_of(&m),
-        Some(Ok(m)) if m.is_file() => {
-            io::Keep::mode(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
-        }
-        _ => io::Keep::mode(0o644),
-    }
+/// Signs one message: the header fields to add on top, and the byte ranges of old own
+/// signatures to remove (empty unless `strip_own`).
+pub fn sign_message(policy: &SignPolicy, msg: &[u8]) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let parsed = Message::parse(msg).map_err(crate::dkim::sign::SignError::from)?;
+    sign_parsed_message(policy, &parsed, crate::dkim::sign::Body::Whole(parsed.body))
 }
 
-/// An mbox signed into `dest`; in place, under its locks, held until the new file has
-/// replaced it and checked unchanged right before.
-fn sign_mbox_source(
-    source: &Source,
-    dest: &mut Destination<'_>,
-    opts: &BulkOptions,
-    pool: &rayon::ThreadPool,
-    summary: &mut Summary,
-    progress: &Progress,
-) -> Result<(), BulkError> {
-    let path = source.path.as_path();
-    let lock = match dest {
-        Destination::InPlace { lock_timeout } if !source.is_stream() => Some(MboxLock::acquire(path, *lock_timeout)?),
-        _ => None,
+/// The signing step every bulk and pipe mode shares: the keys `policy` chooses for `parsed`,
+/// its header fields signed and `body` hashed; the new fields in the message's line ending,
+/// and the old own signatures to remove (with `strip_own`). The milter takes the same steps
+/// apart, choosing the keys when the header block ends and signing when the body has streamed
+/// past.
+pub fn sign_parsed_message(
+    policy: &SignPolicy,
+    parsed: &Message,
+    body: crate::dkim::sign::Body<'_>,
+) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let signers = policy.keys.signers_for(parsed, policy.sender.as_deref())?;
+    let headers = crate::dkim::sign::sign_parsed_body(&signers, parsed, body, policy.now)?;
+    let drop = if policy.strip_own { own_signatures(&signers, parsed) } else { vec![] };
+    Ok((headers, drop))
+}
+
+/// [`sign_message`] for a message as an mbox stores it. The header block is parsed from the
+/// stored octets and the body hashed in the pieces between the quoting `>`s, so a message with
+/// quoted `>From ` lines is signed without an unquoted copy. Quoting is only ever in the body
+/// of a well-formed message; otherwise (a quoted line in the header block, a header block that
+/// does not parse) the message is unquoted and signed as a whole, with the same result.
+pub fn sign_stored(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let Some(&first_quote) = msg.quotes.first() else {
+        return sign_message(policy, msg.bytes);
     };
-    let mapped_here;
-    let mapped: &Mapped = match (&source.spooled, &lock) {
-        (Some(m), _) => m,
-        (None, Some(l)) => {
-            mapped_here = map_mbox_file(l.file(), path)?;
-            &mapped_here
-        }
-        (None, None) => {
-            mapped_here = open_mbox(path)?;
-            &mapped_here
-        }
+    let parsed = match Message::parse(msg.bytes) {
+        Ok(p) if first_quote >= p.body_offset => p,
+        _ => return msg.with_unquoted(|m| sign_message(policy, m)),
     };
-    let (target, keep) = match dest {
-        Destination::Stream { out, name } => return sign_mbox(mapped, path, opts, pool, *out, name, summary, progress),
-        Destination::To(d) => (*d, keep_for(false, Some(source))),
-        Destination::InPlace { .. } if lock.is_some() => (path, keep_for(true, Some(source))),
-        Destination::InPlace { .. } => {
-            return Err(input_err(path, "is a pipe or device, which cannot be replaced in place"));
-        }
-    };
-    let shown = target.display().to_string();
-    let mut f = io::Output::open(target, &keep, true)?;
-    sign_mbox(mapped, path, opts, pool, &mut f, &shown, summary, progress)?;
-    let committed = match (f, &lock) {
-        (io::Output::Atomic(mut a), Some(l)) => a.commit_checked(|| l.check_unchanged(path)),
-        (f, _) => f.commit(),
-    };
-    committed.map_err(|error| match error.kind() {
-        std::io::ErrorKind::Interrupted => BulkError::Interrupted,
-        // The mbox changed under its locks (check_unchanged): nothing replaced, run again.
-        std::io::ErrorKind::Other if lock.is_some() => BulkError::Temporary { path: shown, reason: error.to_string() },
-        _ => BulkError::Output { path: shown, error },
-    })
+    // The header block is the same stored and unquoted: offsets in it hold for both.
+    let pieces = msg.body_pieces(parsed.body_offset);
+    sign_parsed_message(policy, &parsed, crate::dkim::sign::Body::Pieces(msg.bytes, &pieces))
+}
+
+/// Byte ranges of DKIM-Signature fields whose `d=` is a domain one of `signers` signs for
+/// (key rotation). Other domains' signatures are never touched. Offsets lie in the header
+/// block, which mbox quoting never changes, so they are valid in the stored bytes too.
+pub(crate) fn own_signatures(signers: &[Signer], parsed: &Message) -> Vec<Range<usize>> {
+    parsed
+        .fields
+        .iter()
+        .filter(|f| f.is("dkim-signature"))
+        .filter(|f| {
+            crate::dkim::tags::value(f.value(), "d").is_some_and(|d| {
+                let d = crate::dkim::tags::to_a_labels(&d);
+                signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d))
+            })
+        })
+        .map(|f| f.offset..f.offset + f.raw.len())
+        .collect()
 }
 
 /// Replaces (or creates) `dest` atomically with `headers` + `msg` minus `drop`, the new file
-/// taking over what `keep` says. A link is refused; a device or FIFO is refused too unless
-/// `streams`, when it is written as it is.
-fn write_signed_file(
+/// taking over what `keep` says. A link, device or FIFO at `dest` is refused.
+pub fn write_signed_file(
     dest: &Path,
     keep: &io::Keep,
-    streams: bool,
     headers: &[u8],
     msg: &[u8],
     drop: &[Range<usize>],
 ) -> Result<(), BulkError> {
-    let mut f = io::Output::open(dest, keep, streams)?;
+    let mut f = io::Output::open(dest, keep, false)?;
     let out_err = |error| BulkError::Output { path: dest.display().to_string(), error };
     {
         let mut w = BufWriter::new(&mut f);
@@ -256,6 +218,18 @@ fn write_signed_file(
         std::io::ErrorKind::Interrupted if interrupted() => BulkError::Interrupted,
         _ => out_err(error),
     })
+}
+
+/// Writes `data` without the `drop` ranges.
+pub fn write_without(w: &mut dyn Write, data: &[u8], drop: &[Range<usize>]) -> std::io::Result<()> {
+    without(data, drop).try_for_each(|p| w.write_all(p))
+}
+
+/// The pieces of `data` around the `drop` ranges (ascending, inside `data`), in order.
+fn without<'a>(data: &'a [u8], drop: &'a [Range<usize>]) -> impl Iterator<Item = &'a [u8]> {
+    let starts = std::iter::once(0).chain(drop.iter().map(|r| r.end));
+    let ends = drop.iter().map(|r| r.start).chain(std::iter::once(data.len()));
+    starts.zip(ends).map(move |(s, e)| &data[s..e])
 }
 
 /// Accounts for one message in `summary`, reporting a problem as it happens. The progress bar
@@ -284,27 +258,24 @@ pub(crate) fn account(
     }
 }
 
-/// Signs every message of the mapped mbox `mapped` (shown as `path`) into `out` (named
-/// `out_name` in errors): the output is the input with the new header fields inserted after
-/// each `From ` line (and own old signatures removed with `strip_own`), byte for byte
-/// otherwise.
+/// Signs every message of the mapped mbox `mapped` (shown as `path`) into `out`: the output is
+/// the input with the new header fields inserted after each `From ` line (and own old
+/// signatures removed with `strip_own`), byte for byte otherwise.
 ///
 /// `out` should be unbuffered: each unit of messages goes out in one vectored write straight
 /// from the map (the new header fields between the slices), with no copy in user space.
-#[allow(clippy::too_many_arguments)]
-fn sign_mbox(
+pub fn sign_mbox(
     mapped: &Mapped,
     path: &Path,
     opts: &BulkOptions,
     pool: &rayon::ThreadPool,
     out: &mut (dyn Write + Send),
-    out_name: &str,
     summary: &mut Summary,
     progress: &Progress,
 ) -> Result<(), BulkError> {
     let data: &[u8] = mapped;
     let shown = path.display().to_string();
-    let out_err = |error| BulkError::Output { path: out_name.to_string(), error };
+    let out_err = |error| BulkError::Output { path: "output".to_string(), error };
     let range = shard_range(opts.shard, data.len());
     // A byte order mark belongs to the first shard's output.
     if range.start == 0 {
@@ -361,7 +332,7 @@ fn sign_mbox(
 
 /// Where directory outputs go.
 #[derive(Debug, Clone)]
-enum DirOutput {
+pub enum DirOutput {
     /// The same relative paths under this directory.
     To(PathBuf),
     /// Each file replaced atomically.
@@ -371,7 +342,7 @@ enum DirOutput {
 /// Signs each message file of a maildir or queue directory. Each output file appears
 /// atomically; a message left unsigned is copied unchanged (`To`) or left alone (`InPlace`).
 /// With `To`, a maildir's output gets `cur/`, `new/` and `tmp/`, so that mail readers open it.
-fn sign_dir(
+pub fn sign_dir(
     dir: &Path,
     kind: InputKind,
     opts: &BulkOptions,
@@ -402,7 +373,7 @@ fn sign_dir(
 /// Signs one message file, replaced atomically with its owner, mode and dates kept, or left as
 /// it is and reported (too large, not a regular file, not signable): one entry of
 /// [`sign_dir`]'s kind.
-fn sign_file_in_place(
+pub fn sign_file_in_place(
     path: &Path,
     opts: &BulkOptions,
     pool: &rayon::ThreadPool,
@@ -446,7 +417,7 @@ fn sign_entries(
     Ok(())
 }
 
-fn sign_file(
+pub(crate) fn sign_file(
     dir: &Path,
     rel: &Path,
     opts: &BulkOptions,
@@ -480,10 +451,8 @@ fn sign_file(
         DirOutput::To(_) => io::Keep::copy_of(meta),
     };
     let res = match (&outcome, output) {
-        (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, &keep, false, headers, buf, drop),
-        (Outcome::Unsigned(_) | Outcome::NoKey(_), DirOutput::To(_)) => {
-            write_signed_file(&dest, &keep, false, &[], buf, &[])
-        }
+        (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, &keep, headers, buf, drop),
+        (Outcome::Unsigned(_) | Outcome::NoKey(_), DirOutput::To(_)) => write_signed_file(&dest, &keep, &[], buf, &[]),
         (_, DirOutput::InPlace) | (Outcome::Temporary(_), _) => Ok(()),
     };
     res?;
@@ -493,7 +462,7 @@ fn sign_file(
 /// Copies a directory entry that is not read as a message to the output directory, where that
 /// is safe: a symbolic link as the same link, a regular file (too large to sign) byte for byte.
 /// FIFOs, devices and sockets are not copied. Returns what was done, for the report.
-fn copy_through(src: &Path, dest: &Path) -> std::io::Result<&'static str> {
+pub(crate) fn copy_through(src: &Path, dest: &Path) -> std::io::Result<&'static str> {
     let meta = std::fs::symlink_metadata(src)?;
     if meta.file_type().is_symlink() {
         #[cfg(unix)]

@@ -1,7 +1,9 @@
 //! `dkimpress bench`: its arguments, the corpus it measures (generated or read) and the
 //! report; the measurements are [`harness`].
 
-use crate::cli::{count, usage, write_failed, CliError, KeyTypeArg, ReportFormat};
+use crate::cli::args::{KeyTypeArg, ReportFormat};
+use crate::cli::count;
+use crate::cli::error::{usage, write_failed, CliError};
 use clap::Args;
 use dkimpress::dkim::key::KeyType;
 use std::io::Write;

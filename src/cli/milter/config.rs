@@ -3,8 +3,10 @@
 //! checked, typed values.
 
 use super::{admit, hostname, MilterArgs, DEFAULT_CONF};
+use crate::cli::conf;
+use crate::cli::error::{usage, CliError};
+use crate::cli::keys::{db_settings, key_lookup, key_source_with};
 use crate::cli::mta::InternalHosts;
-use crate::cli::{conf, key_lookup, key_source_with, usage, CliError};
 use dkimpress::dkim::verify::{self, KeyResult};
 use dkimpress::pipeline;
 use std::collections::HashMap;
@@ -268,7 +270,7 @@ pub(super) fn load_settings(
     let cfg_err = |e: String| anyhow::Error::from(CliError::Config(e));
     let sign = if signs && has_keys(a, c) { Some(key_source_with(&a.k, c)?) } else { None };
     let dir = c.map(|c| c.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
-    let db = crate::cli::db_settings(&a.k)?;
+    let db = db_settings(&a.k)?;
     let internal = match a.internal_hosts.as_ref().or(c.and_then(|c| c.internal_hosts.as_ref())) {
         Some(spec) => InternalHosts::load_named("InternalHosts", spec, &dir, db).map_err(cfg_err)?,
         None => InternalHosts::default(),

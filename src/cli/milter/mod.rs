@@ -12,8 +12,10 @@ pub mod session;
 use config::{conf_path, daemon, daemon_conf, has_keys, load_settings, mode_of, Daemon};
 pub use config::{Action, Condition, Settings, LOOKUP_BUDGET};
 
+use crate::cli::args::{parse_size, KeyArgs, RecordArgs};
+use crate::cli::error::CliError;
 use crate::cli::log::Logger;
-use crate::cli::{conf, parse_size, sysexits, CliError, KeyArgs, RecordArgs};
+use crate::cli::{conf, sysexits};
 use clap::Args;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixListener;
