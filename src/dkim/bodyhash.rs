@@ -489,7 +489,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
         fn any_chunking_matches_the_whole_body(
-            body in crate::dkim::canon::tests::long_bodies(),
+            body in crate::dkim::canon::body::tests::long_bodies(),
             cuts in proptest::collection::vec(0usize..100_000, 0..40),
         ) {
             let mut cuts = cuts;
@@ -501,7 +501,7 @@ mod tests {
 
         #[test]
         fn any_chunking_and_limits_match_hash_body(
-            body in crate::dkim::canon::tests::long_bodies(),
+            body in crate::dkim::canon::body::tests::long_bodies(),
             cuts in proptest::collection::vec(0usize..100_000, 0..20),
             limits in proptest::collection::vec(0u64..150_000, 0..5),
         ) {
