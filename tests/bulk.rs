@@ -46,10 +46,47 @@ dktest!(
                 outputs.push(std::fs::read(dir.join("out.mbox")).unwrap());
             }
             assert!(outputs.iter().all(|o| *o == outputs[0]), "thread counts disagree");
+            // A file is written unit by unit at final offsets by the workers, a stream in order by
+            // one writer: the same bytes either way.
+            let streamed = dir.cmd().args(sign_args(&k)).args(["--threads", "2"]).args([&input]).ok();
+            assert!(streamed == outputs[0], "stdout and -o FILE disagree");
             let original = std::fs::read(&input).unwrap();
             assert_eq!(strip_added(&outputs[0], "s=bulk;"), original);
             let fields = outputs[0].windows(16).filter(|w| w == b"DKIM-Signature: ").count();
             assert_eq!(fields, 400);
+        }
+    }
+);
+
+dktest!(
+    /// An output file that cannot grow (the file size limit, as a full disk or quota would stop
+    /// it) while the workers write its units: exit 74 naming the output, no output file, no
+    /// temporary file left, the input untouched; in place, the original stays.
+    output_file_that_cannot_grow_fails_cleanly,
+    |dir| {
+        let k = key(&dir);
+        let input = dir.write("in.mbox", &gen_mbox(400, false));
+        let original = std::fs::read(&input).unwrap();
+        assert!(original.len() > 4 << 20, "the archive must exceed the limit below");
+        for dest in [&["-o", "out.mbox"][..], &["--in-place"][..]] {
+            // SIGXFSZ ignored, so that a write past RLIMIT_FSIZE fails with EFBIG instead of
+            // killing the process; the limit is in blocks of 512 or 1024 octets: 1 or 2 MiB.
+            let script = r#"trap "" XFSZ; ulimit -f 2048; exec "$0" "$@""#;
+            let out = std::process::Command::new("sh")
+                .current_dir(dir.path())
+                .args(["-c", script, env!("CARGO_BIN_EXE_dkimpress")])
+                .args(sign_args(&k))
+                .args(["--threads", "2"])
+                .args(dest)
+                .arg(&input)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(74), "{dest:?}: {err}");
+            assert!(err.contains("in.mbox") || err.contains("out.mbox"), "{dest:?}: {err}");
+            assert!(!dir.join("out.mbox").exists(), "{dest:?}: a partial output was left");
+            assert_eq!(crate::util::leftovers(dir.path()), Vec::<String>::new(), "{dest:?}");
+            assert!(std::fs::read(&input).unwrap() == original, "{dest:?}: the input changed");
         }
     }
 );

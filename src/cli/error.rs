@@ -144,8 +144,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 BulkError::Output { .. } => sysexits::IOERR,
                 BulkError::Interrupted => sysexits::INTERRUPTED,
                 BulkError::Temporary { .. } => sysexits::TEMPFAIL,
-                BulkError::Lock(dkimpress::pipeline::io::LockError::Busy { .. }) => sysexits::TEMPFAIL,
-                BulkError::Lock(dkimpress::pipeline::io::LockError::Io { .. }) => sysexits::CANTCREAT,
+                BulkError::Lock(dkimpress::pipeline::lock::LockError::Busy { .. }) => sysexits::TEMPFAIL,
+                BulkError::Lock(dkimpress::pipeline::lock::LockError::Io { .. }) => sysexits::CANTCREAT,
                 BulkError::Create(_) => sysexits::CANTCREAT,
             };
         }

@@ -2,12 +2,12 @@
 //! whole archives through the pipeline, to stdout, a file, a device or in place.
 
 use crate::cli::args::{InputArgs, KeyArgs, ReportFormat};
-use crate::cli::error::{sysexits, usage, write_failed, CliError};
+use crate::cli::error::{sysexits, usage, write_failed};
 use crate::cli::keys::key_source;
 use crate::cli::{count, now_unix, read_stdin, same_file};
 use anyhow::Context as _;
 use clap::Args;
-use dkimpress::pipeline::{self, BulkError, BulkOptions, DirOutput, InputKind, Progress, SignPolicy, Summary};
+use dkimpress::pipeline::{self, BulkOptions, Destination, InputKind, Progress, SignPolicy, Summary};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -147,42 +147,35 @@ impl SignConfig {
 }
 
 pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
-    dkimpress::pipeline::io::install_interrupt_handler();
+    pipeline::io::install_interrupt_handler();
     match &cfg.input {
         SignInput::Stdin => {
             let buf = read_stdin(cfg.opts.policy.max_message)?;
             sign_single(&cfg, "stdin", &buf, None)
         }
-        // A lone message belongs to the first shard; the others write an empty output, so that
-        // the shards' outputs still add up to the one-run output.
-        SignInput::Paths(paths)
-            if paths.len() == 1 && paths[0].kind == InputKind::Message && cfg.opts.shard.is_some_and(|s| s.k != 1) =>
-        {
-            if let Some(o) = &cfg.output {
-                let out = dkimpress::pipeline::io::Output::open(o, &keep_for(&cfg, None), true)?;
-                out.commit().map_err(|e| write_failed(&o.display().to_string(), e))?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
         SignInput::Paths(paths) if paths.len() == 1 && paths[0].kind == InputKind::Message => {
             let src = &paths[0];
-            let p = &src.path;
-            let read;
-            let data: &[u8] = match &src.spooled {
-                Some(m) => m,
-                None => {
-                    read = std::fs::read(p).map_err(|error| CliError::Input { path: p.clone(), error })?;
-                    &read
+            // A lone message belongs to the first shard; the others write an empty output, so
+            // that the shards' outputs still add up to the one-run output.
+            if cfg.opts.shard.is_some_and(|s| s.k != 1) {
+                if let Some(o) = &cfg.output {
+                    pipeline::write_message(&mut Destination::To(o), Some(src), &[], &[], &[])?;
                 }
-            };
-            sign_single(&cfg, &p.display().to_string(), data, Some(p))
+                return Ok(ExitCode::SUCCESS);
+            }
+            sign_single(&cfg, &src.path.display().to_string(), &src.read_message()?, Some(src))
         }
         SignInput::Paths(paths) => sign_archives(&cfg, paths),
     }
 }
 
 /// Pipe mode and single message files: the message is signed or nothing is written.
-pub(crate) fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub(crate) fn sign_single(
+    cfg: &SignConfig,
+    name: &str,
+    msg: &[u8],
+    source: Option<&pipeline::Source>,
+) -> anyhow::Result<ExitCode> {
     let (headers, drop) = match pipeline::guarded("signing", || pipeline::sign_message(&cfg.opts.policy, msg)) {
         Ok(r) => r,
         // No key for this author: not an error; the message goes on unsigned (as OpenDKIM),
@@ -205,36 +198,19 @@ pub(crate) fn sign_single(cfg: &SignConfig, name: &str, msg: &[u8], path: Option
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot sign", pipeline::sanitize(name)))),
     };
-    let dest = if cfg.in_place { path } else { cfg.output.as_deref() };
-    match dest {
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&headers)
-                .and_then(|_| pipeline::write_without(&mut out, msg, &drop))
-                .and_then(|_| out.flush())
-                .map_err(|e| write_failed("stdout", e))?;
-        }
-        Some(p) => {
-            let keep = keep_for(cfg, path);
-            let mut out = dkimpress::pipeline::io::Output::open(p, &keep, true)?;
-            out.write_all(&headers)
-                .and_then(|_| pipeline::write_without(&mut out, msg, &drop))
-                .and_then(|_| out.commit())
-                .map_err(|e| write_failed(&p.display().to_string(), e))?;
-        }
-    }
+    let mut stdout = None;
+    let mut dest = destination(cfg, &mut stdout);
+    pipeline::write_message(&mut dest, source, &headers, msg, &drop)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// What a new output file takes over: with --in-place everything of the original (owner,
-/// group, mode, times); with -o the mode of the input; else 0644.
-pub(crate) fn keep_for(cfg: &SignConfig, input: Option<&Path>) -> dkimpress::pipeline::io::Keep {
-    match input.map(std::fs::metadata) {
-        Some(Ok(m)) if cfg.in_place => dkimpress::pipeline::io::Keep::all_of(&m),
-        Some(Ok(m)) if m.is_file() => {
-            dkimpress::pipeline::io::Keep::mode(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
-        }
-        _ => dkimpress::pipeline::io::Keep::mode(0o644),
+/// Where `sign` writes: in place, `-o`, else stdout (unbuffered: an mbox goes out in one
+/// `writev` per unit straight from the map, which std's line-buffered Stdout would copy).
+fn destination<'a>(cfg: &'a SignConfig, stdout: &'a mut Option<Box<dyn Write + Send>>) -> Destination<'a> {
+    match &cfg.output {
+        _ if cfg.in_place => Destination::InPlace { lock_timeout: cfg.lock_timeout },
+        Some(o) => Destination::To(o),
+        None => Destination::Stream { out: stdout.insert(Box::new(crate::cli::os::stdout_raw())), name: "stdout" },
     }
 }
 
@@ -250,24 +226,12 @@ pub(crate) fn sign_archives(cfg: &SignConfig, paths: &[pipeline::Source]) -> any
     let progress = Progress::new(show, total).quiet_no_key(cfg.quiet);
     let mut summary = Summary::default();
     let started = std::time::Instant::now();
+    let mut stdout = None;
+    let mut dest = destination(cfg, &mut stdout);
     for source in paths {
-        let (path, kind) = (&source.path, &source.kind);
-        let result = match kind {
-            InputKind::Mbox => sign_mbox_to(cfg, source, &pool, &mut summary, &progress),
-            InputKind::Maildir | InputKind::QueueDir => {
-                let out = match &cfg.output {
-                    Some(o) => DirOutput::To(o.clone()),
-                    None => DirOutput::InPlace,
-                };
-                pipeline::sign_dir(path, *kind, &cfg.opts, &pool, &out, &mut summary, &progress).map_err(Into::into)
-            }
-            InputKind::Message => {
-                pipeline::sign_file_in_place(path, &cfg.opts, &pool, &mut summary, &progress).map_err(Into::into)
-            }
-        };
-        if let Err(e) = result {
+        if let Err(e) = pipeline::sign_path(source, &mut dest, &cfg.opts, &pool, &mut summary, &progress) {
             progress.finish();
-            return Err(e);
+            return Err(e.into());
         }
     }
     progress.finish();
@@ -296,70 +260,6 @@ pub(crate) fn input_bytes(path: &Path, kind: InputKind) -> u64 {
             .unwrap_or(0),
         _ => std::fs::metadata(path).map_or(0, |m| m.len()),
     }
-}
-
-pub(crate) fn sign_mbox_to(
-    cfg: &SignConfig,
-    source: &pipeline::Source,
-    pool: &rayon::ThreadPool,
-    summary: &mut Summary,
-    progress: &Progress,
-) -> anyhow::Result<()> {
-    let path = source.path.as_path();
-    // --in-place: the locks mail delivery honours, held until the new file is in place.
-    let lock = if cfg.in_place {
-        Some(dkimpress::pipeline::io::MboxLock::acquire(path, cfg.lock_timeout).map_err(BulkError::from)?)
-    } else {
-        None
-    };
-    let mapped_here;
-    let mapped: &dkimpress::pipeline::os::Mapped = match (&source.spooled, &lock) {
-        (Some(m), _) => m,
-        (None, Some(l)) => {
-            mapped_here = pipeline::map_mbox_file(l.file(), path)?;
-            &mapped_here
-        }
-        (None, None) => {
-            mapped_here = pipeline::open_mbox(path)?;
-            &mapped_here
-        }
-    };
-    let dest = if cfg.in_place { Some(path) } else { cfg.output.as_deref() };
-    match dest {
-        None => {
-            // Straight to fd 1, unbuffered: sign_mbox writes each unit in one writev from the
-            // map (std's Stdout is line-buffered and would copy every byte once more).
-            let mut out = crate::cli::os::stdout_raw();
-            pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut out, summary, progress)?;
-        }
-        Some(d) => {
-            let fail = |e: std::io::Error| BulkError::Output { path: d.display().to_string(), error: e };
-            let keep = keep_for(cfg, (!source.is_stream()).then_some(path));
-            let mut f = dkimpress::pipeline::io::Output::open(d, &keep, true).map_err(BulkError::from)?;
-            pipeline::sign_mbox(mapped, path, &cfg.opts, pool, &mut f, summary, progress).map_err(|e| match e {
-                // sign_mbox knows its output only as a stream: name it.
-                BulkError::Output { error, .. } => BulkError::Output { path: d.display().to_string(), error },
-                e => e,
-            })?;
-            match (f, &lock) {
-                (dkimpress::pipeline::io::Output::Atomic(mut a), Some(l)) => {
-                    a.commit_checked(|| l.check_unchanged(path))
-                }
-                (f, _) => f.commit(),
-            }
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    return BulkError::Interrupted;
-                }
-                if lock.is_some() && e.kind() == std::io::ErrorKind::Other {
-                    return BulkError::Temporary { path: d.display().to_string(), reason: e.to_string() };
-                }
-                fail(e)
-            })?;
-        }
-    }
-    drop(lock);
-    Ok(())
 }
 
 /// The final summary: a text line on stderr, or JSON (on stdout, or on stderr when stdout

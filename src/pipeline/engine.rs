@@ -227,17 +227,20 @@ enum MboxUnit {
 /// them with `0..len`; see [`Shard`](super::Shard)) on the pool, each with its quoting for `fmt` found
 /// ([`mbox::Stored`]: the job may unquote or hash around it), and hands
 /// the results to `emit` on one writer thread, in input order, a unit's messages at a time.
-/// The writer releases the mapped pages behind it.
+/// With `release_behind`, the writer releases the mapped pages behind it (without: `emit`
+/// hands the input on, and whoever is last to read it releases it).
 ///
 /// `framing` says who finds the messages ([`Framing`]): with parallel framing this thread only
 /// hands out chunk bounds, and the serial part is the writer alone. The output is the same
 /// either way and for any number of threads.
+#[allow(clippy::too_many_arguments)]
 pub fn map_mbox<R, J, E>(
     mapped: &Mapped,
     fmt: MboxFormat,
     range: std::ops::Range<usize>,
     pool: &rayon::ThreadPool,
     framing: Framing,
+    release_behind: bool,
     job: J,
     mut emit: E,
 ) -> Result<SerialCpu, BulkError>
@@ -262,7 +265,7 @@ where
     let emit = |results: Vec<(MboxEntry, R)>| -> Result<(), BulkError> {
         let end = results.last().map(|(e, _)| e.data.end);
         emit(results)?;
-        if let Some(end) = end {
+        if let Some(end) = end.filter(|_| release_behind) {
             if end - released >= RELEASE_STEP {
                 mapped.release(released..end);
                 released = end;
@@ -382,6 +385,7 @@ mod tests {
             0..data.len(),
             &pool,
             framing,
+            true,
             |m: mbox::Stored| m.with_unquoted(<[u8]>::to_vec),
             |results| {
                 got.extend(results);
@@ -430,6 +434,7 @@ mod tests {
                 0..data.len(),
                 &pool,
                 framing,
+                true,
                 |m: mbox::Stored| m.len(),
                 |_| Err(BulkError::Output { path: "x".into(), error: std::io::Error::other("disk full") }),
             );

@@ -100,6 +100,14 @@ impl Source {
     pub fn is_stream(&self) -> bool {
         self.spooled.is_some()
     }
+
+    /// The octets of a one-message input: those read at open, or the file read now.
+    pub fn read_message(&self) -> Result<std::borrow::Cow<'_, [u8]>, BulkError> {
+        match &self.spooled {
+            Some(m) => Ok(std::borrow::Cow::Borrowed(m)),
+            None => std::fs::read(&self.path).map(std::borrow::Cow::Owned).map_err(|e| input_err(&self.path, e)),
+        }
+    }
 }
 
 /// Opens `path` for a run. Regular files and directories are only
@@ -175,7 +183,7 @@ pub fn open_mbox(path: &Path) -> Result<Mapped, BulkError> {
     map_mbox_file(&file, path)
 }
 
-/// Maps an open mbox file (one that is locked: see [`super::io::MboxLock`]) and checks it.
+/// Maps an open mbox file (one that is locked: see [`super::lock::MboxLock`]) and checks it.
 pub fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<Mapped, BulkError> {
     let mapped = os::map(file).map_err(|e| input_err(path, e))?;
     check_mbox(mapped, path)

@@ -20,7 +20,9 @@
 mod engine;
 mod input;
 pub mod io;
+pub mod lock;
 pub mod mbox;
+mod message;
 #[allow(unsafe_code)]
 pub mod os;
 mod report;
@@ -29,6 +31,7 @@ mod verify;
 
 pub use engine::*;
 pub use input::*;
+pub use message::*;
 pub use report::*;
 pub use sign::*;
 pub use verify::*;
@@ -77,7 +80,7 @@ pub enum BulkError {
     },
     /// An mbox to rewrite in place cannot be locked.
     #[error(transparent)]
-    Lock(#[from] io::LockError),
+    Lock(#[from] lock::LockError),
     /// An output cannot be created (as opposed to failing while written).
     #[error(transparent)]
     Create(#[from] io::OutputError),

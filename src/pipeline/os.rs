@@ -1,6 +1,6 @@
 //! System calls of the pipeline that the standard library does not wrap, each behind a safe
 //! function: memory maps of inputs (with `madvise`), opening a file without following a link
-//! or blocking on a FIFO, fcntl record locks, keeping an ignored SIGHUP ignored, asking whether
+//! or blocking on a FIFO, positional vectored writes, fcntl record locks, keeping an ignored SIGHUP ignored, asking whether
 //! a process exists, this host's name and a thread's CPU time.
 //!
 //! Does not own the daemon's and the MTA commands' OS calls (users, privileges, signals,
@@ -79,6 +79,49 @@ pub fn map(file: &File) -> std::io::Result<Mapped> {
     // Advice only; failure is harmless.
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(Mapped::Map(map))
+}
+
+/// Most slices one `writev`/`pwritev` takes (Linux's IOV_MAX).
+pub(crate) const IOV_MAX: usize = 1024;
+
+/// Writes all of `parts` to `file` at `offset` in as few `pwritev` calls as the kernel allows,
+/// straight from where the slices point; a short write goes on where it stopped. Several
+/// threads may write disjoint ranges of one file at once (the file position is not used).
+#[cfg(unix)]
+pub(crate) fn pwritev_all(file: &File, mut parts: &mut [std::io::IoSlice<'_>], mut offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    std::io::IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = parts.len().min(IOV_MAX);
+        let at = libc::off_t::try_from(offset).map_err(|_| std::io::Error::other("file offset out of range"))?;
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (std guarantees it on Unix),
+        // the first `n` slices are valid for the call and only read; the descriptor is open.
+        let rc = unsafe { libc::pwritev(file.as_raw_fd(), parts.as_ptr().cast::<libc::iovec>(), n as libc::c_int, at) };
+        match rc {
+            0 => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "failed to write whole buffer")),
+            n if n > 0 => {
+                offset += n as u64;
+                std::io::IoSlice::advance_slices(&mut parts, n as usize);
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pwritev_all` without `pwritev`: one positional write per slice.
+#[cfg(not(unix))]
+pub(crate) fn pwritev_all(file: &File, parts: &mut [std::io::IoSlice<'_>], mut offset: u64) -> std::io::Result<()> {
+    for p in parts.iter() {
+        std::os::windows::fs::FileExt::seek_write(file, p, offset)?;
+        offset += p.len() as u64;
+    }
+    Ok(())
 }
 
 /// Tries an fcntl write lock on the whole of `f`: Ok(false) when another process holds one.

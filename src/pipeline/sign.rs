@@ -1,34 +1,24 @@
-//! The sign driver: one message signed ([`sign_message`]), whole mboxes and directories
-//! signed through the engine into their outputs, messages that cannot be signed passed through
-//! and reported.
+//! The sign driver: [`sign_path`] signs every message of a source (an mbox, a maildir or
+//! queue directory, a message file, a pipe read at open) through the engine into its
+//! [`Destination`] (a stream, a file or directory, or the input itself, replaced atomically
+//! under the mbox locks); messages that cannot be signed are passed through and reported.
+//! [`write_message`] writes one message signed elsewhere to the same destinations.
 
-use super::engine::{map_dir, map_mbox, Framing, Item};
-use super::input::{list_messages, shard_range, too_large_reason, DirEntry, InputKind, Shard};
+use super::engine::{map_dir, map_mbox, Framing, Item, IN_FLIGHT_BYTES};
+use super::input::{
+    list_messages, map_mbox_file, open_mbox, shard_range, too_large_reason, DirEntry, InputKind, Shard, Source,
+};
 use super::io;
+use super::lock::MboxLock;
 use super::mbox::{self, MboxFormat};
+use super::message::{guarded, sign_stored, without, write_without, Disposition, SignPolicy};
 use super::os::Mapped;
 use super::report::{Problem, Progress, Summary};
-use super::{interrupted, BulkError};
-use crate::dkim::header::Message;
-use crate::dkim::sign::Signer;
+use super::{input_err, interrupted, BulkError};
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-
-/// How each message is signed, in every mode: which keys, chosen by what, at what time, and
-/// what else changes.
-pub struct SignPolicy {
-    /// Which signatures each message gets.
-    pub keys: crate::select::KeySource,
-    /// The envelope sender that chooses the key instead of From (`--sender`).
-    pub sender: Option<String>,
-    /// Remove existing DKIM-Signature fields whose `d=` is one of our domains.
-    pub strip_own: bool,
-    /// Unix time for `t=`.
-    pub now: u64,
-    /// Largest message signed; larger ones are passed through and reported.
-    pub max_message: u64,
-}
+use std::time::Duration;
 
 /// Settings of a bulk run: the policy of each message, and how the inputs are read.
 pub struct BulkOptions {
@@ -75,137 +65,191 @@ pub(crate) fn process(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Outcome {
     }
 }
 
-/// Why one message was not signed: the message itself, the choice of its keys, or signing.
-#[derive(Debug, thiserror::Error)]
-pub enum MessageError {
-    /// The message cannot be signed (its header block, no From) or the backend failed.
-    #[error(transparent)]
-    Sign(#[from] crate::dkim::sign::SignError),
-    /// No key could be chosen: none configured for the author, no usable From address, a
-    /// broken table entry, or a key store that cannot be reached.
-    #[error(transparent)]
-    Select(#[from] crate::select::SelectError),
-    /// The signer panicked (a bug) while doing what is named.
-    #[error("internal error (panic) while {0}; please report it")]
-    Panic(&'static str),
+/// Where a sign run writes.
+pub enum Destination<'a> {
+    /// A stream the caller opened, such as stdout, named `name` in errors. Give it unbuffered:
+    /// an mbox goes out in one vectored write per unit straight from the map. Not for a
+    /// directory input.
+    Stream {
+        /// The stream.
+        out: &'a mut (dyn Write + Send),
+        /// Its name in errors (`stdout`).
+        name: &'a str,
+    },
+    /// A file for a message or an mbox, created or replaced atomically with the permission bits
+    /// of the input (a device or FIFO is written as a stream, a symbolic link refused); a
+    /// directory for a maildir or queue directory, whose messages keep their file names.
+    To(&'a Path),
+    /// Each input replaced atomically, keeping its owner, mode and dates; an mbox under the
+    /// locks mail delivery honours ([`MboxLock`]), each waited for at most `lock_timeout`.
+    InPlace {
+        /// How long to wait for each lock of an mbox.
+        lock_timeout: Duration,
+    },
 }
 
-/// What a message that was not signed means, in every mode. Each mode answers each
-/// disposition its own way (an exit code, a milter reply, passed through and reported).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disposition {
-    /// No key is configured for its author: it goes on unsigned, as OpenDKIM passes it; not a
-    /// failure.
-    NoKey,
-    /// The message itself cannot be signed (a header block that does not parse, no From, no
-    /// usable author address, a control character in a field): retrying cannot help, so it
-    /// goes on unsigned rather than being lost.
-    Unsignable,
-    /// The key store cannot be reached now: a retry later can sign it.
-    Temporary,
-    /// Our side is broken (a key or table entry that cannot be used, the crypto backend, a
-    /// panic): the operator must act.
-    Broken,
-}
-
-impl MessageError {
-    /// What this failure means for the message.
-    pub fn disposition(&self) -> Disposition {
-        use crate::dkim::sign::SignError;
-        use crate::select::SelectError;
-        match self {
-            MessageError::Select(SelectError::NoKey(_)) => Disposition::NoKey,
-            MessageError::Select(SelectError::NoAddress(_))
-            | MessageError::Sign(SignError::Header(_) | SignError::NoFrom) => Disposition::Unsignable,
-            MessageError::Select(SelectError::Temporary(_)) => Disposition::Temporary,
-            MessageError::Select(SelectError::Config(_))
-            | MessageError::Sign(SignError::Key(_) | SignError::BodyNotHashed(_))
-            | MessageError::Panic(_) => Disposition::Broken,
+/// Signs every message of `source` into `dest`, in input order. A message that cannot be
+/// signed is passed through unchanged and reported in `summary` (and on `progress`); what stops
+/// the run is a [`BulkError`]: an input or output that fails, an interruption, a key store that
+/// cannot be reached, an mbox whose locks are held or that changed under them. Nothing is
+/// replaced unless the whole input was signed.
+pub fn sign_path(
+    source: &Source,
+    dest: &mut Destination<'_>,
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
+    let path = source.path.as_path();
+    match (source.kind, dest) {
+        (InputKind::Mbox, dest) => sign_mbox_source(source, dest, opts, pool, summary, progress),
+        (kind @ (InputKind::Maildir | InputKind::QueueDir), Destination::To(out)) => {
+            sign_dir(path, kind, opts, pool, &DirOutput::To(out.to_path_buf()), summary, progress)
+        }
+        (kind @ (InputKind::Maildir | InputKind::QueueDir), Destination::InPlace { .. }) => {
+            sign_dir(path, kind, opts, pool, &DirOutput::InPlace, summary, progress)
+        }
+        (InputKind::Maildir | InputKind::QueueDir, Destination::Stream { .. }) => {
+            Err(input_err(path, "a directory is signed into a directory or in place, not into a stream"))
+        }
+        (InputKind::Message, Destination::InPlace { .. }) if !source.is_stream() => {
+            sign_file_in_place(path, opts, pool, summary, progress)
+        }
+        (InputKind::Message, dest) => {
+            // A lone message belongs to the first shard; the others write an empty output, so
+            // that the shards' outputs still add up to the one-run output.
+            if opts.shard.is_some_and(|s| s.k != 1) {
+                return write_message(dest, Some(source), &[], &[], &[]);
+            }
+            let msg = source.read_message()?;
+            let outcome = process(&opts.policy, mbox::Stored::plain(&msg));
+            let shown = path.display().to_string();
+            if let Outcome::Temporary(reason) = &outcome {
+                return Err(BulkError::Temporary { path: shown, reason: reason.clone() });
+            }
+            match &outcome {
+                Outcome::Signed { headers, drop } => write_message(dest, Some(source), headers, &msg, drop)?,
+                _ => write_message(dest, Some(source), &[], &msg, &[])?,
+            }
+            account(summary, progress, &outcome, &shown, 1, 0, msg.len() as u64);
+            progress.advance(msg.len() as u64, summary.messages);
+            Ok(())
         }
     }
-
-    /// Whether the only reason is that no key is configured for the author.
-    pub fn is_no_key(&self) -> bool {
-        self.disposition() == Disposition::NoKey
-    }
 }
 
-/// Runs `f`, one step of signing named by `what`, turning a panic into
-/// [`MessageError::Panic`]: one message that trips a bug must not take down a bulk run or a
-/// daemon connection.
-pub fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T, MessageError>) -> Result<T, MessageError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(MessageError::Panic(what)))
-}
-
-/// Signs one message: the header fields to add on top, and the byte ranges of old own
-/// signatures to remove (empty unless `strip_own`).
-pub fn sign_message(policy: &SignPolicy, msg: &[u8]) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
-    let parsed = Message::parse(msg).map_err(crate::dkim::sign::SignError::from)?;
-    sign_parsed_message(policy, &parsed, crate::dkim::sign::Body::Whole(parsed.body))
-}
-
-/// The signing step every bulk and pipe mode shares: the keys `policy` chooses for `parsed`,
-/// its header fields signed and `body` hashed; the new fields in the message's line ending,
-/// and the old own signatures to remove (with `strip_own`). The milter takes the same steps
-/// apart, choosing the keys when the header block ends and signing when the body has streamed
-/// past.
-pub fn sign_parsed_message(
-    policy: &SignPolicy,
-    parsed: &Message,
-    body: crate::dkim::sign::Body<'_>,
-) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
-    let signers = policy.keys.signers_for(parsed, policy.sender.as_deref())?;
-    let headers = crate::dkim::sign::sign_parsed_body(&signers, parsed, body, policy.now)?;
-    let drop = if policy.strip_own { own_signatures(&signers, parsed) } else { vec![] };
-    Ok((headers, drop))
-}
-
-/// [`sign_message`] for a message as an mbox stores it. The header block is parsed from the
-/// stored octets and the body hashed in the pieces between the quoting `>`s, so a message with
-/// quoted `>From ` lines is signed without an unquoted copy. Quoting is only ever in the body
-/// of a well-formed message; otherwise (a quoted line in the header block, a header block that
-/// does not parse) the message is unquoted and signed as a whole, with the same result.
-pub fn sign_stored(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
-    let Some(&first_quote) = msg.quotes.first() else {
-        return sign_message(policy, msg.bytes);
-    };
-    let parsed = match Message::parse(msg.bytes) {
-        Ok(p) if first_quote >= p.body_offset => p,
-        _ => return msg.with_unquoted(|m| sign_message(policy, m)),
-    };
-    // The header block is the same stored and unquoted: offsets in it hold for both.
-    let pieces = msg.body_pieces(parsed.body_offset);
-    sign_parsed_message(policy, &parsed, crate::dkim::sign::Body::Pieces(msg.bytes, &pieces))
-}
-
-/// Byte ranges of DKIM-Signature fields whose `d=` is a domain one of `signers` signs for
-/// (key rotation). Other domains' signatures are never touched. Offsets lie in the header
-/// block, which mbox quoting never changes, so they are valid in the stored bytes too.
-pub(crate) fn own_signatures(signers: &[Signer], parsed: &Message) -> Vec<Range<usize>> {
-    parsed
-        .fields
-        .iter()
-        .filter(|f| f.is("dkim-signature"))
-        .filter(|f| {
-            crate::dkim::tags::value(f.value(), "d").is_some_and(|d| {
-                let d = crate::dkim::tags::to_a_labels(&d);
-                signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d))
-            })
-        })
-        .map(|f| f.offset..f.offset + f.raw.len())
-        .collect()
-}
-
-/// Replaces (or creates) `dest` atomically with `headers` + `msg` minus `drop`, the new file
-/// taking over what `keep` says. A link, device or FIFO at `dest` is refused.
-pub fn write_signed_file(
-    dest: &Path,
-    keep: &io::Keep,
+/// Writes one message, `headers` + `msg` minus `drop`, to `dest`; `input` is where it was read
+/// from (needed for [`Destination::InPlace`], whose file it replaces keeping its owner, mode
+/// and dates; a file named by [`Destination::To`] takes its permission bits). Nothing is
+/// written to a file unless all of it is.
+pub fn write_message(
+    dest: &mut Destination<'_>,
+    input: Option<&Source>,
     headers: &[u8],
     msg: &[u8],
     drop: &[Range<usize>],
 ) -> Result<(), BulkError> {
-    let mut f = io::Output::open(dest, keep, false)?;
+    match dest {
+        Destination::Stream { out, name } => out
+            .write_all(headers)
+            .and_then(|()| write_without(*out, msg, drop))
+            .and_then(|()| out.flush())
+            .map_err(|error| BulkError::Output { path: name.to_string(), error }),
+        Destination::To(p) => write_signed_file(p, &keep_for(false, input), true, headers, msg, drop),
+        Destination::InPlace { .. } => match input {
+            Some(src) if !src.is_stream() => {
+                write_signed_file(&src.path, &keep_for(true, input), true, headers, msg, drop)
+            }
+            _ => Err(BulkError::Output {
+                path: input.map_or_else(|| "stdin".into(), |s| s.path.display().to_string()),
+                error: std::io::Error::other("a pipe or device cannot be replaced in place"),
+            }),
+        },
+    }
+}
+
+/// What a new output file takes over from the input it was signed from: in place everything
+/// (owner, group, mode, times); else the permission bits of a regular file; else 0644.
+fn keep_for(in_place: bool, input: Option<&Source>) -> io::Keep {
+    let meta = input.filter(|s| !s.is_stream()).map(|s| std::fs::metadata(&s.path));
+    match meta {
+        Some(Ok(m)) if in_place => io::Keep::all_of(&m),
+        Some(Ok(m)) if m.is_file() => {
+            io::Keep::mode(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        }
+        _ => io::Keep::mode(0o644),
+    }
+}
+
+/// An mbox signed into `dest`; in place, under its locks, held until the new file has
+/// replaced it and checked unchanged right before.
+fn sign_mbox_source(
+    source: &Source,
+    dest: &mut Destination<'_>,
+    opts: &BulkOptions,
+    pool: &rayon::ThreadPool,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), BulkError> {
+    let path = source.path.as_path();
+    let lock = match dest {
+        Destination::InPlace { lock_timeout } if !source.is_stream() => Some(MboxLock::acquire(path, *lock_timeout)?),
+        _ => None,
+    };
+    let mapped_here;
+    let mapped: &Mapped = match (&source.spooled, &lock) {
+        (Some(m), _) => m,
+        (None, Some(l)) => {
+            mapped_here = map_mbox_file(l.file(), path)?;
+            &mapped_here
+        }
+        (None, None) => {
+            mapped_here = open_mbox(path)?;
+            &mapped_here
+        }
+    };
+    let (target, keep) = match dest {
+        Destination::Stream { out, name } => {
+            return sign_mbox(mapped, path, opts, pool, UnitSink::Stream(*out), name, summary, progress)
+        }
+        Destination::To(d) => (*d, keep_for(false, Some(source))),
+        Destination::InPlace { .. } if lock.is_some() => (path, keep_for(true, Some(source))),
+        Destination::InPlace { .. } => {
+            return Err(input_err(path, "is a pipe or device, which cannot be replaced in place"));
+        }
+    };
+    let shown = target.display().to_string();
+    let mut f = io::Output::open(target, &keep, true)?;
+    let sink = match &mut f {
+        io::Output::Atomic(a) => UnitSink::File(a.file()),
+        io::Output::Stream(s) => UnitSink::Stream(s),
+    };
+    sign_mbox(mapped, path, opts, pool, sink, &shown, summary, progress)?;
+    let committed = match (f, &lock) {
+        (io::Output::Atomic(mut a), Some(l)) => a.commit_checked(|| l.check_unchanged(path)),
+        (f, _) => f.commit(),
+    };
+    committed.map_err(|error| match error.kind() {
+        std::io::ErrorKind::Interrupted => BulkError::Interrupted,
+        // The mbox changed under its locks (check_unchanged): nothing replaced, run again.
+        std::io::ErrorKind::Other if lock.is_some() => BulkError::Temporary { path: shown, reason: error.to_string() },
+        _ => BulkError::Output { path: shown, error },
+    })
+}
+
+/// Replaces (or creates) `dest` atomically with `headers` + `msg` minus `drop`, the new file
+/// taking over what `keep` says. A link is refused; a device or FIFO is refused too unless
+/// `streams`, when it is written as it is.
+fn write_signed_file(
+    dest: &Path,
+    keep: &io::Keep,
+    streams: bool,
+    headers: &[u8],
+    msg: &[u8],
+    drop: &[Range<usize>],
+) -> Result<(), BulkError> {
+    let mut f = io::Output::open(dest, keep, streams)?;
     let out_err = |error| BulkError::Output { path: dest.display().to_string(), error };
     {
         let mut w = BufWriter::new(&mut f);
@@ -218,18 +262,6 @@ pub fn write_signed_file(
         std::io::ErrorKind::Interrupted if interrupted() => BulkError::Interrupted,
         _ => out_err(error),
     })
-}
-
-/// Writes `data` without the `drop` ranges.
-pub fn write_without(w: &mut dyn Write, data: &[u8], drop: &[Range<usize>]) -> std::io::Result<()> {
-    without(data, drop).try_for_each(|p| w.write_all(p))
-}
-
-/// The pieces of `data` around the `drop` ranges (ascending, inside `data`), in order.
-fn without<'a>(data: &'a [u8], drop: &'a [Range<usize>]) -> impl Iterator<Item = &'a [u8]> {
-    let starts = std::iter::once(0).chain(drop.iter().map(|r| r.end));
-    let ends = drop.iter().map(|r| r.start).chain(std::iter::once(data.len()));
-    starts.zip(ends).map(move |(s, e)| &data[s..e])
 }
 
 /// Accounts for one message in `summary`, reporting a problem as it happens. The progress bar
@@ -258,81 +290,142 @@ pub(crate) fn account(
     }
 }
 
-/// Signs every message of the mapped mbox `mapped` (shown as `path`) into `out`: the output is
-/// the input with the new header fields inserted after each `From ` line (and own old
-/// signatures removed with `strip_own`), byte for byte otherwise.
-///
-/// `out` should be unbuffered: each unit of messages goes out in one vectored write straight
-/// from the map (the new header fields between the slices), with no copy in user space.
-pub fn sign_mbox(
+/// Where [`sign_mbox`] puts each unit of signed messages.
+enum UnitSink<'a> {
+    /// A stream: the ordered writer writes each unit in one vectored write straight from the
+    /// map (give it unbuffered).
+    Stream(&'a mut (dyn Write + Send)),
+    /// A regular file: the ordered writer only adds up where each unit goes, and a pool thread
+    /// writes it there (`pwritev`), so that no one thread copies every output byte into the
+    /// page cache.
+    File(&'a std::fs::File),
+}
+
+/// Signs every message of the mapped mbox `mapped` (shown as `path`) into `out` (named
+/// `out_name` in errors): the output is the input with the new header fields inserted after
+/// each `From ` line (and own old signatures removed with `strip_own`), byte for byte
+/// otherwise.
+#[allow(clippy::too_many_arguments)]
+fn sign_mbox(
     mapped: &Mapped,
     path: &Path,
     opts: &BulkOptions,
     pool: &rayon::ThreadPool,
-    out: &mut (dyn Write + Send),
+    out: UnitSink<'_>,
+    out_name: &str,
     summary: &mut Summary,
     progress: &Progress,
 ) -> Result<(), BulkError> {
     let data: &[u8] = mapped;
     let shown = path.display().to_string();
-    let out_err = |error| BulkError::Output { path: "output".to_string(), error };
+    let out_err = |error| BulkError::Output { path: out_name.to_string(), error };
     let range = shard_range(opts.shard, data.len());
     // A byte order mark belongs to the first shard's output.
-    if range.start == 0 {
-        out.write_all(&data[..mbox::bom_len(data)]).map_err(out_err)?;
-    }
+    let bom = if range.start == 0 { &data[..mbox::bom_len(data)] } else { &[][..] };
     let mut index = 0u64;
-    let cpu = map_mbox(
-        mapped,
-        opts.mbox_format,
-        range,
-        pool,
-        opts.framing,
-        |msg| process(&opts.policy, msg),
-        |results| {
-            let temporary = results.iter().enumerate().find_map(|(i, (_, o))| match o {
-                Outcome::Temporary(reason) => Some((index + 1 + i as u64, reason)),
-                _ => None,
+    // Each unit in order, before it is written: a key store that cannot be reached stops the
+    // run; else every message is counted and its problem reported.
+    let mut accept = |summary: &mut Summary, results: &[(mbox::MboxEntry, Outcome)]| {
+        let temporary = results.iter().enumerate().find_map(|(i, (_, o))| match o {
+            Outcome::Temporary(reason) => Some((index + 1 + i as u64, reason)),
+            _ => None,
+        });
+        if let Some((at, reason)) = temporary {
+            return Err(BulkError::Temporary { path: format!("{shown}#{at}"), reason: reason.clone() });
+        }
+        let mut bytes = 0;
+        for (e, o) in results {
+            index += 1;
+            let len = (e.data.end - e.from_line.start) as u64;
+            account(summary, progress, o, &shown, index, e.from_line.start as u64, len);
+            bytes += len;
+        }
+        progress.advance(bytes, summary.messages);
+        Ok(())
+    };
+    let work = |msg: mbox::Stored<'_>| process(&opts.policy, msg);
+    let cpu = match out {
+        UnitSink::Stream(out) => {
+            out.write_all(bom).map_err(out_err)?;
+            let cpu = map_mbox(mapped, opts.mbox_format, range, pool, opts.framing, true, work, |results| {
+                accept(summary, &results)?;
+                // One allocation per unit (up to a few thousand slices), not per message.
+                let mut iov = unit_slices(data, &results);
+                io::write_all_vectored(out, &mut iov).map_err(out_err)?;
+                // The new header fields were allocated on the workers: freeing them here, one
+                // by one, was the writer's largest cost per small message. A worker frees them.
+                drop(iov);
+                pool.spawn(move || drop(results));
+                Ok(())
+            })?;
+            out.flush().map_err(out_err)?;
+            cpu
+        }
+        UnitSink::File(file) => {
+            let all_writes = io::WritesAt::new(file, IN_FLIGHT_BYTES);
+            all_writes.reserve(bom.len()).map_err(out_err)?;
+            all_writes.write(&mut [std::io::IoSlice::new(bom)], 0, bom.len());
+            let mut at = bom.len() as u64;
+            let writes = &all_writes;
+            let cpu = pool.in_place_scope(|jobs| {
+                map_mbox(mapped, opts.mbox_format, range, pool, opts.framing, false, work, |results| {
+                    accept(summary, &results)?;
+                    let len: usize = results.iter().map(|(e, o)| unit_len(e, o)).sum();
+                    writes.reserve(len).map_err(out_err)?;
+                    let unit_at = at;
+                    at += len as u64;
+                    jobs.spawn(move |_| {
+                        let mut iov = unit_slices(data, &results);
+                        writes.write(&mut iov, unit_at, len);
+                        // Its input is not read again: its pages leave our resident set.
+                        if let (Some((first, _)), Some((last, _))) = (results.first(), results.last()) {
+                            mapped.release(first.from_line.start..last.data.end);
+                        }
+                    });
+                    Ok(())
+                })
             });
-            if let Some((at, reason)) = temporary {
-                return Err(BulkError::Temporary { path: format!("{shown}#{at}"), reason: reason.clone() });
-            }
-            // One allocation per unit (up to a few thousand slices), not per message.
-            let mut iov = Vec::with_capacity(results.len() * 3);
-            for (e, o) in &results {
-                iov.push(std::io::IoSlice::new(&data[e.from_line.clone()]));
-                let stored = &data[e.data.clone()];
-                match o {
-                    Outcome::Signed { headers, drop } => {
-                        iov.push(std::io::IoSlice::new(headers));
-                        iov.extend(without(stored, drop).map(std::io::IoSlice::new));
-                    }
-                    _ => iov.push(std::io::IoSlice::new(stored)),
-                }
-            }
-            io::write_all_vectored(out, &mut iov).map_err(out_err)?;
-            let mut bytes = 0;
-            for (e, o) in &results {
-                index += 1;
-                let len = (e.data.end - e.from_line.start) as u64;
-                account(summary, progress, o, &shown, index, e.from_line.start as u64, len);
-                bytes += len;
-            }
-            progress.advance(bytes, summary.messages);
-            // The new header fields were allocated on the workers: freeing them here, one by
-            // one, was the writer's largest cost per small message. A worker frees them.
-            drop(iov);
-            pool.spawn(move || drop(results));
-            Ok(())
-        },
-    )?;
+            // The scope has waited for every write.
+            let written = all_writes.finish();
+            let cpu = cpu?;
+            written.map_err(out_err)?;
+            cpu
+        }
+    };
     summary.serial_cpu += cpu;
-    out.flush().map_err(out_err)
+    Ok(())
+}
+
+/// The output slices of one unit: each message's `From ` line, its new header fields and its
+/// stored bytes (without own old signatures, when they go); a message left unsigned as it was.
+fn unit_slices<'a>(data: &'a [u8], results: &'a [(mbox::MboxEntry, Outcome)]) -> Vec<std::io::IoSlice<'a>> {
+    let mut iov = Vec::with_capacity(results.len() * 3);
+    for (e, o) in results {
+        iov.push(std::io::IoSlice::new(&data[e.from_line.clone()]));
+        let stored = &data[e.data.clone()];
+        match o {
+            Outcome::Signed { headers, drop } => {
+                iov.push(std::io::IoSlice::new(headers));
+                iov.extend(without(stored, drop).map(std::io::IoSlice::new));
+            }
+            _ => iov.push(std::io::IoSlice::new(stored)),
+        }
+    }
+    iov
+}
+
+/// The output length of one message: what [`unit_slices`] gives for it.
+fn unit_len(e: &mbox::MboxEntry, o: &Outcome) -> usize {
+    let stored = e.from_line.len() + e.data.len();
+    match o {
+        Outcome::Signed { headers, drop } => stored + headers.len() - drop.iter().map(|r| r.len()).sum::<usize>(),
+        _ => stored,
+    }
 }
 
 /// Where directory outputs go.
 #[derive(Debug, Clone)]
-pub enum DirOutput {
+enum DirOutput {
     /// The same relative paths under this directory.
     To(PathBuf),
     /// Each file replaced atomically.
@@ -342,7 +435,7 @@ pub enum DirOutput {
 /// Signs each message file of a maildir or queue directory. Each output file appears
 /// atomically; a message left unsigned is copied unchanged (`To`) or left alone (`InPlace`).
 /// With `To`, a maildir's output gets `cur/`, `new/` and `tmp/`, so that mail readers open it.
-pub fn sign_dir(
+fn sign_dir(
     dir: &Path,
     kind: InputKind,
     opts: &BulkOptions,
@@ -373,7 +466,7 @@ pub fn sign_dir(
 /// Signs one message file, replaced atomically with its owner, mode and dates kept, or left as
 /// it is and reported (too large, not a regular file, not signable): one entry of
 /// [`sign_dir`]'s kind.
-pub fn sign_file_in_place(
+fn sign_file_in_place(
     path: &Path,
     opts: &BulkOptions,
     pool: &rayon::ThreadPool,
@@ -417,7 +510,7 @@ fn sign_entries(
     Ok(())
 }
 
-pub(crate) fn sign_file(
+fn sign_file(
     dir: &Path,
     rel: &Path,
     opts: &BulkOptions,
@@ -451,8 +544,10 @@ pub(crate) fn sign_file(
         DirOutput::To(_) => io::Keep::copy_of(meta),
     };
     let res = match (&outcome, output) {
-        (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, &keep, headers, buf, drop),
-        (Outcome::Unsigned(_) | Outcome::NoKey(_), DirOutput::To(_)) => write_signed_file(&dest, &keep, &[], buf, &[]),
+        (Outcome::Signed { headers, drop }, _) => write_signed_file(&dest, &keep, false, headers, buf, drop),
+        (Outcome::Unsigned(_) | Outcome::NoKey(_), DirOutput::To(_)) => {
+            write_signed_file(&dest, &keep, false, &[], buf, &[])
+        }
         (_, DirOutput::InPlace) | (Outcome::Temporary(_), _) => Ok(()),
     };
     res?;
@@ -462,7 +557,7 @@ pub(crate) fn sign_file(
 /// Copies a directory entry that is not read as a message to the output directory, where that
 /// is safe: a symbolic link as the same link, a regular file (too large to sign) byte for byte.
 /// FIFOs, devices and sockets are not copied. Returns what was done, for the report.
-pub(crate) fn copy_through(src: &Path, dest: &Path) -> std::io::Result<&'static str> {
+fn copy_through(src: &Path, dest: &Path) -> std::io::Result<&'static str> {
     let meta = std::fs::symlink_metadata(src)?;
     if meta.file_type().is_symlink() {
         #[cfg(unix)]

@@ -6,7 +6,7 @@
 use super::engine::{map_dir, map_mbox, Framing};
 use super::input::{list_messages, open_mbox, shard_range, too_large_reason, InputKind, Shard, Source};
 use super::mbox::MboxFormat;
-use super::{input_err, BulkError};
+use super::BulkError;
 use crate::dkim::verify::{DkimResult, Reason, Verdict};
 
 /// One checked message, in input order.
@@ -64,15 +64,7 @@ pub fn verify_source(
         // A lone message belongs to the first shard.
         InputKind::Message if shard.is_some_and(|s| s.k != 1) => Ok(()),
         InputKind::Message => {
-            let read;
-            let data: &[u8] = match &source.spooled {
-                Some(m) => m,
-                None => {
-                    read = std::fs::read(&source.path).map_err(|e| input_err(&source.path, e))?;
-                    &read
-                }
-            };
-            let verdicts = guarded(data);
+            let verdicts = guarded(&source.read_message()?);
             emit(Checked { name: &shown, file: &shown, index: 1, offset: 0, verdicts }).map_err(out_err)
         }
         InputKind::Mbox => {
@@ -88,6 +80,7 @@ pub fn verify_source(
                 range,
                 pool,
                 framing,
+                true,
                 |m| m.with_unquoted(guarded),
                 |results| {
                     for (e, verdicts) in results {

@@ -410,6 +410,7 @@ fn end_to_end_sign(
             0..mapped.len(),
             pool,
             framing,
+            true,
             |m| pipeline::sign_stored(&opts.policy, m).is_ok(),
             |results| {
                 signed += results.iter().filter(|(_, ok)| *ok).count() as u64;
@@ -433,6 +434,7 @@ fn signed_archive(opts: &BulkOptions, mapped: &Mapped, pool: &rayon::ThreadPool)
         0..mapped.len(),
         pool,
         pipeline::Framing::Parallel,
+        true,
         |m| pipeline::sign_stored(&opts.policy, m).map(|r| r.0).unwrap_or_default(),
         |results| {
             for (e, h) in results {
@@ -467,6 +469,7 @@ fn end_to_end_verify(
             0..signed.len(),
             pool,
             pipeline::Framing::Parallel,
+            true,
             |m| {
                 m.with_unquoted(|m| verify::verify_slice(m, &keys, 1_800_000_000, &policy))
                     .map(|v| verify::overall(&v) == DkimResult::Pass)

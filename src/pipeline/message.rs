@@ -1,0 +1,159 @@
+//! One message signed, in every mode: the policy that says how ([`SignPolicy`]), the one
+//! signing step that parses, chooses the keys and signs ([`sign_message`], [`sign_stored`],
+//! [`sign_parsed_message`]), what a failure means ([`MessageError::disposition`]) and the
+//! panic guard around it ([`guarded`]). Where the messages come from and where they go is the
+//! drivers' (sign.rs for archives; the command line for pipes, the milter for its sessions).
+
+use super::mbox;
+use crate::dkim::header::Message;
+use crate::dkim::sign::Signer;
+use std::io::Write;
+use std::ops::Range;
+
+/// How each message is signed, in every mode: which keys, chosen by what, at what time, and
+/// what else changes.
+pub struct SignPolicy {
+    /// Which signatures each message gets.
+    pub keys: crate::select::KeySource,
+    /// The envelope sender that chooses the key instead of From (`--sender`).
+    pub sender: Option<String>,
+    /// Remove existing DKIM-Signature fields whose `d=` is one of our domains.
+    pub strip_own: bool,
+    /// Unix time for `t=`.
+    pub now: u64,
+    /// Largest message signed; larger ones are passed through and reported.
+    pub max_message: u64,
+}
+
+/// Why one message was not signed: the message itself, the choice of its keys, or signing.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The message cannot be signed (its header block, no From) or the backend failed.
+    #[error(transparent)]
+    Sign(#[from] crate::dkim::sign::SignError),
+    /// No key could be chosen: none configured for the author, no usable From address, a
+    /// broken table entry, or a key store that cannot be reached.
+    #[error(transparent)]
+    Select(#[from] crate::select::SelectError),
+    /// The signer panicked (a bug) while doing what is named.
+    #[error("internal error (panic) while {0}; please report it")]
+    Panic(&'static str),
+}
+
+/// What a message that was not signed means, in every mode. Each mode answers each
+/// disposition its own way (an exit code, a milter reply, passed through and reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// No key is configured for its author: it goes on unsigned, as OpenDKIM passes it; not a
+    /// failure.
+    NoKey,
+    /// The message itself cannot be signed (a header block that does not parse, no From, no
+    /// usable author address, a control character in a field): retrying cannot help, so it
+    /// goes on unsigned rather than being lost.
+    Unsignable,
+    /// The key store cannot be reached now: a retry later can sign it.
+    Temporary,
+    /// Our side is broken (a key or table entry that cannot be used, the crypto backend, a
+    /// panic): the operator must act.
+    Broken,
+}
+
+impl MessageError {
+    /// What this failure means for the message.
+    pub fn disposition(&self) -> Disposition {
+        use crate::dkim::sign::SignError;
+        use crate::select::SelectError;
+        match self {
+            MessageError::Select(SelectError::NoKey(_)) => Disposition::NoKey,
+            MessageError::Select(SelectError::NoAddress(_))
+            | MessageError::Sign(SignError::Header(_) | SignError::NoFrom) => Disposition::Unsignable,
+            MessageError::Select(SelectError::Temporary(_)) => Disposition::Temporary,
+            MessageError::Select(SelectError::Config(_))
+            | MessageError::Sign(SignError::Key(_) | SignError::BodyNotHashed(_))
+            | MessageError::Panic(_) => Disposition::Broken,
+        }
+    }
+
+    /// Whether the only reason is that no key is configured for the author.
+    pub fn is_no_key(&self) -> bool {
+        self.disposition() == Disposition::NoKey
+    }
+}
+
+/// Runs `f`, one step of signing named by `what`, turning a panic into
+/// [`MessageError::Panic`]: one message that trips a bug must not take down a bulk run or a
+/// daemon connection.
+pub fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T, MessageError>) -> Result<T, MessageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(Err(MessageError::Panic(what)))
+}
+
+/// Signs one message: the header fields to add on top, and the byte ranges of old own
+/// signatures to remove (empty unless `strip_own`).
+pub fn sign_message(policy: &SignPolicy, msg: &[u8]) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let parsed = Message::parse(msg).map_err(crate::dkim::sign::SignError::from)?;
+    sign_parsed_message(policy, &parsed, crate::dkim::sign::Body::Whole(parsed.body))
+}
+
+/// The signing step every bulk and pipe mode shares: the keys `policy` chooses for `parsed`,
+/// its header fields signed and `body` hashed; the new fields in the message's line ending,
+/// and the old own signatures to remove (with `strip_own`). The milter takes the same steps
+/// apart, choosing the keys when the header block ends and signing when the body has streamed
+/// past.
+pub fn sign_parsed_message(
+    policy: &SignPolicy,
+    parsed: &Message,
+    body: crate::dkim::sign::Body<'_>,
+) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let signers = policy.keys.signers_for(parsed, policy.sender.as_deref())?;
+    let headers = crate::dkim::sign::sign_parsed_body(&signers, parsed, body, policy.now)?;
+    let drop = if policy.strip_own { own_signatures(&signers, parsed) } else { vec![] };
+    Ok((headers, drop))
+}
+
+/// [`sign_message`] for a message as an mbox stores it. The header block is parsed from the
+/// stored octets and the body hashed in the pieces between the quoting `>`s, so a message with
+/// quoted `>From ` lines is signed without an unquoted copy. Quoting is only ever in the body
+/// of a well-formed message; otherwise (a quoted line in the header block, a header block that
+/// does not parse) the message is unquoted and signed as a whole, with the same result.
+pub fn sign_stored(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
+    let Some(&first_quote) = msg.quotes.first() else {
+        return sign_message(policy, msg.bytes);
+    };
+    let parsed = match Message::parse(msg.bytes) {
+        Ok(p) if first_quote >= p.body_offset => p,
+        _ => return msg.with_unquoted(|m| sign_message(policy, m)),
+    };
+    // The header block is the same stored and unquoted: offsets in it hold for both.
+    let pieces = msg.body_pieces(parsed.body_offset);
+    sign_parsed_message(policy, &parsed, crate::dkim::sign::Body::Pieces(msg.bytes, &pieces))
+}
+
+/// Byte ranges of DKIM-Signature fields whose `d=` is a domain one of `signers` signs for
+/// (key rotation). Other domains' signatures are never touched. Offsets lie in the header
+/// block, which mbox quoting never changes, so they are valid in the stored bytes too.
+pub(crate) fn own_signatures(signers: &[Signer], parsed: &Message) -> Vec<Range<usize>> {
+    parsed
+        .fields
+        .iter()
+        .filter(|f| f.is("dkim-signature"))
+        .filter(|f| {
+            crate::dkim::tags::value(f.value(), "d").is_some_and(|d| {
+                let d = crate::dkim::tags::to_a_labels(&d);
+                signers.iter().any(|s| s.domain().eq_ignore_ascii_case(&d))
+            })
+        })
+        .map(|f| f.offset..f.offset + f.raw.len())
+        .collect()
+}
+
+/// Writes `data` without the `drop` ranges.
+pub fn write_without(w: &mut dyn Write, data: &[u8], drop: &[Range<usize>]) -> std::io::Result<()> {
+    without(data, drop).try_for_each(|p| w.write_all(p))
+}
+
+/// The pieces of `data` around the `drop` ranges (ascending, inside `data`), in order.
+pub(crate) fn without<'a>(data: &'a [u8], drop: &'a [Range<usize>]) -> impl Iterator<Item = &'a [u8]> {
+    let starts = std::iter::once(0).chain(drop.iter().map(|r| r.end));
+    let ends = drop.iter().map(|r| r.start).chain(std::iter::once(data.len()));
+    starts.zip(ends).map(move |(s, e)| &data[s..e])
+}
