@@ -3,10 +3,10 @@
 //! This module owns the byte-level transforms `simple` and `relaxed`, for header fields and for
 //! bodies, and writes their output into a [`Sink`] (a hasher in production, a `Vec<u8>` in
 //! tests). Here are the names ([`Canon`], [`Canonicalization`], [`Sink`]), the header field
-//! transforms and the byte-at-a-time oracle ([`naive`]); the body transforms, with the staging
-//! and prefetching that keep the hasher fed, are in `canon/body.rs` and exported from here
-//! ([`canonicalize_body`], [`canonicalize_body_pieces`]). It does not parse the header block
-//! (see [`crate::dkim::header`]) and knows nothing of keys.
+//! transforms and the byte-at-a-time oracle (`naive`, built for tests and fuzzing); the body
+//! transforms, with the staging and prefetching that keep the hasher fed, are in
+//! `canon/body.rs` and exported from here ([`canonicalize_body`], [`canonicalize_body_pieces`]).
+//! It does not parse the header block (see [`crate::dkim::header`]) and knows nothing of keys.
 //!
 //! Line ends: messages are canonicalized as they appear on the wire, with CRLF line ends, even
 //! when they are stored with bare LF. The rules for stray line-end characters, applied the same
