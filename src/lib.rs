@@ -9,8 +9,8 @@
 //!   or spawns threads.
 //! - [`pipeline`]: inputs (mbox, maildir, queue directory, pipes) split into messages, run
 //!   through the parallel ordered engine, written to one destination atomically; reports.
-//! - [`select`] and [`tables`]: which signatures a message gets (fixed keys, OpenDKIM
-//!   Domain/KeyFile, KeyTable/SigningTable data sets including PostgreSQL).
+//! - [`select`]: which signatures a message gets (fixed keys, OpenDKIM Domain/KeyFile,
+//!   KeyTable/SigningTable data sets including PostgreSQL).
 //! - [`lookup`]: where verification keys come from (DNS, zone files, key directories).
 //! - [`arch`]: CPU-specific kernels; [`warnings`]: where warnings go (the library never
 //!   prints).
@@ -33,5 +33,4 @@ pub mod dkim;
 pub mod lookup;
 pub mod pipeline;
 pub mod select;
-pub mod tables;
 pub mod warnings;

@@ -152,9 +152,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.is::<dkimpress::pipeline::io::OutputError>() {
             return sysexits::CANTCREAT;
         }
-        if let Some(e) = cause.downcast_ref::<dkimpress::tables::TableError>() {
+        if let Some(e) = cause.downcast_ref::<dkimpress::select::TableError>() {
             return match e {
-                dkimpress::tables::TableError::Database { .. } => sysexits::TEMPFAIL,
+                dkimpress::select::TableError::Database { .. } => sysexits::TEMPFAIL,
                 _ => sysexits::CONFIG,
             };
         }

@@ -18,7 +18,7 @@
 //! `*` matches any run of characters (`*.example.com`). Entries we cannot read are errors
 //! naming the file and line, never a silent no-match.
 
-use dkimpress::tables::{wildcard, DataSet, DbSettings};
+use dkimpress::select::{wildcard, DataSet, DbSettings};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;

@@ -46,8 +46,8 @@ pub(super) fn read_conf(a: &KeyArgs) -> anyhow::Result<Option<OpendkimConf>> {
 }
 
 /// How PostgreSQL data sets wait and remember, from `--db-timeout` and `--db-cache`.
-pub(super) fn db_settings(a: &KeyArgs) -> anyhow::Result<dkimpress::tables::DbSettings> {
-    let mut db = dkimpress::tables::DbSettings::default();
+pub(super) fn db_settings(a: &KeyArgs) -> anyhow::Result<dkimpress::select::DbSettings> {
+    let mut db = dkimpress::select::DbSettings::default();
     if let Some(t) = a.db_timeout {
         if !(t > 0.0 && t.is_finite()) {
             return Err(usage("--db-timeout must be a positive number of seconds"));
@@ -122,7 +122,7 @@ pub(super) fn key_source_with(
             dkimpress::warnings::warn(&w.to_string());
         }
         let domains = if spec.contains(':') || std::path::Path::new(&spec).exists() {
-            dkimpress::tables::DataSet::open(&spec, &c.dir, db)?.keys()?
+            dkimpress::select::DataSet::open(&spec, &c.dir, db)?.keys()?
         } else {
             split_list(&spec)
         };

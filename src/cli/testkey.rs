@@ -81,12 +81,12 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         strict_keys: false,
         identity: None,
     };
-    let db = dkimpress::tables::DbSettings::default();
+    let db = dkimpress::select::DbSettings::default();
     let mut add_table = |kt: &str, base: &Path| -> anyhow::Result<()> {
         let t = dkimpress::select::Tables::open(kt, "csl:", false, template.clone(), base, db)?;
         let names = t.key_names()?;
         if names.is_empty() {
-            return Err(CliError::Config(format!("{}: no keys in the KeyTable", dkimpress::tables::redact(kt))).into());
+            return Err(CliError::Config(format!("{}: no keys in the KeyTable", dkimpress::select::redact(kt))).into());
         }
         for name in names {
             match t.entry(&name) {

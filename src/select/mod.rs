@@ -3,16 +3,25 @@
 //! `MultipleSignatures`), by the From address or the envelope sender.
 //!
 //! Owns the per-run caches of parsed keys and built signers, so a bulk job loads each key
-//! once. Lookups that fail for a while (a database down) are reported as temporary.
+//! once. Lookups that fail for a while (a database down) are reported as temporary. The tables
+//! themselves are OpenDKIM data sets ([`DataSet`]: files, patterns, lists, PostgreSQL); the
+//! author address that picks the SigningTable entry is read in `address.rs`. Signing itself is
+//! [`crate::dkim::sign`]'s.
 
 use crate::dkim::canon::Canonicalization;
 use crate::dkim::header::Message;
 use crate::dkim::key::{KeyError, SigningKey};
 use crate::dkim::sign::{Signer, SignerBuilder, SignerConfigError};
-use crate::tables::{self, DataSet, TableError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+mod address;
+mod dataset;
+mod pg;
+
+pub use dataset::{wildcard, DataSet, TableError};
+pub use pg::{redact, DbSettings, PgSet};
 
 /// Why no signer could be chosen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -186,7 +195,7 @@ impl Tables {
         multiple: bool,
         template: Template,
         base: &Path,
-        db: crate::tables::DbSettings,
+        db: DbSettings,
     ) -> Result<Tables, TableError> {
         Ok(Tables {
             key_table: DataSet::open(key_table, base, db)?,
@@ -334,7 +343,7 @@ impl Tables {
             }
         } else {
             let mut names = vec![];
-            for cand in tables::signing_candidates(local, domain) {
+            for cand in address::signing_candidates(local, domain) {
                 if let Some(v) = self.signing_table.get(&cand).map_err(table_err)? {
                     names.push(v);
                     if !self.multiple {
@@ -368,7 +377,7 @@ impl KeySource {
         }
         let (local, domain) = match sender {
             Some(s) => {
-                tables::parse_address(s).ok_or_else(|| SelectError::NoAddress(AddressError::Sender(s.to_string())))?
+                address::parse_address(s).ok_or_else(|| SelectError::NoAddress(AddressError::Sender(s.to_string())))?
             }
             None => {
                 // Every From field must name the same domain: RFC 5322 allows one From field,
@@ -377,7 +386,7 @@ impl KeySource {
                 let mut author: Option<(String, String)> = None;
                 for from in msg.fields.iter().filter(|f| f.is("from")) {
                     let value = String::from_utf8_lossy(from.value()).into_owned();
-                    let (local, domain) = tables::author_address(&value).map_err(|why| {
+                    let (local, domain) = address::author_address(&value).map_err(|why| {
                         SelectError::NoAddress(AddressError::From { value: value.trim().to_string(), why })
                     })?;
                     match &author {
