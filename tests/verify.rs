@@ -386,6 +386,6 @@ dktest!(
         conf("ns.example.net");
         let out = testkey(&[]);
         assert_eq!(out.status.code(), Some(78));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("opendkim.conf: Nameservers \"ns.example.net\""));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("opendkim.conf:4: Nameservers \"ns.example.net\""));
     }
 );

@@ -1,10 +1,19 @@
 //! `opendkim.conf`: the keys that matter for signing, read as opendkim(8) does.
 //!
 //! Owns the parsing of the file into [`OpendkimConf`]: one `Key value` per line, `#` comments,
-//! booleans as yes/no/true/false/1/0. Keys only a milter uses are accepted and listed as
-//! ignored; unknown keys are an error naming the line.
+//! booleans as yes/no/true/false/1/0. Every value is checked and typed here, once
+//! (canonicalization, algorithm, header lists, [`Mode`], the `On-*` [`Actions`], name
+//! servers, the authserv-id): a bad one is an error naming the file, the line and the key.
+//! Keys only a milter uses are accepted and listed as ignored; unknown keys are an error
+//! naming the line. What the values mean for keys and the daemon is decided by the users
+//! (`cli::keys`, `cli::milter::config`), not here.
 
+use dkimpress::dkim::canon::Canonicalization;
+use dkimpress::dkim::key::KeyType;
 use std::path::{Path, PathBuf};
+
+mod actions;
+pub use actions::{Action, Actions, Condition};
 
 /// The signing-related settings of an opendkim.conf.
 #[derive(Debug, Default, Clone)]
@@ -17,13 +26,13 @@ pub struct OpendkimConf {
     /// one of the two, complete).
     pub signing: Signing,
     /// `Canonicalization`.
-    pub canonicalization: Option<String>,
-    /// `SignatureAlgorithm`.
-    pub signature_algorithm: Option<String>,
+    pub canonicalization: Option<Canonicalization>,
+    /// `SignatureAlgorithm`: the key type whose SHA-256 algorithm `a=` must name.
+    pub signature_algorithm: Option<KeyType>,
     /// `SignHeaders` (comma list).
-    pub sign_headers: Option<String>,
-    /// `OversignHeaders` (comma list).
-    pub oversign_headers: Option<String>,
+    pub sign_headers: Option<Vec<String>>,
+    /// `OversignHeaders` (comma list; empty: none).
+    pub oversign_headers: Option<Vec<String>>,
     /// `MinimumKeyBits`.
     pub minimum_key_bits: Option<usize>,
     /// `SubDomains`.
@@ -31,7 +40,7 @@ pub struct OpendkimConf {
     /// `MultipleSignatures`.
     pub multiple_signatures: bool,
     /// `Mode` (s, v or sv).
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// `SignatureTTL` (x= = t= + TTL).
     pub signature_ttl: Option<u64>,
     /// `RequireSafeKeys`: refuse group/world-readable key files.
@@ -46,8 +55,8 @@ pub struct OpendkimConf {
     pub external_ignore_list: Option<String>,
     /// `Socket` (milter): `inet:PORT@HOST`, `inet6:PORT@HOST`, `unix:/path` or `local:/path`.
     pub socket: Option<String>,
-    /// `On-*` (milter): the action per condition, as written (`On-Default` is `"Default"`).
-    pub on: Vec<(String, String)>,
+    /// `On-*` (milter): the action per condition (the defaults where the file says nothing).
+    pub on: Actions,
     /// `UserID` (milter): `user[:group]` to become after binding the socket.
     pub user_id: Option<String>,
     /// `PidFile` (milter).
@@ -60,7 +69,8 @@ pub struct OpendkimConf {
     pub syslog_success: bool,
     /// `LogWhy` (milter): log why a message was not signed or verified.
     pub log_why: bool,
-    /// `AuthservID` (milter): the authserv-id of Authentication-Results.
+    /// `AuthservID` (milter): the authserv-id of Authentication-Results, checked as one
+    /// (`HOSTNAME`, this host's name, is left for the daemon to resolve).
     pub authserv_id: Option<String>,
     /// `KeepAuthResults` (milter): leave Authentication-Results fields that claim our
     /// authserv-id in the message (by default they are removed as forged).
@@ -69,8 +79,9 @@ pub struct OpendkimConf {
     pub always_add_ar: bool,
     /// `MTA` (milter): `{daemon_name}` values whose mail is signed whatever the client.
     pub mta: Vec<String>,
-    /// `Nameservers` (milter): resolvers for key lookups, comma-separated.
-    pub nameservers: Option<String>,
+    /// `Nameservers` (milter, testkey): resolvers for key lookups, `IP` or `IP:PORT` each
+    /// (empty: not given).
+    pub nameservers: Vec<String>,
     /// `PeerList` (milter): clients whose connections are accepted untouched.
     pub peer_list: Option<String>,
     /// opendkim keys that were accepted but have no effect in dkimpress, with their line
@@ -106,7 +117,30 @@ pub enum Signing {
     },
 }
 
-/// Domain, Selector, KeyFile, KeyTable and SigningTable as read, before they are checked.
+/// What the milter does: `Mode` of opendkim.conf(5), or `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    /// `s`: sign mail from our clients.
+    pub sign: bool,
+    /// `v`: verify the rest.
+    pub verify: bool,
+}
+
+impl Mode {
+    /// opendkim's default, `sv`.
+    pub const SIGN_AND_VERIFY: Mode = Mode { sign: true, verify: true };
+
+    /// `s`, `v` or `sv` (letters in any order); `None` for anything else, the empty string too.
+    pub fn parse(v: &str) -> Option<Mode> {
+        if v.is_empty() || !v.chars().all(|ch| ch == 's' || ch == 'v') {
+            return None;
+        }
+        Some(Mode { sign: v.contains('s'), verify: v.contains('v') })
+    }
+}
+
+/// Domain, Selector, KeyFile, KeyTable and SigningTable as read, before they are checked; the
+/// `On-*` lines in the order read (`On-Default` applies whatever its place).
 #[derive(Default)]
 struct RawKeys {
     domain: Option<String>,
@@ -114,6 +148,7 @@ struct RawKeys {
     key_file: Option<PathBuf>,
     key_table: Option<String>,
     signing_table: Option<String>,
+    on: Vec<(Condition, Action)>,
 }
 
 /// A configuration file that cannot be used.
@@ -310,6 +345,34 @@ fn boolean(v: &str) -> Option<bool> {
     }
 }
 
+/// `SignatureAlgorithm`: the key type whose SHA-256 algorithm it names (`rsa-sha256`,
+/// `ed25519-sha256`; RFC 8301 §3.1 leaves no other for signing).
+fn algorithm(v: &str) -> Result<KeyType, String> {
+    [KeyType::Rsa, KeyType::Ed25519]
+        .into_iter()
+        .find(|k| k.algorithm().eq_ignore_ascii_case(v))
+        .ok_or_else(|| format!("SignatureAlgorithm {v:?}: expected rsa-sha256 or ed25519-sha256"))
+}
+
+/// `Nameservers`: a comma list of `IP` or `IP:PORT`.
+fn nameservers(list: &str) -> Result<Vec<String>, String> {
+    let servers: Vec<String> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    match servers.iter().find(|s| s.parse::<std::net::SocketAddr>().is_err() && s.parse::<std::net::IpAddr>().is_err())
+    {
+        Some(bad) => Err(format!(
+            "Nameservers {:?}: expected IP addresses (or IP:PORT), comma-separated",
+            dkimpress::pipeline::sanitize(bad)
+        )),
+        None => Ok(servers),
+    }
+}
+
+/// Splits a header-name (or domain) list given as `a:b:c` or `a, b, c`: the form of
+/// `SignHeaders` and of the flags that stand for it.
+pub(crate) fn split_list(s: &str) -> Vec<String> {
+    s.split([':', ',']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
 /// How deep `Include` may nest (a loop is an error, not a hang).
 const MAX_INCLUDE_DEPTH: usize = 8;
 
@@ -319,7 +382,7 @@ impl OpendkimConf {
     pub fn load(path: &Path) -> Result<OpendkimConf, ConfError> {
         let shown = path.display().to_string();
         let (c, raw_keys) = Self::parse(path)?;
-        if c.mode.as_deref().is_some_and(|m| !m.contains('s')) {
+        if c.mode.is_some_and(|m| !m.sign) {
             let whole = |reason: &str| ConfError { path: shown.clone(), line: 0, reason: reason.into() };
             return Err(whole("Mode has no 's': this configuration does not sign"));
         }
@@ -375,6 +438,7 @@ impl OpendkimConf {
         };
         let mut raw_keys = RawKeys::default();
         c.read_file(path, &mut raw_keys, 0)?;
+        c.on = Actions::from_lines(&raw_keys.on);
         Ok((c, raw_keys))
     }
 
@@ -411,10 +475,13 @@ impl OpendkimConf {
                 "KeyFile" => raw_keys.key_file = Some(c.dir.join(need(value)?)),
                 "KeyTable" => raw_keys.key_table = Some(need(value)?),
                 "SigningTable" => raw_keys.signing_table = Some(need(value)?),
-                "Canonicalization" => c.canonicalization = Some(need(value)?),
-                "SignatureAlgorithm" => c.signature_algorithm = Some(need(value)?),
-                "SignHeaders" => c.sign_headers = Some(need(value)?),
-                "OversignHeaders" => c.oversign_headers = Some(value.to_string()),
+                "Canonicalization" => {
+                    let v = need(value)?;
+                    c.canonicalization = Some(v.parse().map_err(|e| err(format!("{key} {v:?}: {e}")))?);
+                }
+                "SignatureAlgorithm" => c.signature_algorithm = Some(algorithm(&need(value)?).map_err(err)?),
+                "SignHeaders" => c.sign_headers = Some(split_list(&need(value)?)),
+                "OversignHeaders" => c.oversign_headers = Some(split_list(value)),
                 "MinimumKeyBits" => c.minimum_key_bits = Some(number(value)? as usize),
                 "SubDomains" => c.subdomains = flag(value)?,
                 "MultipleSignatures" => c.multiple_signatures = flag(value)?,
@@ -436,13 +503,29 @@ impl OpendkimConf {
                 "Syslog" => c.syslog = Some(flag(value)?),
                 "SyslogSuccess" => c.syslog_success = flag(value)?,
                 "LogWhy" => c.log_why = flag(value)?,
-                "AuthservID" => c.authserv_id = Some(need(value)?),
+                "AuthservID" => {
+                    let v = need(value)?;
+                    if !dkimpress::dkim::verify::is_authserv_id(&v) {
+                        return Err(err(format!("{key} {v:?}: expected a host name")));
+                    }
+                    c.authserv_id = Some(v);
+                }
                 "AlwaysAddARHeader" => c.always_add_ar = flag(value)?,
                 "KeepAuthResults" => c.keep_auth_results = flag(value)?,
                 "MTA" => c.mta = need(value)?.split(',').map(|s| s.trim().to_string()).collect(),
-                "Nameservers" => c.nameservers = Some(need(value)?),
+                "Nameservers" => c.nameservers = nameservers(&need(value)?).map_err(err)?,
                 "PeerList" => c.peer_list = Some(need(value)?),
-                k if k.starts_with("On-") => c.on.push((k["On-".len()..].to_string(), need(value)?)),
+                k if k.starts_with("On-") => {
+                    // The key is one of MILTER_ONLY's On-* names, each a condition.
+                    let Some(condition) = Condition::ALL.into_iter().find(|cond| cond.key() == k) else {
+                        return Err(err(format!("{key}: not a condition")));
+                    };
+                    let v = need(value)?;
+                    let action = Action::parse(&v).ok_or_else(|| {
+                        err(format!("{key} {v:?}: expected accept, tempfail, reject, discard or quarantine"))
+                    })?;
+                    raw_keys.on.push((condition, action));
+                }
                 "Include" => {
                     if depth >= MAX_INCLUDE_DEPTH {
                         return Err(err(format!("Include nested more than {MAX_INCLUDE_DEPTH} deep (a loop?)")));
@@ -452,10 +535,7 @@ impl OpendkimConf {
                 }
                 "Mode" => {
                     let v = need(value)?;
-                    if !v.chars().all(|ch| ch == 's' || ch == 'v') {
-                        return Err(err(format!("Mode {v:?}: expected s, v or sv")));
-                    }
-                    c.mode = Some(v);
+                    c.mode = Some(Mode::parse(&v).ok_or_else(|| err(format!("Mode {v:?}: expected s, v or sv")))?);
                 }
                 "SignatureTTL" => c.signature_ttl = Some(number(value)?),
                 other => c.ignored.push((line_no, other.to_string())),
@@ -496,7 +576,9 @@ mod tests {
         std::fs::write(dir.path().join("more.conf"), "On-KeyNotFound reject\nSyslogSuccess Yes\n").unwrap();
         std::fs::write(&p, "Mode v\nInclude more.conf\nAuthservID mx.example.com\n").unwrap();
         let c = OpendkimConf::load_daemon(&p).unwrap();
-        assert_eq!(c.on, [("KeyNotFound".to_string(), "reject".to_string())]);
+        assert_eq!(c.on.get(Condition::KeyNotFound), Action::Reject);
+        assert_eq!(c.mode, Some(Mode { sign: false, verify: true }));
+        assert_eq!(c.authserv_id.as_deref(), Some("mx.example.com"));
         assert!(c.syslog_success);
         std::fs::write(&p, "Mode v\nInclude opendkim.conf\n").unwrap();
         assert!(OpendkimConf::load_daemon(&p).unwrap_err().to_string().contains("nested"));
@@ -507,10 +589,35 @@ mod tests {
             ("Domain a\n", "go together"),
             ("Syslog yes\n", "nothing to sign with"),
             ("Domain a\nSelector s\nKeyFile k\nMode v\n", "does not sign"),
+            ("Domain a\nSelector s\nKeyFile k\nMode x\n", ":4: Mode \"x\": expected s, v or sv"),
+            ("Domain a\nSelector s\nKeyFile k\nCanonicalization loose\n", ":4: Canonicalization \"loose\""),
+            ("Domain a\nSelector s\nKeyFile k\nSignatureAlgorithm rsa-sha1\n", ":4: SignatureAlgorithm \"rsa-sha1\""),
+            ("Domain a\nSelector s\nKeyFile k\nOn-BadSignature defer\n", ":4: On-BadSignature \"defer\""),
+            ("Domain a\nSelector s\nKeyFile k\nNameservers 192.0.2.1, ns\n", ":4: Nameservers \"ns\""),
+            ("Domain a\nSelector s\nKeyFile k\nAuthservID a@b\n", ":4: AuthservID \"a@b\""),
         ] {
             std::fs::write(&p, text).unwrap();
             let e = OpendkimConf::load(&p).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn typed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("opendkim.conf");
+        std::fs::write(
+            &p,
+            "Domain a\nSelector s\nKeyFile k\nCanonicalization relaxed\nSignatureAlgorithm Ed25519-SHA256\n\
+             SignHeaders From:To, Subject\nOversignHeaders\nNameservers 192.0.2.1, [2001:db8::1]:5353,\n",
+        )
+        .unwrap();
+        let c = OpendkimConf::load(&p).unwrap();
+        assert_eq!(c.canonicalization.map(|c| c.to_string()).as_deref(), Some("relaxed/simple"));
+        assert_eq!(c.signature_algorithm, Some(KeyType::Ed25519));
+        assert_eq!(c.sign_headers, Some(vec!["From".to_string(), "To".into(), "Subject".into()]));
+        assert_eq!(c.oversign_headers, Some(vec![]));
+        assert_eq!(c.nameservers, ["192.0.2.1", "[2001:db8::1]:5353"]);
+        assert_eq!(c.mode, None);
     }
 }

@@ -3,19 +3,20 @@
 //! and the key record sources of verification. Reading the file itself is [`super::conf`].
 
 use super::args::{KeyArgs, RecordArgs};
-use super::conf::{self, OpendkimConf};
+use super::conf::{self, split_list, OpendkimConf};
 use super::error::{usage, CliError};
 use super::now_unix;
-use dkimpress::dkim::canon::Canonicalization;
+use dkimpress::dkim::canon::{Canon, Canonicalization};
 use dkimpress::dkim::key::SigningKey;
 use dkimpress::pipeline::{self, SignPolicy};
-use std::path::PathBuf;
+use dkimpress::select::{DataSet, DbSettings, KeySource, Tables, Template};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Builds the key source from flags, an opendkim.conf, or tables.
 /// The commands other than the milter: `--config` is read here, and with `-v` its keys
 /// without effect on this command are listed.
-pub(super) fn key_source(a: &KeyArgs) -> anyhow::Result<dkimpress::select::KeySource> {
+pub(super) fn key_source(a: &KeyArgs) -> anyhow::Result<KeySource> {
     key_source_with(a, read_conf(a)?.as_ref())
 }
 
@@ -46,8 +47,8 @@ pub(super) fn read_conf(a: &KeyArgs) -> anyhow::Result<Option<OpendkimConf>> {
 }
 
 /// How PostgreSQL data sets wait and remember, from `--db-timeout` and `--db-cache`.
-pub(super) fn db_settings(a: &KeyArgs) -> anyhow::Result<dkimpress::select::DbSettings> {
-    let mut db = dkimpress::select::DbSettings::default();
+pub(super) fn db_settings(a: &KeyArgs) -> anyhow::Result<DbSettings> {
+    let mut db = DbSettings::default();
     if let Some(t) = a.db_timeout {
         if !(t > 0.0 && t.is_finite()) {
             return Err(usage("--db-timeout must be a positive number of seconds"));
@@ -65,75 +66,87 @@ pub(super) fn db_settings(a: &KeyArgs) -> anyhow::Result<dkimpress::select::DbSe
 
 /// The key source from flags and the configuration file already read (`conf`): every command
 /// reads one file the same way, so `sign --config F` signs as `milter -x F` does.
-pub(super) fn key_source_with(
-    a: &KeyArgs,
-    conf: Option<&OpendkimConf>,
-) -> anyhow::Result<dkimpress::select::KeySource> {
-    use dkimpress::select::{KeySource, Tables, Template};
+pub(super) fn key_source_with(a: &KeyArgs, conf: Option<&OpendkimConf>) -> anyhow::Result<KeySource> {
     let db = db_settings(a)?;
-    // Flags win over the file; the file over defaults. A file that does not say signs
-    // simple/simple, opendkim's default (opendkim.conf(5) Canonicalization); flags alone sign
-    // relaxed/relaxed.
-    let canon = match (a.canon, conf.and_then(|c| c.canonicalization.clone())) {
-        (Some(c), _) => c,
-        (None, Some(c)) => c.parse().map_err(|e| CliError::Config(format!("Canonicalization: {e}")))?,
-        (None, None) if conf.is_some() => Canonicalization {
-            header: dkimpress::dkim::canon::Canon::Simple,
-            body: dkimpress::dkim::canon::Canon::Simple,
-        },
+    let template = template(a, conf);
+    match conf {
+        Some(c) => conf_source(a, c, template, db),
+        None => flag_source(a, template, db),
+    }
+}
+
+/// The tag settings every signer gets. Flags win over the file; the file over defaults. A
+/// file that does not say signs simple/simple, opendkim's default (opendkim.conf(5)
+/// Canonicalization); flags alone sign relaxed/relaxed.
+fn template(a: &KeyArgs, conf: Option<&OpendkimConf>) -> Template {
+    let canon = match (a.canon, conf) {
+        (Some(canon), _) => canon,
+        (None, Some(c)) => {
+            c.canonicalization.unwrap_or(Canonicalization { header: Canon::Simple, body: Canon::Simple })
+        }
         (None, None) => Canonicalization::default(),
     };
-    let headers =
-        a.headers.as_deref().map(split_list).or_else(|| conf.and_then(|c| c.sign_headers.as_deref().map(split_list)));
-    let oversign = split_list(
-        &a.oversign.clone().or_else(|| conf.and_then(|c| c.oversign_headers.clone())).unwrap_or_else(|| "from".into()),
-    );
-    let template = Template {
+    let headers = match &a.headers {
+        Some(list) => Some(split_list(list)),
+        None => conf.and_then(|c| c.sign_headers.clone()),
+    };
+    let oversign = match &a.oversign {
+        Some(list) => split_list(list),
+        None => conf.and_then(|c| c.oversign_headers.clone()).unwrap_or_else(|| vec!["from".to_string()]),
+    };
+    let algorithm =
+        a.algorithm.clone().or_else(|| conf.and_then(|c| c.signature_algorithm).map(|k| k.algorithm().into()));
+    Template {
         canon,
         headers,
         oversign,
         body_length: a.body_length || conf.is_some_and(|c| c.body_length),
         expire: a.expire.or_else(|| conf.and_then(|c| c.signature_ttl)),
-        algorithm: a.algorithm.clone().or_else(|| conf.and_then(|c| c.signature_algorithm.clone())),
+        algorithm,
         // MinimumKeyBits is a verification setting in OpenDKIM (opendkim.conf(5)): it does not
         // refuse our own signing keys (which would defer all mail). RFC 8301's 1024 applies.
         min_bits: dkimpress::dkim::key::MIN_RSA_BITS,
         strict_keys: a.strict_keys || conf.is_some_and(|c| c.require_safe_keys),
         identity: None,
-    };
-    if let Some(c) = conf {
-        let (spec, selector, key_file) = match &c.signing {
-            conf::Signing::Nothing => {
-                return Err(CliError::Config(format!(
-                    "{}: nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile",
-                    c.path.display()
-                ))
-                .into())
-            }
-            conf::Signing::Tables { key_table, signing_table } => {
-                let multiple = c.multiple_signatures || a.multiple_signatures;
-                let t = Tables::open(key_table, signing_table, multiple, template, &c.dir, db)?;
-                return Ok(KeySource::Tables(Box::new(t)));
-            }
-            conf::Signing::Single { domain, selector, key_file } => (domain.clone(), selector.clone(), key_file),
-        };
-        let (key, warning) = SigningKey::from_path(key_file, template.strict_keys)?;
-        if let Some(w) = warning {
-            dkimpress::warnings::warn(&w.to_string());
-        }
-        let domains = if spec.contains(':') || std::path::Path::new(&spec).exists() {
-            dkimpress::select::DataSet::open(&spec, &c.dir, db)?.keys()?
-        } else {
-            split_list(&spec)
-        };
-        // Check the settings once, with the first domain.
-        if let Some(d) = domains.first() {
-            template.build(Arc::new(SigningKey::from_path(key_file, false)?.0), d, &selector)?;
-        }
-        return Ok(KeySource::Domains { domains, subdomains: c.subdomains, selector, key: Arc::new(key), template });
     }
+}
+
+/// What an opendkim.conf signs with: its KeyTable and SigningTable, or its one key for the
+/// domains it lists (a comma list or a data set).
+fn conf_source(a: &KeyArgs, c: &OpendkimConf, template: Template, db: DbSettings) -> anyhow::Result<KeySource> {
+    let (spec, selector, key_file) = match &c.signing {
+        conf::Signing::Nothing => {
+            return Err(CliError::Config(format!(
+                "{}: nothing to sign with: give KeyTable and SigningTable, or Domain, Selector and KeyFile",
+                c.path.display()
+            ))
+            .into())
+        }
+        conf::Signing::Tables { key_table, signing_table } => {
+            let multiple = c.multiple_signatures || a.multiple_signatures;
+            let t = Tables::open(key_table, signing_table, multiple, template, &c.dir, db)?;
+            return Ok(KeySource::Tables(Box::new(t)));
+        }
+        conf::Signing::Single { domain, selector, key_file } => (domain, selector.clone(), key_file),
+    };
+    let key = load_key(key_file, template.strict_keys)?;
+    let domains = if spec.contains(':') || Path::new(spec).exists() {
+        DataSet::open(spec, &c.dir, db)?.keys()?
+    } else {
+        split_list(spec)
+    };
+    // Check the settings once, with the first domain.
+    if let Some(d) = domains.first() {
+        template.build(Arc::new(SigningKey::from_path(key_file, false)?.0), d, &selector)?;
+    }
+    Ok(KeySource::Domains { domains, subdomains: c.subdomains, selector, key, template })
+}
+
+/// What the flags sign with: `--key-table` and `--signing-table`, or each `-k` key with its
+/// `-d` and `-s`.
+fn flag_source(a: &KeyArgs, template: Template, db: DbSettings) -> anyhow::Result<KeySource> {
     if let (Some(kt), Some(st)) = (&a.key_table, &a.signing_table) {
-        let t = Tables::open(kt, st, a.multiple_signatures, template, std::path::Path::new("."), db)?;
+        let t = Tables::open(kt, st, a.multiple_signatures, template, Path::new("."), db)?;
         return Ok(KeySource::Tables(Box::new(t)));
     }
     if a.keys.is_empty() {
@@ -148,11 +161,7 @@ pub(super) fn key_source_with(
         let key = match loaded.iter().find(|(p, _)| p == path) {
             Some((_, k)) => k.clone(),
             None => {
-                let (key, warning) = SigningKey::from_path(path, a.strict_keys)?;
-                if let Some(w) = warning {
-                    dkimpress::warnings::warn(&w.to_string());
-                }
-                let key = Arc::new(key);
+                let key = load_key(path, a.strict_keys)?;
                 loaded.push((path.clone(), key.clone()));
                 key
             }
@@ -167,9 +176,13 @@ pub(super) fn key_source_with(
     Ok(KeySource::Fixed(signers))
 }
 
-/// Splits a header-name list given as `a:b:c` or `a, b, c`.
-pub(super) fn split_list(s: &str) -> Vec<String> {
-    s.split([':', ',']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+/// A private key, with the warning about its permissions (when `strict` does not refuse them).
+fn load_key(path: &Path, strict: bool) -> anyhow::Result<Arc<SigningKey>> {
+    let (key, warning) = SigningKey::from_path(path, strict)?;
+    if let Some(w) = warning {
+        dkimpress::warnings::warn(&w.to_string());
+    }
+    Ok(Arc::new(key))
 }
 
 /// The n-th of a repeated option given once for all, or once per key.

@@ -2,8 +2,9 @@
 //! testkey.
 
 use crate::cli::args::{RecordArgs, ReportFormat};
+use crate::cli::conf::split_list;
 use crate::cli::error::{usage, write_failed, CliError};
-use crate::cli::keys::{key_lookup, split_list};
+use crate::cli::keys::key_lookup;
 use clap::Args;
 use dkimpress::dkim::canon::Canonicalization;
 use dkimpress::dkim::key::{KeyType, SigningKey};
@@ -105,9 +106,7 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         // The file's Nameservers, as opendkim-testkey reads them (and our milter), unless the
         // command line names servers or asks for offline records only.
         if records.dns_servers.is_empty() && records.zones.is_empty() && records.key_dirs.is_empty() {
-            if let Some(list) = &c.nameservers {
-                records.dns_servers = nameservers(p, list)?;
-            }
+            records.dns_servers = c.nameservers.clone();
         }
         // `load` refuses a file that names no keys: it is tables or a single key.
         use crate::cli::conf::Signing;
@@ -178,24 +177,6 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-/// The servers of an opendkim.conf `Nameservers` list (comma-separated IP addresses, as
-/// opendkim.conf(5) has them; `IP:PORT` is accepted too), checked here so that a wrong entry is
-/// named as the file's, not as a `--dns-server` flag nobody gave.
-fn nameservers(conf: &Path, list: &str) -> anyhow::Result<Vec<String>> {
-    let servers: Vec<String> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
-    for s in &servers {
-        if s.parse::<std::net::SocketAddr>().is_err() && s.parse::<std::net::IpAddr>().is_err() {
-            return Err(CliError::Config(format!(
-                "{}: Nameservers {:?}: expected IP addresses (or IP:PORT), comma-separated",
-                conf.display(),
-                pipeline::sanitize(s)
-            ))
-            .into());
-        }
-    }
-    Ok(servers)
 }
 
 /// What deserves a look in a record that matches: testing mode, a short RSA key, no `h=`

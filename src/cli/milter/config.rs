@@ -3,159 +3,15 @@
 //! checked, typed values.
 
 use super::{admit, hostname, MilterArgs, DEFAULT_CONF};
-use crate::cli::conf;
+use crate::cli::conf::{self, Actions, Mode};
 use crate::cli::error::{usage, CliError};
 use crate::cli::keys::{db_settings, key_lookup, key_source_with};
 use crate::cli::mta::InternalHosts;
 use dkimpress::dkim::verify::{self, KeyResult};
 use dkimpress::pipeline;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What `On-*` can say (opendkim.conf(5)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Deliver.
-    Accept,
-    /// 451: the MTA tells the client to retry.
-    Tempfail,
-    /// 550.
-    Reject,
-    /// Accept and drop.
-    Discard,
-    /// Hold in the MTA's quarantine (Postfix: the hold queue).
-    Quarantine,
-}
-
-impl Action {
-    fn parse(v: &str) -> Option<Action> {
-        // The words opendkim compares with (case-insensitively), and their first letters: a
-        // typo must not turn into an action nobody chose ("defer" is not "discard").
-        Some(match v.trim().to_ascii_lowercase().as_str() {
-            "a" | "accept" => Action::Accept,
-            "t" | "tempfail" => Action::Tempfail,
-            "r" | "reject" => Action::Reject,
-            "d" | "discard" => Action::Discard,
-            "q" | "quarantine" => Action::Quarantine,
-            _ => return None,
-        })
-    }
-
-    /// The word, for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Accept => "accept",
-            Action::Tempfail => "tempfail",
-            Action::Reject => "reject",
-            Action::Discard => "discard",
-            Action::Quarantine => "quarantine",
-        }
-    }
-}
-
-/// The conditions `On-*` names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Condition {
-    /// Everything else (a pass).
-    Default,
-    /// A signature did not verify.
-    BadSignature,
-    /// A key could not be fetched now.
-    DnsError,
-    /// Our own failure (key store down, a panic).
-    InternalError,
-    /// The signing key's record does not exist.
-    KeyNotFound,
-    /// Inbound mail without a signature.
-    NoSignature,
-    /// Something looked hostile.
-    Security,
-    /// A signature could not be made.
-    SignatureError,
-    /// A policy check failed (OpenDKIM's ADSP-era condition: read, never raised here).
-    PolicyError,
-}
-
-impl Condition {
-    const ALL: [Condition; 9] = [
-        Condition::Default,
-        Condition::BadSignature,
-        Condition::DnsError,
-        Condition::InternalError,
-        Condition::KeyNotFound,
-        Condition::NoSignature,
-        Condition::Security,
-        Condition::SignatureError,
-        Condition::PolicyError,
-    ];
-
-    /// The opendkim.conf key.
-    pub fn key(self) -> &'static str {
-        match self {
-            Condition::Default => "On-Default",
-            Condition::BadSignature => "On-BadSignature",
-            Condition::DnsError => "On-DNSError",
-            Condition::InternalError => "On-InternalError",
-            Condition::KeyNotFound => "On-KeyNotFound",
-            Condition::NoSignature => "On-NoSignature",
-            Condition::Security => "On-Security",
-            Condition::SignatureError => "On-SignatureError",
-            Condition::PolicyError => "On-PolicyError",
-        }
-    }
-
-    /// OpenDKIM's defaults: failures we cause or cannot judge now defer (nothing is lost), the
-    /// results of verification are only reported.
-    fn default_action(self) -> Action {
-        match self {
-            Condition::DnsError | Condition::InternalError | Condition::Security | Condition::SignatureError => {
-                Action::Tempfail
-            }
-            _ => Action::Accept,
-        }
-    }
-}
-
-/// The action per condition.
-#[derive(Debug, Clone)]
-pub struct Actions(HashMap<Condition, Action>);
-
-impl Actions {
-    /// From the `On-*` lines: `On-Default` first sets every condition the file does not name.
-    fn from_conf(lines: &[(String, String)]) -> Result<Actions, String> {
-        let mut m: HashMap<Condition, Action> = Condition::ALL.iter().map(|c| (*c, c.default_action())).collect();
-        let find = |name: &str| Condition::ALL.into_iter().find(|c| c.key()[3..].eq_ignore_ascii_case(name));
-        let mut named = vec![];
-        let mut default = None;
-        for (name, value) in lines {
-            let c = find(name).ok_or_else(|| format!("On-{name}: not a condition"))?;
-            let a = Action::parse(value).ok_or_else(|| {
-                format!("On-{name} {value:?}: expected accept, tempfail, reject, discard or quarantine")
-            })?;
-            if c == Condition::Default {
-                default = Some(a);
-            } else {
-                named.push((c, a));
-            }
-        }
-        if let Some(a) = default {
-            for c in Condition::ALL {
-                m.insert(c, a);
-            }
-        }
-        for (c, a) in named {
-            m.insert(c, a);
-        }
-        Ok(Actions(m))
-    }
-
-    /// The action for `c`.
-    pub fn get(&self, c: Condition) -> Action {
-        self.0.get(&c).copied().unwrap_or(c.default_action())
-    }
-}
 
 /// The key of (selector, domain) for verification, looked up on behalf of a party (the SMTP
 /// client's address; empty for a local one), whose fair share of the lookups it takes.
@@ -242,12 +98,12 @@ pub(super) fn daemon_conf(a: &MilterArgs) -> anyhow::Result<Option<conf::Opendki
     })
 }
 
-pub(super) fn mode_of(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<(bool, bool)> {
-    let mode = a.mode.clone().or_else(|| c.and_then(|c| c.mode.clone())).unwrap_or_else(|| "sv".into());
-    if mode.is_empty() || !mode.chars().all(|ch| ch == 's' || ch == 'v') {
-        return Err(usage(format!("--mode {mode:?}: expected s, v or sv")));
+/// What the daemon does: `--mode`, else the file's `Mode` (checked when read), else `sv`.
+pub(super) fn mode_of(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Mode> {
+    match &a.mode {
+        Some(m) => Mode::parse(m).ok_or_else(|| usage(format!("--mode {m:?}: expected s, v or sv"))),
+        None => Ok(c.and_then(|c| c.mode).unwrap_or(Mode::SIGN_AND_VERIFY)),
     }
-    Ok((mode.contains('s'), mode.contains('v')))
 }
 
 /// Whether the milter signs at all: the mode says so and there are keys. A configuration
@@ -266,9 +122,9 @@ pub(super) fn load_settings(
     c: Option<&conf::OpendkimConf>,
     budget: Arc<admit::MemoryBudget>,
 ) -> anyhow::Result<Settings> {
-    let (signs, verifies) = mode_of(a, c)?;
+    let mode = mode_of(a, c)?;
     let cfg_err = |e: String| anyhow::Error::from(CliError::Config(e));
-    let sign = if signs && has_keys(a, c) { Some(key_source_with(&a.k, c)?) } else { None };
+    let sign = if mode.sign && has_keys(a, c) { Some(key_source_with(&a.k, c)?) } else { None };
     let dir = c.map(|c| c.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
     let db = db_settings(&a.k)?;
     let internal = match a.internal_hosts.as_ref().or(c.and_then(|c| c.internal_hosts.as_ref())) {
@@ -283,23 +139,23 @@ pub(super) fn load_settings(
         Some(spec) => Some(InternalHosts::load_named("PeerList", spec, &dir, db).map_err(cfg_err)?),
         None => None,
     };
-    let actions = Actions::from_conf(c.map(|c| c.on.as_slice()).unwrap_or_default()).map_err(cfg_err)?;
+    let actions = c.map(|c| c.on.clone()).unwrap_or_default();
     // `AuthservID HOSTNAME` means this host's name (opendkim.conf(5)); no setting means the
     // MTA's name, per connection (Session::authserv_id).
+    // The file's AuthservID was checked when read; the flag's value and this host's name are
+    // checked here.
     let authserv_id = match a.authserv_id.clone().or_else(|| c.and_then(|c| c.authserv_id.clone())) {
         Some(id) if id == "HOSTNAME" => Some(hostname()),
         other => other,
     };
     if let Some(id) = &authserv_id {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        if !verify::is_authserv_id(id) {
             return Err(CliError::Config(format!("AuthservID {id:?}: expected a host name")).into());
         }
     }
     let mut records = a.records.clone();
     if records.dns_servers.is_empty() {
-        if let Some(ns) = c.and_then(|c| c.nameservers.as_ref()) {
-            records.dns_servers = ns.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        }
+        records.dns_servers = c.map(|c| c.nameservers.clone()).unwrap_or_default();
     }
     // A daemon lives longer than DNS answers: keys are asked again after five minutes. One
     // lookup per key however many connections want it at once (lookup::KeyCache).
@@ -317,7 +173,7 @@ pub(super) fn load_settings(
     }
     Ok(Settings {
         sign,
-        verify: verifies,
+        verify: mode.verify,
         internal,
         external_ignore,
         peers,

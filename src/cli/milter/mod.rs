@@ -9,8 +9,9 @@ mod config;
 pub mod proto;
 pub mod session;
 
+pub use crate::cli::conf::{Action, Condition};
 use config::{conf_path, daemon, daemon_conf, has_keys, load_settings, mode_of, Daemon};
-pub use config::{Action, Condition, Settings, LOOKUP_BUDGET};
+pub use config::{Settings, LOOKUP_BUDGET};
 
 use crate::cli::args::{parse_size, KeyArgs, RecordArgs};
 use crate::cli::error::CliError;
@@ -357,7 +358,7 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
     // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
     let settings = RwLock::new(Arc::new(load_settings(&a, c.as_ref(), budget.clone())?));
     log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(&a, c.as_ref())));
-    if mode_of(&a, c.as_ref()).is_ok_and(|(s, _)| s) && !has_keys(&a, c.as_ref()) {
+    if mode_of(&a, c.as_ref()).is_ok_and(|m| m.sign) && !has_keys(&a, c.as_ref()) {
         log.warn("no keys configured (KeyTable/SigningTable or Domain/Selector/KeyFile): nothing will be signed");
     }
     notify_systemd("READY=1");
@@ -517,7 +518,7 @@ fn check_config(a: &MilterArgs) -> anyhow::Result<ExitCode> {
             eprintln!("dkimpress: {}:{line}: {key}: an opendkim key without effect here; ignored", c.path.display());
         }
     }
-    let signs = mode_of(a, c.as_ref()).is_ok_and(|(s, _)| s) && has_keys(a, c.as_ref());
+    let signs = mode_of(a, c.as_ref()).is_ok_and(|m| m.sign) && has_keys(a, c.as_ref());
     eprintln!(
         "dkimpress: {shown}: configuration OK ({} mode{})",
         mode_name(a, c.as_ref()),
@@ -528,8 +529,8 @@ fn check_config(a: &MilterArgs) -> anyhow::Result<ExitCode> {
 
 fn mode_name(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> &'static str {
     match mode_of(a, c) {
-        Ok((true, true)) => "sign and verify",
-        Ok((true, false)) => "sign",
+        Ok(conf::Mode { sign: true, verify: true }) => "sign and verify",
+        Ok(conf::Mode { sign: true, verify: false }) => "sign",
         _ => "verify",
     }
 }
