@@ -1,6 +1,7 @@
-//! `dkimpress sign` in pipe mode: output layout, exit codes, key checks, golden signatures.
+//! `dkimpress sign` in pipe mode: output layout, exit codes (and `filter`'s on a usage error),
+//! key checks, key material kept out of errors, golden signatures.
 
-use crate::util::{testdata, Dir};
+use crate::util::{self, message, stderr, testdata, Dir};
 use std::os::unix::fs::PermissionsExt as _;
 
 const MSG: &[u8] = b"From: alice@example.com\nTo: bob@example.org\nSubject: hi\n\nhello\n";
@@ -236,5 +237,37 @@ dktest!(
             let out = dir.cmd().args(["completions", shell]).ok();
             assert!(String::from_utf8_lossy(&out).contains("genkey"), "{shell}");
         }
+    }
+);
+
+dktest!(
+    /// A key pasted into opendkim.conf as KeyFile (every key format) never appears in
+    /// an error.
+    key_material_never_in_errors,
+    |dir| {
+        let rsa = std::fs::read_to_string(util::testdata("keys/test.private")).unwrap();
+        let ed = std::fs::read_to_string(util::testdata("keys/test-ed.private")).unwrap();
+        let bare = |pem: &str| pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
+        for (name, key) in [("rsa-pem", rsa.clone()), ("ed-pem", ed.clone()), ("rsa-b64", bare(&rsa)), ("ed-b64", bare(&ed))] {
+            let conf = dir.write(&format!("{name}.conf"), format!("Domain example.com\nSelector s\nKeyFile {key}\n").as_bytes());
+            let out = dir.cmd().args(["sign", "--config"]).arg(&conf).stdin(&message()).run();
+            assert_ne!(out.status.code(), Some(0), "{name}");
+            let err = stderr(&out);
+            for line in key.lines().filter(|l| l.len() > 8 && !l.starts_with("-----")) {
+                assert!(!err.contains(line), "{name}: key text in: {err}");
+                assert!(!err.contains(&line[..20]), "{name}: key text in: {err}");
+            }
+        }
+    }
+);
+
+dktest!(
+    /// A mistyped `filter` option in master.cf defers (75) instead of bouncing (64).
+    filter_usage_error_defers,
+    |dir| {
+        let out = dir.cmd().args(["filter", "--no-such-option", "--", "/bin/true"]).stdin(&message()).run();
+        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+        let out = dir.cmd().args(["sign", "--no-such-option"]).stdin(&message()).run();
+        assert_eq!(out.status.code(), Some(64));
     }
 );

@@ -1,9 +1,10 @@
 //! Multi-domain signing: KeyTable/SigningTable files (plain and refile), opendkim.conf, keys in
-//! a real PostgreSQL server, and `testkey`.
+//! a real PostgreSQL server, a database that never answers, and `testkey`.
 
 use crate::pg::PgServer;
-use crate::util::{dkimpy_available, dkimpy_verify, Dir};
+use crate::util::{dkimpy_available, dkimpy_verify, key, leftovers, mbox, message, stderr, Dir};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Keys for three domains (genkey), their zone records in `dir/keys`.
 fn three_keys(dir: &Dir) -> Vec<(&'static str, &'static str, PathBuf)> {
@@ -331,5 +332,67 @@ dktest!(
             let v = dir.cmd().args(["verify", "--dns-zone"]).arg(&zone).stdin(&out).run();
             assert_eq!(v.status.code(), Some(0), "{from}: {}", String::from_utf8_lossy(&v.stdout));
         }
+    }
+);
+
+/// A TCP server on 127.0.0.1 that accepts connections and never answers.
+fn silent_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for c in l.incoming() {
+            held.push(c);
+        }
+    });
+    port
+}
+
+dktest!(
+    /// A PostgreSQL server that accepts but never answers defers (75) after
+    /// --db-timeout in pipe mode, in bulk mode (it was 65: the run went on unsigned) and as
+    /// the source of `Domain`; a DSN without a user is a configuration error (78).
+    database_hang_and_errors_defer,
+    |dir| {
+        let port = silent_server();
+        let dsn = |t: &str| format!("dsn:pgsql://dkim@{port}+127.0.0.1/mail/table={t}?keycol=k?datacol=v");
+        let started = Instant::now();
+        let args = ["--key-table".to_string(), dsn("keys"), "--signing-table".to_string(), dsn("signers")];
+        let out = dir.cmd().args(["sign", "--db-timeout", "1"]).args(&args).stdin(&message()).run();
+        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+        let data = mbox(3);
+        let mb = dir.write("a.mbox", &data);
+        let out = dir.cmd().args(["sign", "-q", "--in-place", "--db-timeout", "1"]).args(&args).arg(&mb).run();
+        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+        assert_eq!(std::fs::read(&mb).unwrap(), data);
+        assert!(leftovers(dir.path()).is_empty());
+        let k = key(&dir);
+        let conf = dir.write(
+            "dkim.conf",
+            format!("Domain {}\nSelector test\nKeyFile {}\n", dsn("domains"), k.display()).as_bytes(),
+        );
+        let out = dir.cmd().args(["sign", "--db-timeout", "1", "--config"]).arg(&conf).stdin(&message()).run();
+        assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+
+        let userless = "dsn:pgsql://127.0.0.1/mail/table=t?keycol=k?datacol=v";
+        let out = dir.cmd().args(["sign", "--key-table", userless, "--signing-table", userless]).stdin(&message()).run();
+        assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+        assert!(stderr(&out).contains("no user"));
+    }
+);
+
+dktest!(
+    /// MinimumKeyBits is a verification setting in OpenDKIM; it does not refuse our
+    /// own signing key (which deferred all mail).
+    minimum_key_bits_does_not_refuse_signing,
+    |dir| {
+        let k = key(&dir);
+        let conf = dir.write(
+            "dkim.conf",
+            format!("Domain example.com\nSelector test\nKeyFile {}\nMinimumKeyBits 4096\n", k.display()).as_bytes(),
+        );
+        let out = dir.cmd().args(["sign", "--config"]).arg(&conf).stdin(&message()).ok();
+        assert!(out.starts_with(b"DKIM-Signature:"));
     }
 );

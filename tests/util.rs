@@ -254,3 +254,50 @@ pub fn strip_added(out: &[u8], marker: &str) -> Vec<u8> {
     }
     res
 }
+
+/// The `dkimpress` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dkimpress")
+}
+
+/// The shipped RSA test key, copied with mode 0600 into the test directory.
+pub fn key(dir: &Dir) -> PathBuf {
+    let p = dir.write("test.private", &std::fs::read(testdata("keys/test.private")).unwrap());
+    set_mode(&p, 0o600);
+    p
+}
+
+/// Sets the permission bits of `p`.
+pub fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `-d example.com -s test -k KEY`, with [`key`] copied into `dir`.
+pub fn key_args(dir: &Dir) -> Vec<String> {
+    vec!["-d".into(), "example.com".into(), "-s".into(), "test".into(), "-k".into(), key(dir).display().to_string()]
+}
+
+/// A plain message with LF line ends, from `testdata/messages`.
+pub fn message() -> Vec<u8> {
+    std::fs::read(testdata("messages/plain-lf.eml")).unwrap()
+}
+
+/// An mbox of `n` generated messages with LF line ends.
+pub fn mbox(n: usize) -> Vec<u8> {
+    gen_mbox(n, false)
+}
+
+/// What a run wrote to stderr, as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Temporary files a run left beside its output.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".dkimpress-") || n.ends_with(".lock"))
+        .collect()
+}
