@@ -373,6 +373,15 @@ pub(crate) fn split_list(s: &str) -> Vec<String> {
     s.split([':', ',']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
+/// `value`, which `key` must have.
+fn need(key: &str, value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err(format!("{key} needs a value"))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
 /// How deep `Include` may nest (a loop is an error, not a hang).
 const MAX_INCLUDE_DEPTH: usize = 8;
 
@@ -449,7 +458,6 @@ impl OpendkimConf {
             line: 0,
             reason: e.to_string(),
         })?;
-        let c = self;
         for (n, raw) in text.lines().enumerate() {
             let line_no = n + 1;
             let err = |reason: String| ConfError { path: shown.clone(), line: line_no, reason };
@@ -465,87 +473,93 @@ impl OpendkimConf {
             let Some(&key) = known else {
                 return Err(err(format!("unknown key {key:?} (not an opendkim.conf key)")));
             };
-            let need =
-                |v: &str| if v.is_empty() { Err(err(format!("{key} needs a value"))) } else { Ok(v.to_string()) };
-            let flag = |v: &str| boolean(v).ok_or_else(|| err(format!("{key} takes yes or no, not {v:?}")));
-            let number = |v: &str| v.parse::<u64>().map_err(|_| err(format!("{key} {v:?} is not a number")));
-            match key {
-                "Domain" => raw_keys.domain = Some(need(value)?),
-                "Selector" => raw_keys.selector = Some(need(value)?),
-                "KeyFile" => raw_keys.key_file = Some(c.dir.join(need(value)?)),
-                "KeyTable" => raw_keys.key_table = Some(need(value)?),
-                "SigningTable" => raw_keys.signing_table = Some(need(value)?),
-                "Canonicalization" => {
-                    let v = need(value)?;
-                    c.canonicalization = Some(v.parse().map_err(|e| err(format!("{key} {v:?}: {e}")))?);
+            if key == "Include" {
+                if depth >= MAX_INCLUDE_DEPTH {
+                    return Err(err(format!("Include nested more than {MAX_INCLUDE_DEPTH} deep (a loop?)")));
                 }
-                "SignatureAlgorithm" => c.signature_algorithm = Some(algorithm(&need(value)?).map_err(err)?),
-                "SignHeaders" => c.sign_headers = Some(split_list(&need(value)?)),
-                "OversignHeaders" => c.oversign_headers = Some(split_list(value)),
-                "MinimumKeyBits" => c.minimum_key_bits = Some(number(value)? as usize),
-                "SubDomains" => c.subdomains = flag(value)?,
-                "MultipleSignatures" => c.multiple_signatures = flag(value)?,
-                "RequireSafeKeys" => c.require_safe_keys = flag(value)?,
-                "IncludeBodyLength" => c.body_length = flag(value)?,
-                "InternalHosts" => c.internal_hosts = Some(need(value)?),
-                "ExternalIgnoreList" => c.external_ignore_list = Some(need(value)?),
-                "Socket" => c.socket = Some(need(value)?),
-                "UserID" => c.user_id = Some(need(value)?),
-                "PidFile" => c.pid_file = Some(PathBuf::from(need(value)?)),
-                "UMask" => {
-                    c.umask = Some(
-                        u32::from_str_radix(value, 8)
-                            .ok()
-                            .filter(|m| *m <= 0o777)
-                            .ok_or_else(|| err(format!("UMask {value:?} is not an octal mode")))?,
-                    )
-                }
-                "Syslog" => c.syslog = Some(flag(value)?),
-                "SyslogSuccess" => c.syslog_success = flag(value)?,
-                "LogWhy" => c.log_why = flag(value)?,
-                "AuthservID" => {
-                    let v = need(value)?;
-                    if !dkimpress::dkim::verify::is_authserv_id(&v) {
-                        return Err(err(format!("{key} {v:?}: expected a host name")));
-                    }
-                    c.authserv_id = Some(v);
-                }
-                "AlwaysAddARHeader" => c.always_add_ar = flag(value)?,
-                "KeepAuthResults" => c.keep_auth_results = flag(value)?,
-                "MTA" => c.mta = need(value)?.split(',').map(|s| s.trim().to_string()).collect(),
-                "Nameservers" => c.nameservers = nameservers(&need(value)?).map_err(err)?,
-                "PeerList" => c.peer_list = Some(need(value)?),
-                k if k.starts_with("On-") => {
-                    // The key is one of MILTER_ONLY's On-* names, each a condition.
-                    let Some(condition) = Condition::ALL.into_iter().find(|cond| cond.key() == k) else {
-                        return Err(err(format!("{key}: not a condition")));
-                    };
-                    let v = need(value)?;
-                    let action = Action::parse(&v).ok_or_else(|| {
-                        err(format!("{key} {v:?}: expected accept, tempfail, reject, discard or quarantine"))
-                    })?;
-                    raw_keys.on.push((condition, action));
-                }
-                "Include" => {
-                    if depth >= MAX_INCLUDE_DEPTH {
-                        return Err(err(format!("Include nested more than {MAX_INCLUDE_DEPTH} deep (a loop?)")));
-                    }
-                    let inc = c.dir.join(need(value)?);
-                    c.read_file(&inc, raw_keys, depth + 1)?;
-                }
-                "Mode" => {
-                    let v = need(value)?;
-                    c.mode = Some(Mode::parse(&v).ok_or_else(|| err(format!("Mode {v:?}: expected s, v or sv")))?);
-                }
-                "SignatureTTL" => c.signature_ttl = Some(number(value)?),
-                other => c.ignored.push((line_no, other.to_string())),
+                let inc = self.dir.join(need(key, value).map_err(err)?);
+                self.read_file(&inc, raw_keys, depth + 1)?;
+            } else if !self.set(key, value, raw_keys).map_err(err)? {
+                self.ignored.push((line_no, key.to_string()));
             }
             // Read for the milter daemon, without effect on the other commands: listed with them.
             if MILTER_ONLY.contains(&key) {
-                c.milter_keys.push((line_no, key.to_string()));
+                self.milter_keys.push((line_no, key.to_string()));
             }
         }
         Ok(())
+    }
+
+    /// Takes `key` (a known key other than `Include`) with its `value`, checked and typed;
+    /// `false` when dkimpress does not use it. The error says what is wrong with the value.
+    fn set(&mut self, key: &'static str, value: &str, raw_keys: &mut RawKeys) -> Result<bool, String> {
+        let c = self;
+        let need = |v: &str| need(key, v);
+        let flag = |v: &str| boolean(v).ok_or_else(|| format!("{key} takes yes or no, not {v:?}"));
+        let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{key} {v:?} is not a number"));
+        match key {
+            "Domain" => raw_keys.domain = Some(need(value)?),
+            "Selector" => raw_keys.selector = Some(need(value)?),
+            "KeyFile" => raw_keys.key_file = Some(c.dir.join(need(value)?)),
+            "KeyTable" => raw_keys.key_table = Some(need(value)?),
+            "SigningTable" => raw_keys.signing_table = Some(need(value)?),
+            "Canonicalization" => {
+                let v = need(value)?;
+                c.canonicalization = Some(v.parse().map_err(|e| format!("{key} {v:?}: {e}"))?);
+            }
+            "SignatureAlgorithm" => c.signature_algorithm = Some(algorithm(&need(value)?)?),
+            "SignHeaders" => c.sign_headers = Some(split_list(&need(value)?)),
+            "OversignHeaders" => c.oversign_headers = Some(split_list(value)),
+            "MinimumKeyBits" => c.minimum_key_bits = Some(number(value)? as usize),
+            "SubDomains" => c.subdomains = flag(value)?,
+            "MultipleSignatures" => c.multiple_signatures = flag(value)?,
+            "RequireSafeKeys" => c.require_safe_keys = flag(value)?,
+            "IncludeBodyLength" => c.body_length = flag(value)?,
+            "InternalHosts" => c.internal_hosts = Some(need(value)?),
+            "ExternalIgnoreList" => c.external_ignore_list = Some(need(value)?),
+            "Socket" => c.socket = Some(need(value)?),
+            "UserID" => c.user_id = Some(need(value)?),
+            "PidFile" => c.pid_file = Some(PathBuf::from(need(value)?)),
+            "UMask" => {
+                c.umask = Some(
+                    u32::from_str_radix(value, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777)
+                        .ok_or_else(|| format!("UMask {value:?} is not an octal mode"))?,
+                )
+            }
+            "Syslog" => c.syslog = Some(flag(value)?),
+            "SyslogSuccess" => c.syslog_success = flag(value)?,
+            "LogWhy" => c.log_why = flag(value)?,
+            "AuthservID" => {
+                let v = need(value)?;
+                if !dkimpress::dkim::verify::is_authserv_id(&v) {
+                    return Err(format!("{key} {v:?}: expected a host name"));
+                }
+                c.authserv_id = Some(v);
+            }
+            "AlwaysAddARHeader" => c.always_add_ar = flag(value)?,
+            "KeepAuthResults" => c.keep_auth_results = flag(value)?,
+            "MTA" => c.mta = need(value)?.split(',').map(|s| s.trim().to_string()).collect(),
+            "Nameservers" => c.nameservers = nameservers(&need(value)?)?,
+            "PeerList" => c.peer_list = Some(need(value)?),
+            k if k.starts_with("On-") => {
+                // The key is one of MILTER_ONLY's On-* names, each a condition.
+                let condition =
+                    Condition::ALL.into_iter().find(|cond| cond.key() == k).ok_or(format!("{key}: not a condition"))?;
+                let v = need(value)?;
+                let action = Action::parse(&v)
+                    .ok_or_else(|| format!("{key} {v:?}: expected accept, tempfail, reject, discard or quarantine"))?;
+                raw_keys.on.push((condition, action));
+            }
+            "Mode" => {
+                let v = need(value)?;
+                c.mode = Some(Mode::parse(&v).ok_or_else(|| format!("Mode {v:?}: expected s, v or sv"))?);
+            }
+            "SignatureTTL" => c.signature_ttl = Some(number(value)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 }
 
