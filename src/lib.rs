@@ -12,18 +12,20 @@
 //! - [`select`]: which signatures a message gets (fixed keys, OpenDKIM Domain/KeyFile,
 //!   KeyTable/SigningTable data sets including PostgreSQL).
 //! - [`lookup`]: where verification keys come from (DNS, zone files, key directories).
-//! - [`arch`]: CPU-specific kernels; [`warnings`]: where warnings go (the library never
-//!   prints).
+//! - [`warnings`]: where warnings go (the library never prints).
 //!
-//! `unsafe` code is allowed in two modules only, each block with a `// SAFETY:` note: [`arch`]
-//! (the line-end kernels, prefetching) and [`pipeline::os`] (memory maps, locks and the other
-//! system calls of the pipeline). The binary's own system calls (the milter's users, privileges
-//! and signals) are in its `cli::os`.
+//! `unsafe` code is allowed in two modules only, each block with a `// SAFETY:` note: `arch`
+//! (the CPU-specific line-end kernels and prefetching under `dkim::canon`) and [`pipeline::os`]
+//! (memory maps, locks and the other system calls of the pipeline). The binary's own system
+//! calls (the milter's users, privileges and signals) are in its `cli::os`.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+// CPU-specific kernels behind canonicalization: public for the binary and the fuzz targets,
+// not part of the library's interface.
 #[allow(unsafe_code)]
+#[doc(hidden)]
 pub mod arch;
 /// Generated benchmark archives, for `dkimpress bench` and `benches/`: a test fixture, not part
 /// of the library's interface.
