@@ -169,9 +169,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .flat_map(|m| m.fields.iter())
                 .filter(|f| {
-                    f.is("authentication-results")
-                        && dkimpress::dkim::verify::authserv_id_of(f.value())
-                            .eq_ignore_ascii_case(id.trim_end_matches('.'))
+                    f.is("authentication-results") && dkimpress::dkim::verify::claims_authserv_id(f.value(), id)
                 })
                 .map(|f| f.offset..f.offset + f.raw.len())
                 .collect();

@@ -611,6 +611,13 @@ pub fn authserv_id_of(value: &[u8]) -> String {
     id.trim_end_matches('.').to_string()
 }
 
+/// Whether the Authentication-Results field value `value` claims the authserv-id `ours`
+/// (compared as host names: case and a final dot do not matter). Such a field that arrives
+/// with a message is a forgery to remove (RFC 8601 §5).
+pub fn claims_authserv_id(value: &[u8], ours: &str) -> bool {
+    authserv_id_of(value).eq_ignore_ascii_case(ours.trim_end_matches('.'))
+}
+
 /// Whether `id` can stand as our authserv-id: a host name (letters, digits, `.`, `-`, `_`),
 /// the token form of RFC 8601 §2.2. A CR or LF would let it inject header fields.
 pub fn is_authserv_id(id: &str) -> bool {

@@ -586,9 +586,9 @@ impl<'a> Session<'a> {
         if self.settings.keep_auth_results {
             return out;
         }
-        let ours = self.authserv_id().to_ascii_lowercase();
+        let ours = self.authserv_id();
         for (n, value) in self.ar_fields.iter().enumerate().rev() {
-            if verify::authserv_id_of(value).eq_ignore_ascii_case(ours.trim_end_matches('.')) {
+            if verify::claims_authserv_id(value, &ours) {
                 out.push(Response::ChangeHeader {
                     index: n as u32 + 1,
                     name: "Authentication-Results".into(),
