@@ -13,9 +13,9 @@ use super::{interrupted, BulkError};
 use std::path::Path;
 
 /// Most messages between the splitter and the writer (serial framing).
-pub const IN_FLIGHT: usize = 4096;
+pub(crate) const IN_FLIGHT: usize = 4096;
 /// Most input bytes between the splitter and the writer (a new unit waits beyond this).
-pub const IN_FLIGHT_BYTES: usize = 32 << 20;
+pub(crate) const IN_FLIGHT_BYTES: usize = 32 << 20;
 /// Most messages in one job.
 pub(crate) const BATCH_MESSAGES: usize = 32;
 /// Most input bytes in one job (a large message is a job of its own).
@@ -307,13 +307,13 @@ thread_local! {
 
 /// A directory entry as a worker sees it: the message bytes and the file's metadata, or why
 /// it cannot be read as a message.
-pub type Item<'a> = Result<(&'a [u8], &'a std::fs::Metadata), String>;
+pub(crate) type Item<'a> = Result<(&'a [u8], &'a std::fs::Metadata), String>;
 
 /// Runs `job` on every entry of `entries` (relative to `dir`) on the pool, each regular file
 /// read into a reused per-worker buffer, and hands the results to `emit` on one writer thread,
 /// in input order. Entries that are not regular files, cannot be read, or are larger than
 /// `max_message` reach `job` as `Err(reason)`.
-pub fn map_dir<R, J, E>(
+pub(crate) fn map_dir<R, J, E>(
     dir: &Path,
     entries: &[DirEntry],
     max_message: u64,

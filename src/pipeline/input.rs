@@ -38,7 +38,7 @@ impl std::str::FromStr for InputKind {
 /// directory a queue directory; a file starting with `From ` (after an optional UTF-8 BOM), or an
 /// empty file, is an mbox; any other file is one message. Reads the first octets of a regular
 /// file only: a pipe or device must go through [`open_source`], which keeps what it reads.
-pub fn detect(path: &Path) -> std::io::Result<InputKind> {
+pub(crate) fn detect(path: &Path) -> std::io::Result<InputKind> {
     let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
         return Ok(dir_kind(path));
@@ -169,7 +169,7 @@ pub(crate) fn too_large(path: &Path, len: u64, max: u64) -> BulkError {
 }
 
 /// Why a message of `len` octets is not handled: the one wording of the size limit.
-pub fn too_large_reason(len: u64, max: u64) -> String {
+pub(crate) fn too_large_reason(len: u64, max: u64) -> String {
     format!("{len} octets: larger than the message size limit of {max} (--max-message-size)")
 }
 
@@ -178,19 +178,19 @@ pub fn too_large_reason(len: u64, max: u64) -> String {
 pub const DEFAULT_MAX_MESSAGE: u64 = 512 << 20;
 
 /// Maps the mbox at `path` for one pass and checks that it is one.
-pub fn open_mbox(path: &Path) -> Result<Mapped, BulkError> {
+pub(crate) fn open_mbox(path: &Path) -> Result<Mapped, BulkError> {
     let file = std::fs::File::open(path).map_err(|e| input_err(path, e))?;
     map_mbox_file(&file, path)
 }
 
 /// Maps an open mbox file (one that is locked: see [`super::lock::MboxLock`]) and checks it.
-pub fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<Mapped, BulkError> {
+pub(crate) fn map_mbox_file(file: &std::fs::File, path: &Path) -> Result<Mapped, BulkError> {
     let mapped = os::map(file).map_err(|e| input_err(path, e))?;
     check_mbox(mapped, path)
 }
 
 /// Checks that mapped (or spooled) bytes are an mbox.
-pub fn check_mbox(mapped: Mapped, path: &Path) -> Result<Mapped, BulkError> {
+pub(crate) fn check_mbox(mapped: Mapped, path: &Path) -> Result<Mapped, BulkError> {
     mbox::check(&mapped).map_err(|e| BulkError::Format { path: path.display().to_string(), reason: e.to_string() })?;
     Ok(mapped)
 }
@@ -307,6 +307,6 @@ impl Shard {
 }
 
 /// The byte range of a file of `len` octets that `shard` owns (all of it without one).
-pub fn shard_range(shard: Option<Shard>, len: usize) -> std::ops::Range<usize> {
+pub(crate) fn shard_range(shard: Option<Shard>, len: usize) -> std::ops::Range<usize> {
     shard.map_or(0..len, |s| s.byte_range(len))
 }

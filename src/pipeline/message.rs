@@ -99,7 +99,7 @@ pub fn sign_message(policy: &SignPolicy, msg: &[u8]) -> Result<(Vec<u8>, Vec<Ran
 /// and the old own signatures to remove (with `strip_own`). The milter takes the same steps
 /// apart, choosing the keys when the header block ends and signing when the body has streamed
 /// past.
-pub fn sign_parsed_message(
+pub(crate) fn sign_parsed_message(
     policy: &SignPolicy,
     parsed: &Message,
     body: crate::dkim::sign::Body<'_>,
