@@ -287,7 +287,9 @@ dktest!(
                 .spawn()
                 .unwrap();
             let mut stdin = child.stdin.take().unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            // Not a fixed sleep: on a busy machine the process may not have set its handlers
+            // yet, and SIGHUP's default action would kill it.
+            assert!(handlers_installed(child.id()), "signal handlers not installed within 20 s");
             assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
             std::thread::sleep(Duration::from_millis(2500));
             match want {
@@ -307,3 +309,22 @@ dktest!(
         }
     }
 );
+
+/// Waits (up to 20 s) until process `pid` catches SIGTERM, which dkimpress's interrupt handler
+/// does once installed (the `SigCgt` mask of /proc/PID/status; SIGTERM is signal 15).
+fn handlers_installed(pid: u32) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << (15 - 1)) != 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
