@@ -358,6 +358,9 @@ impl<'f> WritesAt<'f> {
     pub(crate) fn write(&self, parts: &mut [std::io::IoSlice<'_>], offset: u64, bytes: usize) {
         let failed = self.state.lock().unwrap_or_else(|e| e.into_inner()).1.is_some();
         let result = if failed { Ok(()) } else { os::pwritev_all(self.file, parts, offset) };
+        if result.is_ok() {
+            os::start_writeback(self.file, offset, bytes);
+        }
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.0 -= bytes;
         if let (Err(e), None) = (result, &s.1) {
