@@ -8,6 +8,7 @@ use crate::cli::keys::key_lookup;
 use clap::Args;
 use dkimpress::dkim::canon::Canonicalization;
 use dkimpress::dkim::key::{KeyType, SigningKey};
+use dkimpress::dkim::verify::{KeyLookup, LookupError};
 use dkimpress::pipeline;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,38 +68,9 @@ pub(crate) fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), Stri
 }
 
 pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
-    use dkimpress::dkim::verify::LookupError;
-    // (label, domain, selector, key or the reason it cannot be loaded)
-    type Tested = (String, String, String, Result<Arc<SigningKey>, String>);
-    let mut keys: Vec<Tested> = vec![];
-    let template = dkimpress::select::Template {
-        canon: Canonicalization::default(),
-        headers: None,
-        oversign: vec!["from".into()],
-        body_length: false,
-        expire: None,
-        algorithm: None,
-        min_bits: dkimpress::dkim::key::MIN_RSA_BITS,
-        strict_keys: false,
-        identity: None,
-    };
-    let db = dkimpress::select::DbSettings::default();
-    let mut add_table = |kt: &str, base: &Path| -> anyhow::Result<()> {
-        let t = dkimpress::select::Tables::open(kt, "csl:", false, template.clone(), base, db)?;
-        let names = t.key_names()?;
-        if names.is_empty() {
-            return Err(CliError::Config(format!("{}: no keys in the KeyTable", dkimpress::select::redact(kt))).into());
-        }
-        for name in names {
-            match t.entry(&name) {
-                Ok((d, s, k)) => keys.push((name.clone(), d, s, Ok(k))),
-                Err(e) => keys.push((name.clone(), String::new(), String::new(), Err(e.to_string()))),
-            }
-        }
-        Ok(())
-    };
+    let mut keys = KeysToTest::default();
     if let Some(kt) = &a.key_table {
-        add_table(kt, Path::new("."))?;
+        keys.add_table(kt, Path::new("."))?;
     }
     let mut records = a.records.clone();
     if let Some(p) = &a.config {
@@ -108,42 +80,61 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
         if records.dns_servers.is_empty() && records.zones.is_empty() && records.key_dirs.is_empty() {
             records.dns_servers = c.nameservers.clone();
         }
-        // `load` refuses a file that names no keys: it is tables or a single key.
-        use crate::cli::conf::Signing;
-        if let Signing::Tables { key_table, .. } = &c.signing {
-            add_table(key_table, &c.dir)?;
-        } else if let Signing::Single { domain, selector: s, key_file } = &c.signing {
-            let key = SigningKey::from_path(key_file, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
-            for dom in split_list(domain) {
-                let dom = dkimpress::dkim::tags::to_a_labels(&dom).to_ascii_lowercase();
-                keys.push((format!("{s}._domainkey.{dom}"), dom, s.clone(), key.clone()));
-            }
-        }
+        keys.add_conf(&c)?;
     }
     if let (Some(d), Some(s), Some(k)) = (&a.domain, &a.selector, &a.key) {
-        // Looked up under the A-label name (RFC 8616 §3).
-        let d = &dkimpress::dkim::tags::to_a_labels(d).to_ascii_lowercase();
-        let key = SigningKey::from_path(k, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string());
-        keys.push((format!("{s}._domainkey.{d}"), d.clone(), s.clone(), key));
+        keys.add(d, s, load_key(k));
     }
-    if keys.is_empty() {
+    if keys.0.is_empty() {
         return Err(usage("nothing to test: give -d -s -k, --key-table, or --config"));
     }
     let lookup = key_lookup(&records)?;
     let mut bad = 0;
-    for (label, domain, selector, key) in &keys {
-        let name = format!("{selector}._domainkey.{domain}");
-        // The verdict, and the record it is about.
-        let mut checked: Option<String> = None;
-        let verdict = match key {
+    for key in &keys.0 {
+        let checked = key.check(&lookup);
+        if checked.verdict.is_err() {
+            bad += 1;
+        }
+        print_checked(&a, key, &checked)?;
+    }
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// One key to test.
+struct Tested {
+    /// How the report names it: its KeyTable name, or `selector._domainkey.domain`.
+    label: String,
+    domain: String,
+    selector: String,
+    /// The key, or the reason it cannot be loaded.
+    key: Result<Arc<SigningKey>, String>,
+}
+
+/// The outcome of testing one key.
+struct Checked {
+    /// Where its record is looked up: `selector._domainkey.domain`.
+    name: String,
+    /// What the key is (and any warning) when a record holds its public half, else why not.
+    verdict: Result<String, String>,
+    /// The last record compared with the key (sanitized), if any.
+    record: Option<String>,
+}
+
+impl Tested {
+    /// Looks up the key's record and compares it with the key: the first TXT record that
+    /// matches passes.
+    fn check(&self, lookup: &impl KeyLookup) -> Checked {
+        let name = format!("{}._domainkey.{}", self.selector, self.domain);
+        let mut record: Option<String> = None;
+        let verdict = match &self.key {
             Err(e) => Err(format!("cannot load the private key: {e}")),
-            Ok(key) => match dkimpress::dkim::verify::KeyLookup::txt(&lookup, &name) {
+            Ok(key) => match lookup.txt(&name) {
                 Err(LookupError::NotFound) => Err(format!("no TXT record at {name}")),
                 Err(LookupError::Temporary(e)) => Err(format!("lookup of {name} failed: {e}")),
                 Ok(records) => {
                     let mut result = Err(format!("no TXT record at {name}"));
                     for r in &records {
-                        checked = Some(pipeline::sanitize(&String::from_utf8_lossy(r)));
+                        record = Some(pipeline::sanitize(&String::from_utf8_lossy(r)));
                         result = record_matches(r, key).map(|()| {
                             format!("{} {} bits{}", key.key_type().as_str(), key.bits(), record_notes(r, key))
                         });
@@ -155,28 +146,100 @@ pub(crate) fn cmd_testkey(a: TestkeyArgs) -> anyhow::Result<ExitCode> {
                 }
             },
         };
-        if verdict.is_err() {
-            bad += 1;
-        }
-        let line = match (a.report, &verdict) {
-            (ReportFormat::Json, _) => serde_json::json!({
-                "key": label, "name": name, "result": if verdict.is_ok() { "ok" } else { "fail" },
-                "detail": verdict.as_ref().unwrap_or_else(|e| e), "record": checked,
-            })
-            .to_string(),
-            _ if a.quiet && verdict.is_ok() => continue,
-            (ReportFormat::Text, Ok(what)) => format!("{label}: OK ({name}, {what})"),
-            (ReportFormat::Text, Err(why)) => format!("{label}: {why}"),
+        Checked { name, verdict, record }
+    }
+}
+
+/// The keys to test, in the order given: `--key-table`, `--config`, then `-d -s -k`.
+#[derive(Default)]
+struct KeysToTest(Vec<Tested>);
+
+impl KeysToTest {
+    /// Every key of a KeyTable data set (file names in it relative to `base`); a key that
+    /// cannot be read is listed with the reason.
+    fn add_table(&mut self, kt: &str, base: &Path) -> anyhow::Result<()> {
+        let template = dkimpress::select::Template {
+            canon: Canonicalization::default(),
+            headers: None,
+            oversign: vec!["from".into()],
+            body_length: false,
+            expire: None,
+            algorithm: None,
+            min_bits: dkimpress::dkim::key::MIN_RSA_BITS,
+            strict_keys: false,
+            identity: None,
         };
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}").map_err(|e| write_failed("stdout", e))?;
-        if a.verbose && a.report == ReportFormat::Text {
-            if let Some(r) = &checked {
-                writeln!(out, "  record: {r}").map_err(|e| write_failed("stdout", e))?;
+        let db = dkimpress::select::DbSettings::default();
+        let t = dkimpress::select::Tables::open(kt, "csl:", false, template, base, db)?;
+        let names = t.key_names()?;
+        if names.is_empty() {
+            return Err(CliError::Config(format!("{}: no keys in the KeyTable", dkimpress::select::redact(kt))).into());
+        }
+        for name in names {
+            match t.entry(&name) {
+                Ok((d, s, k)) => self.0.push(Tested { label: name, domain: d, selector: s, key: Ok(k) }),
+                Err(e) => self.0.push(Tested {
+                    label: name,
+                    domain: String::new(),
+                    selector: String::new(),
+                    key: Err(e.to_string()),
+                }),
             }
         }
+        Ok(())
     }
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+
+    /// The keys of an opendkim.conf: its KeyTable, or its one key for each of its Domains.
+    fn add_conf(&mut self, c: &crate::cli::conf::OpendkimConf) -> anyhow::Result<()> {
+        // `load` refuses a file that names no keys: it is tables or a single key.
+        use crate::cli::conf::Signing;
+        if let Signing::Tables { key_table, .. } = &c.signing {
+            self.add_table(key_table, &c.dir)?;
+        } else if let Signing::Single { domain, selector, key_file } = &c.signing {
+            let key = load_key(key_file);
+            for dom in split_list(domain) {
+                self.add(&dom, selector, key.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// One key, looked up under the A-label name of its domain (RFC 8616 §3).
+    fn add(&mut self, domain: &str, selector: &str, key: Result<Arc<SigningKey>, String>) {
+        let domain = dkimpress::dkim::tags::to_a_labels(domain).to_ascii_lowercase();
+        let label = format!("{selector}._domainkey.{domain}");
+        self.0.push(Tested { label, domain, selector: selector.to_string(), key });
+    }
+}
+
+/// A private key file, or why it cannot be loaded.
+fn load_key(path: &Path) -> Result<Arc<SigningKey>, String> {
+    SigningKey::from_path(path, false).map(|(k, _)| Arc::new(k)).map_err(|e| e.to_string())
+}
+
+/// Prints the report of one key: a JSON object, or a line of text (none for a key that passes
+/// under `--quiet`) and with `--verbose` the record checked.
+fn print_checked(a: &TestkeyArgs, key: &Tested, checked: &Checked) -> anyhow::Result<()> {
+    let Checked { name, verdict, record } = checked;
+    let label = &key.label;
+    let line = match (a.report, verdict) {
+        (ReportFormat::Json, _) => serde_json::json!({
+            "key": label, "name": name, "result": if verdict.is_ok() { "ok" } else { "fail" },
+            "detail": verdict.as_ref().unwrap_or_else(|e| e), "record": record,
+        })
+        .to_string(),
+        _ if a.quiet && verdict.is_ok() => return Ok(()),
+        (ReportFormat::Text, Ok(what)) => format!("{label}: OK ({name}, {what})"),
+        (ReportFormat::Text, Err(why)) => format!("{label}: {why}"),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").map_err(|e| write_failed("stdout", e))?;
+    if a.verbose && a.report == ReportFormat::Text {
+        if let Some(r) = record {
+            writeln!(out, "  record: {r}").map_err(|e| write_failed("stdout", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// What deserves a look in a record that matches: testing mode, a short RSA key, no `h=`
