@@ -7,7 +7,10 @@ use crate::cli::keys::key_lookup;
 use crate::cli::{count, now_unix, read_stdin};
 use anyhow::Context as _;
 use clap::Args;
+use dkimpress::dkim::verify::{self, DkimResult, Policy, Verdict};
+use dkimpress::lookup::{Chain, KeyCache};
 use dkimpress::pipeline;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,121 +103,180 @@ pub(crate) fn verdict_json(
 }
 
 pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    use dkimpress::dkim::verify::{self, DkimResult, Policy};
-    use dkimpress::lookup::KeyCache;
     let limit =
         std::num::NonZeroUsize::new(a.dns_concurrency).ok_or_else(|| usage("--dns-concurrency must be at least 1"))?;
-    let lookup = key_lookup(&a.records)?;
-    let cache = KeyCache::with_limit(&lookup, limit);
-    let keys = |s: &str, d: &str| cache.get(s, d);
-    let policy = Policy {
-        allow_sha1: a.allow_sha1,
-        min_rsa_bits: a.min_key_bits,
-        clock_skew: a.clock_skew,
-        ..Policy::default()
+    let checker = Checker {
+        cache: KeyCache::with_limit(key_lookup(&a.records)?, limit),
+        policy: Policy {
+            allow_sha1: a.allow_sha1,
+            min_rsa_bits: a.min_key_bits,
+            clock_skew: a.clock_skew,
+            ..Policy::default()
+        },
+        now: a.at.unwrap_or_else(now_unix),
     };
-    let now = a.at.unwrap_or_else(now_unix);
-    let require_all = a.require == Require::All;
-    let json = a.report == ReportFormat::Json;
-    let judge = |vs: &[verify::Verdict]| -> bool {
-        if require_all {
-            !vs.is_empty() && vs.iter().all(|v| v.result == DkimResult::Pass)
-        } else {
-            verify::overall(vs) == DkimResult::Pass
-        }
-    };
-    // The verdicts of one message; a message that does not parse gets one permerror.
-    let check = |msg: &[u8]| -> Vec<verify::Verdict> {
-        match verify::verify_slice(msg, &keys, now, &policy) {
-            Ok(v) => v,
-            Err(e) => vec![verify::Verdict::new(DkimResult::PermError, verify::Reason::Unparsable(e))],
-        }
-    };
-
     let started = std::time::Instant::now();
     let stdin_mode = a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-");
     if a.add_ar.is_some() && !stdin_mode {
         return Err(usage("--add-ar is a filter: it reads one message on stdin"));
     }
-    let mut counts: std::collections::BTreeMap<DkimResult, u64> = Default::default();
-    let mut failed = 0u64;
-    let mut out = std::io::BufWriter::new(crate::cli::os::stdout_raw());
-    let mut report =
-        |out: &mut dyn std::io::Write, name: &str, file: &str, index: u64, offset: u64, vs: &[verify::Verdict]| {
-            let o = verify::overall(vs);
-            *counts.entry(o).or_default() += 1;
-            if !judge(vs) {
-                failed += 1;
-            }
-            let line = if json {
-                verdict_json(name, file, index, offset, vs, o)
-            } else {
-                verdict_line(name, vs, o, a.verbose)
-            };
-            writeln!(out, "{line}")
-        };
-
+    let mut report = Report::new(std::io::BufWriter::new(crate::cli::os::stdout_raw()), &a);
     if let Some(id) = &a.add_ar {
         check_authserv_id(id)?;
     }
     if stdin_mode {
         let buf = read_stdin(a.input.max_message())?;
-        let vs = check(&buf);
+        let vs = checker.verdicts(&buf);
         if let Some(id) = &a.add_ar {
-            let parsed = dkimpress::dkim::header::Message::parse(&buf).ok();
-            let le = if parsed.as_ref().is_some_and(|m| m.crlf) { "\r\n" } else { "\n" };
-            // RFC 8601 §5: Authentication-Results fields that claim our authserv-id and did not
-            // come from us are forgeries: remove them before adding ours.
-            let forged: Vec<std::ops::Range<usize>> = parsed
-                .iter()
-                .flat_map(|m| m.fields.iter())
-                .filter(|f| {
-                    f.is("authentication-results") && dkimpress::dkim::verify::claims_authserv_id(f.value(), id)
-                })
-                .map(|f| f.offset..f.offset + f.raw.len())
-                .collect();
-            let ar = verify::authentication_results(id, &vs, le);
-            out.write_all(ar.as_bytes())
-                .and_then(|_| pipeline::write_without(&mut out, &buf, &forged))
-                .and_then(|_| out.flush())
-                .map_err(|e| write_failed("stdout", e))?;
+            write_with_authentication_results(&mut report.out, id, &buf, &vs).map_err(|e| write_failed("stdout", e))?;
             return Ok(ExitCode::SUCCESS);
         }
-        report(&mut out, "stdin", "stdin", 1, 0, &vs).map_err(|e| write_failed("stdout", e))?;
+        report.message("stdin", "stdin", 1, 0, &vs).map_err(|e| write_failed("stdout", e))?;
     } else {
-        let threads = a.input.threads()?;
-        let pool =
-            rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
-        pipeline::io::install_interrupt_handler();
-        for p in &a.inputs {
-            let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
-            pipeline::verify_source(
-                source,
-                pipeline::Reading {
-                    fmt: a.input.mbox_format,
-                    shard: a.input.shard,
-                    framing: a.input.framing,
-                    max_message: a.input.max_message(),
-                },
-                &pool,
-                &check,
-                |c| report(&mut out, c.name, c.file, c.index, c.offset, &c.verdicts),
-            )?;
+        verify_files(&a, &checker, &mut report)?;
+    }
+    report.finish(started)
+}
+
+/// Verifies one message at a time with the run's keys, policy and clock.
+struct Checker {
+    /// Each key looked up once per run.
+    cache: KeyCache<Chain>,
+    policy: Policy,
+    /// The time signatures are checked at (`--at`, else now).
+    now: u64,
+}
+
+impl Checker {
+    /// The verdicts of one message; a message that does not parse gets one permerror.
+    fn verdicts(&self, msg: &[u8]) -> Vec<Verdict> {
+        let keys = |s: &str, d: &str| self.cache.get(s, d);
+        match verify::verify_slice(msg, &keys, self.now, &self.policy) {
+            Ok(v) => v,
+            Err(e) => vec![Verdict::new(DkimResult::PermError, verify::Reason::Unparsable(e))],
         }
     }
-    out.flush().map_err(|e| write_failed("stdout", e))?;
-    let total: u64 = counts.values().sum();
-    if !a.quiet {
-        let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        let took = if a.verbose { format!(" ({:.2} s)", started.elapsed().as_secs_f64()) } else { String::new() };
-        eprintln!("dkimpress: {}: {}; {failed} not verified{took}", count(total, "message"), parts.join(", "));
+}
+
+/// Verifies every message of the input files, on `--threads` workers, reporting them in input
+/// order.
+fn verify_files(a: &VerifyArgs, checker: &Checker, report: &mut Report<impl Write + Send>) -> anyhow::Result<()> {
+    let threads = a.input.threads()?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
+    pipeline::io::install_interrupt_handler();
+    for p in &a.inputs {
+        let source = pipeline::open_source(p, a.input.format, a.input.max_message())?;
+        pipeline::verify_source(
+            source,
+            pipeline::Reading {
+                fmt: a.input.mbox_format,
+                shard: a.input.shard,
+                framing: a.input.framing,
+                max_message: a.input.max_message(),
+            },
+            &pool,
+            &|msg: &[u8]| checker.verdicts(msg),
+            |c| report.message(c.name, c.file, c.index, c.offset, &c.verdicts),
+        )?;
     }
-    if total == 0 {
-        // Success over nothing would hide an input that was not what it seemed.
-        eprintln!("dkimpress: no messages found in the input: nothing verified");
-        return Ok(ExitCode::from(1));
+    Ok(())
+}
+
+/// `--add-ar`: writes the message with an Authentication-Results field for `id` on top.
+fn write_with_authentication_results(
+    out: &mut impl Write,
+    id: &str,
+    msg: &[u8],
+    vs: &[Verdict],
+) -> std::io::Result<()> {
+    let parsed = dkimpress::dkim::header::Message::parse(msg).ok();
+    let le = if parsed.as_ref().is_some_and(|m| m.crlf) { "\r\n" } else { "\n" };
+    // RFC 8601 §5: Authentication-Results fields that claim our authserv-id and did not
+    // come from us are forgeries: remove them before adding ours.
+    let forged: Vec<std::ops::Range<usize>> = parsed
+        .iter()
+        .flat_map(|m| m.fields.iter())
+        .filter(|f| f.is("authentication-results") && verify::claims_authserv_id(f.value(), id))
+        .map(|f| f.offset..f.offset + f.raw.len())
+        .collect();
+    let ar = verify::authentication_results(id, vs, le);
+    out.write_all(ar.as_bytes()).and_then(|_| pipeline::write_without(out, msg, &forged)).and_then(|_| out.flush())
+}
+
+/// The report: a line (or JSON object) per message on `out`, and the count of each result for
+/// the summary.
+struct Report<W> {
+    out: W,
+    json: bool,
+    verbose: bool,
+    quiet: bool,
+    /// `--require all`: every signature must pass, and there must be one.
+    require_all: bool,
+    counts: BTreeMap<DkimResult, u64>,
+    /// Messages not verified.
+    failed: u64,
+}
+
+impl<W: Write> Report<W> {
+    fn new(out: W, a: &VerifyArgs) -> Report<W> {
+        Report {
+            out,
+            json: a.report == ReportFormat::Json,
+            verbose: a.verbose,
+            quiet: a.quiet,
+            require_all: a.require == Require::All,
+            counts: BTreeMap::new(),
+            failed: 0,
+        }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+
+    /// Whether a message with these verdicts counts as verified (`--require`).
+    fn is_verified(&self, vs: &[Verdict]) -> bool {
+        if self.require_all {
+            !vs.is_empty() && vs.iter().all(|v| v.result == DkimResult::Pass)
+        } else {
+            verify::overall(vs) == DkimResult::Pass
+        }
+    }
+
+    /// Counts one message and writes its line.
+    fn message(&mut self, name: &str, file: &str, index: u64, offset: u64, vs: &[Verdict]) -> std::io::Result<()> {
+        let o = verify::overall(vs);
+        *self.counts.entry(o).or_default() += 1;
+        if !self.is_verified(vs) {
+            self.failed += 1;
+        }
+        let line = if self.json {
+            verdict_json(name, file, index, offset, vs, o)
+        } else {
+            verdict_line(name, vs, o, self.verbose)
+        };
+        writeln!(self.out, "{line}")
+    }
+
+    /// Flushes the report, prints the summary on stderr (unless `--quiet`) and gives the exit
+    /// code: 0 when every message verified, 1 when one did not or there were none.
+    fn finish(mut self, started: std::time::Instant) -> anyhow::Result<ExitCode> {
+        self.out.flush().map_err(|e| write_failed("stdout", e))?;
+        let total: u64 = self.counts.values().sum();
+        if !self.quiet {
+            let parts: Vec<String> = self.counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            let took =
+                if self.verbose { format!(" ({:.2} s)", started.elapsed().as_secs_f64()) } else { String::new() };
+            eprintln!(
+                "dkimpress: {}: {}; {} not verified{took}",
+                count(total, "message"),
+                parts.join(", "),
+                self.failed
+            );
+        }
+        if total == 0 {
+            // Success over nothing would hide an input that was not what it seemed.
+            eprintln!("dkimpress: no messages found in the input: nothing verified");
+            return Ok(ExitCode::from(1));
+        }
+        Ok(if self.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    }
 }
 
 /// Checks an `--add-ar` authserv-id: a domain-like token (RFC 8601 §2.2 `authserv-id = value`;
