@@ -3,17 +3,19 @@
 //! ```text
 //! input (mbox | maildir | queue dir | message | pipe)      input.rs, mbox.rs
 //!   -> messages as slices of a map, or files read into per-worker buffers
-//!   -> engine: batches to the rayon pool, results back in input order   engine.rs
-//!   -> job per message: parse, choose keys, sign (dkim::)                sign.rs
-//!   -> one writer: header + original bytes -> output (file, device,
-//!      directory, in place: atomic, owner and times kept, locked)       io.rs, sign.rs
+//!   -> engine: units to the rayon pool, results back in input order      engine.rs
+//!   -> job per message: parse, choose keys, sign (dkim::)                message.rs
+//!   -> output in input order: a stream written by one writer; a file written by
+//!      the workers, each unit at the offset the writer gives it; a directory;
+//!      in place (atomic, owner and times kept, locked)                    sign.rs, io.rs, lock.rs
 //!   -> summary, problems, progress                                       report.rs
 //! ```
 //!
-//! Memory is bounded by the messages in flight (at most [`IN_FLIGHT`] messages and about
-//! [`IN_FLIGHT_BYTES`] of input): mbox messages are slices of the map, results are only the new
-//! header fields, and the writer releases mapped pages it has written. One message that cannot
-//! be signed, or that makes the signer panic, is passed through and reported; the run goes on.
+//! Memory is bounded by the messages in flight (at most `IN_FLIGHT` (4096) messages and about
+//! `IN_FLIGHT_BYTES` (32 MiB) of input, and as much output waiting to be written): mbox
+//! messages are slices of the map, results are only the new header fields, and mapped pages
+//! are released once written. One message that cannot be signed, or that makes the signer
+//! panic, is passed through and reported; the run goes on.
 //! What stops a run is [`BulkError`]: an input or output that fails, an interruption, a key
 //! store that cannot be reached.
 
