@@ -19,6 +19,7 @@ use crate::cli::log::Logger;
 use crate::cli::{conf, sysexits};
 use clap::Args;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -116,6 +117,47 @@ pub(crate) fn hostname() -> String {
 enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Makes the socket non-blocking and gives a copy of its descriptor to wait on.
+    fn nonblocking_fd(&self) -> std::io::Result<OwnedFd> {
+        match self {
+            Listener::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                l.as_fd().try_clone_to_owned()
+            }
+            Listener::Unix(l, _) => {
+                l.set_nonblocking(true)?;
+                l.as_fd().try_clone_to_owned()
+            }
+        }
+    }
+
+    /// Accepts a waiting connection, blocking again; `None` when there was none after all, or
+    /// it could not be set up.
+    fn accept(&self) -> Option<Accepted> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, addr) = l.accept().ok()?;
+                let _ = s.set_nonblocking(false);
+                let handle = s.try_clone().ok()?;
+                let close = move || {
+                    let _ = handle.shutdown(std::net::Shutdown::Both);
+                };
+                Some((Box::new(s), Some(addr.ip()), Box::new(close)))
+            }
+            Listener::Unix(l, _) => {
+                let (s, _) = l.accept().ok()?;
+                let _ = s.set_nonblocking(false);
+                let handle = s.try_clone().ok()?;
+                let close = move || {
+                    let _ = handle.shutdown(std::net::Shutdown::Both);
+                };
+                Some((Box::new(s), None, Box::new(close)))
+            }
+        }
+    }
 }
 
 /// A socket spec of opendkim.conf: `inet:PORT@HOST`, `inet:PORT`, `inet6:PORT@HOST`,
@@ -321,117 +363,121 @@ fn write_pid_file(p: &Path) -> std::io::Result<()> {
 }
 
 pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
-    // First of all: a SIGHUP or SIGTERM that comes early (a script reading the pid file) must
-    // not kill the daemon half set up; it is acted on once the loop runs.
     if a.check {
         return check_config(&a);
     }
-    crate::cli::os::return_large_allocations();
-    crate::cli::os::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
-        .map_err(|e| CliError::System(format!("signal handlers: {e}")))?;
-    let c = daemon_conf(&a)?;
-    let d = daemon(&a, c.as_ref())?;
-    let log = Logger::new(a.k.verbose, d.log_to_stderr);
-    let shown_conf = match conf_path(&a) {
-        Some(p) => format!("configuration {}", p.display()),
-        None => "no configuration file".to_string(),
-    };
-    log.info(&format!("dkimpress v{} starting ({shown_conf})", env!("CARGO_PKG_VERSION")));
-    if let Some(c) = &c {
-        log_unused_keys(&log, c);
-    }
-    // Check everything before taking the socket: a broken configuration fails at once.
-    let budget = admit::MemoryBudget::new(a.max_buffered.unwrap_or(1 << 30));
-    load_settings(&a, c.as_ref(), budget.clone())?;
-    let listener = bind(&d)?;
-    if let Some(p) = &d.pid_file {
-        write_pid_file(p).map_err(|error| CliError::Create { path: p.clone(), error })?;
-    }
-    if let Some((uid, gid)) = d.user {
-        if crate::cli::os::effective_uid() == 0 {
-            crate::cli::os::drop_privileges(uid, gid)
-                .map_err(|e| CliError::Config(format!("UserID: cannot become {uid}:{gid}: {e}")))?;
-        } else if crate::cli::os::effective_uid() != uid {
-            log.warn("UserID given but not started as root: running as the current user");
+    let milter = Milter::start(&a)?;
+    let stop = milter.serve_until_stopped();
+    milter.shut_down(stop);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The running daemon: what start-up set up, for the accept loop, reloads and shutdown.
+struct Milter<'a> {
+    a: &'a MilterArgs,
+    d: Daemon,
+    log: Logger,
+    /// The memory all connections share for header blocks, kept across reloads.
+    budget: Arc<admit::MemoryBudget>,
+    /// The settings a new connection gets; a reload replaces them, open connections keep theirs.
+    settings: RwLock<Arc<Settings>>,
+    listener: Listener,
+    /// The listener's descriptor, non-blocking, waited on for connections.
+    ready: OwnedFd,
+    admission: Arc<admit::Admission>,
+}
+
+impl<'a> Milter<'a> {
+    /// Start-up, in this order: signal handlers, the configuration checked, the socket, the pid
+    /// file, the user to run as, the settings read as that user; then systemd is told we are
+    /// ready.
+    fn start(a: &'a MilterArgs) -> anyhow::Result<Milter<'a>> {
+        // First of all: a SIGHUP or SIGTERM that comes early (a script reading the pid file) must
+        // not kill the daemon half set up; it is acted on once the loop runs.
+        crate::cli::os::return_large_allocations();
+        crate::cli::os::catch_signals(&[libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT])
+            .map_err(|e| CliError::System(format!("signal handlers: {e}")))?;
+        let c = daemon_conf(a)?;
+        let d = daemon(a, c.as_ref())?;
+        let log = Logger::new(a.k.verbose, d.log_to_stderr);
+        log_start(&log, a, c.as_ref());
+        // Check everything before taking the socket: a broken configuration fails at once.
+        let budget = admit::MemoryBudget::new(a.max_buffered.unwrap_or(1 << 30));
+        load_settings(a, c.as_ref(), budget.clone())?;
+        let listener = bind(&d)?;
+        if let Some(p) = &d.pid_file {
+            write_pid_file(p).map_err(|error| CliError::Create { path: p.clone(), error })?;
         }
+        become_user(&d, &log)?;
+        // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
+        let settings = RwLock::new(Arc::new(load_settings(a, c.as_ref(), budget.clone())?));
+        log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(a, c.as_ref())));
+        if mode_of(a, c.as_ref()).is_ok_and(|m| m.sign) && !has_keys(a, c.as_ref()) {
+            log.warn("no keys configured (KeyTable/SigningTable or Domain/Selector/KeyFile): nothing will be signed");
+        }
+        notify_systemd("READY=1");
+        let admission = admit::Admission::new(d.max_connections, d.max_per_peer);
+        let ready = listener.nonblocking_fd()?;
+        Ok(Milter { a, d, log, budget, settings, listener, ready, admission })
     }
-    // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
-    let settings = RwLock::new(Arc::new(load_settings(&a, c.as_ref(), budget.clone())?));
-    log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(&a, c.as_ref())));
-    if mode_of(&a, c.as_ref()).is_ok_and(|m| m.sign) && !has_keys(&a, c.as_ref()) {
-        log.warn("no keys configured (KeyTable/SigningTable or Domain/Selector/KeyFile): nothing will be signed");
-    }
-    notify_systemd("READY=1");
-    let admission = admit::Admission::new(d.max_connections, d.max_per_peer);
-    let fd = match &listener {
-        Listener::Tcp(l) => {
-            l.set_nonblocking(true)?;
-            std::os::fd::AsFd::as_fd(l).try_clone_to_owned()?
-        }
-        Listener::Unix(l, _) => {
-            l.set_nonblocking(true)?;
-            std::os::fd::AsFd::as_fd(l).try_clone_to_owned()?
-        }
-    };
-    let stop = loop {
-        let sigs = crate::cli::os::take_signals();
-        if sigs & (1 << libc::SIGTERM | 1 << libc::SIGINT) != 0 {
-            break if sigs & (1 << libc::SIGINT) != 0 { "SIGINT" } else { "SIGTERM" };
-        }
-        if sigs & (1 << libc::SIGHUP | 1 << libc::SIGUSR1) != 0 {
-            match daemon_conf(&a).and_then(|c| load_settings(&a, c.as_ref(), budget.clone())) {
-                Ok(s) => {
-                    *settings.write().expect("settings lock") = Arc::new(s);
-                    log.info("configuration re-read");
-                }
-                Err(e) => log.error(&format!("configuration not re-read, the old one stays: {e:#}")),
+
+    /// The accept loop: serves each connection on its own thread until SIGTERM or SIGINT, and
+    /// returns the signal's name; SIGHUP and SIGUSR1 re-read the configuration.
+    fn serve_until_stopped(&self) -> &'static str {
+        loop {
+            let sigs = crate::cli::os::take_signals();
+            if sigs & (1 << libc::SIGTERM | 1 << libc::SIGINT) != 0 {
+                return if sigs & (1 << libc::SIGINT) != 0 { "SIGINT" } else { "SIGTERM" };
             }
-        }
-        match crate::cli::os::wait_readable(std::os::fd::AsFd::as_fd(&fd), 1000) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                log.error(&format!("waiting for connections: {e}"));
-                std::thread::sleep(Duration::from_millis(100));
+            if sigs & (1 << libc::SIGHUP | 1 << libc::SIGUSR1) != 0 {
+                self.reload();
+            }
+            if !self.wait_for_connection() {
                 continue;
             }
+            let Some(accepted) = self.listener.accept() else { continue };
+            self.admit(accepted);
         }
-        let (stream, peer, shutdown): Accepted = match &listener {
-            Listener::Tcp(l) => match l.accept() {
-                Ok((s, addr)) => {
-                    let _ = s.set_nonblocking(false);
-                    let Ok(handle) = s.try_clone() else { continue };
-                    let close = move || {
-                        let _ = handle.shutdown(std::net::Shutdown::Both);
-                    };
-                    (Box::new(s), Some(addr.ip()), Box::new(close))
-                }
-                Err(_) => continue,
-            },
-            Listener::Unix(l, _) => match l.accept() {
-                Ok((s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    let Ok(handle) = s.try_clone() else { continue };
-                    let close = move || {
-                        let _ = handle.shutdown(std::net::Shutdown::Both);
-                    };
-                    (Box::new(s), None, Box::new(close))
-                }
-                Err(_) => continue,
-            },
-        };
+    }
+
+    /// Re-reads the configuration and everything it names for the connections to come; when
+    /// that fails, the settings in use stay.
+    fn reload(&self) {
+        match daemon_conf(self.a).and_then(|c| load_settings(self.a, c.as_ref(), self.budget.clone())) {
+            Ok(s) => {
+                *self.settings.write().expect("settings lock") = Arc::new(s);
+                self.log.info("configuration re-read");
+            }
+            Err(e) => self.log.error(&format!("configuration not re-read, the old one stays: {e:#}")),
+        }
+    }
+
+    /// Waits at most a second (so that signals are seen in time) for a connection to accept.
+    fn wait_for_connection(&self) -> bool {
+        match crate::cli::os::wait_readable(self.ready.as_fd(), 1000) {
+            Ok(ready) => ready,
+            Err(e) => {
+                self.log.error(&format!("waiting for connections: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+                false
+            }
+        }
+    }
+
+    /// Finds a new connection a place and serves it on a thread of its own.
+    fn admit(&self, (stream, peer, shutdown): Accepted) {
         // Full: the connection doing least makes room (never one in the middle of a
         // message); when every place holds a message, the new one is closed at once (the MTA
         // applies milter_default_action to it) rather than left waiting. Said in the log.
         let shown_peer = peer.map_or("a unix socket client".to_string(), |p| p.to_string());
-        let (ticket, outcome) = admission.admit(peer, shutdown);
+        let (ticket, outcome) = self.admission.admit(peer, shutdown);
         match outcome {
             admit::Outcome::Admitted => {}
-            admit::Outcome::Evicted(phase, victim) => log.warn(&format!(
+            admit::Outcome::Evicted(phase, victim) => self.log.warn(&format!(
                 "connection places full (--max-connections {}, --max-connections-per-peer {}): closed a {} \
                  connection{} to admit one from {shown_peer}",
-                d.max_connections,
-                d.max_per_peer,
+                self.d.max_connections,
+                self.d.max_per_peer,
                 match phase {
                     admit::Phase::Negotiating => "silent (never negotiated)",
                     admit::Phase::Negotiated => "negotiated but unused",
@@ -440,18 +486,18 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
                 victim.map(|v| format!(" from {v}")).unwrap_or_default()
             )),
             admit::Outcome::Refused => {
-                log.warn(&format!(
+                self.log.warn(&format!(
                     "{} connections open, each with a message in progress (--max-connections, \
                      --max-connections-per-peer): a new one from {shown_peer} was refused",
-                    admission.open()
+                    self.admission.open()
                 ));
                 drop(stream);
-                continue;
+                return;
             }
         }
-        let Some(ticket) = ticket else { continue };
-        let current = settings.read().expect("settings lock").clone();
-        let (verbose, to_stderr) = (a.k.verbose, d.log_to_stderr);
+        let Some(ticket) = ticket else { return };
+        let current = self.settings.read().expect("settings lock").clone();
+        let (verbose, to_stderr) = (self.a.k.verbose, self.d.log_to_stderr);
         let spawned = std::thread::Builder::new().name("milter-conn".into()).spawn(move || {
             let mut stream = stream;
             let mut log = Logger::new(verbose, to_stderr);
@@ -459,23 +505,53 @@ pub(crate) fn cmd_milter(a: MilterArgs) -> anyhow::Result<ExitCode> {
             drop(ticket);
         });
         if let Err(e) = spawned {
-            log.error(&format!("cannot start a connection thread: {e}"));
+            self.log.error(&format!("cannot start a connection thread: {e}"));
         }
+    }
+
+    /// Stops after `stop` (a signal's name): removes the unix socket and the pid file, then gives
+    /// the messages in flight a moment to finish.
+    fn shut_down(self, stop: &str) {
+        self.log.info(&format!("{stop}: stopping; {} connection(s) open", self.admission.open()));
+        if let Listener::Unix(_, path) = &self.listener {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(p) = &self.d.pid_file {
+            let _ = std::fs::remove_file(p);
+        }
+        // Messages in flight get a moment to finish; the MTA handles the rest by its
+        // milter_default_action (a connection cut mid-message is never acknowledged).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.admission.open() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Logs the start, with the configuration file read, and the keys of that file without effect.
+fn log_start(log: &Logger, a: &MilterArgs, c: Option<&conf::OpendkimConf>) {
+    let shown_conf = match conf_path(a) {
+        Some(p) => format!("configuration {}", p.display()),
+        None => "no configuration file".to_string(),
     };
-    log.info(&format!("{stop}: stopping; {} connection(s) open", admission.open()));
-    if let Listener::Unix(_, path) = &listener {
-        let _ = std::fs::remove_file(path);
+    log.info(&format!("dkimpress v{} starting ({shown_conf})", env!("CARGO_PKG_VERSION")));
+    if let Some(c) = c {
+        log_unused_keys(log, c);
     }
-    if let Some(p) = &d.pid_file {
-        let _ = std::fs::remove_file(p);
+}
+
+/// Becomes the user of `UserID`/`--user` when started as root; started as someone else, runs
+/// on as that user, with a warning.
+fn become_user(d: &Daemon, log: &Logger) -> anyhow::Result<()> {
+    if let Some((uid, gid)) = d.user {
+        if crate::cli::os::effective_uid() == 0 {
+            crate::cli::os::drop_privileges(uid, gid)
+                .map_err(|e| CliError::Config(format!("UserID: cannot become {uid}:{gid}: {e}")))?;
+        } else if crate::cli::os::effective_uid() != uid {
+            log.warn("UserID given but not started as root: running as the current user");
+        }
     }
-    // Messages in flight get a moment to finish; the MTA handles the rest by its
-    // milter_default_action (a connection cut mid-message is never acknowledged).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while admission.open() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Logs, once, the keys of the file that have no effect here (opendkim has them, we do not).
