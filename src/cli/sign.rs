@@ -155,9 +155,7 @@ pub(crate) fn cmd_sign(cfg: SignConfig) -> anyhow::Result<ExitCode> {
         }
         SignInput::Paths(paths) if paths.len() == 1 && paths[0].kind == InputKind::Message => {
             let src = &paths[0];
-            // A lone message belongs to the first shard; the others write an empty output, so
-            // that the shards' outputs still add up to the one-run output.
-            if cfg.opts.shard.is_some_and(|s| s.k != 1) {
+            if !pipeline::owns_lone_message(cfg.opts.shard) {
                 if let Some(o) = &cfg.output {
                     pipeline::write_message(&mut Destination::To(o), Some(src), &[], &[], &[])?;
                 }

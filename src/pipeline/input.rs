@@ -306,6 +306,13 @@ impl Shard {
     }
 }
 
+/// Whether `shard` owns an input that is one message, not an archive: the first shard does
+/// (the others write an empty output, so that the shards' outputs still add up to the one-run
+/// output), and a run without shards.
+pub fn owns_lone_message(shard: Option<Shard>) -> bool {
+    shard.is_none_or(|s| s.k == 1)
+}
+
 /// The byte range of a file of `len` octets that `shard` owns (all of it without one).
 pub(crate) fn shard_range(shard: Option<Shard>, len: usize) -> std::ops::Range<usize> {
     shard.map_or(0..len, |s| s.byte_range(len))

@@ -6,7 +6,8 @@
 
 use super::engine::{map_dir, map_mbox, Framing, Item, IN_FLIGHT_BYTES};
 use super::input::{
-    list_messages, map_mbox_file, open_mbox, shard_range, too_large_reason, DirEntry, InputKind, Shard, Source,
+    list_messages, map_mbox_file, open_mbox, owns_lone_message, shard_range, too_large_reason, DirEntry, InputKind,
+    Shard, Source,
 };
 use super::io;
 use super::lock::MboxLock;
@@ -117,9 +118,7 @@ pub fn sign_path(
             sign_file_in_place(path, opts, pool, summary, progress)
         }
         (InputKind::Message, dest) => {
-            // A lone message belongs to the first shard; the others write an empty output, so
-            // that the shards' outputs still add up to the one-run output.
-            if opts.shard.is_some_and(|s| s.k != 1) {
+            if !owns_lone_message(opts.shard) {
                 return write_message(dest, Some(source), &[], &[], &[]);
             }
             let msg = source.read_message()?;

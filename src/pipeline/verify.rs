@@ -4,7 +4,9 @@
 //! verdicts (text, JSON, counts) is the caller's `emit`.
 
 use super::engine::{map_dir, map_mbox, Framing};
-use super::input::{list_messages, open_mbox, shard_range, too_large_reason, InputKind, Shard, Source};
+use super::input::{
+    list_messages, open_mbox, owns_lone_message, shard_range, too_large_reason, InputKind, Shard, Source,
+};
 use super::mbox::MboxFormat;
 use super::BulkError;
 use crate::dkim::verify::{DkimResult, Reason, Verdict};
@@ -61,8 +63,7 @@ pub fn verify_source(
             .unwrap_or_else(|_| vec![Verdict::new(DkimResult::PermError, Reason::Panic)])
     };
     match source.kind {
-        // A lone message belongs to the first shard.
-        InputKind::Message if shard.is_some_and(|s| s.k != 1) => Ok(()),
+        InputKind::Message if !owns_lone_message(shard) => Ok(()),
         InputKind::Message => {
             let verdicts = guarded(&source.read_message()?);
             emit(Checked { name: &shown, file: &shown, index: 1, offset: 0, verdicts }).map_err(out_err)
