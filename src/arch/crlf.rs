@@ -38,6 +38,25 @@ pub fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
     portable::to_crlf(input, before, out)
 }
 
+/// [`to_crlf`] that stops at the first octet where relaxed body canonicalization (RFC 6376
+/// §3.4.4) may have to rewrite: a tab, or a space followed by a space, a tab, CR, LF or the end
+/// of `input`. Returns how much of `input` was copied (the position of that octet, or
+/// `input.len()`) and how many octets were written. Between such octets, text with its line
+/// ends made CRLF is already relaxed-canonical, so LF-stored lines are expanded and checked in
+/// one pass.
+///
+/// # Panics
+/// When `out` is shorter than [`expanded_capacity`]`(input.len())`.
+pub fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
+    assert!(out.len() >= expanded_capacity(input.len()), "to_crlf: output buffer too small");
+    #[cfg(target_arch = "x86_64")]
+    if Avx2::new().is_some() {
+        // SAFETY: the CPU has AVX2 (`Avx2::new`), and `out` has the room (asserted).
+        return unsafe { avx2::to_crlf_relaxed(input, before, out) };
+    }
+    portable::to_crlf_relaxed(input, before, out)
+}
+
 /// The first position at or after `from` where relaxed body canonicalization (RFC 6376
 /// §3.4.4) may have to rewrite `b`: a tab; a space followed by a space, CR or LF, or ending
 /// `b`; and with `bare`, every LF. Between such positions the text is already canonical, as
@@ -198,38 +217,155 @@ mod avx2 {
         super::portable::relaxed_event(b, i, bare)
     }
 
+    /// For each pattern of bare LFs among eight input octets (bit j: octet j), the `pshufb`
+    /// indices that spread the eight octets out with a CR before each flagged one. Index 15
+    /// picks the CR that the kernel keeps in the top octet of its source vector; the octets
+    /// past the output (8 + the count of flags) are don't-care, as the next store covers them.
+    static SPREAD: [[u8; 16]; 256] = {
+        let mut t = [[0x80u8; 16]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let mut p = 0;
+            let mut j = 0;
+            while j < 8 {
+                if m & (1 << j) != 0 {
+                    t[m][p] = 15;
+                    p += 1;
+                }
+                t[m][p] = j as u8;
+                p += 1;
+                j += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// The output length of each [`SPREAD`] pattern: 8 plus its count of flags.
+    static SPREAD_LEN: [u8; 256] = {
+        let mut t = [8u8; 256];
+        let mut m = 0;
+        while m < 256 {
+            t[m] += (m as u32).count_ones() as u8;
+            m += 1;
+        }
+        t
+    };
+
+    /// Writes the 32 octets at `src` to `dst` with a CR put before each octet flagged in
+    /// `bare`, and returns the number written (32 plus the flags). A block without flags is
+    /// one store; one with flags goes out as four 8-octet groups, each spread by one `pshufb`
+    /// from [`SPREAD`] and stored as 16 octets, the cursor moving by [`SPREAD_LEN`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `src` must be readable for 32 octets and `dst` writable for
+    /// 64 (each group's store reaches 16 octets past where its output starts).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn spread_block(v: __m256i, bare: u32, src: *const u8, dst: *mut u8) -> usize {
+        if bare == 0 {
+            // SAFETY: `dst` is writable for 32 octets (the caller's contract).
+            unsafe { _mm256_storeu_si256(dst.cast(), v) };
+            return 32;
+        }
+        // The CR the spread indices pick (octet 15), over the zeroed top half of a 64-bit load.
+        let cr_slot = _mm_insert_epi8::<15>(_mm_setzero_si128(), b'\r' as i32);
+        let mut o = 0;
+        for g in 0..4 {
+            let m = ((bare >> (8 * g)) & 0xff) as usize;
+            // SAFETY: octets 8g .. 8g + 8 of `src` are readable (32 are). The store ends at
+            // o + 16 <= 2 * 8g + 16 <= 64, inside what `dst` allows.
+            unsafe {
+                let x = _mm_or_si128(_mm_loadl_epi64(src.add(8 * g).cast()), cr_slot);
+                let y = _mm_shuffle_epi8(x, _mm_loadu_si128(SPREAD[m].as_ptr().cast()));
+                _mm_storeu_si128(dst.add(o).cast(), y);
+            }
+            o += SPREAD_LEN[m] as usize;
+        }
+        o
+    }
+
     /// # Safety
     /// The CPU must have AVX2, and `out.len() >= expanded_capacity(input.len())`.
+    ///
+    /// Without a branch per line: mail lines are short (40-80 octets), and a kernel that
+    /// stopped at each LF mispredicted about once a line. Each 32-octet block goes out through
+    /// [`spread_block`].
     #[target_feature(enable = "avx2")]
     pub unsafe fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
         let n = input.len();
         let src = input.as_ptr();
         let dst = out.as_mut_ptr();
-        let lf = _mm256_set1_epi8(b'\n' as i8);
+        let (lf, cr) = (_mm256_set1_epi8(b'\n' as i8), _mm256_set1_epi8(b'\r' as i8));
         let mut i = 0;
         let mut o = 0;
-        let mut prev = before;
+        // Bit 0: whether the octet before the current block is a CR.
+        let mut prev_cr = u32::from(before == b'\r');
         while i + 32 <= n {
-            // SAFETY: i + 32 <= n, so the load is inside `input`. Each input octet becomes at
-            // most two, so o <= 2 * i and o + 32 <= 2 * n + 32 <= out.len(): the store is
-            // inside `out`.
+            // SAFETY: i + 32 <= n, so the load is inside `input`.
             let v = unsafe { _mm256_loadu_si256(src.add(i).cast()) };
-            unsafe { _mm256_storeu_si256(dst.add(o).cast(), v) };
-            let m = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, lf)) as u32;
-            if m == 0 {
-                i += 32;
-                o += 32;
-                prev = input[i - 1];
-                continue;
-            }
-            // Keep the octets before the first LF (already stored), then the line end; go on
-            // right after the LF.
-            let k = m.trailing_zeros() as usize;
-            o = super::portable::put_line_end(out, o + k, if k > 0 { input[i + k - 1] } else { prev });
-            i += k + 1;
-            prev = b'\n';
+            let lfs = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, lf)) as u32;
+            let crs = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, cr)) as u32;
+            let bare = lfs & !((crs << 1) | prev_cr);
+            prev_cr = crs >> 31;
+            // SAFETY: octets i..i + 32 are inside `input`. Each input octet becomes at most
+            // two, so o <= 2 * i and o + 64 <= 2 * (i + 32) <= 2 * n < out.len().
+            o += unsafe { spread_block(v, bare, src.add(i), dst.add(o)) };
+            i += 32;
         }
+        let prev = if i == 0 { before } else { input[i - 1] };
         o + super::portable::to_crlf(&input[i..], prev, &mut out[o..])
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, and `out.len() >= expanded_capacity(input.len())`.
+    ///
+    /// [`super::to_crlf_relaxed`]: [`to_crlf`] with the test of [`relaxed_event`] (a tab also
+    /// counting as what may follow a space) on each block; the first block with an event is
+    /// copied up to it by the portable kernel.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
+        let n = input.len();
+        let src = input.as_ptr();
+        let dst = out.as_mut_ptr();
+        let (tab, sp, cr, lf) = (
+            _mm256_set1_epi8(b'\t' as i8),
+            _mm256_set1_epi8(b' ' as i8),
+            _mm256_set1_epi8(b'\r' as i8),
+            _mm256_set1_epi8(b'\n' as i8),
+        );
+        let mut i = 0;
+        let mut o = 0;
+        let mut prev_cr = u32::from(before == b'\r');
+        // Each round looks at octets i..i+32 and, for the space rule, at the octet after each.
+        while i + 33 <= n {
+            // SAFETY: i + 33 <= n: both loads are inside `input`.
+            let (v, next) =
+                unsafe { (_mm256_loadu_si256(src.add(i).cast()), _mm256_loadu_si256(src.add(i + 1).cast())) };
+            let (is_tab, is_cr, is_lf) =
+                (_mm256_cmpeq_epi8(v, tab), _mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(v, lf));
+            let next_ws_or_end = _mm256_or_si256(
+                _mm256_or_si256(_mm256_cmpeq_epi8(next, sp), _mm256_cmpeq_epi8(next, tab)),
+                _mm256_or_si256(_mm256_cmpeq_epi8(next, cr), _mm256_cmpeq_epi8(next, lf)),
+            );
+            let events = _mm256_or_si256(is_tab, _mm256_and_si256(_mm256_cmpeq_epi8(v, sp), next_ws_or_end));
+            let ev = _mm256_movemask_epi8(events) as u32;
+            if ev != 0 {
+                let k = ev.trailing_zeros() as usize;
+                let prev = if i == 0 { before } else { input[i - 1] };
+                return (i + k, o + super::portable::to_crlf(&input[i..i + k], prev, &mut out[o..]));
+            }
+            let lfs = _mm256_movemask_epi8(is_lf) as u32;
+            let crs = _mm256_movemask_epi8(is_cr) as u32;
+            let bare = lfs & !((crs << 1) | prev_cr);
+            prev_cr = crs >> 31;
+            // SAFETY: as in `to_crlf` (i + 32 <= n here too).
+            o += unsafe { spread_block(v, bare, src.add(i), dst.add(o)) };
+            i += 32;
+        }
+        let prev = if i == 0 { before } else { input[i - 1] };
+        let (used, wrote) = super::portable::to_crlf_relaxed(&input[i..], prev, &mut out[o..]);
+        (i + used, o + wrote)
     }
 }
 
@@ -368,6 +504,49 @@ mod tests {
                         from = i + 1;
                     }
                     assert_eq!(got, want, "{name} bare={bare} {input:?}");
+                }
+            }
+        }
+    }
+
+    /// The oracle of `to_crlf_relaxed`: the expansion of everything before the first octet a
+    /// relaxed rewrite may touch.
+    fn naive_to_crlf_relaxed(b: &[u8], before: u8) -> (usize, Vec<u8>) {
+        let stop = (0..b.len())
+            .find(|&i| {
+                b[i] == b'\t' || (b[i] == b' ' && matches!(b.get(i + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n')))
+            })
+            .unwrap_or(b.len());
+        (stop, naive_to_crlf(&b[..stop], before))
+    }
+
+    #[test]
+    fn relaxed_expansion_matches_the_oracle() {
+        type Expand = fn(&[u8], u8, &mut [u8]) -> (usize, usize);
+        let mut kernels: Vec<(&str, Expand)> = vec![("portable", portable::to_crlf_relaxed)];
+        #[cfg(target_arch = "x86_64")]
+        if Avx2::new().is_some() {
+            // SAFETY: the CPU has AVX2; the output below has expanded_capacity.
+            kernels.push(("avx2", |b, p, o| unsafe { avx2::to_crlf_relaxed(b, p, o) }));
+        }
+        kernels.push(("dispatch", to_crlf_relaxed));
+        let mut more = inputs();
+        // Whitespace (and tab) at every position of LF text longer than a few vectors.
+        let text = b"abcdefgh ijklmnop qrstuvwx yz\n".repeat(5);
+        for ws in [&b"\t"[..], b"  ", b" \r", b" \n", b" \t", b" "] {
+            for at in 0..text.len() {
+                let mut x = text.clone();
+                x.splice(at..at, ws.iter().copied());
+                more.push(x);
+            }
+        }
+        for input in more {
+            for before in [0u8, b'\r', b'\n'] {
+                let (want_used, want) = naive_to_crlf_relaxed(&input, before);
+                for (name, expand) in &kernels {
+                    let mut out = vec![0xee; expanded_capacity(input.len())];
+                    let (used, n) = expand(&input, before, &mut out);
+                    assert_eq!((used, &out[..n]), (want_used, &want[..]), "{name} {input:?} {before}");
                 }
             }
         }

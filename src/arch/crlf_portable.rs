@@ -48,6 +48,26 @@ pub fn relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
     })
 }
 
+/// See [`super::to_crlf_relaxed`]: one octet at a time.
+pub fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
+    let mut o = 0;
+    let mut prev = before;
+    for (i, &b) in input.iter().enumerate() {
+        let event = b == b'\t' || (b == b' ' && matches!(input.get(i + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n')));
+        if event {
+            return (i, o);
+        }
+        if b == b'\n' && prev != b'\r' {
+            out[o] = b'\r';
+            o += 1;
+        }
+        out[o] = b;
+        o += 1;
+        prev = b;
+    }
+    (input.len(), o)
+}
+
 /// Writes the line end for an LF at output position `o` whose preceding octet is
 /// `before`: CRLF, or just LF when `before` is the CR. Returns the position after it.
 #[inline]

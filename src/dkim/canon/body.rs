@@ -44,17 +44,17 @@ pub fn canonicalize_body_pieces<S: Sink + ?Sized>(canon: Canon, stored: &[u8], p
     };
     let mut bufs = BUFFERS.take().unwrap_or_else(Buffers::new);
     {
-        let Buffers { stage, expand } = &mut *bufs;
+        let Buffers { stage } = &mut *bufs;
         let mut staged = Staged::new(sink, stage, &stored[first.start..last.end]);
         for (i, r) in pieces.iter().enumerate() {
             let piece = &stored[r.clone()];
             match (canon, i + 1 == pieces.len()) {
                 (Canon::Simple, true) => body_simple(piece, &mut staged),
-                (Canon::Relaxed, true) => body_relaxed(piece, &mut staged, expand),
+                (Canon::Relaxed, true) => body_relaxed(piece, &mut staged),
                 // Whole lines in the middle of the body: nothing trailing to remove, no line end
                 // to add.
                 (Canon::Simple, false) => simple_content(piece, &mut staged),
-                (Canon::Relaxed, false) => relaxed_content(piece, &mut staged, expand),
+                (Canon::Relaxed, false) => relaxed_content(piece, &mut staged),
             }
         }
         staged.flush();
@@ -70,11 +70,11 @@ pub fn canonicalize_body_pieces<S: Sink + ?Sized>(canon: Canon, stored: &[u8], p
 pub(crate) fn canonicalize_body_middle<S: Sink + ?Sized>(canon: Canon, piece: &[u8], sink: &mut S) {
     let mut bufs = BUFFERS.take().unwrap_or_else(Buffers::new);
     {
-        let Buffers { stage, expand } = &mut *bufs;
+        let Buffers { stage } = &mut *bufs;
         let mut staged = Staged::new(sink, stage, piece);
         match canon {
             Canon::Simple => simple_content(piece, &mut staged),
-            Canon::Relaxed => relaxed_content(piece, &mut staged, expand),
+            Canon::Relaxed => relaxed_content(piece, &mut staged),
         }
         staged.flush();
     }
@@ -94,12 +94,11 @@ const FUSE_CHUNK: usize = 16 * 1024;
 /// as much as hashing a few hundred octets of a small body.
 struct Buffers {
     stage: [u8; STAGE],
-    expand: [u8; crlf::expanded_capacity(EXPAND_CHUNK)],
 }
 
 impl Buffers {
     fn new() -> Box<Buffers> {
-        Box::new(Buffers { stage: [0; STAGE], expand: [0; crlf::expanded_capacity(EXPAND_CHUNK)] })
+        Box::new(Buffers { stage: [0; STAGE] })
     }
 }
 
@@ -161,6 +160,18 @@ impl<'a, S: Sink + ?Sized> Staged<'a, S> {
             self.flush();
         }
         self.len += crlf::to_crlf(input, before, &mut self.buf[self.len..]);
+    }
+
+    /// Stages `input` as [`crlf::to_crlf_relaxed`] copies it, up to the first whitespace that
+    /// relaxed canonicalization may have to rewrite, and returns how much of `input` that was.
+    /// `input` is at most [`EXPAND_CHUNK`] long.
+    fn expand_relaxed(&mut self, input: &[u8], before: u8) -> usize {
+        if self.len + crlf::expanded_capacity(input.len()) > STAGE {
+            self.flush();
+        }
+        let (used, wrote) = crlf::to_crlf_relaxed(input, before, &mut self.buf[self.len..]);
+        self.len += wrote;
+        used
     }
 }
 
@@ -272,28 +283,21 @@ fn simple_content_end(body: &[u8]) -> usize {
 /// words. Only a few places need rewriting: a tab, two spaces in a row, whitespace before a line
 /// end, and a bare LF. One SIMD scan ([`crlf::relaxed_event`]) finds those places, and the
 /// bytes between them go to the sink unchanged, in runs that span many lines. Content stored
-/// with bare LFs is first copied to CRLF a piece at a time ([`crlf::to_crlf`]). Trailing empty
+/// with bare LFs is copied to CRLF and checked for those places in the same pass
+/// ([`crlf::to_crlf_relaxed`]). Trailing empty
 /// and whitespace-only lines are cut off before the scan begins.
-fn body_relaxed<S: Sink + ?Sized>(
-    body: &[u8],
-    sink: &mut Staged<'_, S>,
-    buf: &mut [u8; crlf::expanded_capacity(EXPAND_CHUNK)],
-) {
+fn body_relaxed<S: Sink + ?Sized>(body: &[u8], sink: &mut Staged<'_, S>) {
     let content = &body[..relaxed_content_end(body)];
     if content.is_empty() {
         return;
     }
-    relaxed_content(content, sink, buf);
+    relaxed_content(content, sink);
     sink.write(CRLF);
 }
 
 /// The relaxed rewriting of `content` line by line, without removing trailing lines or adding
 /// a final line end.
-fn relaxed_content<S: Sink + ?Sized>(
-    content: &[u8],
-    sink: &mut Staged<'_, S>,
-    buf: &mut [u8; crlf::expanded_capacity(EXPAND_CHUNK)],
-) {
+fn relaxed_content<S: Sink + ?Sized>(content: &[u8], sink: &mut Staged<'_, S>) {
     // A chunk of whole lines at a time (relaxed rewriting never crosses a line end, so such
     // chunks are independent; trailing empty lines are already cut off above), prefetching the
     // next, as in `body_simple`.
@@ -303,7 +307,7 @@ fn relaxed_content<S: Sink + ?Sized>(
         let end = line_chunk_end(content, at, limit);
         let chunk = &content[at..end];
         if crlf::has_bare_lf(chunk, octet_before(content, at)) {
-            relaxed_bare(chunk, sink, buf);
+            relaxed_expanding(chunk, octet_before(content, at), sink);
         } else {
             relaxed_runs(chunk, false, sink);
         }
@@ -324,28 +328,33 @@ fn line_chunk_end(content: &[u8], at: usize, limit: usize) -> usize {
     }
 }
 
-/// Relaxed rewriting of whole lines stored with (some) bare LFs: expand a piece at a time to
-/// CRLF in `buf`, then take the CRLF path over the piece.
-fn relaxed_bare<S: Sink + ?Sized>(
-    content: &[u8],
-    sink: &mut Staged<'_, S>,
-    buf: &mut [u8; crlf::expanded_capacity(EXPAND_CHUNK)],
-) {
+/// Relaxed rewriting of whole lines stored with (some) bare LFs, in one pass: a piece at a
+/// time is copied into the staging buffer with CRLF line ends up to the first whitespace that
+/// may need rewriting ([`crlf::to_crlf_relaxed`]); that whitespace run is rewritten here, and
+/// the copy goes on after it. `before` is the octet before `content`.
+fn relaxed_expanding<S: Sink + ?Sized>(content: &[u8], before: u8, sink: &mut Staged<'_, S>) {
     let mut at = 0;
     while at < content.len() {
-        let limit = (at + EXPAND_CHUNK).min(content.len());
-        let end = line_chunk_end(content, at, limit);
-        let piece = &content[at..end];
-        if piece.len() <= EXPAND_CHUNK {
-            // Starts at a line start: an LF first in it is bare.
-            let n = crlf::to_crlf(piece, b'\n', buf);
-            let lines = &buf[..n];
-            relaxed_runs(lines, false, sink);
-        } else {
-            // A line longer than the buffer: take it as it is, visiting its line end.
-            relaxed_runs(piece, true, sink);
+        let end = (at + EXPAND_CHUNK).min(content.len());
+        let prev = if at == 0 { before } else { content[at - 1] };
+        at += sink.expand_relaxed(&content[at..end], prev);
+        if at == end {
+            continue;
         }
-        at = end;
+        // A whitespace run that may need rewriting starts at `at` (the whole run: the copy
+        // stopped at its first octet).
+        let mut run_end = at + 1;
+        while run_end < content.len() && is_wsp(content[run_end]) {
+            run_end += 1;
+        }
+        let ends_line = run_end == content.len()
+            || content[run_end] == b'\n'
+            || (content[run_end] == b'\r' && content.get(run_end + 1) == Some(&b'\n'));
+        // Dropped at a line end, else one SP.
+        if !ends_line {
+            sink.write(b" ");
+        }
+        at = run_end;
     }
 }
 
