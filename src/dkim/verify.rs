@@ -225,24 +225,24 @@ impl Default for Policy {
 }
 
 /// A parsed DKIM-Signature field.
-struct Signature<'a> {
-    kind: KeyType,
-    hash: Hash,
-    canon: Canonicalization,
-    domain: String,
-    selector: String,
-    identity: Option<String>,
-    headers: Vec<String>,
-    bh: Vec<u8>,
-    b: Vec<u8>,
-    length: Option<u64>,
-    timestamp: Option<u64>,
-    expiry: Option<u64>,
-    field: &'a Field<'a>,
+pub(crate) struct Signature<'a> {
+    pub(crate) kind: KeyType,
+    pub(crate) hash: Hash,
+    pub(crate) canon: Canonicalization,
+    pub(crate) domain: String,
+    pub(crate) selector: String,
+    pub(crate) identity: Option<String>,
+    pub(crate) headers: Vec<String>,
+    pub(crate) bh: Vec<u8>,
+    pub(crate) b: Vec<u8>,
+    pub(crate) length: Option<u64>,
+    pub(crate) timestamp: Option<u64>,
+    pub(crate) expiry: Option<u64>,
+    pub(crate) field: &'a Field<'a>,
 }
 
 /// A permanent error in a signature or key, with its reason.
-struct PermError(Reason);
+pub(crate) struct PermError(pub(crate) Reason);
 
 fn perm(reason: Reason) -> PermError {
     PermError(reason)
@@ -258,7 +258,7 @@ pub(crate) fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-fn number(tags: &[(String, Vec<u8>)], name: &'static str) -> Result<Option<u64>, PermError> {
+pub(crate) fn number(tags: &[(String, Vec<u8>)], name: &'static str) -> Result<Option<u64>, PermError> {
     match get(tags, name) {
         None => Ok(None),
         Some(v) => {
@@ -271,7 +271,7 @@ fn number(tags: &[(String, Vec<u8>)], name: &'static str) -> Result<Option<u64>,
     }
 }
 
-fn b64(v: &[u8], tag: &'static str) -> Result<Vec<u8>, PermError> {
+pub(crate) fn b64(v: &[u8], tag: &'static str) -> Result<Vec<u8>, PermError> {
     base64::engine::general_purpose::STANDARD.decode(v).map_err(|_| perm(Reason::Base64(tag)))
 }
 
@@ -372,7 +372,7 @@ fn parse_signature<'a>(
 
 /// Where the body hashes of one message come from: its body, each hash computed when first
 /// needed, or the hashes computed while it streamed past.
-enum Bodies<'a> {
+pub(crate) enum Bodies<'a> {
     Bytes(&'a [u8], Vec<BodyDigest>),
     Hashed(&'a HashedBody),
 }
@@ -482,6 +482,23 @@ fn verify_one(
     let sig = parse_signature(field, policy, v).map_err(pe)?;
     v.domain = sig.domain.clone();
     v.identity = sig.identity.clone().unwrap_or_else(|| format!("@{}", sig.domain));
+    check_signature(msg, &sig, keys, now, policy, bodies, scratch, v)
+}
+
+/// The checks of a parsed signature (DKIM-Signature or ARC-Message-Signature, RFC 8617
+/// §4.1.2 uses the same rules): its times, its key, the body hash, then the signature over the
+/// h= fields and the field itself without its b= value.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_signature(
+    msg: &Message,
+    sig: &Signature,
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+    bodies: &mut Bodies<'_>,
+    scratch: &mut Vec<u8>,
+    v: &mut Verdict,
+) -> Result<(), (DkimResult, Reason)> {
     // RFC 6376 §3.5 t=: verifiers MAY ignore a signature from the future. A signer's clock
     // that runs hours ahead (time zone bugs) is common enough that we note it and go on.
     if let Some(t) = sig.timestamp {
@@ -495,20 +512,7 @@ fn verify_one(
             return Err((DkimResult::PermError, Reason::Expired(x)));
         }
     }
-    let key = keys(&sig.selector, &sig.domain)?;
-    if sig.kind != key.kind.key_type() {
-        return Err((DkimResult::PermError, Reason::KeyTypeMismatch(sig.kind)));
-    }
-    if sig.kind == KeyType::Rsa && key.bits < policy.min_rsa_bits {
-        return Err((DkimResult::PermError, Reason::KeyTooShort(key.bits)));
-    }
-    let hash_name = match sig.hash {
-        Hash::Sha1 => "sha1",
-        Hash::Sha256 => "sha256",
-    };
-    if !key.hashes.is_empty() && !key.hashes.iter().any(|h| h == hash_name) {
-        return Err((DkimResult::PermError, Reason::HashNotAllowed(hash_name)));
-    }
+    let key = usable_key(keys, sig.kind, sig.hash, &sig.selector, &sig.domain, policy)?;
     if key.strict_domain {
         if let Some(i) = &sig.identity {
             let idom = i.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
@@ -542,19 +546,50 @@ fn verify_one(
         canon::canonicalize_header(sig.canon.header, f.raw, scratch);
     }
     canon::canonicalize_header_unterminated(sig.canon.header, &tags::without_value(sig.field.raw, "b"), scratch);
-    let ok = match (&key.kind, sig.hash) {
-        (PublicKeyData::Rsa { sha256: Some(k), .. }, Hash::Sha256) => k.verify_sig(scratch, &sig.b).is_ok(),
-        (PublicKeyData::Rsa { der, .. }, hash) => rsa_verify_legacy(der, hash, scratch, &sig.b),
-        (PublicKeyData::Ed25519(k), _) => {
-            // RFC 8463 §3: Ed25519 over the SHA-256 of the header data.
-            let digest = sha2::Sha256::digest(&scratch[..]);
-            k.verify_sig(&digest, &sig.b).is_ok()
-        }
-    };
-    if !ok {
+    if !key_verifies(&key, sig.hash, scratch, &sig.b) {
         return Err((DkimResult::Fail, Reason::Signature));
     }
     Ok(())
+}
+
+/// The key of (selector, domain) when it may check a signature of `kind` and `hash`: of that
+/// type, long enough (RFC 8301 §3.2), and allowing the hash (its h= tag, RFC 6376 §3.6.1).
+pub(crate) fn usable_key(
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    kind: KeyType,
+    hash: Hash,
+    selector: &str,
+    domain: &str,
+    policy: &Policy,
+) -> Result<std::sync::Arc<crate::dkim::keyrecord::PublicKey>, (DkimResult, Reason)> {
+    let key = keys(selector, domain)?;
+    if kind != key.kind.key_type() {
+        return Err((DkimResult::PermError, Reason::KeyTypeMismatch(kind)));
+    }
+    if kind == KeyType::Rsa && key.bits < policy.min_rsa_bits {
+        return Err((DkimResult::PermError, Reason::KeyTooShort(key.bits)));
+    }
+    let hash_name = match hash {
+        Hash::Sha1 => "sha1",
+        Hash::Sha256 => "sha256",
+    };
+    if !key.hashes.is_empty() && !key.hashes.iter().any(|h| h == hash_name) {
+        return Err((DkimResult::PermError, Reason::HashNotAllowed(hash_name)));
+    }
+    Ok(key)
+}
+
+/// Whether `b` is `key`'s signature of the header data `data` under `hash`.
+pub(crate) fn key_verifies(key: &crate::dkim::keyrecord::PublicKey, hash: Hash, data: &[u8], b: &[u8]) -> bool {
+    match (&key.kind, hash) {
+        (PublicKeyData::Rsa { sha256: Some(k), .. }, Hash::Sha256) => k.verify_sig(data, b).is_ok(),
+        (PublicKeyData::Rsa { der, .. }, hash) => rsa_verify_legacy(der, hash, data, b),
+        (PublicKeyData::Ed25519(k), _) => {
+            // RFC 8463 §3: Ed25519 over the SHA-256 of the header data.
+            let digest = sha2::Sha256::digest(data);
+            k.verify_sig(&digest, b).is_ok()
+        }
+    }
 }
 
 /// RSA verification outside aws-lc-rs's range: SHA-1, or keys under 1024 bits (both only

@@ -1,0 +1,383 @@
+//! ARC chain validation (RFC 8617 §5.2): the Authenticated Received Chain a forwarder adds so
+//! that a later receiver can trust the authentication results it saw before it changed the
+//! message.
+//!
+//! Owns the structure rules (sets, instances, `cv=`), the ARC-Seal signature input (§5.1.1)
+//! and the chain result. The ARC-Message-Signature is checked with the DKIM verifier's rules
+//! (`verify::check_signature`): it is a DKIM-Signature with an instance in `i=` and no
+//! `v=` (§4.1.2). Keys, key sizes and algorithms are those of DKIM (RFC 8301, RFC 8463).
+
+use crate::dkim::bodyhash::Hash;
+use crate::dkim::canon::{self, Canon, Canonicalization};
+use crate::dkim::header::{Field, Message};
+use crate::dkim::key::KeyType;
+use crate::dkim::keyrecord::KeyResult;
+use crate::dkim::tags;
+use crate::dkim::verify::{self, get, text, Bodies, Policy, Signature, Verdict};
+
+/// The most ARC sets a message may carry (RFC 8617 §4.2.1).
+pub const MAX_INSTANCES: u32 = 50;
+
+/// The chain validation status (RFC 8617 §4.4): the `arc=` result of Authentication-Results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArcResult {
+    /// No ARC sets.
+    None,
+    /// Every set present, in order, every seal and the newest message signature valid.
+    Pass,
+    /// Anything else.
+    Fail,
+}
+
+impl ArcResult {
+    /// The word of Authentication-Results and the reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArcResult::None => "none",
+            ArcResult::Pass => "pass",
+            ArcResult::Fail => "fail",
+        }
+    }
+}
+
+impl std::fmt::Display for ArcResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The result of validating a message's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArcVerdict {
+    /// The chain validation status.
+    pub result: ArcResult,
+    /// The highest instance (the number of sets when the chain is well formed; 0 without ARC).
+    pub instances: u32,
+    /// Why the chain failed.
+    pub reason: Option<String>,
+    /// `d=` of the newest ARC-Seal (who sealed last), when it parsed.
+    pub sealer: String,
+}
+
+impl ArcVerdict {
+    fn fail(instances: u32, sealer: &str, reason: impl Into<String>) -> ArcVerdict {
+        ArcVerdict { result: ArcResult::Fail, instances, reason: Some(reason.into()), sealer: sealer.to_string() }
+    }
+}
+
+/// The three fields of one ARC set.
+#[derive(Default)]
+struct Set<'m, 'a> {
+    aar: Vec<&'m Field<'a>>,
+    ams: Vec<&'m Field<'a>>,
+    seal: Vec<&'m Field<'a>>,
+}
+
+/// The instance of an ARC-Authentication-Results value: `i=N;` before the authserv-id
+/// (RFC 8617 §4.1.1), with optional white space around the `=`.
+fn aar_instance(value: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(value).ok()?.trim_start();
+    let rest = s.strip_prefix('i').or_else(|| s.strip_prefix('I'))?.trim_start().strip_prefix('=')?.trim_start();
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).map_or(rest, |end| &rest[..end]);
+    let after = rest[digits.len()..].trim_start();
+    if digits.is_empty() || digits.len() > 3 || !after.starts_with(';') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The instance in the `i=` tag of an ARC-Seal or ARC-Message-Signature.
+fn tag_instance(value: &[u8]) -> Option<u32> {
+    let tags = tags::parse(value).ok()?;
+    let i = get(&tags, "i")?;
+    if i.is_empty() || i.len() > 3 || !i.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text(i).parse().ok()
+}
+
+/// Validates the ARC chain of `msg` (RFC 8617 §5.2). `keys` gives the key of (selector,
+/// domain), `now` is the Unix time; `policy` holds the DKIM key rules, which ARC shares.
+pub fn validate(msg: &Message, keys: &dyn Fn(&str, &str) -> KeyResult, now: u64, policy: &Policy) -> ArcVerdict {
+    validate_with(msg, &mut Bodies::Bytes(msg.body, Vec::new()), keys, now, policy)
+}
+
+pub(crate) fn validate_with(
+    msg: &Message,
+    bodies: &mut Bodies<'_>,
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> ArcVerdict {
+    // Step 1: collect the sets.
+    let mut sets: Vec<Set> = Vec::new();
+    let mut any = false;
+    for f in &msg.fields {
+        let (kind, instance) = if f.is("arc-authentication-results") {
+            (0, aar_instance(f.value()))
+        } else if f.is("arc-message-signature") {
+            (1, tag_instance(f.value()))
+        } else if f.is("arc-seal") {
+            (2, tag_instance(f.value()))
+        } else {
+            continue;
+        };
+        any = true;
+        let name = String::from_utf8_lossy(&f.raw[..f.raw.iter().position(|&b| b == b':').unwrap_or(0)]).into_owned();
+        // §4.2.1: instances run from 1 to 50.
+        let i = match instance {
+            Some(i) if (1..=MAX_INSTANCES).contains(&i) => i,
+            Some(i) => return ArcVerdict::fail(0, "", format!("{name} instance i={i} outside 1..{MAX_INSTANCES}")),
+            None => return ArcVerdict::fail(0, "", format!("{name} has no valid instance (i=)")),
+        };
+        if sets.len() < i as usize {
+            sets.resize_with(i as usize, Set::default);
+        }
+        let set = &mut sets[i as usize - 1];
+        match kind {
+            0 => set.aar.push(f),
+            1 => set.ams.push(f),
+            _ => set.seal.push(f),
+        }
+    }
+    if !any {
+        return ArcVerdict { result: ArcResult::None, instances: 0, reason: None, sealer: String::new() };
+    }
+    let n = sets.len() as u32;
+    // The newest seal's d=, for the reports (when its set is well formed enough to say).
+    let sealer = sets
+        .last()
+        .and_then(|s| s.seal.first())
+        .and_then(|f| tags::parse(f.value()).ok())
+        .and_then(|t| get(&t, "d").map(text))
+        .unwrap_or_default();
+    // Step 2: a chain its newest sealer called failed stays failed.
+    let cvs: Vec<Option<String>> = sets
+        .iter()
+        .map(|s| {
+            s.seal
+                .first()
+                .and_then(|f| tags::parse(f.value()).ok())
+                .and_then(|t| get(&t, "cv").map(|v| text(v).to_ascii_lowercase()))
+        })
+        .collect();
+    if cvs.last().cloned().flatten().as_deref() == Some("fail") {
+        return ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={n} has cv=fail"));
+    }
+    // Step 3: exactly one of each field per set, instances 1..N without gaps, cv= none for the
+    // first set and pass for the others.
+    for (k, set) in sets.iter().enumerate() {
+        let i = k + 1;
+        for (what, count) in [
+            ("ARC-Authentication-Results", set.aar.len()),
+            ("ARC-Message-Signature", set.ams.len()),
+            ("ARC-Seal", set.seal.len()),
+        ] {
+            match count {
+                1 => {}
+                0 => return ArcVerdict::fail(n, &sealer, format!("set i={i} has no {what}")),
+                c => return ArcVerdict::fail(n, &sealer, format!("set i={i} has {c} {what} fields")),
+            }
+        }
+        let want = if i == 1 { "none" } else { "pass" };
+        match cvs[k].as_deref() {
+            Some(cv) if cv == want => {}
+            Some(cv) => return ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={i} has cv={cv}, not {want}")),
+            None => return ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={i} has no valid cv=")),
+        }
+    }
+    // Step 4: the newest ARC-Message-Signature.
+    let newest = &sets[n as usize - 1];
+    if let Err(why) = check_ams(msg, newest.ams[0], bodies, keys, now, policy) {
+        return ArcVerdict::fail(n, &sealer, format!("ARC-Message-Signature i={n}: {why}"));
+    }
+    // Step 7: every seal, newest first.
+    let mut scratch = Vec::with_capacity(4096);
+    for i in (1..=n as usize).rev() {
+        if let Err(why) = check_seal(&sets[..i], keys, policy, &mut scratch) {
+            return ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={i}: {why}"));
+        }
+    }
+    ArcVerdict { result: ArcResult::Pass, instances: n, reason: None, sealer }
+}
+
+/// The key type and hash of an `a=` value: the DKIM algorithms (RFC 6376 §3.3, RFC 8463); SHA-1
+/// is not allowed (RFC 8301 §3.1).
+fn algorithm(tags: &[(String, Vec<u8>)]) -> Result<(KeyType, Hash), String> {
+    match get(tags, "a").map(|a| text(a).to_ascii_lowercase()).as_deref() {
+        Some("rsa-sha256") => Ok((KeyType::Rsa, Hash::Sha256)),
+        Some("ed25519-sha256") => Ok((KeyType::Ed25519, Hash::Sha256)),
+        Some(other) => Err(format!("unsupported algorithm a={other}")),
+        None => Err("no a= tag".into()),
+    }
+}
+
+fn domain_and_selector(tags: &[(String, Vec<u8>)]) -> Result<(String, String), String> {
+    let d = get(tags, "d").map(text).ok_or("no d= tag")?;
+    let s = get(tags, "s").map(text).ok_or("no s= tag")?;
+    let domain = tags::to_a_labels(d.trim_end_matches('.')).to_ascii_lowercase();
+    let selector = tags::to_a_labels(&s).into_owned();
+    if !tags::is_dns_name(&domain) {
+        return Err(format!("bad d={d}"));
+    }
+    if !tags::is_dns_name(&selector) {
+        return Err(format!("bad s={s}"));
+    }
+    Ok((domain, selector))
+}
+
+/// Checks an ARC-Message-Signature like a DKIM-Signature (RFC 8617 §4.1.2, §5.2 step 4).
+fn check_ams(
+    msg: &Message,
+    field: &Field,
+    bodies: &mut Bodies<'_>,
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> Result<(), String> {
+    let tags = tags::parse(field.value())?;
+    for required in ["a", "b", "bh", "d", "h", "s"] {
+        if get(&tags, required).is_none() {
+            return Err(format!("no {required}= tag"));
+        }
+    }
+    let (kind, hash) = algorithm(&tags)?;
+    let (domain, selector) = domain_and_selector(&tags)?;
+    let canon: Canonicalization = match get(&tags, "c") {
+        None => Canonicalization { header: Canon::Simple, body: Canon::Simple },
+        Some(c) => text(c).parse().map_err(|_| format!("bad c={}", text(c)))?,
+    };
+    let headers: Vec<String> =
+        text(get(&tags, "h").unwrap_or_default()).split(':').map(|h| h.trim().to_ascii_lowercase()).collect();
+    if headers.iter().any(|h| h.is_empty()) {
+        return Err("empty name in h=".into());
+    }
+    // §4.1.2: ARC-Seal fields are never signed by an ARC-Message-Signature.
+    if headers.iter().any(|h| h == "arc-seal") {
+        return Err("h= names ARC-Seal".into());
+    }
+    let sig = Signature {
+        kind,
+        hash,
+        canon,
+        domain,
+        selector,
+        identity: None,
+        headers,
+        bh: verify::b64(get(&tags, "bh").unwrap_or_default(), "bh").map_err(|e| e.0.to_string())?,
+        b: verify::b64(get(&tags, "b").unwrap_or_default(), "b").map_err(|e| e.0.to_string())?,
+        length: verify::number(&tags, "l").map_err(|e| e.0.to_string())?,
+        timestamp: verify::number(&tags, "t").map_err(|e| e.0.to_string())?,
+        expiry: verify::number(&tags, "x").map_err(|e| e.0.to_string())?,
+        field,
+    };
+    let mut v = Verdict::new(verify::DkimResult::PermError, None);
+    let mut scratch = Vec::with_capacity(2048);
+    verify::check_signature(msg, &sig, keys, now, policy, bodies, &mut scratch, &mut v).map_err(|(_, r)| r.to_string())
+}
+
+/// Checks the ARC-Seal of the last of `sets` (RFC 8617 §5.1.1, §5.2 step 7): its signature over
+/// every set up to it, oldest first, each as ARC-Authentication-Results, ARC-Message-Signature,
+/// ARC-Seal, in relaxed header canonicalization, the last seal without its b= value and without
+/// a final CRLF.
+fn check_seal(
+    sets: &[Set],
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    policy: &Policy,
+    scratch: &mut Vec<u8>,
+) -> Result<(), String> {
+    let seal = sets.last().expect("at least one set").seal[0];
+    let tags = tags::parse(seal.value())?;
+    for required in ["a", "b", "cv", "d", "s"] {
+        if get(&tags, required).is_none() {
+            return Err(format!("no {required}= tag"));
+        }
+    }
+    // §4.1.3: the seal covers the ARC sets only; an h= tag has no place in it.
+    if get(&tags, "h").is_some() {
+        return Err("h= tag in an ARC-Seal".into());
+    }
+    let (kind, hash) = algorithm(&tags)?;
+    let (domain, selector) = domain_and_selector(&tags)?;
+    let b = verify::b64(get(&tags, "b").unwrap_or_default(), "b").map_err(|e| e.0.to_string())?;
+    let key = verify::usable_key(keys, kind, hash, &selector, &domain, policy).map_err(|(_, r)| r.to_string())?;
+    scratch.clear();
+    for (k, set) in sets.iter().enumerate() {
+        canon::canonicalize_header(Canon::Relaxed, set.aar[0].raw, scratch);
+        canon::canonicalize_header(Canon::Relaxed, set.ams[0].raw, scratch);
+        if k + 1 < sets.len() {
+            canon::canonicalize_header(Canon::Relaxed, set.seal[0].raw, scratch);
+        }
+    }
+    canon::canonicalize_header_unterminated(Canon::Relaxed, &tags::without_value(seal.raw, "b"), scratch);
+    if !verify::key_verifies(&key, hash, scratch, &b) {
+        return Err("signature does not verify".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dkim::keyrecord::fetch_key;
+    use crate::lookup::KeyDir;
+
+    fn validate_file(path: &std::path::Path, keys: &KeyDir) -> ArcVerdict {
+        let data = std::fs::read(path).unwrap();
+        let msg = Message::parse(&data).unwrap();
+        validate(&msg, &|s, d| fetch_key(keys, s, d), 1_900_000_000, &Policy::default())
+    }
+
+    /// The vectors of testdata/arc, made by dkimpy and Mail::DKIM (scripts/arc-peer), each
+    /// with the result RFC 8617 gives it (testdata/arc/README.md says where each comes from).
+    #[test]
+    fn peer_made_vectors_give_the_rfc_results() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/arc");
+        let keys = KeyDir::new(&dir.join("keys"));
+        let table = std::fs::read_to_string(dir.join("expected.tsv")).unwrap();
+        let mut checked = 0;
+        let mut wrong = vec![];
+        for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let mut cols = line.split('\t');
+            let (file, want) = (cols.next().unwrap(), cols.next().unwrap());
+            let got = validate_file(&dir.join(file), &keys);
+            if got.result.as_str() != want {
+                wrong.push(format!("{file}: want {want}, got {} ({:?})", got.result, got.reason));
+            }
+            checked += 1;
+        }
+        assert!(checked >= 19, "only {checked} vectors");
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// A seal covers every earlier set: a changed ARC-Authentication-Results of the first set
+    /// fails the chain though the newest message signature (which does not sign it) holds.
+    #[test]
+    fn a_changed_older_set_fails_its_seals() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/arc");
+        let keys = KeyDir::new(&dir.join("keys"));
+        let data = std::fs::read(dir.join("pass-i3-alternating.eml")).unwrap();
+        let check = |d: &[u8]| {
+            let msg = Message::parse(d).unwrap();
+            validate(&msg, &|s, dom| fetch_key(&keys, s, dom), 1_900_000_000, &Policy::default())
+        };
+        assert_eq!(check(&data).result, ArcResult::Pass);
+        assert_eq!(check(&data).instances, 3);
+        let text = String::from_utf8(data).unwrap();
+        let at = text.find("ARC-Authentication-Results: i=1;").expect("set 1");
+        let arc_none = at + text[at..].find("arc=none").expect("arc=none in set 1");
+        let changed = format!("{}arc=pass{}", &text[..arc_none], &text[arc_none + "arc=none".len()..]);
+        let got = check(changed.as_bytes());
+        assert_eq!(got.result, ArcResult::Fail);
+        assert!(got.reason.as_deref().unwrap_or_default().starts_with("ARC-Seal i=3"), "{got:?}");
+    }
+
+    #[test]
+    fn aar_instances() {
+        assert_eq!(aar_instance(b" i=1; mx.example.com; arc=none"), Some(1));
+        assert_eq!(aar_instance(b"i = 12 ;x"), Some(12));
+        assert_eq!(aar_instance(b" i=1 mx.example.com"), None);
+        assert_eq!(aar_instance(b"mx.example.com; i=1;"), None);
+        assert_eq!(aar_instance(b"i=;"), None);
+    }
+}
