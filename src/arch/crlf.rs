@@ -1,6 +1,7 @@
 //! Line-end kernels for body canonicalization: finding a bare LF, and copying text with a CR
 //! put before every bare LF (the wire form of a message stored with LF line ends, as mbox files
-//! and maildirs on Unix keep them).
+//! and maildirs on Unix keep them), also stopping where relaxed canonicalization has whitespace
+//! to rewrite.
 //!
 //! Both run over every octet of a body next to SHA-256, so their speed decides how close
 //! canonicalize-and-hash gets to hashing alone. Layout after memchr (STYLE.md): an AVX2 kernel

@@ -48,24 +48,16 @@ pub fn relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
     })
 }
 
-/// See [`super::to_crlf_relaxed`]: one octet at a time.
+/// See [`super::to_crlf_relaxed`]: the first octet relaxed rewriting may touch, found one
+/// octet at a time, then [`to_crlf`] of what comes before it.
 pub fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
-    let mut o = 0;
-    let mut prev = before;
-    for (i, &b) in input.iter().enumerate() {
-        let event = b == b'\t' || (b == b' ' && matches!(input.get(i + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n')));
-        if event {
-            return (i, o);
-        }
-        if b == b'\n' && prev != b'\r' {
-            out[o] = b'\r';
-            o += 1;
-        }
-        out[o] = b;
-        o += 1;
-        prev = b;
-    }
-    (input.len(), o)
+    let stop = (0..input.len())
+        .find(|&i| {
+            input[i] == b'\t'
+                || (input[i] == b' ' && matches!(input.get(i + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n')))
+        })
+        .unwrap_or(input.len());
+    (stop, to_crlf(&input[..stop], before, out))
 }
 
 /// Writes the line end for an LF at output position `o` whose preceding octet is

@@ -455,7 +455,15 @@ fn verify_parsed(
             out.push(v);
             continue;
         }
-        match verify_one(parsed, field, keys, now, policy, bodies, &mut scratch, &mut v) {
+        let checked = match parse_signature(field, policy, &mut v) {
+            Err(e) => Err((DkimResult::PermError, e.0)),
+            Ok(sig) => {
+                v.domain = sig.domain.clone();
+                v.identity = sig.identity.clone().unwrap_or_else(|| format!("@{}", sig.domain));
+                check_signature(parsed, &sig, keys, now, policy, bodies, &mut scratch, &mut v)
+            }
+        };
+        match checked {
             Ok(()) => v.result = DkimResult::Pass,
             Err((r, reason)) => {
                 v.result = r;
@@ -465,24 +473,6 @@ fn verify_parsed(
         out.push(v);
     }
     out
-}
-
-#[allow(clippy::too_many_arguments)]
-fn verify_one(
-    msg: &Message,
-    field: &Field,
-    keys: &dyn Fn(&str, &str) -> KeyResult,
-    now: u64,
-    policy: &Policy,
-    bodies: &mut Bodies<'_>,
-    scratch: &mut Vec<u8>,
-    v: &mut Verdict,
-) -> Result<(), (DkimResult, Reason)> {
-    let pe = |e: PermError| (DkimResult::PermError, e.0);
-    let sig = parse_signature(field, policy, v).map_err(pe)?;
-    v.domain = sig.domain.clone();
-    v.identity = sig.identity.clone().unwrap_or_else(|| format!("@{}", sig.domain));
-    check_signature(msg, &sig, keys, now, policy, bodies, scratch, v)
 }
 
 /// The checks of a parsed signature (DKIM-Signature or ARC-Message-Signature, RFC 8617
