@@ -118,6 +118,7 @@ dktest!(
             ("dkimpress.1", &[0, 1, 64, 65, 66, 70, 73, 74, 75, 78, 130][..]),
             ("dkimpress-sign.1", &[0, 64, 65, 66, 73, 74, 75, 78, 130]),
             ("dkimpress-verify.1", &[0, 1, 64, 66, 78]),
+            ("dkimpress-seal.1", &[0, 64, 65, 75]),
             ("dkimpress-filter.1", &[0, 75]),
             ("dkimpress-testkey.1", &[0, 1]),
             ("dkimpress-genkey.1", &[0, 73]),

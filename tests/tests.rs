@@ -4,6 +4,7 @@
 #[macro_use]
 mod util;
 
+mod arc;
 mod bulk;
 mod dnsserver;
 mod genkey;

@@ -125,6 +125,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return match e {
                 pipeline::MessageError::Sign(e) => sign_code(e),
                 pipeline::MessageError::Select(s) => select_code(s),
+                pipeline::MessageError::Seal(dkimpress::dkim::arc::SealError::Sign(e)) => sign_code(e),
+                pipeline::MessageError::Seal(dkimpress::dkim::arc::SealError::Temporary(_)) => sysexits::TEMPFAIL,
+                pipeline::MessageError::Seal(
+                    dkimpress::dkim::arc::SealError::Closed(_) | dkimpress::dkim::arc::SealError::Full(_),
+                ) => sysexits::DATAERR,
                 pipeline::MessageError::Panic(_) => sysexits::SOFTWARE,
             };
         }

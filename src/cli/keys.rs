@@ -240,5 +240,7 @@ pub(super) fn mta_options(k: &KeyArgs, conf: Option<&OpendkimConf>) -> anyhow::R
         strip_own: false,
         now: k.timestamp.unwrap_or_else(now_unix),
         max_message: pipeline::DEFAULT_MAX_MESSAGE,
+        dkim: true,
+        arc: None,
     })
 }

@@ -21,6 +21,7 @@ mod milter;
 pub mod mta;
 #[allow(unsafe_code)]
 mod os;
+mod seal;
 mod sendmail;
 mod sign;
 mod testkey;
@@ -33,6 +34,7 @@ use error::{write_failed, CliError};
 use filter::{cmd_filter, FilterArgs};
 use genkey::{cmd_genkey, GenkeyArgs};
 use milter::{cmd_milter, MilterArgs};
+use seal::{cmd_seal, SealArgs};
 use sendmail::cmd_sendmail;
 use sign::{cmd_sign, SignArgs, SignConfig};
 use testkey::{cmd_testkey, TestkeyArgs};
@@ -55,6 +57,9 @@ pub struct Cli {
 enum Command {
     /// Sign one message (stdin or a file) and write it with DKIM-Signature field(s) on top.
     Sign(SignArgs),
+    /// Add the next ARC set (ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results; RFC
+    /// 8617) to one message or whole archives, after validating the chain already there.
+    Seal(SealArgs),
     /// Verify the DKIM signatures of messages: stdin, message files, mboxes, maildirs, queue
     /// directories. Exit 0 only when every message passes.
     Verify(VerifyArgs),
@@ -151,6 +156,7 @@ where
         Command::Sign(a) => cmd_sign(SignConfig::from_args(a)?),
         Command::Genkey(a) => cmd_genkey(a),
         Command::Verify(a) => cmd_verify(a),
+        Command::Seal(a) => cmd_seal(a),
         Command::Testkey(a) => cmd_testkey(a),
         Command::Filter(a) => cmd_filter(a),
         Command::Milter(a) => cmd_milter(a),

@@ -129,6 +129,8 @@ impl SignConfig {
                     strip_own: a.strip_own,
                     now,
                     max_message: a.input.max_message(),
+                    dkim: true,
+                    arc: None,
                 },
                 mbox_format: a.input.mbox_format,
                 shard: a.input.shard,
@@ -182,9 +184,10 @@ pub(crate) fn sign_single(
         Err(e) if e.is_no_key() && !cfg.require_signed => {
             if !cfg.quiet {
                 eprintln!(
-                    "dkimpress: {}: {}: passed through unsigned",
+                    "dkimpress: {}: {}: passed through {}",
                     pipeline::sanitize(name),
-                    pipeline::sanitize(&e.to_string())
+                    pipeline::sanitize(&e.to_string()),
+                    if cfg.opts.policy.dkim { "unsigned" } else { "unchanged" }
                 );
             }
             (vec![], vec![])
@@ -290,13 +293,19 @@ pub(crate) fn report(cfg: &SignConfig, s: &Summary, secs: f64) -> anyhow::Result
             eprintln!("{v}");
         }
     } else if !cfg.quiet {
-        // Which of the messages passed through lacked only a key (a normal outcome).
+        // Which of the messages passed through lacked only a key (a normal outcome); `seal`
+        // counts a closed ARC chain there too.
+        let (done, skipped) = if cfg.opts.policy.dkim {
+            ("signed", "without a key")
+        } else {
+            ("sealed", "without a key or with a closed chain")
+        };
         let why = match s.passed_through {
             0 => String::new(),
-            _ => format!(" ({} without a key, {} could not be signed)", s.no_key, s.passed_through - s.no_key),
+            _ => format!(" ({} {skipped}, {} could not be {done})", s.no_key, s.passed_through - s.no_key),
         };
         eprintln!(
-            "dkimpress: {}: {} signed, {} passed through unsigned{why}; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
+            "dkimpress: {}: {} {done}, {} passed through un{done}{why}; {:.1} MB in {:.2} s ({:.0} msgs/s, {} threads)",
             count(s.messages, "message"),
             s.signed,
             s.passed_through,

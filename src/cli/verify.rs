@@ -7,6 +7,7 @@ use crate::cli::keys::key_lookup;
 use crate::cli::{count, now_unix, read_stdin};
 use anyhow::Context as _;
 use clap::Args;
+use dkimpress::dkim::arc::{self, ArcVerdict};
 use dkimpress::dkim::verify::{self, DkimResult, Policy, Verdict};
 use dkimpress::lookup::{Chain, KeyCache};
 use dkimpress::pipeline;
@@ -49,6 +50,11 @@ pub(crate) struct VerifyArgs {
     /// Text report: also each signature's i= (JSON always has it) and the time taken.
     #[arg(short = 'v', long = "verbose")]
     pub(crate) verbose: bool,
+    /// Also validate each message's ARC chain (RFC 8617 §5.2): `arc=pass|fail|none` after the
+    /// DKIM results of the report line, the field `arc` in JSON, an `arc=` result in
+    /// Authentication-Results (--add-ar). The exit status stays that of DKIM.
+    #[arg(long = "arc")]
+    pub(crate) arc: bool,
     /// Filter mode (stdin only): write the message to stdout with an Authentication-Results
     /// field (RFC 8601) for this authserv-id on top; exit 0 whatever the result.
     #[arg(long = "add-ar", value_name = "AUTHSERV-ID")]
@@ -62,6 +68,7 @@ pub(crate) struct VerifyArgs {
 pub(crate) fn verdict_line(
     name: &str,
     verdicts: &[dkimpress::dkim::verify::Verdict],
+    chain: Option<&ArcVerdict>,
     overall: dkimpress::dkim::verify::DkimResult,
     verbose: bool,
 ) -> String {
@@ -78,6 +85,18 @@ pub(crate) fn verdict_line(
             line.push_str(&format!(" [{n}]"));
         }
     }
+    if let Some(c) = chain {
+        line.push_str(&format!(" | arc={}", c.result));
+        if c.instances > 0 {
+            line.push_str(&format!(" i={}", c.instances));
+        }
+        if !c.sealer.is_empty() {
+            line.push_str(&format!(" d={}", pipeline::sanitize(&c.sealer)));
+        }
+        if let Some(reason) = &c.reason {
+            line.push_str(&format!(": {}", pipeline::sanitize(reason)));
+        }
+    }
     line
 }
 
@@ -87,6 +106,7 @@ pub(crate) fn verdict_json(
     index: u64,
     offset: u64,
     verdicts: &[dkimpress::dkim::verify::Verdict],
+    chain: Option<&ArcVerdict>,
     overall: dkimpress::dkim::verify::DkimResult,
 ) -> String {
     let sigs: Vec<serde_json::Value> = verdicts
@@ -97,9 +117,15 @@ pub(crate) fn verdict_json(
                 "a": v.algorithm, "i": v.identity, "notes": v.notes})
         })
         .collect();
-    serde_json::json!({"message": name, "file": file, "index": index, "offset": offset,
-        "result": overall.as_str(), "signatures": sigs})
-    .to_string()
+    let mut v = serde_json::json!({"message": name, "file": file, "index": index, "offset": offset,
+        "result": overall.as_str(), "signatures": sigs});
+    if let Some(c) = chain {
+        v["arc"] = c.result.as_str().into();
+        v["arc_instances"] = c.instances.into();
+        v["arc_sealer"] = c.sealer.clone().into();
+        v["arc_reason"] = c.reason.clone().unwrap_or_default().into();
+    }
+    v.to_string()
 }
 
 pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -114,6 +140,7 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             ..Policy::default()
         },
         now: a.at.unwrap_or_else(now_unix),
+        arc: a.arc,
     };
     let started = std::time::Instant::now();
     let stdin_mode = a.inputs.is_empty() || (a.inputs.len() == 1 && a.inputs[0].as_os_str() == "-");
@@ -126,12 +153,13 @@ pub(crate) fn cmd_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     if stdin_mode {
         let buf = read_stdin(a.input.max_message())?;
-        let vs = checker.verdicts(&buf);
+        let checks = checker.checks(&buf);
         if let Some(id) = &a.add_ar {
-            write_with_authentication_results(&mut report.out, id, &buf, &vs).map_err(|e| write_failed("stdout", e))?;
+            write_with_authentication_results(&mut report.out, id, &buf, &checks)
+                .map_err(|e| write_failed("stdout", e))?;
             return Ok(ExitCode::SUCCESS);
         }
-        report.message("stdin", "stdin", 1, 0, &vs).map_err(|e| write_failed("stdout", e))?;
+        report.message("stdin", "stdin", 1, 0, &checks).map_err(|e| write_failed("stdout", e))?;
     } else {
         verify_files(&a, &checker, &mut report)?;
     }
@@ -145,15 +173,30 @@ struct Checker {
     policy: Policy,
     /// The time signatures are checked at (`--at`, else now).
     now: u64,
+    /// `--arc`: validate ARC chains too.
+    arc: bool,
 }
 
 impl Checker {
-    /// The verdicts of one message; a message that does not parse gets one permerror.
-    fn verdicts(&self, msg: &[u8]) -> Vec<Verdict> {
+    /// The verdicts of one message, and its chain result with `--arc`; a message that does not
+    /// parse gets one permerror (and a failed chain: nothing in it can be trusted).
+    fn checks(&self, msg: &[u8]) -> pipeline::Checks {
         let keys = |s: &str, d: &str| self.cache.get(s, d);
-        match verify::verify_slice(msg, &keys, self.now, &self.policy) {
-            Ok(v) => v,
-            Err(e) => vec![Verdict::new(DkimResult::PermError, verify::Reason::Unparsable(e))],
+        let parsed = match dkimpress::dkim::header::Message::parse(msg) {
+            Ok(p) => p,
+            Err(e) => {
+                let arc = self.arc.then(|| ArcVerdict::unparsable(&e));
+                return pipeline::Checks {
+                    verdicts: vec![Verdict::new(DkimResult::PermError, verify::Reason::Unparsable(e))],
+                    arc,
+                };
+            }
+        };
+        if self.arc {
+            let (verdicts, chain) = arc::verify_with_chain(&parsed, &keys, self.now, &self.policy);
+            pipeline::Checks { verdicts, arc: Some(chain) }
+        } else {
+            pipeline::Checks { verdicts: verify::verify_message(&parsed, &keys, self.now, &self.policy), arc: None }
         }
     }
 }
@@ -175,8 +218,8 @@ fn verify_files(a: &VerifyArgs, checker: &Checker, report: &mut Report<impl Writ
                 max_message: a.input.max_message(),
             },
             &pool,
-            &|msg: &[u8]| checker.verdicts(msg),
-            |c| report.message(c.name, c.file, c.index, c.offset, &c.verdicts),
+            &|msg: &[u8]| checker.checks(msg),
+            |c| report.message(c.name, c.file, c.index, c.offset, &c.checks),
         )?;
     }
     Ok(())
@@ -187,7 +230,7 @@ fn write_with_authentication_results(
     out: &mut impl Write,
     id: &str,
     msg: &[u8],
-    vs: &[Verdict],
+    checks: &pipeline::Checks,
 ) -> std::io::Result<()> {
     let parsed = dkimpress::dkim::header::Message::parse(msg).ok();
     let le = if parsed.as_ref().is_some_and(|m| m.crlf) { "\r\n" } else { "\n" };
@@ -199,7 +242,10 @@ fn write_with_authentication_results(
         .filter(|f| f.is("authentication-results") && verify::claims_authserv_id(f.value(), id))
         .map(|f| f.offset..f.offset + f.raw.len())
         .collect();
-    let ar = verify::authentication_results(id, vs, le);
+    let ar = match &checks.arc {
+        Some(chain) => arc::authentication_results(id, &checks.verdicts, chain, le),
+        None => verify::authentication_results(id, &checks.verdicts, le),
+    };
     out.write_all(ar.as_bytes()).and_then(|_| pipeline::write_without(out, msg, &forged)).and_then(|_| out.flush())
 }
 
@@ -213,6 +259,8 @@ struct Report<W> {
     /// `--require all`: every signature must pass, and there must be one.
     require_all: bool,
     counts: BTreeMap<DkimResult, u64>,
+    /// Chain results (`--arc`), by result.
+    arc_counts: BTreeMap<&'static str, u64>,
     /// Messages not verified.
     failed: u64,
 }
@@ -226,6 +274,7 @@ impl<W: Write> Report<W> {
             quiet: a.quiet,
             require_all: a.require == Require::All,
             counts: BTreeMap::new(),
+            arc_counts: BTreeMap::new(),
             failed: 0,
         }
     }
@@ -240,16 +289,28 @@ impl<W: Write> Report<W> {
     }
 
     /// Counts one message and writes its line.
-    fn message(&mut self, name: &str, file: &str, index: u64, offset: u64, vs: &[Verdict]) -> std::io::Result<()> {
+    fn message(
+        &mut self,
+        name: &str,
+        file: &str,
+        index: u64,
+        offset: u64,
+        checks: &pipeline::Checks,
+    ) -> std::io::Result<()> {
+        let vs = &checks.verdicts;
         let o = verify::overall(vs);
         *self.counts.entry(o).or_default() += 1;
+        if let Some(c) = &checks.arc {
+            *self.arc_counts.entry(c.result.as_str()).or_default() += 1;
+        }
         if !self.is_verified(vs) {
             self.failed += 1;
         }
+        let chain = checks.arc.as_ref();
         let line = if self.json {
-            verdict_json(name, file, index, offset, vs, o)
+            verdict_json(name, file, index, offset, vs, chain, o)
         } else {
-            verdict_line(name, vs, o, self.verbose)
+            verdict_line(name, vs, chain, o, self.verbose)
         };
         writeln!(self.out, "{line}")
     }
@@ -263,8 +324,14 @@ impl<W: Write> Report<W> {
             let parts: Vec<String> = self.counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
             let took =
                 if self.verbose { format!(" ({:.2} s)", started.elapsed().as_secs_f64()) } else { String::new() };
+            let arc = if self.arc_counts.is_empty() {
+                String::new()
+            } else {
+                let parts: Vec<String> = self.arc_counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                format!("; ARC chains: {}", parts.join(", "))
+            };
             eprintln!(
-                "dkimpress: {}: {}; {} not verified{took}",
+                "dkimpress: {}: {}; {} not verified{arc}{took}",
                 count(total, "message"),
                 parts.join(", "),
                 self.failed

@@ -12,6 +12,7 @@ use crate::dkim::canon::{self, Canon, Canonicalization};
 use crate::dkim::header::{Field, Message};
 use crate::dkim::key::KeyType;
 use crate::dkim::keyrecord::KeyResult;
+use crate::dkim::sign::{self as dkim_sign, Body, SignError, Signer};
 use crate::dkim::tags;
 use crate::dkim::verify::{self, get, text, Bodies, Policy, Signature, Verdict};
 
@@ -51,18 +52,125 @@ impl std::fmt::Display for ArcResult {
 pub struct ArcVerdict {
     /// The chain validation status.
     pub result: ArcResult,
-    /// The highest instance (the number of sets when the chain is well formed; 0 without ARC).
+    /// The highest instance any ARC field names (the number of sets when the chain is well
+    /// formed; 0 without ARC): the next set a sealer adds is one higher.
     pub instances: u32,
     /// Why the chain failed.
     pub reason: Option<String>,
     /// `d=` of the newest ARC-Seal (who sealed last), when it parsed.
     pub sealer: String,
+    /// The failure may not hold: a key lookup failed for now (DNS temperror). A sealer retries
+    /// later rather than seal the chain as failed for good.
+    pub temporary: bool,
+    /// The newest ARC-Seal already says `cv=fail`: nobody may add a set (RFC 8617 §5.1.1).
+    pub closed: bool,
 }
 
 impl ArcVerdict {
-    fn fail(instances: u32, sealer: &str, reason: impl Into<String>) -> ArcVerdict {
-        ArcVerdict { result: ArcResult::Fail, instances, reason: Some(reason.into()), sealer: sealer.to_string() }
+    /// The chain of a message whose header does not parse: failed, as nothing in it can be
+    /// checked.
+    pub fn unparsable(e: &crate::dkim::header::HeaderError) -> ArcVerdict {
+        ArcVerdict::fail(0, "", format!("the message does not parse: {e}"))
     }
+
+    fn fail(instances: u32, sealer: &str, reason: impl Into<String>) -> ArcVerdict {
+        ArcVerdict {
+            result: ArcResult::Fail,
+            instances,
+            reason: Some(reason.into()),
+            sealer: sealer.to_string(),
+            temporary: false,
+            closed: false,
+        }
+    }
+}
+
+/// Why a message was not sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The newest ARC-Seal says `cv=fail`: nobody may add a set after it.
+    #[error("the ARC chain already failed (cv=fail at i={0}): no set may be added (RFC 8617 §5.1.1)")]
+    Closed(u32),
+    /// There are already 50 sets (or a field claims an instance past 50).
+    #[error("the message already has ARC instance {0}; instances end at 50 (RFC 8617 §4.2.1)")]
+    Full(u32),
+    /// A key of the existing chain could not be looked up now: sealing the chain as failed
+    /// would be for good, so the message waits.
+    #[error("the ARC chain cannot be validated now: {0}")]
+    Temporary(String),
+    /// Making the new signatures failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+/// The next ARC set for `parsed` (RFC 8617 §5.1): ARC-Seal, ARC-Message-Signature and
+/// ARC-Authentication-Results of instance N + 1, top to bottom, in wire form (CRLF). `chain` is
+/// the message's chain as validated now ([`validate`]; its result becomes `cv=`), `results` the
+/// ARC-Authentication-Results payload after `i=N;` (an authserv-id and its results, see
+/// [`results_of`] and [`results_computed`]). `signer` makes the ARC-Message-Signature (its
+/// header list and canonicalization) and the seal (its key, `d=`, `s=`). The seal of a
+/// passing chain (or of the first set) covers every set; one with `cv=fail` covers its own set
+/// only (§5.1.1).
+pub fn seal(
+    signer: &Signer,
+    parsed: &Message,
+    body: Body<'_>,
+    chain: &ArcVerdict,
+    results: &str,
+    now: u64,
+) -> Result<String, SealError> {
+    if chain.closed {
+        return Err(SealError::Closed(chain.instances));
+    }
+    if chain.temporary {
+        return Err(SealError::Temporary(chain.reason.clone().unwrap_or_default()));
+    }
+    if chain.instances >= MAX_INSTANCES {
+        return Err(SealError::Full(chain.instances));
+    }
+    let n = chain.instances + 1;
+    let aar = format!("ARC-Authentication-Results: i={n}; {results}\r\n");
+    let ams = dkim_sign::arc_message_signature(signer, parsed, body, n, now)?;
+    let mut input = Vec::with_capacity(4096);
+    if chain.result == ArcResult::Pass {
+        seal_input(&collect_sets(parsed).0, true, &mut input);
+    }
+    canon::canonicalize_header(Canon::Relaxed, aar.as_bytes(), &mut input);
+    canon::canonicalize_header(Canon::Relaxed, ams.as_bytes(), &mut input);
+    let seal = dkim_sign::arc_seal(signer, n, chain.result.as_str(), &input, now)?;
+    Ok(format!("{seal}{ams}{aar}"))
+}
+
+/// The ARC-Authentication-Results payload from the message itself: the results of every
+/// Authentication-Results field that `authserv_id` wrote, in their order, after that id
+/// (`id; none` when there is none). Line ends in them become CRLF.
+pub fn results_of(parsed: &Message, authserv_id: &str) -> String {
+    let mut results: Vec<String> = Vec::new();
+    for f in parsed.fields.iter().filter(|f| f.is("authentication-results")) {
+        if !verify::claims_authserv_id(f.value(), authserv_id) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(f.value()).replace("\r\n", "\n").replace('\n', "\r\n");
+        // After the authserv-id (and its optional version): the `;`-separated results.
+        if let Some((_, rest)) = value.split_once(';') {
+            let rest = rest.trim();
+            if !rest.is_empty() && !rest.eq_ignore_ascii_case("none") {
+                results.push(rest.to_string());
+            }
+        }
+    }
+    if results.is_empty() {
+        format!("{authserv_id}; none")
+    } else {
+        format!("{authserv_id};\r\n\t{}", results.join(";\r\n\t"))
+    }
+}
+
+/// The ARC-Authentication-Results payload of results computed here: the `dkim=` of each
+/// verdict and the `arc=` of `chain`, as [`authentication_results`] writes them.
+pub fn results_computed(authserv_id: &str, verdicts: &[Verdict], chain: &ArcVerdict) -> String {
+    let field = authentication_results(authserv_id, verdicts, chain, "\r\n");
+    field.trim_start_matches("Authentication-Results: ").trim_end_matches("\r\n").to_string()
 }
 
 /// The three fields of one ARC set.
@@ -96,22 +204,52 @@ fn tag_instance(value: &[u8]) -> Option<u32> {
     text(i).parse().ok()
 }
 
-/// Validates the ARC chain of `msg` (RFC 8617 §5.2). `keys` gives the key of (selector,
-/// domain), `now` is the Unix time; `policy` holds the DKIM key rules, which ARC shares.
-pub fn validate(msg: &Message, keys: &dyn Fn(&str, &str) -> KeyResult, now: u64, policy: &Policy) -> ArcVerdict {
-    validate_with(msg, &mut Bodies::Bytes(msg.body, Vec::new()), keys, now, policy)
-}
-
-pub(crate) fn validate_with(
+/// Verifies every DKIM-Signature of `msg` and validates its ARC chain, each body hash computed
+/// once for both.
+pub fn verify_with_chain(
     msg: &Message,
-    bodies: &mut Bodies<'_>,
     keys: &dyn Fn(&str, &str) -> KeyResult,
     now: u64,
     policy: &Policy,
-) -> ArcVerdict {
-    // Step 1: collect the sets.
+) -> (Vec<Verdict>, ArcVerdict) {
+    verify_with_chain_body(msg, msg.body, keys, now, policy)
+}
+
+/// [`verify_with_chain`] with the body given apart (`msg.body` is not read).
+pub fn verify_with_chain_body(
+    msg: &Message,
+    body: &[u8],
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> (Vec<Verdict>, ArcVerdict) {
+    let mut bodies = Bodies::Bytes(body, Vec::new());
+    let verdicts = verify::verify_parsed(msg, &mut bodies, keys, now, policy);
+    let chain = validate_with(msg, &mut bodies, keys, now, policy);
+    (verdicts, chain)
+}
+
+/// [`verify::authentication_results`] with the chain result after the DKIM results: `arc=`,
+/// the method RFC 8617 registers for Authentication-Results, with `reason=` when it failed
+/// (quotes, backslashes and control characters left out, as for DKIM reasons).
+pub fn authentication_results(authserv_id: &str, verdicts: &[Verdict], chain: &ArcVerdict, le: &str) -> String {
+    let mut out = verify::authentication_results(authserv_id, verdicts, le);
+    out.truncate(out.len() - le.len());
+    out.push_str(&format!(";{le}	arc={}", chain.result));
+    if let Some(reason) = &chain.reason {
+        let reason: String = reason.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+        out.push_str(&format!(" reason=\"{reason}\""));
+    }
+    out.push_str(le);
+    out
+}
+
+/// The ARC sets of `msg` by instance (index 0 is i=1), the highest instance any ARC field
+/// names (0: none), and the first field whose instance is missing or outside 1..50 (§4.2.1).
+fn collect_sets<'m, 'a>(msg: &'m Message<'a>) -> (Vec<Set<'m, 'a>>, u32, Option<String>) {
     let mut sets: Vec<Set> = Vec::new();
-    let mut any = false;
+    let mut highest = 0;
+    let mut bad = None;
     for f in &msg.fields {
         let (kind, instance) = if f.is("arc-authentication-results") {
             (0, aar_instance(f.value()))
@@ -122,14 +260,21 @@ pub(crate) fn validate_with(
         } else {
             continue;
         };
-        any = true;
-        let name = String::from_utf8_lossy(&f.raw[..f.raw.iter().position(|&b| b == b':').unwrap_or(0)]).into_owned();
-        // §4.2.1: instances run from 1 to 50.
+        let name =
+            || String::from_utf8_lossy(&f.raw[..f.raw.iter().position(|&b| b == b':').unwrap_or(0)]).into_owned();
         let i = match instance {
             Some(i) if (1..=MAX_INSTANCES).contains(&i) => i,
-            Some(i) => return ArcVerdict::fail(0, "", format!("{name} instance i={i} outside 1..{MAX_INSTANCES}")),
-            None => return ArcVerdict::fail(0, "", format!("{name} has no valid instance (i=)")),
+            Some(i) => {
+                highest = highest.max(i);
+                bad.get_or_insert_with(|| format!("{} instance i={i} outside 1..{MAX_INSTANCES}", name()));
+                continue;
+            }
+            None => {
+                bad.get_or_insert_with(|| format!("{} has no valid instance (i=)", name()));
+                continue;
+            }
         };
+        highest = highest.max(i);
         if sets.len() < i as usize {
             sets.resize_with(i as usize, Set::default);
         }
@@ -140,8 +285,47 @@ pub(crate) fn validate_with(
             _ => set.seal.push(f),
         }
     }
-    if !any {
-        return ArcVerdict { result: ArcResult::None, instances: 0, reason: None, sealer: String::new() };
+    (sets, highest, bad)
+}
+
+/// Validates the ARC chain of `msg` (RFC 8617 §5.2). `keys` gives the key of (selector,
+/// domain), `now` is the Unix time; `policy` holds the DKIM key rules, which ARC shares.
+pub fn validate(msg: &Message, keys: &dyn Fn(&str, &str) -> KeyResult, now: u64, policy: &Policy) -> ArcVerdict {
+    validate_body(msg, msg.body, keys, now, policy)
+}
+
+/// [`validate`] with the body given apart (`msg.body` is not read).
+pub fn validate_body(
+    msg: &Message,
+    body: &[u8],
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> ArcVerdict {
+    validate_with(msg, &mut Bodies::Bytes(body, Vec::new()), keys, now, policy)
+}
+
+pub(crate) fn validate_with(
+    msg: &Message,
+    bodies: &mut Bodies<'_>,
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> ArcVerdict {
+    // Step 1: collect the sets.
+    let (sets, highest, bad) = collect_sets(msg);
+    if highest == 0 && bad.is_none() {
+        return ArcVerdict {
+            result: ArcResult::None,
+            instances: 0,
+            reason: None,
+            sealer: String::new(),
+            temporary: false,
+            closed: false,
+        };
+    }
+    if let Some(why) = bad {
+        return ArcVerdict::fail(highest, "", why);
     }
     let n = sets.len() as u32;
     // The newest seal's d=, for the reports (when its set is well formed enough to say).
@@ -162,7 +346,7 @@ pub(crate) fn validate_with(
         })
         .collect();
     if cvs.last().cloned().flatten().as_deref() == Some("fail") {
-        return ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={n} has cv=fail"));
+        return ArcVerdict { closed: true, ..ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={n} has cv=fail")) };
     }
     // Step 3: exactly one of each field per set, instances 1..N without gaps, cv= none for the
     // first set and pass for the others.
@@ -188,17 +372,17 @@ pub(crate) fn validate_with(
     }
     // Step 4: the newest ARC-Message-Signature.
     let newest = &sets[n as usize - 1];
-    if let Err(why) = check_ams(msg, newest.ams[0], bodies, keys, now, policy) {
-        return ArcVerdict::fail(n, &sealer, format!("ARC-Message-Signature i={n}: {why}"));
+    if let Err((temporary, why)) = check_ams(msg, newest.ams[0], bodies, keys, now, policy) {
+        return ArcVerdict { temporary, ..ArcVerdict::fail(n, &sealer, format!("ARC-Message-Signature i={n}: {why}")) };
     }
     // Step 7: every seal, newest first.
     let mut scratch = Vec::with_capacity(4096);
     for i in (1..=n as usize).rev() {
-        if let Err(why) = check_seal(&sets[..i], keys, policy, &mut scratch) {
-            return ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={i}: {why}"));
+        if let Err((temporary, why)) = check_seal(&sets[..i], keys, policy, &mut scratch) {
+            return ArcVerdict { temporary, ..ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={i}: {why}")) };
         }
     }
-    ArcVerdict { result: ArcResult::Pass, instances: n, reason: None, sealer }
+    ArcVerdict { result: ArcResult::Pass, instances: n, reason: None, sealer, temporary: false, closed: false }
 }
 
 /// The key type and hash of an `a=` value: the DKIM algorithms (RFC 6376 §3.3, RFC 8463); SHA-1
@@ -226,6 +410,20 @@ fn domain_and_selector(tags: &[(String, Vec<u8>)]) -> Result<(String, String), S
     Ok((domain, selector))
 }
 
+/// Why a signature of the chain did not validate: whether that may change on a retry (a key
+/// lookup that failed for now), and what it was.
+type Failure = (bool, String);
+
+/// A failure that a retry cannot change.
+fn permanent(why: impl Into<String>) -> Failure {
+    (false, why.into())
+}
+
+/// A DKIM verdict's result and reason as a [`Failure`].
+fn from_dkim((result, reason): (verify::DkimResult, verify::Reason)) -> Failure {
+    (result == verify::DkimResult::TempError, reason.to_string())
+}
+
 /// Checks an ARC-Message-Signature like a DKIM-Signature (RFC 8617 §4.1.2, §5.2 step 4).
 fn check_ams(
     msg: &Message,
@@ -234,28 +432,29 @@ fn check_ams(
     keys: &dyn Fn(&str, &str) -> KeyResult,
     now: u64,
     policy: &Policy,
-) -> Result<(), String> {
-    let tags = tags::parse(field.value())?;
+) -> Result<(), Failure> {
+    let tags = tags::parse(field.value()).map_err(permanent)?;
     for required in ["a", "b", "bh", "d", "h", "s"] {
         if get(&tags, required).is_none() {
-            return Err(format!("no {required}= tag"));
+            return Err(permanent(format!("no {required}= tag")));
         }
     }
-    let (kind, hash) = algorithm(&tags)?;
-    let (domain, selector) = domain_and_selector(&tags)?;
+    let (kind, hash) = algorithm(&tags).map_err(permanent)?;
+    let (domain, selector) = domain_and_selector(&tags).map_err(permanent)?;
     let canon: Canonicalization = match get(&tags, "c") {
         None => Canonicalization { header: Canon::Simple, body: Canon::Simple },
-        Some(c) => text(c).parse().map_err(|_| format!("bad c={}", text(c)))?,
+        Some(c) => text(c).parse().map_err(|_| permanent(format!("bad c={}", text(c))))?,
     };
     let headers: Vec<String> =
         text(get(&tags, "h").unwrap_or_default()).split(':').map(|h| h.trim().to_ascii_lowercase()).collect();
     if headers.iter().any(|h| h.is_empty()) {
-        return Err("empty name in h=".into());
+        return Err(permanent("empty name in h="));
     }
     // §4.1.2: ARC-Seal fields are never signed by an ARC-Message-Signature.
     if headers.iter().any(|h| h == "arc-seal") {
-        return Err("h= names ARC-Seal".into());
+        return Err(permanent("h= names ARC-Seal"));
     }
+    let tag_error = |e: verify::PermError| permanent(e.0.to_string());
     let sig = Signature {
         kind,
         hash,
@@ -264,54 +463,61 @@ fn check_ams(
         selector,
         identity: None,
         headers,
-        bh: verify::b64(get(&tags, "bh").unwrap_or_default(), "bh").map_err(|e| e.0.to_string())?,
-        b: verify::b64(get(&tags, "b").unwrap_or_default(), "b").map_err(|e| e.0.to_string())?,
-        length: verify::number(&tags, "l").map_err(|e| e.0.to_string())?,
-        timestamp: verify::number(&tags, "t").map_err(|e| e.0.to_string())?,
-        expiry: verify::number(&tags, "x").map_err(|e| e.0.to_string())?,
+        bh: verify::b64(get(&tags, "bh").unwrap_or_default(), "bh").map_err(tag_error)?,
+        b: verify::b64(get(&tags, "b").unwrap_or_default(), "b").map_err(tag_error)?,
+        length: verify::number(&tags, "l").map_err(tag_error)?,
+        timestamp: verify::number(&tags, "t").map_err(tag_error)?,
+        expiry: verify::number(&tags, "x").map_err(tag_error)?,
         field,
     };
     let mut v = Verdict::new(verify::DkimResult::PermError, None);
     let mut scratch = Vec::with_capacity(2048);
-    verify::check_signature(msg, &sig, keys, now, policy, bodies, &mut scratch, &mut v).map_err(|(_, r)| r.to_string())
+    verify::check_signature(msg, &sig, keys, now, policy, bodies, &mut scratch, &mut v).map_err(from_dkim)
+}
+
+/// The canonical form of `sets` as the ARC-Seal of the set after them, or of the last of them,
+/// signs it (RFC 8617 §5.1.1): each set as ARC-Authentication-Results, ARC-Message-Signature,
+/// ARC-Seal, relaxed, each with its CRLF, oldest first. With `last_seal` false the last set's
+/// seal is left out (the seal being checked, or being made).
+fn seal_input(sets: &[Set], last_seal: bool, out: &mut Vec<u8>) {
+    for (k, set) in sets.iter().enumerate() {
+        canon::canonicalize_header(Canon::Relaxed, set.aar[0].raw, out);
+        canon::canonicalize_header(Canon::Relaxed, set.ams[0].raw, out);
+        if last_seal || k + 1 < sets.len() {
+            canon::canonicalize_header(Canon::Relaxed, set.seal[0].raw, out);
+        }
+    }
 }
 
 /// Checks the ARC-Seal of the last of `sets` (RFC 8617 §5.1.1, §5.2 step 7): its signature over
-/// every set up to it, oldest first, each as ARC-Authentication-Results, ARC-Message-Signature,
-/// ARC-Seal, in relaxed header canonicalization, the last seal without its b= value and without
-/// a final CRLF.
+/// every set up to it ([`seal_input`]), then itself without its b= value and without a final
+/// CRLF.
 fn check_seal(
     sets: &[Set],
     keys: &dyn Fn(&str, &str) -> KeyResult,
     policy: &Policy,
     scratch: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let seal = sets.last().expect("at least one set").seal[0];
-    let tags = tags::parse(seal.value())?;
+    let tags = tags::parse(seal.value()).map_err(permanent)?;
     for required in ["a", "b", "cv", "d", "s"] {
         if get(&tags, required).is_none() {
-            return Err(format!("no {required}= tag"));
+            return Err(permanent(format!("no {required}= tag")));
         }
     }
     // §4.1.3: the seal covers the ARC sets only; an h= tag has no place in it.
     if get(&tags, "h").is_some() {
-        return Err("h= tag in an ARC-Seal".into());
+        return Err(permanent("h= tag in an ARC-Seal"));
     }
-    let (kind, hash) = algorithm(&tags)?;
-    let (domain, selector) = domain_and_selector(&tags)?;
-    let b = verify::b64(get(&tags, "b").unwrap_or_default(), "b").map_err(|e| e.0.to_string())?;
-    let key = verify::usable_key(keys, kind, hash, &selector, &domain, policy).map_err(|(_, r)| r.to_string())?;
+    let (kind, hash) = algorithm(&tags).map_err(permanent)?;
+    let (domain, selector) = domain_and_selector(&tags).map_err(permanent)?;
+    let b = verify::b64(get(&tags, "b").unwrap_or_default(), "b").map_err(|e| permanent(e.0.to_string()))?;
+    let key = verify::usable_key(keys, kind, hash, &selector, &domain, policy).map_err(from_dkim)?;
     scratch.clear();
-    for (k, set) in sets.iter().enumerate() {
-        canon::canonicalize_header(Canon::Relaxed, set.aar[0].raw, scratch);
-        canon::canonicalize_header(Canon::Relaxed, set.ams[0].raw, scratch);
-        if k + 1 < sets.len() {
-            canon::canonicalize_header(Canon::Relaxed, set.seal[0].raw, scratch);
-        }
-    }
+    seal_input(sets, false, scratch);
     canon::canonicalize_header_unterminated(Canon::Relaxed, &tags::without_value(seal.raw, "b"), scratch);
     if !verify::key_verifies(&key, hash, scratch, &b) {
-        return Err("signature does not verify".into());
+        return Err(permanent("signature does not verify"));
     }
     Ok(())
 }

@@ -426,6 +426,16 @@ pub fn verify_slice(
     Ok(verify_parsed(&parsed, &mut Bodies::Bytes(parsed.body, Vec::new()), keys, now, policy))
 }
 
+/// [`verify_slice`] of a message already parsed.
+pub fn verify_message(
+    msg: &Message,
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> Vec<Verdict> {
+    verify_parsed(msg, &mut Bodies::Bytes(msg.body, Vec::new()), keys, now, policy)
+}
+
 /// [`verify_slice`] for a message whose body was hashed as it streamed past: `header` holds
 /// its header fields (its body, if any, is not read), `body` the hashes
 /// [`wanted_body_hashes`] named.
@@ -439,7 +449,7 @@ pub fn verify_hashed(
     verify_parsed(header, &mut Bodies::Hashed(body), keys, now, policy)
 }
 
-fn verify_parsed(
+pub(crate) fn verify_parsed(
     parsed: &Message,
     bodies: &mut Bodies<'_>,
     keys: &dyn Fn(&str, &str) -> KeyResult,

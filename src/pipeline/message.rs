@@ -23,6 +23,29 @@ pub struct SignPolicy {
     pub now: u64,
     /// Largest message signed; larger ones are passed through and reported.
     pub max_message: u64,
+    /// Add DKIM-Signature fields (`sign`); off when only an ARC set is added (`seal`).
+    pub dkim: bool,
+    /// Add the next ARC set (RFC 8617 §5.1), made with the first of the chosen keys.
+    pub arc: Option<ArcSealing>,
+}
+
+/// The key of (selector, domain), shared by the threads of a run (a [`crate::lookup::KeyCache`]
+/// behind a closure).
+pub type KeyFetch = Box<dyn Fn(&str, &str) -> crate::dkim::keyrecord::KeyResult + Send + Sync>;
+
+/// How a message is sealed: how its existing ARC chain is validated, and what its new
+/// ARC-Authentication-Results say.
+pub struct ArcSealing {
+    /// Our authserv-id: the ARC-Authentication-Results carry the results of the
+    /// Authentication-Results fields with this id (or, with `verify`, ours).
+    pub authserv_id: String,
+    /// Compute the DKIM and ARC results here and seal those, instead of the message's own
+    /// Authentication-Results.
+    pub verify: bool,
+    /// The keys of the existing chain's (and with `verify`, the DKIM) signatures.
+    pub keys: KeyFetch,
+    /// The key rules those signatures are checked by.
+    pub policy: crate::dkim::verify::Policy,
 }
 
 /// Why one message was not signed: the message itself, the choice of its keys, or signing.
@@ -35,6 +58,9 @@ pub enum MessageError {
     /// broken table entry, or a key store that cannot be reached.
     #[error(transparent)]
     Select(#[from] crate::select::SelectError),
+    /// The message's ARC chain cannot take another set, or sealing failed.
+    #[error(transparent)]
+    Seal(#[from] crate::dkim::arc::SealError),
     /// The signer panicked (a bug) while doing what is named.
     #[error("internal error (panic) while {0}; please report it")]
     Panic(&'static str),
@@ -45,7 +71,8 @@ pub enum MessageError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
     /// No key is configured for its author: it goes on unsigned, as OpenDKIM passes it; not a
-    /// failure.
+    /// failure. Also a message whose ARC chain is closed (`cv=fail`): RFC 8617 §5.1.1 says to
+    /// add nothing.
     NoKey,
     /// The message itself cannot be signed (a header block that does not parse, no From, no
     /// usable author address, a control character in a field): retrying cannot help, so it
@@ -61,15 +88,24 @@ pub enum Disposition {
 impl MessageError {
     /// What this failure means for the message.
     pub fn disposition(&self) -> Disposition {
+        use crate::dkim::arc::SealError;
         use crate::dkim::sign::SignError;
         use crate::select::SelectError;
         match self {
-            MessageError::Select(SelectError::NoKey(_)) => Disposition::NoKey,
+            MessageError::Select(SelectError::NoKey(_)) | MessageError::Seal(SealError::Closed(_)) => {
+                Disposition::NoKey
+            }
             MessageError::Select(SelectError::NoAddress(_))
-            | MessageError::Sign(SignError::Header(_) | SignError::NoFrom) => Disposition::Unsignable,
-            MessageError::Select(SelectError::Temporary(_)) => Disposition::Temporary,
+            | MessageError::Sign(SignError::Header(_) | SignError::NoFrom)
+            | MessageError::Seal(SealError::Full(_) | SealError::Sign(SignError::Header(_) | SignError::NoFrom)) => {
+                Disposition::Unsignable
+            }
+            MessageError::Select(SelectError::Temporary(_)) | MessageError::Seal(SealError::Temporary(_)) => {
+                Disposition::Temporary
+            }
             MessageError::Select(SelectError::Config(_))
             | MessageError::Sign(SignError::Key(_) | SignError::BodyNotHashed(_))
+            | MessageError::Seal(SealError::Sign(SignError::Key(_) | SignError::BodyNotHashed(_)))
             | MessageError::Panic(_) => Disposition::Broken,
         }
     }
@@ -105,9 +141,57 @@ pub(crate) fn sign_parsed_message(
     body: crate::dkim::sign::Body<'_>,
 ) -> Result<(Vec<u8>, Vec<Range<usize>>), MessageError> {
     let signers = policy.keys.signers_for(parsed, policy.sender.as_deref())?;
-    let headers = crate::dkim::sign::sign_parsed_body(&signers, parsed, body, policy.now)?;
+    let mut headers = Vec::new();
+    if let (Some(arc), Some(first)) = (&policy.arc, signers.first()) {
+        let set = seal(arc, first, parsed, body, policy.now)?;
+        if parsed.crlf {
+            headers.extend_from_slice(set.as_bytes());
+        } else {
+            headers.extend(set.bytes().filter(|&b| b != b'\r'));
+        }
+    }
+    if policy.dkim {
+        headers.extend(crate::dkim::sign::sign_parsed_body(&signers, parsed, body, policy.now)?);
+    }
     let drop = if policy.strip_own { own_signatures(&signers, parsed) } else { vec![] };
     Ok((headers, drop))
+}
+
+/// The next ARC set of `parsed` (wire form), made with `signer`: the existing chain validated
+/// with `arc`'s keys and rules, the ARC-Authentication-Results from the message's own results
+/// or (with `verify`) from ours.
+fn seal(
+    arc: &ArcSealing,
+    signer: &Signer,
+    parsed: &Message,
+    body: crate::dkim::sign::Body<'_>,
+    now: u64,
+) -> Result<String, MessageError> {
+    use crate::dkim::arc;
+    use crate::dkim::sign::Body;
+    // Validation reads the body as one slice: an mbox body stored in pieces is joined (only
+    // messages with quoted lines are stored so).
+    let joined: Vec<u8>;
+    let bytes = match body {
+        Body::Whole(b) => b,
+        Body::Pieces(stored, pieces) => {
+            joined = pieces.iter().flat_map(|r| &stored[r.clone()]).copied().collect();
+            &joined
+        }
+        Body::Hashed(_) => return Err(crate::dkim::sign::SignError::BodyNotHashed("ARC").into()),
+    };
+    let keys = |s: &str, d: &str| (arc.keys)(s, d);
+    let (verdicts, chain) = if arc.verify {
+        arc::verify_with_chain_body(parsed, bytes, &keys, now, &arc.policy)
+    } else {
+        (Vec::new(), arc::validate_body(parsed, bytes, &keys, now, &arc.policy))
+    };
+    let results = if arc.verify {
+        arc::results_computed(&arc.authserv_id, &verdicts, &chain)
+    } else {
+        arc::results_of(parsed, &arc.authserv_id)
+    };
+    Ok(arc::seal(signer, parsed, Body::Whole(bytes), &chain, &results, now)?)
 }
 
 /// [`sign_message`] for a message as an mbox stores it. The header block is parsed from the

@@ -9,7 +9,24 @@ use super::input::{
 };
 use super::mbox::MboxFormat;
 use super::BulkError;
+use crate::dkim::arc::ArcVerdict;
 use crate::dkim::verify::{DkimResult, Reason, Verdict};
+
+/// What checking one message found.
+#[derive(Clone, Debug, Default)]
+pub struct Checks {
+    /// One verdict per DKIM-Signature (none: unsigned).
+    pub verdicts: Vec<Verdict>,
+    /// The ARC chain result, when the run validates chains.
+    pub arc: Option<ArcVerdict>,
+}
+
+impl Checks {
+    /// A message that was not checked: one permerror verdict saying why, and no chain result.
+    pub fn not_checked(reason: Reason) -> Checks {
+        Checks { verdicts: vec![Verdict::new(DkimResult::PermError, reason)], arc: None }
+    }
+}
 
 /// One checked message, in input order.
 pub struct Checked<'a> {
@@ -21,8 +38,8 @@ pub struct Checked<'a> {
     pub index: u64,
     /// Byte offset of the message in the file.
     pub offset: u64,
-    /// One verdict per DKIM-Signature (none: unsigned).
-    pub verdicts: Vec<Verdict>,
+    /// What was found.
+    pub checks: Checks,
 }
 
 /// How a verify run reads its sources.
@@ -40,33 +57,30 @@ pub struct Reading {
 
 /// Checks every message of `source`. `check` runs on the pool (a message larger than
 /// `reading.max_message`, a directory entry that is not a message, or a panic in `check` gets one
-/// `permerror` verdict saying why, and the run goes on); `emit` runs on this thread in input
+/// `permerror` verdict saying why and no chain result, and the run goes on); `emit` runs on this thread in input
 /// order.
 pub fn verify_source(
     source: Source,
     reading: Reading,
     pool: &rayon::ThreadPool,
-    check: &(dyn Fn(&[u8]) -> Vec<Verdict> + Sync),
+    check: &(dyn Fn(&[u8]) -> Checks + Sync),
     mut emit: impl FnMut(Checked<'_>) -> std::io::Result<()> + Send,
 ) -> Result<(), BulkError> {
     let Reading { fmt, shard, framing, max_message } = reading;
     let shown = source.path.display().to_string();
     let out_err = |error| BulkError::Output { path: "stdout".into(), error };
-    let guarded = |m: &[u8]| -> Vec<Verdict> {
+    let guarded = |m: &[u8]| -> Checks {
         if m.len() as u64 > max_message {
-            return vec![Verdict::new(
-                DkimResult::PermError,
-                Reason::NotChecked(too_large_reason(m.len() as u64, max_message)),
-            )];
+            return Checks::not_checked(Reason::NotChecked(too_large_reason(m.len() as u64, max_message)));
         }
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(m)))
-            .unwrap_or_else(|_| vec![Verdict::new(DkimResult::PermError, Reason::Panic)])
+            .unwrap_or_else(|_| Checks::not_checked(Reason::Panic))
     };
     match source.kind {
         InputKind::Message if !owns_lone_message(shard) => Ok(()),
         InputKind::Message => {
-            let verdicts = guarded(&source.read_message()?);
-            emit(Checked { name: &shown, file: &shown, index: 1, offset: 0, verdicts }).map_err(out_err)
+            let checks = guarded(&source.read_message()?);
+            emit(Checked { name: &shown, file: &shown, index: 1, offset: 0, checks }).map_err(out_err)
         }
         InputKind::Mbox => {
             let mapped = match source.spooled {
@@ -84,11 +98,11 @@ pub fn verify_source(
                 true,
                 |m| m.with_unquoted(guarded),
                 |results| {
-                    for (e, verdicts) in results {
+                    for (e, checks) in results {
                         index += 1;
                         let name = format!("{shown}#{index}");
                         let offset = e.from_line.start as u64;
-                        emit(Checked { name: &name, file: &shown, index, offset, verdicts }).map_err(out_err)?;
+                        emit(Checked { name: &name, file: &shown, index, offset, checks }).map_err(out_err)?;
                     }
                     Ok(())
                 },
@@ -107,11 +121,11 @@ pub fn verify_source(
                 pool,
                 |_, item| match item {
                     Ok((m, _)) => guarded(m),
-                    Err(why) => vec![Verdict::new(DkimResult::PermError, Reason::NotChecked(why.to_string()))],
+                    Err(why) => Checks::not_checked(Reason::NotChecked(why.to_string())),
                 },
-                |rel, verdicts| {
+                |rel, checks| {
                     let name = source.path.join(rel).display().to_string();
-                    emit(Checked { name: &name, file: &name, index: 1, offset: 0, verdicts }).map_err(out_err)
+                    emit(Checked { name: &name, file: &name, index: 1, offset: 0, checks }).map_err(out_err)
                 },
             )
             .map(|_| ())

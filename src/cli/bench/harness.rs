@@ -344,6 +344,8 @@ fn measure_key_type(
                 strip_own: false,
                 now: 1_800_000_000,
                 max_message: dkimpress::pipeline::DEFAULT_MAX_MESSAGE,
+                dkim: true,
+                arc: None,
             },
             mbox_format: MboxFormat::Mboxrd,
             shard: None,

@@ -202,6 +202,31 @@ pub(super) fn exit_codes(page: &str) -> Option<&'static [(u8, &'static str)]> {
             (CONFIG, "A key, the configuration file or a table cannot be used."),
             (INTERRUPTED, "Stopped by SIGINT or SIGTERM; files written --in-place are left as they were."),
         ],
+        "dkimpress-seal" => &[
+            (
+                0,
+                "Every message got its next ARC set, or went on unchanged because its chain is closed \
+                 (the newest ARC-Seal says cv=fail, RFC 8617 §5.1.1) or no key is configured for it.",
+            ),
+            (
+                DATAERR,
+                "A message could not be sealed (it already has 50 ARC sets, no From, a malformed header \
+                 field, larger than --max-message-size): the one message given (nothing is written), or \
+                 in a run over archives at least one message, written out unchanged and reported.",
+            ),
+            (USAGE, "A flag or argument is wrong or missing, or is a DKIM-Signature option (-i, -x, --body-length, --strip-own)."),
+            (NOINPUT, "An input does not exist or cannot be read."),
+            (SOFTWARE, "An internal error."),
+            (CANTCREAT, "An output cannot be created."),
+            (IOERR, "Writing the output failed (a full disk)."),
+            (
+                TEMPFAIL,
+                "Try again later: a key of the existing chain cannot be looked up now (sealing the chain \
+                 as failed would be final), a key store does not answer, an mbox is locked.",
+            ),
+            (CONFIG, "A key, the configuration file or a table cannot be used."),
+            (INTERRUPTED, "Stopped by SIGINT or SIGTERM; files written --in-place are left as they were."),
+        ],
         "dkimpress-verify" => &[
             (
                 0,
