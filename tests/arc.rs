@@ -60,21 +60,8 @@ dktest!(
     verify_arc_reads_mboxes_and_stdin,
     |dir| {
         let vectors = vectors();
-        let mut mbox = Vec::new();
-        for (file, _) in &vectors {
-            let data = std::fs::read(file).unwrap();
-            mbox.extend_from_slice(b"From arc@example.com Thu Dec  3 12:00:00 2026\n");
-            for line in data.split_inclusive(|&b| b == b'\n') {
-                if line.iter().skip_while(|&&b| b == b'>').take(5).eq(b"From ".iter()) {
-                    mbox.push(b'>');
-                }
-                mbox.extend_from_slice(line);
-            }
-            if !data.ends_with(b"\n") {
-                mbox.push(b'\n');
-            }
-            mbox.push(b'\n');
-        }
+        let files: Vec<&Path> = vectors.iter().map(|(f, _)| f.as_path()).collect();
+        let mbox = mbox_of(&files);
         let path = dir.write("arc.mbox", &mbox);
         let out = dir.cmd().args(["verify", "--arc", "--report", "json", "-j", "2"]).args(key_dir()).arg(&path).run();
         let lines = json(&out.stdout);
