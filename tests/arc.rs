@@ -127,6 +127,32 @@ fn peer_passes(peer: &str, input: &Path, mboxrd: bool) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
+/// Whether Perl Mail::DKIM (with its ARC verifier) is there for scripts/arc-peer. Missing, the
+/// tests say so loudly and judge with dkimpy alone, unless DKIMPRESS_REQUIRE_MAILDKIM=1
+/// (scripts/test sets it when the module is installed): then a peer that vanished fails.
+fn mail_dkim_available() -> bool {
+    let ok = std::process::Command::new("perl")
+        .args([
+            "-MMail::DKIM::ARC::Verifier",
+            "-MNet::DNS",
+            "-MCrypt::OpenSSL::RSA",
+            "-MMail::AuthenticationResults::Parser",
+            "-e",
+            "1",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("DKIMPRESS_REQUIRE_MAILDKIM").as_deref() != Ok("1"),
+            "Mail::DKIM is required (DKIMPRESS_REQUIRE_MAILDKIM=1) but perl cannot load it"
+        );
+        eprintln!("\n!!! SKIPPED: Perl Mail::DKIM is not installed (apt-get install libmail-dkim-perl); ARC sets judged by dkimpy only !!!\n");
+    }
+    ok
+}
+
 /// `-d example.com -s ed -k KEY` with the shipped Ed25519 key copied (mode 0600) into `dir`.
 fn ed_key_args(dir: &Dir) -> Vec<String> {
     let p = dir.write("ed.private", &std::fs::read(testdata("keys/test-ed.private")).unwrap());
@@ -137,8 +163,9 @@ fn ed_key_args(dir: &Dir) -> Vec<String> {
 dktest!(
     /// `seal` adds set 1 to a message without ARC (CRLF and LF-stored), set 4 to a chain of
     /// three, with RSA and Ed25519 keys, one message at a time and over an mbox on two threads;
-    /// our validator and dkimpy (through scripts/arc-peer; its dkimpy-ed25519 peer for the
-    /// Ed25519 seals, which dkimpy's ARC verifier does not take) say pass.
+    /// our validator, dkimpy and Mail::DKIM (through scripts/arc-peer; the RSA seals only for
+    /// Mail::DKIM, and for the Ed25519 ones dkimpy with Ed25519 allowed, as neither stock ARC
+    /// verifier takes Ed25519) say pass.
     seal_adds_sets_the_peers_accept,
     |dir| {
         let seal = |keys: &[String], input: &Path, out: &str| {
@@ -200,6 +227,15 @@ dktest!(
         }
         let (ok, text) = peer_passes("dkimpy", &dir.join("out.mbox"), true);
         assert!(ok, "{text}");
+        // Mail::DKIM has no Ed25519: it judges the RSA seals over RSA chains.
+        if mail_dkim_available() {
+            for (_, file) in sealed.iter().filter(|(is_ed, _)| !is_ed) {
+                let (ok, text) = peer_passes("mail-dkim", file, false);
+                assert!(ok, "{}: {text}", file.display());
+            }
+            let (ok, text) = peer_passes("mail-dkim", &dir.join("out.mbox"), true);
+            assert!(ok, "{text}");
+        }
     }
 );
 
