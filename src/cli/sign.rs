@@ -176,6 +176,8 @@ pub(crate) fn sign_single(
     msg: &[u8],
     source: Option<&pipeline::Source>,
 ) -> anyhow::Result<ExitCode> {
+    // `seal` goes through here too: its messages are sealed, not signed.
+    let (verb, done) = if cfg.opts.policy.dkim { ("sign", "signed") } else { ("seal", "sealed") };
     let (headers, drop) = match pipeline::guarded("signing", || pipeline::sign_message(&cfg.opts.policy, msg)) {
         Ok(r) => r,
         // No key for this author: not an error; the message goes on unsigned (as OpenDKIM),
@@ -194,10 +196,10 @@ pub(crate) fn sign_single(
         }
         Err(e) if e.is_no_key() => {
             return Err(
-                anyhow::Error::new(e).context(format!("{}: not signed (--require-signed)", pipeline::sanitize(name)))
+                anyhow::Error::new(e).context(format!("{}: not {done} (--require-signed)", pipeline::sanitize(name)))
             )
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot sign", pipeline::sanitize(name)))),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot {verb}", pipeline::sanitize(name)))),
     };
     let mut stdout = None;
     let mut dest = destination(cfg, &mut stdout);
