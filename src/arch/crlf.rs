@@ -253,6 +253,19 @@ mod avx2 {
         t
     };
 
+    /// The bare LFs of a 32-octet block as a bit mask, from its LF and CR comparisons: an LF
+    /// not after a CR, the octet before the block counting through `prev_cr` (bit 0), which
+    /// then becomes whether the block ends in a CR.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn bare_lfs(is_lf: __m256i, is_cr: __m256i, prev_cr: &mut u32) -> u32 {
+        let lfs = _mm256_movemask_epi8(is_lf) as u32;
+        let crs = _mm256_movemask_epi8(is_cr) as u32;
+        let bare = lfs & !((crs << 1) | *prev_cr);
+        *prev_cr = crs >> 31;
+        bare
+    }
+
     /// Writes the 32 octets at `src` to `dst` with a CR put before each octet flagged in
     /// `bare`, and returns the number written (32 plus the flags). A block without flags is
     /// one store; one with flags goes out as four 8-octet groups, each spread by one `pshufb`
@@ -305,10 +318,7 @@ mod avx2 {
         while i + 32 <= n {
             // SAFETY: i + 32 <= n, so the load is inside `input`.
             let v = unsafe { _mm256_loadu_si256(src.add(i).cast()) };
-            let lfs = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, lf)) as u32;
-            let crs = _mm256_movemask_epi8(_mm256_cmpeq_epi8(v, cr)) as u32;
-            let bare = lfs & !((crs << 1) | prev_cr);
-            prev_cr = crs >> 31;
+            let bare = bare_lfs(_mm256_cmpeq_epi8(v, lf), _mm256_cmpeq_epi8(v, cr), &mut prev_cr);
             // SAFETY: octets i..i + 32 are inside `input`. Each input octet becomes at most
             // two, so o <= 2 * i and o + 64 <= 2 * (i + 32) <= 2 * n < out.len().
             o += unsafe { spread_block(v, bare, src.add(i), dst.add(o)) };
@@ -356,10 +366,7 @@ mod avx2 {
                 let prev = if i == 0 { before } else { input[i - 1] };
                 return (i + k, o + super::portable::to_crlf(&input[i..i + k], prev, &mut out[o..]));
             }
-            let lfs = _mm256_movemask_epi8(is_lf) as u32;
-            let crs = _mm256_movemask_epi8(is_cr) as u32;
-            let bare = lfs & !((crs << 1) | prev_cr);
-            prev_cr = crs >> 31;
+            let bare = bare_lfs(is_lf, is_cr, &mut prev_cr);
             // SAFETY: as in `to_crlf` (i + 32 <= n here too).
             o += unsafe { spread_block(v, bare, src.add(i), dst.add(o)) };
             i += 32;

@@ -8,13 +8,13 @@
 //! `v=` (§4.1.2). Keys, key sizes and algorithms are those of DKIM (RFC 8301, RFC 8463).
 
 use crate::dkim::bodyhash::Hash;
-use crate::dkim::canon::{self, Canon, Canonicalization};
+use crate::dkim::canon::{self, Canon};
 use crate::dkim::header::{Field, Message};
 use crate::dkim::key::KeyType;
 use crate::dkim::keyrecord::KeyResult;
 use crate::dkim::sign::{self as dkim_sign, Body, SignError, Signer};
 use crate::dkim::tags;
-use crate::dkim::verify::{self, get, text, Bodies, Policy, Signature, Verdict};
+use crate::dkim::verify::{self, get, text, Bodies, Policy, Verdict};
 
 /// The most ARC sets a message may carry (RFC 8617 §4.2.1).
 pub const MAX_INSTANCES: u32 = 50;
@@ -424,7 +424,8 @@ fn from_dkim((result, reason): (verify::DkimResult, verify::Reason)) -> Failure 
     (result == verify::DkimResult::TempError, reason.to_string())
 }
 
-/// Checks an ARC-Message-Signature like a DKIM-Signature (RFC 8617 §4.1.2, §5.2 step 4).
+/// Checks an ARC-Message-Signature like a DKIM-Signature (RFC 8617 §4.1.2, §5.2 step 4), read
+/// by the DKIM parser in its ARC form.
 fn check_ams(
     msg: &Message,
     field: &Field,
@@ -433,44 +434,9 @@ fn check_ams(
     now: u64,
     policy: &Policy,
 ) -> Result<(), Failure> {
-    let tags = tags::parse(field.value()).map_err(permanent)?;
-    for required in ["a", "b", "bh", "d", "h", "s"] {
-        if get(&tags, required).is_none() {
-            return Err(permanent(format!("no {required}= tag")));
-        }
-    }
-    let (kind, hash) = algorithm(&tags).map_err(permanent)?;
-    let (domain, selector) = domain_and_selector(&tags).map_err(permanent)?;
-    let canon: Canonicalization = match get(&tags, "c") {
-        None => Canonicalization { header: Canon::Simple, body: Canon::Simple },
-        Some(c) => text(c).parse().map_err(|_| permanent(format!("bad c={}", text(c))))?,
-    };
-    let headers: Vec<String> =
-        text(get(&tags, "h").unwrap_or_default()).split(':').map(|h| h.trim().to_ascii_lowercase()).collect();
-    if headers.iter().any(|h| h.is_empty()) {
-        return Err(permanent("empty name in h="));
-    }
-    // §4.1.2: ARC-Seal fields are never signed by an ARC-Message-Signature.
-    if headers.iter().any(|h| h == "arc-seal") {
-        return Err(permanent("h= names ARC-Seal"));
-    }
-    let tag_error = |e: verify::PermError| permanent(e.0.to_string());
-    let sig = Signature {
-        kind,
-        hash,
-        canon,
-        domain,
-        selector,
-        identity: None,
-        headers,
-        bh: verify::b64(get(&tags, "bh").unwrap_or_default(), "bh").map_err(tag_error)?,
-        b: verify::b64(get(&tags, "b").unwrap_or_default(), "b").map_err(tag_error)?,
-        length: verify::number(&tags, "l").map_err(tag_error)?,
-        timestamp: verify::number(&tags, "t").map_err(tag_error)?,
-        expiry: verify::number(&tags, "x").map_err(tag_error)?,
-        field,
-    };
     let mut v = Verdict::new(verify::DkimResult::PermError, None);
+    let sig = verify::parse_signature(field, policy, &mut v, verify::SignatureKind::ArcMessage)
+        .map_err(|e| permanent(e.0.to_string()))?;
     let mut scratch = Vec::with_capacity(2048);
     verify::check_signature(msg, &sig, keys, now, policy, bodies, &mut scratch, &mut v).map_err(from_dkim)
 }

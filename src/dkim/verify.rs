@@ -226,19 +226,19 @@ impl Default for Policy {
 
 /// A parsed DKIM-Signature field.
 pub(crate) struct Signature<'a> {
-    pub(crate) kind: KeyType,
-    pub(crate) hash: Hash,
-    pub(crate) canon: Canonicalization,
-    pub(crate) domain: String,
-    pub(crate) selector: String,
-    pub(crate) identity: Option<String>,
-    pub(crate) headers: Vec<String>,
-    pub(crate) bh: Vec<u8>,
-    pub(crate) b: Vec<u8>,
-    pub(crate) length: Option<u64>,
-    pub(crate) timestamp: Option<u64>,
-    pub(crate) expiry: Option<u64>,
-    pub(crate) field: &'a Field<'a>,
+    kind: KeyType,
+    hash: Hash,
+    canon: Canonicalization,
+    domain: String,
+    selector: String,
+    identity: Option<String>,
+    headers: Vec<String>,
+    bh: Vec<u8>,
+    b: Vec<u8>,
+    length: Option<u64>,
+    timestamp: Option<u64>,
+    expiry: Option<u64>,
+    field: &'a Field<'a>,
 }
 
 /// A permanent error in a signature or key, with its reason.
@@ -258,7 +258,7 @@ pub(crate) fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-pub(crate) fn number(tags: &[(String, Vec<u8>)], name: &'static str) -> Result<Option<u64>, PermError> {
+fn number(tags: &[(String, Vec<u8>)], name: &'static str) -> Result<Option<u64>, PermError> {
     match get(tags, name) {
         None => Ok(None),
         Some(v) => {
@@ -293,11 +293,22 @@ fn qp_decode(v: &[u8]) -> Vec<u8> {
     out
 }
 
-fn parse_signature<'a>(
+/// Which field [`parse_signature`] reads: a DKIM-Signature, or an ARC-Message-Signature (RFC
+/// 8617 §4.1.2: the same tags, but `i=` is the instance, there is no `v=`, and ARC-Seal fields
+/// may not be signed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignatureKind {
+    Dkim,
+    ArcMessage,
+}
+
+pub(crate) fn parse_signature<'a>(
     field: &'a Field<'a>,
     policy: &Policy,
     partial: &mut Verdict,
+    kind: SignatureKind,
 ) -> Result<Signature<'a>, PermError> {
+    let dkim = kind == SignatureKind::Dkim;
     let tags = tags::parse(field.value()).map_err(|e| perm(Reason::Syntax(e)))?;
     // Fill what we can for the report before any check can fail.
     partial.domain = get(&tags, "d").map(text).unwrap_or_default();
@@ -305,11 +316,11 @@ fn parse_signature<'a>(
     partial.algorithm = get(&tags, "a").map(text).unwrap_or_default();
     partial.b_prefix = get(&tags, "b").map(|b| text(&b[..b.len().min(8)])).unwrap_or_default();
     for required in ["v", "a", "b", "bh", "d", "h", "s"] {
-        if get(&tags, required).is_none() {
+        if get(&tags, required).is_none() && (dkim || required != "v") {
             return Err(perm(Reason::MissingTag(required)));
         }
     }
-    if get(&tags, "v") != Some(b"1") {
+    if dkim && get(&tags, "v") != Some(b"1") {
         return Err(perm(Reason::Version(text(get(&tags, "v").unwrap_or_default()))));
     }
     let algorithm = partial.algorithm.to_ascii_lowercase();
@@ -339,18 +350,22 @@ fn parse_signature<'a>(
     if headers.iter().any(|h| h.is_empty()) {
         return Err(perm(Reason::TagSyntax { tag: "h", value: String::new() }));
     }
-    if !headers.iter().any(|h| h == "from") {
+    if dkim && !headers.iter().any(|h| h == "from") {
         return Err(perm(Reason::NoFromInH));
     }
+    if !dkim && headers.iter().any(|h| h == "arc-seal") {
+        return Err(perm(Reason::TagSyntax { tag: "h", value: "ARC-Seal may not be signed".into() }));
+    }
     let identity = match get(&tags, "i") {
-        None => None,
-        Some(i) => {
+        Some(i) if dkim => {
             let i = tags::identity_to_a_labels(&text(&qp_decode(i))).into_owned();
             if !tags::identity_in_domain(&i, &domain) {
                 return Err(perm(Reason::IdentityOutsideDomain { identity: i, domain }));
             }
             Some(i)
         }
+        // No i=, or the instance of an ARC-Message-Signature.
+        _ => None,
     };
     if let Some(q) = get(&tags, "q") {
         if !text(q).split(':').any(|m| m.eq_ignore_ascii_case("dns/txt")) {
@@ -404,7 +419,7 @@ pub fn wanted_body_hashes(msg: &Message, policy: &Policy) -> Vec<BodySpec> {
     let mut out: Vec<BodySpec> = Vec::new();
     for field in msg.fields.iter().filter(|f| f.is("dkim-signature")).take(policy.max_signatures) {
         let mut v = Verdict::new(DkimResult::PermError, None);
-        if let Ok(sig) = parse_signature(field, policy, &mut v) {
+        if let Ok(sig) = parse_signature(field, policy, &mut v, SignatureKind::Dkim) {
             let spec = BodySpec { canon: sig.canon.body, hash: sig.hash, limit: sig.length };
             if !out.contains(&spec) {
                 out.push(spec);
@@ -465,7 +480,7 @@ pub(crate) fn verify_parsed(
             out.push(v);
             continue;
         }
-        let checked = match parse_signature(field, policy, &mut v) {
+        let checked = match parse_signature(field, policy, &mut v, SignatureKind::Dkim) {
             Err(e) => Err((DkimResult::PermError, e.0)),
             Ok(sig) => {
                 v.domain = sig.domain.clone();
