@@ -21,7 +21,7 @@ fn vectors() -> Vec<(PathBuf, String)> {
     v
 }
 
-fn key_dir() -> Vec<String> {
+pub(crate) fn key_dir() -> Vec<String> {
     vec!["--key-dir".into(), testdata("arc/keys").display().to_string()]
 }
 
@@ -84,7 +84,7 @@ dktest!(
         let pass = std::fs::read(testdata("arc/pass-i3-alternating.eml")).unwrap();
         let out = dir.cmd().args(["verify", "--arc", "--add-ar", "verifier.example"]).args(key_dir()).stdin(&pass).ok();
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("Authentication-Results: verifier.example;\r\n\tdkim=none;\r\n\tarc=pass\r\n"), "{text}");
+        assert!(text.starts_with("Authentication-Results: verifier.example;\r\n\tdkim=none;\r\n\tarc=pass header.oldest-pass=0\r\n"), "{text}");
         assert!(out.ends_with(&pass));
         let bad = std::fs::read(testdata("arc/fail-wrong-key.eml")).unwrap();
         let out = dir.cmd().args(["verify", "--arc", "--add-ar", "verifier.example"]).args(key_dir()).stdin(&bad).ok();
@@ -117,7 +117,7 @@ fn mbox_of(files: &[&Path]) -> Vec<u8> {
 
 /// `scripts/arc-peer verify --peers PEER --expect pass` over `input`: whether every message
 /// passed with that peer, and what it printed.
-fn peer_passes(peer: &str, input: &Path, mboxrd: bool) -> (bool, String) {
+pub(crate) fn peer_passes(peer: &str, input: &Path, mboxrd: bool) -> (bool, String) {
     let mut cmd = std::process::Command::new(python());
     cmd.arg(root().join("scripts/arc-peer")).args(["verify", "--peers", peer, "--expect", "pass"]);
     if mboxrd {
@@ -130,7 +130,7 @@ fn peer_passes(peer: &str, input: &Path, mboxrd: bool) -> (bool, String) {
 /// Whether Perl Mail::DKIM (with its ARC verifier) is there for scripts/arc-peer. Missing, the
 /// tests say so loudly and judge with dkimpy alone, unless DKIMPRESS_REQUIRE_MAILDKIM=1
 /// (scripts/test sets it when the module is installed): then a peer that vanished fails.
-fn mail_dkim_available() -> bool {
+pub(crate) fn mail_dkim_available() -> bool {
     let ok = std::process::Command::new("perl")
         .args([
             "-MMail::DKIM::ARC::Verifier",
@@ -214,7 +214,7 @@ dktest!(
         assert!(o.status.success(), "{}", stderr(&o));
         let text = String::from_utf8_lossy(&std::fs::read(dir.join("out.mbox")).unwrap()).replace('\r', "");
         // --verify: the new AAR holds our own results.
-        assert!(text.contains("ARC-Authentication-Results: i=4; mx.example.com;\n\tdkim=none;\n\tarc=pass\n"), "{text}");
+        assert!(text.contains("ARC-Authentication-Results: i=4; mx.example.com;\n\tdkim=none;\n\tarc=pass header.oldest-pass=0\n"), "{text}");
         let o = dir.cmd().args(["verify", "--arc", "--report", "json"]).args(key_dir()).arg(dir.join("out.mbox")).run();
         let arcs: Vec<String> = json(&o.stdout).iter().map(|l| l["arc"].as_str().unwrap().to_string()).collect();
         assert_eq!(arcs, ["pass", "pass", "pass"]);

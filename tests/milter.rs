@@ -12,13 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running `dkimpress milter`, stopped (SIGTERM) when dropped.
-struct Milter {
+pub(crate) struct Milter {
     child: Child,
     socket: PathBuf,
 }
 
 impl Milter {
-    fn start(dir: &Dir, args: &[&str]) -> Milter {
+    pub(crate) fn start(dir: &Dir, args: &[&str]) -> Milter {
         let socket = dir.join("milter.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_dkimpress"))
             .current_dir(dir.path())
@@ -45,7 +45,7 @@ impl Milter {
         Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
     }
 
-    fn connect(&self) -> Mta {
+    pub(crate) fn connect(&self) -> Mta {
         let s = UnixStream::connect(&self.socket).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         Mta { s }
@@ -59,18 +59,18 @@ impl Drop for Milter {
     }
 }
 
-fn log(dir: &Dir) -> String {
+pub(crate) fn log(dir: &Dir) -> String {
     std::fs::read_to_string(dir.join("milter.log")).unwrap_or_default()
 }
 
 /// The MTA side of one connection.
-struct Mta {
+pub(crate) struct Mta {
     s: UnixStream,
 }
 
 /// One reply of the milter.
 #[derive(Debug, Clone, PartialEq)]
-enum Reply {
+pub(crate) enum Reply {
     Continue,
     Accept,
     Tempfail,
@@ -122,7 +122,7 @@ impl Mta {
     }
 
     /// Negotiation as Postfix 3 offers it; returns the steps the milter chose.
-    fn negotiate(&mut self) -> u32 {
+    pub(crate) fn negotiate(&mut self) -> u32 {
         let mut d = 6u32.to_be_bytes().to_vec();
         d.extend_from_slice(&0x1ffu32.to_be_bytes());
         d.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
@@ -147,7 +147,7 @@ impl Mta {
         self.send(b'D', &d);
     }
 
-    fn connect_from(&mut self, addr: &str) {
+    pub(crate) fn connect_from(&mut self, addr: &str) {
         self.connect_via(addr, "smtpd");
     }
 
@@ -175,7 +175,7 @@ impl Mta {
 
     /// Sends one message (its stored bytes, LF or CRLF) the way an MTA does, and returns the
     /// replies at its end. `steps` are the negotiated steps.
-    fn message(&mut self, msg: &[u8], steps: u32, auth: Option<&str>) -> Vec<Reply> {
+    pub(crate) fn message(&mut self, msg: &[u8], steps: u32, auth: Option<&str>) -> Vec<Reply> {
         let mut m = vec![("i", "4QueueID1")];
         if let Some(a) = auth {
             m.push(("{auth_authen}", a));
@@ -259,7 +259,7 @@ fn split_message(msg: &[u8]) -> (Vec<Field>, Vec<u8>) {
 }
 
 /// The message as delivered after the milter's edits (CRLF line ends).
-fn apply(msg: &[u8], replies: &[Reply]) -> Vec<u8> {
+pub(crate) fn apply(msg: &[u8], replies: &[Reply]) -> Vec<u8> {
     let (mut fields, body) = split_message(msg);
     for r in replies {
         match r {
@@ -295,7 +295,7 @@ fn apply(msg: &[u8], replies: &[Reply]) -> Vec<u8> {
     out
 }
 
-fn keys(dir: &Dir) -> PathBuf {
+pub(crate) fn keys(dir: &Dir) -> PathBuf {
     let d = dir.join("keys");
     std::fs::create_dir_all(&d).unwrap();
     for k in ["test", "test-ed"] {

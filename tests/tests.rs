@@ -14,6 +14,7 @@ mod input;
 mod interop;
 mod man;
 mod milter;
+mod milter_arc;
 mod mta;
 mod output;
 mod pg;

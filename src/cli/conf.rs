@@ -13,7 +13,9 @@ use dkimpress::dkim::key::KeyType;
 use std::path::{Path, PathBuf};
 
 mod actions;
+mod openarc;
 pub use actions::{Action, Actions, Condition};
+pub use openarc::OpenarcConf;
 
 /// The signing-related settings of an opendkim.conf.
 #[derive(Debug, Default, Clone)]
@@ -84,6 +86,17 @@ pub struct OpendkimConf {
     pub nameservers: Vec<String>,
     /// `PeerList` (milter): clients whose connections are accepted untouched.
     pub peer_list: Option<String>,
+    /// `ARCSign` (milter, ours): add an ARC set to the mail we sign, made with its first key.
+    pub arc_sign: bool,
+    /// `ARCVerify` (milter, ours): validate the ARC chain of the mail we verify (`arc=` in
+    /// Authentication-Results).
+    pub arc_verify: bool,
+    /// `PermitAuthenticationOverrides` (milter, as OpenARC): the `arc=` of our own
+    /// Authentication-Results on mail from an internal host decides the `cv=` of its seal.
+    pub arc_overrides: bool,
+    /// `FinalReceiver` (milter, as OpenARC): Authentication-Results carry the chain of
+    /// custody (`arc.chain=`).
+    pub arc_final_receiver: bool,
     /// opendkim keys that were accepted but have no effect in dkimpress, with their line
     /// numbers.
     pub ignored: Vec<(usize, String)>,
@@ -329,6 +342,10 @@ pub const MILTER_ONLY: &[&str] = &[
     "KeepAuthResults",
     "MTA",
     "Nameservers",
+    "ARCSign",
+    "ARCVerify",
+    "PermitAuthenticationOverrides",
+    "FinalReceiver",
 ];
 
 /// A boolean as opendkim.conf(5) reads it: only the first byte counts (T t Y y 1 / F f N n 0);
@@ -543,6 +560,10 @@ impl OpendkimConf {
             "MTA" => c.mta = need(value)?.split(',').map(|s| s.trim().to_string()).collect(),
             "Nameservers" => c.nameservers = nameservers(&need(value)?)?,
             "PeerList" => c.peer_list = Some(need(value)?),
+            "ARCSign" => c.arc_sign = flag(value)?,
+            "ARCVerify" => c.arc_verify = flag(value)?,
+            "PermitAuthenticationOverrides" => c.arc_overrides = flag(value)?,
+            "FinalReceiver" => c.arc_final_receiver = flag(value)?,
             k if k.starts_with("On-") => {
                 // The key is one of MILTER_ONLY's On-* names, each a condition.
                 let condition =

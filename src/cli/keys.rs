@@ -177,7 +177,7 @@ fn flag_source(a: &KeyArgs, template: Template, db: DbSettings) -> anyhow::Resul
 }
 
 /// A private key, with the warning about its permissions (when `strict` does not refuse them).
-fn load_key(path: &Path, strict: bool) -> anyhow::Result<Arc<SigningKey>> {
+pub(super) fn load_key(path: &Path, strict: bool) -> anyhow::Result<Arc<SigningKey>> {
     let (key, warning) = SigningKey::from_path(path, strict)?;
     if let Some(w) = warning {
         dkimpress::warnings::warn(&w.to_string());

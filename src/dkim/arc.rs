@@ -7,7 +7,7 @@
 //! (`verify::check_signature`): it is a DKIM-Signature with an instance in `i=` and no
 //! `v=` (§4.1.2). Keys, key sizes and algorithms are those of DKIM (RFC 8301, RFC 8463).
 
-use crate::dkim::bodyhash::Hash;
+use crate::dkim::bodyhash::{BodySpec, Hash, HashedBody};
 use crate::dkim::canon::{self, Canon};
 use crate::dkim::header::{Field, Message};
 use crate::dkim::key::KeyType;
@@ -64,6 +64,17 @@ pub struct ArcVerdict {
     pub temporary: bool,
     /// The newest ARC-Seal already says `cv=fail`: nobody may add a set (RFC 8617 §5.1.1).
     pub closed: bool,
+    /// For a passing chain, the oldest instance from which every ARC-Message-Signature up to
+    /// the newest still validates, 0 when all of them do (RFC 8617 §5.2 step 5, reported as
+    /// `header.oldest-pass`); `None` when not known (a failed chain, an older signature whose
+    /// key or body hash was not at hand).
+    pub oldest_pass: Option<u32>,
+    /// `d=` of each ARC-Seal, newest first, as far as they parse (the chain of custody).
+    pub custody: Vec<String>,
+    /// The chain failed only because its newest ARC-Message-Signature does not match the
+    /// message: every set is well formed and every seal validates. A message changed after it
+    /// arrived (by a mailing list of the same site) fails so; see [`received_override`].
+    pub message_changed: bool,
 }
 
 impl ArcVerdict {
@@ -81,6 +92,9 @@ impl ArcVerdict {
             sealer: sealer.to_string(),
             temporary: false,
             closed: false,
+            oldest_pass: None,
+            custody: Vec::new(),
+            message_changed: false,
         }
     }
 }
@@ -166,6 +180,12 @@ pub fn results_of(parsed: &Message, authserv_id: &str) -> String {
     }
 }
 
+/// Whether `parsed` has an Authentication-Results field that `authserv_id` wrote with results
+/// in it (not just `none`): what [`results_of`] would carry.
+pub fn has_results_of(parsed: &Message, authserv_id: &str) -> bool {
+    !results_of(parsed, authserv_id).ends_with("; none")
+}
+
 /// The ARC-Authentication-Results payload of results computed here: the `dkim=` of each
 /// verdict and the `arc=` of `chain`, as [`authentication_results`] writes them.
 pub fn results_computed(authserv_id: &str, verdicts: &[Verdict], chain: &ArcVerdict) -> String {
@@ -233,12 +253,31 @@ pub fn verify_with_chain_body(
 /// the method RFC 8617 registers for Authentication-Results, with `reason=` when it failed
 /// (quotes, backslashes and control characters left out, as for DKIM reasons).
 pub fn authentication_results(authserv_id: &str, verdicts: &[Verdict], chain: &ArcVerdict, le: &str) -> String {
+    authentication_results_with(authserv_id, verdicts, chain, &[], le)
+}
+
+/// [`authentication_results`] with more properties after the `arc=` result (RFC 8601 §2.2
+/// `propspec`, such as `smtp.remote-ip`), each `ptype.property` and its value. A passing
+/// chain carries `header.oldest-pass` when it is known (RFC 8617 §5.2 step 5).
+pub fn authentication_results_with(
+    authserv_id: &str,
+    verdicts: &[Verdict],
+    chain: &ArcVerdict,
+    props: &[(&str, String)],
+    le: &str,
+) -> String {
     let mut out = verify::authentication_results(authserv_id, verdicts, le);
     out.truncate(out.len() - le.len());
     out.push_str(&format!(";{le}	arc={}", chain.result));
     if let Some(reason) = &chain.reason {
         let reason: String = reason.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
         out.push_str(&format!(" reason=\"{reason}\""));
+    }
+    if let (ArcResult::Pass, Some(n)) = (chain.result, chain.oldest_pass) {
+        out.push_str(&format!(" header.oldest-pass={n}"));
+    }
+    for (name, value) in props {
+        out.push_str(&format!(" {name}={value}"));
     }
     out.push_str(le);
     out
@@ -322,6 +361,9 @@ pub(crate) fn validate_with(
             sealer: String::new(),
             temporary: false,
             closed: false,
+            oldest_pass: None,
+            custody: Vec::new(),
+            message_changed: false,
         };
     }
     if let Some(why) = bad {
@@ -372,17 +414,159 @@ pub(crate) fn validate_with(
     }
     // Step 4: the newest ARC-Message-Signature.
     let newest = &sets[n as usize - 1];
-    if let Err((temporary, why)) = check_ams(msg, newest.ams[0], bodies, keys, now, policy) {
-        return ArcVerdict { temporary, ..ArcVerdict::fail(n, &sealer, format!("ARC-Message-Signature i={n}: {why}")) };
+    let ams = check_ams(msg, newest.ams[0], bodies, keys, now, policy);
+    if let Err((true, why)) = ams {
+        let why = format!("ARC-Message-Signature i={n}: {why}");
+        return ArcVerdict { temporary: true, ..ArcVerdict::fail(n, &sealer, why) };
     }
-    // Step 7: every seal, newest first.
+    // Step 7: every seal, newest first (after a failed ARC-Message-Signature too, to tell a
+    // changed message from a broken chain).
     let mut scratch = Vec::with_capacity(4096);
     for i in (1..=n as usize).rev() {
         if let Err((temporary, why)) = check_seal(&sets[..i], keys, policy, &mut scratch) {
             return ArcVerdict { temporary, ..ArcVerdict::fail(n, &sealer, format!("ARC-Seal i={i}: {why}")) };
         }
     }
-    ArcVerdict { result: ArcResult::Pass, instances: n, reason: None, sealer, temporary: false, closed: false }
+    if let Err((_, why)) = ams {
+        let why = format!("ARC-Message-Signature i={n}: {why}");
+        return ArcVerdict { message_changed: true, custody: custody(&sets), ..ArcVerdict::fail(n, &sealer, why) };
+    }
+    // Step 5 (optional): how far back the message is still as each sealer signed it.
+    // Only the body hashes `wanted_body_hashes` names are computed for it, whether the body
+    // is at hand or streamed: a hostile chain cannot make the body be hashed fifty times.
+    let affordable = wanted_body_hashes(msg, policy);
+    let mut oldest_pass = Some(0);
+    for i in (1..n as usize).rev() {
+        let field = sets[i - 1].ams[0];
+        let mut v = Verdict::new(verify::DkimResult::PermError, None);
+        let spec = verify::parse_signature(field, policy, &mut v, verify::SignatureKind::ArcMessage)
+            .map(|sig| sig.body_spec());
+        if spec.as_ref().is_ok_and(|spec| !affordable.contains(spec)) {
+            oldest_pass = None;
+            break;
+        }
+        match check_ams(msg, field, bodies, keys, now, policy) {
+            Ok(()) => {}
+            Err((true, _)) => {
+                oldest_pass = None;
+                break;
+            }
+            Err((false, _)) => {
+                oldest_pass = Some(i as u32 + 1);
+                break;
+            }
+        }
+    }
+    ArcVerdict {
+        result: ArcResult::Pass,
+        instances: n,
+        reason: None,
+        sealer,
+        temporary: false,
+        closed: false,
+        oldest_pass,
+        custody: custody(&sets),
+        message_changed: false,
+    }
+}
+
+/// The `arc=` result of the newest Authentication-Results field that `authserv_id` wrote
+/// (the topmost), if it has one.
+pub fn received_result(parsed: &Message, authserv_id: &str) -> Option<ArcResult> {
+    let f = parsed
+        .fields
+        .iter()
+        .find(|f| f.is("authentication-results") && verify::claims_authserv_id(f.value(), authserv_id))?;
+    let value = String::from_utf8_lossy(f.value());
+    let (_, results) = value.split_once(';')?;
+    results.split(';').find_map(|r| {
+        let word = r.trim().strip_prefix("arc")?.trim_start().strip_prefix('=')?.trim_start();
+        let word: String = word.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+        match word.to_ascii_lowercase().as_str() {
+            "pass" => Some(ArcResult::Pass),
+            "fail" => Some(ArcResult::Fail),
+            "none" => Some(ArcResult::None),
+            _ => None,
+        }
+    })
+}
+
+/// `chain` as a sealer of the site that verified the message when it arrived states it: the
+/// `received` result of that first check (our own Authentication-Results, RFC 8617 §5.1 step
+/// 2: the chain as it reached the ADMD). A received `fail` stands. A received `pass` stands
+/// when the chain now fails only because the message changed after it arrived
+/// ([`ArcVerdict::message_changed`]); a chain broken in any other way, or closed, stays as
+/// validated now.
+pub fn received_override(chain: ArcVerdict, received: ArcResult) -> ArcVerdict {
+    if chain.closed || chain.temporary {
+        return chain;
+    }
+    match (received, chain.result) {
+        (ArcResult::Fail, ArcResult::Pass) => ArcVerdict {
+            reason: Some("arc=fail when the message arrived".into()),
+            ..ArcVerdict::fail(chain.instances, &chain.sealer, "")
+        },
+        (ArcResult::Pass, ArcResult::Fail) if chain.message_changed => ArcVerdict {
+            result: ArcResult::Pass,
+            reason: None,
+            message_changed: false,
+            oldest_pass: None,
+            ..chain
+        },
+        _ => chain,
+    }
+}
+
+/// `d=` of each set's ARC-Seal, newest first (those that parse).
+fn custody(sets: &[Set]) -> Vec<String> {
+    sets.iter()
+        .rev()
+        .filter_map(|s| s.seal.first())
+        .filter_map(|f| tags::parse(f.value()).ok())
+        .filter_map(|t| get(&t, "d").map(|d| text(d).to_string()))
+        .collect()
+}
+
+/// The most distinct body hashes [`wanted_body_hashes`] asks for: the newest
+/// ARC-Message-Signature's, then older ones' for `header.oldest-pass` while they fit.
+const MAX_ARC_BODY_HASHES: usize = 4;
+
+/// The body hashes validating the chain of `msg` needs, for a caller that streams the body
+/// ([`validate_hashed`]): the newest ARC-Message-Signature's first, then those of older ones
+/// (which only `header.oldest-pass` reads) up to a small bound, so that a chain of fifty sets
+/// with fifty `l=` values cannot make the body be hashed fifty times.
+pub fn wanted_body_hashes(msg: &Message, policy: &Policy) -> Vec<BodySpec> {
+    let (sets, _, bad) = collect_sets(msg);
+    let mut out: Vec<BodySpec> = Vec::new();
+    if bad.is_some() {
+        return out;
+    }
+    for set in sets.iter().rev() {
+        let Some(field) = set.ams.first() else { break };
+        let mut v = Verdict::new(verify::DkimResult::PermError, None);
+        let Ok(sig) = verify::parse_signature(field, policy, &mut v, verify::SignatureKind::ArcMessage) else {
+            break;
+        };
+        let spec = sig.body_spec();
+        if !out.contains(&spec) {
+            if out.len() == MAX_ARC_BODY_HASHES {
+                break;
+            }
+            out.push(spec);
+        }
+    }
+    out
+}
+
+/// [`validate`] of a message whose body was hashed as it streamed ([`wanted_body_hashes`]).
+pub fn validate_hashed(
+    msg: &Message,
+    body: &HashedBody,
+    keys: &dyn Fn(&str, &str) -> KeyResult,
+    now: u64,
+    policy: &Policy,
+) -> ArcVerdict {
+    validate_with(msg, &mut Bodies::Hashed(body), keys, now, policy)
 }
 
 /// The key type and hash of an `a=` value: the DKIM algorithms (RFC 6376 §3.3, RFC 8463); SHA-1

@@ -241,6 +241,13 @@ pub(crate) struct Signature<'a> {
     field: &'a Field<'a>,
 }
 
+impl Signature<'_> {
+    /// The body hash this signature names: its body canonicalization, hash and `l=`.
+    pub(crate) fn body_spec(&self) -> BodySpec {
+        BodySpec { canon: self.canon.body, hash: self.hash, limit: self.length }
+    }
+}
+
 /// A permanent error in a signature or key, with its reason.
 pub(crate) struct PermError(pub(crate) Reason);
 
@@ -420,7 +427,7 @@ pub fn wanted_body_hashes(msg: &Message, policy: &Policy) -> Vec<BodySpec> {
     for field in msg.fields.iter().filter(|f| f.is("dkim-signature")).take(policy.max_signatures) {
         let mut v = Verdict::new(DkimResult::PermError, None);
         if let Ok(sig) = parse_signature(field, policy, &mut v, SignatureKind::Dkim) {
-            let spec = BodySpec { canon: sig.canon.body, hash: sig.hash, limit: sig.length };
+            let spec = sig.body_spec();
             if !out.contains(&spec) {
                 out.push(spec);
             }
@@ -541,7 +548,7 @@ pub(crate) fn check_signature(
     }
 
     // Body hash (RFC 6376 §6.1.3), with l= if present.
-    let spec = BodySpec { canon: sig.canon.body, hash: sig.hash, limit: sig.length };
+    let spec = sig.body_spec();
     let (bh, total) = bodies
         .get(spec)
         .ok_or_else(|| (DkimResult::TempError, Reason::NotChecked("the body hash was not computed".into())))?;

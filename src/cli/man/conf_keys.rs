@@ -246,6 +246,37 @@ const KEYS_MILTER: &[ConfKey] = &[
                   ORIGINATING on the submission service) whose mail is signed whatever the client.",
     },
     ConfKey {
+        key: "ARCSign",
+        value: "boolean",
+        default: "no",
+        meaning: "Add an ARC set (RFC 8617) to the mail this milter signs, made with the key of its \
+                  first signature; with -A, the openarc.conf's key instead.",
+    },
+    ConfKey {
+        key: "ARCVerify",
+        value: "boolean",
+        default: "no",
+        meaning: "Validate the ARC chain of the mail this milter verifies and report it as arc= in \
+                  Authentication-Results (with header.oldest-pass and smtp.remote-ip). Implies DKIM \
+                  verification of that mail.",
+    },
+    ConfKey {
+        key: "PermitAuthenticationOverrides",
+        value: "boolean",
+        default: "no",
+        meaning: "As OpenARC: when mail from an internal host is sealed, the arc= of our own \
+                  Authentication-Results (written when it first arrived) decides cv=. A chain that \
+                  fails only because a mailing list of ours changed the message keeps cv=pass; \
+                  arc=fail stands. Mail from authenticated clients is never taken at its word.",
+    },
+    ConfKey {
+        key: "FinalReceiver",
+        value: "boolean",
+        default: "no",
+        meaning: "As OpenARC: Authentication-Results also name the sealers of the chain, newest \
+                  first (arc.chain=d1:d2).",
+    },
+    ConfKey {
         key: "Nameservers",
         value: "list",
         default: "the resolvers of /etc/resolv.conf",

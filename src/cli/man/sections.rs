@@ -22,6 +22,31 @@ opendkim(8) defines them.
 A file without keys to sign with (opendkim's stock file) verifies only. Check a file before
 using it with \fBdkimpress milter -n -x\fR \fIFILE\fR: every problem is printed, and the exit
 status is 0 or 78.
+.SS ARC
+The milter also does what openarc(8) does next to opendkim, in one pass per message: verify the
+DKIM signatures and the ARC chain (RFC 8617), add Authentication-Results with dkim= and arc=,
+then seal the message with those results. Two ways to turn it on:
+.TP
+.B -A \fIopenarc.conf\fR
+Take over an OpenARC configuration as it is. Its Mode decides: s seals every message with its
+Domain, Selector and KeyFile, v validates the chains of the mail that is verified, no Mode seals
+the mail of internal hosts and validates the rest. AuthservID (when opendkim.conf has none),
+SignHeaders, OversignHeaders, Canonicalization (default relaxed/simple), SignatureAlgorithm,
+MinimumKeySizeRSA, RequireSafeKeys, FinalReceiver and PermitAuthenticationOverrides are read;
+its Socket, UserID, PidFile, logging and host lists are those of opendkim.conf and are ignored;
+SealHeaderChecks is refused.
+.TP
+.B ARCSign yes\fR, \fBARCVerify yes
+in opendkim.conf: seal the mail this milter signs, with the key chosen for its first
+signature (KeyTable/SigningTable or Domain/Selector/KeyFile), and validate the chains of the
+mail it verifies.
+.PP
+A chain whose newest seal says cv=fail gets no set, nor does one of 50 sets. A chain key that
+cannot be looked up now is the DNSError condition (On-DNSError). A mailing list of ours that
+changes a message and re-injects it from an internal host keeps cv=pass with
+PermitAuthenticationOverrides yes: the arc= our Authentication-Results recorded on arrival
+decides, as RFC 8617 asks for the chain as it reached us. Put the milter before a DMARC milter
+(opendmarc), which reads the arc= result.
 "#;
 
 pub(super) const MILTER_SIGNALS_FILES: &str = r#".SH SIGNALS

@@ -67,6 +67,52 @@ pub struct Settings {
     pub log_why: bool,
     /// Fixed signing time (tests).
     pub timestamp: Option<u64>,
+    /// ARC: which chains are validated and which mail is sealed.
+    pub arc: ArcSettings,
+}
+
+/// Which mail the milter adds an ARC set to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SealScope {
+    /// None.
+    Nothing,
+    /// Mail whose origin makes it ours (an internal host, an authenticated client, an `MTA`
+    /// daemon): `ARCSign`, or an openarc.conf without `Mode` (OpenARC's choice per connection).
+    Ours,
+    /// Every message (an openarc.conf whose `Mode` has `s`).
+    All,
+}
+
+/// ARC in the milter (opendkim.conf `ARCSign`/`ARCVerify`, or an openarc.conf with `-A`).
+pub struct ArcSettings {
+    /// Validate the chain of the mail we verify: `arc=` in its Authentication-Results.
+    pub verify: bool,
+    /// Which mail is sealed.
+    pub seal: SealScope,
+    /// The sealing key of an openarc.conf (`Domain`, `Selector`, `KeyFile`); `None`: the first
+    /// key the message is signed with (mail with no key of ours is then not sealed).
+    pub sealer: Option<dkimpress::dkim::sign::Signer>,
+    /// `PermitAuthenticationOverrides`: on mail from an internal host, the `arc=` of our own
+    /// Authentication-Results (written when the message first arrived) decides `cv=`.
+    pub overrides: bool,
+    /// `FinalReceiver`: Authentication-Results name the sealers (`arc.chain=`).
+    pub final_receiver: bool,
+    /// The key rules of the chain's signatures.
+    pub policy: verify::Policy,
+}
+
+impl ArcSettings {
+    /// No ARC.
+    pub fn off() -> ArcSettings {
+        ArcSettings {
+            verify: false,
+            seal: SealScope::Nothing,
+            sealer: None,
+            overrides: false,
+            final_receiver: false,
+            policy: verify::Policy::default(),
+        }
+    }
 }
 
 /// The daemon-level settings: read once at start (a restart changes them).
@@ -171,9 +217,20 @@ pub(super) fn load_settings(
     if let Some(bits) = c.and_then(|c| c.minimum_key_bits) {
         policy.min_rsa_bits = bits;
     }
+    let oa = arc_conf(a)?;
+    // The openarc.conf's AuthservID when opendkim's side names none.
+    let authserv_id = match (authserv_id, oa.as_ref().and_then(|oa| oa.authserv_id.clone())) {
+        (Some(id), _) => Some(id),
+        (None, Some(id)) if id == "HOSTNAME" => Some(hostname()),
+        (None, other) => other,
+    };
+    let arc = arc_settings(oa, c, sign.is_some(), &policy)?;
     Ok(Settings {
         sign,
-        verify: mode.verify,
+        // Validating chains means verifying the DKIM signatures too: the results that go into
+        // Authentication-Results and into the seal's ARC-Authentication-Results.
+        verify: mode.verify || arc.verify,
+        arc,
         internal,
         external_ignore,
         peers,
@@ -190,6 +247,81 @@ pub(super) fn load_settings(
         log_why: a.k.verbose || c.is_some_and(|c| c.log_why),
         timestamp: a.k.timestamp,
     })
+}
+
+/// The openarc.conf of `-A`, read once per start or reload.
+fn arc_conf(a: &MilterArgs) -> anyhow::Result<Option<conf::OpenarcConf>> {
+    match &a.arc_config {
+        Some(p) => Ok(Some(conf::OpenarcConf::load(p).map_err(|e| CliError::Config(e.to_string()))?)),
+        None => Ok(None),
+    }
+}
+
+/// ARC from opendkim.conf's `ARCSign`/`ARCVerify` and the openarc.conf of `-A`: an
+/// openarc.conf's `Mode` `s` seals every message with its key, no `Mode` seals our own mail and
+/// validates the rest (as OpenARC decides per connection), `v` validates; `ARCSign` seals the
+/// mail we sign (with the openarc.conf's key when there is one, else the message's first key).
+fn arc_settings(
+    oa: Option<conf::OpenarcConf>,
+    c: Option<&conf::OpendkimConf>,
+    signs: bool,
+    dkim_policy: &verify::Policy,
+) -> anyhow::Result<ArcSettings> {
+    let mut arc = ArcSettings::off();
+    arc.policy = dkim_policy.clone();
+    if let Some(c) = c {
+        arc.verify = c.arc_verify;
+        arc.overrides = c.arc_overrides;
+        arc.final_receiver = c.arc_final_receiver;
+        if c.arc_sign {
+            if !signs {
+                return Err(CliError::Config(format!(
+                    "{}: ARCSign seals with the signing keys, and this configuration signs nothing \
+                     (give keys and a Mode with s, or an openarc.conf with -A)",
+                    c.path.display()
+                ))
+                .into());
+            }
+            arc.seal = SealScope::Ours;
+        }
+    }
+    if let Some(oa) = oa {
+        let scope = match oa.mode {
+            Some(m) if m.sign => SealScope::All,
+            Some(_) => SealScope::Nothing,
+            None => SealScope::Ours,
+        };
+        arc.seal = arc.seal.max(scope);
+        arc.verify |= oa.mode.is_none_or(|m| m.verify);
+        arc.overrides |= oa.overrides;
+        arc.final_receiver |= oa.final_receiver;
+        if let Some(bits) = oa.minimum_key_bits {
+            arc.policy.min_rsa_bits = bits;
+        }
+        if let Some((domain, selector, key_file)) = &oa.key {
+            let key = crate::cli::keys::load_key(key_file, oa.require_safe_keys)?;
+            let template = dkimpress::select::Template {
+                // OpenARC signs relaxed/simple unless told (openarc.conf(5) Canonicalization).
+                canon: oa.canonicalization.unwrap_or(dkimpress::dkim::canon::Canonicalization {
+                    header: dkimpress::dkim::canon::Canon::Relaxed,
+                    body: dkimpress::dkim::canon::Canon::Simple,
+                }),
+                headers: oa.sign_headers.clone(),
+                oversign: oa.oversign_headers.clone().unwrap_or_else(|| vec!["from".to_string()]),
+                body_length: false,
+                expire: None,
+                algorithm: oa.signature_algorithm.map(|k| k.algorithm().to_string()),
+                min_bits: dkimpress::dkim::key::MIN_RSA_BITS,
+                strict_keys: oa.require_safe_keys,
+                identity: None,
+            };
+            let signer = template
+                .build(key, domain, selector)
+                .map_err(|e| CliError::Config(format!("{}: {e}", oa.path.display())))?;
+            arc.sealer = Some(signer);
+        }
+    }
+    Ok(arc)
 }
 
 pub(super) fn daemon(a: &MilterArgs, c: Option<&conf::OpendkimConf>) -> anyhow::Result<Daemon> {

@@ -99,6 +99,11 @@ pub(crate) struct MilterArgs {
     /// [default: 1G].
     #[arg(long = "max-buffered", value_name = "SIZE", value_parser = parse_size)]
     max_buffered: Option<u64>,
+    /// An openarc.conf whose ARC settings to take over (its Mode, Domain, Selector, KeyFile,
+    /// AuthservID, SignHeaders, Canonicalization, FinalReceiver, PermitAuthenticationOverrides):
+    /// one milter then does what OpenDKIM and OpenARC did side by side.
+    #[arg(short = 'A', long = "arc-config", value_name = "FILE")]
+    arc_config: Option<PathBuf>,
     /// Largest message signed or verified (octets; K, M, G suffixes); a larger one is passed
     /// on untouched and logged [default: 512M].
     #[arg(long = "max-message-size", value_name = "SIZE", value_parser = parse_size)]

@@ -6,8 +6,10 @@
 //! [`Command`] into the [`Response`]s to send.
 
 use super::proto::{action, step, Command, Response, VERSION};
+use super::config::SealScope;
 use super::{Action, Condition, Settings};
 use crate::cli::log::Logger;
+use dkimpress::dkim::arc::{self, ArcResult, ArcVerdict};
 use dkimpress::dkim::bodyhash::{BodyHashes, BodySpec, HashedBody};
 use dkimpress::dkim::header::Message;
 use dkimpress::dkim::sign::{self, SignError, SignatureField, Signer};
@@ -51,6 +53,11 @@ pub struct Session<'a> {
     reserved: u64,
     /// The daemon-wide budget could not hold this message.
     over_budget: bool,
+    /// The message is ours (an internal host, an authenticated client, an `MTA` daemon).
+    ours: bool,
+    /// It comes from an internal host or an `MTA` daemon: our own Authentication-Results in
+    /// it were written by us when it first arrived.
+    trusted: bool,
 }
 
 impl Drop for Session<'_> {
@@ -94,6 +101,8 @@ impl<'a> Session<'a> {
             too_large: false,
             reserved: 0,
             over_budget: false,
+            ours: false,
+            trusted: false,
         }
     }
 
@@ -107,6 +116,8 @@ impl<'a> Session<'a> {
         self.hashes = None;
         self.too_large = false;
         self.over_budget = false;
+        self.ours = false;
+        self.trusted = false;
         self.message = vec![];
         self.settings.budget.release(self.reserved);
         self.reserved = 0;
@@ -276,6 +287,8 @@ impl<'a> Session<'a> {
         }
         let s: &'a Settings = self.settings;
         let origin = self.origin();
+        self.ours = matches!(origin, Origin::Ours(_));
+        self.trusted = matches!(origin, Origin::Ours(why) if why != AUTHENTICATED);
         let plan = match (&s.sign, origin) {
             (None, _) => Plan::Verify(None),
             (Some(_), Origin::Unknown(why)) => Plan::Fail(Condition::InternalError, why),
@@ -298,7 +311,25 @@ impl<'a> Session<'a> {
             },
             _ => vec![],
         };
-        self.hashes = Some(BodyHashes::new(specs));
+        let mut specs = specs;
+        // The chain's body hashes when it is validated (inbound mail with ARC on, or mail to
+        // seal), and the openarc.conf key's when it seals.
+        let validates = self.seals() || (s.arc.verify && matches!(plan, Plan::Verify(_) | Plan::Outside(_)));
+        if validates {
+            if let Ok(parsed) = Message::parse(&self.message) {
+                specs.extend(arc::wanted_body_hashes(&parsed, &s.arc.policy));
+            }
+            if let (true, Some(sealer)) = (self.seals(), &s.arc.sealer) {
+                specs.push(BodySpec::signing(sealer.canonicalization().body));
+            }
+        }
+        let mut distinct: Vec<BodySpec> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if !distinct.contains(&spec) {
+                distinct.push(spec);
+            }
+        }
+        self.hashes = Some(BodyHashes::new(distinct));
         self.plan = Some(plan);
     }
 
@@ -341,7 +372,7 @@ impl<'a> Session<'a> {
     fn origin(&self) -> Origin {
         let s = self.settings;
         if !self.macro_value("auth_authen").is_empty() {
-            return Origin::Ours("authenticated client");
+            return Origin::Ours(AUTHENTICATED);
         }
         let daemon = self.macro_value("daemon_name");
         if !daemon.is_empty() && s.mta_names.iter().any(|m| m == daemon) {
@@ -448,8 +479,109 @@ impl<'a> Session<'a> {
             return self.verify(hashed);
         }
         let mut r = self.remove_forged_results();
+        match self.arc_set(hashed, None, None) {
+            Ok(set) => r.extend(set),
+            Err((condition, why)) => return self.act(condition, &why, r),
+        }
         r.push(Response::Accept);
         r
+    }
+
+    /// Whether this message gets an ARC set.
+    fn seals(&self) -> bool {
+        match self.settings.arc.seal {
+            SealScope::Nothing => false,
+            SealScope::Ours => self.ours,
+            SealScope::All => true,
+        }
+    }
+
+    /// The key lookups of this message: one time budget for all of them (signatures and
+    /// seals), and the client's share of the daemon's places.
+    fn key_fetch(&self, deadline: std::time::Instant) -> impl Fn(&str, &str) -> KeyResult + '_ {
+        let s = self.settings;
+        let party = self.client.as_str();
+        move |sel: &str, dom: &str| -> KeyResult {
+            if std::time::Instant::now() >= deadline {
+                let name = format!("{sel}._domainkey.{dom}");
+                let error = format!("key lookups of this message took more than {} s", super::LOOKUP_BUDGET.as_secs());
+                return Err((DkimResult::TempError, Reason::KeyLookup { name, error }));
+            }
+            (s.keys)(sel, dom, party)
+        }
+    }
+
+    /// The ARC set this message gets (RFC 8617 §5.1), as replies that put it on top, when it
+    /// is to be sealed: with the openarc.conf's key, else with `first_key` (the key it was
+    /// just signed with). `computed` holds the DKIM verdicts and chain just found for it, when
+    /// it was verified; otherwise the chain is validated here. The ARC-Authentication-Results
+    /// carry our results: those our Authentication-Results recorded when a message from an
+    /// internal host first arrived, else those just computed. A chain that already failed
+    /// (`cv=fail`) or holds 50 sets gets nothing. Errors: the condition whose `On-*` action
+    /// applies, and why.
+    fn arc_set(
+        &mut self,
+        hashed: &HashedBody,
+        computed: Option<(&[Verdict], &ArcVerdict)>,
+        first_key: Option<&Signer>,
+    ) -> Result<Vec<Response>, (Condition, String)> {
+        let s = self.settings;
+        if !self.seals() {
+            return Ok(vec![]);
+        }
+        let Some(signer) = s.arc.sealer.as_ref().or(first_key) else {
+            if s.log_why {
+                self.log.info("not sealed: no key of ours for this message (ARCSign seals with the signing key)");
+            }
+            return Ok(vec![]);
+        };
+        let now = s.timestamp.unwrap_or_else(crate::cli::now_unix);
+        let id = self.authserv_id();
+        let deadline = std::time::Instant::now() + super::LOOKUP_BUDGET;
+        let keys = self.key_fetch(deadline);
+        let (msg, trusted, overrides) = (&self.message, self.trusted, s.arc.overrides);
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let parsed = Message::parse(msg).map_err(|e| arc::SealError::Sign(SignError::from(e)))?;
+            let mut chain = match computed {
+                Some((_, chain)) => chain.clone(),
+                None => arc::validate_hashed(&parsed, hashed, &keys, now, &s.arc.policy),
+            };
+            let received = if trusted { arc::received_result(&parsed, &id) } else { None };
+            if let (true, Some(received)) = (overrides, received) {
+                chain = arc::received_override(chain, received);
+            }
+            let own = trusted && arc::has_results_of(&parsed, &id);
+            let results = match computed {
+                Some((verdicts, chain)) if !own => arc::results_computed(&id, verdicts, chain),
+                _ if own => arc::results_of(&parsed, &id),
+                _ => format!("{id}; none"),
+            };
+            arc::seal(signer, &parsed, sign::Body::Hashed(hashed), &chain, &results, now).map(|set| (set, chain))
+        }));
+        drop(keys);
+        let (set, chain) = match made {
+            Ok(Ok(made)) => made,
+            Ok(Err(e @ (arc::SealError::Closed(_) | arc::SealError::Full(_)))) => {
+                self.log.info(&format!("not sealed: {e}"));
+                return Ok(vec![]);
+            }
+            Ok(Err(arc::SealError::Temporary(why))) => {
+                return Err((Condition::DnsError, format!("not sealed: ARC chain: {why}")))
+            }
+            Ok(Err(e)) => return Err((Condition::SignatureError, format!("not sealed: {e}"))),
+            Err(_) => return Err((Condition::InternalError, "internal error (panic) while sealing".into())),
+        };
+        if s.log_success {
+            let n = chain.instances + 1;
+            let (sel, d) = (signer.selector(), signer.domain());
+            self.log.info(&format!("ARC set i={n} added (s={sel}, d={d}, cv={})", chain.result));
+        }
+        // Each goes on top: the last field first, so that the seal ends up topmost.
+        let mut out = vec![];
+        for (name, value) in split_fields(&set).into_iter().rev() {
+            out.push(Response::InsertHeader { index: 0, name, value: self.milter_value(&value) });
+        }
+        Ok(out)
     }
 
     /// An outside client sending mail whose From has a key of ours is worth a line in the log
@@ -493,6 +625,10 @@ impl<'a> Session<'a> {
                 self.log.info(&format!("DKIM-Signature field added (s={sel}, d={d})"));
             }
         }
+        match self.arc_set(hashed, None, signers.first()) {
+            Ok(set) => out.extend(set),
+            Err((condition, why)) => return Ok(self.act(condition, &why, out)),
+        }
         out.push(Response::Accept);
         Ok(out)
     }
@@ -515,28 +651,35 @@ impl<'a> Session<'a> {
         let now = s.timestamp.unwrap_or_else(crate::cli::now_unix);
         // One budget for all the lookups of this message, and the client's share of places.
         let deadline = std::time::Instant::now() + super::LOOKUP_BUDGET;
-        let party = self.client.as_str();
-        let keys = |sel: &str, dom: &str| -> KeyResult {
-            if std::time::Instant::now() >= deadline {
-                let name = format!("{sel}._domainkey.{dom}");
-                let error = format!("key lookups of this message took more than {} s", super::LOOKUP_BUDGET.as_secs());
-                return Err((DkimResult::TempError, Reason::KeyLookup { name, error }));
-            }
-            (s.keys)(sel, dom, party)
-        };
+        let keys = self.key_fetch(deadline);
         let msg = &self.message;
-        let verdicts = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Message::parse(msg).map(|parsed| verify::verify_hashed(&parsed, hashed, &keys, now, &s.policy))
-        })) {
-            Ok(Ok(v)) => v,
+        let with_chain = s.arc.verify || self.seals();
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match Message::parse(msg) {
+            Ok(parsed) => {
+                let verdicts = verify::verify_hashed(&parsed, hashed, &keys, now, &s.policy);
+                let chain = with_chain.then(|| arc::validate_hashed(&parsed, hashed, &keys, now, &s.arc.policy));
+                (verdicts, chain)
+            }
             // A header block we cannot read: a permanent error, reported; the mail goes on.
-            Ok(Err(e)) => vec![Verdict::new(DkimResult::PermError, Reason::Unparsable(e))],
-            Err(_) => return self.act(Condition::InternalError, "internal error (panic) while verifying", vec![]),
+            Err(e) => {
+                let chain = with_chain.then(|| ArcVerdict::unparsable(&e));
+                (vec![Verdict::new(DkimResult::PermError, Reason::Unparsable(e))], chain)
+            }
+        }));
+        drop(keys);
+        let Ok((verdicts, chain)) = checked else {
+            return self.act(Condition::InternalError, "internal error (panic) while verifying", vec![]);
         };
         let mut edits = self.remove_forged_results();
         let overall = verify::overall(&verdicts);
-        if !verdicts.is_empty() || s.always_add_ar {
-            let ar = verify::authentication_results(&self.authserv_id(), &verdicts, "\r\n");
+        let arc_reported = chain.as_ref().filter(|_| s.arc.verify);
+        if !verdicts.is_empty() || s.always_add_ar || arc_reported.is_some_and(|c| c.result != ArcResult::None) {
+            let ar = match arc_reported {
+                Some(chain) => {
+                    arc::authentication_results_with(&self.authserv_id(), &verdicts, chain, &self.arc_props(chain), "\r\n")
+                }
+                None => verify::authentication_results(&self.authserv_id(), &verdicts, "\r\n"),
+            };
             let value = ar.trim_end().trim_start_matches("Authentication-Results:");
             let value = if self.leadspc { value.to_string() } else { value.trim_start().to_string() };
             edits.push(Response::InsertHeader {
@@ -565,6 +708,20 @@ impl<'a> Session<'a> {
                 )),
             }
         }
+        if let Some(chain) = &arc_reported {
+            let at = format!("(i={}, d={})", chain.instances, pipeline::sanitize_at_most(&chain.sealer, 100));
+            match (chain.result, &chain.reason) {
+                (ArcResult::Pass, _) if s.log_success => self.log.info(&format!("ARC chain validated {at}")),
+                (ArcResult::Fail, Some(why)) => self.log.info(&format!("ARC chain failed {at}: {why}")),
+                _ => {}
+            }
+        }
+        if let Some(chain) = &chain {
+            match self.arc_set(hashed, Some((&verdicts, chain)), None) {
+                Ok(set) => edits.extend(set),
+                Err((condition, why)) => return self.act(condition, &why, edits),
+            }
+        }
         let condition = match overall {
             DkimResult::None => Condition::NoSignature,
             DkimResult::Pass | DkimResult::Neutral | DkimResult::Policy => Condition::Default,
@@ -576,6 +733,22 @@ impl<'a> Session<'a> {
             DkimResult::PermError => Condition::BadSignature,
         };
         self.act(condition, &format!("dkim={overall}"), edits)
+    }
+
+    /// The properties after `arc=` in our Authentication-Results: the client's address
+    /// (`smtp.remote-ip`, as OpenARC writes it) and, with `FinalReceiver`, the sealers of the
+    /// chain, newest first (`arc.chain=`).
+    fn arc_props(&self, chain: &ArcVerdict) -> Vec<(&'static str, String)> {
+        let mut props = vec![];
+        if let (_, Some(ip)) = crate::cli::hosts::split_client(&self.client) {
+            props.push(("smtp.remote-ip", ip.to_string()));
+        }
+        let custody: Vec<&str> =
+            chain.custody.iter().map(String::as_str).filter(|d| verify::is_authserv_id(d)).collect();
+        if self.settings.arc.final_receiver && !custody.is_empty() {
+            props.push(("arc.chain", custody.join(":")));
+        }
+        props
     }
 
     /// ChangeHeader deletions for Authentication-Results fields that claim our authserv-id
@@ -634,6 +807,9 @@ impl<'a> Session<'a> {
     }
 }
 
+/// The origin of mail from a client that logged in: ours, but what it wrote is not trusted.
+const AUTHENTICATED: &str = "authenticated client";
+
 /// Whose message this is.
 enum Origin {
     /// Ours to sign (why).
@@ -657,6 +833,24 @@ enum Plan<'a> {
     Unsignable(String),
     /// Cannot be handled now or at all: the `On-*` action of the condition decides.
     Fail(Condition, String),
+}
+
+/// The fields of `text` (wire form, CRLF) as (name, value), in order.
+fn split_fields(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vec![];
+    for line in text.split_inclusive("\r\n") {
+        match (line.starts_with([' ', '\t']), out.last_mut()) {
+            (true, Some((_, value))) => value.push_str(line),
+            _ => {
+                let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                out.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+    for (_, value) in &mut out {
+        value.truncate(value.trim_end_matches("\r\n").len());
+    }
+    out
 }
 
 /// The milter's answer to each [`Disposition`] of a message of ours that was not signed.
