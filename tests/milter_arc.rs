@@ -116,6 +116,7 @@ dktest!(
                     assert!(seals[0].starts_with(&format!(" i={i}; a=rsa-sha256; cv={cv}; d=example.net;")), "{name}: {}", seals[0]);
                     let aar = &inserted(&r, "ARC-Authentication-Results")[0];
                     assert!(aar.starts_with(&format!(" i={i}; mx.example.com;")), "{name}: {aar}");
+                    assert!(aar.contains(" smtp.remote-ip=192.0.2.1"), "{name}: {aar}");
                     // The set goes above our Authentication-Results: seal, AMS, AAR, A-R.
                     let order: Vec<&str> = r
                         .iter()

@@ -189,7 +189,17 @@ pub fn has_results_of(parsed: &Message, authserv_id: &str) -> bool {
 /// The ARC-Authentication-Results payload of results computed here: the `dkim=` of each
 /// verdict and the `arc=` of `chain`, as [`authentication_results`] writes them.
 pub fn results_computed(authserv_id: &str, verdicts: &[Verdict], chain: &ArcVerdict) -> String {
-    let field = authentication_results(authserv_id, verdicts, chain, "\r\n");
+    results_computed_with(authserv_id, verdicts, chain, &[])
+}
+
+/// [`results_computed`] with properties after `arc=`, as [`authentication_results_with`].
+pub fn results_computed_with(
+    authserv_id: &str,
+    verdicts: &[Verdict],
+    chain: &ArcVerdict,
+    props: &[(&str, String)],
+) -> String {
+    let field = authentication_results_with(authserv_id, verdicts, chain, props, "\r\n");
     field.trim_start_matches("Authentication-Results: ").trim_end_matches("\r\n").to_string()
 }
 

@@ -540,6 +540,7 @@ impl<'a> Session<'a> {
         let deadline = std::time::Instant::now() + super::LOOKUP_BUDGET;
         let keys = self.key_fetch(deadline);
         let (msg, trusted, overrides) = (&self.message, self.trusted, s.arc.overrides);
+        let props = computed.map(|(_, chain)| self.arc_props(chain)).unwrap_or_default();
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let parsed = Message::parse(msg).map_err(|e| arc::SealError::Sign(SignError::from(e)))?;
             let mut chain = match computed {
@@ -552,7 +553,7 @@ impl<'a> Session<'a> {
             }
             let own = trusted && arc::has_results_of(&parsed, &id);
             let results = match computed {
-                Some((verdicts, chain)) if !own => arc::results_computed(&id, verdicts, chain),
+                Some((verdicts, chain)) if !own => arc::results_computed_with(&id, verdicts, chain, &props),
                 _ if own => arc::results_of(&parsed, &id),
                 _ => format!("{id}; none"),
             };
