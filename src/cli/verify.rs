@@ -124,6 +124,11 @@ pub(crate) fn verdict_json(
         v["arc_instances"] = c.instances.into();
         v["arc_sealer"] = c.sealer.clone().into();
         v["arc_reason"] = c.reason.clone().unwrap_or_default().into();
+        // The oldest instance whose ARC-Message-Signature still validates, for a passing
+        // chain (null when not known).
+        v["arc_oldest_pass"] = c.oldest_pass.into();
+        // The sealers, newest first.
+        v["arc_chain"] = c.custody.clone().into();
     }
     v.to_string()
 }

@@ -716,6 +716,55 @@ mod tests {
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
+    /// `header.oldest-pass` and the chain of custody: 0 when every ARC-Message-Signature
+    /// holds, the newest instance when the body changed before the last set was added; a
+    /// chain that fails only on changed content is told from a broken one, and only that one
+    /// takes a received `pass` (PermitAuthenticationOverrides); a received `fail` always stands.
+    #[test]
+    fn oldest_pass_custody_and_received_results() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/arc");
+        let keys = KeyDir::new(&dir.join("keys"));
+        let v = validate_file(&dir.join("pass-i3-alternating.eml"), &keys);
+        assert_eq!((v.result, v.oldest_pass), (ArcResult::Pass, Some(0)));
+        assert_eq!(v.custody, ["example.com", "example.net", "example.com"]);
+        let ar = authentication_results("mx.example.org", &[], &v, "\r\n");
+        assert!(ar.contains("arc=pass header.oldest-pass=0\r\n"), "{ar}");
+        let v = validate_file(&dir.join("pass-body-changed-before-last-seal.eml"), &keys);
+        assert_eq!((v.result, v.oldest_pass), (ArcResult::Pass, Some(2)));
+        let failed = received_override(v.clone(), ArcResult::Fail);
+        assert_eq!(failed.result, ArcResult::Fail);
+
+        let changed = validate_file(&dir.join("fail-body-changed-after-last-ams.eml"), &keys);
+        assert!(changed.result == ArcResult::Fail && changed.message_changed, "{changed:?}");
+        assert_eq!(received_override(changed.clone(), ArcResult::Pass).result, ArcResult::Pass);
+        assert_eq!(received_override(changed, ArcResult::None).result, ArcResult::Fail);
+        for broken in ["fail-wrong-key.eml", "fail-gap-i1-i3.eml", "fail-missing-aar2.eml", "fail-cv-fail-i2.eml"] {
+            let v = validate_file(&dir.join(broken), &keys);
+            assert!(!v.message_changed, "{broken}: {v:?}");
+            assert_eq!(received_override(v, ArcResult::Pass).result, ArcResult::Fail, "{broken}");
+        }
+    }
+
+    /// Fifty sets whose ARC-Message-Signatures name fifty different `l=` values ask for a few
+    /// body hashes, the newest one's first.
+    #[test]
+    fn a_hostile_chain_asks_for_few_body_hashes() {
+        let mut text = String::new();
+        for i in (1..=50).rev() {
+            text.push_str(&format!(
+                "ARC-Seal: i={i}; a=rsa-sha256; cv=pass; d=example.com; s=s; b=AAAA\r\n\
+                 ARC-Message-Signature: i={i}; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s; \
+                 h=from; l={i}; bh=AAAA; b=AAAA\r\n\
+                 ARC-Authentication-Results: i={i}; mx.example.com; none\r\n"
+            ));
+        }
+        text.push_str("From: a@example.com\r\n\r\nbody\r\n");
+        let msg = Message::parse(text.as_bytes()).unwrap();
+        let wanted = wanted_body_hashes(&msg, &Policy::default());
+        assert_eq!(wanted.len(), MAX_ARC_BODY_HASHES);
+        assert_eq!(wanted[0].limit, Some(50));
+    }
+
     /// A seal covers every earlier set: a changed ARC-Authentication-Results of the first set
     /// fails the chain though the newest message signature (which does not sign it) holds.
     #[test]
