@@ -194,6 +194,8 @@ dktest!(
         let r = mta.message(listed.as_bytes(), steps, Some("alice"));
         let seal = &inserted(&r, "ARC-Seal")[0];
         assert!(seal.starts_with(" i=4; a=rsa-sha256; cv=fail;"), "{seal}");
+        let aar = &inserted(&r, "ARC-Authentication-Results")[0];
+        assert_eq!(aar, " i=4; mx.example.com; arc=fail", "its own results are not carried");
     }
 );
 

@@ -555,7 +555,9 @@ impl<'a> Session<'a> {
             let results = match computed {
                 Some((verdicts, chain)) if !own => arc::results_computed_with(&id, verdicts, chain, &props),
                 _ if own => arc::results_of(&parsed, &id),
-                _ => format!("{id}; none"),
+                // Nothing verified here and nothing of ours in the message: the chain's state
+                // (OpenARC records it in every set).
+                _ => format!("{id}; arc={}", chain.result),
             };
             arc::seal(signer, &parsed, sign::Body::Hashed(hashed), &chain, &results, now).map(|set| (set, chain))
         }));
