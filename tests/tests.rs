@@ -18,6 +18,7 @@ mod milter_arc;
 mod mta;
 mod output;
 mod pg;
+mod rotate;
 mod sign;
 mod tables;
 mod verify;

@@ -96,6 +96,11 @@ impl Cmd {
         self
     }
 
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
     pub fn stdin(mut self, data: &[u8]) -> Self {
         self.stdin = Some(data.to_vec());
         self

@@ -24,6 +24,7 @@ mod os;
 mod seal;
 mod sendmail;
 mod sign;
+mod rotate;
 mod testkey;
 mod verify;
 
@@ -37,6 +38,7 @@ use milter::{cmd_milter, MilterArgs};
 use seal::{cmd_seal, SealArgs};
 use sendmail::cmd_sendmail;
 use sign::{cmd_sign, SignArgs, SignConfig};
+use rotate::{cmd_rotate, RotateArgs};
 use testkey::{cmd_testkey, TestkeyArgs};
 use verify::{cmd_verify, VerifyArgs};
 
@@ -86,6 +88,9 @@ enum Command {
     Bench(BenchArgs),
     /// Check that the DNS key records match the private keys, like opendkim-testkey.
     Testkey(TestkeyArgs),
+    /// Rotate keys safely: status, prepare (new key and its record), activate (once published),
+    /// retire (after some days), over the KeyTable/SigningTable files of an opendkim.conf.
+    Rotate(RotateArgs),
     /// Generate a key pair and its DNS TXT record, like opendkim-genkey.
     #[command(disable_help_flag = true)]
     Genkey(GenkeyArgs),
@@ -158,6 +163,7 @@ where
         Command::Verify(a) => cmd_verify(a),
         Command::Seal(a) => cmd_seal(a),
         Command::Testkey(a) => cmd_testkey(a),
+        Command::Rotate(a) => cmd_rotate(a),
         Command::Filter(a) => cmd_filter(a),
         Command::Milter(a) => cmd_milter(a),
         Command::Bench(a) => cmd_bench(a),

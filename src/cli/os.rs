@@ -24,6 +24,17 @@ pub(crate) fn kill_process_group(pgid: u32) {
 #[cfg(not(unix))]
 pub(crate) fn kill_process_group(_pgid: u32) {}
 
+/// Sends SIGHUP to process `pid` (a daemon's PidFile): whether it was delivered.
+#[cfg(unix)]
+pub(crate) fn send_hangup(pid: i32) -> bool {
+    if pid <= 1 {
+        return false; // never "every process", our group, or init
+    }
+    // SAFETY: kill(2) with a positive pid signals that one process; it touches no memory of
+    // ours.
+    unsafe { libc::kill(pid, libc::SIGHUP) == 0 }
+}
+
 /// Signals caught by [`catch_signals`], one bit per signal number, until [`take_signals`].
 static PENDING_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 

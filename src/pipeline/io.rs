@@ -36,6 +36,13 @@ impl Keep {
         Keep { mode: meta.mode() & 0o7777, owner: Some((meta.uid(), meta.gid())), times }
     }
 
+    /// Owner, group and mode of an existing file, with the current time (a new version of
+    /// it, or a file made to sit beside it).
+    #[cfg(unix)]
+    pub fn owner_and_mode(meta: &std::fs::Metadata) -> Keep {
+        Keep { times: None, ..Keep::all_of(meta) }
+    }
+
     /// Mode and times of an existing file, not its owner (a copy to a new place).
     #[cfg(unix)]
     pub fn copy_of(meta: &std::fs::Metadata) -> Keep {
