@@ -89,6 +89,18 @@ impl PgServer {
         assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The rows `sql` returns, unaligned (`|` between columns, a line per row).
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-h"])
+            .arg(&self.socket_dir)
+            .args(["-U", "dkim", "-d", db, "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The socket directory written for a DSN host (`/` encoded as `=2F`, opendkim(8)).
     pub fn dsn_host(&self) -> String {
         self.socket_dir.display().to_string().replace('/', "=2F")

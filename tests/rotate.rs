@@ -313,3 +313,71 @@ dktest!(
         assert!(!seen.is_empty() && seen.iter().all(|s| s == "test" || s == "live"), "{seen:?}");
     }
 );
+
+dktest!(
+    /// The same cycle with the keys in PostgreSQL, in the views of the README's mail database
+    /// (auto-updatable views over two tables): prepare inserts the new key's row, activate is
+    /// refused while the record is unpublished and then switches the signing rows in one
+    /// transaction, mail signed with the new selector verifies, and retire deletes the old row
+    /// after --after days, its key saved with --archive.
+    rotate_keys_in_postgresql,
+    |dir| {
+        let Some(pg) = crate::pg::PgServer::start() else { return };
+        pg.sql("postgres", "CREATE DATABASE mail");
+        pg.sql(
+            "mail",
+            "CREATE TABLE dkim_keys (id text PRIMARY KEY, domain text, selector text, private_key text);\
+             CREATE TABLE dkim_signing (pattern text, key_id text);\
+             CREATE VIEW dkim_key_table AS SELECT id AS identifier, domain, selector, private_key AS key FROM dkim_keys;\
+             CREATE VIEW dkim_signing_table AS SELECT key_id AS identifier, pattern FROM dkim_signing;",
+        );
+        let pem = std::fs::read_to_string(testdata("keys/test.private")).unwrap();
+        pg.sql(
+            "mail",
+            &format!(
+                "INSERT INTO dkim_keys VALUES ('test._domainkey.example.com', 'example.com', 'test', '{pem}');\
+                 INSERT INTO dkim_signing VALUES ('example.com', 'test._domainkey.example.com');"
+            ),
+        );
+        let host = pg.dsn_host();
+        let conf = dir.write(
+            "opendkim.conf",
+            format!(
+                "KeyTable dsn:pgsql://dkim@{host}/mail/table=dkim_key_table?keycol=identifier?datacol=domain,selector,key\n\
+                 SigningTable dsn:pgsql://dkim@{host}/mail/table=dkim_signing_table?keycol=pattern?datacol=identifier\n"
+            )
+            .as_bytes(),
+        );
+        publish(&dir, &testdata("keys/test.txt"), "test._domainkey.example.com.");
+        let c = conf.to_str().unwrap();
+        let z = dir.join("zone");
+        let z = z.to_str().unwrap();
+        let o = rotate(&dir, &["status", "--config", c, "--dns-zone", z]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("used by example.com; record matches"), "{}", stderr(&o));
+        for _ in 0..2 {
+            let o = rotate(&dir, &["prepare", "--config", c, "--selector", "db2026"]);
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        }
+        assert_eq!(pg.query("mail", "SELECT count(*) FROM dkim_keys WHERE selector = 'db2026'").trim(), "1");
+        assert_eq!(signed_selectors(&dir, &conf).0, ["test"]);
+        let activate = ["activate", "--config", c, "--selector", "db2026", "--dns-zone", z];
+        assert_eq!(rotate(&dir, &activate).status.code(), Some(75));
+        assert_eq!(pg.query("mail", "SELECT key_id FROM dkim_signing").trim(), "test._domainkey.example.com");
+        publish(&dir, &dir.join("db2026.example.com.txt"), "db2026._domainkey.example.com.");
+        let o = rotate(&dir, &activate);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(pg.query("mail", "SELECT key_id FROM dkim_signing").trim(), "db2026._domainkey.example.com");
+        let (sels, file) = signed_selectors(&dir, &conf);
+        assert_eq!(sels, ["db2026"]);
+        verifies(&dir, &file, 1);
+        assert_eq!(rotate(&dir, &["retire", "--config", c, "--selector", "test"]).status.code(), Some(75));
+        age_deactivation(&dir, "test", 8);
+        std::fs::create_dir(dir.join("archive")).unwrap();
+        let o = rotate(&dir, &["retire", "--config", c, "--selector", "test", "--archive", "archive"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(pg.query("mail", "SELECT count(*) FROM dkim_keys WHERE selector = 'test'").trim(), "0");
+        assert_eq!(std::fs::read_to_string(dir.join("archive/test.example.com.private")).unwrap(), pem);
+        let o = rotate(&dir, &["retire", "--config", c, "--selector", "db2026", "--after", "0"]);
+        assert_eq!(o.status.code(), Some(78), "the key that signs stays: {}", stderr(&o));
+    }
+);

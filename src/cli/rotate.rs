@@ -21,6 +21,7 @@ use clap::{Args, Subcommand};
 use dkimpress::dkim::key::{KeyType, SigningKey};
 use dkimpress::dkim::verify::{KeyLookup, LookupError};
 use dkimpress::pipeline::io::{AtomicFile, Keep};
+use dkimpress::select::{DbSettings, PgSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -206,10 +207,29 @@ struct Key {
     name: String,
     domain: String,
     selector: String,
+    /// Its file (empty when the KeyTable holds the key itself).
     file: PathBuf,
+    /// The key itself (PEM), when the KeyTable holds it (a database row).
+    inline: Option<String>,
 }
 
 impl Key {
+    /// The private key.
+    fn load(&self) -> Result<SigningKey, String> {
+        match &self.inline {
+            Some(pem) => SigningKey::from_bytes(pem.as_bytes(), &self.record_name()).map_err(|e| e.to_string()),
+            None => load_key(&self.file),
+        }
+    }
+
+    /// Where the key is, for messages.
+    fn place(&self) -> String {
+        match &self.inline {
+            Some(_) => format!("KeyTable row {}", self.name),
+            None => self.file.display().to_string(),
+        }
+    }
+
     /// Where its record is published.
     fn record_name(&self) -> String {
         format!("{}._domainkey.{}", self.selector, self.domain)
@@ -225,6 +245,8 @@ struct Config {
 enum Kind {
     /// KeyTable and SigningTable files.
     Tables { key_table: TableFile, signing_table: TableFile },
+    /// KeyTable and SigningTable in PostgreSQL (`dsn:pgsql`), as read when loaded.
+    Db { key_table: Box<PgSet>, signing_table: Box<PgSet>, keys: Vec<Key>, signing: Vec<(String, String)> },
     /// Domain, Selector, KeyFile.
     Single { domains: Vec<String>, selector: String, key_file: PathBuf },
 }
@@ -233,6 +255,9 @@ impl Config {
     fn load(path: &Path) -> anyhow::Result<Config> {
         let conf = OpendkimConf::load(path)?;
         let kind = match &conf.signing {
+            Signing::Tables { key_table, signing_table } if key_table.starts_with("dsn:") || signing_table.starts_with("dsn:") => {
+                db_tables(key_table, signing_table)?
+            }
             Signing::Tables { key_table, signing_table } => Kind::Tables {
                 key_table: TableFile::open(key_table, &conf.dir, "KeyTable")?,
                 signing_table: TableFile::open(signing_table, &conf.dir, "SigningTable")?,
@@ -255,18 +280,31 @@ impl Config {
     /// Every key, in the order of the KeyTable.
     fn keys(&self) -> Vec<Key> {
         match &self.kind {
+            Kind::Db { keys, .. } => keys.clone(),
             Kind::Tables { key_table, .. } => key_table
                 .entries()
                 .into_iter()
                 .filter_map(|(_, name, value)| {
                     let mut parts = value.splitn(3, ':');
                     let (d, s, f) = (parts.next()?, parts.next()?, parts.next()?);
-                    Some(Key { name, domain: d.to_string(), selector: s.to_string(), file: self.conf.dir.join(f) })
+                    Some(Key {
+                        name,
+                        domain: d.to_string(),
+                        selector: s.to_string(),
+                        file: self.conf.dir.join(f),
+                        inline: None,
+                    })
                 })
                 .collect(),
             Kind::Single { domains, selector, key_file } => domains
                 .iter()
-                .map(|d| Key { name: String::new(), domain: d.clone(), selector: selector.clone(), file: key_file.clone() })
+                .map(|d| Key {
+                    name: String::new(),
+                    domain: d.clone(),
+                    selector: selector.clone(),
+                    file: key_file.clone(),
+                    inline: None,
+                })
                 .collect(),
         }
     }
@@ -274,6 +312,9 @@ impl Config {
     /// The SigningTable patterns that sign with `key` (every listed domain for a single key).
     fn users(&self, key: &Key) -> Vec<String> {
         match &self.kind {
+            Kind::Db { signing, .. } => {
+                signing.iter().filter(|(_, v)| v.eq_ignore_ascii_case(&key.name)).map(|(k, _)| k.clone()).collect()
+            }
             Kind::Tables { signing_table, .. } => signing_table
                 .entries()
                 .into_iter()
@@ -299,6 +340,57 @@ impl Config {
     fn state_path(&self) -> PathBuf {
         self.conf.dir.join("dkimpress-rotate.json")
     }
+}
+
+/// The database tables of a configuration, read now (no cache: rotate reads what it wrote).
+fn db_tables(key_table: &str, signing_table: &str) -> anyhow::Result<Kind> {
+    let db = DbSettings { cache: std::time::Duration::ZERO, ..DbSettings::default() };
+    let open = |spec: &str, what: &str| -> anyhow::Result<Box<PgSet>> {
+        if !spec.starts_with("dsn:") {
+            return Err(CliError::Config(format!(
+                "{what} {}: rotate needs both tables in files or both in the database",
+                dkimpress::select::redact(spec)
+            ))
+            .into());
+        }
+        Ok(Box::new(PgSet::open(spec, db)?))
+    };
+    let (kt, st) = (open(key_table, "KeyTable")?, open(signing_table, "SigningTable")?);
+    let kt_set = dkimpress::select::DataSet::Pg(Box::new(PgSet::open(key_table, db)?));
+    let mut keys = vec![];
+    for name in kt.all_keys()? {
+        let Some(value) = kt_set.get(&name)? else { continue };
+        let mut parts = value.splitn(3, ':');
+        let (Some(d), Some(sel), Some(k)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (file, inline) =
+            if k.starts_with("-----BEGIN") { (PathBuf::new(), Some(k.to_string())) } else { (PathBuf::from(k), None) };
+        keys.push(Key { name, domain: d.to_string(), selector: sel.to_string(), file, inline });
+    }
+    let st_set = dkimpress::select::DataSet::Pg(Box::new(PgSet::open(signing_table, db)?));
+    let mut signing = vec![];
+    for pattern in st.all_keys()? {
+        if let Some(v) = st_set.get(&pattern)? {
+            // The first data column names the key (an optional second is the signer).
+            signing.push((pattern, v.split(':').next().unwrap_or_default().to_string()));
+        }
+    }
+    Ok(Kind::Db { key_table: kt, signing_table: st, keys, signing })
+}
+
+/// The layout of a database table rotate writes to, refused when it cannot be written safely:
+/// a filtered data set (a row written might not be read back), or other columns than
+/// `want` data columns.
+fn writable<'s>(set: &'s PgSet, want: &[usize], what: &str) -> anyhow::Result<&'s dkimpress::select::Layout> {
+    let l = set.layout();
+    if l.filter.is_some() || !want.contains(&l.datacols.len()) {
+        return Err(CliError::Config(format!(
+            "{what} {}: rotate writes tables with datacol={} and no filter=",
+            set.shown(),
+            if want.contains(&3) { "domain,selector,key" } else { "the key name" }
+        ))
+        .into());
+    }
+    Ok(l)
 }
 
 /// What rotate did to each key, and when (Unix times).
@@ -413,7 +505,7 @@ fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
     for key in cfg.keys() {
         let users = cfg.users(&key);
         let record = state.find(&key.domain, &key.selector);
-        let loaded = load_key(&key.file);
+        let loaded = key.load();
         let (what, dns) = match &loaded {
             Ok(k) => (format!("{} {}", k.key_type().as_str(), k.bits()), published(&lookup, &key, k)),
             Err(e) => (format!("unreadable: {e}"), Err("key not loaded".into())),
@@ -508,7 +600,7 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<ExitCode> {
             return Err(usage(format!("{domain}: selector {} is the one signing now; choose a new one", a.selector)));
         }
         let current_types: Vec<(KeyType, usize)> =
-            current.iter().filter_map(|k| load_key(&k.file).ok()).map(|k| (k.key_type(), k.bits())).collect();
+            current.iter().filter_map(|k| k.load().ok()).map(|k| (k.key_type(), k.bits())).collect();
         let kind = match a.key_type.as_deref() {
             Some("ed25519") => KeyType::Ed25519,
             Some(_) => KeyType::Rsa,
@@ -524,12 +616,52 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<ExitCode> {
             domain: domain.clone(),
             selector: a.selector.clone(),
             file: dir.join(format!("{}.private", a.selector)),
+            inline: None,
         };
         if !cfg.is_tables() && replaces.is_none() {
             return Err(usage(
                 "a configuration with one Domain/Selector/KeyFile has one key: rotate replaces it with one of the \
                  same type (give no --type, or use a KeyTable for two algorithms)",
             ));
+        }
+        // In a database the key goes into its KeyTable row: made once, kept when the row is
+        // there already.
+        if let Kind::Db { key_table, keys, .. } = &cfg.kind {
+            let (loaded, pem) = match keys.iter().find(|k| k.name.eq_ignore_ascii_case(&new.name)) {
+                Some(k) => {
+                    note(&format!("{}: already in {}; kept", new.name, key_table.shown()));
+                    (k.load().map_err(|e| CliError::Config(format!("{}: {e}", k.place())))?, None)
+                }
+                None if dry => {
+                    note(&format!("would add {} ({} {bits}) to {}", new.name, kind.as_str(), key_table.shown()));
+                    continue;
+                }
+                None => {
+                    let g = dkimpress::dkim::genkey::generate(kind, bits)?;
+                    (g.key, Some(g.pem))
+                }
+            };
+            let zone = zone_text(&new, &loaded);
+            let txt = cfg.conf.dir.join(format!("{}.{}.txt", a.selector, domain));
+            dkimpress::pipeline::io::write_atomic(&txt, &[zone.as_bytes()], 0o644)
+                .map_err(|error| CliError::Create { path: txt.clone(), error })?;
+            records.push_str(&zone);
+            if let Some(pem) = pem {
+                let l = writable(key_table, &[3], "KeyTable")?;
+                let sql = format!(
+                    "INSERT INTO {} ({}, {}, {}, {}) VALUES ($1, $2, $3, $4)",
+                    l.table, l.keycol, l.datacols[0], l.datacols[1], l.datacols[2]
+                );
+                key_table.write(vec![(sql, vec![new.name.clone(), domain.clone(), a.selector.clone(), pem])])?;
+                note(&format!("added {} ({} {bits}) to {}", new.name, kind.as_str(), key_table.shown()));
+            }
+            failpoint("prepare:key-table-written");
+            let r = state.get(domain, &a.selector);
+            stamp(r, "created", now_unix().into());
+            r["name"] = new.name.clone().into();
+            r["key_file"] = "".into();
+            r["replaces"] = replaces.as_ref().map(|k| k.selector.clone()).into();
+            continue;
         }
         // The key: made once (resumed when a crashed run left it), with the owner and mode
         // of the key beside it.
@@ -613,8 +745,9 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<ExitCode> {
 }
 
 impl Config {
+    /// Whether keys are named in a KeyTable (files or database), not one Domain/Selector/KeyFile.
     fn is_tables(&self) -> bool {
-        matches!(self.kind, Kind::Tables { .. })
+        matches!(self.kind, Kind::Tables { .. } | Kind::Db { .. })
     }
 }
 
@@ -633,7 +766,9 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
     // The prepared keys: KeyTable entries (or rotate's records for a single key) with the new
     // selector.
     let new_keys: Vec<Key> = match &cfg.kind {
-        Kind::Tables { .. } => cfg.keys().into_iter().filter(|k| k.selector.eq_ignore_ascii_case(&a.selector)).collect(),
+        Kind::Tables { .. } | Kind::Db { .. } => {
+            cfg.keys().into_iter().filter(|k| k.selector.eq_ignore_ascii_case(&a.selector)).collect()
+        }
         Kind::Single { domains, .. } => domains
             .iter()
             .filter_map(|d| {
@@ -643,6 +778,7 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
                     domain: d.clone(),
                     selector: a.selector.clone(),
                     file: PathBuf::from(r["key_file"].as_str()?),
+                    inline: None,
                 })
             })
             .collect(),
@@ -657,7 +793,7 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
     // Every record first: nothing changes unless all of them verify.
     let mut missing = vec![];
     for k in &new_keys {
-        let loaded = load_key(&k.file).map_err(|e| CliError::Config(format!("{}: {e}", k.file.display())))?;
+        let loaded = k.load().map_err(|e| CliError::Config(format!("{}: {e}", k.place())))?;
         if let Err(e) = published(&lookup, k, &loaded) {
             missing.push(e);
         }
@@ -749,6 +885,57 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Kind::Db { signing_table, signing, .. } => {
+            // One transaction: every domain switches, or none.
+            let l = writable(signing_table, &[1, 2], "SigningTable")?.clone();
+            let (t, kc, dc) = (&l.table, &l.keycol, &l.datacols[0]);
+            let mut statements: Vec<(String, Vec<String>)> = vec![];
+            for (k, old, active) in &plans {
+                let replaces = state.find(&k.domain, &k.selector).and_then(|r| r["replaces"].as_str().map(str::to_string));
+                if signing.iter().any(|(_, v)| v.eq_ignore_ascii_case(&k.name)) {
+                    if old.is_some() {
+                        switched.push((k.domain.clone(), replaces));
+                    }
+                    continue;
+                }
+                match (old, active.first()) {
+                    (Some(old_name), _) => {
+                        statements.push((
+                            format!("UPDATE {t} SET {dc} = $1 WHERE lower({dc}::text) = lower($2)"),
+                            vec![k.name.clone(), old_name.clone()],
+                        ));
+                        switched.push((k.domain.clone(), replaces));
+                    }
+                    (None, Some(first)) => {
+                        if !multiple {
+                            return Err(CliError::Config(format!(
+                                "{}: the {} key of {} is a second signature: set MultipleSignatures yes first",
+                                conf_path.display(),
+                                k.selector,
+                                k.domain
+                            ))
+                            .into());
+                        }
+                        statements.push((
+                            format!(
+                                "INSERT INTO {t} ({kc}, {dc}) SELECT DISTINCT {kc}, $1 FROM {t} WHERE lower({dc}::text) = lower($2)"
+                            ),
+                            vec![k.name.clone(), first.clone()],
+                        ));
+                        switched.push((k.domain.clone(), None));
+                    }
+                    (None, None) => {}
+                }
+            }
+            if !statements.is_empty() {
+                if dry {
+                    note(&format!("would switch {} rows of {} in one transaction", statements.len(), signing_table.shown()));
+                } else {
+                    let rows = signing_table.write(statements)?;
+                    note(&format!("{}: {rows} row(s) now sign with {}", signing_table.shown(), a.selector));
+                }
+            }
+        }
         Kind::Single { selector, .. } => {
             if !selector.eq_ignore_ascii_case(&a.selector) {
                 let new_file = &new_keys[0].file;
@@ -834,7 +1021,7 @@ fn retire(a: &RetireArgs) -> anyhow::Result<ExitCode> {
     let is_old = |k: &Key| k.selector.eq_ignore_ascii_case(&a.selector) && wanted(&k.domain);
     // Keys still listed (the KeyTable; for a single key, rotate's record of the key it replaced).
     let listed: Vec<Key> = match &cfg.kind {
-        Kind::Tables { .. } => cfg.keys().into_iter().filter(is_old).collect(),
+        Kind::Tables { .. } | Kind::Db { .. } => cfg.keys().into_iter().filter(is_old).collect(),
         Kind::Single { .. } => state
             .records
             .iter()
@@ -845,6 +1032,7 @@ fn retire(a: &RetireArgs) -> anyhow::Result<ExitCode> {
                     domain: r["domain"].as_str()?.to_string(),
                     selector: r["selector"].as_str()?.to_string(),
                     file: PathBuf::from(r["key_file"].as_str()?),
+                    inline: None,
                 })
             })
             .filter(is_old)
@@ -861,6 +1049,7 @@ fn retire(a: &RetireArgs) -> anyhow::Result<ExitCode> {
                 domain: r["domain"].as_str()?.to_string(),
                 selector: r["selector"].as_str()?.to_string(),
                 file: PathBuf::from(r["key_file"].as_str()?),
+                inline: None,
             })
         })
         .filter(|k| is_old(k) && k.file.exists() && !listed.iter().any(|l| l.domain.eq_ignore_ascii_case(&k.domain)))
@@ -944,10 +1133,29 @@ fn retire(a: &RetireArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        if let Kind::Db { key_table, .. } = &cfg.kind {
+            let l = writable(key_table, &[1, 2, 3], "KeyTable")?.clone();
+            if dry {
+                note(&format!("would remove {} from {}", k.name, key_table.shown()));
+            } else {
+                if let (Some(pem), Some(dir)) = (&k.inline, &a.archive) {
+                    let dest = dir.join(format!("{}.{}.private", k.selector, k.domain));
+                    dkimpress::pipeline::io::write_atomic(&dest, &[pem.as_bytes()], 0o600)
+                        .map_err(|error| CliError::Create { path: dest.clone(), error })?;
+                    note(&format!("saved the key of {} to {}", k.name, dest.display()));
+                }
+                let sql = format!("DELETE FROM {} WHERE lower({}::text) = lower($1)", l.table, l.keycol);
+                key_table.write(vec![(sql, vec![k.name.clone()])])?;
+                note(&format!("removed {} from {}", k.name, key_table.shown()));
+            }
+        }
         failpoint("retire:key-table-written");
         revocations.push_str(&format!("{}. IN TXT \"v=DKIM1; p=\"\n", k.record_name()));
     }
     for k in listed.iter().chain(&unfinished) {
+        if k.inline.is_some() || k.file.as_os_str().is_empty() {
+            continue; // the key was in its table row, gone with it
+        }
         // A file another entry still names stays.
         if cfg.keys().iter().any(|o| o.file == k.file) {
             note(&format!("{}: still named by the KeyTable; kept", k.file.display()));

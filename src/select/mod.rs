@@ -21,7 +21,7 @@ mod dataset;
 mod pg;
 
 pub use dataset::{wildcard, DataSet, TableError};
-pub use pg::{redact, DbSettings, PgSet};
+pub use pg::{redact, DbSettings, Layout, PgSet};
 
 /// Why no signer could be chosen.
 #[derive(Debug, Clone, thiserror::Error)]

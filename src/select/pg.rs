@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 /// reload.
 pub struct PgSet {
     shown: String,
+    layout: Layout,
     config: postgres::Config,
     query: String,
     all_query: String,
@@ -26,6 +27,20 @@ pub struct PgSet {
     /// tried (at most one blocked thread per timeout period).
     hung_until: Mutex<Option<std::time::Instant>>,
     db: DbSettings,
+}
+
+/// Where a PostgreSQL data set's entries live: what a writer (`rotate`) needs to add, change
+/// and remove them. Every name is a plain SQL identifier (checked when the DSN is read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// `table=`.
+    pub table: String,
+    /// `keycol=`.
+    pub keycol: String,
+    /// `datacol=`, in order.
+    pub datacols: Vec<String>,
+    /// `filter=`, if any.
+    pub filter: Option<String>,
 }
 
 /// How a PostgreSQL data set waits and remembers (`--db-timeout`, `--db-cache`).
@@ -155,11 +170,12 @@ impl PgSet {
         let datacols = datacols.ok_or_else(|| err("missing datacol="))?;
         let select: Vec<String> = datacols.iter().map(|c| format!("{c}::text")).collect();
         let mut query = format!("SELECT {} FROM {table} WHERE lower({keycol}::text) = lower($1)", select.join(", "));
-        if let Some(f) = filter {
+        if let Some(f) = &filter {
             query.push_str(&format!(" AND ({f})"));
         }
         let all_query = format!("SELECT {keycol}::text FROM {table}");
         Ok(PgSet {
+            layout: Layout { table: table.clone(), keycol: keycol.clone(), datacols: datacols.clone(), filter: filter.clone() },
             shown,
             config,
             query,
@@ -168,6 +184,34 @@ impl PgSet {
             cache: Mutex::new(HashMap::new()),
             hung_until: Mutex::new(None),
             db,
+        })
+    }
+
+    /// The table and columns of the data set.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The DSN with its password hidden, for messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Runs `statements` (SQL with `$1`, `$2`, ... bound to the texts given with each) in one
+    /// transaction, within the database timeout: all of them take effect, or none. The rows
+    /// changed in all.
+    pub fn write(&self, statements: Vec<(String, Vec<String>)>) -> Result<u64, TableError> {
+        self.cache.lock().expect("cache poisoned").clear();
+        self.run(move |c| {
+            let mut t = c.transaction()?;
+            let mut rows = 0;
+            for (sql, params) in &statements {
+                let p: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    params.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect();
+                rows += t.execute(sql.as_str(), &p)?;
+            }
+            t.commit()?;
+            Ok(rows)
         })
     }
 
