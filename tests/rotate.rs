@@ -381,3 +381,29 @@ dktest!(
         assert_eq!(o.status.code(), Some(78), "the key that signs stays: {}", stderr(&o));
     }
 );
+
+dktest!(
+    /// A KeyTable and SigningTable that are symbolic links (kept elsewhere by configuration
+    /// management) are changed where they live, the links kept; while one step runs, another
+    /// on the same configuration waits for nothing and exits 75.
+    rotate_keeps_linked_tables_and_runs_one_step_at_a_time,
+    |dir| {
+        let conf = setup(&dir, "");
+        let c = conf.to_str().unwrap();
+        std::fs::create_dir(dir.join("managed")).unwrap();
+        for t in ["KeyTable", "SigningTable"] {
+            std::fs::rename(dir.join(t), dir.join(&format!("managed/{t}"))).unwrap();
+            std::os::unix::fs::symlink(dir.join(&format!("managed/{t}")), dir.join(t)).unwrap();
+        }
+        let held = std::fs::File::create(dir.join("dkimpress-rotate.lock")).unwrap();
+        held.lock().unwrap();
+        let o = rotate(&dir, &["prepare", "--config", c, "--selector", "s9"]);
+        assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+        assert!(stderr(&o).contains("another rotate step is running"), "{}", stderr(&o));
+        drop(held);
+        let o = rotate(&dir, &["prepare", "--config", c, "--selector", "s9"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(std::fs::symlink_metadata(dir.join("KeyTable")).unwrap().file_type().is_symlink());
+        assert!(read(&dir, "managed/KeyTable").contains("s9._domainkey.example.com"));
+    }
+);

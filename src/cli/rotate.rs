@@ -122,9 +122,40 @@ struct RetireArgs {
 pub(crate) fn cmd_rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
     match a.step {
         Step::Status(a) => status(&a),
-        Step::Prepare(a) => prepare(&a),
-        Step::Activate(a) => activate(&a),
-        Step::Retire(a) => retire(&a),
+        Step::Prepare(a) => {
+            let _lock = lock(&a.common.config)?;
+            prepare(&a)
+        }
+        Step::Activate(a) => {
+            let _lock = lock(&a.common.config)?;
+            activate(&a)
+        }
+        Step::Retire(a) => {
+            let _lock = lock(&a.common.config)?;
+            retire(&a)
+        }
+    }
+}
+
+/// One rotate step at a time per configuration: an exclusive lock on `dkimpress-rotate.lock`
+/// beside it, held until the step ends. Another step running is a temporary failure (75).
+fn lock(config: &Path) -> anyhow::Result<std::fs::File> {
+    let dir = config.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let path = dir.join("dkimpress-rotate.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| CliError::Create { path: path.clone(), error })?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CliError::Unavailable(format!(
+            "{}: another rotate step is running on this configuration; try again when it ends",
+            path.display()
+        ))
+        .into()),
+        Err(std::fs::TryLockError::Error(error)) => Err(CliError::Create { path, error }.into()),
     }
 }
 
@@ -188,6 +219,10 @@ impl TableFile {
 /// Writes `data` to `path` in place of what is there: a temporary file in the same directory,
 /// fsynced, renamed over it, with the old file's owner and mode.
 fn replace_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    // A table that is a symbolic link (kept by configuration management elsewhere) is
+    // replaced where it lives; the link stays.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = real.as_path();
     let keep = match std::fs::metadata(path) {
         Ok(m) => Keep::owner_and_mode(&m),
         Err(_) => Keep::mode(0o644),
