@@ -399,6 +399,25 @@ fn need(key: &str, value: &str) -> Result<String, String> {
     }
 }
 
+/// The text of a configuration file; an error naming it when it cannot be read.
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfError> {
+    std::fs::read_to_string(path).map_err(|e| ConfError { path: path.display().to_string(), line: 0, reason: e.to_string() })
+}
+
+/// The settings of a configuration file's text, as opendkim(8) and openarc(8) read them: one
+/// `Key value` per line, `#` to the end of the line a comment, blank lines skipped. Each with
+/// its line number (1-based).
+pub(crate) fn settings(text: &str) -> impl Iterator<Item = (usize, &str, &str)> {
+    text.lines().enumerate().filter_map(|(n, raw)| {
+        let line = raw.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            return None;
+        }
+        let (key, value) = line.split_once(char::is_whitespace).map_or((line, ""), |(k, v)| (k, v.trim()));
+        Some((n + 1, key, value))
+    })
+}
+
 /// How deep `Include` may nest (a loop is an error, not a hang).
 const MAX_INCLUDE_DEPTH: usize = 8;
 
@@ -470,22 +489,9 @@ impl OpendkimConf {
 
     fn read_file(&mut self, path: &Path, raw_keys: &mut RawKeys, depth: usize) -> Result<(), ConfError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfError {
-            path: shown.clone(),
-            line: 0,
-            reason: e.to_string(),
-        })?;
-        for (n, raw) in text.lines().enumerate() {
-            let line_no = n + 1;
+        let text = read_text(path)?;
+        for (line_no, key, value) in settings(&text) {
             let err = |reason: String| ConfError { path: shown.clone(), line: line_no, reason };
-            let line = raw.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let (key, value) = match line.split_once(char::is_whitespace) {
-                Some((k, v)) => (k, v.trim()),
-                None => (line, ""),
-            };
             let known = USED.iter().chain(MILTER_ONLY).chain(IGNORED).find(|k| k.eq_ignore_ascii_case(key));
             let Some(&key) = known else {
                 return Err(err(format!("unknown key {key:?} (not an opendkim.conf key)")));

@@ -862,6 +862,16 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
     let old_keys = cfg.keys();
     let multiple = cfg.conf.multiple_signatures;
     let conf_path = cfg.conf.path.clone();
+    // A key that replaces none is a second signature: only MultipleSignatures signs with both.
+    if let Some((k, _, _)) = plans.iter().find(|(_, old, _)| old.is_none()).filter(|_| cfg.is_tables() && !multiple) {
+        return Err(CliError::Config(format!(
+            "{}: the {} key of {} is a second signature: set MultipleSignatures yes first",
+            conf_path.display(),
+            k.selector,
+            k.domain
+        ))
+        .into());
+    }
     match &mut cfg.kind {
         Kind::Tables { signing_table, .. } => {
             let before = signing_table.lines.clone();
@@ -887,15 +897,6 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
                         switched.push((k.domain.clone(), old_sel.map(str::to_string)));
                     }
                     None => {
-                        if !multiple {
-                            return Err(CliError::Config(format!(
-                                "{}: the {} key of {} is a second signature: set MultipleSignatures yes first",
-                                conf_path.display(),
-                                k.selector,
-                                k.domain
-                            ))
-                            .into());
-                        }
                         // A second signature: each pattern that signs for the domain now signs
                         // with the new key too, right after it.
                         let mut done: Vec<String> = vec![];
@@ -942,15 +943,6 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
                         switched.push((k.domain.clone(), replaces));
                     }
                     (None, Some(first)) => {
-                        if !multiple {
-                            return Err(CliError::Config(format!(
-                                "{}: the {} key of {} is a second signature: set MultipleSignatures yes first",
-                                conf_path.display(),
-                                k.selector,
-                                k.domain
-                            ))
-                            .into());
-                        }
                         statements.push((
                             format!(
                                 "INSERT INTO {t} ({kc}, {dc}) SELECT DISTINCT {kc}, $1 FROM {t} WHERE lower({dc}::text) = lower($2)"

@@ -10,7 +10,7 @@
 //! change which mail is sealed and that dkimpress does not do (`SealHeaderChecks`) is an error,
 //! as is an unknown key.
 
-use super::{algorithm, boolean, need, split_list, ConfError, Mode};
+use super::{algorithm, boolean, need, read_text, settings, split_list, ConfError, Mode};
 use dkimpress::dkim::canon::Canonicalization;
 use dkimpress::dkim::key::KeyType;
 use std::path::{Path, PathBuf};
@@ -136,22 +136,9 @@ impl OpenarcConf {
     ) -> Result<(), ConfError> {
         let shown = path.display().to_string();
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let text = std::fs::read_to_string(path).map_err(|e| ConfError {
-            path: shown.clone(),
-            line: 0,
-            reason: e.to_string(),
-        })?;
-        for (n, line) in text.lines().enumerate() {
-            let line_no = n + 1;
+        let text = read_text(path)?;
+        for (line_no, key, value) in settings(&text) {
             let err = |reason: String| ConfError { path: shown.clone(), line: line_no, reason };
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let (key, value) = match line.split_once(char::is_whitespace) {
-                Some((k, v)) => (k, v.trim()),
-                None => (line, ""),
-            };
             if let Some((k, why)) = REFUSED.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
                 return Err(err(format!("{k}: {why}")));
             }
