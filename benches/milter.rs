@@ -245,7 +245,10 @@ fn run(
                     (0..per)
                         .map(|_| {
                             let (t, added) = c.message(headers, body);
-                            assert!(added >= fields, "{added} fields added, {fields} expected: the message was not signed (and sealed)");
+                            assert!(
+                                added >= fields,
+                                "{added} fields added, {fields} expected: the message was not signed (and sealed)"
+                            );
                             t
                         })
                         .collect::<Vec<_>>()

@@ -32,7 +32,8 @@ fn dkim_conf(dir: &Dir, extra: &str) -> PathBuf {
 
 /// An OpenARC configuration sealing as example.net (the RSA key of testdata/arc/keys).
 fn openarc_conf(dir: &Dir, mode: &str) -> PathBuf {
-    let key = dir.write("keys/arc.pem", &std::fs::read(testdata("arc/keys/rsa2048._domainkey.example.net.pem")).unwrap());
+    let key =
+        dir.write("keys/arc.pem", &std::fs::read(testdata("arc/keys/rsa2048._domainkey.example.net.pem")).unwrap());
     set_mode(&key, 0o600);
     let text = format!(
         "# as OpenARC read it\nSocket inet:8894@localhost\nUserID openarc\nPidFile /run/openarc/openarc.pid\n\
@@ -50,7 +51,11 @@ fn our_results(dir: &Dir, files: &[PathBuf]) -> Vec<(String, String, u64)> {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["result"].as_str().unwrap().to_string(), v["arc"].as_str().unwrap().to_string(), v["arc_instances"].as_u64().unwrap_or(0))
+            (
+                v["result"].as_str().unwrap().to_string(),
+                v["arc"].as_str().unwrap().to_string(),
+                v["arc_instances"].as_u64().unwrap_or(0),
+            )
         })
         .collect()
 }

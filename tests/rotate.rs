@@ -13,7 +13,10 @@ fn setup(dir: &Dir, extra: &str) -> PathBuf {
     let key = dir.write("keys/test.private", &std::fs::read(testdata("keys/test.private")).unwrap());
     set_mode(&key, 0o600);
     let base = dir.path().display().to_string();
-    dir.write("KeyTable", format!("# our keys\ntest._domainkey.example.com example.com:test:{base}/keys/test.private\n").as_bytes());
+    dir.write(
+        "KeyTable",
+        format!("# our keys\ntest._domainkey.example.com example.com:test:{base}/keys/test.private\n").as_bytes(),
+    );
     dir.write("SigningTable", b"*@example.com test._domainkey.example.com\n");
     publish(dir, &testdata("keys/test.txt"), "test._domainkey.example.com.");
     dir.write(

@@ -401,7 +401,11 @@ fn need(key: &str, value: &str) -> Result<String, String> {
 
 /// The text of a configuration file; an error naming it when it cannot be read.
 pub(crate) fn read_text(path: &Path) -> Result<String, ConfError> {
-    std::fs::read_to_string(path).map_err(|e| ConfError { path: path.display().to_string(), line: 0, reason: e.to_string() })
+    std::fs::read_to_string(path).map_err(|e| ConfError {
+        path: path.display().to_string(),
+        line: 0,
+        reason: e.to_string(),
+    })
 }
 
 /// The settings of a configuration file's text, as opendkim(8) and openarc(8) read them: one

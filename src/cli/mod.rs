@@ -21,10 +21,10 @@ mod milter;
 pub mod mta;
 #[allow(unsafe_code)]
 mod os;
+mod rotate;
 mod seal;
 mod sendmail;
 mod sign;
-mod rotate;
 mod testkey;
 mod verify;
 
@@ -35,10 +35,10 @@ use error::{write_failed, CliError};
 use filter::{cmd_filter, FilterArgs};
 use genkey::{cmd_genkey, GenkeyArgs};
 use milter::{cmd_milter, MilterArgs};
+use rotate::{cmd_rotate, RotateArgs};
 use seal::{cmd_seal, SealArgs};
 use sendmail::cmd_sendmail;
 use sign::{cmd_sign, SignArgs, SignConfig};
-use rotate::{cmd_rotate, RotateArgs};
 use testkey::{cmd_testkey, TestkeyArgs};
 use verify::{cmd_verify, VerifyArgs};
 

@@ -290,7 +290,9 @@ impl Config {
     fn load(path: &Path) -> anyhow::Result<Config> {
         let conf = OpendkimConf::load(path)?;
         let kind = match &conf.signing {
-            Signing::Tables { key_table, signing_table } if key_table.starts_with("dsn:") || signing_table.starts_with("dsn:") => {
+            Signing::Tables { key_table, signing_table }
+                if key_table.starts_with("dsn:") || signing_table.starts_with("dsn:") =>
+            {
                 db_tables(key_table, signing_table)?
             }
             Signing::Tables { key_table, signing_table } => Kind::Tables {
@@ -439,9 +441,8 @@ impl State {
     fn load(path: PathBuf) -> anyhow::Result<State> {
         let records = match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    CliError::Config(format!("{}: not the record rotate writes: {e}", path.display()))
-                })?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| CliError::Config(format!("{}: not the record rotate writes: {e}", path.display())))?;
                 v["keys"].as_array().cloned().unwrap_or_default()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
@@ -463,9 +464,9 @@ impl State {
     }
 
     fn find(&self, domain: &str, selector: &str) -> Option<&serde_json::Value> {
-        self.records.iter().find(|r| {
-            r["domain"].as_str().is_some_and(|d| d.eq_ignore_ascii_case(domain)) && r["selector"] == selector
-        })
+        self.records
+            .iter()
+            .find(|r| r["domain"].as_str().is_some_and(|d| d.eq_ignore_ascii_case(domain)) && r["selector"] == selector)
     }
 
     fn save(&self) -> anyhow::Result<()> {
@@ -546,9 +547,10 @@ fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
             Err(e) => (format!("unreadable: {e}"), Err("key not loaded".into())),
         };
         let created = record.and_then(|r| r["created"].as_u64()).or_else(|| {
-            std::fs::metadata(&key.file).and_then(|m| m.modified()).ok().and_then(|t| {
-                t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
-            })
+            std::fs::metadata(&key.file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs()))
         });
         let age_days = created.map(|c| now.saturating_sub(c) / 86_400);
         let deactivated = record.and_then(|r| r["deactivated"].as_u64());
@@ -581,15 +583,13 @@ fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
             }
             ReportFormat::Text => {
                 let age = age_days.map_or("age unknown".to_string(), |d| format!("{d} days"));
-                let used = if users.is_empty() { "unused".to_string() } else { format!("used by {}", users.join(", ")) };
+                let used =
+                    if users.is_empty() { "unused".to_string() } else { format!("used by {}", users.join(", ")) };
                 let dns = match &dns {
                     Ok(()) => "record matches".to_string(),
                     Err(e) => e.clone(),
                 };
-                out(&format!(
-                    "{} {}: {what}, {age}, {used}; {dns}; next: {next}\n",
-                    key.domain, key.selector
-                ))?;
+                out(&format!("{} {}: {what}, {age}, {used}; {dns}; next: {next}\n", key.domain, key.selector))?;
             }
         }
     }
@@ -704,7 +704,8 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<ExitCode> {
             Some((_, k)) => k.clone(),
             None => {
                 let k = if new.file.exists() {
-                    let k = load_key(&new.file).map_err(|e| CliError::Config(format!("{}: {e}", new.file.display())))?;
+                    let k =
+                        load_key(&new.file).map_err(|e| CliError::Config(format!("{}: {e}", new.file.display())))?;
                     if k.key_type() != kind {
                         return Err(CliError::Exists(new.file.clone()).into());
                     }
@@ -927,7 +928,8 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
             let (t, kc, dc) = (&l.table, &l.keycol, &l.datacols[0]);
             let mut statements: Vec<(String, Vec<String>)> = vec![];
             for (k, old, active) in &plans {
-                let replaces = state.find(&k.domain, &k.selector).and_then(|r| r["replaces"].as_str().map(str::to_string));
+                let replaces =
+                    state.find(&k.domain, &k.selector).and_then(|r| r["replaces"].as_str().map(str::to_string));
                 if signing.iter().any(|(_, v)| v.eq_ignore_ascii_case(&k.name)) {
                     if old.is_some() {
                         switched.push((k.domain.clone(), replaces));
@@ -956,7 +958,11 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
             }
             if !statements.is_empty() {
                 if dry {
-                    note(&format!("would switch {} rows of {} in one transaction", statements.len(), signing_table.shown()));
+                    note(&format!(
+                        "would switch {} rows of {} in one transaction",
+                        statements.len(),
+                        signing_table.shown()
+                    ));
                 } else {
                     let rows = signing_table.write(statements)?;
                     note(&format!("{}: {rows} row(s) now sign with {}", signing_table.shown(), a.selector));
@@ -979,7 +985,12 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 if dry {
-                    note(&format!("would set Selector {} and KeyFile {} in {}", a.selector, new_file.display(), cfg.conf.path.display()));
+                    note(&format!(
+                        "would set Selector {} and KeyFile {} in {}",
+                        a.selector,
+                        new_file.display(),
+                        cfg.conf.path.display()
+                    ));
                 } else {
                     replace_file(&cfg.conf.path, (lines.join("\n") + "\n").as_bytes())?;
                     note(&format!("{} now signs with {}", cfg.conf.path.display(), a.selector));
@@ -994,10 +1005,11 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
     if dry {
         return Ok(ExitCode::SUCCESS);
     }
-    let recorded = new_keys.iter().all(|k| state.find(&k.domain, &k.selector).is_some_and(|r| !r["activated"].is_null()))
-        && switched.iter().all(|(d, old)| {
-            old.as_ref().is_none_or(|o| state.find(d, o).is_some_and(|r| !r["deactivated"].is_null()))
-        });
+    let recorded =
+        new_keys.iter().all(|k| state.find(&k.domain, &k.selector).is_some_and(|r| !r["activated"].is_null()))
+            && switched.iter().all(|(d, old)| {
+                old.as_ref().is_none_or(|o| state.find(d, o).is_some_and(|r| !r["deactivated"].is_null()))
+            });
     if recorded {
         note(&format!("{} signs already: nothing to do", a.selector));
         return Ok(ExitCode::SUCCESS);
@@ -1007,7 +1019,8 @@ fn activate(a: &ActivateArgs) -> anyhow::Result<ExitCode> {
     }
     for (domain, old) in &switched {
         if let Some(old) = old {
-            let was = old_keys.iter().find(|k| k.domain.eq_ignore_ascii_case(domain) && k.selector.eq_ignore_ascii_case(old));
+            let was =
+                old_keys.iter().find(|k| k.domain.eq_ignore_ascii_case(domain) && k.selector.eq_ignore_ascii_case(old));
             let r = state.get(domain, old);
             stamp(r, "deactivated", now.into());
             if let Some(k) = was {
@@ -1146,8 +1159,12 @@ fn retire(a: &RetireArgs) -> anyhow::Result<ExitCode> {
         }
         if let Kind::Tables { key_table, .. } = &mut cfg.kind {
             let before = key_table.lines.len();
-            let lines: Vec<usize> =
-                key_table.entries().into_iter().filter(|(_, n, _)| n.eq_ignore_ascii_case(&k.name)).map(|(n, _, _)| n).collect();
+            let lines: Vec<usize> = key_table
+                .entries()
+                .into_iter()
+                .filter(|(_, n, _)| n.eq_ignore_ascii_case(&k.name))
+                .map(|(n, _, _)| n)
+                .collect();
             for n in lines.into_iter().rev() {
                 key_table.lines.remove(n);
             }

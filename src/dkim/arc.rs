@@ -516,13 +516,9 @@ pub fn received_override(chain: ArcVerdict, received: ArcResult) -> ArcVerdict {
             reason: Some("arc=fail when the message arrived".into()),
             ..ArcVerdict::fail(chain.instances, &chain.sealer, "")
         },
-        (ArcResult::Pass, ArcResult::Fail) if chain.message_changed => ArcVerdict {
-            result: ArcResult::Pass,
-            reason: None,
-            message_changed: false,
-            oldest_pass: None,
-            ..chain
-        },
+        (ArcResult::Pass, ArcResult::Fail) if chain.message_changed => {
+            ArcVerdict { result: ArcResult::Pass, reason: None, message_changed: false, oldest_pass: None, ..chain }
+        }
         _ => chain,
     }
 }

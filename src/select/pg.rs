@@ -175,7 +175,12 @@ impl PgSet {
         }
         let all_query = format!("SELECT {keycol}::text FROM {table}");
         Ok(PgSet {
-            layout: Layout { table: table.clone(), keycol: keycol.clone(), datacols: datacols.clone(), filter: filter.clone() },
+            layout: Layout {
+                table: table.clone(),
+                keycol: keycol.clone(),
+                datacols: datacols.clone(),
+                filter: filter.clone(),
+            },
             shown,
             config,
             query,

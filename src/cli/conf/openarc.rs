@@ -184,8 +184,7 @@ impl OpenarcConf {
                 "PermitAuthenticationOverrides" => self.overrides = flag(value)?,
                 "MinimumKeySizeRSA" => {
                     let v = value_of(value)?;
-                    self.minimum_key_bits =
-                        Some(v.parse().map_err(|_| err(format!("{key} {v:?} is not a number")))?);
+                    self.minimum_key_bits = Some(v.parse().map_err(|_| err(format!("{key} {v:?} is not a number")))?);
                 }
                 "RequireSafeKeys" => self.require_safe_keys = flag(value)?,
                 _ => unreachable!("every USED key is handled"),

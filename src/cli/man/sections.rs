@@ -306,6 +306,25 @@ pub(super) fn exit_codes(page: &str) -> Option<&'static [(u8, &'static str)]> {
             (TEMPFAIL, "A PostgreSQL data set does not answer."),
             (CONFIG, "A key, the configuration file, a table or a zone file cannot be used."),
         ],
+        "dkimpress-rotate" => &[
+            (0, "The step is done, or was done already (every step can be run again)."),
+            (1, "status: a key that signs has no record that verifies."),
+            (USAGE, "A flag or argument is wrong or missing; no key has the selector named."),
+            (NOINPUT, "A table or the configuration cannot be read."),
+            (CANTCREAT, "A key, a table, the configuration or rotate's record cannot be written."),
+            (
+                TEMPFAIL,
+                "Try again later, nothing changed: activate while a new record is not published or does not \
+                 hold the new key; retire before --after days have passed since the key stopped signing; \
+                 another step running on the same configuration; the database does not answer.",
+            ),
+            (
+                CONFIG,
+                "The configuration cannot be rotated as asked, nothing changed: the key to retire still \
+                 signs or is its domain's last; a second signature without MultipleSignatures; tables \
+                 that cannot be written (a filtered data set, csl:).",
+            ),
+        ],
         "dkimpress-genkey" => &[
             (0, "The key and its record were written."),
             (USAGE, "A flag or argument is wrong or missing."),

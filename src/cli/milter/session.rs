@@ -5,8 +5,8 @@
 //! (everyone else's), as opendkim(8) does. No I/O here: [`Session::handle`] turns a
 //! [`Command`] into the [`Response`]s to send.
 
-use super::proto::{action, step, Command, Response, VERSION};
 use super::config::SealScope;
+use super::proto::{action, step, Command, Response, VERSION};
 use super::{Action, Condition, Settings};
 use crate::cli::log::Logger;
 use dkimpress::dkim::arc::{self, ArcResult, ArcVerdict};
@@ -678,9 +678,13 @@ impl<'a> Session<'a> {
         let arc_reported = chain.as_ref().filter(|_| s.arc.verify);
         if !verdicts.is_empty() || s.always_add_ar || arc_reported.is_some_and(|c| c.result != ArcResult::None) {
             let ar = match arc_reported {
-                Some(chain) => {
-                    arc::authentication_results_with(&self.authserv_id(), &verdicts, chain, &self.arc_props(chain), "\r\n")
-                }
+                Some(chain) => arc::authentication_results_with(
+                    &self.authserv_id(),
+                    &verdicts,
+                    chain,
+                    &self.arc_props(chain),
+                    "\r\n",
+                ),
                 None => verify::authentication_results(&self.authserv_id(), &verdicts, "\r\n"),
             };
             let value = ar.trim_end().trim_start_matches("Authentication-Results:");
