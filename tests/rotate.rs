@@ -101,9 +101,15 @@ dktest!(
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.starts_with("example.com test: rsa 2048,") && text.contains("used by *@example.com; record matches"), "{text}");
 
-        let o = rotate(&dir, &["prepare", "--config", c, "--selector", "s2026"]);
+        let o = rotate(&dir, &["prepare", "--config", c, "--selector", "s2026", "--nsupdate", "publish.nsupdate"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let record = String::from_utf8_lossy(&o.stdout).into_owned();
+        let script = read(&dir, "publish.nsupdate");
+        assert!(
+            script.contains("update delete s2026._domainkey.example.com. TXT\nupdate add s2026._domainkey.example.com. 3600 IN TXT \"v=DKIM1; k=rsa; p=")
+                && script.ends_with("\nsend\n"),
+            "{script}"
+        );
         assert!(record.starts_with("s2026._domainkey.example.com.\tIN\tTXT"), "{record}");
         let new_key = dir.join("keys/s2026.private");
         use std::os::unix::fs::PermissionsExt as _;
@@ -148,8 +154,13 @@ dktest!(
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert!(dir.join("keys/test.private").exists(), "a dry run removes nothing");
         std::fs::create_dir(dir.join("archive")).unwrap();
-        let o = rotate(&dir, &["retire", "--config", c, "--selector", "test", "--archive", "archive"]);
+        let o = rotate(&dir, &["retire", "--config", c, "--selector", "test", "--archive", "archive", "--nsupdate", "revoke.nsupdate"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(
+            read(&dir, "revoke.nsupdate").contains("update add test._domainkey.example.com. 3600 IN TXT \"v=DKIM1; p=\"\nsend\n"),
+            "{}",
+            read(&dir, "revoke.nsupdate")
+        );
         assert_eq!(String::from_utf8_lossy(&o.stdout), "test._domainkey.example.com. IN TXT \"v=DKIM1; p=\"\n");
         assert!(!dir.join("keys/test.private").exists() && dir.join("archive/test.private").exists());
         assert!(!read(&dir, "KeyTable").contains("test._domainkey"), "{}", read(&dir, "KeyTable"));
@@ -376,8 +387,13 @@ dktest!(
         assert_eq!(rotate(&dir, &["retire", "--config", c, "--selector", "test"]).status.code(), Some(75));
         age_deactivation(&dir, "test", 8);
         std::fs::create_dir(dir.join("archive")).unwrap();
-        let o = rotate(&dir, &["retire", "--config", c, "--selector", "test", "--archive", "archive"]);
+        let o = rotate(&dir, &["retire", "--config", c, "--selector", "test", "--archive", "archive", "--nsupdate", "revoke.nsupdate"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(
+            read(&dir, "revoke.nsupdate").contains("update add test._domainkey.example.com. 3600 IN TXT \"v=DKIM1; p=\"\nsend\n"),
+            "{}",
+            read(&dir, "revoke.nsupdate")
+        );
         assert_eq!(pg.query("mail", "SELECT count(*) FROM dkim_keys WHERE selector = 'test'").trim(), "0");
         assert_eq!(std::fs::read_to_string(dir.join("archive/test.example.com.private")).unwrap(), pem);
         let o = rotate(&dir, &["retire", "--config", c, "--selector", "db2026", "--after", "0"]);

@@ -88,6 +88,10 @@ struct PrepareArgs {
     /// RSA key size [default: that of the key it replaces, at least 2048].
     #[arg(long = "bits", short = 'b', value_name = "N")]
     bits: Option<usize>,
+    /// Also write the records as an nsupdate(1) script (RFC 2136 dynamic update): publish with
+    /// `nsupdate -k KEY FILE`.
+    #[arg(long = "nsupdate", value_name = "FILE")]
+    nsupdate: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +121,9 @@ struct RetireArgs {
     /// Move the key files here instead of deleting them.
     #[arg(long = "archive", value_name = "DIR")]
     archive: Option<PathBuf>,
+    /// Also write the revocation records as an nsupdate(1) script (RFC 2136 dynamic update).
+    #[arg(long = "nsupdate", value_name = "FILE")]
+    nsupdate: Option<PathBuf>,
 }
 
 pub(crate) fn cmd_rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
@@ -516,6 +523,39 @@ fn zone_text(key: &Key, loaded: &SigningKey) -> String {
     dkimpress::dkim::genkey::zone_record(&key.selector, &key.domain, &value, true)
 }
 
+/// The TTL of the records in an nsupdate script.
+const NSUPDATE_TTL: u32 = 3600;
+
+/// An nsupdate(1) script that replaces the TXT records at each name with the value given
+/// (RFC 2136: delete the name's TXT set, add the new one), sent as one update.
+fn nsupdate_script(records: &[(String, String)]) -> String {
+    let mut out = String::from("; written by dkimpress rotate: nsupdate -k KEYFILE THIS-FILE\n");
+    for (name, value) in records {
+        let strings: Vec<String> =
+            dkimpress::dkim::genkey::split_txt(value).iter().map(|s| format!("\"{s}\"")).collect();
+        out.push_str(&format!("update delete {name}. TXT\n"));
+        out.push_str(&format!("update add {name}. {NSUPDATE_TTL} IN TXT {}\n", strings.join(" ")));
+    }
+    out.push_str("send\n");
+    out
+}
+
+/// Writes an nsupdate script of `records` to `path`, when asked for one.
+fn write_nsupdate(path: Option<&Path>, records: &[(String, String)], dry: bool) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    if records.is_empty() {
+        return Ok(());
+    }
+    if dry {
+        note(&format!("would write {}", path.display()));
+        return Ok(());
+    }
+    dkimpress::pipeline::io::write_atomic(path, &[nsupdate_script(records).as_bytes()], 0o644)
+        .map_err(|error| CliError::Create { path: path.to_path_buf(), error })?;
+    note(&format!("wrote {} (nsupdate -k KEYFILE {})", path.display(), path.display()));
+    Ok(())
+}
+
 fn out(text: &str) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
     o.write_all(text.as_bytes()).and_then(|()| o.flush()).map_err(|e| write_failed("stdout", e))
@@ -626,6 +666,7 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<ExitCode> {
     let domains = domains_to_rotate(&cfg, &a.domains)?;
     let dry = a.common.dry_run;
     let mut records = String::new();
+    let mut updates: Vec<(String, String)> = vec![];
     // A single-key configuration has one key for all its domains: one new key too.
     let mut made: Vec<(PathBuf, std::sync::Arc<SigningKey>)> = Vec::new();
     for domain in &domains {
@@ -681,6 +722,7 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<ExitCode> {
             dkimpress::pipeline::io::write_atomic(&txt, &[zone.as_bytes()], 0o644)
                 .map_err(|error| CliError::Create { path: txt.clone(), error })?;
             records.push_str(&zone);
+            updates.push((new.record_name(), dkimpress::dkim::genkey::record_value(&loaded, &Default::default())));
             if let Some(pem) = pem {
                 let l = writable(key_table, &[3], "KeyTable")?;
                 let sql = format!(
@@ -747,6 +789,7 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<ExitCode> {
             write().map_err(|error| CliError::Create { path: txt.clone(), error })?;
         }
         records.push_str(&zone);
+        updates.push((new.record_name(), dkimpress::dkim::genkey::record_value(&loaded, &Default::default())));
         // The KeyTable entry: nothing signs with it until activate changes the SigningTable.
         if let Kind::Tables { key_table, .. } = &mut cfg.kind {
             let exists = key_table.entries().iter().any(|(_, n, _)| n.eq_ignore_ascii_case(&new.name));
@@ -771,6 +814,7 @@ fn prepare(a: &PrepareArgs) -> anyhow::Result<ExitCode> {
     if !dry {
         state.save()?;
     }
+    write_nsupdate(a.nsupdate.as_deref(), &updates, dry)?;
     out(&records)?;
     note(&format!(
         "publish the record(s) above, then: dkimpress rotate activate --config {} --selector {}",
@@ -1214,6 +1258,11 @@ fn retire(a: &RetireArgs) -> anyhow::Result<ExitCode> {
             revocations.push_str(&format!("{}. IN TXT \"v=DKIM1; p=\"\n", k.record_name()));
         }
     }
+    let updates: Vec<(String, String)> = revocations
+        .lines()
+        .filter_map(|l| l.split_once(". IN TXT").map(|(name, _)| (name.to_string(), "v=DKIM1; p=".to_string())))
+        .collect();
+    write_nsupdate(a.nsupdate.as_deref(), &updates, dry)?;
     out(&revocations)?;
     note("publish the record(s) above in place of the old ones (RFC 6376 §3.6.1: an empty p= revokes the key)");
     Ok(ExitCode::SUCCESS)
