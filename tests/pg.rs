@@ -89,6 +89,20 @@ impl PgServer {
         assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Database `mail` with the tables and views of the README's example: `dkim_keys` and
+    /// `dkim_signing`, read through `dkim_key_table` (identifier, domain, selector, key) and
+    /// `dkim_signing_table` (identifier, pattern).
+    pub fn mail_database(&self) {
+        self.sql("postgres", "CREATE DATABASE mail");
+        self.sql(
+            "mail",
+            "CREATE TABLE dkim_keys (id text PRIMARY KEY, domain text, selector text, private_key text);\
+             CREATE TABLE dkim_signing (pattern text, key_id text);\
+             CREATE VIEW dkim_key_table AS SELECT id AS identifier, domain, selector, private_key AS key FROM dkim_keys;\
+             CREATE VIEW dkim_signing_table AS SELECT key_id AS identifier, pattern FROM dkim_signing;",
+        );
+    }
+
     /// The rows `sql` returns, unaligned (`|` between columns, a line per row).
     pub fn query(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")

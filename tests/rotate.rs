@@ -8,8 +8,15 @@ use crate::util::{dkimpy_available, dkimpy_verify, set_mode, stderr, testdata, D
 use std::path::{Path, PathBuf};
 
 /// A configuration signing example.com with the RSA test key (selector `test`) through a
-/// KeyTable and a SigningTable, and a zone file publishing that key.
-fn setup(dir: &Dir, extra: &str) -> PathBuf {
+/// KeyTable and a SigningTable, and a zone file publishing that key: the configuration's path,
+/// and it and the zone's as text for the command lines.
+fn setup(dir: &Dir, extra: &str) -> (PathBuf, String, String) {
+    let conf = write_setup(dir, extra);
+    let (c, z) = (conf.display().to_string(), dir.join("zone").display().to_string());
+    (conf, c, z)
+}
+
+fn write_setup(dir: &Dir, extra: &str) -> PathBuf {
     let key = dir.write("keys/test.private", &std::fs::read(testdata("keys/test.private")).unwrap());
     set_mode(&key, 0o600);
     let base = dir.path().display().to_string();
@@ -92,10 +99,8 @@ dktest!(
     /// of a domain is never retired.
     rotate_whole_cycle_with_files_and_a_zone,
     |dir| {
-        let conf = setup(&dir, "");
-        let c = conf.to_str().unwrap();
-        let zone = dir.join("zone");
-        let z = zone.to_str().unwrap();
+        let (conf, c, z) = setup(&dir, "");
+        let (c, z) = (c.as_str(), z.as_str());
         let o = rotate(&dir, &["status", "--config", c, "--dns-zone", z]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let text = String::from_utf8_lossy(&o.stdout);
@@ -179,10 +184,8 @@ dktest!(
     /// configuration that signs with a published key; running the step again finishes it.
     rotate_crash_between_steps_resumes,
     |dir| {
-        let conf = setup(&dir, "");
-        let c = conf.to_str().unwrap();
-        let z = dir.join("zone");
-        let z = z.to_str().unwrap();
+        let (conf, c, z) = setup(&dir, "");
+        let (c, z) = (c.as_str(), z.as_str());
         let crash = |point: &str, args: &[&str]| {
             let o = dir.cmd().arg("rotate").args(args).env("DKIMPRESS_FAILPOINT", point).run();
             assert!(o.status.code().is_none(), "{point}: should have stopped: {}", stderr(&o));
@@ -218,10 +221,8 @@ dktest!(
     /// MultipleSignatures activate refuses (78) and changes nothing.
     rotate_second_algorithm_adds_a_signature,
     |dir| {
-        let conf = setup(&dir, "");
-        let c = conf.to_str().unwrap();
-        let z = dir.join("zone");
-        let z = z.to_str().unwrap();
+        let (conf, c, z) = setup(&dir, "");
+        let (c, z) = (c.as_str(), z.as_str());
         let o = rotate(&dir, &["prepare", "--config", c, "--selector", "ed2026", "--type", "ed25519"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         publish(&dir, &dir.join("keys/ed2026.example.com.txt"), "ed2026._domainkey.example.com.");
@@ -249,7 +250,7 @@ dktest!(
     /// and KeyFile (the file's other lines kept) once the record is published.
     rotate_single_key_configuration,
     |dir| {
-        setup(&dir, "");
+        write_setup(&dir, "");
         let conf = dir.write(
             "single.conf",
             format!("# one key\nDomain example.com\nSelector test\nKeyFile {}\nCanonicalization relaxed/relaxed\n", dir.join("keys/test.private").display())
@@ -280,10 +281,8 @@ dktest!(
     rotate_activate_switches_a_running_milter,
     |dir| {
         let pid_file = dir.join("milter.pid");
-        let conf = setup(&dir, &format!("InternalHosts 127.0.0.1\nPidFile {}\n", pid_file.display()));
-        let c = conf.to_str().unwrap();
-        let z = dir.join("zone");
-        let z = z.to_str().unwrap();
+        let (_, c, z) = setup(&dir, &format!("InternalHosts 127.0.0.1\nPidFile {}\n", pid_file.display()));
+        let (c, z) = (c.as_str(), z.as_str());
         let m = Milter::start(&dir, &["--config", c]);
         let selector_of = |r: &[Reply]| {
             r.iter().find_map(|r| match r {
@@ -337,14 +336,7 @@ dktest!(
     rotate_keys_in_postgresql,
     |dir| {
         let Some(pg) = crate::pg::PgServer::start() else { return };
-        pg.sql("postgres", "CREATE DATABASE mail");
-        pg.sql(
-            "mail",
-            "CREATE TABLE dkim_keys (id text PRIMARY KEY, domain text, selector text, private_key text);\
-             CREATE TABLE dkim_signing (pattern text, key_id text);\
-             CREATE VIEW dkim_key_table AS SELECT id AS identifier, domain, selector, private_key AS key FROM dkim_keys;\
-             CREATE VIEW dkim_signing_table AS SELECT key_id AS identifier, pattern FROM dkim_signing;",
-        );
+        pg.mail_database();
         let pem = std::fs::read_to_string(testdata("keys/test.private")).unwrap();
         pg.sql(
             "mail",
@@ -407,8 +399,8 @@ dktest!(
     /// on the same configuration waits for nothing and exits 75.
     rotate_keeps_linked_tables_and_runs_one_step_at_a_time,
     |dir| {
-        let conf = setup(&dir, "");
-        let c = conf.to_str().unwrap();
+        let (_, c, _) = setup(&dir, "");
+        let c = c.as_str();
         std::fs::create_dir(dir.join("managed")).unwrap();
         for t in ["KeyTable", "SigningTable"] {
             std::fs::rename(dir.join(t), dir.join(&format!("managed/{t}"))).unwrap();

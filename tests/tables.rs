@@ -174,14 +174,7 @@ dktest!(
     |dir| {
         let Some(pg) = PgServer::start() else { return };
         let keys = three_keys(&dir);
-        pg.sql("postgres", "CREATE DATABASE mail");
-        pg.sql(
-            "mail",
-            "CREATE TABLE dkim_keys (id text PRIMARY KEY, domain text, selector text, private_key text);\
-             CREATE TABLE dkim_signing (pattern text, key_id text);\
-             CREATE VIEW dkim_key_table AS SELECT id AS identifier, domain, selector, private_key AS key FROM dkim_keys;\
-             CREATE VIEW dkim_signing_table AS SELECT key_id AS identifier, pattern FROM dkim_signing;",
-        );
+        pg.mail_database();
         for (domain, sel, path) in &keys {
             let pem = std::fs::read_to_string(path).unwrap();
             pg.sql(
