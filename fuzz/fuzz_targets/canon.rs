@@ -6,9 +6,7 @@
 //! fast paths; below, the rest is used as it is. Properties, for simple and relaxed:
 //! - body: fast == naive, for the input as is and with every bare LF turned into CRLF (the
 //!   two must also give the same canonical form: a bare LF is a line end, as CRLF is);
-//!   a counting sink counts what was written; the body hash, which expands LF-stored lines
-//!   inside its SHA-256 loop, equals the hash of the fast form (whose plain updates the
-//!   crate's tests check against the sha2 crate);
+//!   a counting sink counts what was written;
 //! - header: fast == naive on a field built from the input (line ends followed by a space, so
 //!   they are folds), terminated and unterminated;
 //! - crlf kernels (the dispatched one, AVX2 when present, and the portable one) == naive,
@@ -67,14 +65,6 @@ fn body(input: &[u8]) {
         canon::canonicalize_body(c, input, &mut counting);
         assert_eq!(counting.count, fast.len() as u64);
         assert_eq!(sink, fast);
-        // The body hash expands and rewrites LF-stored lines inside its SHA-256 loop.
-        let mut hash = dkimpress::arch::sha256::Sha256::new();
-        let mut counting = CountingSink::new(&mut hash);
-        canon::canonicalize_body(c, input, &mut counting);
-        assert_eq!(counting.count, fast.len() as u64);
-        let mut want = dkimpress::arch::sha256::Sha256::new();
-        want.update(&fast);
-        assert_eq!(hash.finalize(), want.finalize(), "{c:?}: the fused body hash differs");
     }
 }
 

@@ -138,7 +138,7 @@ impl Avx2 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) mod avx2 {
+mod avx2 {
     use core::arch::x86_64::*;
 
     /// # Safety
@@ -222,7 +222,7 @@ pub(super) mod avx2 {
     /// indices that spread the eight octets out with a CR before each flagged one. Index 15
     /// picks the CR that the kernel keeps in the top octet of its source vector; the octets
     /// past the output (8 + the count of flags) are don't-care, as the next store covers them.
-    pub(in crate::arch) static SPREAD: [[u8; 16]; 256] = {
+    static SPREAD: [[u8; 16]; 256] = {
         let mut t = [[0x80u8; 16]; 256];
         let mut m = 0;
         while m < 256 {
@@ -328,27 +328,6 @@ pub(super) mod avx2 {
         o + super::portable::to_crlf(&input[i..], prev, &mut out[o..])
     }
 
-    /// The octets of the 32-octet block `v` where relaxed canonicalization may have to rewrite
-    /// (see [`super::to_crlf_relaxed`]), as a bit mask: a tab, or a space followed by a space,
-    /// a tab, CR or LF. `next` is the block one octet further on.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn relaxed_mask(v: __m256i, next: __m256i) -> u32 {
-        let (tab, sp, cr, lf) = (
-            _mm256_set1_epi8(b'\t' as i8),
-            _mm256_set1_epi8(b' ' as i8),
-            _mm256_set1_epi8(b'\r' as i8),
-            _mm256_set1_epi8(b'\n' as i8),
-        );
-        let next_ws_or_end = _mm256_or_si256(
-            _mm256_or_si256(_mm256_cmpeq_epi8(next, sp), _mm256_cmpeq_epi8(next, tab)),
-            _mm256_or_si256(_mm256_cmpeq_epi8(next, cr), _mm256_cmpeq_epi8(next, lf)),
-        );
-        let events =
-            _mm256_or_si256(_mm256_cmpeq_epi8(v, tab), _mm256_and_si256(_mm256_cmpeq_epi8(v, sp), next_ws_or_end));
-        _mm256_movemask_epi8(events) as u32
-    }
-
     /// # Safety
     /// The CPU must have AVX2, and `out.len() >= expanded_capacity(input.len())`.
     ///
@@ -360,7 +339,12 @@ pub(super) mod avx2 {
         let n = input.len();
         let src = input.as_ptr();
         let dst = out.as_mut_ptr();
-        let (cr, lf) = (_mm256_set1_epi8(b'\r' as i8), _mm256_set1_epi8(b'\n' as i8));
+        let (tab, sp, cr, lf) = (
+            _mm256_set1_epi8(b'\t' as i8),
+            _mm256_set1_epi8(b' ' as i8),
+            _mm256_set1_epi8(b'\r' as i8),
+            _mm256_set1_epi8(b'\n' as i8),
+        );
         let mut i = 0;
         let mut o = 0;
         let mut prev_cr = u32::from(before == b'\r');
@@ -369,13 +353,20 @@ pub(super) mod avx2 {
             // SAFETY: i + 33 <= n: both loads are inside `input`.
             let (v, next) =
                 unsafe { (_mm256_loadu_si256(src.add(i).cast()), _mm256_loadu_si256(src.add(i + 1).cast())) };
-            let ev = relaxed_mask(v, next);
+            let (is_tab, is_cr, is_lf) =
+                (_mm256_cmpeq_epi8(v, tab), _mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(v, lf));
+            let next_ws_or_end = _mm256_or_si256(
+                _mm256_or_si256(_mm256_cmpeq_epi8(next, sp), _mm256_cmpeq_epi8(next, tab)),
+                _mm256_or_si256(_mm256_cmpeq_epi8(next, cr), _mm256_cmpeq_epi8(next, lf)),
+            );
+            let events = _mm256_or_si256(is_tab, _mm256_and_si256(_mm256_cmpeq_epi8(v, sp), next_ws_or_end));
+            let ev = _mm256_movemask_epi8(events) as u32;
             if ev != 0 {
                 let k = ev.trailing_zeros() as usize;
                 let prev = if i == 0 { before } else { input[i - 1] };
                 return (i + k, o + super::portable::to_crlf(&input[i..i + k], prev, &mut out[o..]));
             }
-            let bare = bare_lfs(_mm256_cmpeq_epi8(v, lf), _mm256_cmpeq_epi8(v, cr), &mut prev_cr);
+            let bare = bare_lfs(is_lf, is_cr, &mut prev_cr);
             // SAFETY: as in `to_crlf` (i + 32 <= n here too).
             o += unsafe { spread_block(v, bare, src.add(i), dst.add(o)) };
             i += 32;

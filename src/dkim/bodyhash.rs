@@ -68,14 +68,14 @@ impl HashedBody {
 #[derive(Clone)]
 pub(crate) enum Hasher {
     Sha1(sha1::Sha1),
-    Sha256(crate::arch::sha256::Sha256),
+    Sha256(sha2::Sha256),
 }
 
 impl Hasher {
     pub(crate) fn new(h: Hash) -> Hasher {
         match h {
             Hash::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
-            Hash::Sha256 => Hasher::Sha256(crate::arch::sha256::Sha256::new()),
+            Hash::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
         }
     }
 
@@ -91,21 +91,7 @@ impl Sink for Hasher {
     fn write(&mut self, bytes: &[u8]) {
         match self {
             Hasher::Sha1(h) => sha1::Digest::update(h, bytes),
-            Hasher::Sha256(h) => h.update(bytes),
-        }
-    }
-
-    fn write_crlf(&mut self, input: &[u8], before: u8) -> Option<usize> {
-        match self {
-            Hasher::Sha1(_) => None,
-            Hasher::Sha256(h) => h.update_crlf(input, before),
-        }
-    }
-
-    fn write_relaxed_lf(&mut self, content: &[u8], before: u8) -> Option<usize> {
-        match self {
-            Hasher::Sha1(_) => None,
-            Hasher::Sha256(h) => h.update_relaxed_lf(content, before),
+            Hasher::Sha256(h) => sha2::Digest::update(h, bytes),
         }
     }
 }
@@ -131,26 +117,6 @@ impl Sink for Limited {
             self.inner.write(&bytes[..take]);
             self.left -= take as u64;
         }
-    }
-
-    // Without `l=` the hash takes everything, so it may expand as it hashes; with one, the
-    // octets must be cut at the limit, which only plain writes do.
-    fn write_crlf(&mut self, input: &[u8], before: u8) -> Option<usize> {
-        if self.left != u64::MAX {
-            return None;
-        }
-        let n = self.inner.write_crlf(input, before)?;
-        self.offered += n as u64;
-        Some(n)
-    }
-
-    fn write_relaxed_lf(&mut self, content: &[u8], before: u8) -> Option<usize> {
-        if self.left != u64::MAX {
-            return None;
-        }
-        let n = self.inner.write_relaxed_lf(content, before)?;
-        self.offered += n as u64;
-        Some(n)
     }
 }
 

@@ -10,6 +10,7 @@ use crate::dkim::canon::{self, Canon, Canonicalization, CountingSink};
 use crate::dkim::header::{HeaderError, Message};
 use crate::dkim::key::{KeyError, KeyType, SigningKey};
 use base64::Engine as _;
+use sha2::Digest as _;
 use std::sync::Arc;
 
 /// Header fields signed by default when present: the RFC 6376 §5.4.1 list, plus the fields
@@ -272,7 +273,7 @@ pub enum Body<'a> {
 }
 
 fn body_hash(canon: Canon, body: Body<'_>) -> Result<BodyHash, SignError> {
-    let mut hasher = crate::arch::sha256::Sha256::new();
+    let mut hasher = sha2::Sha256::new();
     let mut counter = CountingSink::new(&mut hasher);
     match body {
         Body::Whole(b) => canon::canonicalize_body(canon, b, &mut counter),
@@ -284,7 +285,7 @@ fn body_hash(canon: Canon, body: Body<'_>) -> Result<BodyHash, SignError> {
         }
     }
     let length = counter.count;
-    Ok(BodyHash { canon, hash: hasher.finalize(), length })
+    Ok(BodyHash { canon, hash: hasher.finalize().into(), length })
 }
 
 /// Signs the message `msg` with each signer and returns the DKIM-Signature fields to add on

@@ -162,19 +162,6 @@ impl<'a, S: Sink + ?Sized> Staged<'a, S> {
         self.len += crlf::to_crlf(input, before, &mut self.buf[self.len..]);
     }
 
-    /// Hands `input` to a sink that expands bare LFs as it hashes ([`Sink::write_crlf`]),
-    /// after what is staged; false (nothing written) when the sink cannot.
-    fn crlf_direct(&mut self, input: &[u8], before: u8) -> bool {
-        self.flush();
-        self.inner.write_crlf(input, before).is_some()
-    }
-
-    /// [`Staged::crlf_direct`] for relaxed lines ([`Sink::write_relaxed_lf`]).
-    fn relaxed_lf_direct(&mut self, content: &[u8], before: u8) -> bool {
-        self.flush();
-        self.inner.write_relaxed_lf(content, before).is_some()
-    }
-
     /// Stages `input` as [`crlf::to_crlf_relaxed`] copies it, up to the first whitespace that
     /// relaxed canonicalization may have to rewrite, and returns how much of `input` that was.
     /// `input` is at most [`EXPAND_CHUNK`] long.
@@ -251,11 +238,7 @@ fn simple_content<S: Sink + ?Sized>(content: &[u8], sink: &mut Staged<'_, S>) {
         sink.write(&content[at..chunk_end]);
         at = chunk_end;
     }
-    // Bare LFs from here on (stored with LF, as mbox files are): expanded as they are hashed
-    // where the sink can, else through the staging buffer.
-    if at < content.len() && sink.crlf_direct(&content[at..], octet_before(content, at)) {
-        return;
-    }
+    // Bare LFs from here on (stored with LF, as mbox files are).
     while at < content.len() {
         let end = (at + EXPAND_CHUNK).min(content.len());
         sink.expand(&content[at..end], octet_before(content, at));
@@ -350,9 +333,6 @@ fn line_chunk_end(content: &[u8], at: usize, limit: usize) -> usize {
 /// may need rewriting ([`crlf::to_crlf_relaxed`]); that whitespace run is rewritten here, and
 /// the copy goes on after it. `before` is the octet before `content`.
 fn relaxed_expanding<S: Sink + ?Sized>(content: &[u8], before: u8, sink: &mut Staged<'_, S>) {
-    if sink.relaxed_lf_direct(content, before) {
-        return;
-    }
     let mut at = 0;
     while at < content.len() {
         let end = (at + EXPAND_CHUNK).min(content.len());
@@ -627,47 +607,6 @@ pub(crate) mod tests {
             let (stored, pieces, unquoted) = quoted(&input, &quote);
             for c in [Canon::Simple, Canon::Relaxed] {
                 prop_assert_eq!(pieces_canon(c, &stored, &pieces), naive::body(c, &unquoted));
-            }
-        }
-    }
-
-    /// The body hash sink expands and rewrites LF-stored lines itself
-    /// ([`crate::arch::sha256`]); its digest and count must be those of the canonical form
-    /// written out octet by octet.
-    fn hashed(c: Canon, stored: &[u8], pieces: Option<&[Range<usize>]>) -> ([u8; 32], u64) {
-        let mut h = crate::arch::sha256::Sha256::new();
-        let mut counter = super::super::CountingSink::new(&mut h);
-        match pieces {
-            Some(p) => canonicalize_body_pieces(c, stored, p, &mut counter),
-            None => canonicalize_body(c, stored, &mut counter),
-        }
-        let n = counter.count;
-        (h.finalize(), n)
-    }
-
-    fn digest(b: &[u8]) -> [u8; 32] {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(b).into()
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(300))]
-        #[test]
-        fn hashed_bodies_match_naive(input in long_bodies(), quote in proptest::collection::vec(proptest::bool::weighted(0.1), 0..600)) {
-            for c in [Canon::Simple, Canon::Relaxed] {
-                let want = naive::body(c, &input);
-                prop_assert_eq!(hashed(c, &input, None), (digest(&want), want.len() as u64));
-                let (stored, pieces, unquoted) = quoted(&input, &quote);
-                let want = naive::body(c, &unquoted);
-                prop_assert_eq!(hashed(c, &stored, Some(&pieces)), (digest(&want), want.len() as u64));
-            }
-        }
-
-        #[test]
-        fn hashed_messages_match_naive(input in message_bytes()) {
-            for c in [Canon::Simple, Canon::Relaxed] {
-                let want = naive::body(c, &input);
-                prop_assert_eq!(hashed(c, &input, None), (digest(&want), want.len() as u64));
             }
         }
     }

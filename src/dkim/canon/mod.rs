@@ -32,36 +32,6 @@ pub use body::{canonicalize_body, canonicalize_body_pieces};
 pub trait Sink {
     /// Appends `bytes` to the canonical stream.
     fn write(&mut self, bytes: &[u8]);
-
-    /// Appends `input` with a CR put before every LF that has none (what
-    /// [`crate::arch::crlf::to_crlf`] writes; `before` is the octet before `input`) and returns
-    /// how many octets that was, when this sink does the expansion itself, without a copy (the
-    /// body hash, [`crate::arch::sha256::Sha256::update_crlf`]). `None`, with nothing
-    /// appended, otherwise: the caller expands.
-    fn write_crlf(&mut self, _input: &[u8], _before: u8) -> Option<usize> {
-        None
-    }
-
-    /// Appends the relaxed body canonicalization of `content` (whole lines with bare LFs,
-    /// nothing trailing removed; see [`crate::arch::sha256::Sha256::update_relaxed_lf`]) when
-    /// this sink does it itself; as [`Sink::write_crlf`].
-    fn write_relaxed_lf(&mut self, _content: &[u8], _before: u8) -> Option<usize> {
-        None
-    }
-}
-
-impl Sink for crate::arch::sha256::Sha256 {
-    fn write(&mut self, bytes: &[u8]) {
-        self.update(bytes);
-    }
-
-    fn write_crlf(&mut self, input: &[u8], before: u8) -> Option<usize> {
-        self.update_crlf(input, before)
-    }
-
-    fn write_relaxed_lf(&mut self, content: &[u8], before: u8) -> Option<usize> {
-        self.update_relaxed_lf(content, before)
-    }
 }
 
 impl Sink for Vec<u8> {
@@ -95,18 +65,6 @@ impl<S: Sink + ?Sized> Sink for CountingSink<'_, S> {
     fn write(&mut self, bytes: &[u8]) {
         self.count += bytes.len() as u64;
         self.inner.write(bytes);
-    }
-
-    fn write_crlf(&mut self, input: &[u8], before: u8) -> Option<usize> {
-        let n = self.inner.write_crlf(input, before)?;
-        self.count += n as u64;
-        Some(n)
-    }
-
-    fn write_relaxed_lf(&mut self, content: &[u8], before: u8) -> Option<usize> {
-        let n = self.inner.write_relaxed_lf(content, before)?;
-        self.count += n as u64;
-        Some(n)
     }
 }
 
