@@ -59,6 +59,21 @@ fn timed(min: Duration, mut f: impl FnMut() -> u64) -> (u64, f64) {
     (n, start.elapsed().as_secs_f64())
 }
 
+/// Rounds in which a ratio's two sides are timed one right after the other. A shared,
+/// virtual machine drifts by 10-20% in speed within minutes (benches/REPORT.md,
+/// 2026-12-04): a ratio of two figures each taken over a whole `--seconds`, one after the
+/// other, takes that drift into the ratio. In short alternating slices each round gives its
+/// own ratio, from two figures taken within a fraction of a second, and the median of those
+/// is reported.
+const ROUNDS: u32 = 7;
+
+/// The median of `v` (not empty).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Runs `f` on `threads` threads for `min` each; returns total operations per second.
 fn parallel(threads: usize, min: Duration, f: impl Fn() -> u64 + Sync) -> f64 {
     let total = AtomicU64::new(0);
@@ -197,27 +212,11 @@ fn measure_split(c: &Corpus, min: Duration, figs: &mut Figures) {
     });
 }
 
-/// Hashing the bodies as they are (the limit), then canonicalizing and hashing them in each
-/// canonicalization, on one thread.
+/// Hashing the bodies as they are (the limit), and canonicalizing and hashing them in each
+/// canonicalization, on one thread: in [`ROUNDS`] rounds of all three, each ratio the median
+/// of the rounds' own.
 fn measure_body_hashing(b: &Bodies, min: Duration, figs: &mut Figures) {
     let count = b.bodies.len() as f64;
-    // The hashing limit for these bodies as they are, read from memory: SHA-256 of each body
-    // with the same prefetching as the canonicalizers, so that on a corpus larger than the
-    // caches the limit pays for memory as they do.
-    let (n, secs) = timed(min, || {
-        for body in &b.bodies {
-            std::hint::black_box(sha256_streaming(body));
-        }
-        1
-    });
-    let sha_rate = n as f64 * b.bytes / secs;
-    figs.push(Figure {
-        name: "SHA-256 of the bodies (limit)".into(),
-        threads: 1,
-        per_second: n as f64 * count / secs,
-        bytes_per_second: sha_rate,
-        ..Figure::default()
-    });
     for c in [Canon::Simple, Canon::Relaxed] {
         // Check: the fused hash equals hashing the canonical bytes.
         let mut v = vec![];
@@ -225,22 +224,50 @@ fn measure_body_hashing(b: &Bodies, min: Duration, figs: &mut Figures) {
         let mut h = sha2::Sha256::new();
         canon::canonicalize_body(c, &b.bodies[0], &mut h);
         assert_eq!(h.finalize().as_slice(), sha2::Sha256::digest(&v).as_slice());
-        let (n, secs) = timed(min, || {
-            for body in &b.bodies {
+    }
+    let slice = min / (3 * ROUNDS);
+    // The rate of one pass over the bodies, in octets a second.
+    let rate = |f: &dyn Fn(&[u8])| {
+        let (n, secs) = timed(slice, || {
+            b.bodies.iter().for_each(|body| f(body));
+            1
+        });
+        n as f64 * b.bytes / secs
+    };
+    let (mut sha, mut canon_rates) = (vec![], [vec![], vec![]]);
+    for _ in 0..ROUNDS {
+        // The hashing limit for these bodies as they are, read from memory: SHA-256 of each
+        // body with the same prefetching as the canonicalizers, so that on a corpus larger
+        // than the caches the limit pays for memory as they do.
+        sha.push(rate(&|body| {
+            std::hint::black_box(sha256_streaming(body));
+        }));
+        for (k, c) in [Canon::Simple, Canon::Relaxed].into_iter().enumerate() {
+            canon_rates[k].push(rate(&|body| {
                 let mut h = sha2::Sha256::new();
                 canon::canonicalize_body(c, body, &mut h);
                 std::hint::black_box(h.finalize());
-            }
-            1
-        });
-        let rate = n as f64 * b.bytes / secs;
+            }));
+        }
+    }
+    let sha_rate = median(&sha);
+    figs.push(Figure {
+        name: "SHA-256 of the bodies (limit)".into(),
+        threads: 1,
+        per_second: sha_rate / b.bytes * count,
+        bytes_per_second: sha_rate,
+        ..Figure::default()
+    });
+    for (k, c) in [Canon::Simple, Canon::Relaxed].into_iter().enumerate() {
+        let rates = &canon_rates[k];
+        let ratios: Vec<f64> = rates.iter().zip(&sha).map(|(r, s)| r / s).collect();
         figs.push(Figure {
             name: format!("canonicalize+hash body ({})", c.as_str()),
             threads: 1,
-            per_second: n as f64 * count / secs,
-            bytes_per_second: rate,
+            per_second: median(rates) / b.bytes * count,
+            bytes_per_second: median(rates),
             limit: Some(sha_rate),
-            ratio: Some(rate / sha_rate),
+            ratio: Some(median(&ratios)),
             serial_s_per_gb: None,
         });
     }
@@ -321,18 +348,6 @@ fn measure_key_type(
     assert!(!key.sign(b"check").map_err(|e| e.to_string())?.is_empty());
     let max_threads = o.threads.iter().copied().max().unwrap_or(1);
     for &t in &o.threads {
-        // The backend's own signing rate on these threads: the limit for end-to-end.
-        let limit = parallel(t, o.min, || {
-            std::hint::black_box(key.sign(b"header data of a typical size, about three hundred bytes").ok());
-            1
-        });
-        figs.push(Figure {
-            name: format!("sign {label} (backend limit)"),
-            threads: t,
-            per_second: limit,
-            bytes_per_second: 0.0,
-            ..Figure::default()
-        });
         let signer = SignerBuilder::new(key.clone(), "example.com", "bench")
             .canon(o.canon)
             .build()
@@ -353,17 +368,32 @@ fn measure_key_type(
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| e.to_string())?;
         let mapped = Mapped::Owned(c.data.to_vec());
+        // The backend's own signing rate on these threads (the limit for end-to-end) and the
+        // pipeline, in ROUNDS alternating slices; each ratio the median of the rounds' own.
+        let slice = o.min / (2 * ROUNDS);
+        let mut backend = vec![];
         for &framing in &o.framings {
-            let (n, secs, serial) = end_to_end_sign(&opts, &mapped, &pool, framing, c.count, o.min);
-            let rate = n as f64 * c.count as f64 / secs;
-            // The limit on the same threads. RSA: the backend's signing rate (compared with
-            // `openssl speed rsa2048`). Ed25519 signs so fast that hashing matters as much:
-            // the limit is one signature plus hashing each message's octets once at the
-            // SHA-256 rate, per message (for 1 MB messages, the SHA-256 limit).
-            let lim = match kt {
-                KeyType::Rsa => limit,
-                KeyType::Ed25519 => 1.0 / (1.0 / limit + c.bytes / c.count as f64 / hot_sha[&t]),
-            };
+            let (mut runs, mut secs, mut serial) = (0, 0.0, 0.0);
+            let (mut limits, mut ratios) = (vec![], vec![]);
+            for _ in 0..ROUNDS {
+                let limit = parallel(t, slice, || {
+                    std::hint::black_box(key.sign(b"header data of a typical size, about three hundred bytes").ok());
+                    1
+                });
+                backend.push(limit);
+                let (n, s, cpu) = end_to_end_sign(&opts, &mapped, &pool, framing, c.count, slice);
+                (runs, secs, serial) = (runs + n, secs + s, serial + cpu);
+                // The limit on the same threads. RSA: the backend's signing rate (compared
+                // with `openssl speed rsa2048`). Ed25519 signs so fast that hashing matters as
+                // much: the limit is one signature plus hashing each message's octets once at
+                // the SHA-256 rate, per message (for 1 MB messages, the SHA-256 limit).
+                let lim = match kt {
+                    KeyType::Rsa => limit,
+                    KeyType::Ed25519 => 1.0 / (1.0 / limit + c.bytes / c.count as f64 / hot_sha[&t]),
+                };
+                limits.push(lim);
+                ratios.push(n as f64 * c.count as f64 / s / lim);
+            }
             let how = match o.framings.len() {
                 1 => String::new(),
                 _ => format!(" ({} framing)", framing.as_str()),
@@ -371,13 +401,20 @@ fn measure_key_type(
             figs.push(Figure {
                 name: format!("end-to-end sign {label}{how}"),
                 threads: t,
-                per_second: rate,
-                bytes_per_second: n as f64 * c.bytes / secs,
-                limit: Some(lim),
-                ratio: Some(rate / lim),
-                serial_s_per_gb: Some(serial / (n as f64 * c.bytes / 1e9)),
+                per_second: runs as f64 * c.count as f64 / secs,
+                bytes_per_second: runs as f64 * c.bytes / secs,
+                limit: Some(median(&limits)),
+                ratio: Some(median(&ratios)),
+                serial_s_per_gb: Some(serial / (runs as f64 * c.bytes / 1e9)),
             });
         }
+        figs.push(Figure {
+            name: format!("sign {label} (backend limit)"),
+            threads: t,
+            per_second: median(&backend),
+            bytes_per_second: 0.0,
+            ..Figure::default()
+        });
         if t == max_threads {
             let signed = signed_archive(&opts, &mapped, &pool);
             let (n, secs) = end_to_end_verify(&signed, &public, &pool, c.count, o.min);
