@@ -52,7 +52,8 @@ pub fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usiz
     assert!(out.len() >= expanded_capacity(input.len()), "to_crlf: output buffer too small");
     #[cfg(target_arch = "x86_64")]
     if Avx2::new().is_some() {
-        // SAFETY: the CPU has AVX2 (`Avx2::new`), and `out` has the room (asserted).
+        // SAFETY: the CPU has AVX2, BMI1 and POPCNT (`Avx2::new`), and `out` has the room
+        // (asserted).
         return unsafe { avx2::to_crlf_relaxed(input, before, out) };
     }
     portable::to_crlf_relaxed(input, before, out)
@@ -94,7 +95,8 @@ pub struct Avx2(());
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2 {
-    /// `Some` when the CPU has AVX2 (detected once per process, then a cached flag).
+    /// `Some` when the CPU has AVX2, and with it BMI1 and POPCNT, which every AVX2 CPU has and
+    /// the kernels use for bit counts (detected once per process, then a cached flag).
     #[inline]
     pub fn new() -> Option<Avx2> {
         // Detected once; later calls read one relaxed atomic (memchr caches the same way).
@@ -102,7 +104,9 @@ impl Avx2 {
         static HAS_AVX2: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
         let known = match HAS_AVX2.load(Ordering::Relaxed) {
             0 => {
-                let yes = std::is_x86_feature_detected!("avx2");
+                let yes = std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("bmi1")
+                    && std::is_x86_feature_detected!("popcnt");
                 HAS_AVX2.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
                 yes
             }
@@ -132,7 +136,8 @@ impl Avx2 {
     #[inline]
     pub fn to_crlf(self, input: &[u8], before: u8, out: &mut [u8]) -> usize {
         assert!(out.len() >= expanded_capacity(input.len()), "to_crlf: output buffer too small");
-        // SAFETY: the CPU has AVX2 (`new`), and `out` has the room the kernel needs (asserted).
+        // SAFETY: the CPU has AVX2, BMI1 and POPCNT (`new`), and `out` has the room the kernel
+        // needs (asserted).
         unsafe { avx2::to_crlf(input, before, out) }
     }
 }
@@ -242,17 +247,6 @@ mod avx2 {
         t
     };
 
-    /// The output length of each [`SPREAD`] pattern: 8 plus its count of flags.
-    static SPREAD_LEN: [u8; 256] = {
-        let mut t = [8u8; 256];
-        let mut m = 0;
-        while m < 256 {
-            t[m] += (m as u32).count_ones() as u8;
-            m += 1;
-        }
-        t
-    };
-
     /// The bare LFs of a 32-octet block as a bit mask, from its LF and CR comparisons: an LF
     /// not after a CR, the octet before the block counting through `prev_cr` (bit 0), which
     /// then becomes whether the block ends in a CR.
@@ -266,46 +260,91 @@ mod avx2 {
         bare
     }
 
-    /// Writes the 32 octets at `src` to `dst` with a CR put before each octet flagged in
-    /// `bare`, and returns the number written (32 plus the flags). A block without flags is
-    /// one store; one with flags goes out as four 8-octet groups, each spread by one `pshufb`
-    /// from [`SPREAD`] and stored as 16 octets, the cursor moving by [`SPREAD_LEN`].
+    /// Writes the 32-octet block `v` to `dst` with a CR put before each octet flagged in
+    /// `bare`, and returns the number written (32 plus the flags), without a branch on the
+    /// flags: the block goes out as four 8-octet groups, each spread by one `pshufb` from
+    /// [`SPREAD`] and stored as 16 octets at an offset counted by `popcnt`. Mail lines are
+    /// 40-80 octets, so whether a block holds an LF is a coin toss that a branch mispredicts
+    /// about every other block.
     ///
     /// # Safety
-    /// The CPU must have AVX2; `src` must be readable for 32 octets and `dst` writable for
-    /// 64 (each group's store reaches 16 octets past where its output starts).
-    #[target_feature(enable = "avx2")]
+    /// The CPU must have AVX2 and POPCNT; `dst` must be writable for 64 octets (each group's
+    /// store reaches 16 octets past where its output starts).
+    #[target_feature(enable = "avx2,popcnt")]
     #[inline]
-    unsafe fn spread_block(v: __m256i, bare: u32, src: *const u8, dst: *mut u8) -> usize {
-        if bare == 0 {
-            // SAFETY: `dst` is writable for 32 octets (the caller's contract).
-            unsafe { _mm256_storeu_si256(dst.cast(), v) };
-            return 32;
-        }
-        // The CR the spread indices pick (octet 15), over the zeroed top half of a 64-bit load.
+    unsafe fn spread_block(v: __m256i, bare: u32, dst: *mut u8) -> usize {
+        // The CR the spread indices pick (octet 15), over a group moved into the low half.
         let cr_slot = _mm_insert_epi8::<15>(_mm_setzero_si128(), b'\r' as i32);
-        let mut o = 0;
-        for g in 0..4 {
+        let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let groups = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+        // Where each group's output starts: 8 per group before it, plus the CRs they gain.
+        let starts = [
+            0,
+            8 + (bare & 0xff).count_ones() as usize,
+            16 + (bare & 0xffff).count_ones() as usize,
+            24 + (bare & 0xff_ffff).count_ones() as usize,
+        ];
+        for (g, (&x, &at)) in groups.iter().zip(&starts).enumerate() {
             let m = ((bare >> (8 * g)) & 0xff) as usize;
-            // SAFETY: octets 8g .. 8g + 8 of `src` are readable (32 are). The store ends at
-            // o + 16 <= 2 * 8g + 16 <= 64, inside what `dst` allows.
-            unsafe {
-                let x = _mm_or_si128(_mm_loadl_epi64(src.add(8 * g).cast()), cr_slot);
-                let y = _mm_shuffle_epi8(x, _mm_loadu_si128(SPREAD[m].as_ptr().cast()));
-                _mm_storeu_si128(dst.add(o).cast(), y);
-            }
-            o += SPREAD_LEN[m] as usize;
+            let x = _mm_or_si128(_mm_move_epi64(x), cr_slot);
+            let y = _mm_shuffle_epi8(x, _mm_loadu_si128(SPREAD[m].as_ptr().cast()));
+            // SAFETY: at + 16 <= 24 + 8 + 16 + 16 = 64, inside what `dst` allows.
+            unsafe { _mm_storeu_si128(dst.add(at).cast(), y) };
         }
-        o
+        32 + bare.count_ones() as usize
+    }
+
+    /// [`spread_block`] for a block with at most one bare LF, the common case in text (lines
+    /// longer than a block): the block is stored as it is, a CR over the LF's place, and the
+    /// input from the LF on stored again one octet further, which reads up to 32 octets past
+    /// the block. Three stores and no table. A block with no LF (`bare == 0`) writes a
+    /// harmless shifted copy past its output, which the next block's output covers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and BMI1; `bare` has at most one bit set; `src` (the block) must
+    /// be readable for 64 octets and `dst` writable for 65.
+    #[target_feature(enable = "avx2,bmi1")]
+    #[inline]
+    unsafe fn one_lf_block(v: __m256i, bare: u32, src: *const u8, dst: *mut u8) -> usize {
+        // 32 when there is no LF.
+        let p = bare.trailing_zeros() as usize;
+        // SAFETY: p <= 32, so the load ends at src + 64 and the last store at dst + 65, both
+        // inside what the caller allows.
+        unsafe {
+            _mm256_storeu_si256(dst.cast(), v);
+            *dst.add(p) = b'\r';
+            _mm256_storeu_si256(dst.add(p + 1).cast(), _mm256_loadu_si256(src.add(p).cast()));
+        }
+        32 + usize::from(bare != 0)
+    }
+
+    /// One 32-octet block of [`to_crlf`]: [`one_lf_block`] when it has at most one bare LF
+    /// and 64 octets of input are left from `i`, else [`spread_block`]. Returns the octets
+    /// written.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, BMI1 and POPCNT; `i + 32 <= input.len()`, `v` is the block at
+    /// `i`, and `dst` is writable for 65 octets.
+    #[target_feature(enable = "avx2,bmi1,popcnt")]
+    #[inline]
+    unsafe fn expand_block(v: __m256i, bare: u32, input: &[u8], i: usize, dst: *mut u8) -> usize {
+        if bare & bare.wrapping_sub(1) == 0 && i + 64 <= input.len() {
+            // SAFETY: 64 octets from i are inside `input`; `dst` as the caller promises.
+            unsafe { one_lf_block(v, bare, input.as_ptr().add(i), dst) }
+        } else {
+            // SAFETY: as the caller promises.
+            unsafe { spread_block(v, bare, dst) }
+        }
     }
 
     /// # Safety
-    /// The CPU must have AVX2, and `out.len() >= expanded_capacity(input.len())`.
+    /// The CPU must have AVX2, BMI1 and POPCNT, and
+    /// `out.len() >= expanded_capacity(input.len())`.
     ///
     /// Without a branch per line: mail lines are short (40-80 octets), and a kernel that
     /// stopped at each LF mispredicted about once a line. Each 32-octet block goes out through
-    /// [`spread_block`].
-    #[target_feature(enable = "avx2")]
+    /// [`expand_block`], whose one branch (two bare LFs in a block) is rare in text.
+    #[target_feature(enable = "avx2,bmi1,popcnt")]
     pub unsafe fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
         let n = input.len();
         let src = input.as_ptr();
@@ -319,9 +358,9 @@ mod avx2 {
             // SAFETY: i + 32 <= n, so the load is inside `input`.
             let v = unsafe { _mm256_loadu_si256(src.add(i).cast()) };
             let bare = bare_lfs(_mm256_cmpeq_epi8(v, lf), _mm256_cmpeq_epi8(v, cr), &mut prev_cr);
-            // SAFETY: octets i..i + 32 are inside `input`. Each input octet becomes at most
-            // two, so o <= 2 * i and o + 64 <= 2 * (i + 32) <= 2 * n < out.len().
-            o += unsafe { spread_block(v, bare, src.add(i), dst.add(o)) };
+            // SAFETY: i + 32 <= n. Each input octet becomes at most two, so o <= 2 * i and
+            // o + 65 <= 2 * (i + 32) + 1 <= 2 * n + 1 < out.len().
+            o += unsafe { expand_block(v, bare, input, i, dst.add(o)) };
             i += 32;
         }
         let prev = if i == 0 { before } else { input[i - 1] };
@@ -329,12 +368,13 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must have AVX2, and `out.len() >= expanded_capacity(input.len())`.
+    /// The CPU must have AVX2, BMI1 and POPCNT, and
+    /// `out.len() >= expanded_capacity(input.len())`.
     ///
     /// [`super::to_crlf_relaxed`]: [`to_crlf`] with the test of [`relaxed_event`] (a tab also
     /// counting as what may follow a space) on each block; the first block with an event is
     /// copied up to it by the portable kernel.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,bmi1,popcnt")]
     pub unsafe fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
         let n = input.len();
         let src = input.as_ptr();
@@ -368,7 +408,7 @@ mod avx2 {
             }
             let bare = bare_lfs(is_lf, is_cr, &mut prev_cr);
             // SAFETY: as in `to_crlf` (i + 32 <= n here too).
-            o += unsafe { spread_block(v, bare, src.add(i), dst.add(o)) };
+            o += unsafe { expand_block(v, bare, input, i, dst.add(o)) };
             i += 32;
         }
         let prev = if i == 0 { before } else { input[i - 1] };
@@ -450,18 +490,75 @@ mod tests {
         k
     }
 
+    /// `input` copied to the end of a mapping whose next page is inaccessible, so that a
+    /// kernel reading past the end of its input faults instead of passing.
+    #[cfg(unix)]
+    struct Guarded {
+        base: *mut libc::c_void,
+        len: usize,
+        at: usize,
+        n: usize,
+    }
+
+    #[cfg(unix)]
+    impl Guarded {
+        fn new(input: &[u8]) -> Guarded {
+            let page = 4096;
+            let data_pages = input.len().div_ceil(page).max(1);
+            let len = (data_pages + 1) * page;
+            // SAFETY: a fresh anonymous private mapping; the guard page is its last one, and
+            // the copy goes into the pages before it.
+            unsafe {
+                let base = libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(base, libc::MAP_FAILED);
+                assert_eq!(libc::mprotect(base.cast::<u8>().add(data_pages * page).cast(), page, libc::PROT_NONE), 0);
+                let at = data_pages * page - input.len();
+                std::ptr::copy_nonoverlapping(input.as_ptr(), base.cast::<u8>().add(at), input.len());
+                Guarded { base, len, at, n: input.len() }
+            }
+        }
+
+        fn bytes(&self) -> &[u8] {
+            // SAFETY: `at..at + n` lies in the readable pages, filled by `new`.
+            unsafe { std::slice::from_raw_parts(self.base.cast::<u8>().add(self.at), self.n) }
+        }
+    }
+
+    #[cfg(unix)]
+    impl Drop for Guarded {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, not used after this.
+            unsafe { libc::munmap(self.base, self.len) };
+        }
+    }
+
     #[test]
     fn kernels_match_the_oracle() {
         let kernels = kernels();
         for input in inputs() {
+            // Input that ends where memory does, and output followed by a sentinel: the
+            // kernels read and write whole vectors, never past their bounds.
+            #[cfg(unix)]
+            let guarded = Guarded::new(&input);
+            #[cfg(unix)]
+            let input = guarded.bytes();
+            let cap = expanded_capacity(input.len());
             for before in [0u8, b'\r', b'\n'] {
-                let want_bare = naive_has_bare_lf(&input, before);
-                let want = naive_to_crlf(&input, before);
+                let want_bare = naive_has_bare_lf(input, before);
+                let want = naive_to_crlf(input, before);
                 for (name, has, expand) in &kernels {
-                    assert_eq!(has(&input, before), want_bare, "{name} has_bare_lf {input:?} {before}");
-                    let mut out = vec![0xee; expanded_capacity(input.len())];
-                    let n = expand(&input, before, &mut out);
+                    assert_eq!(has(input, before), want_bare, "{name} has_bare_lf {input:?} {before}");
+                    let mut out = vec![0xee; cap + 64];
+                    let n = expand(input, before, &mut out[..cap]);
                     assert_eq!(&out[..n], &want[..], "{name} to_crlf {input:?} {before}");
+                    assert!(out[cap..].iter().all(|&b| b == 0xee), "{name} wrote past its output {input:?}");
                 }
             }
         }
@@ -534,7 +631,7 @@ mod tests {
         let mut kernels: Vec<(&str, Expand)> = vec![("portable", portable::to_crlf_relaxed)];
         #[cfg(target_arch = "x86_64")]
         if Avx2::new().is_some() {
-            // SAFETY: the CPU has AVX2; the output below has expanded_capacity.
+            // SAFETY: the CPU has AVX2, BMI1 and POPCNT; the output below has expanded_capacity.
             kernels.push(("avx2", |b, p, o| unsafe { avx2::to_crlf_relaxed(b, p, o) }));
         }
         kernels.push(("dispatch", to_crlf_relaxed));
@@ -549,12 +646,18 @@ mod tests {
             }
         }
         for input in more {
+            #[cfg(unix)]
+            let guarded = Guarded::new(&input);
+            #[cfg(unix)]
+            let input = guarded.bytes();
+            let cap = expanded_capacity(input.len());
             for before in [0u8, b'\r', b'\n'] {
-                let (want_used, want) = naive_to_crlf_relaxed(&input, before);
+                let (want_used, want) = naive_to_crlf_relaxed(input, before);
                 for (name, expand) in &kernels {
-                    let mut out = vec![0xee; expanded_capacity(input.len())];
-                    let (used, n) = expand(&input, before, &mut out);
+                    let mut out = vec![0xee; cap + 64];
+                    let (used, n) = expand(input, before, &mut out[..cap]);
                     assert_eq!((used, &out[..n]), (want_used, &want[..]), "{name} {input:?} {before}");
+                    assert!(out[cap..].iter().all(|&b| b == 0xee), "{name} wrote past its output {input:?}");
                 }
             }
         }
