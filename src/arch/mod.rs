@@ -1,6 +1,8 @@
 //! CPU-specific code: the AVX2 line-end kernels with their portable fallbacks ([`crlf`]) and
-//! the CPU's prefetch hints ([`prefetch`]). System calls are not here: the pipeline's are in
+//! the CPU's prefetch hints ([`prefetch`]), and two SHA-256 computations at once with SHA-NI
+//! ([`sha256x2`]). System calls are not here: the pipeline's are in
 //! [`crate::pipeline::os`], the commands' in the binary.
 
 pub mod crlf;
 pub mod prefetch;
+pub mod sha256x2;
