@@ -77,9 +77,18 @@ pub struct Sha256Pair {
 impl Sha256Pair {
     /// Two empty computations, or `None` when the CPU lacks SHA-NI (hash one at a time then).
     pub fn new() -> Option<Sha256Pair> {
-        available().then(|| {
-            let lane = || Lane { state: IV, pending: Vec::new(), start: 0, hashed: 0, closed: false };
-            Sha256Pair { lanes: [lane(), lane()] }
+        Sha256Pair::with_buffers([Vec::new(), Vec::new()])
+    }
+
+    /// [`Sha256Pair::new`] keeping the octets that wait in `buffers` (emptied first): a caller
+    /// that hashes many pairs hands the buffers of one ([`Sha256Pair::finish_keeping`]) to the
+    /// next instead of growing new ones.
+    pub fn with_buffers(buffers: [Vec<u8>; 2]) -> Option<Sha256Pair> {
+        available().then(|| Sha256Pair {
+            lanes: buffers.map(|mut pending| {
+                pending.clear();
+                Lane { state: IV, pending, start: 0, hashed: 0, closed: false }
+            }),
         })
     }
 
@@ -151,30 +160,37 @@ impl Sha256Pair {
     }
 
     /// The two digests.
-    pub fn finish(mut self) -> [[u8; 32]; 2] {
+    pub fn finish(self) -> [[u8; 32]; 2] {
+        self.finish_keeping().0
+    }
+
+    /// The two digests, and the buffers for [`Sha256Pair::with_buffers`].
+    pub fn finish_keeping(mut self) -> ([[u8; 32]; 2], [Vec<u8>; 2]) {
         self.close(0);
         self.close(1);
         self.pump();
-        self.lanes.each_mut().map(|l| {
-            // Padding (FIPS 180-4 §5.1.1): 0x80, zeros to 56 mod 64, the length in bits.
-            // Both lanes are closed and pumped: under one block is left.
-            let bits = (l.hashed + l.waiting().len() as u64) * 8;
-            let mut last = Vec::with_capacity(128);
-            last.extend_from_slice(l.waiting());
-            last.push(0x80);
-            last.resize(if last.len() <= 56 { 56 } else { 120 }, 0);
-            last.extend_from_slice(&bits.to_be_bytes());
+        let digests = self.lanes.each_mut().map(|l| {
+            // Padding (FIPS 180-4 §5.1.1): 0x80, zeros to 56 mod 64, the length in bits. Both
+            // lanes are closed and pumped: under one block is left.
+            let rest = l.waiting();
+            let bits = (l.hashed + rest.len() as u64) * 8;
+            let mut last = [0u8; 128];
+            last[..rest.len()].copy_from_slice(rest);
+            last[rest.len()] = 0x80;
+            let end = if rest.len() < 56 { 64 } else { 128 };
+            last[end - 8..end].copy_from_slice(&bits.to_be_bytes());
             // SAFETY: as in `pump`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                compress_one(&mut l.state, &last)
+                compress_one(&mut l.state, &last[..end])
             };
             let mut out = [0u8; 32];
             for (o, w) in out.chunks_exact_mut(4).zip(l.state) {
                 o.copy_from_slice(&w.to_be_bytes());
             }
             out
-        })
+        });
+        (digests, self.lanes.map(|l| l.pending))
     }
 }
 

@@ -137,7 +137,7 @@ pub fn hash_two(bodies: [(Canon, &[&[u8]]); 2]) -> Option<[HashedBody; 2]> {
     /// Octets of a body canonicalized per turn: both lanes then have blocks to hash together,
     /// and the canonical output waiting in the pair stays small.
     const CHUNK: usize = 16 * 1024;
-    let mut pair = Sha256Pair::new()?;
+    let mut pair = Sha256Pair::with_buffers(PAIR_BUFFERS.take())?;
     let mut feeds = bodies.map(|(canon, slices)| {
         (Some(StreamCanonicalizer::new(canon)), slices.iter().flat_map(|s| s.chunks(CHUNK)).peekable())
     });
@@ -163,7 +163,8 @@ pub fn hash_two(bodies: [(Canon, &[&[u8]]); 2]) -> Option<[HashedBody; 2]> {
         pair.pump();
     }
     let totals = [pair.len(0), pair.len(1)];
-    let digests = pair.finish();
+    let (digests, buffers) = pair.finish_keeping();
+    PAIR_BUFFERS.set(buffers);
     Some(std::array::from_fn(|i| HashedBody {
         digests: vec![BodyDigest {
             spec: BodySpec::signing(bodies[i].0),
@@ -171,6 +172,12 @@ pub fn hash_two(bodies: [(Canon, &[&[u8]]); 2]) -> Option<[HashedBody; 2]> {
             total: totals[i],
         }],
     }))
+}
+
+thread_local! {
+    /// The buffers of this thread's last [`hash_two`], for the next one: for small messages,
+    /// growing two new ones each time cost as much as hashing a few hundred octets.
+    static PAIR_BUFFERS: std::cell::Cell<[Vec<u8>; 2]> = const { std::cell::Cell::new([Vec::new(), Vec::new()]) };
 }
 
 /// How much of the next chunk [`hash_two`] asks the CPU to fetch ahead: a few lines, enough to

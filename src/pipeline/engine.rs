@@ -242,11 +242,60 @@ pub fn map_mbox<R, J, E>(
     framing: Framing,
     release_behind: bool,
     job: J,
+    emit: E,
+) -> Result<SerialCpu, BulkError>
+where
+    R: Send,
+    J: Fn(mbox::Stored<'_>) -> R + Sync,
+    E: FnMut(Vec<(MboxEntry, R)>) -> Result<(), BulkError> + Send,
+{
+    map_mbox_with(mapped, fmt, range, pool, framing, release_behind, job, None::<TwoByOne<R>>, emit)
+}
+
+/// A job for two messages that is never called: [`map_mbox`] runs its job on each alone.
+type TwoByOne<R> = fn(mbox::Stored<'_>, mbox::Stored<'_>) -> (R, R);
+
+/// [`map_mbox`] with a job for two messages at once (`job_two`, given consecutive messages of
+/// a unit, with the results of `job` on each): a worker hands its messages to it in pairs, so
+/// that it can do part of their work together (hashing two bodies at once). A message whose
+/// quoting must be found again after the split (see [`mbox::with_stored`]) goes to `job`.
+#[allow(clippy::too_many_arguments)]
+pub fn map_mbox_paired<R, J, P, E>(
+    mapped: &Mapped,
+    fmt: MboxFormat,
+    range: std::ops::Range<usize>,
+    pool: &rayon::ThreadPool,
+    framing: Framing,
+    release_behind: bool,
+    job: J,
+    job_two: P,
+    emit: E,
+) -> Result<SerialCpu, BulkError>
+where
+    R: Send,
+    J: Fn(mbox::Stored<'_>) -> R + Sync,
+    P: Fn(mbox::Stored<'_>, mbox::Stored<'_>) -> (R, R) + Sync,
+    E: FnMut(Vec<(MboxEntry, R)>) -> Result<(), BulkError> + Send,
+{
+    map_mbox_with(mapped, fmt, range, pool, framing, release_behind, job, Some(job_two), emit)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn map_mbox_with<R, J, P, E>(
+    mapped: &Mapped,
+    fmt: MboxFormat,
+    range: std::ops::Range<usize>,
+    pool: &rayon::ThreadPool,
+    framing: Framing,
+    release_behind: bool,
+    job: J,
+    job_two: Option<P>,
     mut emit: E,
 ) -> Result<SerialCpu, BulkError>
 where
     R: Send,
     J: Fn(mbox::Stored<'_>) -> R + Sync,
+    P: Fn(mbox::Stored<'_>, mbox::Stored<'_>) -> (R, R) + Sync,
     E: FnMut(Vec<(MboxEntry, R)>) -> Result<(), BulkError> + Send,
 {
     let data: &[u8] = mapped;
@@ -255,10 +304,33 @@ where
         let r = mbox::with_stored(fmt, data, &e, &job);
         (e, r)
     };
+    // Two messages are given to `job_two` only when neither uses the per-thread buffers of
+    // `with_stored` (quoting found again after the split), which cannot be lent twice.
+    let pairable = |e: &MboxEntry| !e.quoted || !e.quotes.is_empty();
+    let run_all = |entries: &mut dyn Iterator<Item = MboxEntry>| -> Vec<(MboxEntry, R)> {
+        let Some(two) = &job_two else { return entries.map(run).collect() };
+        let mut out = Vec::new();
+        while let Some(a) = entries.next() {
+            match entries.next() {
+                Some(b) if pairable(&a) && pairable(&b) => {
+                    let (ra, rb) =
+                        mbox::with_stored(fmt, data, &a, |sa| mbox::with_stored(fmt, data, &b, |sb| two(sa, sb)));
+                    out.push((a, ra));
+                    out.push((b, rb));
+                }
+                Some(b) => {
+                    out.push(run(a));
+                    out.push(run(b));
+                }
+                None => out.push(run(a)),
+            }
+        }
+        out
+    };
     let work = |unit: MboxUnit| -> Vec<(MboxEntry, R)> {
         match unit {
-            MboxUnit::Batch(batch) => batch.into_iter().map(run).collect(),
-            MboxUnit::Range(bounds) => mbox::Splitter::range(data, fmt, bounds).map(run).collect(),
+            MboxUnit::Batch(batch) => run_all(&mut batch.into_iter()),
+            MboxUnit::Range(bounds) => run_all(&mut mbox::Splitter::range(data, fmt, bounds)),
         }
     };
     let mut released = 0usize;
@@ -394,6 +466,120 @@ mod tests {
         )
         .unwrap();
         got
+    }
+
+    /// Signing the messages of an mbox two at a time gives, message by message, what signing
+    /// each alone gives: bodies of every size and line end, quoted `>From ` lines, messages
+    /// that cannot be signed, an odd count, keys in one and in two body canonicalizations.
+    #[test]
+    fn signing_in_pairs_is_signing_each() {
+        use crate::dkim::canon::{Canon, Canonicalization};
+        use crate::dkim::key::SigningKey;
+        use crate::dkim::sign::SignerBuilder;
+        use crate::pipeline::{sign_stored, sign_stored_two, SignPolicy};
+        use std::sync::Arc;
+        let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/keys/test-ed.private")).unwrap();
+        let key = Arc::new(SigningKey::from_bytes(&pem, "test-ed.private").unwrap());
+        let signer = |header, body| {
+            SignerBuilder::new(key.clone(), "example.com", "test")
+                .canon(Canonicalization { header, body })
+                .build()
+                .unwrap()
+        };
+        let mut mbox = Vec::new();
+        let line = b"the quarterly report is attached, please review it by friday  \n";
+        for i in 0..41usize {
+            mbox.extend_from_slice(format!("From sender{i}@example.com Sat Nov 21 10:00:00 2026\n").as_bytes());
+            if i % 11 == 5 {
+                // No From: cannot be signed.
+                mbox.extend_from_slice(b"Subject: no author\n\nbody\n\n");
+                continue;
+            }
+            let nl: &[u8] = if i % 3 == 0 { b"\r\n" } else { b"\n" };
+            mbox.extend_from_slice(format!("From: <s{i}@example.com>").as_bytes());
+            mbox.extend_from_slice(nl);
+            mbox.extend_from_slice(b"Subject: pairs");
+            mbox.extend_from_slice(nl);
+            mbox.extend_from_slice(nl);
+            for l in 0..(i * i * 7) % 1500 {
+                if l % 97 == 3 {
+                    mbox.extend_from_slice(b">From the quoted line\n");
+                }
+                let text = &line[..line.len() - 1 - l % 5];
+                mbox.extend_from_slice(text);
+                mbox.extend_from_slice(nl);
+            }
+            if i % 4 == 1 {
+                mbox.extend_from_slice(b"\n\n\n");
+            }
+            mbox.extend_from_slice(b"\n");
+        }
+        let mapped = Mapped::Owned(mbox);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let policies = [
+            vec![signer(Canon::Relaxed, Canon::Relaxed)],
+            vec![signer(Canon::Simple, Canon::Simple)],
+            vec![signer(Canon::Relaxed, Canon::Relaxed), signer(Canon::Relaxed, Canon::Simple)],
+        ];
+        for signers in policies {
+            let policy = SignPolicy {
+                keys: crate::select::KeySource::Fixed(signers),
+                sender: None,
+                strip_own: false,
+                now: 1_800_000_000,
+                max_message: 1 << 20,
+                dkim: true,
+                arc: None,
+            };
+            let shown = |r: crate::pipeline::Signed| format!("{:?}", r.map_err(|e| e.to_string()));
+            for framing in [Framing::Serial, Framing::Parallel] {
+                let mut alone = vec![];
+                map_mbox(
+                    &mapped,
+                    MboxFormat::Mboxrd,
+                    0..mapped.len(),
+                    &pool,
+                    framing,
+                    false,
+                    |m| shown(sign_stored(&policy, m)),
+                    |r| {
+                        alone.extend(r.into_iter().map(|(_, s)| s));
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                let mut paired = vec![];
+                let (pairs, quoted_pairs) =
+                    (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
+                map_mbox_paired(
+                    &mapped,
+                    MboxFormat::Mboxrd,
+                    0..mapped.len(),
+                    &pool,
+                    framing,
+                    false,
+                    |m| shown(sign_stored(&policy, m)),
+                    |a, b| {
+                        pairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if !a.quotes.is_empty() || !b.quotes.is_empty() {
+                            quoted_pairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let [ra, rb] = sign_stored_two(&policy, a, b);
+                        (shown(ra), shown(rb))
+                    },
+                    |r| {
+                        paired.extend(r.into_iter().map(|(_, s)| s));
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                assert_eq!(alone.len(), 41);
+                assert!(alone.iter().any(|s| s.starts_with("Err")) && alone.iter().any(|s| s.starts_with("Ok")));
+                assert_eq!(paired, alone, "{framing:?}");
+                // Most messages went in pairs, some of them stored around quoting `>`s.
+                assert!(pairs.into_inner() >= 10 && quoted_pairs.into_inner() > 0);
+            }
+        }
     }
 
     /// Parallel framing over many chunks (2.5 MB: about ten of CHUNK_MIN) finds exactly the

@@ -4,7 +4,7 @@
 //! under the mbox locks); messages that cannot be signed are passed through and reported.
 //! [`write_message`] writes one message signed elsewhere to the same destinations.
 
-use super::engine::{map_dir, map_mbox, Framing, Item, IN_FLIGHT_BYTES};
+use super::engine::{map_dir, map_mbox_paired, Framing, Item, IN_FLIGHT_BYTES};
 use super::input::{
     list_messages, map_mbox_file, open_mbox, owns_lone_message, shard_range, too_large_reason, DirEntry, InputKind,
     Shard, Source,
@@ -12,7 +12,7 @@ use super::input::{
 use super::io;
 use super::lock::MboxLock;
 use super::mbox::{self, MboxFormat};
-use super::message::{guarded, sign_stored, without, write_without, Disposition, SignPolicy};
+use super::message::{guarded, sign_stored, sign_stored_two, without, write_without, Disposition, SignPolicy, Signed};
 use super::os::Mapped;
 use super::report::{Problem, Progress, Summary};
 use super::{input_err, interrupted, BulkError};
@@ -56,7 +56,25 @@ pub(crate) fn process(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Outcome {
     }
     // One message that makes the signer panic must not end the run: it is passed through and
     // reported like any other message that cannot be signed.
-    match guarded("signing", || sign_stored(policy, msg)) {
+    outcome(guarded("signing", || sign_stored(policy, msg)))
+}
+
+/// [`process`] of two messages, their bodies hashed together where both allow it
+/// ([`sign_stored_two`]). Should signing them together panic, each is signed again on its
+/// own, so that only a message that makes the signer panic is left unsigned.
+pub(crate) fn process_two(policy: &SignPolicy, a: mbox::Stored<'_>, b: mbox::Stored<'_>) -> (Outcome, Outcome) {
+    if a.len().max(b.len()) as u64 > policy.max_message {
+        return (process(policy, a), process(policy, b));
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_stored_two(policy, a, b))) {
+        Ok([ra, rb]) => (outcome(ra), outcome(rb)),
+        Err(_) => (process(policy, a), process(policy, b)),
+    }
+}
+
+/// What a signing result means for the run.
+fn outcome(result: Signed) -> Outcome {
+    match result {
         Ok((headers, drop)) => Outcome::Signed { headers, drop },
         Err(e) => match e.disposition() {
             Disposition::NoKey => Outcome::NoKey(e.to_string()),
@@ -343,20 +361,31 @@ fn sign_mbox(
         Ok(())
     };
     let work = |msg: mbox::Stored<'_>| process(&opts.policy, msg);
+    let work_two = |a: mbox::Stored<'_>, b: mbox::Stored<'_>| process_two(&opts.policy, a, b);
     let cpu = match out {
         UnitSink::Stream(out) => {
             out.write_all(bom).map_err(out_err)?;
-            let cpu = map_mbox(mapped, opts.mbox_format, range, pool, opts.framing, true, work, |results| {
-                accept(summary, &results)?;
-                // One allocation per unit (up to a few thousand slices), not per message.
-                let mut iov = unit_slices(data, &results);
-                io::write_all_vectored(out, &mut iov).map_err(out_err)?;
-                // The new header fields were allocated on the workers: freeing them here, one
-                // by one, was the writer's largest cost per small message. A worker frees them.
-                drop(iov);
-                pool.spawn(move || drop(results));
-                Ok(())
-            })?;
+            let cpu = map_mbox_paired(
+                mapped,
+                opts.mbox_format,
+                range,
+                pool,
+                opts.framing,
+                true,
+                work,
+                work_two,
+                |results| {
+                    accept(summary, &results)?;
+                    // One allocation per unit (up to a few thousand slices), not per message.
+                    let mut iov = unit_slices(data, &results);
+                    io::write_all_vectored(out, &mut iov).map_err(out_err)?;
+                    // The new header fields were allocated on the workers: freeing them here, one
+                    // by one, was the writer's largest cost per small message. A worker frees them.
+                    drop(iov);
+                    pool.spawn(move || drop(results));
+                    Ok(())
+                },
+            )?;
             out.flush().map_err(out_err)?;
             cpu
         }
@@ -367,7 +396,7 @@ fn sign_mbox(
             let mut at = bom.len() as u64;
             let writes = &all_writes;
             let cpu = pool.in_place_scope(|jobs| {
-                map_mbox(mapped, opts.mbox_format, range, pool, opts.framing, false, work, |results| {
+                map_mbox_paired(mapped, opts.mbox_format, range, pool, opts.framing, false, work, work_two, |results| {
                     accept(summary, &results)?;
                     let len: usize = results.iter().map(|(e, o)| unit_len(e, o)).sum();
                     writes.reserve(len).map_err(out_err)?;
