@@ -66,7 +66,27 @@ impl Lane {
     fn waiting(&self) -> &[u8] {
         &self.pending[self.start..]
     }
+
+    /// Hashes this lane's whole waiting blocks on their own.
+    fn hash_alone(&mut self) {
+        let alone = self.waiting().len() / 64 * 64;
+        if alone > 0 {
+            // SAFETY: a lane exists only in a `Sha256Pair`, made only on a CPU with SHA-NI,
+            // SSSE3 and SSE4.1.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                compress_one(&mut self.state, &self.pending[self.start..self.start + alone])
+            };
+            self.start += alone;
+            self.hashed += alone as u64;
+        }
+    }
 }
+
+/// Octets a lane holds at most (about) while it waits for the other: beyond, it hashes alone.
+/// Two bodies canonicalized in turn stay within a chunk or two of each other unless one turns
+/// out much longer, so this bounds the memory of a pair without costing pairs.
+pub const MAX_WAITING: usize = 64 * 1024;
 
 /// Two SHA-256 computations fed independently and hashed together where both have blocks.
 /// Made with [`Sha256Pair::new`] only on a CPU with SHA-NI.
@@ -93,7 +113,10 @@ impl Sha256Pair {
     }
 
     /// Appends `bytes` to lane `lane` (0 or 1). Octets wait until the other lane has as many
-    /// or is closed; call [`Sha256Pair::pump`] between writes to hash what can be hashed.
+    /// or is closed; call [`Sha256Pair::pump`] between writes to hash what can be hashed. A
+    /// lane never holds much more than [`MAX_WAITING`]: past it, its whole blocks are hashed
+    /// alone, whatever the other lane does (a body of a million empty lines and then a word
+    /// comes out of the canonicalizer at once).
     pub fn write(&mut self, lane: usize, bytes: &[u8]) {
         let l = &mut self.lanes[lane];
         // Drop what is hashed once it is most of the buffer: amortized, each octet moves once.
@@ -102,6 +125,14 @@ impl Sha256Pair {
             l.start = 0;
         }
         l.pending.extend_from_slice(bytes);
+        if l.waiting().len() > MAX_WAITING {
+            l.hash_alone();
+        }
+    }
+
+    /// The octets waiting in lane `lane` (written, not hashed yet).
+    pub fn waiting(&self, lane: usize) -> usize {
+        self.lanes[lane].waiting().len()
     }
 
     /// Marks lane `lane` as complete: nothing more will be written to it, so the other lane
@@ -134,16 +165,7 @@ impl Sha256Pair {
         let (a_closed, b_closed) = (a.closed, b.closed);
         for (l, other_closed) in [(a, b_closed), (b, a_closed)] {
             if other_closed {
-                let alone = l.waiting().len() / 64 * 64;
-                if alone > 0 {
-                    // SAFETY: as above.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        compress_one(&mut l.state, &l.pending[l.start..l.start + alone])
-                    };
-                    l.start += alone;
-                    l.hashed += alone as u64;
-                }
+                l.hash_alone();
             }
         }
     }
@@ -245,8 +267,9 @@ fn schedule(w0: __m128i, w1: __m128i, w2: __m128i, w3: __m128i) -> __m128i {
 #[target_feature(enable = "sse2")]
 #[inline]
 fn k(i: usize) -> __m128i {
-    // SAFETY: i < 16, so the 16 octets at 4i are inside K.
-    unsafe { _mm_loadu_si128(K.as_ptr().add(4 * i).cast()) }
+    let k = &K[4 * i..4 * i + 4];
+    // SAFETY: `k` is 16 octets.
+    unsafe { _mm_loadu_si128(k.as_ptr().cast()) }
 }
 
 /// Runs the compression function over the blocks of `a` in `sa` and those of `b` in `sb`,
@@ -356,5 +379,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A lane written far ahead of the other holds at most about `MAX_WAITING` octets, and
+    /// the digests are still right.
+    #[test]
+    fn a_lane_far_ahead_waits_within_its_bound() {
+        if !available() {
+            eprintln!("skipped: this CPU has no SHA-NI");
+            return;
+        }
+        let long: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut p = Sha256Pair::new().unwrap();
+        p.write(1, b"short");
+        for piece in long.chunks(16 * 1024) {
+            p.write(0, piece);
+            p.pump();
+            assert!(p.waiting(0) <= MAX_WAITING + 16 * 1024, "{}", p.waiting(0));
+        }
+        assert_eq!(p.finish(), [reference(&long), reference(b"short")]);
     }
 }

@@ -134,36 +134,49 @@ pub fn hash_body(spec: BodySpec, body: &[u8]) -> BodyDigest {
 /// hashes one after the other (benches/REPORT.md). Each body is given as the slices that make
 /// it, in order (an mbox body around its quoting `>`s). `None` when the CPU lacks SHA-NI.
 pub fn hash_two(bodies: [(Canon, &[&[u8]]); 2]) -> Option<[HashedBody; 2]> {
-    /// Octets of a body canonicalized per turn: both lanes then have blocks to hash together,
-    /// and the canonical output waiting in the pair stays small.
+    /// Octets of a body canonicalized per turn.
     const CHUNK: usize = 16 * 1024;
     let mut pair = Sha256Pair::with_buffers(PAIR_BUFFERS.take())?;
     let mut feeds = bodies.map(|(canon, slices)| {
         (Some(StreamCanonicalizer::new(canon)), slices.iter().flat_map(|s| s.chunks(CHUNK)).peekable())
     });
-    while feeds.iter().any(|(c, _)| c.is_some()) {
-        for (lane, (canon, chunks)) in feeds.iter_mut().enumerate() {
-            let Some(c) = canon else { continue };
-            let mut sink = Lane { pair: &mut pair, lane };
-            match chunks.next() {
-                Some(chunk) => {
-                    // The next chunk of a body read cold from a large mbox is on its way while
-                    // the pair hashes this one.
-                    if let Some(next) = chunks.peek() {
-                        crate::arch::prefetch::prefetch(&next[..next.len().min(PREFETCH_NEXT)]);
-                    }
-                    c.update(chunk, &mut sink);
+    loop {
+        // The turn goes to the lane with less canonical output waiting, so that the two stay
+        // level whatever their line ends or whitespace make of their input (and the pair's
+        // memory small: see `MAX_WAITING`).
+        let live = [feeds[0].0.is_some(), feeds[1].0.is_some()];
+        let lane = match live {
+            [true, true] => usize::from(pair.waiting(1) < pair.waiting(0)),
+            [true, false] => 0,
+            [false, true] => 1,
+            [false, false] => break,
+        };
+        let (canon, chunks) = &mut feeds[lane];
+        let mut sink = Lane { pair: &mut pair, lane };
+        match (canon.as_mut(), chunks.next()) {
+            (Some(c), Some(chunk)) => {
+                // The next chunk of a body read cold from a large mbox is on its way while the
+                // pair hashes this one.
+                if let Some(next) = chunks.peek() {
+                    crate::arch::prefetch::prefetch(&next[..next.len().min(PREFETCH_NEXT)]);
                 }
-                None => {
-                    canon.take().expect("checked above").finish(&mut sink);
-                    pair.close(lane);
+                c.update(chunk, &mut sink);
+            }
+            _ => {
+                if let Some(c) = canon.take() {
+                    c.finish(&mut sink);
                 }
+                pair.close(lane);
             }
         }
         pair.pump();
     }
     let totals = [pair.len(0), pair.len(1)];
-    let (digests, buffers) = pair.finish_keeping();
+    let (digests, mut buffers) = pair.finish_keeping();
+    for b in &mut buffers {
+        b.clear();
+        b.shrink_to(2 * crate::arch::sha256x2::MAX_WAITING);
+    }
     PAIR_BUFFERS.set(buffers);
     Some(std::array::from_fn(|i| HashedBody {
         digests: vec![BodyDigest {
@@ -623,6 +636,30 @@ mod tests {
             prop_assert_eq!(ha.get(BodySpec::signing(ca)), Some(&hash_body(BodySpec::signing(ca), &a)));
             prop_assert_eq!(hb.get(BodySpec::signing(cb)), Some(&hash_body(BodySpec::signing(cb), &b)));
         }
+    }
+
+    /// Bodies that make far more canonical output than the other's, or far less: a run of
+    /// empty lines that comes out at once when a word follows, whitespace that relaxed drops.
+    #[test]
+    fn two_very_unequal_bodies_hashed_together() {
+        let mut empties = vec![b'\n'; 1_000_000];
+        empties.extend_from_slice(b"word\n");
+        let spaces = [b" \t".repeat(300_000), b"x\n".to_vec()].concat();
+        let text = b"a line of text\r\n".repeat(20_000);
+        for (a, b) in [(&empties, &text), (&text, &empties), (&spaces, &empties), (&text, &spaces)] {
+            for c in [Canon::Simple, Canon::Relaxed] {
+                let Some([ha, hb]) = hash_two([(c, &[&a[..]]), (c, &[&b[..]])]) else { return };
+                assert_eq!(ha.get(BodySpec::signing(c)), Some(&hash_body(BodySpec::signing(c), a)));
+                assert_eq!(hb.get(BodySpec::signing(c)), Some(&hash_body(BodySpec::signing(c), b)));
+            }
+        }
+        // What the thread keeps for the next pair is bounded too.
+        let kept = PAIR_BUFFERS.take();
+        assert!(
+            kept.iter().all(|b| b.capacity() <= 2 * crate::arch::sha256x2::MAX_WAITING),
+            "{:?}",
+            kept.each_ref().map(|b| b.capacity())
+        );
     }
 
     #[test]
