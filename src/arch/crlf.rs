@@ -47,7 +47,8 @@ pub fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
 /// one pass.
 ///
 /// # Panics
-/// When `out` is shorter than [`expanded_capacity`]`(input.len())`.
+/// When `out` is shorter than [`expanded_capacity`]`(input.len())`: like [`to_crlf`], the
+/// kernels write whole words, past the octets they report.
 pub fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
     assert!(out.len() >= expanded_capacity(input.len()), "to_crlf: output buffer too small");
     #[cfg(target_arch = "x86_64")]
@@ -298,7 +299,8 @@ mod avx2 {
     /// longer than a block): the block is stored as it is, a CR over the LF's place, and the
     /// input from the LF on stored again one octet further, which reads up to 32 octets past
     /// the block. Three stores and no table. A block with no LF (`bare == 0`) writes a
-    /// harmless shifted copy past its output, which the next block's output covers.
+    /// harmless shifted copy past its output: past the output reported in the end, or covered
+    /// by the next block's, always inside the capacity.
     ///
     /// # Safety
     /// The CPU must have AVX2 and BMI1; `bare` has at most one bit set; `src` (the block) must
@@ -343,7 +345,8 @@ mod avx2 {
     ///
     /// Without a branch per line: mail lines are short (40-80 octets), and a kernel that
     /// stopped at each LF mispredicted about once a line. Each 32-octet block goes out through
-    /// [`expand_block`], whose one branch (two bare LFs in a block) is rare in text.
+    /// [`expand_block`], whose one branch (two bare LFs in a block, or the last 64 octets of
+    /// the input) is rare in text.
     #[target_feature(enable = "avx2,bmi1,popcnt")]
     pub unsafe fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
         let n = input.len();
@@ -373,7 +376,7 @@ mod avx2 {
     ///
     /// [`super::to_crlf_relaxed`]: [`to_crlf`] with the test of [`relaxed_event`] (a tab also
     /// counting as what may follow a space) on each block; the first block with an event is
-    /// copied up to it by the portable kernel.
+    /// expanded whole and counted up to it.
     #[target_feature(enable = "avx2,bmi1,popcnt")]
     pub unsafe fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
         let n = input.len();
@@ -401,14 +404,17 @@ mod avx2 {
             );
             let events = _mm256_or_si256(is_tab, _mm256_and_si256(_mm256_cmpeq_epi8(v, sp), next_ws_or_end));
             let ev = _mm256_movemask_epi8(events) as u32;
-            if ev != 0 {
-                let k = ev.trailing_zeros() as usize;
-                let prev = if i == 0 { before } else { input[i - 1] };
-                return (i + k, o + super::portable::to_crlf(&input[i..i + k], prev, &mut out[o..]));
-            }
             let bare = bare_lfs(is_lf, is_cr, &mut prev_cr);
             // SAFETY: as in `to_crlf` (i + 32 <= n here too).
-            o += unsafe { expand_block(v, bare, input, i, dst.add(o)) };
+            let wrote = unsafe { expand_block(v, bare, input, i, dst.add(o)) };
+            if ev != 0 {
+                // The whole block went out, but only its octets before the event count: the
+                // caller writes from there on again. Where many lines end in a space
+                // (format=flowed) this is once a line, so no slower kernel for the piece.
+                let k = ev.trailing_zeros() as usize;
+                return (i + k, o + k + (bare & ((1u32 << k) - 1)).count_ones() as usize);
+            }
+            o += wrote;
             i += 32;
         }
         let prev = if i == 0 { before } else { input[i - 1] };
