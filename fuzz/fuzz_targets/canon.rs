@@ -10,7 +10,7 @@
 //! - header: fast == naive on a field built from the input (line ends followed by a space, so
 //!   they are folds), terminated and unterminated;
 //! - crlf kernels (the dispatched one, AVX2 when present, and the portable one) == naive,
-//!   at every `before` octet that matters.
+//!   at every `before` octet that matters, the relaxed expansion included.
 #![no_main]
 
 use dkimpress::dkim::canon::{self, naive, Canon, CountingSink};
@@ -95,6 +95,30 @@ fn naive_relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
     })
 }
 
+/// The oracle of `to_crlf_relaxed`: the expansion up to the first octet relaxed rewriting may
+/// touch, a single space that ends an LF line written as its CR.
+fn naive_to_crlf_relaxed(b: &[u8], before: u8) -> (usize, Vec<u8>) {
+    let mut out = vec![];
+    let mut prev = before;
+    for (i, &c) in b.iter().enumerate() {
+        let next = b.get(i + 1).copied();
+        if c == b'\t' || (c == b' ' && matches!(next, None | Some(b' ' | b'\t' | b'\r' | b'\n'))) {
+            if c == b' ' && next == Some(b'\n') && !matches!(prev, b' ' | b'\t') {
+                out.push(b'\r');
+                prev = b'\r';
+                continue;
+            }
+            return (i, out);
+        }
+        if c == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(c);
+        prev = c;
+    }
+    (b.len(), out)
+}
+
 fn kernels(input: &[u8]) {
     // The whole input, then short pieces at every offset within a vector (alignment), then
     // the second half.
@@ -114,6 +138,11 @@ fn kernels(input: &[u8]) {
             assert_eq!(&out[..n], &want[..], "to_crlf at {off}, before {before}");
             let n = crlf::portable::to_crlf(b, before, &mut out);
             assert_eq!(&out[..n], &want[..], "portable to_crlf");
+            let (want_used, want) = naive_to_crlf_relaxed(b, before);
+            let (used, n) = crlf::to_crlf_relaxed(b, before, &mut out);
+            assert_eq!((used, &out[..n]), (want_used, &want[..]), "to_crlf_relaxed at {off}, before {before}");
+            let (used, n) = crlf::portable::to_crlf_relaxed(b, before, &mut out);
+            assert_eq!((used, &out[..n]), (want_used, &want[..]), "portable to_crlf_relaxed");
         }
         for bare in [false, true] {
             for from in [0, 1, 7, b.len() / 3] {

@@ -40,11 +40,19 @@ pub fn to_crlf(input: &[u8], before: u8, out: &mut [u8]) -> usize {
 }
 
 /// [`to_crlf`] that stops at the first octet where relaxed body canonicalization (RFC 6376
-/// §3.4.4) may have to rewrite: a tab, or a space followed by a space, a tab, CR, LF or the end
+/// §3.4.4) may have to rewrite: a tab, or a space followed by a space, a tab, CR or the end
 /// of `input`. Returns how much of `input` was copied (the position of that octet, or
 /// `input.len()`) and how many octets were written. Between such octets, text with its line
 /// ends made CRLF is already relaxed-canonical, so LF-stored lines are expanded and checked in
 /// one pass.
+///
+/// One rewrite is made on the way instead of stopping: a single space that ends an LF-stored
+/// line (a space, then an LF, after an octet that is neither space nor tab, `before` counting
+/// at the start) is written as the CR of that line end. Relaxed canonicalization drops the
+/// space, and the CR the wire needs goes in its place, so the length stays. format=flowed mail
+/// (RFC 3676) ends most lines that way. A space after a space or tab is never rewritten: the
+/// run it belongs to is an event (at `before`'s side, a space then LF at the start of `input`
+/// is reported as the event).
 ///
 /// # Panics
 /// When `out` is shorter than [`expanded_capacity`]`(input.len())`: like [`to_crlf`], the
@@ -375,11 +383,18 @@ mod avx2 {
     /// `out.len() >= expanded_capacity(input.len())`.
     ///
     /// [`super::to_crlf_relaxed`]: [`to_crlf`] with the test of [`relaxed_event`] (a tab also
-    /// counting as what may follow a space) on each block; the first block with an event is
-    /// expanded whole and counted up to it.
+    /// counting as what may follow a space, an LF not) on each block; the first block with an
+    /// event is expanded whole and counted up to it. A space before an LF becomes a CR in the
+    /// block before it is expanded, and counts as a CR for the LF after it: a bare LF no more.
+    /// (Its octet before is never a space or tab there: that would be an event first, or
+    /// `before`, checked at the start.)
     #[target_feature(enable = "avx2,bmi1,popcnt")]
     pub unsafe fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
         let n = input.len();
+        if matches!(before, b' ' | b'\t') && input.starts_with(b" \n") {
+            // The space continues a run the caller is rewriting.
+            return (0, 0);
+        }
         let src = input.as_ptr();
         let dst = out.as_mut_ptr();
         let (tab, sp, cr, lf) = (
@@ -396,28 +411,45 @@ mod avx2 {
             // SAFETY: i + 33 <= n: both loads are inside `input`.
             let (v, next) =
                 unsafe { (_mm256_loadu_si256(src.add(i).cast()), _mm256_loadu_si256(src.add(i + 1).cast())) };
-            let (is_tab, is_cr, is_lf) =
-                (_mm256_cmpeq_epi8(v, tab), _mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(v, lf));
-            let next_ws_or_end = _mm256_or_si256(
+            let (is_tab, is_sp) = (_mm256_cmpeq_epi8(v, tab), _mm256_cmpeq_epi8(v, sp));
+            let next_ws_or_cr = _mm256_or_si256(
                 _mm256_or_si256(_mm256_cmpeq_epi8(next, sp), _mm256_cmpeq_epi8(next, tab)),
-                _mm256_or_si256(_mm256_cmpeq_epi8(next, cr), _mm256_cmpeq_epi8(next, lf)),
+                _mm256_cmpeq_epi8(next, cr),
             );
-            let events = _mm256_or_si256(is_tab, _mm256_and_si256(_mm256_cmpeq_epi8(v, sp), next_ws_or_end));
+            let events = _mm256_or_si256(is_tab, _mm256_and_si256(is_sp, next_ws_or_cr));
             let ev = _mm256_movemask_epi8(events) as u32;
-            let bare = bare_lfs(is_lf, is_cr, &mut prev_cr);
+            // Spaces that end an LF line, rewritten as the CR of that line end.
+            let trailing = _mm256_and_si256(is_sp, _mm256_cmpeq_epi8(next, lf));
+            let v = _mm256_blendv_epi8(v, cr, trailing);
+            let bare = bare_lfs(_mm256_cmpeq_epi8(v, lf), _mm256_cmpeq_epi8(v, cr), &mut prev_cr);
             // SAFETY: as in `to_crlf` (i + 32 <= n here too).
-            let wrote = unsafe { expand_block(v, bare, input, i, dst.add(o)) };
+            let wrote = unsafe {
+                if bare & bare.wrapping_sub(1) == 0
+                    && i + 64 <= n
+                    && (_mm256_movemask_epi8(trailing) as u32 as u64) >> bare.trailing_zeros() == 0
+                {
+                    // At most one bare LF, and no rewritten space from it on: the input
+                    // `one_lf_block` stores again from the LF is the block as rewritten.
+                    one_lf_block(v, bare, src.add(i), dst.add(o))
+                } else {
+                    spread_block(v, bare, dst.add(o))
+                }
+            };
             if ev != 0 {
                 // The whole block went out, but only its octets before the event count: the
-                // caller writes from there on again. Where many lines end in a space
-                // (format=flowed) this is once a line, so no slower kernel for the piece.
+                // caller writes from there on again.
                 let k = ev.trailing_zeros() as usize;
                 return (i + k, o + k + (bare & ((1u32 << k) - 1)).count_ones() as usize);
             }
             o += wrote;
             i += 32;
         }
-        let prev = if i == 0 { before } else { input[i - 1] };
+        // The octet before the rest as written: a CR where a space was rewritten.
+        let prev = match i {
+            0 => before,
+            _ if prev_cr == 1 => b'\r',
+            _ => input[i - 1],
+        };
         let (used, wrote) = super::portable::to_crlf_relaxed(&input[i..], prev, &mut out[o..]);
         (i + used, o + wrote)
     }
@@ -620,15 +652,29 @@ mod tests {
         }
     }
 
-    /// The oracle of `to_crlf_relaxed`: the expansion of everything before the first octet a
-    /// relaxed rewrite may touch.
+    /// The oracle of `to_crlf_relaxed`, an octet at a time: the expansion of everything before
+    /// the first octet a relaxed rewrite may touch, a single space that ends an LF line written
+    /// as its CR.
     fn naive_to_crlf_relaxed(b: &[u8], before: u8) -> (usize, Vec<u8>) {
-        let stop = (0..b.len())
-            .find(|&i| {
-                b[i] == b'\t' || (b[i] == b' ' && matches!(b.get(i + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n')))
-            })
-            .unwrap_or(b.len());
-        (stop, naive_to_crlf(&b[..stop], before))
+        let mut out = vec![];
+        let mut prev = before;
+        for (i, &c) in b.iter().enumerate() {
+            let next = b.get(i + 1).copied();
+            if c == b'\t' || (c == b' ' && matches!(next, None | Some(b' ' | b'\t' | b'\r' | b'\n'))) {
+                if c == b' ' && next == Some(b'\n') && !matches!(prev, b' ' | b'\t') {
+                    out.push(b'\r');
+                    prev = b'\r';
+                    continue;
+                }
+                return (i, out);
+            }
+            if c == b'\n' && prev != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(c);
+            prev = c;
+        }
+        (b.len(), out)
     }
 
     #[test]
@@ -651,13 +697,25 @@ mod tests {
                 more.push(x);
             }
         }
+        // format=flowed text: lines of every length ending in a space, several to a block,
+        // some of them a space only, some with two spaces or a CRLF.
+        for ending in [&b" \n"[..], b"  \n", b" \r\n", b"\t\n"] {
+            let mut x = vec![];
+            for i in 0..120 {
+                x.extend(std::iter::repeat_n(b'w', i % 37));
+                x.extend_from_slice(if i % 11 == 5 { ending } else { b" \n" });
+            }
+            for at in [0, 1, 31, 32, 33, 63, 64, 65] {
+                more.push(x[at..].to_vec());
+            }
+        }
         for input in more {
             #[cfg(unix)]
             let guarded = Guarded::new(&input);
             #[cfg(unix)]
             let input = guarded.bytes();
             let cap = expanded_capacity(input.len());
-            for before in [0u8, b'\r', b'\n'] {
+            for before in [0u8, b'\r', b'\n', b' ', b'\t'] {
                 let (want_used, want) = naive_to_crlf_relaxed(input, before);
                 for (name, expand) in &kernels {
                     let mut out = vec![0xee; cap + 64];

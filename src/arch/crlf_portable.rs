@@ -48,16 +48,30 @@ pub fn relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
     })
 }
 
-/// See [`super::to_crlf_relaxed`]: the first octet relaxed rewriting may touch, found one
-/// octet at a time, then [`to_crlf`] of what comes before it.
+/// See [`super::to_crlf_relaxed`]: the octets relaxed rewriting may touch, found one octet at
+/// a time; [`to_crlf`] of the text between them, and CRLF for a single space that ends an LF
+/// line.
 pub fn to_crlf_relaxed(input: &[u8], before: u8, out: &mut [u8]) -> (usize, usize) {
-    let stop = (0..input.len())
-        .find(|&i| {
+    // input[from..] is not written yet.
+    let (mut from, mut o) = (0, 0);
+    loop {
+        let prev = if from == 0 { before } else { input[from - 1] };
+        let hit = (from..input.len()).find(|&i| {
             input[i] == b'\t'
                 || (input[i] == b' ' && matches!(input.get(i + 1), None | Some(b' ' | b'\t' | b'\r' | b'\n')))
-        })
-        .unwrap_or(input.len());
-    (stop, to_crlf(&input[..stop], before, out))
+        });
+        let Some(at) = hit else {
+            return (input.len(), o + to_crlf(&input[from..], prev, &mut out[o..]));
+        };
+        o += to_crlf(&input[from..at], prev, &mut out[o..]);
+        let before_space = if at == 0 { before } else { input[at - 1] };
+        if input[at] != b' ' || input.get(at + 1) != Some(&b'\n') || matches!(before_space, b' ' | b'\t') {
+            return (at, o);
+        }
+        out[o..o + 2].copy_from_slice(b"\r\n");
+        o += 2;
+        from = at + 2;
+    }
 }
 
 /// Writes the line end for an LF at output position `o` whose preceding octet is

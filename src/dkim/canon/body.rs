@@ -330,8 +330,9 @@ fn line_chunk_end(content: &[u8], at: usize, limit: usize) -> usize {
 
 /// Relaxed rewriting of whole lines stored with (some) bare LFs, in one pass: a piece at a
 /// time is copied into the staging buffer with CRLF line ends up to the first whitespace that
-/// may need rewriting ([`crlf::to_crlf_relaxed`]); that whitespace run is rewritten here, and
-/// the copy goes on after it. `before` is the octet before `content`.
+/// may need rewriting ([`crlf::to_crlf_relaxed`], which itself drops a single space that ends
+/// a line); that whitespace run is rewritten here, and the copy goes on after it. `before` is
+/// the octet before `content`.
 fn relaxed_expanding<S: Sink + ?Sized>(content: &[u8], before: u8, sink: &mut Staged<'_, S>) {
     let mut at = 0;
     while at < content.len() {
