@@ -175,6 +175,7 @@ impl Field<'_> {
 
     /// Whether the name equals `name`, ignoring ASCII case (field names are case-insensitive,
     /// RFC 5322 §1.2.2).
+    #[inline]
     pub fn is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name.as_bytes())
     }

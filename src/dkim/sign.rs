@@ -306,14 +306,26 @@ pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, no
     let fields = sign_fields(signers, parsed, body, now)?;
     let mut out = Vec::with_capacity(fields.iter().map(|f| f.0.len()).sum());
     for field in &fields {
-        if parsed.crlf {
-            out.extend_from_slice(field.0.as_bytes());
-        } else {
-            // The field is built with CRLF (its wire form); store it as the message stores lines.
-            out.extend(field.0.bytes().filter(|&b| b != b'\r'));
-        }
+        push_line_ends(&mut out, field.wire(), parsed.crlf);
     }
     Ok(out)
+}
+
+/// Appends `wire` (a field we built, CRLF line ends) to `out` with CRLF line ends, or with
+/// `crlf` false with LF ones (every CR dropped: the fields we build hold CR only in their line
+/// ends), as a message stored that way keeps its lines.
+pub fn push_line_ends(out: &mut Vec<u8>, wire: &str, crlf: bool) {
+    let b = wire.as_bytes();
+    if crlf {
+        out.extend_from_slice(b);
+        return;
+    }
+    let mut from = 0;
+    for cr in memchr::memchr_iter(b'\r', b) {
+        out.extend_from_slice(&b[from..cr]);
+        from = cr + 1;
+    }
+    out.extend_from_slice(&b[from..]);
 }
 
 /// A DKIM-Signature field we made, in its wire form: folded with CRLF TAB, ending in CRLF.
@@ -536,17 +548,20 @@ impl Folder {
         self.push(item);
     }
 
-    /// [`Folder::tag`] for an item given as format arguments, formatted on the stack.
+    /// [`Folder::tag`] for an item given as format arguments: formatted straight into the
+    /// text, and the space or fold put in before it once its length is known (the item is
+    /// short, so moving it costs little).
     fn tag_fmt(&mut self, args: std::fmt::Arguments) {
-        use std::io::Write as _;
-        let mut buf = [0u8; 512];
-        let mut cur = std::io::Cursor::new(&mut buf[..]);
-        if cur.write_fmt(args).is_ok() {
-            let n = cur.position() as usize;
-            self.tag(std::str::from_utf8(&buf[..n]).expect("formatted from str"));
+        use std::fmt::Write as _;
+        let start = self.text.len();
+        self.text.write_fmt(args).expect("formatting into a String does not fail");
+        let len = self.text.len() - start;
+        if self.col + 1 + len > LINE_LIMIT {
+            self.text.insert_str(start, "\r\n\t");
+            self.col = 8 + len;
         } else {
-            // Longer than any tag we write (domains are at most 253 octets); stay correct.
-            self.tag(&args.to_string());
+            self.text.insert(start, ' ');
+            self.col += 1 + len;
         }
     }
 

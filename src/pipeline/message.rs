@@ -155,11 +155,7 @@ fn sign_with(
     let mut headers = Vec::new();
     if let (Some(arc), Some(first)) = (&policy.arc, signers.first()) {
         let set = seal(arc, first, parsed, body, policy.now)?;
-        if parsed.crlf {
-            headers.extend_from_slice(set.as_bytes());
-        } else {
-            headers.extend(set.bytes().filter(|&b| b != b'\r'));
-        }
+        crate::dkim::sign::push_line_ends(&mut headers, &set, parsed.crlf);
     }
     if policy.dkim {
         headers.extend(crate::dkim::sign::sign_parsed_body(signers, parsed, body, policy.now)?);
