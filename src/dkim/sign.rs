@@ -254,7 +254,6 @@ impl Signer {
 
 /// The body hash of one canonicalization, with the canonical length (for `l=`).
 struct BodyHash {
-    canon: Canon,
     hash: [u8; 32],
     length: u64,
 }
@@ -281,11 +280,11 @@ fn body_hash(canon: Canon, body: Body<'_>) -> Result<BodyHash, SignError> {
         Body::Hashed(h) => {
             let d = h.get(BodySpec::signing(canon)).ok_or(SignError::BodyNotHashed(canon.as_str()))?;
             let hash = d.digest.as_slice().try_into().map_err(|_| SignError::BodyNotHashed(canon.as_str()))?;
-            return Ok(BodyHash { canon, hash, length: d.total });
+            return Ok(BodyHash { hash, length: d.total });
         }
     }
     let length = counter.count;
-    Ok(BodyHash { canon, hash: hasher.finalize().into(), length })
+    Ok(BodyHash { hash: hasher.finalize().into(), length })
 }
 
 /// Signs the message `msg` with each signer and returns the DKIM-Signature fields to add on
@@ -361,20 +360,40 @@ pub fn sign_fields(
     // A control character in a header field: RFC 5322 §2.2 forbids it and
     // verifiers disagree on it, so a signature over it would fail at some receivers.
     parsed.check_field_octets()?;
-    let mut hashes: Vec<BodyHash> = Vec::with_capacity(2);
+    // One hash per body canonicalization (there are two), made when a signer first wants it.
+    let mut hashes: [Option<BodyHash>; 2] = [None, None];
     let mut out = Vec::with_capacity(signers.len());
-    let mut scratch = Vec::with_capacity(2048);
+    // The signed header data, in a buffer each thread keeps (a few KB, per message otherwise).
+    let mut scratch = SCRATCH.take();
     for signer in signers {
-        let bh = match hashes.iter().position(|h| h.canon == signer.canon.body) {
-            Some(i) => &hashes[i],
-            None => {
-                hashes.push(body_hash(signer.canon.body, body)?);
-                hashes.last().expect("just pushed")
-            }
+        let slot = &mut hashes[usize::from(signer.canon.body == Canon::Relaxed)];
+        let bh = match slot {
+            Some(h) => h,
+            None => slot.insert(body_hash(signer.canon.body, body)?),
         };
-        out.push(SignatureField(signature_field(signer, parsed, bh, now, None, &mut scratch)?));
+        let field = signature_field(signer, parsed, bh, now, None, &mut scratch);
+        match field {
+            Ok(f) => out.push(SignatureField(f)),
+            Err(e) => {
+                SCRATCH.set(scratch);
+                return Err(e);
+            }
+        }
+    }
+    if scratch.capacity() <= SCRATCH_KEPT {
+        SCRATCH.set(scratch);
     }
     Ok(out)
+}
+
+/// The most [`SCRATCH`] keeps between messages: what a message with very many signed fields
+/// grew it to is given back.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer [`sign_fields`] builds the signed header data in, kept for the thread's next
+    /// message.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The ARC-Message-Signature of instance `instance` (RFC 8617 §4.1.2) that `signer` makes for

@@ -158,7 +158,12 @@ fn sign_with(
         crate::dkim::sign::push_line_ends(&mut headers, &set, parsed.crlf);
     }
     if policy.dkim {
-        headers.extend(crate::dkim::sign::sign_parsed_body(signers, parsed, body, policy.now)?);
+        let fields = crate::dkim::sign::sign_parsed_body(signers, parsed, body, policy.now)?;
+        if headers.is_empty() {
+            headers = fields;
+        } else {
+            headers.extend_from_slice(&fields);
+        }
     }
     let drop = if policy.strip_own { own_signatures(signers, parsed) } else { vec![] };
     Ok((headers, drop))
