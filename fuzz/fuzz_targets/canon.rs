@@ -128,7 +128,7 @@ fn kernels(input: &[u8]) {
     let mut out = vec![0u8; crlf::expanded_capacity(input.len())];
     for (off, end) in pieces {
         let b = &input[off..end];
-        for before in [0u8, b'\r', b'\n', b' '] {
+        for before in [0u8, b'\r', b'\n', b' ', b'\t'] {
             let want_bare =
                 b.iter().enumerate().any(|(i, &c)| c == b'\n' && (if i == 0 { before } else { b[i - 1] }) != b'\r');
             assert_eq!(crlf::has_bare_lf(b, before), want_bare, "has_bare_lf at {off}, before {before}");

@@ -311,8 +311,7 @@ pub fn sign_parsed_body(signers: &[Signer], parsed: &Message, body: Body<'_>, no
 }
 
 /// Appends `wire` (a field we built, CRLF line ends) to `out` with CRLF line ends, or with
-/// `crlf` false with LF ones (every CR dropped: the fields we build hold CR only in their line
-/// ends), as a message stored that way keeps its lines.
+/// `crlf` false with LF ones (every CR dropped), as a message stored that way keeps its lines.
 pub fn push_line_ends(out: &mut Vec<u8>, wire: &str, crlf: bool) {
     let b = wire.as_bytes();
     if crlf {
@@ -365,25 +364,23 @@ pub fn sign_fields(
     let mut out = Vec::with_capacity(signers.len());
     // The signed header data, in a buffer each thread keeps (a few KB, per message otherwise).
     let mut scratch = SCRATCH.take();
-    for signer in signers {
-        let slot = &mut hashes[usize::from(signer.canon.body == Canon::Relaxed)];
-        let bh = match slot {
-            Some(h) => h,
-            None => slot.insert(body_hash(signer.canon.body, body)?),
-        };
-        let field = signature_field(signer, parsed, bh, now, None, &mut scratch);
-        match field {
-            Ok(f) => out.push(SignatureField(f)),
-            Err(e) => {
-                SCRATCH.set(scratch);
-                return Err(e);
-            }
+    let mut sign_all = || -> Result<(), SignError> {
+        for signer in signers {
+            let slot = &mut hashes[usize::from(signer.canon.body == Canon::Relaxed)];
+            let bh = match slot {
+                Some(h) => h,
+                None => slot.insert(body_hash(signer.canon.body, body)?),
+            };
+            out.push(SignatureField(signature_field(signer, parsed, bh, now, None, &mut scratch)?));
         }
-    }
+        Ok(())
+    };
+    let result = sign_all();
+    // Kept on every way out, unless a message with a very large header grew it.
     if scratch.capacity() <= SCRATCH_KEPT {
         SCRATCH.set(scratch);
     }
-    Ok(out)
+    result.map(|()| out)
 }
 
 /// The most [`SCRATCH`] keeps between messages: what a message with very many signed fields
