@@ -38,22 +38,8 @@ fn fast_body(c: Canon, b: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Every bare LF preceded by a CR: the same message as the wire carries it.
-fn naive_to_crlf(b: &[u8], before: u8) -> Vec<u8> {
-    let mut v = Vec::with_capacity(b.len() * 2);
-    let mut prev = before;
-    for &c in b {
-        if c == b'\n' && prev != b'\r' {
-            v.push(b'\r');
-        }
-        v.push(c);
-        prev = c;
-    }
-    v
-}
-
 fn body(input: &[u8]) {
-    let wire = naive_to_crlf(input, 0);
+    let wire = crlf::naive::to_crlf(input, 0);
     for c in [Canon::Simple, Canon::Relaxed] {
         let fast = fast_body(c, input);
         assert_eq!(fast, naive::body(c, input), "{c:?} body differs from the oracle");
@@ -95,30 +81,6 @@ fn naive_relaxed_event(b: &[u8], from: usize, bare: bool) -> Option<usize> {
     })
 }
 
-/// The oracle of `to_crlf_relaxed`: the expansion up to the first octet relaxed rewriting may
-/// touch, a single space that ends an LF line written as its CR.
-fn naive_to_crlf_relaxed(b: &[u8], before: u8) -> (usize, Vec<u8>) {
-    let mut out = vec![];
-    let mut prev = before;
-    for (i, &c) in b.iter().enumerate() {
-        let next = b.get(i + 1).copied();
-        if c == b'\t' || (c == b' ' && matches!(next, None | Some(b' ' | b'\t' | b'\r' | b'\n'))) {
-            if c == b' ' && next == Some(b'\n') && !matches!(prev, b' ' | b'\t') {
-                out.push(b'\r');
-                prev = b'\r';
-                continue;
-            }
-            return (i, out);
-        }
-        if c == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(c);
-        prev = c;
-    }
-    (b.len(), out)
-}
-
 fn kernels(input: &[u8]) {
     // The whole input, then short pieces at every offset within a vector (alignment), then
     // the second half.
@@ -133,12 +95,12 @@ fn kernels(input: &[u8]) {
                 b.iter().enumerate().any(|(i, &c)| c == b'\n' && (if i == 0 { before } else { b[i - 1] }) != b'\r');
             assert_eq!(crlf::has_bare_lf(b, before), want_bare, "has_bare_lf at {off}, before {before}");
             assert_eq!(crlf::portable::has_bare_lf(b, before), want_bare, "portable has_bare_lf");
-            let want = naive_to_crlf(b, before);
+            let want = crlf::naive::to_crlf(b, before);
             let n = crlf::to_crlf(b, before, &mut out);
             assert_eq!(&out[..n], &want[..], "to_crlf at {off}, before {before}");
             let n = crlf::portable::to_crlf(b, before, &mut out);
             assert_eq!(&out[..n], &want[..], "portable to_crlf");
-            let (want_used, want) = naive_to_crlf_relaxed(b, before);
+            let (want_used, want) = crlf::naive::to_crlf_relaxed(b, before);
             let (used, n) = crlf::to_crlf_relaxed(b, before, &mut out);
             assert_eq!((used, &out[..n]), (want_used, &want[..]), "to_crlf_relaxed at {off}, before {before}");
             let (used, n) = crlf::portable::to_crlf_relaxed(b, before, &mut out);

@@ -455,15 +455,15 @@ mod avx2 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+// Also the oracle of the fuzz targets (fuzz/fuzz_targets/canon.rs), which reach it through the
+// `fuzzing` feature. Not an API: slow on purpose.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod naive {
+    //! Byte-at-a-time references for the kernels, written from their contracts.
 
-    fn naive_has_bare_lf(b: &[u8], before: u8) -> bool {
-        (0..b.len()).any(|i| b[i] == b'\n' && (if i == 0 { before } else { b[i - 1] }) != b'\r')
-    }
-
-    fn naive_to_crlf(b: &[u8], before: u8) -> Vec<u8> {
+    /// [`super::to_crlf`]: every LF without a CR before it gets one.
+    pub fn to_crlf(b: &[u8], before: u8) -> Vec<u8> {
         let mut v = vec![];
         let mut prev = before;
         for &c in b {
@@ -474,6 +474,39 @@ mod tests {
             prev = c;
         }
         v
+    }
+
+    /// [`super::to_crlf_relaxed`]: how much is copied and the copy, up to the first octet a
+    /// relaxed rewrite may touch; a single space that ends an LF line is written as its CR.
+    pub fn to_crlf_relaxed(b: &[u8], before: u8) -> (usize, Vec<u8>) {
+        let mut out = vec![];
+        let mut prev = before;
+        for (i, &c) in b.iter().enumerate() {
+            let next = b.get(i + 1).copied();
+            if c == b'\t' || (c == b' ' && matches!(next, None | Some(b' ' | b'\t' | b'\r' | b'\n'))) {
+                if c == b' ' && next == Some(b'\n') && !matches!(prev, b' ' | b'\t') {
+                    out.push(b'\r');
+                    prev = b'\r';
+                    continue;
+                }
+                return (i, out);
+            }
+            if c == b'\n' && prev != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(c);
+            prev = c;
+        }
+        (b.len(), out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_has_bare_lf(b: &[u8], before: u8) -> bool {
+        (0..b.len()).any(|i| b[i] == b'\n' && (if i == 0 { before } else { b[i - 1] }) != b'\r')
     }
 
     /// Inputs of every length up to a few vectors, at every offset, made of the octets that
@@ -590,7 +623,7 @@ mod tests {
             let cap = expanded_capacity(input.len());
             for before in [0u8, b'\r', b'\n'] {
                 let want_bare = naive_has_bare_lf(input, before);
-                let want = naive_to_crlf(input, before);
+                let want = naive::to_crlf(input, before);
                 for (name, has, expand) in &kernels {
                     assert_eq!(has(input, before), want_bare, "{name} has_bare_lf {input:?} {before}");
                     let mut out = vec![0xee; cap + 64];
@@ -652,31 +685,6 @@ mod tests {
         }
     }
 
-    /// The oracle of `to_crlf_relaxed`, an octet at a time: the expansion of everything before
-    /// the first octet a relaxed rewrite may touch, a single space that ends an LF line written
-    /// as its CR.
-    fn naive_to_crlf_relaxed(b: &[u8], before: u8) -> (usize, Vec<u8>) {
-        let mut out = vec![];
-        let mut prev = before;
-        for (i, &c) in b.iter().enumerate() {
-            let next = b.get(i + 1).copied();
-            if c == b'\t' || (c == b' ' && matches!(next, None | Some(b' ' | b'\t' | b'\r' | b'\n'))) {
-                if c == b' ' && next == Some(b'\n') && !matches!(prev, b' ' | b'\t') {
-                    out.push(b'\r');
-                    prev = b'\r';
-                    continue;
-                }
-                return (i, out);
-            }
-            if c == b'\n' && prev != b'\r' {
-                out.push(b'\r');
-            }
-            out.push(c);
-            prev = c;
-        }
-        (b.len(), out)
-    }
-
     #[test]
     fn relaxed_expansion_matches_the_oracle() {
         type Expand = fn(&[u8], u8, &mut [u8]) -> (usize, usize);
@@ -716,7 +724,7 @@ mod tests {
             let input = guarded.bytes();
             let cap = expanded_capacity(input.len());
             for before in [0u8, b'\r', b'\n', b' ', b'\t'] {
-                let (want_used, want) = naive_to_crlf_relaxed(input, before);
+                let (want_used, want) = naive::to_crlf_relaxed(input, before);
                 for (name, expand) in &kernels {
                     let mut out = vec![0xee; cap + 64];
                     let (used, n) = expand(input, before, &mut out[..cap]);
