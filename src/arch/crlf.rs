@@ -328,17 +328,21 @@ mod avx2 {
         32 + usize::from(bare != 0)
     }
 
-    /// One 32-octet block of [`to_crlf`]: [`one_lf_block`] when it has at most one bare LF
-    /// and 64 octets of input are left from `i`, else [`spread_block`]. Returns the octets
-    /// written.
+    /// One 32-octet block: [`one_lf_block`] when it has at most one bare LF, 64 octets of
+    /// input are left from `i`, and no octet the caller rewrote in `v` (the flags of
+    /// `rewritten`) lies at or after that LF, since `one_lf_block` stores the input from the LF
+    /// again as it is; else [`spread_block`]. Returns the octets written.
     ///
     /// # Safety
     /// The CPU must have AVX2, BMI1 and POPCNT; `i + 32 <= input.len()`, `v` is the block at
-    /// `i`, and `dst` is writable for 65 octets.
+    /// `i` (rewritten where `rewritten` says), and `dst` is writable for 65 octets.
     #[target_feature(enable = "avx2,bmi1,popcnt")]
     #[inline]
-    unsafe fn expand_block(v: __m256i, bare: u32, input: &[u8], i: usize, dst: *mut u8) -> usize {
-        if bare & bare.wrapping_sub(1) == 0 && i + 64 <= input.len() {
+    unsafe fn expand_block(v: __m256i, bare: u32, rewritten: u32, input: &[u8], i: usize, dst: *mut u8) -> usize {
+        // At or after the LF: shifted by its position (32, shifting everything out, when the
+        // block has no bare LF).
+        let rewritten_from_lf = u64::from(rewritten) >> bare.trailing_zeros();
+        if bare & bare.wrapping_sub(1) == 0 && i + 64 <= input.len() && rewritten_from_lf == 0 {
             // SAFETY: 64 octets from i are inside `input`; `dst` as the caller promises.
             unsafe { one_lf_block(v, bare, input.as_ptr().add(i), dst) }
         } else {
@@ -371,7 +375,7 @@ mod avx2 {
             let bare = bare_lfs(_mm256_cmpeq_epi8(v, lf), _mm256_cmpeq_epi8(v, cr), &mut prev_cr);
             // SAFETY: i + 32 <= n. Each input octet becomes at most two, so o <= 2 * i and
             // o + 65 <= 2 * (i + 32) + 1 <= 2 * n + 1 < out.len().
-            o += unsafe { expand_block(v, bare, input, i, dst.add(o)) };
+            o += unsafe { expand_block(v, bare, 0, input, i, dst.add(o)) };
             i += 32;
         }
         let prev = if i == 0 { before } else { input[i - 1] };
@@ -422,19 +426,9 @@ mod avx2 {
             let trailing = _mm256_and_si256(is_sp, _mm256_cmpeq_epi8(next, lf));
             let v = _mm256_blendv_epi8(v, cr, trailing);
             let bare = bare_lfs(_mm256_cmpeq_epi8(v, lf), _mm256_cmpeq_epi8(v, cr), &mut prev_cr);
+            let rewritten = _mm256_movemask_epi8(trailing) as u32;
             // SAFETY: as in `to_crlf` (i + 32 <= n here too).
-            let wrote = unsafe {
-                if bare & bare.wrapping_sub(1) == 0
-                    && i + 64 <= n
-                    && (_mm256_movemask_epi8(trailing) as u32 as u64) >> bare.trailing_zeros() == 0
-                {
-                    // At most one bare LF, and no rewritten space from it on: the input
-                    // `one_lf_block` stores again from the LF is the block as rewritten.
-                    one_lf_block(v, bare, src.add(i), dst.add(o))
-                } else {
-                    spread_block(v, bare, dst.add(o))
-                }
-            };
+            let wrote = unsafe { expand_block(v, bare, rewritten, input, i, dst.add(o)) };
             if ev != 0 {
                 // The whole block went out, but only its octets before the event count: the
                 // caller writes from there on again.

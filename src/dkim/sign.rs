@@ -362,35 +362,16 @@ pub fn sign_fields(
     // One hash per body canonicalization (there are two), made when a signer first wants it.
     let mut hashes: [Option<BodyHash>; 2] = [None, None];
     let mut out = Vec::with_capacity(signers.len());
-    // The signed header data, in a buffer each thread keeps (a few KB, per message otherwise).
-    let mut scratch = SCRATCH.take();
-    let mut sign_all = || -> Result<(), SignError> {
-        for signer in signers {
-            let slot = &mut hashes[usize::from(signer.canon.body == Canon::Relaxed)];
-            let bh = match slot {
-                Some(h) => h,
-                None => slot.insert(body_hash(signer.canon.body, body)?),
-            };
-            out.push(SignatureField(signature_field(signer, parsed, bh, now, None, &mut scratch)?));
-        }
-        Ok(())
-    };
-    let result = sign_all();
-    // Kept on every way out, unless a message with a very large header grew it.
-    if scratch.capacity() <= SCRATCH_KEPT {
-        SCRATCH.set(scratch);
+    let mut scratch = Vec::with_capacity(2048);
+    for signer in signers {
+        let slot = &mut hashes[usize::from(signer.canon.body == Canon::Relaxed)];
+        let bh = match slot {
+            Some(h) => h,
+            None => slot.insert(body_hash(signer.canon.body, body)?),
+        };
+        out.push(SignatureField(signature_field(signer, parsed, bh, now, None, &mut scratch)?));
     }
-    result.map(|()| out)
-}
-
-/// The most [`SCRATCH`] keeps between messages: what a message with very many signed fields
-/// grew it to is given back.
-const SCRATCH_KEPT: usize = 64 * 1024;
-
-thread_local! {
-    /// The buffer [`sign_fields`] builds the signed header data in, kept for the thread's next
-    /// message.
-    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    Ok(out)
 }
 
 /// The ARC-Message-Signature of instance `instance` (RFC 8617 §4.1.2) that `signer` makes for
