@@ -346,12 +346,12 @@ where
         Ok(())
     };
     if framing.parallel(fmt) {
-        // Enough chunks to keep every worker busy and balanced, few enough to cost nothing.
-        let chunk = ((range.end - range.start) / (threads * 8)).clamp(CHUNK_MIN, CHUNK_MAX);
-        let units = (range.start..range.end)
-            .step_by(chunk)
-            .map(move |at| (MboxUnit::Range(at..(at + chunk).min(range.end)), chunk.min(range.end - at)));
-        ordered(pool, units, threads * 4, IN_FLIGHT_BYTES.max(threads * 2 * chunk), work, emit)
+        let first = chunk_size(range.len(), threads);
+        let units = guided_chunks(range, threads).map(|r| {
+            let len = r.len();
+            (MboxUnit::Range(r), len)
+        });
+        ordered(pool, units, threads * 4, IN_FLIGHT_BYTES.max(threads * 2 * first), work, emit)
     } else {
         // Batches of consecutive messages (up to BATCH_MESSAGES or BATCH_BYTES): one job, one
         // result slot and one wake-up per batch instead of per message, which matters for
@@ -370,6 +370,23 @@ where
         });
         ordered(pool, units, IN_FLIGHT / BATCH_MESSAGES, IN_FLIGHT_BYTES, work, emit)
     }
+}
+
+/// The size of the next chunk when `left` bytes are still to be handed out to `threads` workers.
+fn chunk_size(left: usize, threads: usize) -> usize {
+    (left / (threads * 4)).clamp(CHUNK_MIN, CHUNK_MAX).min(left)
+}
+
+/// Consecutive byte ranges covering `range`, each a quarter of a worker's share of what is left
+/// (guided scheduling): large first, so that a big archive costs few chunks, and down to
+/// CHUNK_MIN at the end, so that no worker idles long while another finishes a large last chunk.
+fn guided_chunks(range: std::ops::Range<usize>, threads: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let mut at = range.start;
+    std::iter::from_fn(move || {
+        let size = chunk_size(range.end.checked_sub(at).filter(|&n| n > 0)?, threads);
+        at += size;
+        Some(at - size..at)
+    })
 }
 
 thread_local! {
@@ -603,6 +620,25 @@ mod tests {
                         "{fmt:?}, {threads} threads: message {i} differs"
                     );
                 }
+            }
+        }
+    }
+
+    /// The chunks cover the range exactly, in order, shrink as it is used up, and end at
+    /// CHUNK_MIN (or what is left), whatever the thread count.
+    #[test]
+    fn guided_chunks_partition_and_shrink() {
+        for (range, threads) in
+            [(0..1, 1), (5..(300 << 20) + 7, 2), (0..(3 << 20), 64), (1000..1000, 4), (0..CHUNK_MIN * 3, 1)]
+        {
+            let chunks: Vec<_> = guided_chunks(range.clone(), threads).collect();
+            assert_eq!(chunks.first().map_or(range.end, |c| c.start), range.start);
+            assert_eq!(chunks.last().map_or(range.start, |c| c.end), range.end);
+            assert!(chunks.windows(2).all(|w| w[0].end == w[1].start && w[0].len() >= w[1].len()), "{range:?}");
+            assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= CHUNK_MAX));
+            assert!(chunks.last().is_none_or(|c| c.len() <= CHUNK_MIN));
+            if range.len() > 64 * CHUNK_MAX {
+                assert_eq!(chunks[0].len(), CHUNK_MAX);
             }
         }
     }
