@@ -51,7 +51,7 @@ pub(crate) fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), Stri
     // The record must be usable as a verifier would read it (not revoked, right syntax).
     dkimpress::dkim::verify::parse_key_record(record).map_err(|e| e.to_string())?;
     let tags = dkimpress::dkim::tags::parse(record).map_err(|e| format!("key record syntax error: {e}"))?;
-    let p = tags.iter().find(|(n, _)| n == "p").map(|(_, v)| v.clone()).unwrap_or_default();
+    let p = tags.iter().find(|(n, _)| *n == "p").map(|(_, v)| v.to_vec()).unwrap_or_default();
     let p = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| "p= is not base64".to_string())?;
     let ours = key.public_key_record_bytes();
     let same = match key.key_type() {
@@ -247,7 +247,7 @@ fn print_checked(a: &TestkeyArgs, key: &Tested, checked: &Checked) -> anyhow::Re
 fn record_notes(record: &[u8], key: &SigningKey) -> String {
     let mut notes = vec![];
     let tags = dkimpress::dkim::tags::parse(record).unwrap_or_default();
-    let get = |n: &str| tags.iter().find(|(t, _)| t == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let get = |n: &str| tags.iter().find(|(t, _)| *t == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
     if get("t").is_some_and(|t| t.split(':').any(|f| f == "y")) {
         notes.push("testing mode t=y: verifiers treat failures as unsigned; remove it once mail verifies".to_string());
     }

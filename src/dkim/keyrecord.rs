@@ -114,7 +114,7 @@ pub fn parse_key_record(record: &[u8]) -> Result<PublicKey, KeyRecordError> {
         if v != b"DKIM1" {
             return Err(KeyRecordError::Version(text(v)));
         }
-        if tags.first().map(|(n, _)| n.as_str()) != Some("v") {
+        if tags.first().map(|(n, _)| *n) != Some("v") {
             return Err(KeyRecordError::VersionNotFirst);
         }
     }

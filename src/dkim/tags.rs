@@ -5,6 +5,7 @@
 //! tag-value [FWS]`. Whitespace inside a value (folding) is not part of it, except where the
 //! caller needs the raw bytes (removing `b=`'s value for the header hash, §3.7).
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// One tag-spec of a list, as positions in the list.
@@ -44,32 +45,43 @@ pub fn scan(list: &[u8]) -> impl Iterator<Item = Result<Spec, Range<usize>>> + '
     })
 }
 
-/// `v` without whitespace (folding is not part of a tag value).
-fn squeeze(v: &[u8]) -> Vec<u8> {
+/// `v` without whitespace (folding is not part of a tag value): `v` itself when it has none,
+/// as most values of a signature or a key record do.
+fn squeeze(v: &[u8]) -> Cow<'_, [u8]> {
+    let Some(first) = v.iter().position(u8::is_ascii_whitespace) else {
+        return Cow::Borrowed(v);
+    };
     // Sized once (a collected `b=` value, 344 octets for RSA-2048, grew through six
     // reallocations), and copied a run at a time between the folds.
     let mut out = Vec::with_capacity(v.len());
-    let mut rest = v;
+    out.extend_from_slice(&v[..first]);
+    let mut rest = &v[first + 1..];
     while let Some(ws) = rest.iter().position(u8::is_ascii_whitespace) {
         out.extend_from_slice(&rest[..ws]);
         rest = &rest[ws + 1..];
     }
     out.extend_from_slice(rest);
-    out
+    Cow::Owned(out)
 }
+
+/// A parsed tag-list: each tag's name and its value without whitespace, borrowed from the list
+/// where the value has no folding in it.
+pub type Tags<'a> = Vec<(&'a str, Cow<'a, [u8]>)>;
 
 /// Parses a tag-list into (name, value) pairs, whitespace removed from values. A spec without
 /// `=`, a name that is not `ALPHA *(ALNUM / "_")`-ish, or a duplicate tag is an error
 /// (RFC 6376 §3.2: "Tags with duplicate names MUST NOT occur").
-pub fn parse(list: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub fn parse(list: &[u8]) -> Result<Tags<'_>, String> {
     // A DKIM-Signature has about a dozen tags.
-    let mut tags: Vec<(String, Vec<u8>)> = Vec::with_capacity(16);
+    let mut tags: Tags = Vec::with_capacity(16);
     for spec in scan(list) {
         let spec = spec.map_err(|_| "tag without '='".to_string())?;
-        let name = String::from_utf8_lossy(&list[spec.name]).into_owned();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("bad tag name {name:?}"));
-        }
+        let raw = &list[spec.name];
+        // ASCII letters, digits and '_' only, so the name is UTF-8 as it stands.
+        let name = match std::str::from_utf8(raw) {
+            Ok(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => n,
+            _ => return Err(format!("bad tag name {:?}", String::from_utf8_lossy(raw))),
+        };
         if tags.iter().any(|(n, _)| *n == name) {
             return Err(format!("duplicate tag {name}="));
         }
@@ -84,7 +96,7 @@ pub fn value(list: &[u8], name: &str) -> Option<String> {
     scan(list)
         .flatten()
         .find(|s| &list[s.name.clone()] == name.as_bytes())
-        .and_then(|s| String::from_utf8(squeeze(&list[s.value])).ok())
+        .and_then(|s| String::from_utf8(squeeze(&list[s.value]).into_owned()).ok())
 }
 
 /// The header field `raw` (`Name: tag-list`) with the value of its first tag `name` removed,
@@ -179,11 +191,13 @@ mod tests {
     #[test]
     fn parse_table() {
         let t = parse(b" v = 1 ; a=rsa-sha256;\r\n\tb=ab\r\n cd; ").unwrap();
-        assert_eq!(
-            t,
-            [("v".into(), b"1".to_vec()), ("a".into(), b"rsa-sha256".to_vec()), ("b".into(), b"abcd".to_vec())]
-        );
+        let plain: Vec<(&str, &[u8])> = t.iter().map(|(n, v)| (*n, &**v)).collect();
+        assert_eq!(plain, [("v", &b"1"[..]), ("a", b"rsa-sha256"), ("b", b"abcd")]);
+        // A value without whitespace is the list's own octets; a folded one is a copy.
+        let borrowed: Vec<bool> = t.iter().map(|(_, v)| matches!(v, Cow::Borrowed(_))).collect();
+        assert_eq!(borrowed, [false, true, false]);
         assert!(parse(b"v=1; v=1").unwrap_err().contains("duplicate"));
+        assert!(parse(b"\xff=1").unwrap_err().contains("bad tag name"));
         assert!(parse(b"v=1; novalue").is_err());
         assert!(parse(b"v=1; x-y=2").unwrap_err().contains("bad tag name"));
         assert_eq!(parse(b"").unwrap(), []);

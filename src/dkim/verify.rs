@@ -232,7 +232,8 @@ pub(crate) struct Signature<'a> {
     domain: String,
     selector: String,
     identity: Option<String>,
-    headers: Vec<String>,
+    /// The `h=` list, lower case, whitespace removed ([`header_names`] gives its names).
+    headers: String,
     bh: Vec<u8>,
     b: Vec<u8>,
     length: Option<u64>,
@@ -256,8 +257,13 @@ fn perm(reason: Reason) -> PermError {
 }
 
 /// The value of tag `name`, if present.
-pub(crate) fn get<'t>(tags: &'t [(String, Vec<u8>)], name: &str) -> Option<&'t [u8]> {
-    tags.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+pub(crate) fn get<'t>(tags: &'t [(&str, std::borrow::Cow<[u8]>)], name: &str) -> Option<&'t [u8]> {
+    tags.iter().find(|(n, _)| *n == name).map(|(_, v)| &**v)
+}
+
+/// The names of an `h=` list (colon-separated; each trimmed, so an empty one shows as "").
+fn header_names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(':').map(str::trim)
 }
 
 /// A tag value as text (lossy).
@@ -265,7 +271,7 @@ pub(crate) fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-fn number(tags: &[(String, Vec<u8>)], name: &'static str) -> Result<Option<u64>, PermError> {
+fn number(tags: &[(&str, std::borrow::Cow<[u8]>)], name: &'static str) -> Result<Option<u64>, PermError> {
     match get(tags, name) {
         None => Ok(None),
         Some(v) => {
@@ -273,7 +279,8 @@ fn number(tags: &[(String, Vec<u8>)], name: &'static str) -> Result<Option<u64>,
             if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
                 return Err(perm(Reason::TagSyntax { tag: name, value: String::new() }));
             }
-            Ok(Some(text(v).parse().map_err(|_| perm(Reason::TagSyntax { tag: name, value: String::new() }))?))
+            // 19 digits always fit in a u64.
+            Ok(Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))))
         }
     }
 }
@@ -330,17 +337,25 @@ pub(crate) fn parse_signature<'a>(
     if dkim && get(&tags, "v") != Some(b"1") {
         return Err(perm(Reason::Version(text(get(&tags, "v").unwrap_or_default()))));
     }
-    let algorithm = partial.algorithm.to_ascii_lowercase();
-    let (kind, hash) = match algorithm.as_str() {
-        "rsa-sha256" => (KeyType::Rsa, Hash::Sha256),
-        "ed25519-sha256" => (KeyType::Ed25519, Hash::Sha256),
-        "rsa-sha1" if policy.allow_sha1 => (KeyType::Rsa, Hash::Sha1),
-        "rsa-sha1" => return Err(perm(Reason::Sha1)),
-        other => return Err(perm(Reason::Algorithm(other.to_string()))),
+    let algorithm = partial.algorithm.as_str();
+    let (kind, hash) = if algorithm.eq_ignore_ascii_case("rsa-sha256") {
+        (KeyType::Rsa, Hash::Sha256)
+    } else if algorithm.eq_ignore_ascii_case("ed25519-sha256") {
+        (KeyType::Ed25519, Hash::Sha256)
+    } else if algorithm.eq_ignore_ascii_case("rsa-sha1") {
+        if !policy.allow_sha1 {
+            return Err(perm(Reason::Sha1));
+        }
+        (KeyType::Rsa, Hash::Sha1)
+    } else {
+        return Err(perm(Reason::Algorithm(algorithm.to_ascii_lowercase())));
     };
     let canon = match get(&tags, "c") {
         None => Canonicalization { header: Canon::Simple, body: Canon::Simple },
-        Some(c) => text(c).parse().map_err(|_| perm(Reason::TagSyntax { tag: "c", value: text(c) }))?,
+        Some(c) => std::str::from_utf8(c)
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| perm(Reason::TagSyntax { tag: "c", value: text(c) }))?,
     };
     // RFC 8616 §5: d= and s= may be U-labels in an internationalized header; the key is looked
     // up, and i= compared, under the A-label name (the hash still covers the field as written).
@@ -352,15 +367,15 @@ pub(crate) fn parse_signature<'a>(
     if !tags::is_dns_name(&selector) {
         return Err(perm(Reason::TagSyntax { tag: "s", value: selector }));
     }
-    let headers: Vec<String> =
-        text(get(&tags, "h").unwrap_or_default()).split(':').map(|h| h.trim().to_ascii_lowercase()).collect();
-    if headers.iter().any(|h| h.is_empty()) {
+    let mut headers = text(get(&tags, "h").unwrap_or_default());
+    headers.make_ascii_lowercase();
+    if header_names(&headers).any(str::is_empty) {
         return Err(perm(Reason::TagSyntax { tag: "h", value: String::new() }));
     }
-    if dkim && !headers.iter().any(|h| h == "from") {
+    if dkim && !header_names(&headers).any(|h| h == "from") {
         return Err(perm(Reason::NoFromInH));
     }
-    if !dkim && headers.iter().any(|h| h == "arc-seal") {
+    if !dkim && header_names(&headers).any(|h| h == "arc-seal") {
         return Err(perm(Reason::TagSyntax { tag: "h", value: "ARC-Seal may not be signed".into() }));
     }
     let identity = match get(&tags, "i") {
@@ -402,18 +417,18 @@ pub(crate) enum Bodies<'a> {
 impl Bodies<'_> {
     /// The body hash of `spec` and the full canonical length; `None` when the body was
     /// hashed as it streamed and `spec` was not among the hashes computed.
-    fn get(&mut self, spec: BodySpec) -> Option<(Vec<u8>, u64)> {
+    fn get(&mut self, spec: BodySpec) -> Option<(&[u8], u64)> {
         match self {
-            Bodies::Hashed(h) => h.get(spec).map(|d| (d.digest.clone(), d.total)),
+            Bodies::Hashed(h) => h.get(spec).map(|d| (d.digest.as_slice(), d.total)),
             Bodies::Bytes(body, done) => {
-                let d = match done.iter().find(|d| d.spec == spec) {
-                    Some(d) => d,
+                let i = match done.iter().position(|d| d.spec == spec) {
+                    Some(i) => i,
                     None => {
                         done.push(bodyhash::hash_body(spec, body));
-                        done.last().expect("just pushed")
+                        done.len() - 1
                     }
                 };
-                Some((d.digest.clone(), d.total))
+                Some((done[i].digest.as_slice(), done[i].total))
             }
         }
     }
@@ -564,7 +579,8 @@ pub(crate) fn check_signature(
 
     // Header hash: h= fields bottom-up, then this field without its b= value.
     scratch.clear();
-    for f in msg.select(&sig.headers).into_iter().flatten() {
+    let names: Vec<&str> = header_names(&sig.headers).collect();
+    for f in msg.select(&names).into_iter().flatten() {
         canon::canonicalize_header(sig.canon.header, f.raw, scratch);
     }
     canon::canonicalize_header_unterminated(sig.canon.header, &tags::without_value(sig.field.raw, "b"), scratch);

@@ -117,10 +117,13 @@ pub struct ParseCanonError(pub String);
 impl std::str::FromStr for Canon {
     type Err = ParseCanonError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "simple" => Ok(Canon::Simple),
-            "relaxed" => Ok(Canon::Relaxed),
-            _ => Err(ParseCanonError(s.to_string())),
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("simple") {
+            Ok(Canon::Simple)
+        } else if t.eq_ignore_ascii_case("relaxed") {
+            Ok(Canon::Relaxed)
+        } else {
+            Err(ParseCanonError(s.to_string()))
         }
     }
 }
