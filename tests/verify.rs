@@ -244,6 +244,23 @@ dktest!(
 );
 
 dktest!(
+    /// A signature whose d=, s= and a= hold a terminal's control characters (an escape
+    /// sequence, a bell, DEL) is reported with each replaced by '?': the text report prints
+    /// these tags as written, also when they fail the name rules.
+    hostile_tag_values_do_not_reach_the_terminal,
+    |dir| {
+        let msg = b"From: a@example.com\r\nDKIM-Signature: v=1; a=rsa-sha256\x7f; d=ex\x1b[31mample.com;\r\n s=te\x07st; h=from; bh=AAAA; b=AAAA\r\nSubject: x\r\n\r\nbody\r\n";
+        let p = dir.write("evil.eml", msg);
+        let zone = dir.write("empty.txt", b"");
+        let out = dir.cmd().args(["verify", "--dns-zone"]).args([&zone, &p]).run();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.bytes().any(|b| b.is_ascii_control() && b != b'\n'), "{text:?}");
+        assert!(text.contains("d=ex?[31mample.com s=te?st a=rsa-sha256?"), "{text:?}");
+        assert!(text.contains("permerror"), "{text:?}");
+    }
+);
+
+dktest!(
     /// Messages signed by dkimpy (an independent signer) with RSA and Ed25519 keys in all
     /// canonicalizations verify as pass.
     dkimpy_signed_messages_pass,

@@ -72,17 +72,27 @@ pub(crate) fn verdict_line(
     overall: dkimpress::dkim::verify::DkimResult,
     verbose: bool,
 ) -> String {
+    use std::fmt::Write as _;
     let mut line = format!("{}: {overall}", pipeline::sanitize(name));
     for v in verdicts {
-        line.push_str(&format!(" | {} d={} s={} a={}", v.result, v.domain, v.selector, v.algorithm));
+        // d=, s= and a= are shown as the signature wrote them, also when they did not pass
+        // the name rules: control characters (a terminal's escapes) are replaced like the rest.
+        let _ = write!(
+            line,
+            " | {} d={} s={} a={}",
+            v.result,
+            pipeline::sanitize(&v.domain),
+            pipeline::sanitize(&v.selector),
+            pipeline::sanitize(&v.algorithm)
+        );
         if verbose && !v.identity.is_empty() {
-            line.push_str(&format!(" i={}", pipeline::sanitize(&v.identity)));
+            let _ = write!(line, " i={}", pipeline::sanitize(&v.identity));
         }
         if let Some(reason) = &v.reason {
-            line.push_str(&format!(": {}", pipeline::sanitize(&reason.to_string())));
+            let _ = write!(line, ": {}", pipeline::sanitize(&reason.to_string()));
         }
         for n in &v.notes {
-            line.push_str(&format!(" [{n}]"));
+            let _ = write!(line, " [{}]", pipeline::sanitize(n));
         }
     }
     if let Some(c) = chain {
