@@ -100,6 +100,21 @@ dktest!(
 );
 
 dktest!(
+    /// A key record whose notes (n=) hold a terminal escape sequence is printed by `testkey -v`
+    /// with the control characters replaced: the record comes from the DNS.
+    testkey_record_escapes_do_not_reach_the_terminal,
+    |dir| {
+        dir.cmd().args(["genkey", "-d", "example.com", "-s", "esc", "--type", "ed25519"]).ok();
+        let zone = std::fs::read_to_string(dir.join("esc.txt")).unwrap();
+        std::fs::write(dir.join("esc.txt"), zone.replacen("v=DKIM1; ", "v=DKIM1; n=\x1b[2J\x07; ", 1)).unwrap();
+        let out = dir.cmd().args(["testkey", "-v", "-d", "example.com", "-s", "esc", "-k", "esc.private", "--dns-zone", "esc.txt"]).run();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("record: v=DKIM1; n=?[2J?;"), "{text:?}");
+        assert!(!text.bytes().any(|b| b.is_ascii_control() && b != b'\n'), "{text:?}");
+    }
+);
+
+dktest!(
     /// Issue 12: one flag name for a thing across commands: `--type` for the key type (bench
     /// still reads `--algorithms`), `--report json` and `-q`/`-v` wherever there is a report.
     flags_agree_across_commands,
