@@ -261,6 +261,24 @@ dktest!(
 );
 
 dktest!(
+    /// An i= whose quoted-printable decodes to CR LF and a header line (`=0D=0AX-Injected:`)
+    /// does not reach the Authentication-Results field of --add-ar: header.i is left out, and the
+    /// field is one field.
+    identity_cannot_inject_a_header_line,
+    |dir| {
+        let msg = b"From: a@example.com\r\nDKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=test;\r\n i==0D=0AX-Injected:yes@example.com; h=from; bh=AAAA; b=AAAA\r\nSubject: x\r\n\r\nbody\r\n";
+        let zone = dir.write("empty.txt", b"");
+        let out = dir.cmd().args(["verify", "--add-ar", "mx.example.com", "--dns-zone"]).args([&zone]).stdin(msg).run();
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (head, _) = text.split_once("\r\n\r\n").unwrap();
+        assert!(!head.lines().any(|l| l.starts_with("X-Injected")), "{text:?}");
+        assert!(head.starts_with("Authentication-Results: mx.example.com;"), "{text:?}");
+        assert!(head.contains("header.s=test") && !head.contains("header.i="), "{text:?}");
+    }
+);
+
+dktest!(
     /// Messages signed by dkimpy (an independent signer) with RSA and Ed25519 keys in all
     /// canonicalizations verify as pass.
     dkimpy_signed_messages_pass,

@@ -721,6 +721,12 @@ pub fn authentication_results(authserv_id: &str, verdicts: &[Verdict], le: &str)
     // §2.3: a domain, a selector, an algorithm, base64): a hostile d= or b= must not break the
     // quoting of our own field. Signatures past the verification cap are reported once.
     let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    // header.i is `[local-part] "@" domain-name` (RFC 8601 §2.3). i= is dkim-quoted-printable
+    // and its decoded local part may hold any octet (CR LF, a '(' that opens a comment, a ';'),
+    // so only letters, digits, '@' and the atext specials of RFC 5322 §3.2.3 go in.
+    let address = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&b))
+    };
     let mut capped = false;
     for v in verdicts {
         if matches!(v.reason, Some(Reason::TooManySignatures(_))) {
@@ -738,7 +744,7 @@ pub fn authentication_results(authserv_id: &str, verdicts: &[Verdict], le: &str)
         if token(&v.domain) {
             out.push_str(&format!("{le}\theader.d={}", v.domain));
         }
-        if !v.identity.is_empty() && v.identity.is_ascii() && !v.identity.contains([' ', ';', '"']) {
+        if address(&v.identity) {
             out.push_str(&format!(" header.i={}", v.identity));
         }
         if token(&v.selector) {
@@ -863,6 +869,36 @@ mod tests {
         assert!(ar.contains("header.d=example.com") && ar.contains("header.a=rsa-sha256"), "{ar}");
         assert!(!ar.contains("header.s=") && !ar.contains("header.b="), "{ar}");
         assert_eq!(ar.matches("more than 16").count(), 1, "{ar}");
+    }
+
+    /// A decoded i= carrying CR LF (a header line of its own), a comment or a ';' stays out of
+    /// header.i; an ordinary address goes in as it is.
+    #[test]
+    fn authentication_results_identity_is_an_address() {
+        for (identity, shown) in [
+            ("user+tag@example.com", true),
+            ("@example.com", true),
+            ("o'brien.j@mail.example.com", true),
+            ("\r\nX-Injected: yes@example.com", false),
+            ("\nX-Injected:yes@example.com", false),
+            ("a(b@example.com", false),
+            ("a;dkim=pass@example.com", false),
+            ("a\x1b[31m@example.com", false),
+            ("a\u{85}@example.com", false),
+            ("", false),
+        ] {
+            let mut v = Verdict::new(DkimResult::Pass, None);
+            v.domain = "example.com".into();
+            v.identity = identity.into();
+            let ar = authentication_results("mx.example.com", &[v], "\r\n");
+            assert_eq!(ar.contains(" header.i="), shown, "{identity:?}: {ar:?}");
+            if shown {
+                assert!(ar.contains(&format!(" header.i={identity}")), "{ar:?}");
+            }
+            // Every line break is one of our folds.
+            assert_eq!(ar.matches('\n').count(), ar.matches("\r\n").count(), "{ar:?}");
+            assert!(ar.trim_end().split("\r\n").skip(1).all(|l| l.starts_with('\t')), "{identity:?}: {ar:?}");
+        }
     }
 
     #[test]
