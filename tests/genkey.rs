@@ -100,8 +100,9 @@ dktest!(
 );
 
 dktest!(
-    /// A key record whose notes (n=) hold a terminal escape sequence is printed by `testkey -v`
-    /// with the control characters replaced: the record comes from the DNS.
+    /// A key record holding a terminal escape sequence (in n=, then in k=) is printed by
+    /// `testkey -v`, and quoted in the reason it fails for, with the control characters
+    /// replaced: the record comes from the DNS.
     testkey_record_escapes_do_not_reach_the_terminal,
     |dir| {
         dir.cmd().args(["genkey", "-d", "example.com", "-s", "esc", "--type", "ed25519"]).ok();
@@ -111,6 +112,18 @@ dktest!(
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("record: v=DKIM1; n=?[2J?;"), "{text:?}");
         assert!(!text.bytes().any(|b| b.is_ascii_control() && b != b'\n'), "{text:?}");
+        // A record that fails: the reason quotes it, replaced the same way.
+        std::fs::write(dir.join("esc.txt"), zone.replacen("k=ed25519", "k=ed\x1b[2J\x07", 1)).unwrap();
+        for report in ["text", "json"] {
+            let out = dir
+                .cmd()
+                .args(["testkey", "--report", report, "-d", "example.com", "-s", "esc", "-k", "esc.private"])
+                .args(["--dns-zone", "esc.txt"])
+                .run();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("unknown key type") && text.contains("?[2"), "{text:?}");
+            assert!(!text.bytes().any(|b| b.is_ascii_control() && b != b'\n'), "{text:?}");
+        }
     }
 );
 

@@ -47,11 +47,17 @@ pub(crate) struct TestkeyArgs {
 
 /// Whether the public key in a key record value is the public half of `key`.
 pub(crate) fn record_matches(record: &[u8], key: &SigningKey) -> Result<(), String> {
+    // The reasons quote the record, which comes from the DNS: its control characters are
+    // replaced before the reason reaches a terminal or a JSON report.
+    matches_key(record, key).map_err(|e| dkimpress::pipeline::sanitize(&e))
+}
+
+fn matches_key(record: &[u8], key: &SigningKey) -> Result<(), String> {
     use base64::Engine as _;
     // The record must be usable as a verifier would read it (not revoked, right syntax).
     dkimpress::dkim::verify::parse_key_record(record).map_err(|e| e.to_string())?;
     let tags = dkimpress::dkim::tags::parse(record).map_err(|e| format!("key record syntax error: {e}"))?;
-    let p = tags.iter().find(|(n, _)| *n == "p").map(|(_, v)| v.to_vec()).unwrap_or_default();
+    let p = tags.iter().find(|(n, _)| *n == "p").map(|(_, v)| &**v).unwrap_or_default();
     let p = base64::engine::general_purpose::STANDARD.decode(p).map_err(|_| "p= is not base64".to_string())?;
     let ours = key.public_key_record_bytes();
     let same = match key.key_type() {
