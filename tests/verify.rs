@@ -257,6 +257,13 @@ dktest!(
         assert!(!text.bytes().any(|b| b.is_ascii_control() && b != b'\n'), "{text:?}");
         assert!(text.contains("d=ex?[31mample.com s=te?st a=rsa-sha256?"), "{text:?}");
         assert!(text.contains("permerror"), "{text:?}");
+        // JSON escapes C0 controls but not DEL or C1 (U+009B is a one-character CSI).
+        let msg = String::from_utf8_lossy(msg).replace("ex\x1b[31m", "ex\u{9b}31m");
+        let p = dir.write("evil-c1.eml", msg.as_bytes());
+        let out = dir.cmd().args(["verify", "--report", "json", "--dns-zone"]).args([&zone, &p]).run();
+        let v = &json_lines(&out.stdout)[0]["signatures"][0];
+        assert_eq!((v["d"].as_str(), v["a"].as_str()), (Some("ex?31mample.com"), Some("rsa-sha256?")), "{v}");
+        assert!(!v.to_string().chars().any(char::is_control), "{v}");
     }
 );
 

@@ -119,12 +119,18 @@ pub(crate) fn verdict_json(
     chain: Option<&ArcVerdict>,
     overall: dkimpress::dkim::verify::DkimResult,
 ) -> String {
+    // What comes from the message (tags, reasons quoting them) has its control characters
+    // replaced, as in the text report: JSON escapes only U+0000-U+001F, and DEL or a C1 control
+    // (U+009B starts a terminal escape sequence) would reach whoever prints the value. The file
+    // name is written exactly, for the programs that open it.
+    let clean = |s: &str| pipeline::sanitize(s);
     let sigs: Vec<serde_json::Value> = verdicts
         .iter()
         .map(|v| {
-            let reason = v.reason.as_ref().map(ToString::to_string).unwrap_or_default();
-            serde_json::json!({"result": v.result.as_str(), "reason": reason, "d": v.domain, "s": v.selector,
-                "a": v.algorithm, "i": v.identity, "notes": v.notes})
+            let reason = v.reason.as_ref().map(|r| clean(&r.to_string())).unwrap_or_default();
+            serde_json::json!({"result": v.result.as_str(), "reason": reason, "d": clean(&v.domain),
+                "s": clean(&v.selector), "a": clean(&v.algorithm), "i": clean(&v.identity),
+                "notes": v.notes.iter().map(|n| clean(n)).collect::<Vec<_>>()})
         })
         .collect();
     let mut v = serde_json::json!({"message": name, "file": file, "index": index, "offset": offset,
@@ -132,13 +138,13 @@ pub(crate) fn verdict_json(
     if let Some(c) = chain {
         v["arc"] = c.result.as_str().into();
         v["arc_instances"] = c.instances.into();
-        v["arc_sealer"] = c.sealer.clone().into();
-        v["arc_reason"] = c.reason.clone().unwrap_or_default().into();
+        v["arc_sealer"] = clean(&c.sealer).into();
+        v["arc_reason"] = c.reason.as_deref().map(clean).unwrap_or_default().into();
         // The oldest instance whose ARC-Message-Signature still validates, for a passing
         // chain (null when not known).
         v["arc_oldest_pass"] = c.oldest_pass.into();
         // The sealers, newest first.
-        v["arc_chain"] = c.custody.clone().into();
+        v["arc_chain"] = c.custody.iter().map(|d| clean(d)).collect::<Vec<_>>().into();
     }
     v.to_string()
 }
