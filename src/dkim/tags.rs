@@ -72,8 +72,12 @@ pub type Tags<'a> = Vec<(&'a str, Cow<'a, [u8]>)>;
 /// `=`, a name that is not `ALPHA *(ALNUM / "_")`-ish, or a duplicate tag is an error
 /// (RFC 6376 §3.2: "Tags with duplicate names MUST NOT occur").
 pub fn parse(list: &[u8]) -> Result<Tags<'_>, String> {
-    // A DKIM-Signature has about a dozen tags.
+    // A DKIM-Signature has about a dozen tags. Past SCAN_NAMES, duplicates are found with a
+    // set: a hostile field of 40,000 tags cost 3 s a parse when each name was compared with
+    // every earlier one.
+    const SCAN_NAMES: usize = 32;
     let mut tags: Tags = Vec::with_capacity(16);
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for spec in scan(list) {
         let spec = spec.map_err(|_| "tag without '='".to_string())?;
         let raw = &list[spec.name];
@@ -82,7 +86,15 @@ pub fn parse(list: &[u8]) -> Result<Tags<'_>, String> {
             Ok(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => n,
             _ => return Err(format!("bad tag name {:?}", String::from_utf8_lossy(raw))),
         };
-        if tags.iter().any(|(n, _)| *n == name) {
+        let duplicate = if tags.len() < SCAN_NAMES {
+            tags.iter().any(|(n, _)| *n == name)
+        } else {
+            if seen.is_empty() {
+                seen.extend(tags.iter().map(|(n, _)| *n));
+            }
+            !seen.insert(name)
+        };
+        if duplicate {
             return Err(format!("duplicate tag {name}="));
         }
         tags.push((name, squeeze(&list[spec.value])));
@@ -198,6 +210,12 @@ mod tests {
         assert_eq!(borrowed, [false, true, false]);
         assert!(parse(b"v=1; v=1").unwrap_err().contains("duplicate"));
         assert!(parse(b"\xff=1").unwrap_err().contains("bad tag name"));
+        // Many tags (found through a set past the first 32): duplicates are still found, the
+        // first one named.
+        let many: String = (0..40_000).map(|i| format!("t{i}=x;")).collect();
+        assert_eq!(parse(many.as_bytes()).unwrap().len(), 40_000);
+        assert_eq!(parse(format!("{many}t5=y;t7=y").as_bytes()).unwrap_err(), "duplicate tag t5=");
+        assert_eq!(parse(format!("a=1;b=2;{many}a=3").as_bytes()).unwrap_err(), "duplicate tag a=");
         assert!(parse(b"v=1; novalue").is_err());
         assert!(parse(b"v=1; x-y=2").unwrap_err().contains("bad tag name"));
         assert_eq!(parse(b"").unwrap(), []);
