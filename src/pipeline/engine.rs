@@ -599,7 +599,7 @@ mod tests {
         }
     }
 
-    /// Parallel framing over many chunks (2.5 MB: about ten of CHUNK_MIN) finds exactly the
+    /// Parallel framing over many chunks (2.5 MB: 6 to 10 chunks of 256 KB or more) finds exactly the
     /// messages the serial splitter finds, unquoted the same, in the same order, for any number
     /// of threads; so do mboxo and, framed serially whatever is asked, mboxcl2.
     #[test]
@@ -628,9 +628,14 @@ mod tests {
     /// CHUNK_MIN (or what is left), whatever the thread count.
     #[test]
     fn guided_chunks_partition_and_shrink() {
-        for (range, threads) in
-            [(0..1, 1), (5..(300 << 20) + 7, 2), (0..(3 << 20), 64), (1000..1000, 4), (0..CHUNK_MIN * 3, 1)]
-        {
+        for (range, threads) in [
+            (0..1, 1),
+            (5..(300 << 20) + 7, 2),
+            (0..(600 << 20), 2),
+            (0..(3 << 20), 64),
+            (1000..1000, 4),
+            (0..CHUNK_MIN * 3, 1),
+        ] {
             let chunks: Vec<_> = guided_chunks(range.clone(), threads).collect();
             assert_eq!(chunks.first().map_or(range.end, |c| c.start), range.start);
             assert_eq!(chunks.last().map_or(range.start, |c| c.end), range.end);
