@@ -27,10 +27,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(key) = parse_key_record(data) {
         let tags = parse_tags(data).expect("a key record that parses is a tag-list");
-        let p = tags.iter().find(|(n, _)| n == "p").expect("a key record that parses has p=");
+        let p = tags.iter().find(|(n, _)| *n == "p").expect("a key record that parses has p=");
         assert!(!p.1.is_empty(), "revoked key accepted");
-        if let Some(i) = tags.iter().position(|(n, _)| n == "v") {
-            assert_eq!((i, tags[i].1.as_slice()), (0, &b"DKIM1"[..]));
+        if let Some(i) = tags.iter().position(|(n, _)| *n == "v") {
+            assert_eq!((i, &*tags[i].1), (0, &b"DKIM1"[..]));
         }
         let _ = key.bits;
     }
