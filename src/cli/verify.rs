@@ -123,7 +123,7 @@ pub(crate) fn verdict_json(
     // replaced, as in the text report: JSON escapes only U+0000-U+001F, and DEL or a C1 control
     // (U+009B starts a terminal escape sequence) would reach whoever prints the value. The file
     // name is written exactly, for the programs that open it.
-    let clean = |s: &str| pipeline::sanitize(s);
+    use pipeline::sanitize as clean;
     let sigs: Vec<serde_json::Value> = verdicts
         .iter()
         .map(|v| {

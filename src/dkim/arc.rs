@@ -577,7 +577,7 @@ pub fn validate_hashed(
 
 /// The key type and hash of an `a=` value: the DKIM algorithms (RFC 6376 §3.3, RFC 8463); SHA-1
 /// is not allowed (RFC 8301 §3.1).
-fn algorithm(tags: &[(&str, std::borrow::Cow<[u8]>)]) -> Result<(KeyType, Hash), String> {
+fn algorithm(tags: &[tags::Tag]) -> Result<(KeyType, Hash), String> {
     match get(tags, "a").map(|a| text(a).to_ascii_lowercase()).as_deref() {
         Some("rsa-sha256") => Ok((KeyType::Rsa, Hash::Sha256)),
         Some("ed25519-sha256") => Ok((KeyType::Ed25519, Hash::Sha256)),
@@ -586,7 +586,7 @@ fn algorithm(tags: &[(&str, std::borrow::Cow<[u8]>)]) -> Result<(KeyType, Hash),
     }
 }
 
-fn domain_and_selector(tags: &[(&str, std::borrow::Cow<[u8]>)]) -> Result<(String, String), String> {
+fn domain_and_selector(tags: &[tags::Tag]) -> Result<(String, String), String> {
     let d = get(tags, "d").map(text).ok_or("no d= tag")?;
     let s = get(tags, "s").map(text).ok_or("no s= tag")?;
     let domain = tags::to_a_labels(d.trim_end_matches('.')).to_ascii_lowercase();

@@ -64,9 +64,12 @@ fn squeeze(v: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// A parsed tag-list: each tag's name and its value without whitespace, borrowed from the list
-/// where the value has no folding in it.
-pub type Tags<'a> = Vec<(&'a str, Cow<'a, [u8]>)>;
+/// One parsed tag: its name and its value without whitespace, borrowed from the list where the
+/// value has no folding in it.
+pub type Tag<'a> = (&'a str, Cow<'a, [u8]>);
+
+/// A parsed tag-list, in order.
+pub type Tags<'a> = Vec<Tag<'a>>;
 
 /// Parses a tag-list into (name, value) pairs, whitespace removed from values. A spec without
 /// `=`, a name that is not `ALPHA *(ALNUM / "_")`-ish, or a duplicate tag is an error

@@ -257,7 +257,7 @@ fn perm(reason: Reason) -> PermError {
 }
 
 /// The value of tag `name`, if present.
-pub(crate) fn get<'t>(tags: &'t [(&str, std::borrow::Cow<[u8]>)], name: &str) -> Option<&'t [u8]> {
+pub(crate) fn get<'t>(tags: &'t [tags::Tag], name: &str) -> Option<&'t [u8]> {
     tags.iter().find(|(n, _)| *n == name).map(|(_, v)| &**v)
 }
 
@@ -271,7 +271,7 @@ pub(crate) fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
 }
 
-fn number(tags: &[(&str, std::borrow::Cow<[u8]>)], name: &'static str) -> Result<Option<u64>, PermError> {
+fn number(tags: &[tags::Tag], name: &'static str) -> Result<Option<u64>, PermError> {
     match get(tags, name) {
         None => Ok(None),
         Some(v) => {
