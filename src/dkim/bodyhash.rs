@@ -39,13 +39,54 @@ impl BodySpec {
     }
 }
 
+/// A digest held in place (SHA-256's 32 octets or SHA-1's 20): a body hash is made for every
+/// message, and a heap allocation for each showed in the profile of small ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Digest {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl Digest {
+    /// `bytes` (at most 32 octets).
+    pub fn new(bytes: &[u8]) -> Digest {
+        let mut d = Digest { bytes: [0; 32], len: bytes.len() as u8 };
+        d.bytes[..bytes.len()].copy_from_slice(bytes);
+        d
+    }
+
+    /// The digest's octets.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::ops::Deref for Digest {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for Digest {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
 /// One computed body hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BodyDigest {
     /// What was hashed.
     pub spec: BodySpec,
     /// The digest of the first `limit` canonical octets (all of them without a limit).
-    pub digest: Vec<u8>,
+    pub digest: Digest,
     /// The length of the whole canonical body (also past the limit).
     pub total: u64,
 }
@@ -55,13 +96,15 @@ pub struct BodyDigest {
 /// of the body.
 #[derive(Clone, Debug, Default)]
 pub struct HashedBody {
-    digests: Vec<BodyDigest>,
+    /// Most messages need one, kept without an allocation.
+    first: Option<BodyDigest>,
+    more: Vec<BodyDigest>,
 }
 
 impl HashedBody {
     /// The hash of `spec`, if it was computed.
     pub fn get(&self, spec: BodySpec) -> Option<&BodyDigest> {
-        self.digests.iter().find(|d| d.spec == spec)
+        self.first.iter().chain(&self.more).find(|d| d.spec == spec)
     }
 }
 
@@ -80,10 +123,10 @@ impl Hasher {
         }
     }
 
-    pub(crate) fn finish(self) -> Vec<u8> {
+    pub(crate) fn finish(self) -> Digest {
         match self {
-            Hasher::Sha1(h) => h.finalize().to_vec(),
-            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha1(h) => Digest::new(&h.finalize()),
+            Hasher::Sha256(h) => Digest::new(&h.finalize()),
         }
     }
 }
@@ -179,11 +222,12 @@ pub fn hash_two(bodies: [(Canon, &[&[u8]]); 2]) -> Option<[HashedBody; 2]> {
     }
     PAIR_BUFFERS.set(buffers);
     Some(std::array::from_fn(|i| HashedBody {
-        digests: vec![BodyDigest {
+        first: Some(BodyDigest {
             spec: BodySpec::signing(bodies[i].0),
-            digest: digests[i].to_vec(),
+            digest: Digest::new(&digests[i]),
             total: totals[i],
-        }],
+        }),
+        more: Vec::new(),
     }))
 }
 
@@ -233,13 +277,13 @@ struct Running {
     hasher: Hasher,
     offered: u64,
     /// `l=` lengths, ascending, each with its digest once the stream has passed it.
-    limits: Vec<(u64, Option<Vec<u8>>)>,
+    limits: Vec<(u64, Option<Digest>)>,
 }
 
 impl Running {
     /// The digest of the first `limit` octets (all of them with `None`) after the end.
-    fn digest(&self, limit: Option<u64>) -> Vec<u8> {
-        let taken = limit.and_then(|l| self.limits.iter().find(|(m, _)| *m == l)).and_then(|(_, d)| d.clone());
+    fn digest(&self, limit: Option<u64>) -> Digest {
+        let taken = limit.and_then(|l| self.limits.iter().find(|(m, _)| *m == l)).and_then(|(_, d)| *d);
         taken.unwrap_or_else(|| self.hasher.clone().finish())
     }
 }
@@ -318,16 +362,20 @@ impl BodyHashes {
             let c = std::mem::replace(&mut g.canonicalizer, StreamCanonicalizer::new(g.canon));
             c.finish(&mut FanOut(&mut g.digests));
         }
-        let mut digests: Vec<BodyDigest> = Vec::with_capacity(self.specs.len());
+        let mut hashed = HashedBody::default();
         for spec in self.specs {
-            if digests.iter().any(|d| d.spec == spec) {
+            if hashed.get(spec).is_some() {
                 continue;
             }
             let g = groups.iter().find(|g| g.canon == spec.canon).expect("a group per canonicalization");
             let r = g.digests.iter().find(|r| r.hash == spec.hash).expect("a digest per hash");
-            digests.push(BodyDigest { spec, digest: r.digest(spec.limit), total: r.offered });
+            let d = BodyDigest { spec, digest: r.digest(spec.limit), total: r.offered };
+            match hashed.first {
+                None => hashed.first = Some(d),
+                Some(_) => hashed.more.push(d),
+            }
         }
-        HashedBody { digests }
+        hashed
     }
 }
 

@@ -276,10 +276,11 @@ impl Ready<'_> {
         }
     }
 
-    fn slices(&self) -> Vec<&[u8]> {
+    /// The body as the slices that make it (no allocation for a body in one piece).
+    fn slices(&self) -> std::borrow::Cow<'_, [&[u8]]> {
         match &self.pieces {
             Some(p) => p.iter().map(|r| &self.stored[r.clone()]).collect(),
-            None => vec![self.parsed.body],
+            None => std::borrow::Cow::Borrowed(std::slice::from_ref(&self.parsed.body)),
         }
     }
 
