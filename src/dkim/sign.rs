@@ -500,9 +500,14 @@ fn select_signed(names: &HeaderNames, msg: &Message, found: &mut Vec<(usize, usi
             found.push((n, i));
         }
     }
+    // Grouped by name; the sort is stable, so each name's instances stay bottom-up.
+    found.sort_by_key(|&(n, _)| n);
     list.clear();
+    let mut next = found.iter().copied().peekable();
     for (n, name) in names.names.iter().enumerate() {
-        list.extend(found.iter().filter(|&&(m, _)| m == n));
+        while let Some(hit) = next.next_if(|&(m, _)| m == n) {
+            list.push(hit);
+        }
         if name.oversigned {
             list.push((n, usize::MAX));
         }
@@ -754,6 +759,40 @@ mod tests {
             .unwrap();
         let want = [("from", 1), ("to", 3), ("to", 2), ("to", 0), ("subject", 5), ("subject", 0), ("received-x", 0)];
         assert_eq!(header_list(&s, &m), named(&want));
+    }
+
+    proptest::proptest! {
+        /// `select_signed` against the definition: for each name of the list in order, its
+        /// instances from the bottom up, then one more for an oversigned name.
+        #[test]
+        fn selection_is_instances_bottom_up_per_name(
+            picks in proptest::collection::vec(0usize..8, 1..40),
+            signed in proptest::collection::vec(0usize..8, 0..6),
+            oversigned in proptest::collection::vec(0usize..8, 0..4),
+        ) {
+            const POOL: [&str; 8] = ["From", "to", "TO", "Subject", "x-list-id-long", "X-List-Id-Long", "cc", "x_"];
+            let mut msg = String::from("From: a@example.com\r\n");
+            for &p in &picks {
+                msg.push_str(&format!("{}: v{p}\r\n", POOL[p]));
+            }
+            msg.push_str("\r\nbody\r\n");
+            let m = Message::parse(msg.as_bytes()).unwrap();
+            let s = SignerBuilder::new(ed_key(), "example.com", "sel")
+                .signed_headers(std::iter::once("from").chain(signed.iter().map(|&i| POOL[i])))
+                .oversigned_headers(oversigned.iter().map(|&i| POOL[i]))
+                .build()
+                .unwrap();
+            let mut want = vec![];
+            for n in &s.names.names {
+                let mut hits: Vec<usize> = (0..m.fields.len()).filter(|&i| m.fields[i].is(&n.name)).collect();
+                hits.reverse();
+                want.extend(hits.into_iter().map(|i| (n.name.clone(), i + 1)));
+                if n.oversigned {
+                    want.push((n.name.clone(), 0));
+                }
+            }
+            proptest::prop_assert_eq!(header_list(&s, &m), want);
+        }
     }
 
     #[test]
