@@ -15,7 +15,8 @@
 //! - [`warnings`]: where warnings go (the library never prints).
 //!
 //! `unsafe` code is allowed in two modules only, each block with a `// SAFETY:` note: `arch`
-//! (the CPU-specific line-end kernels and prefetching under `dkim::canon`) and [`pipeline::os`]
+//! (the CPU-specific line-end kernels and prefetching under `dkim::canon`, and the one call
+//! into aws-lc that signs with Ed25519) and [`pipeline::os`]
 //! (memory maps, locks and the other system calls of the pipeline). The binary's own system
 //! calls (the milter's users, privileges and signals) are in its `cli::os`.
 

@@ -104,8 +104,27 @@ pub enum SigningKey {
     RsaAwsLc(aws_lc_rs::signature::RsaKeyPair),
     /// RSA of 1024 to 2047 bits, signed by the `rsa` crate with blinding.
     RsaPure(Box<rsa::RsaPrivateKey>),
-    /// Ed25519, signed by aws-lc-rs.
-    Ed25519(aws_lc_rs::signature::Ed25519KeyPair),
+    /// Ed25519, signed by aws-lc ([`crate::arch::ed25519`]).
+    Ed25519(Box<Ed25519Key>),
+}
+
+/// An Ed25519 key: aws-lc-rs's key pair (which parsed and checked it) and the same key as
+/// aws-lc's `ED25519_sign` takes it, which signs.
+pub struct Ed25519Key {
+    pair: aws_lc_rs::signature::Ed25519KeyPair,
+    secret: crate::arch::ed25519::Ed25519Secret,
+}
+
+impl Ed25519Key {
+    fn new(pair: aws_lc_rs::signature::Ed25519KeyPair) -> Option<Ed25519Key> {
+        use aws_lc_rs::encoding::AsBigEndian as _;
+        let seed = pair.seed().ok()?.as_be_bytes().ok()?;
+        let secret = crate::arch::ed25519::Ed25519Secret::new(
+            seed.as_ref().try_into().ok()?,
+            pair.public_key().as_ref().try_into().ok()?,
+        );
+        Some(Ed25519Key { pair, secret })
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -225,7 +244,11 @@ impl SigningKey {
             return Ok(SigningKey::RsaAwsLc(k));
         }
         if let Ok(k) = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
-            return Ok(SigningKey::Ed25519(k));
+            let key = Ed25519Key::new(k).ok_or_else(|| KeyError::Format {
+                origin: origin.to_string(),
+                reason: "the Ed25519 key's seed cannot be read".to_string(),
+            })?;
+            return Ok(SigningKey::Ed25519(Box::new(key)));
         }
         if let Ok(k) = aws_lc_rs::signature::RsaKeyPair::from_der(der) {
             return Ok(SigningKey::RsaAwsLc(k));
@@ -289,7 +312,7 @@ impl SigningKey {
             }
             SigningKey::Ed25519(k) => {
                 let digest = sha2::Sha256::digest(data);
-                Ok(k.sign(&digest).as_ref().to_vec())
+                Ok(k.secret.sign(&digest).ok_or(KeyError::Sign)?.to_vec())
             }
         }
     }
@@ -303,7 +326,7 @@ impl SigningKey {
             SigningKey::RsaPure(k) => {
                 k.to_public_key().to_public_key_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default()
             }
-            SigningKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
+            SigningKey::Ed25519(k) => k.pair.public_key().as_ref().to_vec(),
         }
     }
 }
@@ -408,6 +431,24 @@ mod tests {
         assert_eq!(k.sign(b"x").unwrap().len(), 64);
         // Deterministic (RFC 8032).
         assert_eq!(k.sign(b"x").unwrap(), k.sign(b"x").unwrap());
+    }
+
+    #[test]
+    fn ed25519_direct_signature_is_aws_lc_rs_signature() {
+        let SigningKey::Ed25519(k) = SigningKey::from_bytes(ED25519_PEM.as_bytes(), "test").unwrap() else {
+            panic!("an Ed25519 key")
+        };
+        let public = aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, k.pair.public_key());
+        for msg in [&b""[..], b"x", &[7u8; 32], &[0xa5; 1000]] {
+            let direct = k.secret.sign(msg).unwrap();
+            assert_eq!(direct.as_slice(), k.pair.sign(msg).as_ref());
+            public.verify(msg, &direct).unwrap();
+        }
+        // And through SigningKey: PureEdDSA over the SHA-256 of the data (RFC 8463 §3).
+        let digest = sha2::Sha256::digest(b"header data");
+        let whole = SigningKey::Ed25519(k);
+        let SigningKey::Ed25519(k) = &whole else { unreachable!() };
+        assert_eq!(whole.sign(b"header data").unwrap(), k.pair.sign(&digest).as_ref());
     }
 
     #[test]
