@@ -131,6 +131,10 @@ pub struct Splitter<'a> {
     end: usize,
     format: MboxFormat,
     finder: memchr::memmem::Finder<'static>,
+    /// The ends of a header block, LF and CRLF: built once, as a search of each message's
+    /// start for them (see `next`) cost more to set up than to run.
+    blank_lf: memchr::memmem::Finder<'static>,
+    blank_crlf: memchr::memmem::Finder<'static>,
 }
 
 impl<'a> Splitter<'a> {
@@ -142,8 +146,15 @@ impl<'a> Splitter<'a> {
     /// The messages whose `From ` line starts in `range` (see [`super::Shard`]): the same
     /// messages, with the same bounds, as [`Splitter::new`] gives in that range.
     pub fn range(data: &'a [u8], format: MboxFormat, range: std::ops::Range<usize>) -> Splitter<'a> {
-        let finder = memchr::memmem::Finder::new(b"From ");
-        let mut s = Splitter { data, pos: bom_len(data), end: range.end.min(data.len()), format, finder };
+        let mut s = Splitter {
+            data,
+            pos: bom_len(data),
+            end: range.end.min(data.len()),
+            format,
+            finder: memchr::memmem::Finder::new(b"From "),
+            blank_lf: memchr::memmem::Finder::new(b"\n\n"),
+            blank_crlf: memchr::memmem::Finder::new(b"\n\r\n"),
+        };
         if range.start > s.pos {
             if format.uses_content_length() {
                 // Content-Length may jump over separators: only a scan from the start knows
@@ -277,10 +288,7 @@ impl Iterator for Splitter<'_> {
         // Unless that empty line is the one that ends the header block (a message with no
         // body), which belongs to the message.
         let rest = &d[..d.len() - framing];
-        let framing = if framing > 0
-            && memchr::memmem::find(rest, b"\n\n").is_none()
-            && memchr::memmem::find(rest, b"\n\r\n").is_none()
-        {
+        let framing = if framing > 0 && self.blank_lf.find(rest).is_none() && self.blank_crlf.find(rest).is_none() {
             0
         } else {
             framing
