@@ -557,10 +557,27 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
+/// What a thread keeps of its [`Scratch`] buffers between messages: ordinary messages fit,
+/// and one with thousands of signed fields does not leave megabytes behind in every thread of
+/// a daemon.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 /// Runs `f` with this thread's [`Scratch`] (or new buffers, should it already be in use).
 fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => f(&mut s),
+        Ok(mut s) => {
+            let out = f(&mut s);
+            // Nothing in them is needed once `f` is done.
+            s.text.clear();
+            s.data.clear();
+            s.found.clear();
+            s.list.clear();
+            s.text.shrink_to(SCRATCH_KEPT);
+            s.data.shrink_to(SCRATCH_KEPT);
+            s.found.shrink_to(SCRATCH_KEPT / 16);
+            s.list.shrink_to(SCRATCH_KEPT / 16);
+            out
+        }
         Err(_) => f(&mut Scratch::default()),
     })
 }
@@ -793,6 +810,23 @@ mod tests {
             }
             proptest::prop_assert_eq!(header_list(&s, &m), want);
         }
+    }
+
+    #[test]
+    fn a_huge_header_leaves_no_huge_buffers_in_the_thread() {
+        let mut msg = String::from("From: a@example.com\r\n");
+        for i in 0..3000 {
+            msg.push_str(&format!("To: someone-with-a-long-address-{i}@example.org\r\n"));
+        }
+        msg.push_str("\r\nbody\r\n");
+        let s = SignerBuilder::new(ed_key(), "example.com", "sel").build().unwrap();
+        let fields = sign_slice(&[s], msg.as_bytes(), 1_700_000_000).unwrap();
+        assert!(fields.len() > 3000 * 3, "h= names every To");
+        SCRATCH.with(|cell| {
+            let s = cell.borrow();
+            assert!(s.data.capacity() <= SCRATCH_KEPT && s.text.capacity() <= SCRATCH_KEPT);
+            assert!(s.found.capacity() <= SCRATCH_KEPT / 16 && s.list.capacity() <= SCRATCH_KEPT / 16);
+        });
     }
 
     #[test]
