@@ -7,20 +7,29 @@
 //! (Ed25519 is deterministic; a test compares the two).
 
 /// An Ed25519 private key as `ED25519_sign` takes it: the 32-octet seed, then the 32-octet
-/// public key. Zeroed when dropped.
-pub struct Ed25519Secret(zeroize::Zeroizing<[u8; 64]>);
+/// public key, both from aws-lc's own expansion of the seed (a public half that did not belong
+/// to the seed would make signatures that give the key away). Zeroed when dropped.
+pub(crate) struct Ed25519Secret(zeroize::Zeroizing<[u8; 64]>);
 
 impl Ed25519Secret {
-    /// The key of `seed` and its `public` key (as aws-lc-rs's key pair gives them).
-    pub fn new(seed: &[u8; 32], public: &[u8; 32]) -> Ed25519Secret {
+    /// The key of `seed`.
+    pub(crate) fn from_seed(seed: &[u8; 32]) -> Ed25519Secret {
         let mut key = zeroize::Zeroizing::new([0u8; 64]);
-        key[..32].copy_from_slice(seed);
-        key[32..].copy_from_slice(public);
+        let mut public = [0u8; 32];
+        // SAFETY: ED25519_keypair_from_seed reads 32 octets of `seed` (a 32-octet array) and
+        // writes 32 to `out_public_key` and 64 to `out_private_key` (arrays of those lengths);
+        // it keeps none of the pointers.
+        unsafe { aws_lc_sys::ED25519_keypair_from_seed(public.as_mut_ptr(), key.as_mut_ptr(), seed.as_ptr()) };
         Ed25519Secret(key)
     }
 
+    /// The public key (RFC 8032 §5.1.5).
+    pub(crate) fn public(&self) -> &[u8] {
+        &self.0[32..]
+    }
+
     /// The signature of `message`, or `None` if aws-lc reports a failure.
-    pub fn sign(&self, message: &[u8]) -> Option<[u8; 64]> {
+    pub(crate) fn sign(&self, message: &[u8]) -> Option<[u8; 64]> {
         let mut sig = [0u8; 64];
         // SAFETY: ED25519_sign writes 64 octets to `out_sig` (`sig` is 64 long), reads
         // `message_len` octets of `message` (a live slice of that length) and 64 of

@@ -119,10 +119,12 @@ impl Ed25519Key {
     fn new(pair: aws_lc_rs::signature::Ed25519KeyPair) -> Option<Ed25519Key> {
         use aws_lc_rs::encoding::AsBigEndian as _;
         let seed = pair.seed().ok()?.as_be_bytes().ok()?;
-        let secret = crate::arch::ed25519::Ed25519Secret::new(
-            seed.as_ref().try_into().ok()?,
-            pair.public_key().as_ref().try_into().ok()?,
-        );
+        let secret = crate::arch::ed25519::Ed25519Secret::from_seed(seed.as_ref().try_into().ok()?);
+        // aws-lc-rs checked a public key the PKCS#8 file carries against the seed; this is the
+        // same expansion, checked once more so that the two halves can never sign apart.
+        if secret.public() != pair.public_key().as_ref() {
+            return None;
+        }
         Some(Ed25519Key { pair, secret })
     }
 }
@@ -246,7 +248,7 @@ impl SigningKey {
         if let Ok(k) = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
             let key = Ed25519Key::new(k).ok_or_else(|| KeyError::Format {
                 origin: origin.to_string(),
-                reason: "the Ed25519 key's seed cannot be read".to_string(),
+                reason: "the Ed25519 key's seed cannot be read, or does not give its public key".to_string(),
             })?;
             return Ok(SigningKey::Ed25519(Box::new(key)));
         }
