@@ -108,15 +108,14 @@ pub enum SigningKey {
     Ed25519(Box<Ed25519Key>),
 }
 
-/// An Ed25519 key: aws-lc-rs's key pair (which parsed and checked it) and the same key as
-/// aws-lc's `ED25519_sign` takes it, which signs.
+/// An Ed25519 key as aws-lc's `ED25519_sign` takes it, made from the key pair aws-lc-rs parsed
+/// and checked.
 pub struct Ed25519Key {
-    pair: aws_lc_rs::signature::Ed25519KeyPair,
     secret: crate::arch::ed25519::Ed25519Secret,
 }
 
 impl Ed25519Key {
-    fn new(pair: aws_lc_rs::signature::Ed25519KeyPair) -> Option<Ed25519Key> {
+    fn new(pair: &aws_lc_rs::signature::Ed25519KeyPair) -> Option<Ed25519Key> {
         use aws_lc_rs::encoding::AsBigEndian as _;
         let seed = pair.seed().ok()?.as_be_bytes().ok()?;
         let secret = crate::arch::ed25519::Ed25519Secret::from_seed(seed.as_ref().try_into().ok()?);
@@ -125,7 +124,7 @@ impl Ed25519Key {
         if secret.public() != pair.public_key().as_ref() {
             return None;
         }
-        Some(Ed25519Key { pair, secret })
+        Some(Ed25519Key { secret })
     }
 }
 
@@ -246,7 +245,7 @@ impl SigningKey {
             return Ok(SigningKey::RsaAwsLc(k));
         }
         if let Ok(k) = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
-            let key = Ed25519Key::new(k).ok_or_else(|| KeyError::Format {
+            let key = Ed25519Key::new(&k).ok_or_else(|| KeyError::Format {
                 origin: origin.to_string(),
                 reason: "the Ed25519 key's seed cannot be read, or does not give its public key".to_string(),
             })?;
@@ -328,7 +327,7 @@ impl SigningKey {
             SigningKey::RsaPure(k) => {
                 k.to_public_key().to_public_key_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default()
             }
-            SigningKey::Ed25519(k) => k.pair.public_key().as_ref().to_vec(),
+            SigningKey::Ed25519(k) => k.secret.public().to_vec(),
         }
     }
 }
@@ -437,20 +436,20 @@ mod tests {
 
     #[test]
     fn ed25519_direct_signature_is_aws_lc_rs_signature() {
-        let SigningKey::Ed25519(k) = SigningKey::from_bytes(ED25519_PEM.as_bytes(), "test").unwrap() else {
-            panic!("an Ed25519 key")
-        };
-        let public = aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, k.pair.public_key());
+        let whole = SigningKey::from_bytes(ED25519_PEM.as_bytes(), "test").unwrap();
+        let SigningKey::Ed25519(k) = &whole else { panic!("an Ed25519 key") };
+        let (_, der) = decode_pem(ED25519_PEM).unwrap();
+        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).unwrap();
+        assert_eq!(whole.public_key_record_bytes(), pair.public_key().as_ref());
+        let public = aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, pair.public_key());
         for msg in [&b""[..], b"x", &[7u8; 32], &[0xa5; 1000]] {
             let direct = k.secret.sign(msg).unwrap();
-            assert_eq!(direct.as_slice(), k.pair.sign(msg).as_ref());
+            assert_eq!(direct.as_slice(), pair.sign(msg).as_ref());
             public.verify(msg, &direct).unwrap();
         }
         // And through SigningKey: PureEdDSA over the SHA-256 of the data (RFC 8463 §3).
         let digest = sha2::Sha256::digest(b"header data");
-        let whole = SigningKey::Ed25519(k);
-        let SigningKey::Ed25519(k) = &whole else { unreachable!() };
-        assert_eq!(whole.sign(b"header data").unwrap(), k.pair.sign(&digest).as_ref());
+        assert_eq!(whole.sign(b"header data").unwrap(), pair.sign(&digest).as_ref());
     }
 
     #[test]

@@ -108,9 +108,8 @@ pub struct Signer {
     domain: String,
     selector: String,
     canon: Canonicalization,
-    signed: Vec<String>,
-    oversigned: Vec<String>,
-    /// `signed` and `oversigned` as [`signature_field`] matches them (made by `build`).
+    /// The names to sign and to oversign, as [`signature_field`] matches them (made by
+    /// `build`).
     names: Arc<HeaderNames>,
     /// The start of every DKIM-Signature it makes, up to `s=` (made by `build`).
     head: Arc<Head>,
@@ -122,6 +121,8 @@ pub struct Signer {
 /// Builds a [`Signer`]: `SignerBuilder::new(key, "example.com", "sel").canon(..).build()`.
 pub struct SignerBuilder {
     signer: Signer,
+    signed: Vec<String>,
+    oversigned: Vec<String>,
     algorithm: Option<String>,
 }
 
@@ -137,14 +138,14 @@ impl SignerBuilder {
                 domain: to_a_labels(domain.trim_end_matches('.')).to_ascii_lowercase(),
                 selector: to_a_labels(selector).into_owned(),
                 canon: Canonicalization::default(),
-                signed: DEFAULT_SIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
-                oversigned: DEFAULT_OVERSIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
                 names: Arc::default(),
                 head: Arc::default(),
                 identity: None,
                 body_length: false,
                 expire: None,
             },
+            signed: DEFAULT_SIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
+            oversigned: DEFAULT_OVERSIGNED_HEADERS.iter().map(|s| s.to_string()).collect(),
             algorithm: None,
         }
     }
@@ -157,13 +158,13 @@ impl SignerBuilder {
 
     /// The names of the fields to sign (every instance present is signed).
     pub fn signed_headers<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, names: I) -> Self {
-        self.signer.signed = names.into_iter().map(|s| s.as_ref().trim().to_ascii_lowercase()).collect();
+        self.signed = names.into_iter().map(|s| s.as_ref().trim().to_ascii_lowercase()).collect();
         self
     }
 
     /// The names of the fields to sign once more than they occur (empty: no oversigning).
     pub fn oversigned_headers<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, names: I) -> Self {
-        self.signer.oversigned = names.into_iter().map(|s| s.as_ref().trim().to_ascii_lowercase()).collect();
+        self.oversigned = names.into_iter().map(|s| s.as_ref().trim().to_ascii_lowercase()).collect();
         self
     }
 
@@ -196,12 +197,12 @@ impl SignerBuilder {
     pub fn build(self) -> Result<Signer, SignerConfigError> {
         let mut s = self.signer;
         check_names(&s.domain, &s.selector)?;
-        for name in s.signed.iter().chain(&s.oversigned) {
+        for name in self.signed.iter().chain(&self.oversigned) {
             if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
                 return Err(SignerConfigError::BadHeaderName(name.clone()));
             }
         }
-        if !s.signed.iter().any(|n| n == "from") {
+        if !self.signed.iter().any(|n| n == "from") {
             return Err(SignerConfigError::NoFromInList);
         }
         if let Some(i) = &s.identity {
@@ -215,7 +216,7 @@ impl SignerBuilder {
                 return Err(SignerConfigError::AlgorithmMismatch { asked: a, key: want });
             }
         }
-        s.names = Arc::new(HeaderNames::new(&s.signed, &s.oversigned));
+        s.names = Arc::new(HeaderNames::new(&self.signed, &self.oversigned));
         s.head = Arc::new(Head::new(&s));
         Ok(s)
     }
@@ -600,12 +601,7 @@ fn signature_field(
     // Built without a heap allocation per tag: with Ed25519 a signature costs only ~7 µs, and
     // formatting each tag into its own String showed up at ~10% of a 4 KB message.
     let mut f = match arc_instance {
-        None => {
-            let mut f = Folder::new(std::mem::take(&mut scratch.text), "");
-            f.push(&signer.head.text);
-            f.col = signer.head.col;
-            f
-        }
+        None => Folder::from_head(std::mem::take(&mut scratch.text), &signer.head),
         Some(i) => {
             let mut f = Folder::new(std::mem::take(&mut scratch.text), "ARC-Message-Signature:");
             f.tag_fmt(format_args!("i={i};"));
@@ -660,6 +656,14 @@ struct Folder {
 }
 
 impl Folder {
+    /// A field that starts as `head` does, written into `text` (emptied first).
+    fn from_head(text: String, head: &Head) -> Folder {
+        let mut f = Folder::new(text, "");
+        f.push(&head.text);
+        f.col = head.col;
+        f
+    }
+
     /// A field named `name` (with its colon), written into `text` (emptied first).
     fn new(mut text: String, name: &str) -> Folder {
         // Room for a typical field with an RSA-2048 signature, so that it never reallocates.
