@@ -454,18 +454,30 @@ impl<'a> Stored<'a> {
     /// The ranges of `bytes` from `from` on between the quotes (`from` at or before the first
     /// quote): the message's octets from `from` on, in pieces.
     pub fn body_pieces(&self, from: usize) -> Vec<Range<usize>> {
-        let mut pieces = Vec::with_capacity(self.quotes.len() + 1);
+        self.piece_ranges(from).collect()
+    }
+
+    /// [`Stored::body_pieces`] as the octets of each piece, made as they are taken (the pair
+    /// hasher reads a quoted body this way without a list per message).
+    pub fn body_slices(&self, from: usize) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let bytes = self.bytes;
+        self.piece_ranges(from).map(move |r| &bytes[r])
+    }
+
+    /// The ranges of [`Stored::body_pieces`], one at a time.
+    fn piece_ranges(&self, from: usize) -> impl Iterator<Item = Range<usize>> + 'a {
         let mut start = from;
-        for &q in self.quotes {
-            // Nothing before a quoted first line: no empty piece (an empty first piece would
-            // make the pieces look dependent, and cost a copy).
-            if q > start || !pieces.is_empty() {
-                pieces.push(start..q);
-            }
+        // Nothing before a quoted first line: no empty piece (an empty first piece would make
+        // the pieces look dependent, and cost a copy).
+        let first_empty = self.quotes.first() == Some(&from);
+        let between = self.quotes.iter().map(move |&q| {
+            let piece = start..q;
             start = q + 1;
-        }
-        pieces.push(start..self.bytes.len());
-        pieces
+            piece
+        });
+        let end = self.bytes.len();
+        let last = self.quotes.last().map_or(from, |&q| q + 1)..end;
+        between.skip(usize::from(first_empty)).chain(std::iter::once(last))
     }
 }
 
@@ -612,6 +624,35 @@ From e@f Mon Jan  1 00:00:00 2024\nX: y\n\nFromage\n\nFrom g@h x\n\nlast";
                     seen += want.len();
                 }
                 assert!(seen > 0, "{fmt:?}: no quoted lines to check");
+            }
+        }
+    }
+
+    /// A stored body's pieces, from any start at or before the first quote, join into the
+    /// unquoted message from that start on; no piece is empty but the last, and the slices are
+    /// the ranges' octets.
+    #[test]
+    fn body_pieces_join_into_the_unquoted_body() {
+        let cases: &[&[u8]] = &[
+            b"A: b\n\n>From x\nmid\n>>From y\nend\n",
+            b"A: b\n\n>From x\n",
+            b"A: b\n\n>From x\n>From y\n",
+            b"A: b\n\nplain\n",
+            b">From top\n",
+            b"",
+        ];
+        for &bytes in cases {
+            let mut quotes = vec![];
+            quote_positions(MboxFormat::Mboxrd, bytes, &mut quotes, usize::MAX);
+            let stored = Stored { bytes, quotes: &quotes };
+            let unquoted = unquote(MboxFormat::Mboxrd, bytes, &mut vec![]).to_vec();
+            for from in 0..=quotes.first().copied().unwrap_or(bytes.len()) {
+                let pieces = stored.body_pieces(from);
+                let joined: Vec<u8> = pieces.iter().flat_map(|r| &bytes[r.clone()]).copied().collect();
+                assert_eq!(joined, unquoted[from..], "{:?} from {from}", String::from_utf8_lossy(bytes));
+                assert!(pieces[..pieces.len() - 1].iter().all(|r| !r.is_empty()), "{pieces:?}");
+                let slices: Vec<&[u8]> = stored.body_slices(from).collect();
+                assert_eq!(slices, pieces.iter().map(|r| &bytes[r.clone()]).collect::<Vec<_>>());
             }
         }
     }

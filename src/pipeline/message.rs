@@ -232,19 +232,18 @@ pub type Signed = Result<(Vec<u8>, Vec<Range<usize>>), MessageError>;
 /// it (DKIM signatures only, one body canonicalization among each message's keys, a CPU with
 /// SHA-NI) their bodies are hashed together ([`crate::dkim::bodyhash::hash_two`]), which is
 /// faster than one after the other; each message is otherwise signed on its own.
-pub fn sign_stored_two(policy: &SignPolicy, a: mbox::Stored<'_>, b: mbox::Stored<'_>) -> [Signed; 2] {
+pub fn sign_stored_two<'a>(policy: &SignPolicy, a: mbox::Stored<'a>, b: mbox::Stored<'a>) -> [Signed; 2] {
     if !policy.dkim || policy.arc.is_some() || !crate::arch::sha256x2::available() {
         return [sign_stored(policy, a), sign_stored(policy, b)];
     }
     match (prepare(policy, a), prepare(policy, b)) {
         (Prepared::Ready(a), Prepared::Ready(b)) => {
-            let (sa, sb) = (a.slices(), b.slices());
-            match crate::dkim::bodyhash::hash_two([(a.canon, &sa), (b.canon, &sb)]) {
+            match crate::dkim::bodyhash::hash_two([(a.canon, a.slices()), (b.canon, b.slices())]) {
                 Some([ha, hb]) => [a.sign(policy, Body::Hashed(&ha)), b.sign(policy, Body::Hashed(&hb))],
-                None => [a.sign(policy, a.body()), b.sign(policy, b.body())],
+                None => [a.alone(policy), b.alone(policy)],
             }
         }
-        (a, b) => [a.alone(policy), b.alone(policy)],
+        (a, b) => [a.finish(policy), b.finish(policy)],
     }
 }
 
@@ -261,39 +260,40 @@ enum Prepared<'a> {
 /// chosen (all with the body canonicalization `canon`), the body where it is stored.
 struct Ready<'a> {
     parsed: Message<'a>,
-    stored: &'a [u8],
-    /// The body's pieces in `stored` (around quoting `>`s), or `None` for `parsed.body`.
-    pieces: Option<Vec<Range<usize>>>,
+    /// The message as stored: the body is `parsed.body` unless it holds quotes.
+    stored: mbox::Stored<'a>,
     signers: std::borrow::Cow<'a, [Signer]>,
     canon: Canon,
 }
 
-impl Ready<'_> {
-    fn body(&self) -> Body<'_> {
-        match &self.pieces {
-            Some(p) => Body::Pieces(self.stored, p),
-            None => Body::Whole(self.parsed.body),
-        }
-    }
-
-    /// The body as the slices that make it (no allocation for a body in one piece).
-    fn slices(&self) -> std::borrow::Cow<'_, [&[u8]]> {
-        match &self.pieces {
-            Some(p) => p.iter().map(|r| &self.stored[r.clone()]).collect(),
-            None => std::borrow::Cow::Borrowed(std::slice::from_ref(&self.parsed.body)),
-        }
+impl<'a> Ready<'a> {
+    /// The body as the slices that make it, in order: the pieces around the quotes, or
+    /// `parsed.body` in one. Nothing is allocated.
+    fn slices(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let quoted = !self.stored.quotes.is_empty();
+        let pieces = quoted.then(|| self.stored.body_slices(self.parsed.body_offset));
+        pieces.into_iter().flatten().chain((!quoted).then_some(self.parsed.body))
     }
 
     fn sign(&self, policy: &SignPolicy, body: Body<'_>) -> Signed {
         sign_with(policy, &self.signers, &self.parsed, body)
     }
+
+    /// The result of signing this message on its own, its body hashed where it is stored.
+    fn alone(&self, policy: &SignPolicy) -> Signed {
+        if self.stored.quotes.is_empty() {
+            return self.sign(policy, Body::Whole(self.parsed.body));
+        }
+        let pieces = self.stored.body_pieces(self.parsed.body_offset);
+        self.sign(policy, Body::Pieces(self.stored.bytes, &pieces))
+    }
 }
 
 impl Prepared<'_> {
     /// The result of signing this message on its own.
-    fn alone(self, policy: &SignPolicy) -> Signed {
+    fn finish(self, policy: &SignPolicy) -> Signed {
         match self {
-            Prepared::Ready(r) => r.sign(policy, r.body()),
+            Prepared::Ready(r) => r.alone(policy),
             Prepared::Done(result) => result,
         }
     }
@@ -307,16 +307,15 @@ fn prepare<'a>(policy: &'a SignPolicy, msg: mbox::Stored<'a>) -> Prepared<'a> {
         // `sign_stored` deals with them.
         _ => return Prepared::Done(sign_stored(policy, msg)),
     };
-    let pieces = (!msg.quotes.is_empty()).then(|| msg.body_pieces(parsed.body_offset));
     let signers = match policy.keys.signers_for(&parsed, policy.sender.as_deref()) {
         Ok(s) => s,
         Err(e) => return Prepared::Done(Err(e.into())),
     };
     let canon = signers.first().map(|s| s.canonicalization().body);
-    let ready = Ready { parsed, stored: msg.bytes, pieces, signers, canon: canon.unwrap_or(Canon::Relaxed) };
+    let ready = Ready { parsed, stored: msg, signers, canon: canon.unwrap_or(Canon::Relaxed) };
     match canon {
         Some(c) if ready.signers.iter().all(|s| s.canonicalization().body == c) => Prepared::Ready(ready),
-        _ => Prepared::Done(ready.sign(policy, ready.body())),
+        _ => Prepared::Done(ready.alone(policy)),
     }
 }
 

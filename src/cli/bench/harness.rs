@@ -255,7 +255,7 @@ fn measure_body_hashing(b: &Bodies, min: Duration, figs: &mut Figures) {
             for two in b.bodies.chunks(2) {
                 match two {
                     [x, y] => {
-                        std::hint::black_box(dkimpress::dkim::bodyhash::hash_two([(c, &[x]), (c, &[y])]));
+                        std::hint::black_box(dkimpress::dkim::bodyhash::hash_two([(c, [&x[..]]), (c, [&y[..]])]));
                     }
                     _ => two.iter().for_each(|body| {
                         let mut h = sha2::Sha256::new();
