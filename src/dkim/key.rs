@@ -305,17 +305,26 @@ impl SigningKey {
                     .map_err(|_| KeyError::Sign)?;
                 Ok(Signature::Rsa(sig))
             }
-            SigningKey::RsaPure(k) => {
-                let digest = sha2::Sha256::digest(data);
+            SigningKey::RsaPure(_) | SigningKey::Ed25519(_) => {
+                let digest: [u8; 32] = sha2::Sha256::digest(data).into();
+                self.sign_prehashed(&digest).unwrap_or(Err(KeyError::Sign))
+            }
+        }
+    }
+
+    /// [`SigningKey::sign`] of data whose SHA-256 digest is `digest`, for the keys that sign
+    /// the digest (Ed25519, RFC 8463 §3; the pure-Rust RSA); `None` for aws-lc's RSA, which
+    /// hashes the data itself.
+    pub fn sign_prehashed(&self, digest: &[u8; 32]) -> Option<Result<Signature, KeyError>> {
+        match self {
+            SigningKey::RsaAwsLc(_) => None,
+            SigningKey::RsaPure(k) => Some(
                 // Blinded: sign_with_rng, never plain sign (RUSTSEC-2023-0071 is about timing).
-                k.sign_with_rng(&mut rand::thread_rng(), rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest)
+                k.sign_with_rng(&mut rand::thread_rng(), rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), digest)
                     .map(Signature::Rsa)
-                    .map_err(|_| KeyError::Sign)
-            }
-            SigningKey::Ed25519(k) => {
-                let digest = sha2::Sha256::digest(data);
-                Ok(Signature::Ed25519(k.secret.sign(&digest).ok_or(KeyError::Sign)?))
-            }
+                    .map_err(|_| KeyError::Sign),
+            ),
+            SigningKey::Ed25519(k) => Some(k.secret.sign(digest).map(Signature::Ed25519).ok_or(KeyError::Sign)),
         }
     }
 

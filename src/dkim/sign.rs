@@ -373,12 +373,7 @@ fn each_field(
     now: u64,
     mut take: impl FnMut(&str),
 ) -> Result<(), SignError> {
-    if !parsed.fields.iter().any(|f| f.is("from")) {
-        return Err(SignError::NoFrom);
-    }
-    // A control character in a header field: RFC 5322 §2.2 forbids it and
-    // verifiers disagree on it, so a signature over it would fail at some receivers.
-    parsed.check_field_octets()?;
+    check_signable(parsed)?;
     // One hash per body canonicalization (there are two), made when a signer first wants it.
     let mut hashes: [Option<BodyHash>; 2] = [None, None];
     with_scratch(|scratch| {
@@ -394,6 +389,59 @@ fn each_field(
         Ok(())
     })
 }
+
+/// Whether `parsed`'s header block can be signed: it has a From field, and no control
+/// character in a field (RFC 5322 §2.2 forbids them and verifiers disagree on them, so a
+/// signature over one would fail at some receivers).
+fn check_signable(parsed: &Message) -> Result<(), SignError> {
+    if !parsed.fields.iter().any(|f| f.is("from")) {
+        return Err(SignError::NoFrom);
+    }
+    Ok(parsed.check_field_octets()?)
+}
+
+/// [`sign_parsed_body`] of two messages whose bodies are hashed, with the same results as two
+/// calls of it. When each has one signer, with an Ed25519 key, the two messages' signed data
+/// are hashed together ([`crate::arch::sha256x2::digest_two`]): about 900 octets a message,
+/// which one SHA-256 stream hashes in a tenth of what the rest of a 4 KB message costs.
+pub fn sign_two_hashed<'m>(two: [HashedMessage<'m>; 2], now: u64) -> [Result<Vec<u8>, SignError>; 2] {
+    /// The one Ed25519 signer of a message that can be signed, and its body hash.
+    fn single<'m>((signers, parsed, body): HashedMessage<'m>) -> Option<(&'m Signer, &'m Message<'m>, BodyHash)> {
+        match signers {
+            [s] if s.key.key_type() == KeyType::Ed25519 && check_signable(parsed).is_ok() => {
+                body_hash(s.canon.body, Body::Hashed(body)).ok().map(|bh| (s, parsed, bh))
+            }
+            _ => None,
+        }
+    }
+    /// The field of a message, its data's digest given.
+    fn finish(
+        (signer, parsed, _): (&Signer, &Message, BodyHash),
+        f: Folder,
+        digest: &[u8; 32],
+        scratch: &mut Scratch,
+    ) -> Result<Vec<u8>, SignError> {
+        let sig = signer.key.sign_prehashed(digest).unwrap_or(Err(KeyError::Sign))?;
+        signed_field(f, &sig, scratch);
+        let mut out = Vec::with_capacity(640);
+        push_line_ends(&mut out, &scratch.text, parsed.crlf);
+        Ok(out)
+    }
+    let (Some(a), Some(b), true) = (single(two[0]), single(two[1]), crate::arch::sha256x2::available()) else {
+        return two.map(|(signers, parsed, body)| sign_parsed_body(signers, parsed, Body::Hashed(body), now));
+    };
+    with_scratch_pair(|sa, sb| {
+        let fa = unsigned_field(a.0, a.1, &a.2, now, None, sa);
+        let fb = unsigned_field(b.0, b.1, &b.2, now, None, sb);
+        let Some([da, db]) = crate::arch::sha256x2::digest_two(&sa.data, &sb.data) else {
+            unreachable!("SHA-NI was found above")
+        };
+        [finish(a, fa, &da, sa), finish(b, fb, &db, sb)]
+    })
+}
+
+/// A message for [`sign_two_hashed`]: its signers, its parsed header block and its hashed body.
+pub type HashedMessage<'m> = (&'m [Signer], &'m Message<'m>, &'m HashedBody);
 
 /// The ARC-Message-Signature of instance `instance` (RFC 8617 §4.1.2) that `signer` makes for
 /// `parsed`: a DKIM-Signature in all but its name, `i=` (the instance) instead of `v=`, and no
@@ -557,7 +605,8 @@ struct Scratch {
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    /// Two, for the two messages [`sign_two_hashed`] signs at once.
+    static SCRATCH: std::cell::RefCell<[Scratch; 2]> = std::cell::RefCell::default();
 }
 
 /// What a thread keeps of its [`Scratch`] buffers between messages: ordinary messages fit,
@@ -567,21 +616,29 @@ const SCRATCH_KEPT: usize = 64 * 1024;
 
 /// Runs `f` with this thread's [`Scratch`] (or new buffers, should it already be in use).
 fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    with_scratch_pair(|s, _| f(s))
+}
+
+/// Runs `f` with this thread's two [`Scratch`]es (or new buffers, should they be in use).
+fn with_scratch_pair<T>(f: impl FnOnce(&mut Scratch, &mut Scratch) -> T) -> T {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => {
-            let out = f(&mut s);
+        Ok(mut pair) => {
+            let [a, b] = &mut *pair;
+            let out = f(a, b);
             // Nothing in them is needed once `f` is done.
-            s.text.clear();
-            s.data.clear();
-            s.found.clear();
-            s.list.clear();
-            s.text.shrink_to(SCRATCH_KEPT);
-            s.data.shrink_to(SCRATCH_KEPT);
-            s.found.shrink_to(SCRATCH_KEPT / 16);
-            s.list.shrink_to(SCRATCH_KEPT / 16);
+            for s in pair.iter_mut() {
+                s.text.clear();
+                s.data.clear();
+                s.found.clear();
+                s.list.clear();
+                s.text.shrink_to(SCRATCH_KEPT);
+                s.data.shrink_to(SCRATCH_KEPT);
+                s.found.shrink_to(SCRATCH_KEPT / 16);
+                s.list.shrink_to(SCRATCH_KEPT / 16);
+            }
             out
         }
-        Err(_) => f(&mut Scratch::default()),
+        Err(_) => f(&mut Scratch::default(), &mut Scratch::default()),
     })
 }
 
@@ -595,6 +652,22 @@ fn signature_field(
     arc_instance: Option<u32>,
     scratch: &mut Scratch,
 ) -> Result<(), SignError> {
+    let f = unsigned_field(signer, msg, bh, now, arc_instance, scratch);
+    let sig = signer.key.sign(&scratch.data)?;
+    signed_field(f, &sig, scratch);
+    Ok(())
+}
+
+/// The first part of [`signature_field`]: the field up to its empty `b=` (returned), and what
+/// is signed in `scratch.data`.
+fn unsigned_field(
+    signer: &Signer,
+    msg: &Message,
+    bh: &BodyHash,
+    now: u64,
+    arc_instance: Option<u32>,
+    scratch: &mut Scratch,
+) -> Folder {
     let b64 = &base64::engine::general_purpose::STANDARD;
     select_signed(&signer.names, msg, &mut scratch.found, &mut scratch.list);
 
@@ -638,14 +711,20 @@ fn signature_field(
         }
     }
     canon::canonicalize_header_unterminated(signer.canon.header, f.text.as_bytes(), data);
-    let sig = signer.key.sign(data)?;
+    f
+}
+
+/// The second part of [`signature_field`]: `f` completed with the signature `sig`, into
+/// `scratch.text`.
+fn signed_field(mut f: Folder, sig: &[u8], scratch: &mut Scratch) {
     // The longest signature we make (RSA-8192, 1024 octets) is 1368 in base64.
     let mut sig64 = [0u8; 1368];
-    let n = b64.encode_slice(&sig, &mut sig64).expect("room for an RSA-8192 signature");
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(sig, &mut sig64)
+        .expect("room for an RSA-8192 signature");
     f.chunked(std::str::from_utf8(&sig64[..n]).expect("base64 is ASCII"));
     f.text.push_str("\r\n");
     scratch.text = f.text;
-    Ok(())
 }
 
 /// Writes `tag=value;` items separated by spaces, folding (CRLF TAB) before an item that
@@ -843,10 +922,68 @@ mod tests {
         let fields = sign_slice(&[s], msg.as_bytes(), 1_700_000_000).unwrap();
         assert!(fields.len() > 5000 * NAME.len(), "h= names every instance");
         SCRATCH.with(|cell| {
-            let s = cell.borrow();
-            assert!(s.data.capacity() <= SCRATCH_KEPT && s.text.capacity() <= SCRATCH_KEPT);
-            assert!(s.found.capacity() <= SCRATCH_KEPT / 16 && s.list.capacity() <= SCRATCH_KEPT / 16);
+            for s in cell.borrow().iter() {
+                assert!(s.data.capacity() <= SCRATCH_KEPT && s.text.capacity() <= SCRATCH_KEPT);
+                assert!(s.found.capacity() <= SCRATCH_KEPT / 16 && s.list.capacity() <= SCRATCH_KEPT / 16);
+            }
         });
+    }
+
+    /// Two messages signed together give what each signed alone gives: Ed25519 pairs (their
+    /// data hashed together), and every case that falls back (RSA, two signers, no From, a
+    /// control character, a body hashed in the other canonicalization).
+    #[test]
+    fn signing_two_hashed_is_signing_each() {
+        let rsa_key = || {
+            let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/keys/test.private")).unwrap();
+            Arc::new(SigningKey::from_bytes(&pem, "test.private").unwrap())
+        };
+        let ed = SignerBuilder::new(ed_key(), "example.com", "ed").build().unwrap();
+        let ed_simple = SignerBuilder::new(ed_key(), "example.com", "eds")
+            .canon(Canonicalization { header: Canon::Simple, body: Canon::Simple })
+            .build()
+            .unwrap();
+        let rsa = SignerBuilder::new(rsa_key(), "example.com", "rsa").build().unwrap();
+        let long: String = (0..40).map(|i| format!("To: someone-{i}@example.org\r\n")).collect();
+        let messages: Vec<String> = vec![
+            "From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n".into(),
+            format!("From: b@example.com\r\n{long}\r\nanother body\r\n"),
+            "From: c@example.com\nSubject: LF\n\nbody\n".into(),
+            "Subject: no from\r\n\r\nbody\r\n".into(),
+            "From: d@example.com\r\nSubject: a \x01 control\r\n\r\nbody\r\n".into(),
+        ];
+        let signer_sets: Vec<Vec<Signer>> =
+            vec![vec![ed.clone()], vec![ed_simple], vec![rsa.clone()], vec![ed.clone(), rsa]];
+        for (i, ma) in messages.iter().enumerate() {
+            for mb in &messages[i..] {
+                for sa in &signer_sets {
+                    for sb in &signer_sets {
+                        let (pa, pb) = (Message::parse(ma.as_bytes()).unwrap(), Message::parse(mb.as_bytes()).unwrap());
+                        // Each body hashed in the relaxed canonicalization only, as the pair
+                        // hasher does for signers that all want it.
+                        let hashed = |p: &Message| {
+                            let mut h = crate::dkim::bodyhash::BodyHashes::new([BodySpec::signing(Canon::Relaxed)]);
+                            h.update(p.body);
+                            h.finish()
+                        };
+                        let (ha, hb) = (hashed(&pa), hashed(&pb));
+                        let got = sign_two_hashed([(sa, &pa, &ha), (sb, &pb, &hb)], 1_700_000_000);
+                        let want = [
+                            sign_parsed_body(sa, &pa, Body::Hashed(&ha), 1_700_000_000),
+                            sign_parsed_body(sb, &pb, Body::Hashed(&hb), 1_700_000_000),
+                        ];
+                        for (g, w) in got.iter().zip(&want) {
+                            match (g, w) {
+                                // RSA signatures are deterministic too (PKCS #1 v1.5).
+                                (Ok(g), Ok(w)) => assert_eq!(String::from_utf8_lossy(g), String::from_utf8_lossy(w)),
+                                (Err(g), Err(w)) => assert_eq!(g.to_string(), w.to_string()),
+                                _ => panic!("{g:?} against {w:?}"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

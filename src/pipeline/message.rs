@@ -239,7 +239,11 @@ pub fn sign_stored_two<'a>(policy: &SignPolicy, a: mbox::Stored<'a>, b: mbox::St
     match (prepare(policy, a), prepare(policy, b)) {
         (Prepared::Ready(a), Prepared::Ready(b)) => {
             match crate::dkim::bodyhash::hash_two([(a.canon, a.slices()), (b.canon, b.slices())]) {
-                Some([ha, hb]) => [a.sign(policy, Body::Hashed(&ha)), b.sign(policy, Body::Hashed(&hb))],
+                Some([ha, hb]) => {
+                    let two = [(&*a.signers, &a.parsed, &ha), (&*b.signers, &b.parsed, &hb)];
+                    let [fa, fb] = crate::dkim::sign::sign_two_hashed(two, policy.now);
+                    [a.signed(policy, fa), b.signed(policy, fb)]
+                }
                 None => [a.alone(policy), b.alone(policy)],
             }
         }
@@ -277,6 +281,12 @@ impl<'a> Ready<'a> {
 
     fn sign(&self, policy: &SignPolicy, body: Body<'_>) -> Signed {
         sign_with(policy, &self.signers, &self.parsed, body)
+    }
+
+    /// What [`Ready::sign`] returns for DKIM signatures only, given the fields made.
+    fn signed(&self, policy: &SignPolicy, fields: Result<Vec<u8>, crate::dkim::sign::SignError>) -> Signed {
+        let drop = if policy.strip_own { own_signatures(&self.signers, &self.parsed) } else { vec![] };
+        Ok((fields?, drop))
     }
 
     /// The result of signing this message on its own, its body hashed where it is stored.
