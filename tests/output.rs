@@ -152,3 +152,15 @@ dktest!(
         }
     }
 );
+
+dktest!(
+    /// `-o -` writes to stdout, as `-` reads stdin among the inputs: no file named "-".
+    output_dash_is_stdout,
+    |dir| {
+        let msg = dir.write("m.eml", &message());
+        let out = dir.cmd().args(["sign", "-q"]).args(key_args(&dir)).arg(&msg).args(["-o", "-"]).run();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(out.stdout.starts_with(b"DKIM-Signature:") && out.stdout.ends_with(&message()));
+        assert!(!dir.join("-").exists(), "a file named - was written");
+    }
+);

@@ -17,7 +17,7 @@ pub(crate) struct SignArgs {
     #[command(flatten)]
     pub(crate) k: KeyArgs,
     /// Write the result here: a file for a message or an mbox (same flavour), a directory for a
-    /// maildir or queue directory (same file names). Default: stdout.
+    /// maildir or queue directory (same file names). Default, or -: stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE|DIR", conflicts_with = "in_place")]
     pub(crate) output: Option<PathBuf>,
     /// Replace each input atomically (temporary file, fsync, rename; per file for directories).
@@ -69,7 +69,9 @@ pub(crate) struct SignConfig {
 }
 
 impl SignConfig {
-    pub(crate) fn from_args(a: SignArgs) -> anyhow::Result<SignConfig> {
+    pub(crate) fn from_args(mut a: SignArgs) -> anyhow::Result<SignConfig> {
+        // `-o -` is stdout, as `-` is stdin among the inputs (not a file named "-").
+        a.output = a.output.filter(|o| o.as_os_str() != "-");
         let keys = key_source(&a.k)?;
         if a.input.shard.is_some() && a.in_place {
             return Err(usage("--shard with --in-place would have N runs replace the same files: use -o"));
