@@ -431,6 +431,10 @@ fn measure_key_type(
             let (mut runs, mut secs, mut serial) = (0, 0.0, 0.0);
             let (mut limits, mut ratios) = (vec![], vec![]);
             in_rounds(2 * o.min, || {
+                // A short input, whatever the string says: Ed25519-SHA256 signs the 32-octet
+                // digest of the header data (RFC 8463 §3), and an RSA signature's cost does not
+                // depend on the data's length. Hashing each message's octets, its header
+                // fields among them, is the Ed25519 limit's second term below.
                 let limit = parallel(t, slice, || {
                     std::hint::black_box(key.sign(b"header data of a typical size, about three hundred bytes").ok());
                     1
