@@ -227,7 +227,7 @@ pub struct Message<'a> {
 }
 
 impl Drop for Message<'_> {
-    /// Gives the field list back to the thread for its next parse ([`SPARE_FIELDS`]).
+    /// Gives the field list back to the thread for its next parse.
     fn drop(&mut self) {
         let fields = std::mem::take(&mut self.fields);
         if fields.capacity() <= SPARE_FIELDS_KEPT {
