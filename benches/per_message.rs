@@ -7,7 +7,9 @@
 //! same round, runs the limit over the same messages. The rounds alternate the two, so the
 //! machine's drift falls on both; it prints each side's median cost a message and the median
 //! of the rounds' own ratios. Between two builds, this ratio moves with per-message work that
-//! a whole run hides in its noise (benches/REPORT.md, 2026-12-04, session 16).
+//! a whole run hides in its noise (benches/REPORT.md, 2026-12-04, session 16). The corpus is
+//! split before the rounds, so the messages come from memory, where the pipeline's workers
+//! find each one in the cache right after framing it: read its profile with that in mind.
 //!
 //! Run: `cargo bench --bench per_message` (`-- ROUNDS` for more than 21 rounds).
 
