@@ -409,6 +409,11 @@ impl<'a> Milter<'a> {
         // Check everything before taking the socket: a broken configuration fails at once.
         let budget = admit::MemoryBudget::new(a.max_buffered.unwrap_or(1 << 30));
         load_settings(a, c.as_ref(), budget.clone())?;
+        // Said before the socket exists: once it does, a client (a test, an MTA) may be served
+        // before a line logged after it.
+        if mode_of(a, c.as_ref()).is_ok_and(|m| m.sign) && !has_keys(a, c.as_ref()) {
+            log.warn("no keys configured (KeyTable/SigningTable or Domain/Selector/KeyFile): nothing will be signed");
+        }
         let listener = bind(&d)?;
         if let Some(p) = &d.pid_file {
             write_pid_file(p).map_err(|error| CliError::Create { path: p.clone(), error })?;
@@ -417,9 +422,6 @@ impl<'a> Milter<'a> {
         // Keys are read as the user we run as (as opendkim does), so that a reload can read them.
         let settings = RwLock::new(Arc::new(load_settings(a, c.as_ref(), budget.clone())?));
         log.info(&format!("listening on {} ({} mode)", d.socket, mode_name(a, c.as_ref())));
-        if mode_of(a, c.as_ref()).is_ok_and(|m| m.sign) && !has_keys(a, c.as_ref()) {
-            log.warn("no keys configured (KeyTable/SigningTable or Domain/Selector/KeyFile): nothing will be signed");
-        }
         notify_systemd("READY=1");
         let admission = admit::Admission::new(d.max_connections, d.max_per_peer);
         let ready = listener.nonblocking_fd()?;
