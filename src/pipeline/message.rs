@@ -165,6 +165,11 @@ fn sign_with(
             headers.extend_from_slice(&fields);
         }
     }
+    with_drops(policy, signers, parsed, headers)
+}
+
+/// `headers` with the byte ranges of the old own signatures to remove (with `strip_own`).
+fn with_drops(policy: &SignPolicy, signers: &[Signer], parsed: &Message, headers: Vec<u8>) -> Signed {
     let drop = if policy.strip_own { own_signatures(signers, parsed) } else { vec![] };
     Ok((headers, drop))
 }
@@ -271,12 +276,10 @@ struct Ready<'a> {
 }
 
 impl<'a> Ready<'a> {
-    /// The body as the slices that make it, in order: the pieces around the quotes, or
-    /// `parsed.body` in one. Nothing is allocated.
+    /// The body as the slices that make it, in order: the pieces around the quotes (one piece,
+    /// `parsed.body`, when there are none). Nothing is allocated.
     fn slices(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let quoted = !self.stored.quotes.is_empty();
-        let pieces = quoted.then(|| self.stored.body_slices(self.parsed.body_offset));
-        pieces.into_iter().flatten().chain((!quoted).then_some(self.parsed.body))
+        self.stored.body_slices(self.parsed.body_offset)
     }
 
     fn sign(&self, policy: &SignPolicy, body: Body<'_>) -> Signed {
@@ -285,8 +288,7 @@ impl<'a> Ready<'a> {
 
     /// What [`Ready::sign`] returns for DKIM signatures only, given the fields made.
     fn signed(&self, policy: &SignPolicy, fields: Result<Vec<u8>, crate::dkim::sign::SignError>) -> Signed {
-        let drop = if policy.strip_own { own_signatures(&self.signers, &self.parsed) } else { vec![] };
-        Ok((fields?, drop))
+        with_drops(policy, &self.signers, &self.parsed, fields?)
     }
 
     /// The result of signing this message on its own, its body hashed where it is stored.
