@@ -90,9 +90,12 @@ pub struct MboxEntry {
     /// Where the quoting `>`s are, relative to `message.start`, when the splitter's scan found
     /// them ([`quote_positions`] gives the same); empty when none were found, when there are more
     /// than [`QUOTES_KEPT`], or when the message was not scanned (Content-Length): then `quoted`
-    /// says whether to look.
-    pub quotes: Vec<usize>,
+    /// says whether to look. A few are kept in place: most quoted messages have one or two.
+    pub quotes: Quotes,
 }
+
+/// The offsets of a message's quoting `>`s ([`MboxEntry::quotes`]).
+pub type Quotes = smallvec::SmallVec<[usize; 4]>;
 
 /// Length of a UTF-8 byte order mark at the start of `data` (0 or 3). A BOM is tolerated
 /// before the first separator and kept in the output.
@@ -182,7 +185,7 @@ impl<'a> Splitter<'a> {
     /// of the data; and whether a quoted `>+From ` line comes before it, with the offsets
     /// (from `from`) of the quoting `>`s in `quotes`. One scan for `From ` finds all of it, so
     /// the workers need no second pass over a message, quoted or not.
-    fn next_separator(&self, from: usize, quotes: &mut Vec<usize>) -> (usize, bool) {
+    fn next_separator(&self, from: usize, quotes: &mut Quotes) -> (usize, bool) {
         let mut quoted = false;
         let mut at = from;
         let mut prefetched = from;
@@ -267,7 +270,7 @@ impl Iterator for Splitter<'_> {
         }
         let start = self.pos;
         let from_end = memchr::memchr(b'\n', &self.data[start..]).map_or(self.data.len(), |i| start + i + 1);
-        let mut quotes = Vec::new();
+        let mut quotes = Quotes::new();
         let (end, quoted) = match self.format.uses_content_length().then(|| self.by_content_length(from_end)).flatten()
         {
             // Not scanned: let the unquoting look for itself.
@@ -294,10 +297,10 @@ impl Iterator for Splitter<'_> {
             framing
         };
         // Quotes in the framing empty line cannot be (it is empty); keep those of the message.
-        quotes.retain(|&q| from_end + q < end - framing);
+        quotes.retain(|q| from_end + *q < end - framing);
         if quotes.len() > QUOTES_KEPT {
             // Too many to keep: `quoted` stays set, and the worker unquotes into a copy.
-            quotes = Vec::new();
+            quotes = Quotes::new();
         }
         Some(MboxEntry {
             from_line: start..from_end,
@@ -611,15 +614,18 @@ From e@f Mon Jan  1 00:00:00 2024\nX: y\n\nFromage\n\nFrom g@h x\n\nlast";
     #[test]
     fn splitter_records_the_quotes() {
         let generated = crate::corpus::generate(300, crate::corpus::SizeDist::LogNormal(4096), 5, true);
+        // The last message has more quotes than an entry keeps in place.
         let edges: &[u8] =
-            b"From a\n>From first\n\n>>From x\nmid >From no\n>Fro\n>From last\n\nFrom b\nX: 1\n\n>From\n";
+            b"From a\n>From first\n\n>>From x\nmid >From no\n>Fro\n>From last\n\nFrom b\nX: 1\n\n>From\n\n\
+            From c\nX: 2\n\n>From 1\n>From 2\n>>From 3\n>From 4\n>From 5\n>From 6\n";
+        assert!(Splitter::new(edges, MboxFormat::Mboxrd).any(|e| e.quotes.spilled()));
         for data in [&generated[..], edges] {
             for fmt in [MboxFormat::Mboxrd, MboxFormat::Mboxo] {
                 let mut seen = 0;
                 for e in Splitter::new(data, fmt) {
                     let mut want = vec![];
                     quote_positions(fmt, &data[e.message.clone()], &mut want, usize::MAX);
-                    assert_eq!(e.quotes, want, "{fmt:?} at {}", e.from_line.start);
+                    assert_eq!(e.quotes[..], want[..], "{fmt:?} at {}", e.from_line.start);
                     assert!(e.quoted || want.is_empty());
                     seen += want.len();
                 }

@@ -380,9 +380,10 @@ fn sign_mbox(
                     let mut iov = unit_slices(data, &results);
                     io::write_all_vectored(out, &mut iov).map_err(out_err)?;
                     // The new header fields were allocated on the workers: freeing them here, one
-                    // by one, was the writer's largest cost per small message. A worker frees them.
+                    // by one, was the writer's largest cost per small message. A worker takes
+                    // them back for its next messages.
                     drop(iov);
-                    pool.spawn(move || drop(results));
+                    pool.spawn(move || give_back(results));
                     Ok(())
                 },
             )?;
@@ -409,6 +410,7 @@ fn sign_mbox(
                         if let (Some((first, _)), Some((last, _))) = (results.first(), results.last()) {
                             mapped.release(first.from_line.start..last.data.end);
                         }
+                        give_back(results);
                     });
                     Ok(())
                 })
@@ -422,6 +424,15 @@ fn sign_mbox(
     };
     summary.serial_cpu += cpu;
     Ok(())
+}
+
+/// Gives the new header fields of a written unit back to this worker thread, for the fields
+/// of its next messages ([`crate::dkim::sign::give_back_fields`]).
+fn give_back(results: Vec<(mbox::MboxEntry, Outcome)>) {
+    crate::dkim::sign::give_back_fields(results.into_iter().filter_map(|(_, o)| match o {
+        Outcome::Signed { headers, .. } => Some(headers),
+        _ => None,
+    }));
 }
 
 /// The output slices of one unit: each message's `From ` line, its new header fields and its
