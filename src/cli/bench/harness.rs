@@ -406,7 +406,7 @@ fn measure_key_type(
             .canon(o.canon)
             .build()
             .map_err(|e| e.to_string())?;
-        let opts = BulkOptions {
+        let mut opts = BulkOptions {
             policy: pipeline::SignPolicy {
                 keys: KeySource::Fixed(vec![signer]),
                 sender: None,
@@ -421,13 +421,20 @@ fn measure_key_type(
             framing: pipeline::Framing::Parallel,
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| e.to_string())?;
-        let mapped = Mapped::Owned(c.data.to_vec());
+        // The corpus as a spooled input (what a pipe gives): signed from memory, no file.
+        let source = pipeline::Source {
+            path: "(generated corpus)".into(),
+            kind: pipeline::InputKind::Mbox,
+            spooled: Some(Mapped::Owned(c.data.to_vec())),
+        };
+        let mapped = source.spooled.as_ref().expect("spooled above");
         // The backend's own signing rate on these threads (the limit for end-to-end) and the
         // pipeline, in alternating slices ([`in_rounds`]); each ratio the median of the
         // rounds' own.
         let slice = o.min / (2 * ROUNDS);
         let mut backend = vec![];
         for &framing in &o.framings {
+            opts.framing = framing;
             let (mut runs, mut secs, mut serial) = (0, 0.0, 0.0);
             let (mut limits, mut ratios) = (vec![], vec![]);
             in_rounds(2 * o.min, || {
@@ -440,7 +447,7 @@ fn measure_key_type(
                     1
                 });
                 backend.push(limit);
-                let (n, s, cpu) = end_to_end_sign(&opts, &mapped, &pool, framing, c.count, slice);
+                let (n, s, cpu) = end_to_end_sign(&opts, &source, &pool, c.count, slice);
                 (runs, secs, serial) = (runs + n, secs + s, serial + cpu);
                 // The limit on the same threads. RSA: the backend's signing rate (compared
                 // with `openssl speed rsa2048`). Ed25519 signs so fast that hashing matters as
@@ -475,7 +482,7 @@ fn measure_key_type(
             ..Figure::default()
         });
         if t == max_threads {
-            let signed = signed_archive(&opts, &mapped, &pool);
+            let signed = signed_archive(&opts, mapped, &pool);
             let (n, secs) = end_to_end_verify(&signed, &public, &pool, c.count, o.min);
             figs.push(Figure {
                 name: format!("end-to-end verify {label}"),
@@ -489,39 +496,27 @@ fn measure_key_type(
     Ok(())
 }
 
-/// Signs the whole archive through the pipeline for at least `min`, checking that every
-/// message signs; returns (runs, seconds, CPU seconds of the serial threads).
+/// Signs the whole archive for at least `min` as `sign -o /dev/null` does
+/// ([`pipeline::sign_path`] into a stream that drops what it is given): framing, the workers,
+/// the ordered writer with each message's accounting and its unit's vectored write, and the
+/// new fields given back to the workers. Checks that every message signs; returns (runs,
+/// seconds, CPU seconds of the serial threads).
 fn end_to_end_sign(
     opts: &BulkOptions,
-    mapped: &Mapped,
+    source: &pipeline::Source,
     pool: &rayon::ThreadPool,
-    framing: pipeline::Framing,
     count: usize,
     min: Duration,
 ) -> (u64, f64, f64) {
     let mut serial = 0.0f64;
+    let progress = pipeline::Progress::new(false, 0);
     let (n, secs) = timed(min, || {
-        let mut signed = 0u64;
-        let cpu = pipeline::map_mbox_paired(
-            mapped,
-            MboxFormat::Mboxrd,
-            0..mapped.len(),
-            pool,
-            framing,
-            true,
-            |m| pipeline::sign_stored(&opts.policy, m).is_ok(),
-            |a, b| {
-                let [ra, rb] = pipeline::sign_stored_two(&opts.policy, a, b);
-                (ra.is_ok(), rb.is_ok())
-            },
-            |results| {
-                signed += results.iter().filter(|(_, ok)| *ok).count() as u64;
-                Ok(())
-            },
-        )
-        .expect("pipeline");
-        serial += cpu.total();
-        assert_eq!(signed, count as u64, "every generated message signs");
+        let mut summary = pipeline::Summary::default();
+        let mut sink = std::io::sink();
+        let mut dest = pipeline::Destination::Stream { out: &mut sink, name: "the sink" };
+        pipeline::sign_path(source, &mut dest, opts, pool, &mut summary, &progress).expect("pipeline");
+        serial += summary.serial_cpu.total();
+        assert_eq!(summary.signed, count as u64, "every generated message signs");
         1
     });
     (n, secs, serial)
