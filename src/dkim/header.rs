@@ -209,8 +209,12 @@ fn spare_fields<'a>() -> Vec<Field<'a>> {
 }
 
 /// Keeps `fields` (emptied) for this thread's next parse, with the one kept before it; an
-/// older one is freed.
+/// older one is freed. A list with no allocation (a clone of a message without fields) keeps
+/// nothing and leaves the slots as they are.
 fn keep_spare_fields(fields: Vec<Field<'_>>) {
+    if fields.capacity() == 0 {
+        return;
+    }
     // During thread exit the slots may be gone: the list is then simply freed.
     let _ = SPARE_FIELDS.try_with(|slots| {
         let before = slots[0].replace(relabel(fields));
@@ -442,9 +446,22 @@ mod tests {
     #[test]
     fn field_lists_are_reused_and_huge_ones_freed() {
         std::thread::spawn(|| {
+            // The lists the slots hold, looked at directly: a freed list could come back from
+            // the allocator by chance, so a pointer seen again proves nothing by itself.
+            let slots = || {
+                SPARE_FIELDS.with(|slots| {
+                    slots.each_ref().map(|c| {
+                        let v = c.take();
+                        let p = (v.capacity() > 0).then_some(v.as_ptr());
+                        c.set(v);
+                        p
+                    })
+                })
+            };
             let first = Message::parse(b"A: 1\nB: 2\nC: 3\n\nbody\n").unwrap();
             let buffer = first.fields.as_ptr();
             drop(first);
+            assert_eq!(slots(), [Some(buffer), None]);
             let second = Message::parse(b"D: 4\n\nx\n").unwrap();
             assert_eq!(second.fields.as_ptr(), buffer, "the list was allocated anew");
             assert_eq!(names(&second), ["D: 4\n"]);
@@ -454,6 +471,7 @@ mod tests {
             let (a, b) = (Message::parse(b"A: 1\n\n").unwrap(), Message::parse(b"B: 2\n\n").unwrap());
             let mut buffers = [a.fields.as_ptr(), b.fields.as_ptr()];
             drop((a, b));
+            assert_eq!(slots(), [Some(buffers[1]), Some(buffers[0])], "a list of the pair was freed");
             let (c, d) = (Message::parse(b"C: 3\n\n").unwrap(), Message::parse(b"D: 4\n\n").unwrap());
             let mut again = [c.fields.as_ptr(), d.fields.as_ptr()];
             buffers.sort();

@@ -407,6 +407,7 @@ fn sign_mbox(
                         let mut iov = unit_slices(data, &results);
                         writes.write(&mut iov, unit_at, len);
                         // Its input is not read again: its pages leave our resident set.
+                        drop(iov);
                         if let (Some((first, _)), Some((last, _))) = (results.first(), results.last()) {
                             mapped.release(first.from_line.start..last.data.end);
                         }
