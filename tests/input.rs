@@ -99,3 +99,30 @@ dktest!(
         assert!(stderr(&out).contains("a FIFO: left as it is"));
     }
 );
+
+dktest!(
+    /// `bench --input` of an mbox with a message that cannot be signed names the file, the
+    /// message and the reason, and exits 65 before measuring; it used to panic (exit 101) after
+    /// the first stages. An empty archive and one that is not an mbox are named too.
+    bench_input_that_cannot_be_signed_is_a_clear_error,
+    |dir| {
+        let mut data = mbox(2);
+        data.extend_from_slice(b"From x@example.com Thu Jan  1 00:00:00 2026\nSubject: no author\n\nbody\n");
+        std::fs::write(dir.path().join("odd.mbox"), &data).unwrap();
+        std::fs::write(dir.path().join("empty.mbox"), b"").unwrap();
+        std::fs::write(dir.path().join("plain.eml"), message()).unwrap();
+        for (file, want) in [
+            ("odd.mbox", "odd.mbox: message 3 (byte offset"),
+            ("empty.mbox", "empty.mbox: holds no messages"),
+            ("plain.eml", "plain.eml: not an mbox"),
+        ] {
+            let out = dir.cmd().args(["bench", "-q", "--type", "ed25519", "-j", "1", "--seconds", "0.05", "--input", file]).run();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(65), "{file}: {err}");
+            assert!(err.contains(want), "{file}: {err}");
+            assert!(!err.contains("panicked"), "{file}: {err}");
+        }
+        let err = stderr(&dir.cmd().args(["bench", "-q", "-j", "1", "--seconds", "0.05", "--input", "odd.mbox"]).run());
+        assert!(err.contains("no From header field"), "{err}");
+    }
+);

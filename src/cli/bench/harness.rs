@@ -117,6 +117,8 @@ fn sha256_streaming(b: &[u8]) -> impl AsRef<[u8]> {
 pub struct BenchOptions {
     /// The archive to measure (generated or read).
     pub corpus: Vec<u8>,
+    /// Its name in errors: the file given, or a description of the generated corpus.
+    pub name: String,
     /// Thread counts for the end-to-end runs and limits.
     pub threads: Vec<usize>,
     /// Key types for signing and verifying.
@@ -134,12 +136,13 @@ pub struct BenchOptions {
 /// Runs every measurement and returns the figures, printing progress lines to stderr.
 pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
     let data = &o.corpus;
-    mbox::check(data).map_err(|e| e.to_string())?;
+    mbox::check(data).map_err(|e| format!("{}: {e}", o.name))?;
     let entries: Vec<mbox::MboxEntry> = mbox::Splitter::new(data, MboxFormat::Mboxrd).collect();
     let count = entries.len();
     if count == 0 {
-        return Err("the corpus holds no messages".into());
+        return Err(format!("{}: holds no messages", o.name));
     }
+    every_message_signs(&o.name, data, &entries)?;
     let mut figs = Figures { quiet: o.quiet, figs: vec![] };
     let corpus = Corpus { data, count, bytes: data.len() as f64 };
     measure_split(&corpus, o.min, &mut figs);
@@ -150,6 +153,34 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
         measure_key_type(o, &corpus, kt, &hot_sha, &mut figs)?;
     }
     Ok(figs.figs)
+}
+
+/// Checks, before anything is timed, that every message of the archive `name` signs: a run that
+/// passes messages through unsigned does less work than a signing run, so its figure would
+/// mean nothing. The first that does not is named with its reason.
+fn every_message_signs(name: &str, data: &[u8], entries: &[mbox::MboxEntry]) -> Result<(), String> {
+    let key = dkimpress::dkim::genkey::generate(KeyType::Ed25519, 0).map_err(|e| e.to_string())?.key;
+    let signer = SignerBuilder::new(Arc::new(key), "example.com", "bench").build().map_err(|e| e.to_string())?;
+    let policy = pipeline::SignPolicy {
+        keys: KeySource::Fixed(vec![signer]),
+        sender: None,
+        strip_own: false,
+        now: 1_800_000_000,
+        max_message: dkimpress::pipeline::DEFAULT_MAX_MESSAGE,
+        dkim: true,
+        arc: None,
+    };
+    for (i, e) in entries.iter().enumerate() {
+        if let Err(why) = mbox::with_stored(MboxFormat::Mboxrd, data, e, |m| pipeline::sign_stored(&policy, m)) {
+            return Err(format!(
+                "{name}: message {} (byte offset {}) cannot be signed: {why}; bench measures archives whose every \
+                 message signs",
+                i + 1,
+                e.from_line.start
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The figures so far, each printed to stderr as it comes unless quiet.
@@ -423,7 +454,7 @@ fn measure_key_type(
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| e.to_string())?;
         // The corpus as a spooled input (what a pipe gives): signed from memory, no file.
         let source = pipeline::Source {
-            path: "(generated corpus)".into(),
+            path: o.name.clone().into(),
             kind: pipeline::InputKind::Mbox,
             spooled: Some(Mapped::Owned(c.data.to_vec())),
         };

@@ -78,19 +78,22 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(p) => std::fs::read(p).map_err(|error| CliError::Input { path: p.clone(), error })?,
         None => dkimpress::corpus::generate(a.count, a.size, a.seed, a.attachments),
     };
+    let name = a
+        .input
+        .as_ref()
+        .map_or(format!("{}, size {}, seed {}", count(a.count as u64, "generated message"), a.size, a.seed), |p| {
+            p.display().to_string()
+        });
     if !a.quiet {
         eprintln!(
-            "dkimpress bench: {} octets, {}; threads {threads:?}; {} cores; rates in MB/s (10^6 octets)",
+            "dkimpress bench: {} octets, {name}; threads {threads:?}; {} cores; rates in MB/s (10^6 octets)",
             corpus.len(),
-            a.input.as_ref().map_or(
-                format!("{}, size {}, seed {}", count(a.count as u64, "generated message"), a.size, a.seed),
-                |p| p.display().to_string()
-            ),
             cores
         );
     }
     let opts = harness::BenchOptions {
         corpus,
+        name,
         threads,
         keys,
         canon: a.canon,
