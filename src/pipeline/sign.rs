@@ -406,8 +406,8 @@ fn sign_mbox(
                     jobs.spawn(move |_| {
                         let mut iov = unit_slices(data, &results);
                         writes.write(&mut iov, unit_at, len);
-                        // Its input is not read again: its pages leave our resident set.
                         drop(iov);
+                        // Its input is not read again: its pages leave our resident set.
                         if let (Some((first, _)), Some((last, _))) = (results.first(), results.last()) {
                             mapped.release(first.from_line.start..last.data.end);
                         }

@@ -155,13 +155,9 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Figure>, String> {
     Ok(figs.figs)
 }
 
-/// Checks, before anything is timed, that every message of the archive `name` signs: a run that
-/// passes messages through unsigned does less work than a signing run, so its figure would
-/// mean nothing. The first that does not is named with its reason.
-fn every_message_signs(name: &str, data: &[u8], entries: &[mbox::MboxEntry]) -> Result<(), String> {
-    let key = dkimpress::dkim::genkey::generate(KeyType::Ed25519, 0).map_err(|e| e.to_string())?.key;
-    let signer = SignerBuilder::new(Arc::new(key), "example.com", "bench").build().map_err(|e| e.to_string())?;
-    let policy = pipeline::SignPolicy {
+/// How the bench signs: every message with `signer`, at a fixed time, DKIM only.
+fn signing_policy(signer: dkimpress::dkim::sign::Signer) -> pipeline::SignPolicy {
+    pipeline::SignPolicy {
         keys: KeySource::Fixed(vec![signer]),
         sender: None,
         strip_own: false,
@@ -169,7 +165,16 @@ fn every_message_signs(name: &str, data: &[u8], entries: &[mbox::MboxEntry]) -> 
         max_message: dkimpress::pipeline::DEFAULT_MAX_MESSAGE,
         dkim: true,
         arc: None,
-    };
+    }
+}
+
+/// Checks, before anything is timed, that every message of the archive `name` signs: a run that
+/// passes messages through unsigned does less work than a signing run, so its figure would
+/// mean nothing. The first that does not is named with its reason.
+fn every_message_signs(name: &str, data: &[u8], entries: &[mbox::MboxEntry]) -> Result<(), String> {
+    let key = dkimpress::dkim::genkey::generate(KeyType::Ed25519, 0).map_err(|e| e.to_string())?.key;
+    let signer = SignerBuilder::new(Arc::new(key), "example.com", "bench").build().map_err(|e| e.to_string())?;
+    let policy = signing_policy(signer);
     for (i, e) in entries.iter().enumerate() {
         if let Err(why) = mbox::with_stored(MboxFormat::Mboxrd, data, e, |m| pipeline::sign_stored(&policy, m)) {
             return Err(format!(
@@ -438,15 +443,7 @@ fn measure_key_type(
             .build()
             .map_err(|e| e.to_string())?;
         let mut opts = BulkOptions {
-            policy: pipeline::SignPolicy {
-                keys: KeySource::Fixed(vec![signer]),
-                sender: None,
-                strip_own: false,
-                now: 1_800_000_000,
-                max_message: dkimpress::pipeline::DEFAULT_MAX_MESSAGE,
-                dkim: true,
-                arc: None,
-            },
+            policy: signing_policy(signer),
             mbox_format: MboxFormat::Mboxrd,
             shard: None,
             framing: pipeline::Framing::Parallel,
