@@ -10,10 +10,13 @@
 //!
 //! The workers hash the bodies of consecutive mbox messages two at a time; this says what that
 //! is worth on the CPU at hand (an SMT sibling busy with its own hashing takes part of it).
-//! See benches/REPORT.md.
+//! On a CPU with AVX-512 it also measures sixteen messages hashed at once in the vector lanes
+//! (`arch::sha256x16::digest16`, checked against `sha2` too), the candidate for CPUs where two
+//! SHA-NI streams gain little. See benches/REPORT.md.
 //!
 //! Run: `cargo bench --bench sha_lanes`.
 
+use dkimpress::arch::sha256x16;
 use dkimpress::arch::sha256x2::{available, Sha256Pair};
 use sha2::Digest as _;
 use std::time::{Duration, Instant};
@@ -62,12 +65,31 @@ fn main() {
             std::hint::black_box(together(a, b));
         }
     };
+    // The same 128 messages, sixteen at a time.
+    let messages: Vec<&[u8]> = pairs.iter().flat_map(|(a, b)| [&a[..], &b[..]]).collect();
+    let groups: Vec<[&[u8]; 16]> = messages.chunks_exact(16).map(|g| std::array::from_fn(|i| g[i])).collect();
+    let sixteen_available = sha256x16::available();
+    for g in groups.iter().filter(|_| sixteen_available) {
+        let want: [[u8; 32]; 16] = std::array::from_fn(|i| sha2::Sha256::digest(g[i]).into());
+        assert_eq!(sha256x16::digest16(g), Some(want), "sixteen lanes against sha2");
+    }
+    let sixteen = || {
+        for g in &groups {
+            std::hint::black_box(sha256x16::digest16(g));
+        }
+    };
     let (mut ones, mut twos, mut ratios) = (vec![], vec![], vec![]);
+    let (mut sixteens, mut ratios16) = (vec![], vec![]);
     for _ in 0..9 {
         let (r1, r2) = (rate(&one), rate(&two));
         ones.push(r1);
         twos.push(r2);
         ratios.push(r2 / r1);
+        if sixteen_available {
+            let r16 = rate(&sixteen);
+            sixteens.push(r16);
+            ratios16.push(r16 / r1);
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -81,4 +103,15 @@ fn main() {
         ratios[0],
         ratios[ratios.len() - 1],
     );
+    if sixteen_available {
+        println!(
+            "sha_lanes: sixteen together (AVX-512, sha256x16) {:.0} MB/s, ratio to one stream {:.2} (median of 9 rounds; min {:.2}, max {:.2})",
+            median(&mut sixteens),
+            median(&mut ratios16),
+            ratios16[0],
+            ratios16[ratios16.len() - 1],
+        );
+    } else {
+        println!("sha_lanes: this CPU has no AVX-512F/BW; sixteen lanes not measured");
+    }
 }
