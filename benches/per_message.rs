@@ -2,9 +2,10 @@
 //!
 //! `dkimpress bench` compares whole runs (framing, the worker pool, the ordered results)
 //! with the Ed25519 limit: one signature plus SHA-256 of the message's octets. This bench takes
-//! the pipeline away: on one thread it signs the messages of a generated 4 KB corpus two at a
-//! time with `pipeline::sign_stored_two` (what each worker does after framing) and, in the
-//! same round, runs the limit over the same messages. The rounds alternate the two, so the
+//! the pipeline away: on one thread it signs the messages of a generated 4 KB corpus in groups
+//! of `pipeline::GROUP` with `pipeline::sign_stored_group` (what each worker does after
+//! framing: bodies hashed two at a time, or sixteen at a time in the AVX-512 lanes where the
+//! CPU prefers them) and, in the same round, runs the limit over the same messages. The rounds alternate the two, so the
 //! machine's drift falls on both; it prints each side's median cost a message and the median
 //! of the rounds' own ratios. Between two builds, this ratio moves with per-message work that
 //! a whole run hides in its noise (benches/REPORT.md, 2026-12-04, session 16). The corpus is
@@ -45,8 +46,8 @@ fn main() {
         arc: None,
     };
     // Every message signs (a benchmark of refusals measures nothing).
-    for two in stored.chunks_exact(2) {
-        for r in pipeline::sign_stored_two(&policy, two[0], two[1]) {
+    for group in stored.chunks(pipeline::GROUP) {
+        for r in pipeline::sign_stored_group(&policy, group) {
             assert!(r.expect("the generated messages sign").0.starts_with(b"DKIM-Signature:"));
         }
     }
@@ -60,8 +61,8 @@ fn main() {
         }
         let l = t.elapsed().as_secs_f64() / n;
         let t = Instant::now();
-        for two in stored.chunks_exact(2) {
-            std::hint::black_box(pipeline::sign_stored_two(&policy, two[0], two[1]).map(|r| r.is_ok()));
+        for group in stored[..n as usize].chunks(pipeline::GROUP) {
+            std::hint::black_box(pipeline::sign_stored_group(&policy, group).iter().all(|r| r.is_ok()));
         }
         let e = t.elapsed().as_secs_f64() / n;
         limit.push(l * 1e6);
@@ -69,7 +70,7 @@ fn main() {
         ratio.push(l / e);
     }
     println!(
-        "4 KB Ed25519, one thread, {rounds} rounds: limit {:.2} us a message, sign_stored_two {:.2} us; \
+        "4 KB Ed25519, one thread, {rounds} rounds: limit {:.2} us a message, sign_stored_group {:.2} us; \
          limit / signing, median of the rounds: {:.3}",
         median(&mut limit),
         median(&mut signing),

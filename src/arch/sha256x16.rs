@@ -11,45 +11,49 @@
 //! `vpternlogd` each). Where sixteen bodies are at hand (a bulk run has thousands), that is
 //! more hashed octets per cycle than SHA-NI gives one stream (benches/REPORT.md).
 //!
-//! Owns the sixteen-lane compression kernel and [`digest16`], sixteen whole messages of any
-//! lengths: their common whole blocks go through the kernel together, each one's remaining
-//! blocks and padding (§5.1.1) through the `sha2` crate's compression function. Tested against
-//! the `sha2` crate.
+//! Owns the sixteen-lane compression kernel; [`digest_padded`], a queue of padded messages
+//! ([`pad`]) through the lanes, each lane taking the next message when its own is done (the
+//! workers' body hashes: `dkim::bodyhash::hash_many`); [`digest16`], sixteen whole messages of
+//! any lengths (the `sha_lanes` bench); and [`preferred`], whether this CPU should use the
+//! lanes rather than a pair of SHA-NI streams. Tested against the `sha2` crate.
 
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
-/// The round constants (FIPS 180-4 §4.2.2).
+use super::sha256x2::IV;
 #[cfg(target_arch = "x86_64")]
-static K: [u32; 64] = [
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
-    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
-    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
-    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2,
-];
-
-/// The initial hash value (FIPS 180-4 §5.3.3).
-const IV: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+use super::sha256x2::K;
 
 /// Whether this CPU has what the kernel needs: AVX-512 Foundation (rotations, ternary logic,
 /// gathers) and Byte/Word (the byte swap). Detected once, then a cached flag.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::atomic::{AtomicU8, Ordering};
-        static HAS: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
-        match HAS.load(Ordering::Relaxed) {
-            0 => {
-                let yes = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw");
-                HAS.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                yes
-            }
-            v => v == 2,
-        }
+        static HAS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        super::detected_once(&HAS, || {
+            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether bodies should go through the sixteen lanes rather than a pair of SHA-NI streams
+/// (`arch::sha256x2`) on this CPU: it has AVX-512 and is an Intel one. Measured with `cargo
+/// bench --bench sha_lanes`: on an Intel Xeon two SHA-NI streams ran at 0.83-0.97 of one and
+/// sixteen lanes at 1.84-1.91; on an AMD Zen 3 core (no AVX-512) two streams at 1.42. AMD cores
+/// with AVX-512 (Zen 4 on, which runs 512-bit operations in two halves) are not measured and
+/// keep the pair.
+pub fn preferred() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static INTEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        // CPUID leaf 0: the vendor string in EBX, EDX, ECX ("GenuineIntel").
+        let intel = super::detected_once(&INTEL, || {
+            let id = __cpuid(0);
+            [id.ebx, id.edx, id.ecx] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e]
+        });
+        intel && available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -82,29 +86,106 @@ fn digest16_reading(msgs: &[&[u8]; 16], near_allowed: bool) -> Option<[[u8; 32];
     Some(std::array::from_fn(|i| finish(&mut states[i], msgs[i], 64 * common)))
 }
 
-/// The digest of `msg` whose first `done` octets (whole blocks) are hashed into `state`: the
-/// rest of its blocks and the padding (FIPS 180-4 §5.1.1) one lane at a time.
-fn finish(state: &mut [u32; 8], msg: &[u8], done: usize) -> [u8; 32] {
+/// Octets of SHA-256 padding (FIPS 180-4 §5.1.1) that [`digest_padded`] wants after a message
+/// of `len` octets: 0x80, zeros up to 56 modulo 64, the length in bits (big-endian).
+pub fn pad(buf: &mut Vec<u8>, len: u64) {
+    buf.push(0x80);
+    let zeros = (119 - (len as usize % 64)) % 64;
+    buf.resize(buf.len() + zeros, 0);
+    buf.extend_from_slice(&(len * 8).to_be_bytes());
+}
+
+/// The SHA-256 digests of any number of messages, each given padded ([`pad`]: a whole number of
+/// blocks), or `None` when the CPU lacks AVX-512. The messages go through the sixteen lanes as
+/// a queue: each call of the kernel runs over the fewest blocks any busy lane has left, then a
+/// lane whose message is done takes the next one. Once the queue is empty and half the lanes or
+/// fewer are busy, their rests are hashed one stream at a time (SHA-NI where the CPU has it),
+/// which is then faster than sixteen lanes mostly idle.
+///
+/// # Panics
+/// When a message is not a whole number of blocks, or empty.
+pub fn digest_padded(msgs: &[&[u8]]) -> Option<Vec<[u8; 32]>> {
+    if !available() {
+        return None;
+    }
+    assert!(msgs.iter().all(|m| !m.is_empty() && m.len() % 64 == 0), "digest_padded: messages must be padded");
+    let mut out = vec![[0u8; 32]; msgs.len()];
+    let mut states = [IV; 16];
+    // The message of each lane and how far it is hashed.
+    let mut lanes: [Option<(usize, usize)>; 16] = [None; 16];
+    let mut next = 0;
+    loop {
+        for (lane, state) in lanes.iter_mut().zip(states.iter_mut()) {
+            if lane.is_none() && next < msgs.len() {
+                *lane = Some((next, 0));
+                *state = IV;
+                next += 1;
+            }
+        }
+        let busy = lanes.iter().flatten().count();
+        if busy == 0 {
+            break;
+        }
+        if next == msgs.len() && busy <= 8 {
+            for (lane, state) in lanes.iter_mut().zip(states.iter_mut()) {
+                if let Some((i, at)) = lane.take() {
+                    compress_rest(state, &msgs[i][at..]);
+                    out[i] = digest_of(state);
+                }
+            }
+            break;
+        }
+        let blocks = lanes.iter().flatten().map(|&(i, at)| (msgs[i].len() - at) / 64).min().unwrap_or(0);
+        // An idle lane reads a busy lane's blocks; its state is thrown away.
+        let any = lanes.iter().flatten().next().map(|&(i, at)| &msgs[i][at..]).unwrap_or_default();
+        let reads: [&[u8]; 16] = std::array::from_fn(|l| lanes[l].map_or(any, |(i, at)| &msgs[i][at..]));
+        // SAFETY: the CPU has AVX-512F and AVX-512BW (`available`), and every lane reads a
+        // message with at least `blocks` whole blocks left.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            compress16(&mut states, &reads, blocks, true)
+        };
+        for (lane, state) in lanes.iter_mut().zip(states.iter()) {
+            if let Some((i, at)) = lane {
+                *at += 64 * blocks;
+                if *at == msgs[*i].len() {
+                    out[*i] = digest_of(state);
+                    *lane = None;
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Hashes the whole blocks of `blocks` into `state`, one stream.
+fn compress_rest(state: &mut [u32; 8], blocks: &[u8]) {
     use sha2::digest::generic_array::GenericArray;
-    let rest = &msg[done..];
-    let whole = rest.len() / 64 * 64;
-    for block in rest[..whole].chunks_exact(64) {
+    for block in blocks.chunks_exact(64) {
         sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
     }
-    let tail = &rest[whole..];
-    let mut last = [0u8; 128];
-    last[..tail.len()].copy_from_slice(tail);
-    last[tail.len()] = 0x80;
-    let end = if tail.len() < 56 { 64 } else { 128 };
-    last[end - 8..end].copy_from_slice(&(msg.len() as u64 * 8).to_be_bytes());
-    for block in last[..end].chunks_exact(64) {
-        sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
-    }
+}
+
+/// A chaining value as the digest's octets.
+fn digest_of(state: &[u32; 8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (o, w) in out.chunks_exact_mut(4).zip(state.iter()) {
         o.copy_from_slice(&w.to_be_bytes());
     }
     out
+}
+
+/// The digest of `msg` whose first `done` octets (whole blocks) are hashed into `state`: the
+/// rest of its blocks and the padding (FIPS 180-4 §5.1.1) one lane at a time.
+fn finish(state: &mut [u32; 8], msg: &[u8], done: usize) -> [u8; 32] {
+    let rest = &msg[done..];
+    let whole = rest.len() / 64 * 64;
+    compress_rest(state, &rest[..whole]);
+    let mut last = Vec::with_capacity(128);
+    last.extend_from_slice(&rest[whole..]);
+    pad(&mut last, msg.len() as u64);
+    compress_rest(state, &last);
+    digest_of(state)
 }
 
 /// Where [`compress16`] reads the lanes' blocks: their addresses as offsets from lane 0's
@@ -294,6 +375,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A queue of messages of many lengths, more and fewer than the lanes, padded by `pad`,
+    /// hashes as `sha2` hashes each.
+    #[test]
+    fn digest_padded_matches_sha2() {
+        if !available() {
+            eprintln!("SKIPPED digest_padded_matches_sha2: this CPU has no AVX-512F/BW");
+            return;
+        }
+        for count in [1, 7, 16, 17, 40, 100] {
+            let msgs: Vec<Vec<u8>> = (0..count)
+                .map(|i| {
+                    let n = [0, 1, 55, 56, 63, 64, 65, 700, 4096, 9000, 20_000][(i * 7 + count) % 11] + i;
+                    (0..n).map(|j| (j * 13 + i) as u8).collect()
+                })
+                .collect();
+            let padded: Vec<Vec<u8>> = msgs
+                .iter()
+                .map(|m| {
+                    let mut p = m.clone();
+                    pad(&mut p, m.len() as u64);
+                    assert_eq!(p.len() % 64, 0);
+                    p
+                })
+                .collect();
+            let refs: Vec<&[u8]> = padded.iter().map(|p| &p[..]).collect();
+            let got = digest_padded(&refs).expect("AVX-512 checked above");
+            for (i, m) in msgs.iter().enumerate() {
+                assert_eq!(got[i], reference(m), "{count} messages: message {i}, {} octets", m.len());
+            }
+        }
+        assert_eq!(digest_padded(&[]), Some(vec![]));
     }
 
     /// Lanes that start at any alignment, overlapping and in one buffer.

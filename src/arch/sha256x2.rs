@@ -17,7 +17,7 @@ use core::arch::x86_64::*;
 
 /// The round constants (FIPS 180-4 §4.2.2).
 #[cfg(target_arch = "x86_64")]
-static K: [u32; 64] = [
+pub(super) static K: [u32; 64] = [
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
     0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
     0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
@@ -29,24 +29,19 @@ static K: [u32; 64] = [
 ];
 
 /// The initial hash value (FIPS 180-4 §5.3.3).
-const IV: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+pub(super) const IV: [u32; 8] =
+    [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 
 /// Whether this CPU has what the kernels need (detected once, then a cached flag).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::atomic::{AtomicU8, Ordering};
-        static HAS: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
-        match HAS.load(Ordering::Relaxed) {
-            0 => {
-                let yes = std::is_x86_feature_detected!("sha")
-                    && std::is_x86_feature_detected!("ssse3")
-                    && std::is_x86_feature_detected!("sse4.1");
-                HAS.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                yes
-            }
-            v => v == 2,
-        }
+        static HAS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        super::detected_once(&HAS, || {
+            std::is_x86_feature_detected!("sha")
+                && std::is_x86_feature_detected!("ssse3")
+                && std::is_x86_feature_detected!("sse4.1")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

@@ -232,6 +232,67 @@ pub fn hash_two<'a, I: IntoIterator<Item = &'a [u8]>>(bodies: [(Canon, I); 2]) -
     }))
 }
 
+/// SHA-256 body hashes (`BodySpec::signing`) of many bodies at once, sixteen at a time in the
+/// AVX-512 lanes ([`crate::arch::sha256x16::digest_padded`]): each body's canonical form is
+/// made whole first (by a [`StreamCanonicalizer`], as [`hash_two`] makes it) and padded, then
+/// the lanes hash them as a queue. Each body is given as the slices that make it, in order.
+/// `None` when the CPU lacks AVX-512. The canonical forms are held at once: for bodies of a few
+/// tens of KB (the callers keep larger ones out).
+pub fn hash_many<'a, I: IntoIterator<Item = &'a [u8]>>(
+    bodies: impl IntoIterator<Item = (Canon, I)>,
+) -> Option<Vec<HashedBody>> {
+    if !crate::arch::sha256x16::available() {
+        return None;
+    }
+    let mut buffers = MANY_BUFFERS.take();
+    let mut made = Vec::new();
+    for (k, (canon, slices)) in bodies.into_iter().enumerate() {
+        if buffers.len() <= k {
+            buffers.push(Vec::new());
+        }
+        let buf = &mut buffers[k];
+        buf.clear();
+        let mut c = StreamCanonicalizer::new(canon);
+        for slice in slices {
+            for chunk in slice.chunks(16 * 1024) {
+                c.update(chunk, buf);
+            }
+        }
+        c.finish(buf);
+        let total = buf.len() as u64;
+        crate::arch::sha256x16::pad(buf, total);
+        made.push((canon, total));
+    }
+    let padded: Vec<&[u8]> = buffers[..made.len()].iter().map(|b| &b[..]).collect();
+    let digests = crate::arch::sha256x16::digest_padded(&padded)?;
+    // Kept for the next call, within a bound: a worker's groups are alike.
+    buffers.truncate(MANY_KEPT_COUNT);
+    for b in &mut buffers {
+        b.clear();
+        b.shrink_to(MANY_KEPT);
+    }
+    MANY_BUFFERS.set(buffers);
+    Some(
+        made.into_iter()
+            .zip(digests)
+            .map(|((canon, total), digest)| HashedBody {
+                first: Some(BodyDigest { spec: BodySpec::signing(canon), digest: Digest::new(&digest), total }),
+                more: Vec::new(),
+            })
+            .collect(),
+    )
+}
+
+/// The capacity a buffer of [`hash_many`] keeps between calls.
+const MANY_KEPT: usize = 16 * 1024;
+/// How many buffers [`hash_many`] keeps between calls (the workers' groups are smaller).
+const MANY_KEPT_COUNT: usize = 64;
+
+thread_local! {
+    /// The canonical bodies of this thread's last [`hash_many`], emptied, for the next one.
+    static MANY_BUFFERS: std::cell::Cell<Vec<Vec<u8>>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 thread_local! {
     /// The buffers of this thread's last [`hash_two`], for the next one: for small messages,
     /// growing two new ones each time cost as much as hashing a few hundred octets.
@@ -709,6 +770,50 @@ mod tests {
             "{:?}",
             kept.each_ref().map(|b| b.capacity())
         );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Many bodies hashed in the AVX-512 lanes, each given in pieces and with its own
+        /// canonicalization: what each alone hashes to.
+        #[test]
+        fn many_bodies_hashed_together_match_hash_body(
+            bodies in proptest::collection::vec(
+                (crate::dkim::canon::body::tests::long_bodies(), 0usize..100_000, proptest::bool::ANY),
+                0..40,
+            ),
+        ) {
+            let given: Vec<(Canon, Vec<&[u8]>)> = bodies
+                .iter()
+                .map(|(b, cut, relaxed)| {
+                    let cut = (*cut).min(b.len());
+                    (if *relaxed { Canon::Relaxed } else { Canon::Simple }, vec![&b[..cut], &b[cut..]])
+                })
+                .collect();
+            let Some(hashed) = hash_many(given.iter().map(|(c, s)| (*c, s.iter().copied()))) else {
+                // No AVX-512 on this CPU: nothing to compare.
+                return Ok(());
+            };
+            prop_assert_eq!(hashed.len(), bodies.len());
+            for ((h, (c, _)), (b, _, _)) in hashed.iter().zip(&given).zip(&bodies) {
+                prop_assert_eq!(h.get(BodySpec::signing(*c)), Some(&hash_body(BodySpec::signing(*c), b)));
+            }
+        }
+    }
+
+    #[test]
+    fn many_empty_or_tiny_bodies_hashed_together() {
+        let bodies: [&[u8]; 6] = [b"", b"\r\n", b"\n\n\n", b"x", b" \t \r\n", b"a\r\n\r\n"];
+        let given: Vec<(Canon, [&[u8]; 1])> =
+            bodies.iter().flat_map(|&b| [(Canon::Simple, [b]), (Canon::Relaxed, [b])]).collect();
+        let Some(hashed) = hash_many(given.iter().map(|&(c, s)| (c, s))) else { return };
+        for (h, &(c, [b])) in hashed.iter().zip(&given) {
+            assert_eq!(h.get(BodySpec::signing(c)), Some(&hash_body(BodySpec::signing(c), b)));
+        }
+        // What the thread keeps for the next call is bounded.
+        let kept = MANY_BUFFERS.take();
+        assert!(kept.len() <= MANY_KEPT_COUNT && kept.iter().all(|b| b.capacity() <= MANY_KEPT && b.is_empty()));
     }
 
     #[test]

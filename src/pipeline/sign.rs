@@ -12,7 +12,9 @@ use super::input::{
 use super::io;
 use super::lock::MboxLock;
 use super::mbox::{self, MboxFormat};
-use super::message::{guarded, sign_stored, sign_stored_two, without, write_without, Disposition, SignPolicy, Signed};
+use super::message::{
+    guarded, sign_stored, sign_stored_group, without, write_without, Disposition, SignPolicy, Signed,
+};
 use super::os::Mapped;
 use super::report::{Problem, Progress, Summary};
 use super::{input_err, interrupted, BulkError};
@@ -59,16 +61,18 @@ pub(crate) fn process(policy: &SignPolicy, msg: mbox::Stored<'_>) -> Outcome {
     outcome(guarded("signing", || sign_stored(policy, msg)))
 }
 
-/// [`process`] of two messages, their bodies hashed together where both allow it
-/// ([`sign_stored_two`]). Should signing them together panic, each is signed again on its
-/// own, so that only a message that makes the signer panic is left unsigned.
-pub(crate) fn process_two(policy: &SignPolicy, a: mbox::Stored<'_>, b: mbox::Stored<'_>) -> (Outcome, Outcome) {
-    if a.len().max(b.len()) as u64 > policy.max_message {
-        return (process(policy, a), process(policy, b));
+/// [`process`] of a group of messages, their bodies hashed together where they allow it
+/// ([`sign_stored_group`]). Should signing them together panic, each is signed again on its
+/// own, so that only a message that makes the signer panic is left unsigned; a group with a
+/// message over the size limit is processed one message at a time.
+pub(crate) fn process_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<Outcome> {
+    let alone = || msgs.iter().map(|&m| process(policy, m)).collect();
+    if msgs.iter().any(|m| m.len() as u64 > policy.max_message) {
+        return alone();
     }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_stored_two(policy, a, b))) {
-        Ok([ra, rb]) => (outcome(ra), outcome(rb)),
-        Err(_) => (process(policy, a), process(policy, b)),
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sign_stored_group(policy, msgs))) {
+        Ok(results) => results.into_iter().map(outcome).collect(),
+        Err(_) => alone(),
     }
 }
 
@@ -361,7 +365,7 @@ fn sign_mbox(
         Ok(())
     };
     let work = |msg: mbox::Stored<'_>| process(&opts.policy, msg);
-    let work_two = |a: mbox::Stored<'_>, b: mbox::Stored<'_>| process_two(&opts.policy, a, b);
+    let work_group = |msgs: &[mbox::Stored<'_>]| process_group(&opts.policy, msgs);
     let cpu = match out {
         UnitSink::Stream(out) => {
             out.write_all(bom).map_err(out_err)?;
@@ -373,7 +377,7 @@ fn sign_mbox(
                 opts.framing,
                 true,
                 work,
-                work_two,
+                work_group,
                 |results| {
                     accept(summary, &results)?;
                     // One allocation per unit (up to a few thousand slices), not per message.
@@ -397,24 +401,34 @@ fn sign_mbox(
             let mut at = bom.len() as u64;
             let writes = &all_writes;
             let cpu = pool.in_place_scope(|jobs| {
-                map_mbox_paired(mapped, opts.mbox_format, range, pool, opts.framing, false, work, work_two, |results| {
-                    accept(summary, &results)?;
-                    let len: usize = results.iter().map(|(e, o)| unit_len(e, o)).sum();
-                    writes.reserve(len).map_err(out_err)?;
-                    let unit_at = at;
-                    at += len as u64;
-                    jobs.spawn(move |_| {
-                        let mut iov = unit_slices(data, &results);
-                        writes.write(&mut iov, unit_at, len);
-                        drop(iov);
-                        // Its input is not read again: its pages leave our resident set.
-                        if let (Some((first, _)), Some((last, _))) = (results.first(), results.last()) {
-                            mapped.release(first.from_line.start..last.data.end);
-                        }
-                        give_back(results);
-                    });
-                    Ok(())
-                })
+                map_mbox_paired(
+                    mapped,
+                    opts.mbox_format,
+                    range,
+                    pool,
+                    opts.framing,
+                    false,
+                    work,
+                    work_group,
+                    |results| {
+                        accept(summary, &results)?;
+                        let len: usize = results.iter().map(|(e, o)| unit_len(e, o)).sum();
+                        writes.reserve(len).map_err(out_err)?;
+                        let unit_at = at;
+                        at += len as u64;
+                        jobs.spawn(move |_| {
+                            let mut iov = unit_slices(data, &results);
+                            writes.write(&mut iov, unit_at, len);
+                            drop(iov);
+                            // Its input is not read again: its pages leave our resident set.
+                            if let (Some((first, _)), Some((last, _))) = (results.first(), results.last()) {
+                                mapped.release(first.from_line.start..last.data.end);
+                            }
+                            give_back(results);
+                        });
+                        Ok(())
+                    },
+                )
             });
             // The scope has waited for every write.
             let written = all_writes.finish();
