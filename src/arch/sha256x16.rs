@@ -145,6 +145,8 @@ pub fn digest_padded(msgs: &[&[u8]]) -> Option<Vec<[u8; 32]>> {
         unsafe {
             compress16(&mut states, &reads, blocks, true)
         };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (&reads, blocks);
         for (lane, state) in lanes.iter_mut().zip(states.iter()) {
             if let Some((i, at)) = lane {
                 *at += 64 * blocks;
@@ -188,13 +190,20 @@ fn finish(state: &mut [u32; 8], msg: &[u8], done: usize) -> [u8; 32] {
     digest_of(state)
 }
 
-/// Where [`compress16`] reads the lanes' blocks: their addresses as offsets from lane 0's
-/// when all fit in 32 bits (one gather of sixteen loads per word: lanes of one mbox, or of
-/// one heap), else whole (two gathers of eight).
+/// Where [`compress16`] reads the lanes' blocks: each lane's address as its offset from lane
+/// 0's current block (`base`), 32-bit when all fit (one gather of sixteen loads per word:
+/// lanes of one mbox, or of one heap), else 64-bit (two gathers of eight).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-enum Lanes {
-    Near { base: *const u8, offsets: __m512i },
+struct Lanes {
+    base: *const u8,
+    offsets: Offsets,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum Offsets {
+    Near(__m512i),
     Far { lo: __m512i, hi: __m512i },
 }
 
@@ -203,31 +212,26 @@ impl Lanes {
     #[target_feature(enable = "avx512f")]
     fn new(msgs: &[&[u8]; 16], near_allowed: bool) -> Lanes {
         let base = msgs[0].as_ptr();
-        let offsets: Option<Vec<i32>> =
-            msgs.iter().map(|m| i32::try_from((m.as_ptr() as i64).wrapping_sub(base as i64)).ok()).collect();
-        match offsets.filter(|_| near_allowed) {
+        let far: [i64; 16] = std::array::from_fn(|i| (msgs[i].as_ptr() as i64).wrapping_sub(base as i64));
+        let near: [i32; 16] = std::array::from_fn(|i| far[i] as i32);
+        let offsets = if near_allowed && far.iter().zip(&near).all(|(&f, &n)| i64::from(n) == f) {
             // SAFETY: 16 i32 are 64 octets.
-            Some(o) => Lanes::Near { base, offsets: unsafe { _mm512_loadu_si512(o.as_ptr().cast()) } },
-            None => {
-                let addr = |i: usize| msgs[i].as_ptr() as i64;
-                Lanes::Far {
-                    lo: _mm512_set_epi64(addr(7), addr(6), addr(5), addr(4), addr(3), addr(2), addr(1), addr(0)),
-                    hi: _mm512_set_epi64(addr(15), addr(14), addr(13), addr(12), addr(11), addr(10), addr(9), addr(8)),
+            Offsets::Near(unsafe { _mm512_loadu_si512(near.as_ptr().cast()) })
+        } else {
+            // SAFETY: twice 8 i64, 64 octets each.
+            unsafe {
+                Offsets::Far {
+                    lo: _mm512_loadu_si512(far.as_ptr().cast()),
+                    hi: _mm512_loadu_si512(far[8..].as_ptr().cast()),
                 }
             }
-        }
+        };
+        Lanes { base, offsets }
     }
 
     /// On to the next block of every lane.
-    #[target_feature(enable = "avx512f")]
     fn advance(&mut self) {
-        match self {
-            Lanes::Near { base, .. } => *base = base.wrapping_add(64),
-            Lanes::Far { lo, hi } => {
-                *lo = _mm512_add_epi64(*lo, _mm512_set1_epi64(64));
-                *hi = _mm512_add_epi64(*hi, _mm512_set1_epi64(64));
-            }
-        }
+        self.base = self.base.wrapping_add(64);
     }
 
     /// The message word `t` (0..16) of the current block of each lane, big-endian.
@@ -238,21 +242,15 @@ impl Lanes {
     #[target_feature(enable = "avx512f,avx512bw")]
     #[inline]
     unsafe fn word(self, t: usize, bswap: __m512i) -> __m512i {
-        let v = match self {
-            // SAFETY: each lane's address is base + its offset, readable as the caller promises.
-            Lanes::Near { base, offsets } => unsafe {
-                _mm512_i32gather_epi32::<1>(offsets, base.wrapping_add(4 * t).cast())
-            },
-            Lanes::Far { lo, hi } => {
-                let off = _mm512_set1_epi64(4 * t as i64);
-                // SAFETY: absolute addresses (base null, scale 1), readable as the caller promises.
-                let (a, b) = unsafe {
-                    (
-                        _mm512_i64gather_epi32::<1>(_mm512_add_epi64(lo, off), std::ptr::null()),
-                        _mm512_i64gather_epi32::<1>(_mm512_add_epi64(hi, off), std::ptr::null()),
-                    )
-                };
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
+        let at = self.base.wrapping_add(4 * t);
+        // SAFETY: each lane's word is at `at` plus its offset, readable as the caller promises.
+        let v = unsafe {
+            match self.offsets {
+                Offsets::Near(offsets) => _mm512_i32gather_epi32::<1>(offsets, at.cast()),
+                Offsets::Far { lo, hi } => _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm512_i64gather_epi32::<1>(lo, at.cast())),
+                    _mm512_i64gather_epi32::<1>(hi, at.cast()),
+                ),
             }
         };
         _mm512_shuffle_epi8(v, bswap)

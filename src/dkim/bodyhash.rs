@@ -236,8 +236,8 @@ pub fn hash_two<'a, I: IntoIterator<Item = &'a [u8]>>(bodies: [(Canon, I); 2]) -
 /// AVX-512 lanes ([`crate::arch::sha256x16::digest_padded`]): each body's canonical form is
 /// made whole first (by a [`StreamCanonicalizer`], as [`hash_two`] makes it) and padded, then
 /// the lanes hash them as a queue. Each body is given as the slices that make it, in order.
-/// `None` when the CPU lacks AVX-512. The canonical forms are held at once: for bodies of a few
-/// tens of KB (the callers keep larger ones out).
+/// `None` when the CPU lacks AVX-512. The canonical forms are held at once, each up to twice
+/// its body (a CR for every bare LF): callers bound what they give in one call.
 pub fn hash_many<'a, I: IntoIterator<Item = &'a [u8]>>(
     bodies: impl IntoIterator<Item = (Canon, I)>,
 ) -> Option<Vec<HashedBody>> {
@@ -285,8 +285,8 @@ pub fn hash_many<'a, I: IntoIterator<Item = &'a [u8]>>(
 
 /// The capacity a buffer of [`hash_many`] keeps between calls.
 const MANY_KEPT: usize = 16 * 1024;
-/// How many buffers [`hash_many`] keeps between calls (the workers' groups are smaller).
-const MANY_KEPT_COUNT: usize = 64;
+/// How many buffers [`hash_many`] keeps between calls (the workers' groups are up to 32).
+const MANY_KEPT_COUNT: usize = 32;
 
 thread_local! {
     /// The canonical bodies of this thread's last [`hash_many`], emptied, for the next one.

@@ -292,7 +292,21 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
         })
         .collect();
     let mut signed: Vec<Signed> = Vec::with_capacity(ready.len());
-    match crate::dkim::bodyhash::hash_many(ready.iter().map(|r| (r.canon, r.slices()))) {
+    // The canonical bodies of one call are held at once: a few hundred KB of stored messages a
+    // call (each can double, a CR for every bare LF), however the group is made.
+    let mut hashed = Some(Vec::with_capacity(ready.len()));
+    let mut batch = 0..0;
+    let mut bytes = 0;
+    for (k, r) in ready.iter().enumerate() {
+        if bytes + r.stored.bytes.len() > LANE_BATCH_BYTES && !batch.is_empty() {
+            hash_batch(&ready[batch.clone()], &mut hashed);
+            (batch, bytes) = (k..k, 0);
+        }
+        batch.end = k + 1;
+        bytes += r.stored.bytes.len();
+    }
+    hash_batch(&ready[batch], &mut hashed);
+    match hashed {
         Some(hashed) => {
             for (two, h) in ready.chunks(2).zip(hashed.chunks(2)) {
                 match (two, h) {
@@ -316,6 +330,21 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
             Prepared::Ready(_) => signed.next().expect("one result for each message ready"),
         })
         .collect()
+}
+
+/// Stored octets of the messages whose bodies one call of `hash_many` holds canonical at once
+/// in [`sign_stored_group`].
+const LANE_BATCH_BYTES: usize = 512 * 1024;
+
+/// Appends the body hashes of `ready` to `hashed`, or makes it `None` when the lanes are not
+/// there.
+fn hash_batch(ready: &[&Ready], hashed: &mut Option<Vec<crate::dkim::bodyhash::HashedBody>>) {
+    if let Some(all) = hashed {
+        match crate::dkim::bodyhash::hash_many(ready.iter().map(|r| (r.canon, r.slices()))) {
+            Some(h) => all.extend(h),
+            None => *hashed = None,
+        }
+    }
 }
 
 /// A message of [`sign_stored_two`] parsed and its keys chosen, or already dealt with.
