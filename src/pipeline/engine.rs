@@ -261,7 +261,7 @@ type GroupByOne<R> = fn(&[mbox::Stored<'_>]) -> Vec<R>;
 /// two or sixteen bodies at once). A message whose quoting must be found again after the split
 /// (see [`mbox::with_stored`]) goes to `job`, alone, as does a group of one.
 #[allow(clippy::too_many_arguments)]
-pub fn map_mbox_paired<R, J, P, E>(
+pub fn map_mbox_grouped<R, J, P, E>(
     mapped: &Mapped,
     fmt: MboxFormat,
     range: std::ops::Range<usize>,
@@ -281,7 +281,7 @@ where
     map_mbox_with(mapped, fmt, range, pool, framing, release_behind, job, Some(job_group), emit)
 }
 
-/// Consecutive messages a worker hands to the group job of [`map_mbox_paired`] at most: two
+/// Consecutive messages a worker hands to the group job of [`map_mbox_grouped`] at most: two
 /// sets of the sixteen AVX-512 lanes, so that a lane whose message is done has a next one.
 pub const GROUP: usize = 32;
 
@@ -502,8 +502,9 @@ mod tests {
 
     /// Signing the messages of an mbox in groups (two bodies at a time, or sixteen in the
     /// AVX-512 lanes where the CPU prefers them) gives, message by message, what signing each
-    /// alone gives, and what signing them in pairs gives: bodies of every size and line end, quoted `>From ` lines, messages
-    /// that cannot be signed, an odd count, keys in one and in two body canonicalizations.
+    /// alone gives, and what signing them in pairs gives: bodies of every size and line end,
+    /// quoted `>From ` lines, messages that cannot be signed, an odd count, keys in one and in
+    /// two body canonicalizations.
     #[test]
     fn signing_in_pairs_is_signing_each() {
         use crate::dkim::canon::{Canon, Canonicalization};
@@ -584,7 +585,7 @@ mod tests {
                 let mut paired = vec![];
                 let (pairs, quoted_pairs) =
                     (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
-                map_mbox_paired(
+                map_mbox_grouped(
                     &mapped,
                     MboxFormat::Mboxrd,
                     0..mapped.len(),

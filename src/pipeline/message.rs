@@ -269,13 +269,14 @@ pub const LANE_MESSAGE_MAX: usize = 64 * 1024;
 /// through [`sign_stored_two`] in pairs.
 pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<Signed> {
     if !policy.dkim || policy.arc.is_some() || !crate::arch::sha256x16::preferred() {
-        return msgs
-            .chunks(2)
-            .flat_map(|c| match *c {
-                [a, b] => sign_stored_two(policy, a, b).into_iter().collect::<Vec<_>>(),
-                _ => c.iter().map(|&m| sign_stored(policy, m)).collect(),
-            })
-            .collect();
+        let mut signed = Vec::with_capacity(msgs.len());
+        for c in msgs.chunks(2) {
+            match *c {
+                [a, b] => signed.extend(sign_stored_two(policy, a, b)),
+                _ => signed.extend(c.iter().map(|&m| sign_stored(policy, m))),
+            }
+        }
+        return signed;
     }
     let prepared: Vec<Prepared> = msgs
         .iter()
@@ -291,21 +292,14 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
             Prepared::Done(_) => None,
         })
         .collect();
+    // `None` when the lanes are not there after all.
+    let hashed: Option<Vec<crate::dkim::bodyhash::HashedBody>> =
+        lane_batches(ready.iter().map(|r| r.stored.bytes.len()))
+            .into_iter()
+            .map(|batch| crate::dkim::bodyhash::hash_many(ready[batch].iter().map(|r| (r.canon, r.slices()))))
+            .collect::<Option<Vec<_>>>()
+            .map(|batches| batches.into_iter().flatten().collect());
     let mut signed: Vec<Signed> = Vec::with_capacity(ready.len());
-    // The canonical bodies of one call are held at once: a few hundred KB of stored messages a
-    // call (each can double, a CR for every bare LF), however the group is made.
-    let mut hashed = Some(Vec::with_capacity(ready.len()));
-    let mut batch = 0..0;
-    let mut bytes = 0;
-    for (k, r) in ready.iter().enumerate() {
-        if bytes + r.stored.bytes.len() > LANE_BATCH_BYTES && !batch.is_empty() {
-            hash_batch(&ready[batch.clone()], &mut hashed);
-            (batch, bytes) = (k..k, 0);
-        }
-        batch.end = k + 1;
-        bytes += r.stored.bytes.len();
-    }
-    hash_batch(&ready[batch], &mut hashed);
     match hashed {
         Some(hashed) => {
             for (two, h) in ready.chunks(2).zip(hashed.chunks(2)) {
@@ -336,15 +330,25 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
 /// in [`sign_stored_group`].
 const LANE_BATCH_BYTES: usize = 512 * 1024;
 
-/// Appends the body hashes of `ready` to `hashed`, or makes it `None` when the lanes are not
-/// there.
-fn hash_batch(ready: &[&Ready], hashed: &mut Option<Vec<crate::dkim::bodyhash::HashedBody>>) {
-    if let Some(all) = hashed {
-        match crate::dkim::bodyhash::hash_many(ready.iter().map(|r| (r.canon, r.slices()))) {
-            Some(h) => all.extend(h),
-            None => *hashed = None,
+/// Messages of these stored sizes cut into consecutive batches of at most
+/// [`LANE_BATCH_BYTES`] octets (a message larger than that alone): a call of `hash_many` holds
+/// a batch's canonical bodies at once, each up to twice its stored size (a CR for every bare
+/// LF), however the group is made.
+fn lane_batches(sizes: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut end, mut bytes) = (0, 0, 0);
+    for size in sizes {
+        if bytes + size > LANE_BATCH_BYTES && end > start {
+            batches.push(start..end);
+            (start, bytes) = (end, 0);
         }
+        bytes += size;
+        end += 1;
     }
+    if end > start {
+        batches.push(start..end);
+    }
+    batches
 }
 
 /// A message of [`sign_stored_two`] parsed and its keys chosen, or already dealt with.
@@ -450,4 +454,36 @@ pub(crate) fn without<'a>(data: &'a [u8], drop: &'a [Range<usize>]) -> impl Iter
     let starts = std::iter::once(0).chain(drop.iter().map(|r| r.end));
     let ends = drop.iter().map(|r| r.start).chain(std::iter::once(data.len()));
     starts.zip(ends).map(move |(s, e)| &data[s..e])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batches cover every message once, in order, each within the bound unless it is one
+    /// message larger than it.
+    #[test]
+    fn lane_batches_cover_in_order_within_the_bound() {
+        let k = 1024;
+        for sizes in [
+            vec![],
+            vec![4 * k; 32],
+            vec![64 * k; 32],
+            vec![600 * k, 1, 2, 600 * k],
+            vec![LANE_BATCH_BYTES, 1, LANE_BATCH_BYTES - 1, 1],
+            (0..32).map(|i| (i * 7919) % (70 * k)).collect(),
+        ] {
+            let batches = lane_batches(sizes.iter().copied());
+            let mut next = 0;
+            for b in &batches {
+                assert_eq!(b.start, next, "{sizes:?}: {batches:?}");
+                assert!(b.end > b.start, "{sizes:?}: {batches:?}");
+                let bytes: usize = sizes[b.clone()].iter().sum();
+                assert!(bytes <= LANE_BATCH_BYTES || b.len() == 1, "{sizes:?}: {batches:?}");
+                next = b.end;
+            }
+            assert_eq!(next, sizes.len(), "{sizes:?}: {batches:?}");
+        }
+        assert_eq!(lane_batches([4 * k; 32]), vec![0..32]);
+    }
 }

@@ -4,7 +4,7 @@
 //! under the mbox locks); messages that cannot be signed are passed through and reported.
 //! [`write_message`] writes one message signed elsewhere to the same destinations.
 
-use super::engine::{map_dir, map_mbox_paired, Framing, Item, IN_FLIGHT_BYTES};
+use super::engine::{map_dir, map_mbox_grouped, Framing, Item, IN_FLIGHT_BYTES};
 use super::input::{
     list_messages, map_mbox_file, open_mbox, owns_lone_message, shard_range, too_large_reason, DirEntry, InputKind,
     Shard, Source,
@@ -369,7 +369,7 @@ fn sign_mbox(
     let cpu = match out {
         UnitSink::Stream(out) => {
             out.write_all(bom).map_err(out_err)?;
-            let cpu = map_mbox_paired(
+            let cpu = map_mbox_grouped(
                 mapped,
                 opts.mbox_format,
                 range,
@@ -401,7 +401,7 @@ fn sign_mbox(
             let mut at = bom.len() as u64;
             let writes = &all_writes;
             let cpu = pool.in_place_scope(|jobs| {
-                map_mbox_paired(
+                map_mbox_grouped(
                     mapped,
                     opts.mbox_format,
                     range,
