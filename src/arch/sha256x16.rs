@@ -11,10 +11,10 @@
 //! `vpternlogd` each). Where sixteen bodies are at hand (a bulk run has thousands), that is
 //! more hashed octets per cycle than SHA-NI gives one stream (benches/REPORT.md).
 //!
-//! Owns the sixteen-lane compression kernel; [`digest_padded`], a queue of padded messages
-//! ([`pad`]) through the lanes, each lane taking the next message when its own is done (the
-//! workers' body hashes: `dkim::bodyhash::hash_many`); [`digest16`], sixteen whole messages of
-//! any lengths (the `sha_lanes` bench); and [`preferred`], whether this CPU should use the
+//! Owns the sixteen-lane compression kernel; [`Sha256x16`], messages streamed through the
+//! lanes, each lane taking the next message when its own is done (the workers' body hashes:
+//! `dkim::bodyhash::hash_many`); [`digest16`], sixteen whole messages of any lengths (the
+//! `sha_lanes` bench); and [`preferred`], whether this CPU should use the
 //! lanes rather than a pair of SHA-NI streams. Tested against the `sha2` crate.
 
 #[cfg(target_arch = "x86_64")]
@@ -86,8 +86,7 @@ fn digest16_reading(msgs: &[&[u8]; 16], near_allowed: bool) -> Option<[[u8; 32];
     Some(std::array::from_fn(|i| finish(&mut states[i], msgs[i], 64 * common)))
 }
 
-/// Octets of SHA-256 padding (FIPS 180-4 §5.1.1) that [`digest_padded`] wants after a message
-/// of `len` octets: 0x80, zeros up to 56 modulo 64, the length in bits (big-endian).
+/// Appends the SHA-256 padding (FIPS 180-4 §5.1.1) of a message of `len` octets to `buf`: 0x80, zeros up to 56 modulo 64, the length in bits (big-endian).
 pub fn pad(buf: &mut Vec<u8>, len: u64) {
     buf.push(0x80);
     let zeros = (119 - (len as usize % 64)) % 64;
@@ -95,77 +94,192 @@ pub fn pad(buf: &mut Vec<u8>, len: u64) {
     buf.extend_from_slice(&(len * 8).to_be_bytes());
 }
 
-/// The SHA-256 digests of any number of messages, each given padded ([`pad`]: a whole number of
-/// blocks), or `None` when the CPU lacks AVX-512. The messages go through the sixteen lanes as
-/// a queue: each call of the kernel runs over the fewest blocks any busy lane has left, then a
-/// lane whose message is done takes the next one. Once the queue is empty and half the lanes or
-/// fewer are busy, their rests are hashed one stream at a time (SHA-NI where the CPU has it),
-/// which is then faster than sixteen lanes mostly idle.
-///
-/// # Panics
-/// When a message is not a whole number of blocks, or empty.
-pub fn digest_padded(msgs: &[&[u8]]) -> Option<Vec<[u8; 32]>> {
-    if !available() {
-        return None;
+/// Octets a lane of [`Sha256x16`] holds at most (about): past it, the lane's whole blocks are
+/// hashed alone, whatever the other lanes do (a body of a million empty lines and then a word
+/// comes out of the canonicalizer at once).
+pub const MAX_WAITING: usize = 64 * 1024;
+
+/// Sixteen SHA-256 computations fed independently, a message at a time in each lane, and
+/// hashed together ([`Sha256x16::pump`]) over the whole blocks every busy lane has. A lane
+/// whose message is done takes the next one ([`Sha256x16::start`]): a caller streams any
+/// number of messages of any lengths through the lanes with a few dozen kilobytes a lane.
+/// Made only on a CPU with AVX-512F/BW ([`available`]).
+pub struct Sha256x16 {
+    lanes: [Lane; 16],
+}
+
+/// One lane of [`Sha256x16`]: a chaining value and the octets written and not hashed yet.
+struct Lane {
+    state: [u32; 8],
+    /// Octets written; those before `start` are hashed.
+    pending: Vec<u8>,
+    start: usize,
+    /// Octets of the message written to this lane (the padding not counted).
+    written: u64,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// No message: the lane's kernel work is thrown away.
+    Idle,
+    /// A message being written.
+    Open,
+    /// A message complete and padded (FIPS 180-4 §5.1.1), its last blocks waiting.
+    Closed,
+}
+
+impl Lane {
+    fn waiting(&self) -> &[u8] {
+        &self.pending[self.start..]
     }
-    assert!(msgs.iter().all(|m| !m.is_empty() && m.len() % 64 == 0), "digest_padded: messages must be padded");
-    let mut out = vec![[0u8; 32]; msgs.len()];
-    let mut states = [IV; 16];
-    // The message of each lane and how far it is hashed.
-    let mut lanes: [Option<(usize, usize)>; 16] = [None; 16];
-    let mut next = 0;
-    loop {
-        for (lane, state) in lanes.iter_mut().zip(states.iter_mut()) {
-            if lane.is_none() && next < msgs.len() {
-                *lane = Some((next, 0));
-                *state = IV;
-                next += 1;
-            }
+
+    /// Hashes the lane's whole waiting blocks one stream at a time (SHA-NI where the CPU has
+    /// it).
+    fn hash_alone(&mut self) {
+        let whole = self.waiting().len() / 64 * 64;
+        compress_rest(&mut self.state, &self.pending[self.start..self.start + whole]);
+        self.start += whole;
+    }
+}
+
+impl Sha256x16 {
+    /// Sixteen idle lanes keeping the octets that wait in `buffers` (up to sixteen, emptied
+    /// first; missing ones start empty): a caller that streams many batches hands the buffers
+    /// of one ([`Sha256x16::into_buffers`]) to the next instead of growing new ones. `None`
+    /// when the CPU lacks AVX-512F/BW.
+    pub fn with_buffers(buffers: Vec<Vec<u8>>) -> Option<Sha256x16> {
+        if !available() {
+            return None;
         }
-        let busy = lanes.iter().flatten().count();
-        if busy == 0 {
-            break;
+        let mut buffers = buffers.into_iter();
+        Some(Sha256x16 {
+            lanes: std::array::from_fn(|_| {
+                let mut pending = buffers.next().unwrap_or_default();
+                pending.clear();
+                Lane { state: IV, pending, start: 0, written: 0, phase: Phase::Idle }
+            }),
+        })
+    }
+
+    /// Starts a message in idle lane `lane` (0..16).
+    ///
+    /// # Panics
+    /// When the lane is not idle.
+    pub fn start(&mut self, lane: usize) {
+        let l = &mut self.lanes[lane];
+        assert_eq!(l.phase, Phase::Idle, "Sha256x16::start: lane {lane} is busy");
+        l.pending.clear();
+        (l.state, l.start, l.written, l.phase) = (IV, 0, 0, Phase::Open);
+    }
+
+    /// Appends `bytes` to the message of lane `lane`. Octets wait until every busy lane has
+    /// a block; past [`MAX_WAITING`] octets the lane's whole blocks are hashed alone. Writing
+    /// when little waits is cheap: what is hashed is dropped from the buffer's front, and
+    /// whatever waits moves.
+    ///
+    /// # Panics
+    /// When the lane's message is not open ([`Sha256x16::start`], not closed since).
+    pub fn write(&mut self, lane: usize, bytes: &[u8]) {
+        let l = &mut self.lanes[lane];
+        assert_eq!(l.phase, Phase::Open, "Sha256x16::write: lane {lane} is not open");
+        if l.start > 0 && l.start >= l.pending.len() / 2 {
+            l.pending.drain(..l.start);
+            l.start = 0;
         }
-        if next == msgs.len() && busy <= 8 {
-            for (lane, state) in lanes.iter_mut().zip(states.iter_mut()) {
-                if let Some((i, at)) = lane.take() {
-                    compress_rest(state, &msgs[i][at..]);
-                    out[i] = digest_of(state);
-                }
-            }
-            break;
+        l.pending.extend_from_slice(bytes);
+        l.written += bytes.len() as u64;
+        if l.waiting().len() > MAX_WAITING {
+            l.hash_alone();
         }
-        let blocks = lanes.iter().flatten().map(|&(i, at)| (msgs[i].len() - at) / 64).min().unwrap_or(0);
-        // An idle lane reads a busy lane's blocks; its state is thrown away.
-        let any = lanes.iter().flatten().next().map(|&(i, at)| &msgs[i][at..]).unwrap_or_default();
-        let reads: [&[u8]; 16] = std::array::from_fn(|l| lanes[l].map_or(any, |(i, at)| &msgs[i][at..]));
-        // SAFETY: the CPU has AVX-512F and AVX-512BW (`available`), and every lane reads a
-        // message with at least `blocks` whole blocks left.
+    }
+
+    /// The octets waiting in lane `lane` (written, not hashed yet).
+    pub fn waiting(&self, lane: usize) -> usize {
+        self.lanes[lane].waiting().len()
+    }
+
+    /// Ends the message of lane `lane`: its padding is appended, so that every octet it waits
+    /// for is in whole blocks.
+    ///
+    /// # Panics
+    /// When the lane's message is not open.
+    pub fn close(&mut self, lane: usize) {
+        let l = &mut self.lanes[lane];
+        assert_eq!(l.phase, Phase::Open, "Sha256x16::close: lane {lane} is not open");
+        pad(&mut l.pending, l.written);
+        l.phase = Phase::Closed;
+    }
+
+    /// Whether lane `lane` has no message (never started, or its digest taken).
+    pub fn is_idle(&self, lane: usize) -> bool {
+        self.lanes[lane].phase == Phase::Idle
+    }
+
+    /// Hashes, in the sixteen lanes together, the fewest whole blocks any busy lane has waiting;
+    /// idle lanes read a busy lane's blocks and their results are thrown away. Returns the
+    /// number of blocks (0 when no lane is busy, or a busy lane has less than a block waiting).
+    pub fn pump(&mut self) -> usize {
+        let busy = || self.lanes.iter().filter(|l| l.phase != Phase::Idle);
+        let blocks = busy().map(|l| l.waiting().len() / 64).min().unwrap_or(0);
+        if blocks == 0 {
+            return 0;
+        }
+        let any = busy().next().map(|l| l.waiting()).unwrap_or_default();
+        let reads: [&[u8]; 16] = std::array::from_fn(|i| match self.lanes[i].phase {
+            Phase::Idle => any,
+            _ => self.lanes[i].waiting(),
+        });
+        let mut states: [[u32; 8]; 16] = std::array::from_fn(|i| self.lanes[i].state);
+        // SAFETY: lanes are made only on a CPU with AVX-512F and AVX-512BW (`with_buffers`),
+        // and every lane reads octets with at least `blocks` whole blocks.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             compress16(&mut states, &reads, blocks, true)
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (&reads, blocks);
-        for (lane, state) in lanes.iter_mut().zip(states.iter()) {
-            if let Some((i, at)) = lane {
-                *at += 64 * blocks;
-                if *at == msgs[*i].len() {
-                    out[*i] = digest_of(state);
-                    *lane = None;
-                }
+        let _ = &reads;
+        for (l, state) in self.lanes.iter_mut().zip(states) {
+            if l.phase != Phase::Idle {
+                l.state = state;
+                l.start += 64 * blocks;
             }
         }
+        blocks
     }
-    Some(out)
+
+    /// Hashes the whole blocks waiting in lane `lane` on their own, one stream: for the last
+    /// few messages of a batch, where sixteen lanes mostly idle would be slower.
+    pub fn hash_alone(&mut self, lane: usize) {
+        self.lanes[lane].hash_alone();
+    }
+
+    /// The digest of lane `lane`'s message and its length in octets, once it is closed and
+    /// wholly hashed; the lane is then idle. `None` before.
+    pub fn take(&mut self, lane: usize) -> Option<([u8; 32], u64)> {
+        let l = &mut self.lanes[lane];
+        if l.phase != Phase::Closed || !l.waiting().is_empty() {
+            return None;
+        }
+        l.phase = Phase::Idle;
+        Some((digest_of(&l.state), l.written))
+    }
+
+    /// The lanes' buffers, for [`Sha256x16::with_buffers`].
+    pub fn into_buffers(self) -> Vec<Vec<u8>> {
+        self.lanes.into_iter().map(|l| l.pending).collect()
+    }
 }
 
 /// Hashes the whole blocks of `blocks` into `state`, one stream.
 fn compress_rest(state: &mut [u32; 8], blocks: &[u8]) {
-    use sha2::digest::generic_array::GenericArray;
-    for block in blocks.chunks_exact(64) {
-        sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
-    }
+    use sha2::digest::generic_array::{typenum::U64, GenericArray};
+    type Block = GenericArray<u8, U64>;
+    const _: () = assert!(std::mem::size_of::<Block>() == 64 && std::mem::align_of::<Block>() == 1);
+    // SAFETY: a block is 64 octets with the alignment of one (checked above), so the whole
+    // blocks of `blocks` are that many blocks; one call lets sha2 keep its state in registers.
+    let whole = unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<Block>(), blocks.len() / 64) };
+    sha2::compress256(state, whole);
 }
 
 /// A chaining value as the digest's octets.
@@ -375,37 +489,90 @@ mod tests {
         }
     }
 
-    /// A queue of messages of many lengths, more and fewer than the lanes, padded by `pad`,
-    /// hashes as `sha2` hashes each.
+    /// Any number of messages of many lengths (more and fewer than the lanes, around the
+    /// padding's edges, past `MAX_WAITING`) streamed through the lanes in pieces of several
+    /// sizes, a lane taking the next message when its own is done, and the last few hashed
+    /// alone: each digest and length is `sha2`'s.
     #[test]
-    fn digest_padded_matches_sha2() {
+    fn streamed_lanes_match_sha2() {
         if !available() {
-            eprintln!("SKIPPED digest_padded_matches_sha2: this CPU has no AVX-512F/BW");
+            eprintln!("SKIPPED streamed_lanes_match_sha2: this CPU has no AVX-512F/BW");
             return;
         }
-        for count in [1, 7, 16, 17, 40, 100] {
+        let sizes = [0, 1, 55, 56, 63, 64, 65, 700, 4096, 9000, 20_000, 70_000, 200_000];
+        for (count, piece) in [(1, 1000), (7, 64), (16, 4096), (17, 777), (40, 16 * 1024), (100, 100_000)] {
             let msgs: Vec<Vec<u8>> = (0..count)
                 .map(|i| {
-                    let n = [0, 1, 55, 56, 63, 64, 65, 700, 4096, 9000, 20_000][(i * 7 + count) % 11] + i;
+                    let n = sizes[(i * 7 + count) % sizes.len()] + i;
                     (0..n).map(|j| (j * 13 + i) as u8).collect()
                 })
                 .collect();
-            let padded: Vec<Vec<u8>> = msgs
-                .iter()
-                .map(|m| {
-                    let mut p = m.clone();
-                    pad(&mut p, m.len() as u64);
-                    assert_eq!(p.len() % 64, 0);
-                    p
-                })
-                .collect();
-            let refs: Vec<&[u8]> = padded.iter().map(|p| &p[..]).collect();
-            let got = digest_padded(&refs).expect("AVX-512 checked above");
-            for (i, m) in msgs.iter().enumerate() {
-                assert_eq!(got[i], reference(m), "{count} messages: message {i}, {} octets", m.len());
+            let mut lanes = Sha256x16::with_buffers(Vec::new()).expect("AVX-512 checked above");
+            // Per lane: the message and how much of it is written.
+            let mut feeds: [Option<(usize, usize)>; 16] = [None; 16];
+            let mut next = 0;
+            let mut got = vec![None; count];
+            loop {
+                for (lane, feed) in feeds.iter_mut().enumerate() {
+                    if feed.is_none() && next < count {
+                        lanes.start(lane);
+                        *feed = Some((next, 0));
+                        next += 1;
+                    }
+                    if let Some((i, at)) = feed {
+                        // Written until a few blocks wait, as `hash_many` does.
+                        while lanes.waiting(lane) < 256 && *at < msgs[*i].len() {
+                            let end = (*at + piece).min(msgs[*i].len());
+                            lanes.write(lane, &msgs[*i][*at..end]);
+                            *at = end;
+                        }
+                        if *at == msgs[*i].len() && lanes.waiting(lane) < 256 {
+                            lanes.close(lane);
+                            *at = usize::MAX;
+                        }
+                    }
+                }
+                let busy = feeds.iter().flatten().count();
+                if busy == 0 {
+                    break;
+                }
+                if next == count && busy <= 3 {
+                    for (lane, feed) in feeds.iter().enumerate() {
+                        if let Some((i, at)) = *feed {
+                            if at != usize::MAX {
+                                for rest in msgs[i][at..].chunks(piece) {
+                                    lanes.write(lane, rest);
+                                }
+                                lanes.close(lane);
+                            }
+                            lanes.hash_alone(lane);
+                        }
+                    }
+                } else {
+                    // Every open lane has blocks waiting, every closed one at least its last.
+                    assert!(lanes.pump() > 0);
+                }
+                for (lane, feed) in feeds.iter_mut().enumerate() {
+                    if let Some((i, _)) = *feed {
+                        if let Some(done) = lanes.take(lane) {
+                            assert!(lanes.is_idle(lane));
+                            got[i] = Some(done);
+                            *feed = None;
+                        }
+                    }
+                }
             }
+            for (i, m) in msgs.iter().enumerate() {
+                assert_eq!(
+                    got[i],
+                    Some((reference(m), m.len() as u64)),
+                    "{count} messages: message {i}, {} octets",
+                    m.len()
+                );
+            }
+            // What a lane holds is bounded by what waits (hashed octets go once they are half).
+            assert!(lanes.into_buffers().iter().all(|b| b.len() <= 2 * (MAX_WAITING + piece) + 128));
         }
-        assert_eq!(digest_padded(&[]), Some(vec![]));
     }
 
     /// Lanes that start at any alignment, overlapping and in one buffer.

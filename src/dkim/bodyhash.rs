@@ -8,6 +8,7 @@
 //! canonicalizer behind it; its output is exactly [`canon::canonicalize_body`]'s over the
 //! chunks joined, however the body is cut.
 
+use crate::arch::sha256x16::Sha256x16;
 use crate::arch::sha256x2::Sha256Pair;
 use crate::dkim::canon::{self, Canon, Sink};
 use sha2::Digest as _;
@@ -233,64 +234,120 @@ pub fn hash_two<'a, I: IntoIterator<Item = &'a [u8]>>(bodies: [(Canon, I); 2]) -
 }
 
 /// SHA-256 body hashes (`BodySpec::signing`) of many bodies at once, sixteen at a time in the
-/// AVX-512 lanes ([`crate::arch::sha256x16::digest_padded`]): each body's canonical form is
-/// made whole first (by a [`StreamCanonicalizer`], as [`hash_two`] makes it) and padded, then
-/// the lanes hash them as a queue. Each body is given as the slices that make it, in order.
-/// `None` when the CPU lacks AVX-512. The canonical forms are held at once, each up to twice
-/// its body (a CR for every bare LF): callers bound what they give in one call.
+/// AVX-512 lanes ([`Sha256x16`]): each lane's body is canonicalized a chunk at a time (by a
+/// [`StreamCanonicalizer`], as [`hash_two`] does) whenever little of it waits, the lanes hash
+/// together what every one has, and a lane whose body is done takes the next. Once no body is
+/// left to start and half the lanes or fewer are busy, their rests are hashed one stream at a
+/// time (SHA-NI where the CPU has it), which is then faster than sixteen lanes mostly idle.
+/// Each body is given as the slices that make it, in order. Memory: a few dozen kilobytes a
+/// lane, whatever the bodies' number and sizes. `None` when the CPU lacks AVX-512.
 pub fn hash_many<'a, I: IntoIterator<Item = &'a [u8]>>(
     bodies: impl IntoIterator<Item = (Canon, I)>,
 ) -> Option<Vec<HashedBody>> {
-    if !crate::arch::sha256x16::available() {
-        return None;
-    }
-    let mut buffers = MANY_BUFFERS.take();
-    let mut made = Vec::new();
-    for (k, (canon, slices)) in bodies.into_iter().enumerate() {
-        if buffers.len() <= k {
-            buffers.push(Vec::new());
-        }
-        let buf = &mut buffers[k];
-        buf.clear();
-        let mut c = StreamCanonicalizer::new(canon);
-        for slice in slices {
-            for chunk in slice.chunks(16 * 1024) {
-                c.update(chunk, buf);
+    /// Octets of a body canonicalized at once.
+    const CHUNK: usize = 16 * 1024;
+    /// A lane is fed while fewer octets than this wait in it: each call of the kernel then
+    /// runs over at least this many octets a lane, but for a body's last blocks.
+    const LOW: usize = 4 * 1024;
+    let mut lanes = Sha256x16::with_buffers(MANY_BUFFERS.take())?;
+    let mut queue = bodies.into_iter().peekable();
+    // Per lane: the index of its body, its canonicalization, and its canonicalizer with the
+    // chunks still to canonicalize (`None` once the body is closed).
+    let mut feeds: [Option<(usize, Canon, Option<_>)>; 16] = std::array::from_fn(|_| None);
+    let mut done: Vec<Option<HashedBody>> = Vec::new();
+    let hashed = |canon, (digest, total): ([u8; 32], u64)| HashedBody {
+        first: Some(BodyDigest { spec: BodySpec::signing(canon), digest: Digest::new(&digest), total }),
+        more: Vec::new(),
+    };
+    // Canonicalizes lane `lane`'s body until `low` octets wait or it is closed.
+    let feed = |lanes: &mut Sha256x16, lane: usize, stream: &mut Option<(StreamCanonicalizer, _)>, low: usize| {
+        while lanes.waiting(lane) < low {
+            let Some((c, chunks)) = stream else { return };
+            let mut sink = Many { lanes: &mut *lanes, lane };
+            match Iterator::next(chunks) {
+                Some(chunk) => c.update(chunk, &mut sink),
+                None => {
+                    if let Some((c, _)) = stream.take() {
+                        c.finish(&mut sink);
+                    }
+                    lanes.close(lane);
+                }
             }
         }
-        c.finish(buf);
-        let total = buf.len() as u64;
-        crate::arch::sha256x16::pad(buf, total);
-        made.push((canon, total));
+    };
+    loop {
+        for (lane, slot) in feeds.iter_mut().enumerate() {
+            if slot.is_none() {
+                if let Some((canon, slices)) = queue.next() {
+                    lanes.start(lane);
+                    let chunks = slices.into_iter().flat_map(|s: &'a [u8]| s.chunks(CHUNK));
+                    *slot = Some((done.len(), canon, Some((StreamCanonicalizer::new(canon), chunks))));
+                    done.push(None);
+                }
+            }
+            if let Some((_, _, stream)) = slot {
+                feed(&mut lanes, lane, stream, LOW);
+            }
+        }
+        let busy = feeds.iter().flatten().count();
+        if busy == 0 {
+            break;
+        }
+        if queue.peek().is_none() && busy <= 8 {
+            for (lane, slot) in feeds.iter_mut().enumerate() {
+                if let Some((k, canon, mut stream)) = slot.take() {
+                    loop {
+                        lanes.hash_alone(lane);
+                        if let Some(d) = lanes.take(lane) {
+                            done[k] = Some(hashed(canon, d));
+                            break;
+                        }
+                        feed(&mut lanes, lane, &mut stream, usize::MAX);
+                    }
+                }
+            }
+            break;
+        }
+        // Every open lane has at least a few blocks waiting, every closed one its last.
+        lanes.pump();
+        for (lane, slot) in feeds.iter_mut().enumerate() {
+            if let Some((k, canon, _)) = *slot {
+                if let Some(d) = lanes.take(lane) {
+                    done[k] = Some(hashed(canon, d));
+                    *slot = None;
+                }
+            }
+        }
     }
-    let padded: Vec<&[u8]> = buffers[..made.len()].iter().map(|b| &b[..]).collect();
-    let digests = crate::arch::sha256x16::digest_padded(&padded)?;
     // Kept for the next call, within a bound: a worker's groups are alike.
-    buffers.truncate(MANY_KEPT_COUNT);
+    let mut buffers = lanes.into_buffers();
     for b in &mut buffers {
         b.clear();
         b.shrink_to(MANY_KEPT);
     }
     MANY_BUFFERS.set(buffers);
-    Some(
-        made.into_iter()
-            .zip(digests)
-            .map(|((canon, total), digest)| HashedBody {
-                first: Some(BodyDigest { spec: BodySpec::signing(canon), digest: Digest::new(&digest), total }),
-                more: Vec::new(),
-            })
-            .collect(),
-    )
+    Some(done.into_iter().map(|h| h.expect("every body started is hashed")).collect())
 }
 
-/// The capacity a buffer of [`hash_many`] keeps between calls.
-const MANY_KEPT: usize = 16 * 1024;
-/// How many buffers [`hash_many`] keeps between calls (the workers' groups are up to 32).
-const MANY_KEPT_COUNT: usize = 32;
+/// The capacity a lane's buffer of [`hash_many`] keeps between calls: what one fed a body of
+/// large chunks needs.
+const MANY_KEPT: usize = 40 * 1024;
 
 thread_local! {
-    /// The canonical bodies of this thread's last [`hash_many`], emptied, for the next one.
+    /// The lanes' buffers of this thread's last [`hash_many`], emptied, for the next one.
     static MANY_BUFFERS: std::cell::Cell<Vec<Vec<u8>>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// One lane of a [`Sha256x16`] as a [`Sink`].
+struct Many<'l> {
+    lanes: &'l mut Sha256x16,
+    lane: usize,
+}
+
+impl Sink for Many<'_> {
+    fn write(&mut self, bytes: &[u8]) {
+        self.lanes.write(self.lane, bytes);
+    }
 }
 
 thread_local! {
@@ -813,7 +870,31 @@ mod tests {
         }
         // What the thread keeps for the next call is bounded.
         let kept = MANY_BUFFERS.take();
-        assert!(kept.len() <= MANY_KEPT_COUNT && kept.iter().all(|b| b.capacity() <= MANY_KEPT && b.is_empty()));
+        assert!(kept.len() <= 16 && kept.iter().all(|b| b.capacity() <= MANY_KEPT && b.is_empty()));
+    }
+
+    /// Large bodies through the lanes, more of them than lanes, so that large bodies are hashed
+    /// both together and alone at the end: lines ending in spaces, bare LFs, a burst of empty
+    /// lines the relaxed canonicalizer lets out at once (past a lane's `MAX_WAITING`), and
+    /// short ones among them.
+    #[test]
+    fn many_large_bodies_hashed_together() {
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        for i in 0..21usize {
+            let body = match i % 4 {
+                0 => b"line with spaces at its end   \n".repeat(20_000 + 977 * i),
+                1 => [&b"\r\n".repeat(100_000 + i)[..], b"a word\r\n"].concat(),
+                2 => (0..300_000 + 1000 * i).map(|j| b"ab \t\ncd"[(j * 5 + i) % 7]).collect(),
+                _ => b"short\r\n".repeat(i),
+            };
+            bodies.push(body);
+        }
+        for canon in [Canon::Relaxed, Canon::Simple] {
+            let Some(hashed) = hash_many(bodies.iter().map(|b| (canon, [&b[..10], &b[10..]]))) else { return };
+            for (i, (h, b)) in hashed.iter().zip(&bodies).enumerate() {
+                assert_eq!(h.get(BodySpec::signing(canon)), Some(&hash_body(BodySpec::signing(canon), b)), "body {i}");
+            }
+        }
     }
 
     #[test]

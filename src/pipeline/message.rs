@@ -256,17 +256,13 @@ pub fn sign_stored_two<'a>(policy: &SignPolicy, a: mbox::Stored<'a>, b: mbox::St
     }
 }
 
-/// Messages of at most this many octets as stored go through the AVX-512 lanes in
-/// [`sign_stored_group`], whose canonical bodies are held whole at once; larger ones are
-/// signed on their own (hashed as they stream).
-pub const LANE_MESSAGE_MAX: usize = 64 * 1024;
-
 /// [`sign_stored`] of a group of messages, with the same results as one call each, in order.
 /// Where the CPU does better with sixteen AVX-512 lanes than with a pair of SHA-NI streams
 /// ([`crate::arch::sha256x16::preferred`]), the bodies of the messages that allow it (as in
-/// [`sign_stored_two`], and up to [`LANE_MESSAGE_MAX`] octets) are hashed together by
-/// [`crate::dkim::bodyhash::hash_many`], then signed two by two; elsewhere the messages go
-/// through [`sign_stored_two`] in pairs.
+/// [`sign_stored_two`], of any size) are streamed through the lanes together by
+/// [`crate::dkim::bodyhash::hash_many`], then signed two by two; a group of eight or fewer is
+/// signed one message at a time. Elsewhere the messages go through [`sign_stored_two`] in
+/// pairs.
 pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<Signed> {
     if !policy.dkim || policy.arc.is_some() || !crate::arch::sha256x16::preferred() {
         let mut signed = Vec::with_capacity(msgs.len());
@@ -278,13 +274,12 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
         }
         return signed;
     }
-    let prepared: Vec<Prepared> = msgs
-        .iter()
-        .map(|&m| match m.bytes.len() <= LANE_MESSAGE_MAX {
-            true => prepare(policy, m),
-            false => Prepared::Done(sign_stored(policy, m)),
-        })
-        .collect();
+    // Half the lanes or fewer busy are slower than one stream (see `hash_many`), and two
+    // streams are no faster than one on these CPUs.
+    if msgs.len() <= 8 {
+        return msgs.iter().map(|&m| sign_stored(policy, m)).collect();
+    }
+    let prepared: Vec<Prepared> = msgs.iter().map(|&m| prepare(policy, m)).collect();
     let ready: Vec<&Ready> = prepared
         .iter()
         .filter_map(|p| match p {
@@ -293,12 +288,7 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
         })
         .collect();
     // `None` when the lanes are not there after all.
-    let hashed: Option<Vec<crate::dkim::bodyhash::HashedBody>> =
-        lane_batches(ready.iter().map(|r| r.stored.bytes.len()))
-            .into_iter()
-            .map(|batch| crate::dkim::bodyhash::hash_many(ready[batch].iter().map(|r| (r.canon, r.slices()))))
-            .collect::<Option<Vec<_>>>()
-            .map(|batches| batches.into_iter().flatten().collect());
+    let hashed = crate::dkim::bodyhash::hash_many(ready.iter().map(|r| (r.canon, r.slices())));
     let mut signed: Vec<Signed> = Vec::with_capacity(ready.len());
     match hashed {
         Some(hashed) => {
@@ -324,31 +314,6 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
             Prepared::Ready(_) => signed.next().expect("one result for each message ready"),
         })
         .collect()
-}
-
-/// Stored octets of the messages whose bodies one call of `hash_many` holds canonical at once
-/// in [`sign_stored_group`].
-const LANE_BATCH_BYTES: usize = 512 * 1024;
-
-/// Messages of these stored sizes cut into consecutive batches of at most
-/// [`LANE_BATCH_BYTES`] octets (a message larger than that alone): a call of `hash_many` holds
-/// a batch's canonical bodies at once, each up to twice its stored size (a CR for every bare
-/// LF), however the group is made.
-fn lane_batches(sizes: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
-    let mut batches = Vec::new();
-    let (mut start, mut end, mut bytes) = (0, 0, 0);
-    for size in sizes {
-        if bytes + size > LANE_BATCH_BYTES && end > start {
-            batches.push(start..end);
-            (start, bytes) = (end, 0);
-        }
-        bytes += size;
-        end += 1;
-    }
-    if end > start {
-        batches.push(start..end);
-    }
-    batches
 }
 
 /// A message of [`sign_stored_two`] parsed and its keys chosen, or already dealt with.
@@ -454,36 +419,4 @@ pub(crate) fn without<'a>(data: &'a [u8], drop: &'a [Range<usize>]) -> impl Iter
     let starts = std::iter::once(0).chain(drop.iter().map(|r| r.end));
     let ends = drop.iter().map(|r| r.start).chain(std::iter::once(data.len()));
     starts.zip(ends).map(move |(s, e)| &data[s..e])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The batches cover every message once, in order, each within the bound unless it is one
-    /// message larger than it.
-    #[test]
-    fn lane_batches_cover_in_order_within_the_bound() {
-        let k = 1024;
-        for sizes in [
-            vec![],
-            vec![4 * k; 32],
-            vec![64 * k; 32],
-            vec![600 * k, 1, 2, 600 * k],
-            vec![LANE_BATCH_BYTES, 1, LANE_BATCH_BYTES - 1, 1],
-            (0..32).map(|i| (i * 7919) % (70 * k)).collect(),
-        ] {
-            let batches = lane_batches(sizes.iter().copied());
-            let mut next = 0;
-            for b in &batches {
-                assert_eq!(b.start, next, "{sizes:?}: {batches:?}");
-                assert!(b.end > b.start, "{sizes:?}: {batches:?}");
-                let bytes: usize = sizes[b.clone()].iter().sum();
-                assert!(bytes <= LANE_BATCH_BYTES || b.len() == 1, "{sizes:?}: {batches:?}");
-                next = b.end;
-            }
-            assert_eq!(next, sizes.len(), "{sizes:?}: {batches:?}");
-        }
-        assert_eq!(lane_batches([4 * k; 32]), vec![0..32]);
-    }
 }
