@@ -508,6 +508,9 @@ mod tests {
                 })
                 .collect();
             let mut lanes = Sha256x16::with_buffers(Vec::new()).expect("AVX-512 checked above");
+            // What a lane holds at most: what waits (past `MAX_WAITING` it is hashed) and as
+            // much already hashed (dropped once it is half the buffer), plus one write.
+            let bound = 2 * (MAX_WAITING + piece) + 128;
             // Per lane: the message and how much of it is written.
             let mut feeds: [Option<(usize, usize)>; 16] = [None; 16];
             let mut next = 0;
@@ -525,6 +528,7 @@ mod tests {
                             let end = (*at + piece).min(msgs[*i].len());
                             lanes.write(lane, &msgs[*i][*at..end]);
                             *at = end;
+                            assert!(lanes.lanes[lane].pending.len() <= bound, "lane {lane} holds too much");
                         }
                         if *at == msgs[*i].len() && lanes.waiting(lane) < 256 {
                             lanes.close(lane);
@@ -542,6 +546,7 @@ mod tests {
                             if at != usize::MAX {
                                 for rest in msgs[i][at..].chunks(piece) {
                                     lanes.write(lane, rest);
+                                    assert!(lanes.lanes[lane].pending.len() <= bound, "lane {lane} holds too much");
                                 }
                                 lanes.close(lane);
                             }
@@ -570,8 +575,6 @@ mod tests {
                     m.len()
                 );
             }
-            // What a lane holds is bounded by what waits (hashed octets go once they are half).
-            assert!(lanes.into_buffers().iter().all(|b| b.len() <= 2 * (MAX_WAITING + piece) + 128));
         }
     }
 

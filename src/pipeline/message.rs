@@ -420,3 +420,65 @@ pub(crate) fn without<'a>(data: &'a [u8], drop: &'a [Range<usize>]) -> impl Iter
     let ends = drop.iter().map(|r| r.start).chain(std::iter::once(data.len()));
     starts.zip(ends).map(move |(s, e)| &data[s..e])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group of more messages than the lanes, with large bodies of every line end (up to
+    /// 1.1 MB, so that they stream through the lanes in many chunks and the last few are hashed
+    /// alone) and one that cannot be signed, signed together, gives what signing each alone
+    /// gives, in both body canonicalizations and in groups of every size.
+    #[test]
+    fn group_of_large_bodies_is_signing_each() {
+        use crate::dkim::canon::Canonicalization;
+        use crate::dkim::sign::SignerBuilder;
+        let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/keys/test-ed.private")).unwrap();
+        let key = std::sync::Arc::new(crate::dkim::key::SigningKey::from_bytes(&pem, "test-ed.private").unwrap());
+        let messages: Vec<Vec<u8>> = (0..21usize)
+            .map(|i| {
+                if i == 9 {
+                    return b"Subject: no author\r\n\r\nbody\r\n".to_vec();
+                }
+                let nl: &[u8] = if i % 3 == 0 { b"\r\n" } else { b"\n" };
+                let mut m = format!("From: <s{i}@example.com>").into_bytes();
+                m.extend_from_slice(nl);
+                m.extend_from_slice(b"Subject: a large one");
+                m.extend_from_slice(nl);
+                m.extend_from_slice(nl);
+                let line: &[u8] =
+                    [&b"words in a line that ends in spaces   "[..], b"a\tline with\ttabs and  double  spaces"][i % 2];
+                for l in 0..(i * i * 997) % 30_000 + 50 {
+                    m.extend_from_slice(&line[..line.len() - l % 4]);
+                    m.extend_from_slice(nl);
+                }
+                m.extend_from_slice(&nl.repeat(i % 5));
+                m
+            })
+            .collect();
+        let stored: Vec<mbox::Stored> = messages.iter().map(|m| mbox::Stored { bytes: m, quotes: &[] }).collect();
+        assert!(messages.iter().filter(|m| m.len() > 1 << 19).count() >= 10);
+        for canon in [Canon::Relaxed, Canon::Simple] {
+            let signer = SignerBuilder::new(key.clone(), "example.com", "test")
+                .canon(Canonicalization { header: Canon::Relaxed, body: canon })
+                .build()
+                .unwrap();
+            let policy = SignPolicy {
+                keys: crate::select::KeySource::Fixed(vec![signer]),
+                sender: None,
+                strip_own: false,
+                now: 1_800_000_000,
+                max_message: 1 << 24,
+                dkim: true,
+                arc: None,
+            };
+            let shown = |r: Signed| format!("{:?}", r.map_err(|e| e.to_string()));
+            let alone: Vec<String> = stored.iter().map(|&m| shown(sign_stored(&policy, m))).collect();
+            for size in [21, 17, 9, 8] {
+                let grouped: Vec<String> =
+                    stored.chunks(size).flat_map(|g| sign_stored_group(&policy, g)).map(shown).collect();
+                assert_eq!(grouped, alone, "{canon:?}, groups of {size}");
+            }
+        }
+    }
+}
