@@ -24,11 +24,20 @@ pub(crate) const BATCH_BYTES: usize = 256 << 10;
 pub(crate) const RELEASE_STEP: usize = 8 << 20;
 /// Directory entries in one job.
 const DIR_BATCH: usize = 16;
-/// Smallest and largest byte range one worker frames and processes as one job. The largest
-/// holds sixteen 1 MB messages, so that large bodies too fill the sixteen AVX-512 lanes of
-/// [`sign_stored_group`](super::sign_stored_group) where a worker's share is that large.
+/// Smallest byte range one worker frames and processes as one job (but for what is left).
 const CHUNK_MIN: usize = 256 << 10;
-const CHUNK_MAX: usize = 16 << 20;
+
+/// Largest byte range one worker frames and processes as one job. Where the workers hash
+/// bodies in the sixteen AVX-512 lanes ([`sign_stored_group`](super::sign_stored_group)) it
+/// holds sixteen 1 MB messages, so that large bodies fill the lanes too (with 8 MB a group of
+/// 1 MB messages was at most eight, hashed one at a time); elsewhere 8 MB. Parallel framing
+/// keeps about two of these a worker in flight (mapped input).
+fn chunk_max() -> usize {
+    match crate::arch::sha256x16::preferred() {
+        true => 16 << 20,
+        false => 8 << 20,
+    }
+}
 
 /// CPU seconds of the threads that see every message one after the other: the coordinating
 /// thread (serial framing, batching, dispatch) and the writer (ordering, output). What they
@@ -391,7 +400,7 @@ where
 
 /// The size of the next chunk when `left` bytes are still to be handed out to `threads` workers.
 fn chunk_size(left: usize, threads: usize) -> usize {
-    (left / (threads * 4)).clamp(CHUNK_MIN, CHUNK_MAX).min(left)
+    (left / (threads * 4)).clamp(CHUNK_MIN, chunk_max()).min(left)
 }
 
 /// Consecutive byte ranges covering `range`, each a quarter of a worker's share of what is left
@@ -669,10 +678,10 @@ mod tests {
             assert_eq!(chunks.first().map_or(range.end, |c| c.start), range.start);
             assert_eq!(chunks.last().map_or(range.start, |c| c.end), range.end);
             assert!(chunks.windows(2).all(|w| w[0].end == w[1].start && w[0].len() >= w[1].len()), "{range:?}");
-            assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= CHUNK_MAX));
+            assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= chunk_max()));
             assert!(chunks.last().is_none_or(|c| c.len() <= CHUNK_MIN));
-            if range.len() > 4 * threads * CHUNK_MAX {
-                assert_eq!(chunks[0].len(), CHUNK_MAX, "{range:?}, {threads} threads");
+            if range.len() > 4 * threads * chunk_max() {
+                assert_eq!(chunks[0].len(), chunk_max(), "{range:?}, {threads} threads");
             }
         }
     }

@@ -12,8 +12,9 @@
 //! ```
 //!
 //! Memory is bounded by the messages in flight (at most `IN_FLIGHT` (4096) messages and about
-//! `IN_FLIGHT_BYTES` (32 MiB) of input, or with parallel framing two chunks of at most 16 MiB a
-//! worker, and as much output waiting to be written): mbox
+//! `IN_FLIGHT_BYTES` (32 MiB) of input, or with parallel framing two chunks of at most 8 MiB a
+//! worker (16 MiB where bodies go through the AVX-512 lanes), and as much output waiting to be
+//! written): mbox
 //! messages are slices of the map, results are only the new header fields, and mapped pages
 //! are released once written. One message that cannot be signed, or that makes the signer
 //! panic, is passed through and reported; the run goes on.
