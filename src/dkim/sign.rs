@@ -332,7 +332,8 @@ struct SpareOut {
 }
 
 /// What a thread keeps: at most this many octets of buffers (about 3,000 fields of a 4 KB
-/// message signed with one key, more than the 2,000 of an 8 MB unit), at most this many
+/// message signed with one key, more than the 2,000 of an 8 MB unit; the 16 MB units of the
+/// AVX-512 lanes have 4,000, and their last quarter allocates anew), at most this many
 /// buffers, and none larger than this. On 64 threads, at most 128 MiB in all, less than the
 /// units in flight hold.
 const SPARE_OUT_BYTES: usize = 2 << 20;

@@ -27,17 +27,13 @@ const DIR_BATCH: usize = 16;
 /// Smallest byte range one worker frames and processes as one job (but for what is left).
 const CHUNK_MIN: usize = 256 << 10;
 
-/// Largest byte range one worker frames and processes as one job. Where the workers hash
-/// bodies in the sixteen AVX-512 lanes ([`sign_stored_group`](super::sign_stored_group)) it
-/// holds sixteen 1 MB messages, so that large bodies fill the lanes too (with 8 MB a group of
-/// 1 MB messages was at most eight, hashed one at a time); elsewhere 8 MB. Parallel framing
-/// keeps about two of these a worker in flight (mapped input).
-fn chunk_max() -> usize {
-    match crate::arch::sha256x16::preferred() {
-        true => 16 << 20,
-        false => 8 << 20,
-    }
-}
+/// Largest byte range one worker frames and processes as one job, and with `wide` (the group
+/// job hashes bodies in the sixteen AVX-512 lanes: [`map_mbox_grouped`]). Wide units hold
+/// sixteen 1 MB messages, so that large bodies fill the lanes too (with 8 MB a group of 1 MB
+/// messages was at most eight, hashed one at a time). Parallel framing keeps about two units a
+/// worker in flight (mapped input).
+const CHUNK_MAX: usize = 8 << 20;
+const CHUNK_MAX_WIDE: usize = 16 << 20;
 
 /// CPU seconds of the threads that see every message one after the other: the coordinating
 /// thread (serial framing, batching, dispatch) and the writer (ordering, output). What they
@@ -260,7 +256,7 @@ where
     J: Fn(mbox::Stored<'_>) -> R + Sync,
     E: FnMut(Vec<(MboxEntry, R)>) -> Result<(), BulkError> + Send,
 {
-    map_mbox_with(mapped, fmt, range, pool, framing, release_behind, job, None::<GroupByOne<R>>, emit)
+    map_mbox_with(mapped, fmt, range, pool, framing, release_behind, job, None::<GroupByOne<R>>, false, emit)
 }
 
 /// A job for a group of messages that is never called: [`map_mbox`] runs its job on each alone.
@@ -270,7 +266,9 @@ type GroupByOne<R> = fn(&[mbox::Stored<'_>]) -> Vec<R>;
 /// consecutive messages of a unit, returning the results of `job` on each, in order): a worker
 /// hands its messages to it in groups, so that it can do part of their work together (hashing
 /// two or sixteen bodies at once). A message whose quoting must be found again after the split
-/// (see [`mbox::with_stored`]) goes to `job`, alone, as does a group of one.
+/// (see [`mbox::with_stored`]) goes to `job`, alone, as does a group of one. With `wide`
+/// (the group job hashes in the sixteen AVX-512 lanes), parallel framing hands out units of up
+/// to 16 MB instead of 8, so that a group of large messages can fill the lanes.
 #[allow(clippy::too_many_arguments)]
 pub fn map_mbox_grouped<R, J, P, E>(
     mapped: &Mapped,
@@ -281,6 +279,7 @@ pub fn map_mbox_grouped<R, J, P, E>(
     release_behind: bool,
     job: J,
     job_group: P,
+    wide: bool,
     emit: E,
 ) -> Result<SerialCpu, BulkError>
 where
@@ -289,7 +288,7 @@ where
     P: Fn(&[mbox::Stored<'_>]) -> Vec<R> + Sync,
     E: FnMut(Vec<(MboxEntry, R)>) -> Result<(), BulkError> + Send,
 {
-    map_mbox_with(mapped, fmt, range, pool, framing, release_behind, job, Some(job_group), emit)
+    map_mbox_with(mapped, fmt, range, pool, framing, release_behind, job, Some(job_group), wide, emit)
 }
 
 /// Consecutive messages a worker hands to the group job of [`map_mbox_grouped`] at most: two
@@ -306,6 +305,7 @@ fn map_mbox_with<R, J, P, E>(
     release_behind: bool,
     job: J,
     job_group: Option<P>,
+    wide: bool,
     mut emit: E,
 ) -> Result<SerialCpu, BulkError>
 where
@@ -372,8 +372,9 @@ where
         Ok(())
     };
     if framing.parallel(fmt) {
-        let first = chunk_size(range.len(), threads);
-        let units = guided_chunks(range, threads).map(|r| {
+        let max = if wide { CHUNK_MAX_WIDE } else { CHUNK_MAX };
+        let first = chunk_size(range.len(), threads, max);
+        let units = guided_chunks(range, threads, max).map(|r| {
             let len = r.len();
             (MboxUnit::Range(r), len)
         });
@@ -399,17 +400,21 @@ where
 }
 
 /// The size of the next chunk when `left` bytes are still to be handed out to `threads` workers.
-fn chunk_size(left: usize, threads: usize) -> usize {
-    (left / (threads * 4)).clamp(CHUNK_MIN, chunk_max()).min(left)
+fn chunk_size(left: usize, threads: usize, max: usize) -> usize {
+    (left / (threads * 4)).clamp(CHUNK_MIN, max).min(left)
 }
 
 /// Consecutive byte ranges covering `range`, each a quarter of a worker's share of what is left
 /// (guided scheduling): large first, so that a big archive costs few chunks, and down to
 /// CHUNK_MIN at the end, so that no worker idles long while another finishes a large last chunk.
-fn guided_chunks(range: std::ops::Range<usize>, threads: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+fn guided_chunks(
+    range: std::ops::Range<usize>,
+    threads: usize,
+    max: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
     let mut at = range.start;
     std::iter::from_fn(move || {
-        let size = chunk_size(range.end.checked_sub(at).filter(|&n| n > 0)?, threads);
+        let size = chunk_size(range.end.checked_sub(at).filter(|&n| n > 0)?, threads, max);
         at += size;
         Some(at - size..at)
     })
@@ -621,6 +626,7 @@ mod tests {
                         assert_eq!(grouped, two, "group against pairs");
                         grouped
                     },
+                    crate::pipeline::lanes_for(&policy),
                     |r| {
                         paired.extend(r.into_iter().map(|(_, s)| s));
                         Ok(())
@@ -674,14 +680,16 @@ mod tests {
             (1000..1000, 4),
             (0..CHUNK_MIN * 3, 1),
         ] {
-            let chunks: Vec<_> = guided_chunks(range.clone(), threads).collect();
-            assert_eq!(chunks.first().map_or(range.end, |c| c.start), range.start);
-            assert_eq!(chunks.last().map_or(range.start, |c| c.end), range.end);
-            assert!(chunks.windows(2).all(|w| w[0].end == w[1].start && w[0].len() >= w[1].len()), "{range:?}");
-            assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= chunk_max()));
-            assert!(chunks.last().is_none_or(|c| c.len() <= CHUNK_MIN));
-            if range.len() > 4 * threads * chunk_max() {
-                assert_eq!(chunks[0].len(), chunk_max(), "{range:?}, {threads} threads");
+            for max in [CHUNK_MAX, CHUNK_MAX_WIDE] {
+                let chunks: Vec<_> = guided_chunks(range.clone(), threads, max).collect();
+                assert_eq!(chunks.first().map_or(range.end, |c| c.start), range.start);
+                assert_eq!(chunks.last().map_or(range.start, |c| c.end), range.end);
+                assert!(chunks.windows(2).all(|w| w[0].end == w[1].start && w[0].len() >= w[1].len()), "{range:?}");
+                assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= max));
+                assert!(chunks.last().is_none_or(|c| c.len() <= CHUNK_MIN));
+                if range.len() > 4 * threads * max {
+                    assert_eq!(chunks[0].len(), max, "{range:?}, {threads} threads");
+                }
             }
         }
     }

@@ -366,6 +366,7 @@ fn sign_mbox(
     };
     let work = |msg: mbox::Stored<'_>| process(&opts.policy, msg);
     let work_group = |msgs: &[mbox::Stored<'_>]| process_group(&opts.policy, msgs);
+    let wide = super::message::lanes_for(&opts.policy);
     let cpu = match out {
         UnitSink::Stream(out) => {
             out.write_all(bom).map_err(out_err)?;
@@ -378,6 +379,7 @@ fn sign_mbox(
                 true,
                 work,
                 work_group,
+                wide,
                 |results| {
                     accept(summary, &results)?;
                     // One allocation per unit (up to a few thousand slices), not per message.
@@ -410,6 +412,7 @@ fn sign_mbox(
                     false,
                     work,
                     work_group,
+                    wide,
                     |results| {
                         accept(summary, &results)?;
                         let len: usize = results.iter().map(|(e, o)| unit_len(e, o)).sum();

@@ -276,8 +276,10 @@ fn measure_body_hashing(b: &Bodies, min: Duration, figs: &mut Figures) {
     // Bodies two at a time, hashed together as the workers hash them (`hash_two`), when the
     // CPU can: two more rates a round.
     let paired = dkimpress::arch::sha256x2::available();
-    // And in groups of up to 32 through the sixteen AVX-512 lanes (`hash_many`), as the workers
-    // hash them on CPUs that prefer the lanes to the pairs: two more.
+    // And in groups of 32 through the sixteen AVX-512 lanes (`hash_many`), as the workers hash
+    // small bodies on CPUs that prefer the lanes to the pairs (the last group smaller; workers
+    // sign groups of eight or fewer one at a time, and hold about sixteen 1 MB bodies at once):
+    // two more.
     let grouped = dkimpress::arch::sha256x16::preferred();
     let rates_a_round = 3 + 2 * u32::from(paired) + 2 * u32::from(grouped);
     let slice = min / (rates_a_round * ROUNDS);
