@@ -94,6 +94,11 @@ pub fn pad(buf: &mut Vec<u8>, len: u64) {
     buf.extend_from_slice(&(len * 8).to_be_bytes());
 }
 
+/// Busy lanes at or under which one stream at a time (SHA-NI) hashes as fast as the sixteen
+/// lanes: a kernel call costs the same however many lanes are busy, and sixteen busy lanes run
+/// at about twice one stream (`cargo bench --bench sha_lanes`).
+pub const FEW: usize = 8;
+
 /// Octets a lane of [`Sha256x16`] holds at most (about): past it, the lane's whole blocks are
 /// hashed alone, whatever the other lanes do (a body of a million empty lines and then a word
 /// comes out of the canonicalizer at once).

@@ -237,8 +237,8 @@ pub fn hash_two<'a, I: IntoIterator<Item = &'a [u8]>>(bodies: [(Canon, I); 2]) -
 /// AVX-512 lanes ([`Sha256x16`]): each lane's body is canonicalized a chunk at a time (by a
 /// [`StreamCanonicalizer`], as [`hash_two`] does) whenever little of it waits, the lanes hash
 /// together what every one has, and a lane whose body is done takes the next. Once no body is
-/// left to start and half the lanes or fewer are busy, their rests are hashed one stream at a
-/// time (SHA-NI where the CPU has it), which is then faster than sixteen lanes mostly idle.
+/// left to start and [`FEW`](crate::arch::sha256x16::FEW) lanes or fewer are busy, their rests
+/// are hashed one stream at a time (SHA-NI where the CPU has it), which is then as fast.
 /// Each body is given as the slices that make it, in order. Memory: a few dozen kilobytes a
 /// lane, whatever the bodies' number and sizes. `None` when the CPU lacks AVX-512.
 pub fn hash_many<'a, I: IntoIterator<Item = &'a [u8]>>(
@@ -293,7 +293,7 @@ pub fn hash_many<'a, I: IntoIterator<Item = &'a [u8]>>(
         if busy == 0 {
             break;
         }
-        if queue.peek().is_none() && busy <= 8 {
+        if queue.peek().is_none() && busy <= crate::arch::sha256x16::FEW {
             for (lane, slot) in feeds.iter_mut().enumerate() {
                 if let Some((k, canon, mut stream)) = slot.take() {
                     loop {

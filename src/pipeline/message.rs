@@ -266,8 +266,8 @@ pub fn lanes_for(policy: &SignPolicy) -> bool {
 /// Where the CPU does better with sixteen AVX-512 lanes than with a pair of SHA-NI streams
 /// ([`crate::arch::sha256x16::preferred`]), the bodies of the messages that allow it (as in
 /// [`sign_stored_two`], of any size) are streamed through the lanes together by
-/// [`crate::dkim::bodyhash::hash_many`], then signed two by two; a group of eight or fewer is
-/// signed one message at a time. Elsewhere the messages go through [`sign_stored_two`] in
+/// [`crate::dkim::bodyhash::hash_many`], then signed two by two; where eight or fewer are
+/// ready, each is signed alone. Elsewhere the messages go through [`sign_stored_two`] in
 /// pairs.
 pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<Signed> {
     if !lanes_for(policy) {
@@ -280,11 +280,6 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
         }
         return signed;
     }
-    // Half the lanes or fewer busy are slower than one stream (see `hash_many`), and two
-    // streams are no faster than one on these CPUs.
-    if msgs.len() <= 8 {
-        return msgs.iter().map(|&m| sign_stored(policy, m)).collect();
-    }
     let prepared: Vec<Prepared> = msgs.iter().map(|&m| prepare(policy, m)).collect();
     let ready: Vec<&Ready> = prepared
         .iter()
@@ -293,8 +288,13 @@ pub fn sign_stored_group(policy: &SignPolicy, msgs: &[mbox::Stored<'_>]) -> Vec<
             Prepared::Done(_) => None,
         })
         .collect();
-    // `None` when the lanes are not there after all.
-    let hashed = crate::dkim::bodyhash::hash_many(ready.iter().map(|r| (r.canon, r.slices())));
+    // A few bodies are hashed as fast one at a time, where they are stored, without the copy
+    // into the lanes (`sha256x16::FEW`; two SHA-NI streams are no faster than one on these
+    // CPUs). `None` too when the lanes are not there after all.
+    let hashed = match ready.len() > crate::arch::sha256x16::FEW {
+        true => crate::dkim::bodyhash::hash_many(ready.iter().map(|r| (r.canon, r.slices()))),
+        false => None,
+    };
     let mut signed: Vec<Signed> = Vec::with_capacity(ready.len());
     match hashed {
         Some(hashed) => {
@@ -485,7 +485,8 @@ mod tests {
             let alone: Vec<Signed> = stored.iter().map(|&m| sign_stored(&policy, m)).collect();
             assert_eq!(alone.iter().filter(|r| r.is_ok()).count(), 20, "every message but the one without From");
             let alone: Vec<String> = alone.into_iter().map(shown).collect();
-            // Groups over eight go through the lanes; the last group of 10 is one message.
+            // Groups with over eight signable messages go through the lanes (all but the
+            // second of 9 and the short last ones), the others one message at a time.
             for size in [21, 17, 10, 9] {
                 let grouped: Vec<String> =
                     stored.chunks(size).flat_map(|g| sign_stored_group(&policy, g)).map(shown).collect();
